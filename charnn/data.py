@@ -1,0 +1,322 @@
+"""Text in, symbol ids out: reading a corpus safely, its vocabulary, the train/val/test split, and the
+truncated-BPTT layout of the training stream as parallel rows.
+
+Reading streams the file in chunks (so a corpus never has to fit in memory as Python text); it does not
+cache or memory-map anything itself: `charnn.corpus_cache` does that on top of `encode_file`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from charnn.config import DataConfig
+from charnn.errors import ConfigError, DataError, VocabularyError
+
+CHUNK_BYTES = 1 << 24  # 16 MiB; tests monkeypatch this to split multi-byte characters across chunks
+MAX_CODEPOINT = 0x10FFFF
+_WHITESPACE = frozenset(ord(c) for c in " \t\n\r\x0b\x0c\u00a0\u2028\u2029\u3000\ufeff")
+
+
+def _open_checked(path: str | os.PathLike) -> tuple[Path, int]:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file")
+    if p.is_dir():
+        raise DataError(f"{p}: is a directory, not a text file")
+    try:
+        size = p.stat().st_size
+        with p.open("rb"):
+            pass
+    except OSError as err:
+        raise DataError(f"{p}: cannot read ({err.strerror})") from None
+    if size == 0:
+        raise DataError(f"{p}: file is empty (0 bytes)")
+    return p, size
+
+
+def iter_symbols(path: str | os.PathLike, cfg: DataConfig, *, hasher: hashlib._Hash | None = None,
+                 on_bytes: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
+    """Yield the file's symbols (Unicode code points, or byte values with `bytes_mode`) as uint32 chunks.
+
+    Strict decoding errors name the byte offset; NUL characters mean a binary file; a leading BOM is
+    dropped; CRLF and lone CR become LF unless `keep_newlines` (a CR that ends a chunk waits for the next).
+    """
+    p, _ = _open_checked(path)
+    decoder = None if cfg.bytes_mode else codecs.getincrementaldecoder(cfg.encoding)(errors=cfg.errors)
+    offset = 0  # bytes consumed before the current chunk
+    first = True
+    pending_cr = ""
+    with p.open("rb") as f:
+        while True:
+            chunk = f.read(CHUNK_BYTES)
+            final = not chunk
+            if hasher is not None and chunk:
+                hasher.update(chunk)
+            if decoder is None:
+                if final:
+                    return
+                yield np.frombuffer(chunk, dtype=np.uint8).astype(np.uint32)
+                offset += len(chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
+                continue
+            buffered = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(chunk, final)
+            except UnicodeDecodeError as err:
+                at = offset - buffered + err.start
+                raise DataError(
+                    f"{p}: not valid {cfg.encoding} at byte {at} ({err.reason}); "
+                    f"pass --encoding (e.g. latin-1) or --errors replace") from None
+            if first and text:
+                text = text.removeprefix("\ufeff")
+                first = False
+            if not cfg.keep_newlines:
+                text = pending_cr + text
+                pending_cr = ""
+                if text.endswith("\r") and not final:
+                    text, pending_cr = text[:-1], "\r"
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
+            if text:
+                cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+                nul = np.flatnonzero(cps == 0)
+                if len(nul):
+                    raise DataError(f"{p}: looks like a binary file (NUL character near byte "
+                                    f"{offset + int(nul[0])}); use --bytes to model raw bytes")
+                yield cps
+            offset += len(chunk)
+            if on_bytes and chunk:
+                on_bytes(len(chunk))
+            if final:
+                return
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """The sorted set of symbols of a corpus. Ids are positions in `symbols`."""
+
+    symbols: tuple[int, ...]
+    bytes_mode: bool = False
+
+    def __post_init__(self) -> None:
+        s = self.symbols
+        if not s or any(not isinstance(c, int) or isinstance(c, bool) for c in s):
+            raise VocabularyError("vocabulary must be a non-empty list of integer symbols")
+        top = 255 if self.bytes_mode else MAX_CODEPOINT
+        if any(b <= a for a, b in zip(s, s[1:])) or s[0] < 0 or s[-1] > top:
+            raise VocabularyError("vocabulary symbols must be sorted, unique and in range")
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    @property
+    def _lut(self) -> np.ndarray:
+        lut = self.__dict__.get("_lut_cache")
+        if lut is None:
+            lut = np.full(self.symbols[-1] + 1, -1, dtype=np.int64)
+            lut[np.asarray(self.symbols)] = np.arange(len(self.symbols))
+            object.__setattr__(self, "_lut_cache", lut)
+        return lut
+
+    def symbol_str(self, symbol: int) -> str:
+        return f"byte 0x{symbol:02x}" if self.bytes_mode else repr(chr(symbol))
+
+    def map_symbols(self, cps: np.ndarray, *, skip_unknown: bool = False) -> tuple[np.ndarray, dict[int, int]]:
+        """Ids for code points; unknown ones are dropped when `skip_unknown`, else an error listing them."""
+        lut = self._lut
+        inside = cps < len(lut)
+        ids = np.full(cps.shape, -1, dtype=np.int64)
+        ids[inside] = lut[cps[inside]]
+        bad = ids < 0
+        unknown: dict[int, int] = {}
+        if bad.any():
+            values, counts = np.unique(cps[bad], return_counts=True)
+            unknown = {int(v): int(c) for v, c in zip(values, counts)}
+            if not skip_unknown:
+                shown = ", ".join(self.symbol_str(v) for v in list(unknown)[:10])
+                more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+                raise VocabularyError(
+                    f"{int(bad.sum())} character(s) not in this model's vocabulary: {shown}{more}")
+            ids = ids[~bad]
+        return ids, unknown
+
+    def encode(self, text: str | bytes) -> np.ndarray:
+        if isinstance(text, bytes):
+            cps = np.frombuffer(text, dtype=np.uint8).astype(np.uint32)
+        else:
+            cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        return self.map_symbols(cps)[0]
+
+    def decode_symbols(self, ids) -> list[int]:
+        return [self.symbols[int(i)] for i in ids]
+
+    def decode(self, ids) -> str | bytes:
+        syms = self.decode_symbols(ids)
+        return bytes(syms) if self.bytes_mode else "".join(map(chr, syms))
+
+    def to_json(self) -> str:
+        return json.dumps({"symbols": list(self.symbols), "bytes": self.bytes_mode})
+
+    @classmethod
+    def from_json(cls, text: str) -> Vocab:
+        try:
+            data = json.loads(text)
+            return cls(tuple(data["symbols"]), bool(data.get("bytes", False)))
+        except (ValueError, KeyError, TypeError) as err:
+            raise VocabularyError(f"unreadable vocabulary ({err})") from None
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned integer type that holds every id."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ConfigError("vocabulary too large")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """An encoded corpus: ids (in memory or memory-mapped), its vocabulary, and where it came from."""
+
+    ids: np.ndarray
+    vocab: Vocab
+    sha256: str
+    path: str
+    data: DataConfig
+
+    def split(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Contiguous train / val / test (nanoGPT's split: train is the first int(n*(1-val-test)))."""
+        n = len(self.ids)
+        train_end = int(n * (1 - self.data.val_frac - self.data.test_frac))
+        val_end = int(n * (1 - self.data.test_frac))
+        return self.ids[:train_end], self.ids[train_end:val_end], self.ids[val_end:]
+
+
+def scan_file(path: str | os.PathLike, cfg: DataConfig, **kw) -> tuple[np.ndarray, int, str]:
+    """First pass: which symbols occur, how many there are, and the sha256 of the raw bytes."""
+    hasher = hashlib.sha256()
+    present = np.zeros(256 if cfg.bytes_mode else MAX_CODEPOINT + 1, dtype=bool)
+    count = 0
+    for cps in iter_symbols(path, cfg, hasher=hasher, **kw):
+        present[cps] = True
+        count += len(cps)
+    return np.flatnonzero(present), count, hasher.hexdigest()
+
+
+def encode_file(path: str | os.PathLike, cfg: DataConfig, *, out: Callable[[int, np.dtype], np.ndarray] | None = None,
+                on_bytes: Callable[[int], None] | None = None) -> Corpus:
+    """Encode a corpus in two streaming passes (vocabulary, then ids) into the smallest dtype that fits.
+
+    `out(n, dtype)` allocates the destination (default: memory; `corpus_cache` passes a memory map).
+    """
+    symbols, count, sha = scan_file(path, cfg, on_bytes=on_bytes)
+    if count == 0:
+        raise DataError(f"{path}: no characters after decoding")
+    if not cfg.bytes_mode and set(symbols.tolist()) <= _WHITESPACE:
+        raise DataError(f"{path}: contains only whitespace ({count} characters)")
+    vocab = Vocab(tuple(int(s) for s in symbols), cfg.bytes_mode)
+    dtype = id_dtype(len(vocab))
+    ids = out(count, dtype) if out else np.empty(count, dtype=dtype)
+    lut = vocab._lut.astype(dtype)
+    pos = 0
+    for cps in iter_symbols(path, cfg, on_bytes=on_bytes):
+        ids[pos:pos + len(cps)] = lut[cps]
+        pos += len(cps)
+    if pos != count:
+        raise DataError(f"{path}: file changed while it was being read")
+    return Corpus(ids, vocab, sha, str(path), cfg)
+
+
+def read_ids(path: str | os.PathLike, vocab: Vocab, cfg: DataConfig, *, skip_unknown: bool = False
+             ) -> tuple[np.ndarray, dict[int, int]]:
+    """Encode a held-out file with an existing vocabulary; returns ids and {unknown symbol: count}."""
+    parts, unknown = [], {}
+    for cps in iter_symbols(path, cfg):
+        ids, unk = vocab.map_symbols(cps, skip_unknown=True)
+        parts.append(ids)
+        for k, v in unk.items():
+            unknown[k] = unknown.get(k, 0) + v
+    if unknown and not skip_unknown:
+        total = sum(unknown.values())
+        shown = ", ".join(vocab.symbol_str(v) for v in list(unknown)[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise VocabularyError(f"{path}: {total} character(s) not in the model's vocabulary ({shown}{more}); "
+                              f"pass --skip-unknown to drop them")
+    ids = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    return ids, unknown
+
+
+class StreamBatcher:
+    """The training split laid out as `batch_size` parallel contiguous streams (truncated BPTT).
+
+    N training ids, B rows of L = N // B ids each; batch k takes columns [kT, kT+T] of every row::
+
+        ids:   a b c d e f g h i j k l m n o p q r s t u v w x     (N = 24, B = 4, T = 2)
+        row 0: a b c d e f        batch 0: x = [a b]  y = [b c]    batch 1: x = [c d]  y = [d e]
+        row 1: g h i j k l                 x = [g h]  y = [h i]             x = [i j]  y = [j k]
+        row 2: m n o p q r                 ...
+        row 3: s t u v w x
+
+    Row r of batch k+1 starts exactly where row r of batch k stopped, so the hidden state carried from
+    one batch to the next is the true left context (char-rnn, pytorch/examples word_language_model).
+    Each epoch shifts every row by the same seeded offset within the row's unused tail, so windows do not
+    align identically every epoch; the batch for a step is a pure function of (seed, step): resuming needs
+    no iterator state. Under DDP each rank takes its own `batch_size // world` rows.
+    """
+
+    def __init__(self, ids: np.ndarray, *, batch_size: int, seq_len: int, seed: int,
+                 device: torch.device | str = "cpu", rank: int = 0, world: int = 1) -> None:
+        n = len(ids)
+        need = batch_size * (seq_len + 1)
+        if n < need:
+            raise DataError(
+                f"training split has {n} characters; one batch needs batch_size x (seq_len + 1) = "
+                f"{batch_size} x {seq_len + 1} = {need}: lower --batch-size or --seq-len, or use more text")
+        if batch_size % world:
+            raise ConfigError(f"--batch-size {batch_size} must be divisible by the number of processes {world}")
+        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.row_len = n // batch_size
+        self.batches_per_epoch = (self.row_len - 1) // seq_len
+        self.slack = self.row_len - 1 - self.batches_per_epoch * seq_len
+        local = batch_size // world
+        rows = np.arange(rank * local, (rank + 1) * local, dtype=np.int64)
+        self.device = torch.device(device)
+        if self.device.type == "cpu":
+            self._ids, self._rows = ids, rows * self.row_len
+            self._cols = np.arange(seq_len + 1, dtype=np.int64)
+        else:  # one resident copy on the device; batches are sliced there, no host transfer per step
+            used = np.asarray(ids[: batch_size * self.row_len])
+            dt = torch.uint8 if used.dtype == np.uint8 else torch.int32
+            self._ids = torch.from_numpy(used.astype(np.uint8 if dt == torch.uint8 else np.int32)).to(device)
+            self._rows = torch.from_numpy(rows * self.row_len).to(device)
+            self._cols = torch.arange(seq_len + 1, device=device)
+
+    def epoch_offset(self, epoch: int) -> int:
+        if epoch == 0 or self.slack == 0:
+            return 0
+        return random.Random(self.seed * 1_000_003 + epoch).randint(0, self.slack)
+
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, batch index within the epoch) of global step `step` (0-based)."""
+        return divmod(step, self.batches_per_epoch)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) for step `step`, each (B, T) int64; y is x shifted left by one."""
+        epoch, k = self.position(step)
+        start = self.epoch_offset(epoch) + k * self.seq_len
+        if isinstance(self._ids, np.ndarray):
+            idx = (self._rows + start)[:, None] + self._cols  # (B, T+1)
+            window = torch.from_numpy(self._ids[idx].astype(np.int64))
+        else:
+            window = self._ids[(self._rows + start)[:, None] + self._cols].long()
+        return window[:, :-1], window[:, 1:]

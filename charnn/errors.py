@@ -1,0 +1,58 @@
+"""Errors a user can cause, each with the exit code the CLI maps it to.
+
+Anything that is not a `CharnnError` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class CharnnError(Exception):
+    """A problem the user can act on; `str(err)` is one line that says what and how to fix it."""
+
+    exit_code = 2
+
+
+class DataError(CharnnError):
+    """The corpus or a text file cannot be used (missing, empty, binary, bad encoding, too short)."""
+
+
+class ConfigError(CharnnError):
+    """An option or configuration value is out of range or inconsistent."""
+
+
+class CheckpointError(CharnnError):
+    """A checkpoint or run directory is missing, corrupt, tampered with, or not charnn's."""
+
+
+class ResumeMismatchError(CheckpointError):
+    """`--resume` was asked to continue with a different corpus, vocabulary or model."""
+
+
+class VocabularyError(CharnnError):
+    """Text holds characters the model's vocabulary does not have."""
+
+
+class NonFiniteLossError(CharnnError):
+    """Training produced non-finite losses too many steps in a row."""
+
+    exit_code = 3
+
+
+class CheckpointWriteError(CharnnError):
+    """A checkpoint could not be written (disk full, file too large, permissions)."""
+
+    exit_code = 4
+
+
+class OutOfMemoryError(CharnnError):
+    """The device ran out of memory for this batch size and sequence length."""
+
+    exit_code = 5
+
+
+class Interrupted(CharnnError):
+    """Training stopped on SIGINT/SIGTERM after saving; exit code follows the shell convention 128+signal."""
+
+    def __init__(self, message: str, *, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,124 @@
+"""Scoring text: mean negative log-likelihood per character (nats), bits per character and perplexity.
+
+The text is cut into fixed segments of `segment` characters; each is scored as one stream from a zero
+state with the state carried across chunks inside it, and `batch_size` segments run side by side. The
+segment length, not the batch size, defines the number, so any batch size gives the same result.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from charnn.model import CharRNN, lm_loss
+from charnn.runtime import autocast
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Token-weighted totals; the per-character figures derive from them."""
+
+    chars: int  # predictions scored
+    total_nats: float
+    unknown: dict[int, int] = field(default_factory=dict)  # symbol -> count, dropped before scoring
+    per_char: np.ndarray | None = None  # (chars,) nats for each prediction, when asked for
+
+    @property
+    def loss(self) -> float:
+        return self.total_nats / self.chars if self.chars else math.nan
+
+    @property
+    def bpc(self) -> float:
+        return self.loss / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"chars": self.chars, "nats_per_char": self.loss, "bits_per_char": self.bpc,
+                "perplexity": self.perplexity, "unknown_chars": sum(self.unknown.values())}
+
+
+@torch.inference_mode()
+def evaluate_ids(model: CharRNN, ids: np.ndarray, *, segment: int = 4096, batch_size: int = 64,
+                 chunk: int = 256, precision: str = "auto", per_char: bool = False) -> EvalResult:
+    """Score predictions of ids[1:] from their left context within each segment."""
+    n = len(ids) - 1  # predictions
+    if n < 1:
+        return EvalResult(0, 0.0)
+    was_training = model.training
+    model.eval()
+    device = model.head.weight.device
+    n_seg = math.ceil(n / segment)
+    cols = np.arange(segment + 1, dtype=np.int64)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    losses = []
+    try:
+        for r0 in range(0, n_seg, batch_size):
+            rows = np.arange(r0, min(r0 + batch_size, n_seg), dtype=np.int64)
+            idx = rows[:, None] * segment + cols  # (B, S+1)
+            valid = idx <= n
+            window = torch.from_numpy(np.where(valid, np.asarray(ids[np.minimum(idx, n)]), 0).astype(np.int64))
+            window = window.to(device)
+            x = window[:, :-1]
+            y = window[:, 1:].masked_fill(torch.from_numpy(~valid[:, 1:]).to(device), -100)
+            hidden = None
+            group = []
+            for c0 in range(0, segment, chunk):
+                yc = y[:, c0:c0 + chunk]
+                if not bool((yc >= 0).any()):
+                    break
+                with autocast(device, precision):
+                    logits, hidden = model(x[:, c0:c0 + chunk], hidden)  # (B, t, V)
+                nll = lm_loss(logits, yc, reduction="none").view(yc.shape)  # (B, t); 0 where ignored
+                total += nll.sum(dtype=torch.float64)
+                if per_char:
+                    group.append(nll)
+            if per_char:
+                scored = torch.cat(group, dim=1)
+                mask = y[:, : scored.shape[1]] >= 0
+                losses.append(scored[mask].cpu().numpy())  # row-major: text order
+    finally:
+        model.train(was_training)
+    per = np.concatenate(losses) if per_char else None
+    return EvalResult(n, float(total.item()), per_char=per)
+
+
+def evaluate_file(loaded, path, *, skip_unknown: bool = False, segment: int = 4096, batch_size: int = 64,
+                  precision: str = "auto", per_char: bool = False) -> EvalResult:
+    """Score a text file with a loaded model (`charnn.checkpoint.LoadedModel`), decoded as its corpus was."""
+    from charnn.data import read_ids
+
+    ids, unknown = read_ids(path, loaded.vocab, loaded.data_cfg, skip_unknown=skip_unknown)
+    res = evaluate_ids(loaded.model, ids, segment=segment, batch_size=batch_size, precision=precision,
+                       per_char=per_char)
+    return EvalResult(res.chars, res.total_nats, unknown, res.per_char)
+
+
+def validation_ids(loaded) -> np.ndarray:
+    """The validation split of the corpus a model was trained on (the file must still be there, unchanged)."""
+    from charnn.data import encode_file
+    from charnn.errors import DataError
+
+    corpus_path = loaded.meta.get("corpus_path")
+    if not corpus_path:
+        raise DataError("this checkpoint does not record its corpus; pass a FILE to score")
+    corpus = encode_file(corpus_path, loaded.data_cfg)
+    if corpus.sha256 != loaded.corpus_sha256:
+        raise DataError(f"{corpus_path} changed since training (sha256 differs); pass a FILE to score")
+    return corpus.split()[1]
+
+
+def evaluate_validation(loaded, *, segment: int | None = None, batch_size: int = 64, precision: str = "auto",
+                        per_char: bool = False) -> EvalResult:
+    """Score the run's own validation split exactly as training did (same segment length)."""
+    import json
+
+    if segment is None:
+        segment = json.loads(loaded.meta.get("train_config", "{}")).get("eval_segment", 4096)
+    return evaluate_ids(loaded.model, validation_ids(loaded), segment=segment, batch_size=batch_size,
+                        precision=precision, per_char=per_char)

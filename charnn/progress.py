@@ -1,0 +1,56 @@
+"""The training display for the CLI: a tqdm bar on stderr with loss, chars/s and ETA, and the samples
+written through the bar as they arrive. It is a `Progress` callback; the library knows nothing of it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+from charnn.train import Progress
+
+
+class TrainDisplay:
+    def __init__(self, *, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.bar: tqdm | None = None
+        self.last_step = 0
+
+    def __enter__(self) -> TrainDisplay:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self.bar is not None:
+            self.bar.close()
+        return False
+
+    def _write(self, text: str) -> None:
+        if not self.quiet:
+            tqdm.write(text, file=sys.stderr)
+
+    def __call__(self, p: Progress) -> None:
+        if p.kind == "start":
+            self._write(f"training: {p.text}")
+            if not self.quiet:
+                budget = p.time_budget
+                total = p.total_steps if p.total_steps is not None else (round(budget) if budget else None)
+                unit = "it" if p.total_steps is not None else "s"
+                self.bar = tqdm(total=total, initial=p.step if unit == "it" else int(p.elapsed), unit=unit,
+                                file=sys.stderr, dynamic_ncols=True, desc="train")
+                self.unit = unit
+            self.last_step = p.step
+        elif p.kind == "log" and self.bar is not None:
+            advance = p.step - self.last_step if self.unit == "it" else int(p.elapsed) - self.bar.n
+            self.bar.update(max(advance, 0))
+            self.last_step = p.step
+            self.bar.set_postfix_str(f"step {p.step} loss {p.train_loss:.3f} lr {p.lr:.2e} "
+                                     f"{p.chars_per_s:,.0f} chars/s", refresh=False)
+        elif p.kind == "eval":
+            self._write(f"step {p.step}: val {p.val_loss:.4f} nats/char ({p.val_loss / 0.6931471805599453:.4f} "
+                        f"bits/char) at {p.elapsed:.0f}s")
+        elif p.kind == "sample":
+            rule = "-" * 20
+            self._write(f"{rule} sample at iteration {p.step} {rule}\n{p.text}\n{'-' * 60}")
+        elif p.kind == "warning":
+            self._write(f"warning: step {p.step}: {p.text}")

@@ -1,0 +1,403 @@
+"""Training: truncated BPTT over parallel streams with AdamW, warmup + cosine decay, gradient clipping,
+periodic whole-split validation, samples, checkpoints and exact resume.
+
+The library never prints: it reports through `on_progress(Progress)` and stops when `should_stop()` returns
+a signal number. Presentation (progress bar, colours) belongs to the CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from charnn import __version__
+from charnn.checkpoint import (LoadedModel, list_checkpoints, load_model, load_state, remove_stale_temps,
+                               save_checkpoint, STATE_SUFFIX, atomic_write, CharnnWarning)
+from charnn.config import DataConfig, ModelConfig, SampleConfig, TrainConfig, final_lr, from_dict, to_dict
+from charnn.data import Corpus, StreamBatcher, encode_file
+from charnn.errors import (CheckpointError, ConfigError, DataError, Interrupted, NonFiniteLossError,
+                           OutOfMemoryError, ResumeMismatchError)
+from charnn.evaluate import evaluate_ids
+from charnn.model import CharRNN, detach_hidden, lm_loss
+from charnn.runtime import autocast, pick_device, rng_state, seed_everything, set_rng_state, set_threads
+from charnn.sample import sample_text
+
+DEMO_SAMPLE_STEPS = (100, 300, 700)  # then every 1000: the char-rnn demo's "iteration 100, 300, 700, 2000"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One event of a training run, for the caller to display or record."""
+
+    kind: str  # start | log | eval | sample | checkpoint | warning | end
+    step: int
+    total_steps: int | None
+    elapsed: float
+    time_budget: float | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    lr: float | None = None
+    grad_norm: float | None = None
+    chars_per_s: float | None = None
+    text: str | None = None  # the sample, a path, or a message
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    steps: int
+    elapsed: float
+    final_val_loss: float | None
+    best_val_loss: float | None
+    latest: Path | None
+
+
+def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup over `warmup_iters` steps, then cosine decay to min_lr as `progress` goes 0 -> 1."""
+    if step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / cfg.warmup_iters
+    low = final_lr(cfg)
+    progress = min(max(progress, 0.0), 1.0)
+    return low + 0.5 * (cfg.lr - low) * (1 + math.cos(math.pi * progress))
+
+
+def is_sample_step(cfg: TrainConfig, step: int) -> bool:
+    if cfg.sample_every is not None:
+        return step % cfg.sample_every == 0
+    return step in DEMO_SAMPLE_STEPS or (step >= 1000 and step % 1000 == 0)
+
+
+def default_run_dir(corpus: str | os.PathLike, root: str | os.PathLike = "checkpoints") -> Path:
+    stem = Path(corpus).stem or "run"
+    base = Path(root) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def make_optimizer(model: CharRNN, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"  # one kernel for the whole update; foreach on the CPU
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=fused)
+
+
+def resume_configs(run_dir: str | os.PathLike, *, model_overrides: dict[str, Any],
+                   train_overrides: dict[str, Any], data_overrides: dict[str, Any]
+                   ) -> tuple[ModelConfig, TrainConfig, DataConfig, str]:
+    """The configs a resumed run continues with: the run's own, with training options the user changed.
+
+    A changed model or data option is refused (it would silently train something else).
+    """
+    run_dir = Path(run_dir)
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        raise CheckpointError(f"{run_dir}: not a charnn run directory (config.json missing or unreadable)") from None
+    model_cfg = from_dict(ModelConfig, saved.get("model", {}))
+    data_cfg = from_dict(DataConfig, saved.get("data", {}))
+    for cfg, overrides, what in ((model_cfg, model_overrides, "model"), (data_cfg, data_overrides, "data")):
+        for key, value in overrides.items():
+            if value is not None and getattr(cfg, key) != value:
+                raise ResumeMismatchError(
+                    f"--resume: this run was trained with {key}={getattr(cfg, key)!r}, not {value!r}; "
+                    f"{what} options cannot change on resume (start a new run instead)")
+    train_dict = dict(saved.get("train", {}))
+    given = {k: v for k, v in train_overrides.items() if v is not None}
+    if any(k in given for k in ("max_iters", "epochs", "time_budget")):
+        for k in ("max_iters", "epochs", "time_budget"):
+            train_dict.pop(k, None)
+    train_dict.update(given)
+    return model_cfg, from_dict(TrainConfig, train_dict), data_cfg, saved.get("corpus", {}).get("path", "")
+
+
+def _latest_resumable(run_dir: Path) -> tuple[LoadedModel, dict[str, Any]]:
+    """The newest checkpoint whose model and state both verify; older ones are tried with a warning."""
+    import warnings
+
+    errors = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            loaded = load_model(path)
+            sha = loaded.meta.get("state_sha256")
+            if sha is None:
+                raise CheckpointError(f"{path}: has no training state to resume from")
+            state = load_state(path.with_name(path.stem + STATE_SUFFIX), sha)
+        except CheckpointError as err:
+            errors.append(str(err))
+            warnings.warn(f"{err}; falling back to an earlier checkpoint", CharnnWarning, stacklevel=3)
+            continue
+        return loaded, state
+    reason = f" ({errors[-1]})" if errors else ""
+    raise CheckpointError(f"{run_dir}: no checkpoint to resume from{reason}")
+
+
+def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None = None,
+          train_cfg: TrainConfig | None = None, data_cfg: DataConfig | None = None,
+          out_dir: str | os.PathLike | None = None, resume: bool = False,
+          on_progress: Callable[[Progress], None] | None = None,
+          should_stop: Callable[[], int | None] | None = None) -> TrainResult:
+    """Train a model on `corpus` and write a run directory; see the module docstring for the protocol."""
+    model_cfg = model_cfg or ModelConfig()
+    cfg = train_cfg or TrainConfig()
+    data_cfg = data_cfg or (corpus.data if isinstance(corpus, Corpus) else DataConfig())
+    report = on_progress or (lambda p: None)
+    should_stop = should_stop or (lambda: None)
+
+    device = pick_device(cfg.device)
+    set_threads(cfg.threads)
+    data = corpus if isinstance(corpus, Corpus) else encode_file(corpus, data_cfg)
+    train_ids, val_ids, _ = data.split()
+    vocab = data.vocab
+    if data.data.val_frac > 0 and len(val_ids) < 2:
+        raise DataError(f"{data.path}: validation split has {len(val_ids)} characters; need at least 2 "
+                        f"(raise --val-frac or use more text)")
+    batcher = StreamBatcher(train_ids, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed,
+                            device=device)
+    total_steps = _total_steps(cfg, batcher)
+
+    run_dir = Path(out_dir) if out_dir else default_run_dir(data.path)
+    seed_everything(cfg.seed)
+    model = CharRNN(model_cfg, len(vocab)).to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    step, elapsed_before, best_val, hidden = 0, 0.0, math.inf, None
+    if resume:
+        if not run_dir.is_dir():
+            raise CheckpointError(f"{run_dir}: no such run directory to resume")
+        remove_stale_temps(run_dir)
+        loaded, state = _latest_resumable(run_dir)
+        _check_same_run(loaded, model_cfg, vocab, data.sha256)
+        model.load_state_dict(loaded.model.state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        _apply_lr(optimizer, cfg.lr)  # the new peak lr may differ; the schedule sets each step's value
+        step, elapsed_before = int(state["step"]), float(state["elapsed"])
+        best_val = float(state.get("best_val", math.inf))
+        hidden = state.get("hidden")
+        if hidden is not None:
+            hidden = tuple(h.to(device) for h in hidden) if isinstance(hidden, (list, tuple)) else hidden.to(device)
+        set_rng_state(state["rng"])
+    else:
+        if run_dir.exists() and list_checkpoints(run_dir):
+            raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} or choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run_dir)
+    _write_run_files(run_dir, data, model_cfg, cfg)
+
+    metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+    samples = open(run_dir / "samples.jsonl", "a", encoding="utf-8")
+
+    def log(record: dict[str, Any]) -> None:
+        metrics.write(json.dumps(record) + "\n")
+        metrics.flush()
+
+    chars_per_step = cfg.batch_size * cfg.seq_len
+    t_start = time.perf_counter() - elapsed_before
+    elapsed = lambda: time.perf_counter() - t_start  # noqa: E731
+    state_cb = lambda: _training_state(step, elapsed(), best_val, optimizer, hidden, cfg)  # noqa: E731
+    last_val: float | None = None
+    latest: Path | None = None
+
+    def checkpoint(val: float | None) -> Path:
+        path = save_checkpoint(run_dir, model, vocab, data.data, step=step, val_loss=val,
+                               corpus_sha256=data.sha256, state=state_cb(), keep_last=cfg.keep_last,
+                               extra={"corpus_path": str(Path(data.path).resolve()),
+                                      "train_config": json.dumps(to_dict(cfg))})
+        report(Progress("checkpoint", step, total_steps, elapsed(), cfg.time_budget, text=str(path)))
+        return path
+
+    def evaluate_and_save() -> None:
+        nonlocal best_val, last_val, latest
+        val = None
+        if len(val_ids) >= 2:
+            res = evaluate_ids(model, val_ids, segment=cfg.eval_segment, precision=cfg.precision)
+            val = res.loss
+            if math.isfinite(val) and val < best_val:
+                best_val = val
+            log({"kind": "eval", "step": step, "elapsed": round(elapsed(), 3), "val_loss": val,
+                 "val_bpc": res.bpc, "val_chars": res.chars})
+            report(Progress("eval", step, total_steps, elapsed(), cfg.time_budget, val_loss=val))
+        last_val = val
+        latest = checkpoint(val)
+
+    def draw_sample() -> None:
+        sample_cfg = SampleConfig(length=cfg.sample_length, temperature=cfg.sample_temperature, seed=cfg.seed)
+        text = sample_text(model, vocab, sample_cfg)[0]
+        model.train()
+        shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        samples.write(json.dumps({"step": step, "elapsed": round(elapsed(), 3), "val_loss": last_val,
+                                  "temperature": cfg.sample_temperature, "text": shown}) + "\n")
+        samples.flush()
+        report(Progress("sample", step, total_steps, elapsed(), cfg.time_budget, text=shown))
+
+    report(Progress("start", step, total_steps, elapsed(), cfg.time_budget,
+                    text=f"{run_dir} | {model_cfg.num_parameters(len(vocab)):,} parameters | "
+                         f"vocabulary {len(vocab)} | train {len(train_ids):,} chars | device {device}"))
+    model.train()
+    params = [p for p in model.parameters()]
+    sync_every = 1 if device.type == "cpu" else cfg.log_every
+    bad_run = torch.zeros((), device=device)
+    window_loss = torch.zeros((), device=device, dtype=torch.float64)
+    window_clip = torch.zeros((), device=device)
+    window_steps, window_t = 0, time.perf_counter()
+    grad_norm = torch.zeros((), device=device)
+    try:
+        while True:
+            progress = elapsed() / cfg.time_budget if cfg.time_budget else step / max(total_steps or 1, 1)
+            if (total_steps is not None and step >= total_steps) or (cfg.time_budget and progress >= 1.0):
+                break
+            signum = should_stop()
+            if signum:
+                latest = checkpoint(None)
+                raise Interrupted(f"interrupted at step {step}; saved {latest}; continue with "
+                                  f"--resume {run_dir}", exit_code=128 + signum)
+            lr = learning_rate(cfg, step, progress)
+            _apply_lr(optimizer, lr)
+            epoch, k = batcher.position(step)
+            if k == 0:
+                hidden = None  # a new epoch starts the streams afresh (at a new offset)
+            x, y = batcher.batch(step)
+            try:
+                with autocast(device, cfg.precision):
+                    logits, hidden = model(x, hidden)
+                    loss = lm_loss(logits, y)
+                # Truncated BPTT: the state's values carry into the next batch, but its graph must not,
+                # or backward would reach through every earlier batch.
+                hidden = detach_hidden(hidden)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            except torch.OutOfMemoryError:
+                raise OutOfMemoryError(
+                    f"out of memory on {device} with batch size {cfg.batch_size} and sequence length "
+                    f"{cfg.seq_len}; lower --batch-size or --seq-len (or --hidden)") from None
+            # Clip the global norm: one exploding window must not wreck the weights (Pascanu et al. 2013).
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+            if device.type == "cpu":
+                if not bool(finite):
+                    optimizer.zero_grad(set_to_none=True)
+                    hidden, bad_run = None, bad_run + 1
+                    if int(bad_run) >= cfg.max_bad_steps:
+                        raise NonFiniteLossError(
+                            f"loss was not finite for {int(bad_run)} steps in a row at step {step}; stopped "
+                            f"without saving (last good checkpoint kept); try a lower --lr")
+                    report(Progress("warning", step, total_steps, elapsed(), text="non-finite loss; step skipped"))
+                    step += 1
+                    continue
+                optimizer.step()
+                bad_run.zero_()
+            else:  # no host sync: the fused optimizer skips the update itself when found_inf is set
+                optimizer.found_inf = (~finite).float()
+                optimizer.grad_scale = None
+                optimizer.step()
+                bad_run = torch.where(finite, torch.zeros_like(bad_run), bad_run + 1)
+                if hidden is not None:
+                    hidden = _zero_if(hidden, ~finite)
+            window_loss += torch.where(finite, loss.detach().double(), 0.0)
+            if cfg.grad_clip > 0:
+                window_clip += (grad_norm > cfg.grad_clip).float()
+            window_steps += 1
+            step += 1
+            if step % sync_every == 0 and device.type != "cpu" and int(bad_run) >= cfg.max_bad_steps:
+                raise NonFiniteLossError(f"loss was not finite for {int(bad_run)} steps in a row at step {step}")
+            if step % cfg.log_every == 0:
+                now = time.perf_counter()
+                rate = window_steps * chars_per_step / max(now - window_t, 1e-9)
+                mean = float(window_loss.item()) / window_steps
+                gnorm = float(grad_norm.item())
+                log({"kind": "train", "step": step, "elapsed": round(elapsed(), 3), "train_loss": mean,
+                     "lr": lr, "grad_norm": gnorm, "clip_frac": float(window_clip.item()) / window_steps,
+                     "chars_per_s": rate})
+                report(Progress("log", step, total_steps, elapsed(), cfg.time_budget, train_loss=mean, lr=lr,
+                                grad_norm=gnorm, chars_per_s=rate))
+                window_loss.zero_()
+                window_clip.zero_()
+                window_steps, window_t = 0, time.perf_counter()
+            if step % cfg.eval_every == 0:
+                evaluate_and_save()
+            if cfg.sample_length and is_sample_step(cfg, step):
+                draw_sample()
+        if latest is None or not latest.name.endswith(f"{step:08d}.safetensors"):
+            evaluate_and_save()
+            if cfg.sample_length:
+                draw_sample()
+    finally:
+        metrics.close()
+        samples.close()
+    report(Progress("end", step, total_steps, elapsed(), cfg.time_budget, val_loss=last_val, text=str(latest)))
+    return TrainResult(run_dir, step, elapsed(), last_val, best_val if math.isfinite(best_val) else None, latest)
+
+
+def _total_steps(cfg: TrainConfig, batcher: StreamBatcher) -> int | None:
+    if cfg.max_iters is not None:
+        return cfg.max_iters
+    if cfg.epochs is not None:
+        return max(1, math.ceil(cfg.epochs * batcher.batches_per_epoch))
+    if cfg.time_budget is not None:
+        return None
+    return batcher.batches_per_epoch  # no rule given: one epoch
+
+
+def _apply_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _zero_if(hidden, flag: torch.Tensor):
+    if isinstance(hidden, tuple):
+        return tuple(torch.where(flag, torch.zeros_like(h), h) for h in hidden)
+    return torch.where(flag, torch.zeros_like(hidden), hidden)
+
+
+def _training_state(step: int, elapsed: float, best_val: float, optimizer: torch.optim.Optimizer, hidden,
+                    cfg: TrainConfig) -> dict[str, Any]:
+    """Everything besides the weights that an exact resume needs: tensors and primitives only."""
+    if isinstance(hidden, tuple):
+        hidden = [h.detach().cpu() for h in hidden]
+    elif hidden is not None:
+        hidden = hidden.detach().cpu()
+    opt_state = optimizer.state_dict()
+    for group in opt_state["param_groups"]:
+        group.pop("found_inf", None)
+    return {"step": step, "elapsed": elapsed, "best_val": best_val, "optimizer": opt_state,
+            "rng": rng_state(), "hidden": hidden, "train_config": to_dict(cfg)}
+
+
+def _check_same_run(loaded: LoadedModel, model_cfg: ModelConfig, vocab, corpus_sha256: str) -> None:
+    if loaded.corpus_sha256 != corpus_sha256:
+        raise ResumeMismatchError("--resume: the corpus differs from the one this run was trained on "
+                                  "(sha256 mismatch); resume with the original file or start a new run")
+    if loaded.vocab != vocab:
+        raise ResumeMismatchError("--resume: the vocabulary differs from the run's")
+    if loaded.model_cfg != model_cfg:
+        raise ResumeMismatchError(f"--resume: the model config differs from the run's ({loaded.model_cfg})")
+
+
+def _write_run_files(run_dir: Path, data: Corpus, model_cfg: ModelConfig, cfg: TrainConfig) -> None:
+    """The human-readable sidecars (config.json, vocab.json); loading never depends on them."""
+    config = {
+        "charnn_version": __version__,
+        "torch_version": torch.__version__,
+        "model": to_dict(model_cfg),
+        "train": to_dict(cfg),
+        "data": to_dict(data.data),
+        "corpus": {"path": str(Path(data.path).resolve()), "sha256": data.sha256, "chars": len(data.ids)},
+        "vocab_size": len(data.vocab),
+    }
+    atomic_write(run_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write(run_dir / "vocab.json", (data.vocab.to_json() + "\n").encode())
+
+
+__all__ = ["Progress", "TrainResult", "train", "resume_configs", "learning_rate"]
+_ = dataclasses  # re-exported helpers may use dataclasses.replace on the configs
