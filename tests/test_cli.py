@@ -1,0 +1,92 @@
+"""The CLI end to end on a tiny corpus, and its one-line errors."""
+
+import json
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from charnn.cli import app
+from tests.conftest import PYTHON, cli_env
+
+runner = CliRunner()
+TINY = ["--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
+        "--max-iters", "12", "--eval-every", "6", "--sample-every", "6", "--sample-length", "10", "--quiet",
+        "--device", "cpu"]
+
+
+def invoke(*args):
+    return runner.invoke(app, list(map(str, args)), env={"COLUMNS": "200"})
+
+
+def test_train_sample_eval_end_to_end(tmp_path, tiny_corpus):
+    run = tmp_path / "run"
+    res = invoke("train", tiny_corpus, "--out", run, *TINY)
+    assert res.exit_code == 0, res.output
+    assert (run / "step-00000012.safetensors").exists()
+
+    res = invoke("sample", run, "--prime", "First", "--length", "40", "--seed", "3")
+    assert res.exit_code == 0
+    assert res.stdout.startswith("First") and len(res.stdout) == len("First") + 40 + 1  # + final newline
+    assert res.stdout == invoke("sample", run, "--prime", "First", "--length", "40", "--seed", "3").stdout
+
+    res = invoke("sample", run, "--length", "10", "--seed", "1", "--num-samples", "3")
+    assert res.exit_code == 0 and res.stdout.count("---------------") == 2
+
+    res = invoke("eval", run, "--json")
+    row = json.loads(res.stdout)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = min(r["val_loss"] for r in logged if r["kind"] == "eval")
+    assert row["file"] == "validation split" and abs(row["nats_per_char"] - best) < 1e-6
+    assert abs(row["bits_per_char"] * 0.6931471805599453 - row["nats_per_char"]) < 1e-9
+
+    res = invoke("eval", run, tiny_corpus)
+    assert res.exit_code == 0 and "bits/char" in res.stdout and "perplexity" in res.stdout
+
+
+def test_resume_continues_a_run(tmp_path, tiny_corpus):
+    run = tmp_path / "run"
+    assert invoke("train", tiny_corpus, "--out", run, *TINY).exit_code == 0
+    more = [a if a != "12" else "18" for a in TINY]
+    res = invoke("train", "--resume", run, *more)
+    assert res.exit_code == 0, res.output
+    assert (run / "step-00000018.safetensors").exists()
+
+
+def one_error_line(res, code=2):
+    assert res.exit_code == code, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["sample", "/nonexistent/run"], "no such run"),
+    (["sample", "RUN", "--temperature", "0"], "--temperature"),
+    (["sample", "RUN", "--top-k", "abc"], "--top-k"),
+    (["sample", "RUN", "--prime", "Zq"], "not in this model's vocabulary"),
+    (["sample", "RUN", "--bogus"], "--bogus"),
+    (["train", "CORPUS", "--model", "transformer"], "--model"),
+    (["train", "CORPUS", "--dropout", "2"], "--dropout"),
+    (["train", "CORPUS", "--seq-len", "100000"], "--seq-len"),
+    (["train", "CORPUS", "--device", "cuda:7"], "cuda"),
+    (["train"], "missing CORPUS"),
+    (["eval", "RUN", "/nonexistent.txt"], "no such file"),
+])
+def test_bad_inputs_give_one_line_and_exit_2(tiny_run, tiny_corpus, args, needle):
+    args = [str(tiny_run) if a == "RUN" else str(tiny_corpus) if a == "CORPUS" else a for a in args]
+    assert needle in one_error_line(invoke(*args))
+
+
+def test_existing_run_is_never_overwritten(tiny_run, tiny_corpus):
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir()}
+    assert "already holds a run" in one_error_line(invoke("train", tiny_corpus, "--out", tiny_run, *TINY))
+    assert before == {p.name: p.stat().st_mtime_ns for p in tiny_run.iterdir()}
+
+
+def test_python_dash_m_and_version():
+    out = subprocess.run([PYTHON, "-m", "charnn", "--version"], capture_output=True, text=True, env=cli_env())
+    assert out.returncode == 0 and out.stdout.startswith("charnn ")
+    out = subprocess.run([PYTHON, "-m", "charnn", "sample", "--help"], capture_output=True, text=True, env=cli_env())
+    assert out.returncode == 0 and "--temperature" in out.stdout

@@ -1,0 +1,143 @@
+"""Reading, vocabulary, split and the truncated-BPTT layout."""
+
+import numpy as np
+import pytest
+import torch
+
+from charnn import data as data_mod
+from charnn.config import DataConfig
+from charnn.data import StreamBatcher, Vocab, encode_file, id_dtype
+from charnn.errors import DataError, VocabularyError
+
+
+def test_vocab_is_sorted_set_and_roundtrips(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("hello, wörld\n", encoding="utf-8")
+    corpus = encode_file(p, DataConfig())
+    assert [chr(c) for c in corpus.vocab.symbols] == sorted(set("hello, wörld\n"))
+    assert corpus.vocab.decode(corpus.ids) == "hello, wörld\n"
+    assert corpus.ids.dtype == np.uint8
+
+
+def test_smallest_dtype():
+    assert id_dtype(256) == np.uint8
+    assert id_dtype(257) == np.uint16
+    assert id_dtype(70000) == np.uint32
+
+
+def test_bom_stripped_and_newlines_normalised(tmp_path):
+    texts = {"lf": "a\nb\nc\n", "crlf": "a\r\nb\r\nc\r\n", "cr": "a\rb\rc\r"}
+    encoded = {}
+    for name, text in texts.items():
+        p = tmp_path / f"{name}.txt"
+        p.write_bytes(b"\xef\xbb\xbf" + text.encode())
+        encoded[name] = encode_file(p, DataConfig())
+    assert all(0xFEFF not in c.vocab.symbols for c in encoded.values())
+    assert encoded["lf"].vocab == encoded["crlf"].vocab == encoded["cr"].vocab
+    assert np.array_equal(encoded["lf"].ids, encoded["crlf"].ids)
+    assert np.array_equal(encoded["lf"].ids, encoded["cr"].ids)
+    kept = tmp_path / "kept.txt"
+    kept.write_bytes(b"a\r\nb")
+    assert 13 in encode_file(kept, DataConfig(keep_newlines=True)).vocab.symbols
+
+
+def test_crlf_split_across_chunks(tmp_path, monkeypatch):
+    p = tmp_path / "t.txt"
+    p.write_bytes(b"ab\r\ncd\r\nef")
+    monkeypatch.setattr(data_mod, "CHUNK_BYTES", 3)  # "ab\r" | "\ncd" | ...
+    corpus = encode_file(p, DataConfig())
+    assert corpus.vocab.decode(corpus.ids) == "ab\ncd\nef"
+
+
+def test_multibyte_character_split_across_chunks(tmp_path, monkeypatch):
+    text = "a😀b€c" * 5
+    p = tmp_path / "t.txt"
+    p.write_text(text, encoding="utf-8")
+    for size in (1, 2, 3, 5):
+        monkeypatch.setattr(data_mod, "CHUNK_BYTES", size)
+        corpus = encode_file(p, DataConfig())
+        assert corpus.vocab.decode(corpus.ids) == text
+
+
+def test_invalid_utf8_names_the_byte_offset(tmp_path, monkeypatch):
+    p = tmp_path / "bad.txt"
+    p.write_bytes(b"hello world" + b"\xff" + b"more")
+    monkeypatch.setattr(data_mod, "CHUNK_BYTES", 4)
+    with pytest.raises(DataError, match=r"at byte 11\b.*--encoding"):
+        encode_file(p, DataConfig())
+    assert encode_file(p, DataConfig(encoding="latin-1")).vocab.decode(encode_file(
+        p, DataConfig(encoding="latin-1")).ids).endswith("ÿmore")
+    assert "\ufffd" in encode_file(p, DataConfig(errors="replace")).vocab.decode(
+        encode_file(p, DataConfig(errors="replace")).ids)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"), (b"", "empty"), (b"ab\x00cd", "binary"), (b"  \n\t \n", "only whitespace")])
+def test_bad_files(tmp_path, content, message):
+    p = tmp_path / "f.txt"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        encode_file(p, DataConfig())
+
+
+def test_directory_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="directory"):
+        encode_file(tmp_path, DataConfig())
+
+
+def test_bytes_mode_reads_anything(tmp_path):
+    p = tmp_path / "bin"
+    p.write_bytes(bytes([0, 255, 10, 0, 7]))
+    corpus = encode_file(p, DataConfig(bytes_mode=True))
+    assert corpus.vocab.symbols == (0, 7, 10, 255)
+    assert corpus.vocab.decode(corpus.ids) == bytes([0, 255, 10, 0, 7])
+
+
+def test_split_matches_nanogpt(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("abcdefghij" * 101)
+    corpus = encode_file(p, DataConfig())
+    train, val, test = corpus.split()
+    n = len(corpus.ids)
+    assert len(train) == int(n * 0.9) and len(val) == n - int(n * 0.9) and len(test) == 0
+    train, val, test = encode_file(p, DataConfig(val_frac=0.1, test_frac=0.1)).split()
+    assert (len(train), len(val), len(test)) == (int(n * 0.8), int(n * 0.9) - int(n * 0.8), n - int(n * 0.9))
+
+
+def test_unknown_characters_are_listed():
+    vocab = Vocab(tuple(map(ord, "abc")))
+    with pytest.raises(VocabularyError, match="'x'"):
+        vocab.encode("abxc")
+
+
+def test_batch_rows_continue_their_streams():
+    ids = np.arange(1000) % 251
+    B, T = 4, 8
+    batcher = StreamBatcher(ids.astype(np.uint8), batch_size=B, seq_len=T, seed=0)
+    L = batcher.row_len
+    for step in range(batcher.batches_per_epoch):
+        x, y = batcher.batch(step)
+        assert x.shape == y.shape == (B, T) and x.dtype == torch.int64
+        for r in range(B):
+            start = r * L + step * T  # epoch 0 has no offset
+            assert x[r].tolist() == ids[start:start + T].tolist()
+            assert y[r].tolist() == ids[start + 1:start + T + 1].tolist()
+        if step:
+            assert torch.equal(x[:, 0], prev_y[:, -1])  # noqa: F821 - row r continues where it stopped
+        prev_y = y  # noqa: F841
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    ids = (np.arange(5000) % 97).astype(np.uint8)
+    a = StreamBatcher(ids, batch_size=3, seq_len=7, seed=5)
+    b = StreamBatcher(ids, batch_size=3, seq_len=7, seed=5)
+    for step in (0, 1, a.batches_per_epoch, 3 * a.batches_per_epoch + 2):
+        assert torch.equal(a.batch(step)[0], b.batch(step)[0])
+    assert any(a.epoch_offset(e) != 0 for e in range(1, 10))  # later epochs shift the windows
+
+
+def test_too_short_for_one_batch():
+    with pytest.raises(DataError, match=r"4 x 9 = 36"):
+        StreamBatcher(np.zeros(35, dtype=np.uint8), batch_size=4, seq_len=8, seed=0)
+    StreamBatcher(np.zeros(36, dtype=np.uint8), batch_size=4, seq_len=8, seed=0)

@@ -1,0 +1,47 @@
+"""Evaluation: exact figures on analytic cases, independence from the batch size."""
+
+import math
+
+import numpy as np
+import torch
+
+from charnn.config import ModelConfig
+from charnn.evaluate import evaluate_ids
+from charnn.model import CharRNN
+
+
+def test_uniform_model_has_perplexity_equal_to_vocab_size():
+    V = 17
+    model = CharRNN(ModelConfig(hidden=8, embed=4), V)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    res = evaluate_ids(model, np.random.default_rng(0).integers(0, V, 1000), segment=64)
+    assert res.chars == 999
+    assert math.isclose(res.perplexity, V, rel_tol=1e-5)
+    assert math.isclose(res.bpc, math.log2(V), rel_tol=1e-5)
+
+
+def test_result_does_not_depend_on_batch_size_or_chunk():
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(hidden=16, embed=8), 9)
+    ids = np.random.default_rng(1).integers(0, 9, 3001)
+    ref = evaluate_ids(model, ids, segment=100, batch_size=1, chunk=100)
+    for batch_size, chunk in ((7, 100), (64, 33), (3, 7)):
+        res = evaluate_ids(model, ids, segment=100, batch_size=batch_size, chunk=chunk)
+        assert res.chars == ref.chars and math.isclose(res.loss, ref.loss, rel_tol=1e-6)
+
+
+def test_per_char_losses_match_a_direct_forward():
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(hidden=16, embed=8), 9).eval()
+    ids = np.random.default_rng(2).integers(0, 9, 250)
+    res = evaluate_ids(model, ids, segment=100, chunk=40, per_char=True)
+    expected = []
+    for s in range(0, 249, 100):
+        x = torch.tensor(ids[s:min(s + 100, 249)])[None]
+        y = torch.tensor(ids[s + 1:min(s + 101, 250)])
+        logits, _ = model(x)
+        expected.append(torch.nn.functional.cross_entropy(logits[0], y, reduction="none"))
+    assert np.allclose(res.per_char, torch.cat(expected).detach().numpy(), atol=1e-5)
+    assert math.isclose(res.per_char.mean(), res.loss, rel_tol=1e-6)

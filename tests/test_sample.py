@@ -1,0 +1,67 @@
+"""Sampling: determinism, greedy, prime, both stepping paths."""
+
+import pytest
+import torch
+
+from charnn.config import ModelConfig, SampleConfig
+from charnn.data import Vocab
+from charnn.errors import VocabularyError
+from charnn.model import CharRNN
+from charnn.sample import sample_text
+
+VOCAB = Vocab(tuple(map(ord, "\n abcdefgh")))
+
+
+def model_of(kind="lstm", seed=0):
+    torch.manual_seed(seed)
+    return CharRNN(ModelConfig(model=kind, layers=2, hidden=16, embed=8), len(VOCAB))
+
+
+def test_same_seed_same_text_and_different_seed_differs():
+    model = model_of()
+    cfg = SampleConfig(length=200, seed=11, temperature=1.0)
+    assert sample_text(model, VOCAB, cfg) == sample_text(model, VOCAB, cfg)
+    other = SampleConfig(length=200, seed=12, temperature=1.0)
+    assert sample_text(model, VOCAB, cfg) != sample_text(model, VOCAB, other)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_fast_and_module_paths_give_the_same_text(kind):
+    model = model_of(kind)
+    cfg = SampleConfig(length=300, seed=3, temperature=1.0, prime="abc", num_samples=3)
+    assert sample_text(model, VOCAB, cfg, path="fast") == sample_text(model, VOCAB, cfg, path="module")
+
+
+def test_greedy_equals_top_k_1():
+    model = model_of()
+    greedy = sample_text(model, VOCAB, SampleConfig(length=100, greedy=True, seed=1))
+    top1 = sample_text(model, VOCAB, SampleConfig(length=100, top_k=1, seed=2))
+    assert greedy == top1
+
+
+def test_output_starts_with_the_prime_and_has_the_length():
+    text = sample_text(model_of(), VOCAB, SampleConfig(length=50, prime="bad cab", seed=0))[0]
+    assert text.startswith("bad cab") and len(text) == len("bad cab") + 50
+
+
+def test_unprimed_sample_does_not_echo_the_default_prime():
+    text = sample_text(model_of(), VOCAB, SampleConfig(length=40, seed=0))[0]
+    assert len(text) == 40
+
+
+def test_top_p_keeps_only_the_head_of_the_distribution():
+    # a model whose head strongly prefers 'a': top_p 0.5 must always pick it
+    model = model_of()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.head.bias[VOCAB.symbols.index(ord("a"))] = 5.0
+    text = sample_text(model, VOCAB, SampleConfig(length=100, top_p=0.5, temperature=1.0, seed=0))[0]
+    assert set(text) == {"a"}
+    mixed = sample_text(model, VOCAB, SampleConfig(length=400, temperature=1.0, seed=0))[0]
+    assert set(mixed) != {"a"}
+
+
+def test_prime_with_unknown_characters_lists_them():
+    with pytest.raises(VocabularyError, match="'z'"):
+        sample_text(model_of(), VOCAB, SampleConfig(prime="abz", length=5))

@@ -1,0 +1,80 @@
+"""Training: it learns, it logs, it checkpoints, it resumes exactly."""
+
+import json
+import math
+
+import torch
+
+from charnn.checkpoint import list_checkpoints, load_model, load_run
+from charnn.config import ModelConfig, SampleConfig, TrainConfig
+from charnn.evaluate import evaluate_validation
+from charnn.sample import sample_text
+from charnn.train import learning_rate, train
+from tests.conftest import tiny_configs
+
+
+def test_learns_a_periodic_text_and_greedy_sampling_reproduces_it(tmp_path):
+    period = "abcdefgh\n"
+    corpus = tmp_path / "periodic.txt"
+    corpus.write_text(period * 300)
+    cfg = TrainConfig(batch_size=8, seq_len=16, lr=1e-2, warmup_iters=0, max_iters=150, eval_every=150,
+                      sample_length=0, device="cpu", seed=0)
+    result = train(corpus, model_cfg=ModelConfig(layers=1, hidden=32, embed=8), train_cfg=cfg,
+                   out_dir=tmp_path / "run")
+    assert result.final_val_loss < 0.05
+    loaded = load_run(result.run_dir)
+    text = sample_text(loaded.model, loaded.vocab, SampleConfig(prime="abc", greedy=True, length=36))[0]
+    assert text == ("abcdefgh\n" * 5)[:39]
+
+
+def test_run_directory_metrics_and_samples(tiny_run):
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {"config.json", "vocab.json", "metrics.jsonl", "samples.jsonl"} <= names
+    assert [p.name for p in list_checkpoints(tiny_run)] == ["step-00000010.safetensors", "step-00000020.safetensors"]
+    rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == [5, 10, 15, 20]
+    assert all({"elapsed", "train_loss", "lr", "grad_norm", "chars_per_s"} <= set(r) for r in train_rows)
+    samples = [json.loads(line) for line in (tiny_run / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [10, 20] and all(len(s["text"]) == 20 for s in samples)
+
+
+def test_eval_of_the_run_equals_the_logged_val_loss(tiny_run):
+    rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r["val_loss"] for r in rows if r["kind"] == "eval"}
+    for path in list_checkpoints(tiny_run):
+        loaded = load_model(path)
+        assert math.isclose(evaluate_validation(loaded).loss, logged[loaded.step], rel_tol=1e-6)
+
+
+def test_saved_and_loaded_model_gives_identical_logits(tiny_run):
+    loaded = load_run(tiny_run, which="latest")
+    again = load_model(loaded.path)
+    x = torch.randint(len(loaded.vocab), (2, 9))
+    assert torch.equal(loaded.model(x)[0], again.model(x)[0])
+
+
+def test_resume_after_n_steps_equals_uninterrupted(tmp_path, tiny_corpus):
+    model_cfg, cfg, data = tiny_configs(max_iters=12, min_lr=1e-2, eval_every=6, sample_length=0)
+    straight = train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "a")
+    first = cfg.__class__(**{**cfg.__dict__, "max_iters": 7})
+    train(tiny_corpus, model_cfg=model_cfg, train_cfg=first, data_cfg=data, out_dir=tmp_path / "b")
+    resumed = train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "b",
+                    resume=True)
+    assert resumed.steps == straight.steps == 12
+    a = load_run(tmp_path / "a", which="latest").model.state_dict()
+    b = load_run(tmp_path / "b", which="latest").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_iters=10)
+    assert learning_rate(cfg, 0, 0.0) == 0.1 and learning_rate(cfg, 9, 0.0) == 1.0
+    assert math.isclose(learning_rate(cfg, 50, 0.5), 0.55) and math.isclose(learning_rate(cfg, 99, 1.0), 0.1)
+
+
+def test_time_budget_stops_and_keeps_a_checkpoint(tmp_path, tiny_corpus):
+    model_cfg, cfg, data = tiny_configs(max_iters=None, time_budget=1.5, eval_every=10**6, sample_length=0)
+    result = train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "r")
+    assert result.steps > 0 and result.elapsed < 15 and result.latest.exists()
+    assert result.final_val_loss is not None
