@@ -1,0 +1,242 @@
+"""What a trained model does on a passage: per-character surprise and top-5 predictions, every layer's hidden
+and cell activations and gate values (a step loop over the model's own weights), gate saturation, and the units
+whose activation follows simple properties of the text (Karpathy, Johnson & Fei-Fei 2015, "Visualizing and
+Understanding Recurrent Networks"). Numbers only: the page that shows them is `charnn.report`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from charnn.model import CharRNN
+
+# Sigmoid gates per cell kind, in PyTorch's weight layout order; LSTM's "g" and GRU's "n" are tanh candidates,
+# not gates. LSTM rows are [i, f, g, o], GRU rows are [r, z, n] (torch.nn.LSTM / torch.nn.GRU docs).
+GATES: dict[str, tuple[str, ...]] = {"lstm": ("input", "forget", "output"), "gru": ("reset", "update"),
+                                     "rnn": ()}
+LEFT, RIGHT = 0.1, 0.9  # saturation thresholds of the 2015 paper's gate plots
+
+
+@dataclass(frozen=True)
+class LayerTrace:
+    """One layer's states after reading each character: T positions, H units."""
+
+    hidden: np.ndarray  # (T, H) h_t
+    cell: np.ndarray | None  # (T, H) c_t for an LSTM, else None
+    gates: dict[str, np.ndarray]  # gate name -> (T, H) values in (0, 1)
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A passage run through the model one character at a time.
+
+    Position t holds the state after reading ids[t] and `logits[t]` predicts ids[t + 1]. The state is reset
+    to zero every `segment` characters, exactly as `charnn.evaluate` scores text, so the losses agree.
+    """
+
+    ids: np.ndarray  # (T,)
+    logits: torch.Tensor  # (T, V)
+    layers: list[LayerTrace]
+    segment: int
+
+
+@torch.inference_mode()
+def trace(model: CharRNN, ids: np.ndarray, *, segment: int = 4096) -> Trace:
+    """Run `model` over `ids` layer by layer with a manual recurrence, keeping every state and gate.
+
+    nn.LSTM returns only the top layer's outputs and never its gates, so each layer is stepped here from its
+    `weight_ih_l{k}`/`weight_hh_l{k}`/biases. The input projection of a whole layer is one matmul; only the
+    recurrent part loops over time. `tests/test_report.py` checks the logits equal the model's own.
+    """
+    model.eval()
+    kind, hidden_size = model.cfg.model, model.cfg.hidden
+    rnn = model.rnn
+    x = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=model.head.weight.device)
+    inputs = model.embed(x).float()  # (T, E)
+    layers = []
+    for k in range(model.cfg.layers):
+        w_ih, w_hh = getattr(rnn, f"weight_ih_l{k}").float(), getattr(rnn, f"weight_hh_l{k}").float()
+        b_ih, b_hh = getattr(rnn, f"bias_ih_l{k}").float(), getattr(rnn, f"bias_hh_l{k}").float()
+        projected = inputs @ w_ih.T + b_ih  # (T, G*H), G = 4 (lstm), 3 (gru), 1 (rnn)
+        layer = _step_layer(kind, projected, w_hh, b_hh, hidden_size, segment)
+        layers.append(layer)
+        inputs = layer[0]  # (T, H): dropout between layers is off in eval mode
+    logits = model.head(inputs)  # (T, V)
+    traces = []
+    for h, c, gates in layers:
+        names = GATES[kind]
+        traces.append(LayerTrace(h.cpu().numpy(), None if c is None else c.cpu().numpy(),
+                                 {name: g.cpu().numpy() for name, g in zip(names, gates)}))
+    return Trace(np.asarray(ids), logits, traces, segment)
+
+
+def _step_layer(kind: str, projected: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, size: int,
+                segment: int):
+    """The recurrence of one layer; returns (h (T, H), c (T, H) or None, [gate (T, H), ...])."""
+    steps = projected.shape[0]
+    hs = projected.new_empty(steps, size)
+    cs = projected.new_empty(steps, size) if kind == "lstm" else None
+    gate_out = projected.new_empty(len(GATES[kind]), steps, size)
+    h = c = projected.new_zeros(size)
+    for t in range(steps):
+        if t % segment == 0:  # a new evaluation segment starts from a zero state
+            h = c = projected.new_zeros(size)
+        rec = torch.addmv(b_hh, w_hh, h)  # (G*H,)
+        if kind == "lstm":
+            pre = projected[t] + rec
+            i, f, g, o = pre.split(size)
+            i, f, o = torch.sigmoid(i), torch.sigmoid(f), torch.sigmoid(o)
+            c = f * c + i * torch.tanh(g)
+            h = o * torch.tanh(c)
+            cs[t] = c
+            gate_out[0, t], gate_out[1, t], gate_out[2, t] = i, f, o
+        elif kind == "gru":
+            xr, xz, xn = projected[t].split(size)
+            hr, hz, hn = rec.split(size)
+            r = torch.sigmoid(xr + hr)
+            z = torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + r * hn)
+            h = (1 - z) * n + z * h
+            gate_out[0, t], gate_out[1, t] = r, z
+        else:
+            h = torch.tanh(projected[t] + rec)
+        hs[t] = h
+    return hs, cs, list(gate_out)
+
+
+# --- surprise -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Surprise:
+    """Loss of each character given its left context, and what the model expected there.
+
+    `loss[t]` (nats) scores ids[t + 1]; `top_ids[t]`/`top_probs[t]` are the k likeliest next characters after
+    reading ids[t]. Their mean is `charnn eval`'s nats/char on the same text with the same segment length.
+    """
+
+    loss: np.ndarray  # (T-1,)
+    top_ids: np.ndarray  # (T-1, k)
+    top_probs: np.ndarray  # (T-1, k)
+
+    @property
+    def mean(self) -> float:
+        return float(self.loss.mean()) if len(self.loss) else math.nan
+
+
+def surprise(tr: Trace, *, k: int = 5) -> Surprise:
+    logp = torch.log_softmax(tr.logits[:-1].double(), dim=-1)  # (T-1, V)
+    targets = torch.as_tensor(tr.ids[1:].astype(np.int64), device=logp.device)
+    loss = -logp.gather(1, targets[:, None])[:, 0]
+    top = logp.topk(min(k, logp.shape[1]), dim=-1)
+    return Surprise(loss.cpu().numpy(), top.indices.cpu().numpy(), top.values.exp().cpu().numpy())
+
+
+# --- gate saturation ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GateStats:
+    """How often a gate is left-saturated (< 0.1), right-saturated (> 0.9) or in between."""
+
+    layer: int
+    gate: str
+    left: float  # fraction of all (time, unit) values
+    right: float
+    middle: float
+    unit_left: np.ndarray  # (H,) per-unit fractions, the paper's scatter
+    unit_right: np.ndarray  # (H,)
+
+
+def gate_stats(tr: Trace) -> list[GateStats]:
+    out = []
+    for k, layer in enumerate(tr.layers):
+        for name, values in layer.gates.items():
+            left, right = values < LEFT, values > RIGHT  # (T, H)
+            out.append(GateStats(k, name, float(left.mean()), float(right.mean()),
+                                 float(1 - left.mean() - right.mean()), left.mean(axis=0), right.mean(axis=0)))
+    return out
+
+
+# --- the correlation finder -----------------------------------------------------------------------------
+
+def text_properties(text: str) -> dict[str, np.ndarray]:
+    """Simple properties of each position of `text`, each known from the text up to and including it.
+
+    - inside quotes: an odd number of `"` read so far (the opening quote counts as inside);
+    - position in line: characters since the last newline before this one;
+    - inside brackets: more `([{` than `)]}` read so far;
+    - after a newline: this character is a newline, so the next one starts a line.
+    """
+    n = len(text)
+    quotes = np.zeros(n)
+    column = np.zeros(n)
+    brackets = np.zeros(n)
+    newline = np.zeros(n)
+    inside, col, depth = False, 0, 0
+    for t, ch in enumerate(text):
+        if ch == '"':
+            inside = not inside
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(depth - 1, 0)
+        quotes[t], column[t], brackets[t], newline[t] = inside, col, depth > 0, ch == "\n"
+        col = 0 if ch == "\n" else col + 1
+    return {"inside quotes": quotes, "position in line": column, "inside brackets": brackets,
+            "after a newline": newline}
+
+
+@dataclass(frozen=True)
+class UnitCorrelation:
+    prop: str
+    layer: int
+    kind: str  # "hidden" or "cell"
+    unit: int
+    r: float  # Pearson correlation over the passage
+
+
+@dataclass(frozen=True)
+class Correlations:
+    by_property: dict[str, list[UnitCorrelation]]  # strongest |r| first
+    constant: list[str] = field(default_factory=list)  # properties with no variation in this passage
+
+
+def unit_series(tr: Trace) -> list[tuple[int, str, np.ndarray]]:
+    """Every (layer, kind, (T, H) activations) the explorer offers: h, and c for an LSTM."""
+    out = []
+    for k, layer in enumerate(tr.layers):
+        out.append((k, "hidden", layer.hidden))
+        if layer.cell is not None:
+            out.append((k, "cell", layer.cell))
+    return out
+
+
+def pearson(acts: np.ndarray, prop: np.ndarray) -> np.ndarray:
+    """Pearson r of each column of acts (T, H) with prop (T,); 0 for a constant column."""
+    a = acts - acts.mean(axis=0)
+    p = prop - prop.mean()
+    denom = np.sqrt((a * a).sum(axis=0) * (p * p).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a * p[:, None]).sum(axis=0) / denom
+    return np.nan_to_num(r)
+
+
+def find_correlated(series: list[tuple[int, str, np.ndarray]], props: dict[str, np.ndarray], *,
+                    top: int = 5) -> Correlations:
+    """The `top` units (of all layers and kinds) whose activation correlates most strongly with each property."""
+    by_property, constant = {}, []
+    for name, prop in props.items():
+        if prop.std() == 0:
+            constant.append(name)
+            continue
+        found = []
+        for layer, kind, acts in series:
+            r = pearson(acts.astype(np.float64), prop.astype(np.float64))
+            for unit in np.argsort(-np.abs(r))[:top]:
+                found.append(UnitCorrelation(name, layer, kind, int(unit), float(r[unit])))
+        found.sort(key=lambda u: -abs(u.r))
+        by_property[name] = found[:top]
+    return Correlations(by_property, constant)
