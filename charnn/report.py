@@ -1,6 +1,6 @@
 """The training report: one self-contained HTML page (inline SVG, CSS and JS; nothing fetched) built from a run
 directory: loss, learning-rate and gradient curves, the sample timeline, a surprise heatmap, a neuron explorer,
-gate saturation, and the run's configuration. The numbers come from `charnn.neurons`; the page's script and
+gate saturation, and the run's configuration. The numbers come from `charnn.inspect`; the page's script and
 style are in `charnn.report_assets`. Writes a file; never prints.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from charnn.checkpoint import CharnnWarning, LoadedModel, load_run
 from charnn.errors import CharnnError, CheckpointWriteError, DataError
-from charnn.neurons import (Correlations, GateStats, Surprise, find_correlated, gate_stats, surprise,
+from charnn.inspect import (Correlations, GateStats, Surprise, find_correlated, gate_stats, surprise,
                             text_properties, trace, unit_series)
 from charnn.report_assets import PAGE_CSS, PAGE_JS
 
