@@ -7,6 +7,8 @@ meta device before a single weight byte is allocated.
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 import hashlib
 import io
 import json
@@ -172,10 +174,34 @@ def _meta_json(meta: dict[str, str], key: str, path: Path) -> Any:
         raise CheckpointError(f"{path}: checkpoint metadata {key!r} is missing or unreadable") from None
 
 
+def _typed(cls: type, data: Any, path: Path) -> Any:
+    """`from_dict`, after checking each value has its field's JSON type: a crafted `"hidden": "16"` or
+    `"encoding": 5` would otherwise pass the range checks and fail later with a traceback."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: {cls.__name__} in the metadata is not a JSON object")
+    for f in dataclasses.fields(cls):
+        if f.name not in data or f.default is None:
+            continue
+        value, default = data[f.name], f.default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise CheckpointError(f"{path}: invalid checkpoint metadata ({cls.__name__}.{f.name} = {value!r})")
+    return from_dict(cls, data)
+
+
 def _parse_meta(path: Path, meta: dict[str, str]) -> tuple[ModelConfig, DataConfig, Vocab, int, float | None]:
     try:
-        model_cfg = from_dict(ModelConfig, _meta_json(meta, "model_config", path))
-        data_cfg = from_dict(DataConfig, _meta_json(meta, "data_config", path))
+        model_cfg = _typed(ModelConfig, _meta_json(meta, "model_config", path), path)
+        data_cfg = _typed(DataConfig, _meta_json(meta, "data_config", path), path)
+        if not data_cfg.bytes_mode and not codecs.lookup(data_cfg.encoding)._is_text_encoding:
+            raise CheckpointError(f"{path}: invalid checkpoint metadata (encoding {data_cfg.encoding!r})")
         vocab = Vocab.from_json(meta["vocab"])
         step = int(meta.get("step", "0"))
         val = meta.get("val_loss", "none")
@@ -212,7 +238,8 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
     spans = []
     for name, (shape, _) in expected.items():
         entry = header[name]
-        if not isinstance(entry, dict) or entry.get("dtype") != "F32" or tuple(entry.get("shape", ())) != shape:
+        if (not isinstance(entry, dict) or entry.get("dtype") != "F32" or not isinstance(entry.get("shape"), list)
+                or tuple(entry["shape"]) != shape):
             raise CheckpointError(f"{path}: tensor {name!r} does not match the model config (shape/dtype)")
         offsets = entry.get("data_offsets")
         if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
@@ -237,6 +264,9 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
         tensors = st_load(blob)
     except Exception as err:  # the library's own parse errors: still a bad file, not a bug of ours
         raise CheckpointError(f"{path}: unreadable safetensors data ({err})") from None
+    for name, tensor in tensors.items():  # verified bytes can still be NaN: they would sample garbage
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: tensor {name!r} holds non-finite values (NaN or inf)")
     model = CharRNN(model_cfg, len(vocab))
     model.load_state_dict(tensors, strict=True)
     model.to(device).eval()
