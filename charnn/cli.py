@@ -368,5 +368,30 @@ def eval_cmd(
     _run(body)
 
 
+@app.command("report")
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.", show_default=False)],
+    *,
+    text: Annotated[Optional[Path], typer.Option(help="Text file to analyse [default: the run's validation "
+                                                 "split].")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="HTML file to write [default: "
+                                                   "RUN/report.html].")] = None,
+    chars: Annotated[int, typer.Option(min=2, max=1_000_000, help="Characters of the passage to analyse.")
+                     ] = 5000,
+    which: Annotated[Which, typer.Option(help="Which checkpoint of a run: best or latest.")] = Which.best,
+) -> None:
+    """Write one self-contained HTML page: curves, samples, surprise heatmap, neuron explorer, gates."""
+    import time
+
+    from charnn.report import write_report
+
+    def body():
+        start = time.perf_counter()
+        path = write_report(run, output, text=text, max_chars=chars, which=which.value)
+        _err(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.1f}s")
+
+    _run(body)
+
+
 def main() -> None:
     app()
