@@ -71,6 +71,12 @@ class PresetName(str, Enum):
     large = "large"
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    nccl = "nccl"
+    gloo = "gloo"
+
+
 class Which(str, Enum):
     best = "best"
     latest = "latest"
@@ -168,8 +174,18 @@ def train_cmd(
                              ] = None,
     bytes_mode: Annotated[Optional[bool], typer.Option("--bytes", help=_h(DataConfig, "bytes_mode"))] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or samples on stderr.")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Where the encoded corpus is cached as memory-mapped "
+                                                      "ids, keyed by its sha256 [default: checkpoints/.cache].")
+                         ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Encode the corpus in memory; write no cache.")
+                        ] = False,
+    backend: Annotated[Backend, typer.Option(help="torch.distributed backend under torchrun: auto (NCCL on "
+                                             "CUDA, gloo on CPU), nccl or gloo.")] = Backend.auto,
 ) -> None:
-    """Train a model on a text file; samples appear as it learns; checkpoints go to the run directory."""
+    """Train a model on a text file; samples appear as it learns; checkpoints go to the run directory.
+
+    Under `torchrun --nproc_per_node=N` the --batch-size streams are split across the N processes.
+    """
     from charnn.train import resume_configs, train
 
     model_over = dict(model=model.value if model else None, layers=layers, hidden=hidden, embed=embed,
@@ -198,10 +214,20 @@ def train_cmd(
             source, out_dir = corpus, out
         from charnn.progress import TrainDisplay
 
-        with TrainDisplay(quiet=quiet) as display, _StopFlag() as stop:
-            result = train(source, model_cfg=model_cfg, train_cfg=train_cfg, data_cfg=data_cfg,
-                           out_dir=out_dir, resume=resume is not None, on_progress=display,
-                           should_stop=stop)
+        from charnn.corpus_cache import DEFAULT_CACHE_DIR
+        from charnn.runtime import setup_distributed, teardown_distributed
+
+        info = setup_distributed(backend.value)
+        try:
+            with TrainDisplay(quiet=quiet or not info.is_main) as display, _StopFlag() as stop:
+                result = train(source, model_cfg=model_cfg, train_cfg=train_cfg, data_cfg=data_cfg,
+                               out_dir=out_dir, resume=resume is not None, on_progress=display,
+                               should_stop=stop, cache_dir=None if no_cache else cache_dir or DEFAULT_CACHE_DIR,
+                               on_encode=display.encode)
+        finally:
+            teardown_distributed()
+        if not info.is_main:
+            return
         best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
         _err(f"done: {result.steps} steps in {result.elapsed:.0f}s; best val {best} nats/char; run {result.run_dir}")
         _err(f"next: charnn sample {result.run_dir} --prime \"...\"   |   charnn eval {result.run_dir}")

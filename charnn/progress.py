@@ -25,6 +25,22 @@ class TrainDisplay:
             self.bar.close()
         return False
 
+    def encode(self, e) -> None:
+        """A `charnn.corpus_cache.EncodeProgress`: one bar per pass (hash, scan, encode) with its MB/s."""
+        if self.quiet:
+            return
+        if e.done == 0:
+            if self.bar is not None:
+                self.bar.close()
+            # delay: small corpora are encoded before a bar would be worth drawing
+            self.bar = tqdm(total=e.total, unit="B", unit_scale=True, unit_divisor=1 << 20, desc=e.phase,
+                            file=sys.stderr, dynamic_ncols=True, delay=0.5, leave=False)
+        elif self.bar is not None:
+            self.bar.update(e.done - self.bar.n)
+            if e.done >= e.total:
+                self.bar.close()
+                self.bar = None
+
     def _write(self, text: str) -> None:
         if not self.quiet:
             tqdm.write(text, file=sys.stderr)

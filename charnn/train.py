@@ -24,11 +24,12 @@ from charnn.checkpoint import (LoadedModel, list_checkpoints, load_model, load_s
                                save_checkpoint, STATE_SUFFIX, atomic_write, CharnnWarning)
 from charnn.config import DataConfig, ModelConfig, SampleConfig, TrainConfig, final_lr, from_dict, to_dict
 from charnn.data import Corpus, StreamBatcher, encode_file
-from charnn.errors import (CheckpointError, ConfigError, DataError, Interrupted, NonFiniteLossError,
+from charnn.errors import (CharnnError, CheckpointError, ConfigError, DataError, Interrupted, NonFiniteLossError,
                            OutOfMemoryError, ResumeMismatchError)
 from charnn.evaluate import evaluate_ids
 from charnn.model import CharRNN, detach_hidden, lm_loss
-from charnn.runtime import autocast, pick_device, rng_state, seed_everything, set_rng_state, set_threads
+from charnn.runtime import (DistInfo, agree, all_max, autocast, barrier, broadcast_object, pick_device, rng_state,
+                             seed_everything, set_rng_state, set_threads, setup_distributed)
 from charnn.sample import sample_text
 
 DEMO_SAMPLE_STEPS = (100, 300, 700)  # then every 1000: the char-rnn demo's "iteration 100, 300, 700, 2000"
@@ -148,27 +149,39 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
           train_cfg: TrainConfig | None = None, data_cfg: DataConfig | None = None,
           out_dir: str | os.PathLike | None = None, resume: bool = False,
           on_progress: Callable[[Progress], None] | None = None,
-          should_stop: Callable[[], int | None] | None = None) -> TrainResult:
-    """Train a model on `corpus` and write a run directory; see the module docstring for the protocol."""
+          should_stop: Callable[[], int | None] | None = None,
+          cache_dir: str | os.PathLike | None = None, on_encode: Callable[[Any], None] | None = None
+          ) -> TrainResult:
+    """Train a model on `corpus` and write a run directory; see the module docstring for the protocol.
+
+    With `cache_dir` the corpus is encoded once into a memory-mapped cache there (`charnn.corpus_cache`;
+    `on_encode` gets its progress). Under torchrun every rank trains its share of the streams (DDP).
+    """
     model_cfg = model_cfg or ModelConfig()
     cfg = train_cfg or TrainConfig()
     data_cfg = data_cfg or (corpus.data if isinstance(corpus, Corpus) else DataConfig())
     report = on_progress or (lambda p: None)
     should_stop = should_stop or (lambda: None)
 
+    dist_info = setup_distributed()
+    if not dist_info.is_main:
+        report = lambda p: None  # noqa: E731  (rank 0 alone logs)
     device = pick_device(cfg.device)
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
     set_threads(cfg.threads)
-    data = corpus if isinstance(corpus, Corpus) else encode_file(corpus, data_cfg)
+    data = corpus if isinstance(corpus, Corpus) else _load_corpus(corpus, data_cfg, cache_dir, on_encode, dist_info)
+    _check_same_corpus(data, dist_info)
     train_ids, val_ids, _ = data.split()
     vocab = data.vocab
     if data.data.val_frac > 0 and len(val_ids) < 2:
         raise DataError(f"{data.path}: validation split has {len(val_ids)} characters; need at least 2 "
                         f"(raise --val-frac or use more text)")
     batcher = StreamBatcher(train_ids, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed,
-                            device=device)
+                            device=device, rank=dist_info.rank, world=dist_info.world)
     total_steps = _total_steps(cfg, batcher)
 
-    run_dir = Path(out_dir) if out_dir else default_run_dir(data.path)
+    run_dir = broadcast_object(dist_info, Path(out_dir) if out_dir else default_run_dir(data.path))
     seed_everything(cfg.seed)
     model = CharRNN(model_cfg, len(vocab)).to(device)
     optimizer = make_optimizer(model, cfg, device)
@@ -176,7 +189,8 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
     if resume:
         if not run_dir.is_dir():
             raise CheckpointError(f"{run_dir}: no such run directory to resume")
-        remove_stale_temps(run_dir)
+        if dist_info.is_main:  # another rank's cleanup could delete rank 0's file mid-write
+            remove_stale_temps(run_dir)
         loaded, state = _latest_resumable(run_dir)
         _check_same_run(loaded, model_cfg, vocab, data.sha256)
         model.load_state_dict(loaded.model.state_dict())
@@ -187,16 +201,21 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
         hidden = state.get("hidden")
         if hidden is not None:
             hidden = tuple(h.to(device) for h in hidden) if isinstance(hidden, (list, tuple)) else hidden.to(device)
+            hidden = _rank_rows(hidden, dist_info)  # the saved state holds every stream; take this rank's
         set_rng_state(state["rng"])
     else:
         if run_dir.exists() and list_checkpoints(run_dir):
             raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} or choose another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(run_dir)
-    _write_run_files(run_dir, data, model_cfg, cfg)
+        if dist_info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(run_dir)
+    if dist_info.is_main:
+        _write_run_files(run_dir, data, model_cfg, cfg)
+    # Under DDP gradients are averaged over the ranks after backward; the optimizer step is the same on all.
+    net = _wrap_ddp(model, device, dist_info)
 
-    metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-    samples = open(run_dir / "samples.jsonl", "a", encoding="utf-8")
+    metrics = open(run_dir / "metrics.jsonl" if dist_info.is_main else os.devnull, "a", encoding="utf-8")
+    samples = open(run_dir / "samples.jsonl" if dist_info.is_main else os.devnull, "a", encoding="utf-8")
 
     def log(record: dict[str, Any]) -> None:
         metrics.write(json.dumps(record) + "\n")
@@ -205,22 +224,30 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
     chars_per_step = cfg.batch_size * cfg.seq_len
     t_start = time.perf_counter() - elapsed_before
     elapsed = lambda: time.perf_counter() - t_start  # noqa: E731
-    state_cb = lambda: _training_state(step, elapsed(), best_val, optimizer, hidden, cfg)  # noqa: E731
+    state_cb = lambda: _training_state(step, elapsed(), best_val, optimizer,  # noqa: E731
+                                       _gather_hidden(hidden, dist_info), cfg)
     last_val: float | None = None
     latest: Path | None = None
+    saved_step: int | None = None
 
-    def checkpoint(val: float | None) -> Path:
-        path = save_checkpoint(run_dir, model, vocab, data.data, step=step, val_loss=val,
-                               corpus_sha256=data.sha256, state=state_cb(), keep_last=cfg.keep_last,
-                               extra={"corpus_path": str(Path(data.path).resolve()),
-                                      "train_config": json.dumps(to_dict(cfg))})
-        report(Progress("checkpoint", step, total_steps, elapsed(), cfg.time_budget, text=str(path)))
+    def checkpoint(val: float | None) -> Path | None:
+        nonlocal saved_step
+        state = state_cb()  # a collective under DDP: every rank sends its streams' hidden state
+        path = None
+        if dist_info.is_main:
+            path = save_checkpoint(run_dir, model, vocab, data.data, step=step, val_loss=val,
+                                   corpus_sha256=data.sha256, state=state, keep_last=cfg.keep_last,
+                                   extra={"corpus_path": str(Path(data.path).resolve()),
+                                          "train_config": json.dumps(to_dict(cfg))})
+            report(Progress("checkpoint", step, total_steps, elapsed(), cfg.time_budget, text=str(path)))
+        barrier(dist_info)  # no rank runs ahead of a checkpoint being written
+        saved_step = step
         return path
 
     def evaluate_and_save() -> None:
         nonlocal best_val, last_val, latest
         val = None
-        if len(val_ids) >= 2:
+        if len(val_ids) >= 2 and dist_info.is_main:
             res = evaluate_ids(model, val_ids, segment=cfg.eval_segment, precision=cfg.precision)
             val = res.loss
             if math.isfinite(val) and val < best_val:
@@ -258,6 +285,8 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
             if (total_steps is not None and step >= total_steps) or (cfg.time_budget and progress >= 1.0):
                 break
             signum = should_stop()
+            if dist_info.enabled and step % sync_every == 0:
+                signum = all_max(dist_info, signum or 0) or None  # one rank's signal stops every rank here
             if signum:
                 latest = checkpoint(None)
                 raise Interrupted(f"interrupted at step {step}; saved {latest}; continue with "
@@ -270,7 +299,7 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
             x, y = batcher.batch(step)
             try:
                 with autocast(device, cfg.precision):
-                    logits, hidden = model(x, hidden)
+                    logits, hidden = net(x, hidden)
                     loss = lm_loss(logits, y)
                 # Truncated BPTT: the state's values carry into the next batch, but its graph must not,
                 # or backward would reach through every earlier batch.
@@ -314,6 +343,9 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
             if step % cfg.log_every == 0:
                 now = time.perf_counter()
                 rate = window_steps * chars_per_step / max(now - window_t, 1e-9)
+                if dist_info.enabled:  # the logged loss is the mean over every rank's streams
+                    torch.distributed.all_reduce(window_loss)
+                    window_loss /= dist_info.world
                 mean = float(window_loss.item()) / window_steps
                 gnorm = float(grad_norm.item())
                 log({"kind": "train", "step": step, "elapsed": round(elapsed(), 3), "train_loss": mean,
@@ -326,11 +358,11 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
                 window_steps, window_t = 0, time.perf_counter()
             if step % cfg.eval_every == 0:
                 evaluate_and_save()
-            if cfg.sample_length and is_sample_step(cfg, step):
+            if cfg.sample_length and is_sample_step(cfg, step) and dist_info.is_main:
                 draw_sample()
-        if latest is None or not latest.name.endswith(f"{step:08d}.safetensors"):
+        if saved_step != step:
             evaluate_and_save()
-            if cfg.sample_length:
+            if cfg.sample_length and dist_info.is_main:
                 draw_sample()
     finally:
         metrics.close()
@@ -397,6 +429,78 @@ def _write_run_files(run_dir: Path, data: Corpus, model_cfg: ModelConfig, cfg: T
     }
     atomic_write(run_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
     atomic_write(run_dir / "vocab.json", (data.vocab.to_json() + "\n").encode())
+
+
+# --- corpus loading and DDP plumbing (single-process runs pass straight through) ------------------------
+
+def _load_corpus(path: str | os.PathLike, data_cfg: DataConfig, cache_dir, on_encode, info: DistInfo) -> Corpus:
+    """Encode in memory, or through the on-disk cache; under DDP each node's local rank 0 builds it first."""
+    from charnn.corpus_cache import load_corpus
+
+    def load(report_to):
+        if cache_dir is None:
+            return encode_file(path, data_cfg)
+        return load_corpus(path, data_cfg, cache_dir=cache_dir, on_progress=report_to)
+
+    if not info.enabled:
+        return load(on_encode)
+    data, error = None, None
+    for turn in (0, 1):  # turn 0: local rank 0 encodes; turn 1: the others open what it wrote
+        if (info.local_rank == 0) == (turn == 0):
+            try:
+                data = load(on_encode if info.is_main else None)
+            except CharnnError as err:
+                error = err
+        barrier(info)
+    agree(info, error)
+    return data
+
+
+def _check_same_corpus(data: Corpus, info: DistInfo) -> None:
+    """Every rank must train on the same ids: compare corpus sha256, vocabulary and length across ranks."""
+    if not info.enabled:
+        return
+    import hashlib
+
+    mine = (data.sha256, hashlib.sha256(data.vocab.to_json().encode()).hexdigest(), len(data.ids), data.path)
+    seen: list[Any] = [None] * info.world
+    torch.distributed.all_gather_object(seen, mine)
+    for rank, theirs in enumerate(seen):
+        if theirs[:3] != seen[0][:3]:
+            what = "sha256" if theirs[0] != seen[0][0] else "vocabulary or decoding"
+            raise DataError(f"the corpus differs between processes: rank 0 read {seen[0][3]} ({what} "
+                            f"{seen[0][0][:12]}), rank {rank} read {theirs[3]} ({theirs[0][:12]}); every "
+                            f"process must train on the same file with the same options")
+
+
+def _wrap_ddp(model: CharRNN, device: torch.device, info: DistInfo):
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _rank_rows(hidden, info: DistInfo):
+    """This rank's rows (streams) of a full-batch hidden state (L, B, H)."""
+    if not info.enabled or hidden is None:
+        return hidden
+    if isinstance(hidden, tuple):
+        return tuple(_rank_rows(h, info) for h in hidden)
+    local = hidden.shape[1] // info.world
+    return hidden[:, info.rank * local:(info.rank + 1) * local].contiguous()
+
+
+def _gather_hidden(hidden, info: DistInfo):
+    """The full-batch hidden state, rows in rank order (what a single process would hold): resume is exact
+    with any number of processes. A collective under DDP; the result matters on rank 0 only."""
+    if not info.enabled or hidden is None:
+        return hidden
+    if isinstance(hidden, tuple):
+        return tuple(_gather_hidden(h, info) for h in hidden)
+    parts = [torch.empty_like(hidden) for _ in range(info.world)]
+    torch.distributed.all_gather(parts, hidden.detach().contiguous())
+    return torch.cat(parts, dim=1)
 
 
 __all__ = ["Progress", "TrainResult", "train", "resume_configs", "learning_rate"]
