@@ -245,7 +245,8 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
         if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
                 or not 0 <= offsets[0] <= offsets[1] <= data_len
                 or offsets[1] - offsets[0] != 4 * math.prod(shape)):
-            raise CheckpointError(f"{path}: tensor {name!r} has bad data offsets")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has bad data offsets (the file is truncated or corrupt)")
         spans.append((offsets[0], offsets[1], name))
     checksums = _meta_json(meta, "checksums", path)
     if not isinstance(checksums, dict) or set(checksums) != set(expected):

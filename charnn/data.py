@@ -44,6 +44,15 @@ def _open_checked(path: str | os.PathLike) -> tuple[Path, int]:
     return p, size
 
 
+def _text_decoder(cfg: DataConfig) -> codecs.IncrementalDecoder:
+    """An incremental decoder for `cfg.encoding`; bytes-to-bytes codecs (hex, base64, rot13...) are refused."""
+    info = codecs.lookup(cfg.encoding)
+    if not getattr(info, "_is_text_encoding", True):
+        raise ConfigError(f"--encoding {cfg.encoding!r} is not a text encoding "
+                          f"(try utf-8, latin-1, utf-16, cp1252)")
+    return info.incrementaldecoder(errors=cfg.errors)
+
+
 def iter_symbols(path: str | os.PathLike, cfg: DataConfig, *, hasher: hashlib._Hash | None = None,
                  on_bytes: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
     """Yield the file's symbols (Unicode code points, or byte values with `bytes_mode`) as uint32 chunks.
@@ -52,7 +61,7 @@ def iter_symbols(path: str | os.PathLike, cfg: DataConfig, *, hasher: hashlib._H
     dropped; CRLF and lone CR become LF unless `keep_newlines` (a CR that ends a chunk waits for the next).
     """
     p, _ = _open_checked(path)
-    decoder = None if cfg.bytes_mode else codecs.getincrementaldecoder(cfg.encoding)(errors=cfg.errors)
+    decoder = None if cfg.bytes_mode else _text_decoder(cfg)
     offset = 0  # bytes consumed before the current chunk
     first = True
     pending_cr = ""
@@ -78,6 +87,9 @@ def iter_symbols(path: str | os.PathLike, cfg: DataConfig, *, hasher: hashlib._H
                 raise DataError(
                     f"{p}: not valid {cfg.encoding} at byte {at} ({err.reason}); "
                     f"pass --encoding (e.g. latin-1) or --errors replace") from None
+            except (UnicodeError, ValueError) as err:  # e.g. utf-16 without a BOM: no offset to name
+                raise DataError(f"{p}: not valid {cfg.encoding} near byte {offset} ({err}); "
+                                f"pass another --encoding or --errors replace") from None
             if first and text:
                 text = text.removeprefix("\ufeff")
                 first = False

@@ -20,26 +20,35 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import PYTHON, REPO, TINY_TEXT, cli_env
 from typer.testing import CliRunner
 
 import charnn.checkpoint as ckpt
-from charnn.checkpoint import (CharnnWarning, load_model, load_state, model_bytes, prune, read_header,
-                               save_checkpoint)
+from charnn.checkpoint import (
+    CharnnWarning,
+    load_model,
+    load_state,
+    model_bytes,
+    read_header,
+    save_checkpoint,
+)
 from charnn.config import DataConfig, ModelConfig, SampleConfig, TrainConfig
 from charnn.data import Vocab, encode_file
-from charnn.errors import (CheckpointError, CheckpointWriteError, DataError, NonFiniteLossError,
-                           ResumeMismatchError)
+from charnn.errors import (
+    CheckpointError,
+    CheckpointWriteError,
+    DataError,
+    ResumeMismatchError,
+)
 from charnn.evaluate import evaluate_ids
 from charnn.model import CharRNN
 from charnn.sample import sample_text
 from charnn.train import train
-from conftest import PYTHON, REPO, TINY_TEXT, cli_env
 
 train_mod = sys.modules["charnn.train"]  # `charnn.train` the attribute is the function
 
@@ -729,7 +738,7 @@ def test_bom_is_never_in_the_vocabulary(tmp_path: Path, monkeypatch):
     import charnn.data as data_mod
 
     path = tmp_path / "bom.txt"
-    path.write_bytes(b"\xef\xbb\xbf" + "hello\r\nworld\n".encode())
+    path.write_bytes(b"\xef\xbb\xbf" + b"hello\r\nworld\n")
     for chunk in (None, 1, 2):
         if chunk:
             monkeypatch.setattr(data_mod, "CHUNK_BYTES", chunk)
