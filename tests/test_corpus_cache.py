@@ -1,0 +1,129 @@
+"""The corpus cache: the same ids as `charnn.data.encode_file` for any chunking, memory-mapped, reused by content."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import charnn.data as data
+from charnn.config import DataConfig
+from charnn.corpus_cache import EncodeProgress, cache_key, load_corpus
+from charnn.errors import DataError
+
+ALPHABET = list("ab \n.") + ["é", "€", "日", "😀", "𝄞"]  # 1-, 2-, 3- and 4-byte UTF-8
+
+
+def _same_as_encode_file(path: Path, cfg: DataConfig, cache: Path) -> None:
+    want = data.encode_file(path, cfg)
+    got = load_corpus(path, cfg, cache_dir=cache)
+    assert isinstance(got.ids, np.memmap)
+    assert got.vocab == want.vocab and got.sha256 == want.sha256
+    assert got.ids.dtype == want.ids.dtype
+    np.testing.assert_array_equal(np.asarray(got.ids), want.ids)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7])
+def test_chunk_boundaries_inside_4_byte_characters(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(data, "CHUNK_BYTES", chunk)
+    path = tmp_path / "c.txt"
+    path.write_text("a😀b𝄞\n" * 5 + "日é", encoding="utf-8")  # 😀 at byte 1: chunk 2 splits it 1+3
+    _same_as_encode_file(path, DataConfig(), tmp_path / "cache")
+
+
+def test_random_texts_and_options_match_the_exact_decoder(tmp_path, monkeypatch):
+    rng = random.Random(0)
+    for trial in range(60):
+        text = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 40)))
+        if trial % 7 == 0:
+            text = "\ufeff" + text  # BOM: dropped
+        if trial % 5 == 0:
+            text += "\r\nx\r"  # CR: the fast path hands over to charnn.data
+        path = tmp_path / f"t{trial}.txt"
+        path.write_text(text, encoding="utf-8", newline="")
+        monkeypatch.setattr(data, "CHUNK_BYTES", rng.choice([1, 2, 3, 4, 6, 1 << 16]))
+        cfg = DataConfig(keep_newlines=trial % 3 == 0)
+        _same_as_encode_file(path, cfg, tmp_path / "cache")
+
+
+def test_bad_utf8_and_binary_give_the_same_errors(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"hello \xff world")
+    with pytest.raises(DataError, match="not valid utf-8 at byte 6"):
+        load_corpus(bad, DataConfig(), cache_dir=tmp_path / "cache")
+    nul = tmp_path / "nul.txt"
+    nul.write_bytes(b"abc\x00def")
+    with pytest.raises(DataError, match="binary"):
+        load_corpus(nul, DataConfig(), cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.ids"))
+
+
+def test_dtype_follows_the_vocabulary_size(tmp_path):
+    path = tmp_path / "wide.txt"
+    path.write_text("".join(chr(0x4E00 + i) for i in range(300)), encoding="utf-8")
+    corpus = load_corpus(path, DataConfig(), cache_dir=tmp_path / "cache")
+    assert corpus.ids.dtype == np.uint16 and len(corpus.vocab) == 300
+
+
+def test_reuse_is_keyed_by_content_not_mtime(tmp_path):
+    cache = tmp_path / "cache"
+    path = tmp_path / "c.txt"
+    path.write_text("hello world\n" * 10)
+    first = load_corpus(path, DataConfig(), cache_dir=cache)
+    entry = cache / f"{cache_key(first.sha256, DataConfig())}.ids"
+    built = entry.stat().st_mtime_ns
+    os.utime(path, (1, 1))  # touched, same bytes: reused
+    events: list[EncodeProgress] = []
+    again = load_corpus(path, DataConfig(), cache_dir=cache, on_progress=events.append)
+    assert {e.phase for e in events} == {"hash"} and entry.stat().st_mtime_ns == built
+    np.testing.assert_array_equal(np.asarray(again.ids), np.asarray(first.ids))
+    copy = tmp_path / "copy.txt"  # another path, same bytes: the same entry
+    copy.write_bytes(path.read_bytes())
+    assert load_corpus(copy, DataConfig(), cache_dir=cache).sha256 == first.sha256
+    assert len(list(cache.glob("*.ids"))) == 1
+    path.write_text("hello world!\n" * 10)  # new content: a new entry
+    assert load_corpus(path, DataConfig(), cache_dir=cache).sha256 != first.sha256
+    assert len(list(cache.glob("*.ids"))) == 2
+    load_corpus(path, DataConfig(keep_newlines=True), cache_dir=cache)  # other decoding options: another
+    assert len(list(cache.glob("*.ids"))) == 3
+    load_corpus(path, DataConfig(val_frac=0.2), cache_dir=cache)  # split fractions do not change the ids
+    assert len(list(cache.glob("*.ids"))) == 3
+
+
+def test_a_truncated_entry_is_rebuilt(tmp_path):
+    cache = tmp_path / "cache"
+    path = tmp_path / "c.txt"
+    path.write_text("abcdef\n" * 20)
+    first = load_corpus(path, DataConfig(), cache_dir=cache)
+    entry = cache / f"{cache_key(first.sha256, DataConfig())}.ids"
+    del first
+    entry.write_bytes(entry.read_bytes()[:10])
+    again = load_corpus(path, DataConfig(), cache_dir=cache)
+    assert len(again.ids) == 140 and not list(cache.glob(".*.tmp"))
+
+
+def test_progress_reports_every_pass_to_the_total(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CHUNK_BYTES", 64)
+    path = tmp_path / "c.txt"
+    path.write_text("x" * 1000)
+    events: list[EncodeProgress] = []
+    load_corpus(path, DataConfig(), cache_dir=tmp_path / "cache", on_progress=events.append)
+    for phase in ("hash", "scan", "encode"):
+        done = [e.done for e in events if e.phase == phase]
+        assert done[0] == 0 and done[-1] == 1000 and done == sorted(done)
+
+
+def test_training_reads_the_memory_map(tmp_path, tiny_corpus):
+    from conftest import tiny_configs
+
+    from charnn.train import train
+
+    model, cfg, data_cfg = tiny_configs(max_iters=4, eval_every=4, sample_length=0)
+    a = train(tiny_corpus, model_cfg=model, train_cfg=cfg, data_cfg=data_cfg, out_dir=tmp_path / "a",
+              cache_dir=tmp_path / "cache")
+    b = train(tiny_corpus, model_cfg=model, train_cfg=cfg, data_cfg=data_cfg, out_dir=tmp_path / "b")
+    assert a.final_val_loss == b.final_val_loss  # bit-for-bit the same run as the in-memory encoding
+    assert list((tmp_path / "cache").glob("*.ids"))
