@@ -174,6 +174,8 @@ def train_cmd(
                              ] = None,
     bytes_mode: Annotated[Optional[bool], typer.Option("--bytes", help=_h(DataConfig, "bytes_mode"))] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or samples on stderr.")] = False,
+    report_html: Annotated[bool, typer.Option("--report", help="Write RUN/report.html (curves, samples, "
+                                              "neurons) at each evaluation; see `charnn report`.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where the encoded corpus is cached as memory-mapped "
                                                       "ids, keyed by its sha256 [default: checkpoints/.cache].")
                          ] = None,
@@ -220,8 +222,13 @@ def train_cmd(
         info = setup_distributed(backend.value)
         try:
             with TrainDisplay(quiet=quiet or not info.is_main) as display, _StopFlag() as stop:
+                on_progress = display
+                if report_html and info.is_main:
+                    from charnn.report import ReportRefresher
+
+                    on_progress = ReportRefresher(display)
                 result = train(source, model_cfg=model_cfg, train_cfg=train_cfg, data_cfg=data_cfg,
-                               out_dir=out_dir, resume=resume is not None, on_progress=display,
+                               out_dir=out_dir, resume=resume is not None, on_progress=on_progress,
                                should_stop=stop, cache_dir=None if no_cache else cache_dir or DEFAULT_CACHE_DIR,
                                on_encode=display.encode)
         finally:
@@ -231,6 +238,8 @@ def train_cmd(
         best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
         _err(f"done: {result.steps} steps in {result.elapsed:.0f}s; best val {best} nats/char; run {result.run_dir}")
         _err(f"next: charnn sample {result.run_dir} --prime \"...\"   |   charnn eval {result.run_dir}")
+        if report_html:
+            _err(f"report: {result.run_dir / 'report.html'}")
 
     _run(body)
 
