@@ -7,7 +7,9 @@ preallocated matrices and runs one addmm per layer per step; `module` calls the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -18,65 +20,108 @@ from charnn.errors import ConfigError, VocabularyError
 from charnn.model import CharRNN, Hidden
 
 UNIFORM_BLOCK = 4096  # uniforms are drawn this many steps at a time, the same way on every path
+SMALL_STEP_WORK = 64 * 512  # batch x hidden up to which the CPU stepper runs on one thread (measured, issue 4)
 
 
 class FastStepper:
-    """One recurrent step for a batch of streams, with the model's weights laid out for speed.
+    """One recurrent step for a batch of `B` streams, with the model's weights laid out for speed.
 
-    Layer 0's input projection is a (V, G*H) table indexed by the previous symbol (embedding @ W_ih + biases,
-    computed once); the head is pre-scaled by 1/temperature so the step returns scaled logits.
+    At one character per step the arithmetic is small (about 2 MFLOP for 2x256) and the cost is the number of
+    tensor ops, so everything that can be is hoisted out of the step (issue 4):
+    - layer 0's input projection is a (V, G*H) table indexed by the previous symbol (embedding @ W_ih + biases);
+    - an LSTM/RNN layer above the first does one addmm on [h_below, h] against the stacked [W_ih; W_hh];
+    - LSTM gate columns are reordered to (i, f, o, g), so one sigmoid covers three gates;
+    - the head is pre-scaled by 1/temperature, and every result goes into a buffer allocated once (`out=`).
+    The hidden states of all layers live side by side in one (B, L*H) buffer, so layer l's [h_below, h] is a
+    plain view of it. `step` returns a view of the logits buffer, overwritten by the next step.
     """
 
-    def __init__(self, model: CharRNN, temperature: float = 1.0) -> None:
+    def __init__(self, model: CharRNN, temperature: float = 1.0, batch_size: int = 1) -> None:
         cfg = model.cfg
-        self.kind, self.hidden_size = cfg.model, cfg.hidden
-        rnn = model.rnn
+        self.kind, self.layers, self.batch_size = cfg.model, cfg.layers, batch_size
+        H = self.hidden_size = cfg.hidden
+        G = {"lstm": 4, "gru": 3, "rnn": 1}[cfg.model]
+        rnn, device = model.rnn, model.head.weight.device
+        order = torch.arange(G * H, device=device)
+        if self.kind == "lstm":  # nn.LSTM's (i, f, g, o) -> (i, f, o, g)
+            order = torch.cat([order[:2 * H], order[3 * H:], order[2 * H:3 * H]])
         with torch.no_grad():
-            self.w_hh, self.w_ih, self.b = [], [], []
+            self.w, self.b, self.b_hh = [], [], []
             for layer in range(cfg.layers):
-                w_ih = getattr(rnn, f"weight_ih_l{layer}").float()
-                w_hh = getattr(rnn, f"weight_hh_l{layer}").float()
-                b_ih = getattr(rnn, f"bias_ih_l{layer}").float()
-                b_hh = getattr(rnn, f"bias_hh_l{layer}").float()
-                self.w_hh.append(w_hh.t().contiguous())  # (H, G*H)
-                self.w_ih.append(w_ih.t().contiguous())  # (I, G*H)
-                # GRU keeps b_hh apart: its candidate gate multiplies (W_hn h + b_hn) by r.
-                self.b.append((b_ih, b_hh) if self.kind == "gru" else (b_ih + b_hh, None))
-            emb = model.embed.weight.float()
-            self.table = torch.addmm(self.b[0][0], emb, self.w_ih[0])  # (V, G*H)
+                w_ih = getattr(rnn, f"weight_ih_l{layer}").float()[order].t()  # (I, G*H)
+                w_hh = getattr(rnn, f"weight_hh_l{layer}").float()[order].t()  # (H, G*H)
+                b_ih = getattr(rnn, f"bias_ih_l{layer}").float()[order]
+                b_hh = getattr(rnn, f"bias_hh_l{layer}").float()[order]
+                if self.kind == "gru":
+                    # GRU keeps b_hh apart: its candidate gate multiplies (W_hn h + b_hn) by r.
+                    self.b.append(b_ih.contiguous())
+                    self.b_hh.append(b_hh.contiguous())
+                    self.w.append((w_ih.contiguous(), w_hh.contiguous()))
+                else:
+                    self.b.append((b_ih + b_hh).contiguous())
+                    self.b_hh.append(None)
+                    stacked = w_hh if layer == 0 else torch.cat([w_ih, w_hh])  # (H or 2H, G*H)
+                    self.w.append(stacked.contiguous())
+                if layer == 0:
+                    self.table = torch.addmm(self.b[0], model.embed.weight.float(), w_ih)  # (V, G*H)
             self.w_out = (model.head.weight.float().t() / temperature).contiguous()  # (H, V)
             self.b_out = (model.head.bias.float() / temperature).contiguous()
+        B, L = batch_size, cfg.layers
+        self.hs = torch.zeros(B, L * H, device=device)  # (B, L*H): h of every layer, side by side
+        self.c = [torch.zeros(B, H, device=device) for _ in range(L)] if self.kind == "lstm" else []
+        self.gates = [torch.empty(B, G * H, device=device) for _ in range(L)]
+        self.gh = [torch.empty(B, G * H, device=device) for _ in range(L)] if self.kind == "gru" else []
+        self.tmp = torch.empty(B, H, device=device)
+        self.logits = torch.empty(B, len(self.b_out), device=device)
+        # Views, made once: slicing costs about as much as a small op.
+        self.h = [self.hs[:, i * H:(i + 1) * H] for i in range(L)]
+        self.below_and_h = [self.hs[:, (i - 1) * H:(i + 1) * H] if i else None for i in range(L)]
+        cut = [[g[:, k * H:(k + 1) * H] for k in range(G)] for g in self.gates]
+        if self.kind == "lstm":  # (i, f, o, g), the first three squashed by one sigmoid
+            self.lstm_views = [(g[:, :3 * H], *parts) for g, parts in zip(self.gates, cut)]
+        elif self.kind == "gru":  # (r, z, n) of the input and hidden projections
+            self.gru_views = [(g[:, :2 * H], gh[:, :2 * H], parts[0], parts[1], parts[2], gh[:, 2 * H:])
+                              for g, gh, parts in zip(self.gates, self.gh, cut)]
 
-    def step(self, ids: torch.Tensor, state: list) -> torch.Tensor:
-        """ids (B,) -> scaled logits (B, V); `state` (one entry per layer) is updated in place."""
-        H = self.hidden_size
-        x = None
-        for layer, (w_hh, (b, b_hh)) in enumerate(zip(self.w_hh, self.b)):
-            inp = self.table[ids] if layer == 0 else torch.addmm(b, x, self.w_ih[layer])  # (B, G*H)
+    def load(self, hidden: Hidden) -> None:
+        """Copy a module-shaped hidden state ((L, B, H), or a pair for LSTM) into the stepper's buffers."""
+        h = hidden[0] if self.kind == "lstm" else hidden
+        for i in range(self.layers):
+            self.h[i].copy_(h[i])
             if self.kind == "lstm":
-                h, c = state[layer]
-                gates = inp.addmm_(h, w_hh)
-                sig = gates.sigmoid()
-                c = torch.addcmul(sig[:, H:2 * H] * c, sig[:, :H], gates[:, 2 * H:3 * H].tanh())
-                x = sig[:, 3 * H:] * c.tanh()
-                state[layer] = (x, c)
-            elif self.kind == "gru":
-                h = state[layer]
-                gh = torch.addmm(b_hh, h, w_hh)
-                rz = (inp[:, :2 * H] + gh[:, :2 * H]).sigmoid()
-                n = torch.addcmul(inp[:, 2 * H:], rz[:, :H], gh[:, 2 * H:]).tanh()
-                x = torch.addcmul(n, rz[:, H:], h - n)
-                state[layer] = x
-            else:
-                x = inp.addmm_(state[layer], w_hh).tanh()
-                state[layer] = x
-        return torch.addmm(self.b_out, x, self.w_out)
+                self.c[i].copy_(hidden[1][i])
 
-    def state_from(self, hidden: Hidden) -> list:
-        if self.kind == "lstm":
-            h, c = hidden
-            return [(h[i].float(), c[i].float()) for i in range(h.shape[0])]
-        return [hidden[i].float() for i in range(hidden.shape[0])]
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B,) -> scaled logits (B, V), a view of a buffer the next step overwrites."""
+        for layer in range(self.layers):
+            gates, h = self.gates[layer], self.h[layer]
+            if self.kind == "gru":
+                gi_rz, gh_rz, r, z, gi_n, gh_n = self.gru_views[layer]
+                if layer == 0:
+                    torch.index_select(self.table, 0, ids, out=gates)  # (B, 3H)
+                else:
+                    torch.addmm(self.b[layer], self.h[layer - 1], self.w[layer][0], out=gates)
+                torch.addmm(self.b_hh[layer], h, self.w[layer][1], out=self.gh[layer])
+                gi_rz.add_(gh_rz).sigmoid_()
+                n = gh_n.mul_(r).add_(gi_n).tanh_()
+                torch.sub(h, n, out=self.tmp)
+                torch.addcmul(n, z, self.tmp, out=h)  # (1 - z) n + z h
+                continue
+            if layer == 0:
+                torch.index_select(self.table, 0, ids, out=gates)  # (B, G*H)
+                gates.addmm_(h, self.w[0])
+            else:
+                torch.addmm(self.b[layer], self.below_and_h[layer], self.w[layer], out=gates)
+            if self.kind == "lstm":
+                ifo, i, f, o, g = self.lstm_views[layer]
+                ifo.sigmoid_()
+                g.tanh_()
+                c = self.c[layer].mul_(f).addcmul_(i, g)
+                torch.tanh(c, out=self.tmp)
+                torch.mul(o, self.tmp, out=h)
+            else:
+                torch.tanh(gates, out=h)
+        return torch.addmm(self.b_out, self.h[-1], self.w_out, out=self.logits)
 
 
 def default_prime(vocab: Vocab) -> list[int]:
@@ -98,10 +143,11 @@ def prime_ids(vocab: Vocab, prime: str | None) -> tuple[list[int], bool]:
         raise VocabularyError(f"--prime: {err}") from None
 
 
-def _choose(logits: torch.Tensor, uniform: torch.Tensor, cfg: SampleConfig) -> torch.Tensor:
-    """Next ids (B,) from scaled logits (B, V) by inverse-CDF with one uniform per stream."""
+def _choose(logits: torch.Tensor, uniform: torch.Tensor, cfg: SampleConfig, *,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """Next ids (B, 1) from scaled logits (B, V) by inverse-CDF with one uniform (B, 1) per stream."""
     if cfg.greedy:
-        return logits.argmax(dim=-1)
+        return torch.argmax(logits, dim=-1, keepdim=True, out=out)
     if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
         kth = logits.topk(cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -110,12 +156,14 @@ def _choose(logits: torch.Tensor, uniform: torch.Tensor, cfg: SampleConfig) -> t
         sorted_p, order = probs.sort(dim=-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p >= cfg.top_p  # keep the smallest set reaching top_p
         probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-    cdf = probs.cumsum(dim=-1)
-    if not bool(torch.isfinite(cdf[:, -1]).all()):
+    cdf = probs.cumsum_(dim=-1)  # (B, V), in place: probs is ours
+    total = cdf[:, -1:]  # (B, 1)
+    # One host read per step (a sum of positive totals is finite iff each is); the CUDA graph path checks
+    # once per block instead (see _GraphStep).
+    if not math.isfinite(total.item() if total.shape[0] == 1 else float(total.sum())):
         raise FloatingPointError("non-finite probabilities while sampling")
-    total = cdf[:, -1:]
-    ids = torch.searchsorted(cdf, uniform[:, None] * total)
-    return ids.squeeze(1).clamp_(max=logits.shape[-1] - 1)
+    # u < 1 keeps u * total <= total = cdf[:, -1], so the index is at most V - 1: no clamp needed.
+    return torch.searchsorted(cdf, uniform * total, out=out)  # (B, 1)
 
 
 @dataclass(frozen=True)
@@ -145,26 +193,113 @@ def generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fa
 
 def _steps(model: CharRNN, cfg: SampleConfig, logits: torch.Tensor, hidden: Hidden, gen: torch.Generator,
            path: str) -> Iterator[torch.Tensor]:
-    with torch.inference_mode():
+    with torch.inference_mode(), _few_threads(logits.shape[0], model.cfg.hidden, logits.device):
         device = logits.device
         B = logits.shape[0]
-        stepper = FastStepper(model, cfg.temperature) if path == "fast" else None
-        state = stepper.state_from(hidden) if stepper else hidden
+        stepper = None
+        if path == "fast":
+            stepper = FastStepper(model, cfg.temperature, batch_size=B)
+            stepper.load(hidden)
+        graph = _GraphStep(stepper, cfg) if stepper is not None and device.type == "cuda" else None
+        state = hidden
         done = 0
         while done < cfg.length:
             block = min(UNIFORM_BLOCK, cfg.length - done)
-            uniforms = torch.rand(block, B, generator=gen).to(device)
+            # (block, B, 1): drawn the same way on every path, so both give the same text
+            uniforms = torch.rand(block, B, generator=gen).to(device)[:, :, None]
+            chosen = torch.empty(block, B, dtype=torch.long, device=device)  # rows are yielded as views
+            column = chosen[:, :, None]  # (block, B, 1), what _choose writes
+            _choose(logits, uniforms[0], cfg, out=column[0])
             for t in range(block):
-                nxt = _choose(logits, uniforms[t], cfg)
-                yield nxt
+                yield chosen[t]
                 if done + t + 1 == cfg.length:
                     break
+                if graph is not None and t + 1 < block:
+                    graph(chosen[t], uniforms[t + 1], column[t + 1])
+                    continue
                 if stepper is not None:
-                    logits = stepper.step(nxt, state)
+                    logits = stepper.step(chosen[t])
                 else:
-                    out, state = model(nxt[:, None], state)
+                    out, state = model(column[t], state)
                     logits = out[:, -1].float() / cfg.temperature
+                if t + 1 < block:
+                    _choose(logits, uniforms[t + 1], cfg, out=column[t + 1])
+            if graph is not None:
+                graph.check()
             done += block
+
+
+@contextmanager
+def _few_threads(batch_size: int, hidden: int, device: torch.device) -> Iterator[None]:
+    """One CPU thread while stepping small batches: each op is microseconds of work, and waking a second
+    thread costs more than it saves (it is ruinous when the other core is busy). Restored afterwards."""
+    before = torch.get_num_threads()
+    small = device.type == "cpu" and batch_size * hidden <= SMALL_STEP_WORK
+    if small and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small and before > 1:
+            torch.set_num_threads(before)
+
+
+class _GraphStep:
+    """The CUDA path of the fast stepper: one step plus the draw captured once as a CUDA graph and replayed,
+    so a character costs one launch instead of a few dozen (issue 4). Only built when the model is on CUDA.
+
+    The non-finite check cannot read the host inside a graph; it accumulates a flag that `check` reads once
+    per block of UNIFORM_BLOCK characters.
+    """
+
+    def __init__(self, stepper: FastStepper, cfg: SampleConfig) -> None:
+        device = stepper.logits.device
+        B = stepper.batch_size
+        self.ids_in = torch.zeros(B, dtype=torch.long, device=device)
+        self.uniform = torch.zeros(B, 1, device=device)
+        self.ids_out = torch.zeros(B, 1, dtype=torch.long, device=device)
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        saved = [t.clone() for t in stepper.h + stepper.c]
+        self.graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm up kernels (and cuBLAS workspaces) outside the capture
+                self._body(stepper, cfg)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        with torch.cuda.graph(self.graph):
+            self._body(stepper, cfg)
+        for t, s in zip(stepper.h + stepper.c, saved):  # the warm-up and capture ran the step: undo it
+            t.copy_(s)
+        self.bad.zero_()
+
+    def _body(self, stepper: FastStepper, cfg: SampleConfig) -> None:
+        logits = stepper.step(self.ids_in)
+        if cfg.greedy:
+            torch.argmax(logits, dim=-1, keepdim=True, out=self.ids_out)
+            return
+        if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
+            kth = logits.topk(cfg.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = logits.softmax(dim=-1)
+        if cfg.top_p is not None and cfg.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p >= cfg.top_p
+            probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+        cdf = probs.cumsum_(dim=-1)
+        total = cdf[:, -1:]
+        self.bad |= ~torch.isfinite(total).all()
+        torch.searchsorted(cdf, self.uniform * total, out=self.ids_out)
+
+    def __call__(self, ids: torch.Tensor, uniform: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        self.ids_in.copy_(ids)
+        self.uniform.copy_(uniform)
+        self.graph.replay()
+        return out.copy_(self.ids_out)
+
+    def check(self) -> None:
+        if bool(self.bad):
+            raise FloatingPointError("non-finite probabilities while sampling")
 
 
 def sample_text(model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fast") -> list[str | bytes]:

@@ -1,0 +1,233 @@
+"""Training speed: `charnn.train`'s steady-state chars/s against the bare loop of the same model, in one run.
+
+The bare loop is forward + backward + clip + Adam on resident random data (no data pipeline, no logging):
+the ceiling for the shape. charnn is measured through `charnn.train` itself, evaluation and sampling out of the
+way, from the timestamps of its own log events (first window dropped). The two alternate for `--rounds`
+rounds and the ratio is taken per round (the machine is shared and noisy: only ratios mean anything).
+
+With evaluation, checkpoints and samples amortised: each `charnn.train` run ends with one validation pass, one
+checkpoint and one sample, timed from the events; their cost is spread over `--schedule-steps` steps of the
+default schedule (evaluate + checkpoint every 250 steps, samples at 100, 300, 700 and every 1000).
+
+Peak RSS: `charnn.train` and a plain hand-written trainer (the same loop as ../shared/bench/ref_lstm.py: train,
+then score the validation split) each run `--rss-steps` steps in a fresh subprocess reporting its ru_maxrss.
+
+    python benchmarks/train_speed.py                 # 2x256 LSTM, embed 256, batch 64, seq 128 (~2 minutes)
+    python benchmarks/train_speed.py --quick         # tiny shapes, a few seconds (the CI smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CORPUS = REPO / "data" / "tinyshakespeare.txt"
+
+
+def synthetic_corpus(path: Path, chars: int) -> Path:
+    line = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n\n"
+    path.write_text((line * (chars // len(line) + 1))[:chars], encoding="utf-8")
+    return path
+
+
+def bare_loop(args, steps: int, warmup: int = 2) -> float:
+    """chars/s of forward + backward + clip + Adam on resident random data (raw_lstm_ceiling's full_adam)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    V, B, T = 65, args.batch, args.seq
+    emb = nn.Embedding(V, args.embed)
+    lstm = nn.LSTM(args.embed, args.hidden, args.layers, batch_first=True)
+    head = nn.Linear(args.hidden, V)
+    params = [*emb.parameters(), *lstm.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=2e-3)
+    x, y = torch.randint(V, (B, T)), torch.randint(V, (B, T))
+
+    def step():
+        for p in params:
+            p.grad = None
+        out, _ = lstm(emb(x))
+        loss = F.cross_entropy(head(out).reshape(-1, V), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return B * T * steps / (time.perf_counter() - t0)
+
+
+def charnn_run(args, corpus: Path, out_dir: Path, steps: int) -> dict:
+    """One `charnn.train` run of `steps` steps: steady-state chars/s, then the end-of-run eval/checkpoint/sample."""
+    import charnn
+
+    events: list[tuple[float, object]] = []
+    model_cfg = charnn.ModelConfig(model="lstm", layers=args.layers, hidden=args.hidden, embed=args.embed)
+    train_cfg = charnn.TrainConfig(batch_size=args.batch, seq_len=args.seq, max_iters=steps, warmup_iters=0,
+                                   eval_every=10**9, log_every=args.log_every, device="cpu",
+                                   threads=args.threads, seed=1)
+    charnn.train(corpus, model_cfg=model_cfg, train_cfg=train_cfg, out_dir=out_dir,
+                 on_progress=lambda p: events.append((time.perf_counter(), p)))
+    logs = [(t, p) for t, p in events if p.kind == "log"]
+    (t_first, p_first), (t_last, p_last) = logs[0], logs[-1]
+    rate = (p_last.step - p_first.step) * args.batch * args.seq / (t_last - t_first)
+
+    def after(kind: str) -> float:  # wall time from the previous event to the first `kind` after the last log
+        for i, (t, p) in enumerate(events):
+            if p.kind == kind and t >= t_last:
+                return t - events[i - 1][0]
+        return 0.0
+
+    return {"rate": rate, "eval_s": after("eval"), "checkpoint_s": after("checkpoint"), "sample_s": after("sample")}
+
+
+def schedule_counts(steps: int, eval_every: int = 250) -> tuple[int, int]:
+    """(evaluations + checkpoints, samples) of the default TrainConfig schedule over `steps` steps."""
+    samples = sum(1 for s in range(1, steps + 1) if s in (100, 300, 700) or (s >= 1000 and s % 1000 == 0))
+    return max(steps // eval_every, 1), max(samples, 1)
+
+
+CHILD_CHARNN = r"""
+import resource, sys, charnn
+corpus, out, steps, layers, hidden, embed, batch, seq, threads = sys.argv[1:]
+charnn.train(corpus, out_dir=out,
+             model_cfg=charnn.ModelConfig(layers=int(layers), hidden=int(hidden), embed=int(embed)),
+             train_cfg=charnn.TrainConfig(batch_size=int(batch), seq_len=int(seq), max_iters=int(steps),
+                                          eval_every=10**9, device="cpu", threads=int(threads), seed=1))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+# The plain trainer: ../shared/bench/ref_lstm.py's loop and its whole-split validation, nothing else.
+CHILD_PLAIN = r"""
+import resource, sys, torch, torch.nn as nn, torch.nn.functional as F
+corpus, out, steps, layers, hidden, embed, batch, seq, threads = sys.argv[1:]
+torch.set_num_threads(int(threads)); torch.manual_seed(1)
+text = open(corpus, encoding="utf-8").read()
+chars = sorted(set(text)); stoi = {c: i for i, c in enumerate(chars)}
+ids = torch.tensor([stoi[c] for c in text], dtype=torch.long)
+n_train = int(len(ids) * 0.9); train_ids, val_ids = ids[:n_train], ids[n_train:]
+B, T = int(batch), int(seq); L = len(train_ids) // B; streams = train_ids[:B * L].view(B, L)
+class CharLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(len(chars), int(embed))
+        self.lstm = nn.LSTM(int(embed), int(hidden), int(layers), batch_first=True)
+        self.head = nn.Linear(int(hidden), len(chars))
+    def forward(self, x, state=None):
+        out, state = self.lstm(self.emb(x), state)
+        return self.head(out), state
+model = CharLSTM(); opt = torch.optim.Adam(model.parameters(), lr=2e-3); state = None; pos = 0
+for step in range(int(steps)):
+    if pos + T + 1 > L:
+        pos, state = 0, None
+    x, y = streams[:, pos:pos + T], streams[:, pos + 1:pos + T + 1]
+    if state is not None:
+        state = tuple(s.detach() for s in state)
+    logits, state = model(x, state)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    opt.zero_grad(set_to_none=True); loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0); opt.step(); loss.item(); pos += T
+with torch.no_grad():
+    state = None
+    for i in range(0, len(val_ids) - 1, 1024):
+        x = val_ids[i:i + 1024][None]; y = val_ids[i + 1:i + 1025][None]; x = x[:, :y.shape[1]]
+        logits, state = model(x, state)
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum").item()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_mb(code: str, args, corpus: Path, out: Path) -> float:
+    argv = [str(corpus), str(out), str(args.rss_steps), str(args.layers), str(args.hidden), str(args.embed),
+            str(args.batch), str(args.seq), str(args.threads)]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, check=True)
+    return int(done.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=None, help="text file [default: data/tinyshakespeare.txt]")
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--embed", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for both [default: torch's]")
+    ap.add_argument("--steps", type=int, default=12, help="training steps per charnn run per round")
+    ap.add_argument("--log-every", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="alternations of charnn and the bare loop")
+    ap.add_argument("--rss-steps", type=int, default=6, help="steps of each peak-RSS subprocess")
+    ap.add_argument("--schedule-steps", type=int, default=2000, help="run length the amortised ratio assumes")
+    ap.add_argument("--quick", action="store_true", help="tiny shapes and few steps: checks that it runs")
+    args = ap.parse_args()
+
+    import torch
+
+    if args.quick:
+        args.layers, args.hidden, args.embed, args.batch, args.seq = 1, 32, 16, 8, 32
+        args.steps, args.log_every, args.rounds, args.rss_steps = 6, 2, 1, 1
+        args.threads = args.threads or 1  # tiny ops: a second thread only adds contention
+    args.threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        corpus = args.corpus or (DEFAULT_CORPUS if DEFAULT_CORPUS.exists() and not args.quick else None)
+        corpus = corpus or synthetic_corpus(tmp / "corpus.txt", 60_000 if args.quick else 1_000_000)
+        print(f"machine: {os.cpu_count()} cpus, torch {torch.__version__}, {args.threads} threads, "
+              f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        print(f"shape: {args.layers}x{args.hidden} lstm, embed {args.embed}, batch {args.batch}, seq {args.seq}; "
+              f"corpus {corpus}", flush=True)
+        rounds = []
+        for r in range(args.rounds):
+            run = charnn_run(args, corpus, tmp / f"run{r}", args.steps)
+            bare = bare_loop(args, max(args.steps - args.log_every, 1))
+            rounds.append({**run, "bare": bare, "ratio": run["rate"] / bare})
+            print(f"round {r + 1}: charnn {run['rate']:,.0f} chars/s, bare loop {bare:,.0f} chars/s, "
+                  f"ratio {run['rate'] / bare:.3f}; end-of-run eval {run['eval_s']:.2f}s, checkpoint "
+                  f"{run['checkpoint_s']:.2f}s, sample {run['sample_s']:.2f}s", flush=True)
+        med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+        n_eval, n_sample = schedule_counts(args.schedule_steps)
+        step_s = args.batch * args.seq / med["rate"]
+        total_s = (args.schedule_steps * step_s + n_eval * (med["eval_s"] + med["checkpoint_s"])
+                   + n_sample * med["sample_s"])
+        amortised = args.schedule_steps * args.batch * args.seq / total_s
+        rss_charnn = peak_rss_mb(CHILD_CHARNN, args, corpus, tmp / "rss-run")
+        rss_plain = peak_rss_mb(CHILD_PLAIN, args, corpus, tmp / "rss-plain")
+
+    result = {
+        "charnn_chars_per_s": round(med["rate"]), "bare_chars_per_s": round(med["bare"]),
+        "ratio_loop": round(statistics.median(r["ratio"] for r in rounds), 3),
+        "ratio_amortised": round(amortised / med["bare"], 3),
+        "amortised_chars_per_s": round(amortised), "schedule_steps": args.schedule_steps,
+        "eval_s": round(med["eval_s"], 3), "checkpoint_s": round(med["checkpoint_s"], 3),
+        "sample_s": round(med["sample_s"], 3),
+        "peak_rss_mb_charnn": round(rss_charnn), "peak_rss_mb_plain": round(rss_plain),
+        "rss_ratio": round(rss_charnn / rss_plain, 3), "rounds": args.rounds, "threads": args.threads,
+        "load_average": round(os.getloadavg()[0], 2),
+    }
+    print(f"ratio (loop only, median of {args.rounds}): {result['ratio_loop']:.3f}  (target >= 0.97)")
+    print(f"ratio (eval + checkpoint every 250 steps and samples amortised over {args.schedule_steps} steps): "
+          f"{result['ratio_amortised']:.3f}")
+    print(f"peak RSS: charnn {rss_charnn:,.0f} MB, plain trainer {rss_plain:,.0f} MB, "
+          f"ratio {result['rss_ratio']:.3f}  (target <= 1)")
+    print(json.dumps(result))
+    assert math.isfinite(result["ratio_loop"])
+
+
+if __name__ == "__main__":
+    main()
