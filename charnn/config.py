@@ -140,7 +140,8 @@ class TrainConfig:
     log_every: int = opt(10, "Steps between metrics.jsonl lines and progress updates.", min=1)
     keep_last: int = opt(2, "Checkpoints kept besides the best one.", min=1, max=1000)
     device: str = opt("auto", "auto, cpu, cuda or cuda:N.")
-    precision: str = opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16.", choices=PRECISIONS)
+    precision: str = opt("auto", "auto: bf16 autocast on CUDA, and for training on CPUs with native bf16; "
+                         "fp32 or bf16.", choices=PRECISIONS)
     threads: int | None = opt(None, "CPU threads for torch (default: torch's choice).", min=1, max=1024)
     max_bad_steps: int = opt(10, "Stop with exit 3 after this many non-finite losses in a row.", min=1)
 

@@ -298,7 +298,7 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
                 hidden = None  # a new epoch starts the streams afresh (at a new offset)
             x, y = batcher.batch(step)
             try:
-                with autocast(device, cfg.precision):
+                with autocast(device, cfg.precision, training=True):
                     logits, hidden = net(x, hidden)
                     loss = lm_loss(logits, y)
                 # Truncated BPTT: the state's values carry into the next batch, but its graph must not,
