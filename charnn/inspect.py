@@ -1,7 +1,7 @@
-"""What a trained model does on a passage: per-character surprise and top-5 predictions, every layer's hidden
-and cell activations and gate values (a step loop over the model's own weights), gate saturation, and the units
-whose activation follows simple properties of the text (Karpathy, Johnson & Fei-Fei 2015, "Visualizing and
-Understanding Recurrent Networks"). Numbers only: the page that shows them is `charnn.report`.
+"""What a trained model does on a passage: per-character surprise and top-5 predictions, every layer's
+hidden and cell activations and gate values (a step loop over the model's own weights), gate saturation, and
+the units whose activation follows simple properties of the text (Karpathy, Johnson & Fei-Fei 2015,
+"Visualizing and Understanding Recurrent Networks"). Numbers only: `charnn.report` draws them.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def trace(model: CharRNN, ids: np.ndarray, *, segment: int = 4096) -> Trace:
     for h, c, gates in layers:
         names = GATES[kind]
         traces.append(LayerTrace(h.cpu().numpy(), None if c is None else c.cpu().numpy(),
-                                 {name: g.cpu().numpy() for name, g in zip(names, gates)}))
+                                 {name: g.cpu().numpy() for name, g in zip(names, gates, strict=True)}))
     return Trace(np.asarray(ids), logits, traces, segment)
 
 
@@ -99,7 +99,8 @@ def _step_layer(kind: str, projected: torch.Tensor, w_hh: torch.Tensor, b_hh: to
                 h = c = projected.new_zeros(size)
             row = torch.addmv(pre[t], w_hh, h, out=pre[t])  # (4H,)
             act = torch.sigmoid(row)
-            c = torch.addcmul(act[size:2 * size] * c, act[:size], torch.tanh(row[2 * size:3 * size]), out=cs[t])
+            candidate = torch.tanh(row[2 * size:3 * size])
+            c = torch.addcmul(act[size:2 * size] * c, act[:size], candidate, out=cs[t])  # f * c + i * g
             h = torch.mul(act[3 * size:], torch.tanh(c), out=hs[t])
         i, f, _, o = torch.sigmoid(pre).split(size, dim=1)
         return hs, cs, [i, f, o]
@@ -171,8 +172,8 @@ def gate_stats(tr: Trace) -> list[GateStats]:
     for k, layer in enumerate(tr.layers):
         for name, values in layer.gates.items():
             left, right = values < LEFT, values > RIGHT  # (T, H)
-            out.append(GateStats(k, name, float(left.mean()), float(right.mean()),
-                                 float(1 - left.mean() - right.mean()), left.mean(axis=0), right.mean(axis=0)))
+            lo, hi = float(left.mean()), float(right.mean())
+            out.append(GateStats(k, name, lo, hi, 1 - lo - hi, left.mean(axis=0), right.mean(axis=0)))
     return out
 
 
@@ -242,7 +243,7 @@ def pearson(acts: np.ndarray, prop: np.ndarray) -> np.ndarray:
 
 def find_correlated(series: list[tuple[int, str, np.ndarray]], props: dict[str, np.ndarray], *,
                     top: int = 5) -> Correlations:
-    """The `top` units (of all layers and kinds) whose activation correlates most strongly with each property."""
+    """The `top` units (of all layers and kinds) whose activation correlates most with each property."""
     by_property, constant = {}, []
     for name, prop in props.items():
         if prop.std() == 0:

@@ -1,7 +1,7 @@
-"""The training report: one self-contained HTML page (inline SVG, CSS and JS; nothing fetched) built from a run
-directory: loss, learning-rate and gradient curves, the sample timeline, a surprise heatmap, a neuron explorer,
-gate saturation, and the run's configuration. The numbers come from `charnn.inspect`; the page's script and
-style are in `charnn.report_assets`. Writes a file; never prints.
+"""The training report: one self-contained HTML page (inline SVG, CSS and JS; nothing fetched) built from a
+run directory: loss, learning-rate and gradient curves, the sample timeline, a surprise heatmap, a neuron
+explorer, gate saturation, and the run's configuration. The numbers come from `charnn.inspect`; the page's
+script and style are in `charnn.report_assets`. Writes a file; never prints.
 """
 
 from __future__ import annotations
@@ -21,8 +21,17 @@ import numpy as np
 
 from charnn.checkpoint import CharnnWarning, LoadedModel, load_run
 from charnn.errors import CharnnError, CheckpointWriteError, DataError
-from charnn.inspect import (Correlations, GateStats, Surprise, find_correlated, gate_stats, surprise,
-                            text_properties, trace, unit_series)
+from charnn.inspect import (
+    Correlations,
+    GateStats,
+    Surprise,
+    find_correlated,
+    gate_stats,
+    surprise,
+    text_properties,
+    trace,
+    unit_series,
+)
 from charnn.report_assets import PAGE_CSS, PAGE_JS
 
 MAX_CHARS = 5000  # passage length shown by default
@@ -40,7 +49,7 @@ class Passage:
 # --- reading the run directory --------------------------------------------------------------------------
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a .jsonl file; a missing file is empty and a torn last line (a crash mid-write) is skipped."""
+    """Records of a .jsonl file; a missing file is empty; a torn line (a crash mid-write) is skipped."""
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
@@ -59,11 +68,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(train records, eval records), each by step; a resumed run's repeated steps keep their last record."""
     by_kind: dict[str, dict[int, dict]] = {"train": {}, "eval": {}}
+    needs = {"train": "train_loss", "eval": "val_loss"}
     for rec in read_jsonl(run_dir / "metrics.jsonl"):
-        if rec.get("kind") in by_kind and isinstance(rec.get("step"), int):
-            by_kind[rec["kind"]][rec["step"]] = rec
+        kind = rec.get("kind")
+        if kind in by_kind and isinstance(rec.get("step"), int) and _is_number(rec.get(needs[kind])):
+            by_kind[kind][rec["step"]] = rec
     return [by_kind["train"][s] for s in sorted(by_kind["train"])], [by_kind["eval"][s] for s in
                                                                      sorted(by_kind["eval"])]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -86,8 +101,8 @@ def passage_ids(loaded: LoadedModel, text: str | os.PathLike | None, *, max_char
         source = Path(text).name
         if unknown:
             shown = ", ".join(loaded.vocab.symbol_str(s) for s in list(unknown)[:10])
-            warnings.warn(f"{text}: skipped {sum(unknown.values())} character(s) not in the model's vocabulary "
-                          f"({shown})", CharnnWarning, stacklevel=3)
+            warnings.warn(f"{text}: skipped {sum(unknown.values())} character(s) not in the model's "
+                          f"vocabulary ({shown})", CharnnWarning, stacklevel=3)
     ids = np.asarray(ids[:max_chars]).astype(np.int64)
     if len(ids) < 2:
         raise DataError(f"{source}: need at least 2 characters to analyse, found {len(ids)}")
@@ -194,7 +209,8 @@ def chart(cid: str, title: str, series: list[Series], *, x_label: str, y_label: 
             out.append(f'<text class="tick right" x="{ML + pw + 6}" y="{y + 4:.1f}">{_fmt(t)}</text>')
         out.append(f'<text class="axis" transform="translate({W - 12},{MT + ph / 2}) rotate(90)" '
                    f'text-anchor="middle">{html.escape(right_label)}</text>')
-    out.append(f'<text class="axis" x="{ML + pw / 2}" y="{H - 6}" text-anchor="middle">{html.escape(x_label)}</text>'
+    out.append(f'<text class="axis" x="{ML + pw / 2}" y="{H - 6}" text-anchor="middle">'
+               f'{html.escape(x_label)}</text>'
                f'<text class="axis" transform="translate(14,{MT + ph / 2}) rotate(-90)" '
                f'text-anchor="middle">{html.escape(y_label)}</text>')
     for value, label in hlines:
@@ -224,18 +240,23 @@ def chart(cid: str, title: str, series: list[Series], *, x_label: str, y_label: 
     if not xs:
         out.append(f'<text class="empty" x="{ML + pw / 2}" y="{MT + ph / 2}" text-anchor="middle">'
                    f'no data yet</text>')
-    out.append(f'<circle class="hl" r="5" cx="-10" cy="-10"/></svg>')
+    out.append('<circle class="hl" r="5" cx="-10" cy="-10"/></svg>')
     return "".join(out), hover
+
+
+def _get(record: dict, key: str) -> float:
+    value = record.get(key)
+    return float(value) if _is_number(value) else math.nan
 
 
 def curve_charts(train: list[dict], evals: list[dict], config: dict) -> tuple[str, dict[str, list]]:
     """The four curve charts as HTML and their hover points by chart id."""
     def loss_tip(r: dict, key: str, what: str) -> str:
         v = r[key]
-        return (f"{what} · step {r['step']} · {r.get('elapsed', 0):.1f} s · {v:.4f} nats/char "
+        return (f"{what} · step {r['step']} · {_get(r, 'elapsed'):.1f} s · {v:.4f} nats/char "
                 f"({v / LN2:.4f} bits/char)")
 
-    last_t = max([r.get("elapsed", 0) for r in train + evals] or [0])
+    last_t = max([r["elapsed"] for r in train + evals if _is_number(r.get("elapsed"))] or [0])
     t_div, t_unit = (3600, "h") if last_t > 3 * 3600 else (60, "min") if last_t > 600 else (1, "s")
     charts, hover = [], {}
     for cid, x_key, x_label in (("loss-steps", "step", "iteration"),
@@ -243,34 +264,36 @@ def curve_charts(train: list[dict], evals: list[dict], config: dict) -> tuple[st
         div = t_div if x_key == "elapsed" else 1
         svg, pts = chart(cid, f"Loss against {x_label}", [
             Series("train", [(r[x_key] / div, r.get("train_loss"), loss_tip(r, "train_loss", "train"))
-                             for r in train if x_key in r], "#2563eb"),
+                             for r in train if _is_number(r.get(x_key))], "#2563eb"),
             Series("validation", [(r[x_key] / div, r.get("val_loss"), loss_tip(r, "val_loss", "validation"))
-                                  for r in evals if x_key in r], "#dc2626", dots=True),
+                                  for r in evals if _is_number(r.get(x_key))], "#dc2626", dots=True),
         ], x_label=x_label, y_label="nats/char", right_label="bits/char", right_scale=1 / LN2)
         charts.append(svg)
         hover[cid] = pts
     svg, pts = chart("lr", "Learning rate", [
-        Series("learning rate", [(r["step"], r.get("lr"), f"step {r['step']} · lr {r.get('lr', 0):.3g}")
+        Series("learning rate", [(r["step"], _get(r, "lr"), f"step {r['step']} · lr {_get(r, 'lr'):.3g}")
                                  for r in train], "#059669")], x_label="iteration", y_label="learning rate",
         zero=True)
     charts.append(svg)
     hover["lr"] = pts
-    clip = config.get("train", {}).get("grad_clip")
+    clip = (config.get("train") or {}).get("grad_clip")
+    clip = clip if _is_number(clip) and clip > 0 else None
     svg, pts = chart("grad", "Gradient norm and clipping", [
-        Series("grad norm", [(r["step"], r.get("grad_norm"), f"step {r['step']} · grad norm "
-                             f"{r.get('grad_norm', 0):.4g}") for r in train], "#7c3aed"),
-        Series("clipped (fraction of steps)", [(r["step"], r.get("clip_frac"), f"step {r['step']} · clipping "
-                                               f"fired in {100 * r.get('clip_frac', 0):.0f}% of steps")
-                                              for r in train], "#ea580c", right=True, dash=True),
-    ], x_label="iteration", y_label="global gradient norm (pre-clip)", right_label="fraction clipped", zero=True,
-        hlines=[(clip, f"clip at {clip:g}")] if clip else [])
+        Series("grad norm", [(r["step"], _get(r, "grad_norm"), f"step {r['step']} · grad norm "
+                             f"{_get(r, 'grad_norm'):.4g}") for r in train], "#7c3aed"),
+        Series("clipped (fraction of steps)",
+               [(r["step"], _get(r, "clip_frac"), f"step {r['step']} · clipping fired in "
+                 f"{100 * _get(r, 'clip_frac'):.0f}% of steps") for r in train],
+               "#ea580c", right=True, dash=True),
+    ], x_label="iteration", y_label="global gradient norm (pre-clip)", right_label="fraction clipped",
+        zero=True, hlines=[(clip, f"clip at {clip:g}")] if clip else [])
     charts.append(svg)
     hover["grad"] = pts
     return "".join(f'<figure>{c}</figure>' for c in charts), hover
 
 
 def gate_charts(stats: list[GateStats]) -> str:
-    """Per layer: stacked bars of left/middle/right saturation per gate, and the per-unit scatter (2015 paper)."""
+    """Per layer: bars of left/middle/right saturation per gate, and the per-unit scatter (2015 paper)."""
     if not stats:
         return '<p class="note">This model has no gates (plain RNN).</p>'
     colors = {"input": "#2563eb", "forget": "#16a34a", "output": "#dc2626", "reset": "#9333ea",
@@ -293,19 +316,20 @@ def gate_charts(stats: list[GateStats]) -> str:
                f'<line class="grid" x1="{m}" y1="8" x2="{size - 8}" y2="{size - m}"/>']
         span = size - m - 8
         for t in (0, 0.5, 1):
-            svg.append(f'<text class="tick" x="{m + t * span:.1f}" y="{size - m + 14}" text-anchor="middle">{t:g}'
-                       f'</text><text class="tick" x="{m - 4}" y="{size - m - t * span + 4:.1f}" '
-                       f'text-anchor="end">{t:g}</text>')
+            svg.append(f'<text class="tick" x="{m + t * span:.1f}" y="{size - m + 14}" '
+                       f'text-anchor="middle">{t:g}</text><text class="tick" x="{m - 4}" '
+                       f'y="{size - m - t * span + 4:.1f}" text-anchor="end">{t:g}</text>')
         svg.append(f'<text class="axis" x="{m + span / 2}" y="{size - 4}" text-anchor="middle">fraction left-'
                    f'saturated</text><text class="axis" transform="translate(10,{8 + span / 2}) rotate(-90)" '
                    f'text-anchor="middle">fraction right-saturated</text>')
         for s in rows:
-            for unit, (a, b) in enumerate(zip(s.unit_left, s.unit_right)):
+            for unit, (a, b) in enumerate(zip(s.unit_left, s.unit_right, strict=True)):
                 svg.append(f'<circle cx="{m + a * span:.1f}" cy="{size - m - b * span:.1f}" r="2.2" '
                            f'fill="{colors.get(s.gate, "#555")}" fill-opacity="0.6"><title>layer {layer + 1} '
                            f'{s.gate} gate, unit {unit}: left {a:.2f}, right {b:.2f}</title></circle>')
         svg.append("</svg>")
-        legend = " ".join(f'<span class="key" style="--c:{colors.get(s.gate, "#555")}">{s.gate}</span>' for s in rows)
+        legend = " ".join(f'<span class="key" style="--c:{colors.get(s.gate, "#555")}">{s.gate}</span>'
+                          for s in rows)
         parts.append(f'<div class="gate-layer"><h3>Layer {layer + 1}</h3>{"".join(bar)}<div>{"".join(svg)}'
                      f'<div class="legend">{legend}</div></div></div>')
     return "".join(parts)
@@ -348,18 +372,18 @@ def _final_metrics(train: list[dict], evals: list[dict], loaded: LoadedModel, su
             ("vocabulary", f"{len(loaded.vocab)} symbols")]
     if train:
         last = train[-1]
-        rows += [("steps", f"{last['step']:,}"), ("wall time", f"{last.get('elapsed', 0):.1f} s"),
-                 ("last train loss", f"{last.get('train_loss', math.nan):.4f} nats/char"),
-                 ("speed", f"{last.get('chars_per_s', 0):,.0f} chars/s")]
+        rows += [("steps", f"{last['step']:,}"), ("wall time", f"{_get(last, 'elapsed'):.1f} s"),
+                 ("last train loss", f"{last['train_loss']:.4f} nats/char"),
+                 ("speed", f"{_get(last, 'chars_per_s'):,.0f} chars/s")]
     if evals:
         last = evals[-1]
-        best = min(evals, key=lambda r: r.get("val_loss", math.inf))
+        best = min(evals, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf)
         rows += [("last validation loss", f"{last['val_loss']:.4f} nats/char, {last['val_loss'] / LN2:.4f} "
                   f"bits/char (step {last['step']})"),
                  ("best validation loss", f"{best['val_loss']:.4f} nats/char (step {best['step']})")]
     if sur is not None and passage is not None:
-        rows.append(("passage", f"{len(passage.ids):,} characters of {passage.source}: {sur.mean:.4f} nats/char "
-                     f"({sur.mean / LN2:.4f} bits/char)"))
+        rows.append(("passage", f"{len(passage.ids):,} characters of {passage.source}: "
+                     f"{sur.mean:.4f} nats/char ({sur.mean / LN2:.4f} bits/char)"))
     return rows
 
 
@@ -395,8 +419,9 @@ def _correlation_table(corr: Correlations) -> str:
     for prop, found in corr.by_property.items():
         for rank, u in enumerate(found):
             label = f"layer {u.layer + 1} {u.kind} {u.unit}"
-            rows.append(f'<tr data-unit="{u.layer}:{u.kind}:{u.unit}"><td>{html.escape(prop) if rank == 0 else ""}'
-                        f'</td><td><a href="#neurons">{label}</a></td><td>{u.r:+.3f}</td></tr>')
+            name = html.escape(prop) if rank == 0 else ""
+            rows.append(f'<tr data-unit="{u.layer}:{u.kind}:{u.unit}"><td>{name}</td>'
+                        f'<td><a href="#neurons">{label}</a></td><td>{u.r:+.3f}</td></tr>')
     for prop in corr.constant:
         rows.append(f'<tr><td>{html.escape(prop)}</td><td colspan="2" class="note">does not vary in this '
                     f'passage</td></tr>')
@@ -436,9 +461,9 @@ def build_report(run_dir: str | os.PathLike, *, text: str | os.PathLike | None =
         data.update({
             "vocab": display_symbols(loaded),
             "ids": passage.ids.tolist(),
-            "loss": [round(float(v), 3) for v in sur.loss],
+            "loss": [round(float(v), 3) for v in np.nan_to_num(sur.loss, nan=99.0, posinf=99.0)],
             "top_ids": sur.top_ids.astype(int).ravel().tolist(),
-            "top_probs": [round(float(v), 3) for v in sur.top_probs.ravel()],
+            "top_probs": [round(float(v), 3) for v in np.nan_to_num(sur.top_probs.ravel())],
             "k": int(sur.top_ids.shape[1]),
             "units": analysis["units"],
             "shown": analysis["shown"],
@@ -448,7 +473,8 @@ def build_report(run_dir: str | os.PathLike, *, text: str | os.PathLike | None =
     summary = (f"{m.model.upper()}, {m.layers} layer(s) × {m.hidden} units, embedding {m.embed}; "
                f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}")
     final = _table(_final_metrics(train, evals, loaded, analysis and analysis["surprise"], passage))
-    clip_rate = (sum(r.get("clip_frac", 0) for r in train) / len(train)) if train else 0.0
+    clips = [r["clip_frac"] for r in train if _is_number(r.get("clip_frac"))]
+    clip_rate = sum(clips) / len(clips) if clips else 0.0
 
     if analysis is None:
         passage_html = neuron_html = gate_html = f'<p class="note">{html.escape(missing)}</p>'
@@ -460,16 +486,19 @@ def build_report(run_dir: str | os.PathLike, *, text: str | os.PathLike | None =
                         f'for the five characters the model expected there.</p>'
                         f'<div class="passage-wrap"><div class="passage" id="surprise-text"></div>'
                         f'<aside class="panel" id="surprise-panel">Point at a character.</aside></div>'
-                        f'<div class="scale surprise-scale"><span>0 nats</span><i></i><span>≥ 6 nats</span></div>')
+                        f'<div class="scale surprise-scale"><span>0 nats</span><i></i><span>≥ 6 nats</span>'
+                        f'</div>')
         cut = "" if analysis["shown"] == len(passage.ids) else (
             f' The explorer shows the first {analysis["shown"]:,} characters (activations of every unit are '
             f'embedded in the page; correlations use the whole passage).')
         neuron_html = (f'<p class="note">The passage coloured by one unit\'s activation after reading each '
-                       f'character (hidden state h, or tanh of the cell state c), blue negative, red positive.'
-                       f'{cut}</p><div class="controls"><label>unit <select id="unit-select"></select></label>'
+                       f'character (hidden state h, or tanh of the cell state c), blue negative, red '
+                       f'positive.{cut}</p><div class="controls"><label>unit <select id="unit-select">'
+                       f'</select></label>'
                        f'<span id="unit-value"></span></div>'
                        f'<div class="passage" id="neuron-text"></div>'
-                       f'<h3>Units that follow properties of the text</h3>{_correlation_table(analysis["correlations"])}')
+                       f'<h3>Units that follow properties of the text</h3>'
+                       f'{_correlation_table(analysis["correlations"])}')
         gate_html = gate_charts(analysis["gates"])
 
     body = f"""<header><h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p>
@@ -498,7 +527,8 @@ right-saturated (above 0.9) or in between over the passage (Karpathy, Johnson &a
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, **kw) -> Path:
     """Build the report and write it atomically (default `RUN/report.html`); returns the path written."""
     page = build_report(run_dir, **kw)
-    path = Path(out) if out is not None else Path(run_dir) / "report.html"
+    run = Path(run_dir)
+    path = Path(out) if out is not None else (run.parent if run.is_file() else run) / "report.html"
     if path.is_dir():
         path = path / "report.html"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

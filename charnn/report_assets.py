@@ -1,21 +1,22 @@
 """The style and script inlined into every `charnn report` page (no CDN, nothing fetched).
 
-The script reads the page's JSON data block, adds hover read-outs to the SVG charts, and builds the surprise
-heatmap and the neuron explorer; a failure shows in the page's error box instead of failing silently.
+The script reads the page's JSON data block, adds hover read-outs to the SVG charts, and builds the
+surprise heatmap and the neuron explorer; a failure shows in the page's error box, not silently.
 """
 
 PAGE_CSS = """
 :root { --fg:#1f2937; --muted:#6b7280; --line:#e5e7eb; --bg:#fff; --card:#f9fafb; }
 * { box-sizing: border-box; }
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); background: var(--bg);
-  margin: 0 auto; max-width: 1220px; padding: 0 20px 60px; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg);
+  background: var(--bg); margin: 0 auto; max-width: 1220px; padding: 0 20px 60px; }
 header h1 { font-size: 22px; margin: 18px 0 2px; } header p { margin: 0; color: var(--muted); }
 nav { position: sticky; top: 0; background: var(--bg); padding: 8px 0; border-bottom: 1px solid var(--line);
   z-index: 2; } nav a { margin-right: 14px; color: #2563eb; text-decoration: none; }
 h2 { font-size: 18px; margin: 26px 0 8px; } h3 { font-size: 15px; margin: 14px 0 6px; }
 .note { color: var(--muted); margin: 4px 0 10px; }
 .error { background: #fee2e2; color: #991b1b; padding: 8px 12px; border-radius: 6px; margin: 8px 0; }
-table { border-collapse: collapse; } th, td { text-align: left; padding: 3px 10px 3px 0; vertical-align: top; }
+table { border-collapse: collapse; }
+th, td { text-align: left; padding: 3px 10px 3px 0; vertical-align: top; }
 table.kv th { font-weight: 500; color: var(--muted); white-space: nowrap; }
 .config { display: flex; flex-wrap: wrap; gap: 8px 36px; }
 .charts { display: flex; flex-wrap: wrap; gap: 10px; } figure { margin: 0; }
@@ -34,24 +35,28 @@ ol.timeline li::before { content: ""; position: absolute; left: -8px; top: 5px; 
 ol.timeline .meta { color: var(--muted); } ol.timeline pre { margin: 4px 0 0; background: var(--card);
   padding: 8px; border-radius: 6px; white-space: pre-wrap; font-size: 12.5px; }
 .passage-wrap { display: flex; gap: 12px; align-items: flex-start; }
-.passage { font: 13px/1.5 ui-monospace, Menlo, Consolas, monospace; white-space: pre-wrap; word-break: break-all;
-  max-height: 420px; overflow-y: auto; border: 1px solid var(--line); padding: 8px; flex: 1; border-radius: 6px; }
+.passage { font: 13px/1.5 ui-monospace, Menlo, Consolas, monospace; white-space: pre-wrap;
+  word-break: break-all; max-height: 420px; overflow-y: auto; border: 1px solid var(--line); padding: 8px;
+  flex: 1; border-radius: 6px; }
 .passage span { cursor: default; } .passage span.cur { outline: 1px solid #111827; }
 .panel { width: 250px; flex: none; border: 1px solid var(--line); border-radius: 6px; padding: 8px;
   background: var(--card); font-size: 13px; position: sticky; top: 44px; }
 .panel .row { display: flex; align-items: center; gap: 6px; margin: 2px 0; }
-.panel .sym { font-family: ui-monospace, monospace; width: 34px; } .panel .bar { height: 9px; background: #93c5fd; }
-.panel .row.hit .bar { background: #16a34a; } .panel .p { color: var(--muted); width: 48px; text-align: right; }
+.panel .sym { font-family: ui-monospace, monospace; width: 34px; }
+.panel .bar { height: 9px; background: #93c5fd; } .panel .row.hit .bar { background: #16a34a; }
+.panel .p { color: var(--muted); width: 48px; text-align: right; }
 .scale { display: flex; align-items: center; gap: 6px; color: var(--muted); margin: 6px 0; }
 .scale i { display: inline-block; width: 160px; height: 10px; border: 1px solid var(--line);
   background: linear-gradient(90deg, #fff, rgb(239,68,68)); }
-.controls { display: flex; gap: 16px; align-items: center; margin: 6px 0; } #unit-value { color: var(--muted); }
+.controls { display: flex; gap: 16px; align-items: center; margin: 6px 0; }
+#unit-value { color: var(--muted); }
 table.corr tr[data-unit] { cursor: pointer; } table.corr tr[data-unit]:hover { background: #eff6ff; }
 table.corr tr.sel { background: #dbeafe; }
 .gate-layer { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
 .gate-layer h3 { width: 100%; margin-bottom: 0; }
 .stack { display: flex; width: 220px; height: 12px; border: 1px solid var(--line); }
-.stack .left { background: #60a5fa; } .stack .mid { background: #d1d5db; } .stack .right { background: #f87171; }
+.stack .left { background: #60a5fa; } .stack .mid { background: #d1d5db; }
+.stack .right { background: #f87171; }
 .legend .key::before { content: ""; display: inline-block; width: 9px; height: 9px; border-radius: 50%;
   background: var(--c); margin: 0 4px 0 10px; }
 """
@@ -125,21 +130,28 @@ PAGE_JS = r"""
       panel.textContent = "";
       const head = document.createElement("div");
       const ch = data.vocab[data.ids[t]];
-      if (t === 0) { head.textContent = "'" + shown(ch) + "' is the first character: nothing predicts it."; panel.appendChild(head); return; }
+      if (t === 0) {
+        head.textContent = "'" + shown(ch) + "' is the first character: nothing predicts it.";
+        panel.appendChild(head);
+        return;
+      }
       const loss = data.loss[t - 1];
       head.innerHTML = "<b></b><br>";
       head.firstChild.textContent = "'" + shown(ch) + "' at " + t;
       head.appendChild(document.createTextNode(loss.toFixed(3) + " nats (" + (loss / Math.LN2).toFixed(3) +
         " bits), p = " + Math.exp(-loss).toFixed(3)));
       panel.appendChild(head);
-      const sub = document.createElement("div"); sub.className = "note"; sub.textContent = "the model expected:";
+      const sub = document.createElement("div");
+      sub.className = "note"; sub.textContent = "the model expected:";
       panel.appendChild(sub);
       for (let j = 0; j < k; j++) {
         const id = data.top_ids[(t - 1) * k + j], p = data.top_probs[(t - 1) * k + j];
         const row = document.createElement("div"); row.className = "row" + (id === data.ids[t] ? " hit" : "");
-        const sym = document.createElement("span"); sym.className = "sym"; sym.textContent = shown(data.vocab[id]);
-        const bar = document.createElement("span"); bar.className = "bar"; bar.style.width = (p * 150).toFixed(1) + "px";
-        const pv = document.createElement("span"); pv.className = "p"; pv.textContent = p.toFixed(3);
+        const sym = document.createElement("span"), bar = document.createElement("span");
+        const pv = document.createElement("span");
+        sym.className = "sym"; sym.textContent = shown(data.vocab[id]);
+        bar.className = "bar"; bar.style.width = (p * 150).toFixed(1) + "px";
+        pv.className = "p"; pv.textContent = p.toFixed(3);
         row.append(sym, pv, bar); panel.appendChild(row);
       }
     });
@@ -154,7 +166,8 @@ PAGE_JS = r"""
       group.label = "layer " + (g.layer + 1) + " " + g.kind + (g.kind === "cell" ? " (tanh c)" : " (h)");
       for (let u = 0; u < g.size; u++) {
         const o = document.createElement("option");
-        o.value = g.layer + ":" + g.kind + ":" + u; o.textContent = "layer " + (g.layer + 1) + " " + g.kind + " " + u;
+        o.value = g.layer + ":" + g.kind + ":" + u;
+        o.textContent = "layer " + (g.layer + 1) + " " + g.kind + " " + u;
         group.appendChild(o);
       }
       select.appendChild(group);
@@ -174,7 +187,8 @@ PAGE_JS = r"""
       select.value = key; current = values(key);
       for (let t = 0; t < n; t++) {
         const v = current[t] / 127;
-        spans[t].style.background = v >= 0 ? "rgba(239,68,68," + v.toFixed(3) + ")" : "rgba(37,99,235," + (-v).toFixed(3) + ")";
+        spans[t].style.background = v >= 0 ? "rgba(239,68,68," + v.toFixed(3) + ")"
+                                           : "rgba(37,99,235," + (-v).toFixed(3) + ")";
       }
       for (const row of document.querySelectorAll("#correlations tr[data-unit]")) {
         row.classList.toggle("sel", row.dataset.unit === key);
@@ -183,7 +197,8 @@ PAGE_JS = r"""
     }
     select.addEventListener("change", function () { show(select.value); });
     pointed(el, function (t) {
-      out.textContent = "'" + shown(data.vocab[data.ids[t]]) + "' at " + t + ": activation " + (current[t] / 127).toFixed(2);
+      out.textContent = "'" + shown(data.vocab[data.ids[t]]) + "' at " + t + ": activation " +
+        (current[t] / 127).toFixed(2);
     });
     for (const row of document.querySelectorAll("#correlations tr[data-unit]")) {
       row.addEventListener("click", function () { show(row.dataset.unit); });

@@ -14,8 +14,7 @@ from charnn.checkpoint import CharnnWarning, load_run
 from charnn.cli import app
 from charnn.config import ModelConfig
 from charnn.evaluate import evaluate_ids
-from charnn.inspect import (find_correlated, gate_stats, pearson, surprise, text_properties, trace,
-                            unit_series)
+from charnn.inspect import find_correlated, gate_stats, pearson, surprise, text_properties, trace, unit_series
 from charnn.model import CharRNN
 from charnn.report import build_report, page_json, passage_ids, write_report
 from tests.conftest import TINY_TEXT
@@ -35,7 +34,8 @@ def test_step_loop_reproduces_the_models_logits(kind):
     segment = 64  # T spans three segments: the state must reset where evaluation resets it
     tr = trace(model, ids, segment=segment)
     with torch.no_grad():
-        expected = torch.cat([model(torch.as_tensor(ids[s:s + segment])[None])[0][0] for s in range(0, T, segment)])
+        expected = torch.cat([model(torch.as_tensor(ids[s:s + segment])[None])[0][0]
+                              for s in range(0, T, segment)])
     torch.testing.assert_close(tr.logits, expected, atol=1e-5, rtol=1e-5)
     assert [layer.hidden.shape for layer in tr.layers] == [(T, H)] * N
     if kind == "lstm":  # the cell and gates are the ones that produced h: h = o * tanh(c)
@@ -52,7 +52,7 @@ def test_surprise_is_evaluates_per_char_loss():
     res = evaluate_ids(model, ids, segment=64, per_char=True)
     np.testing.assert_allclose(sur.loss, res.per_char, atol=1e-5)
     assert sur.mean == pytest.approx(res.loss, abs=1e-6)
-    # top-5 are the five likeliest next symbols, most likely first, and the target's probability matches its loss
+    # the five likeliest next symbols, most likely first
     assert sur.top_ids.shape == (T - 1, 5) and np.all(np.diff(sur.top_probs, axis=1) <= 0)
 
 
@@ -65,7 +65,8 @@ def test_report_surprise_equals_charnn_eval_on_the_same_text(tiny_run, tmp_path)
     loaded = load_run(tiny_run)
     passage = passage_ids(loaded, text, max_chars=10_000)
     segment = json.loads(loaded.meta["train_config"])["eval_segment"]
-    assert surprise(trace(loaded.model, passage.ids, segment=segment)).mean == pytest.approx(expected, abs=1e-6)
+    mean = surprise(trace(loaded.model, passage.ids, segment=segment)).mean
+    assert mean == pytest.approx(expected, abs=1e-6)
 
 
 def _planted_quote_model(vocab: str, unit: int = 3) -> CharRNN:
@@ -84,7 +85,8 @@ def _planted_quote_model(vocab: str, unit: int = 3) -> CharRNN:
         model.embed.weight.copy_(torch.eye(v))
         for p in model.rnn.parameters():
             p.mul_(0.3)
-        w_ih, w_hh, b_ih, b_hh = model.rnn.weight_ih_l0, model.rnn.weight_hh_l0, model.rnn.bias_ih_l0, model.rnn.bias_hh_l0
+        rnn = model.rnn
+        w_ih, w_hh, b_ih, b_hh = rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
         w_hh[:, unit] = 0  # no other unit reads the planted one, so none can inherit its signal
         for row in (i, f, g, o):
             w_ih[row], w_hh[row], b_ih[row], b_hh[row] = 0, 0, 0, 0
@@ -128,7 +130,8 @@ def test_text_properties_and_pearson_on_planted_activations():
 def test_gate_saturation_fractions():
     tr = trace(_model("lstm"), np.arange(T) % V)
     stats = gate_stats(tr)
-    assert [(s.layer, s.gate) for s in stats] == [(k, g) for k in range(N) for g in ("input", "forget", "output")]
+    gates = ("input", "forget", "output")
+    assert [(s.layer, s.gate) for s in stats] == [(k, g) for k in range(N) for g in gates]
     for s in stats:
         assert s.left + s.middle + s.right == pytest.approx(1)
         assert s.unit_left.shape == (H,) and 0 <= s.unit_left.min() and s.unit_right.max() <= 1
@@ -151,10 +154,11 @@ def test_report_has_curves_timeline_and_escaped_text(tiny_run):
     assert page.count("<polyline") >= 5 and 'id="timeline"' in page
     assert page.count('<li><div class="meta"><b>iteration') == 3  # two training samples and the planted one
     assert "&lt;/pre&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)" not in page
-    data = json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S)[1])
+    block = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S)[1]
+    data = json.loads(block)
     loaded = load_run(tiny_run)
-    assert "".join(data["vocab"][i] for i in data["ids"]) == loaded.vocab.decode(passage_ids(loaded, None,
-                                                                                               max_chars=5000).ids)
+    expected = loaded.vocab.decode(passage_ids(loaded, None, max_chars=5000).ids)
+    assert "".join(data["vocab"][i] for i in data["ids"]) == expected
     assert len(data["loss"]) == len(data["ids"]) - 1 and len(data["top_ids"]) == 5 * len(data["loss"])
     assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched: the page works offline
 
@@ -172,7 +176,8 @@ def test_cli_report_writes_the_page_and_maps_errors(tiny_run, tmp_path):
     assert res.exit_code == 0, res.output
     assert out.read_text().startswith("<!DOCTYPE html>") and res.stdout == ""
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
-    assert res.exit_code == 2 and res.stderr.strip() == f"error: {tmp_path / 'nope'}: no such run directory or checkpoint file"
+    assert res.exit_code == 2
+    assert res.stderr.strip() == f"error: {tmp_path / 'nope'}: no such run directory or checkpoint file"
     res = CliRunner().invoke(app, ["report", str(tiny_run), "--text", str(tmp_path / "missing.txt")])
     assert res.exit_code == 2 and res.stderr.startswith("error: ")
 
@@ -181,8 +186,8 @@ def test_train_report_flag_writes_report_at_each_evaluation(tiny_corpus, tmp_pat
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
     args = ["train", str(tiny_corpus), "--out", str(out), "--layers", "1", "--hidden", "16", "--embed", "8",
-            "--batch-size", "4", "--seq-len", "16", "--max-iters", "10", "--eval-every", "5", "--device", "cpu",
-            "--sample-every", "5", "--sample-length", "20", "-q"]
+            "--batch-size", "4", "--seq-len", "16", "--max-iters", "10", "--eval-every", "5",
+            "--device", "cpu", "--sample-every", "5", "--sample-length", "20", "-q"]
     res = CliRunner().invoke(app, args + ["--report"])
     assert res.exit_code == 0, res.output
     page = (out / "report.html").read_text()
@@ -202,28 +207,55 @@ def test_write_report_refuses_an_unwritable_path(tiny_run, tmp_path):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+# Appended to a copy of the page: points at a character of each passage, picks a unit, hovers a chart.
+PROBE = """<script>
+window.addEventListener("load", function () {
+  const over = function (el) { el.dispatchEvent(new MouseEvent("mouseover", {bubbles: true})); };
+  over(document.querySelector('#surprise-text span[data-t="12"]'));
+  const select = document.getElementById("unit-select");
+  select.value = select.options[3].value;
+  select.dispatchEvent(new Event("change"));
+  over(document.querySelector('#neuron-text span[data-t="5"]'));
+  const svg = document.getElementById("loss-steps"), box = svg.getBoundingClientRect();
+  svg.dispatchEvent(new MouseEvent("mousemove", {clientX: box.left + box.width / 2,
+                                                 clientY: box.top + box.height / 2, bubbles: true}));
+  document.body.dataset.probed = "1";
+});
+</script></body>"""
+
+
+def _console(stderr: str) -> list[str]:
+    """Console messages Chromium logs with --enable-logging=stderr; the page itself logs none."""
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="headless browser test needs Debian's `chromium` package "
                                                "(apt-get install chromium; .ci/run installs it when it can)")
 def test_report_loads_in_headless_chromium_without_console_errors(tiny_run, tmp_path):
     page = write_report(tiny_run, tmp_path / "report.html")
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-             "--enable-logging=stderr", "--v=0", "--window-size=1250,2400"]
-    dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
-    assert console == [], console  # the page logs nothing; an uncaught error would show here
-    html = dom.stdout
-    assert 'data-ready="1"' in html  # the script ran to its end
-    assert re.search(r'<div id="report-error" class="error" hidden="">', html)
-    assert '<svg class="chart" id="loss-steps"' in html and "<polyline" in html and 'id="timeline"' in html
-    assert html.count('<span data-t="') > 100  # the heatmap and the explorer were built from the data
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+             "--window-size=1250,2400"]
     shot = tmp_path / "report.png"
     res = subprocess.run(flags + [f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True,
                          timeout=180)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert _console(res.stderr) == []  # an uncaught error or a failed script would show here
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
-    assert [line for line in res.stderr.splitlines() if ":CONSOLE" in line] == []
 
-
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE), encoding="utf-8")
+    dom = subprocess.run(flags + ["--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=180)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert _console(dom.stderr) == []
+    html = dom.stdout
+    assert 'data-ready="1"' in html and 'data-probed="1"' in html  # the script ran to its end
+    assert '<div id="report-error" class="error" hidden="">' in html
+    assert '<svg class="chart" id="loss-steps"' in html and "<polyline" in html and 'id="timeline"' in html
+    assert html.count('<span data-t="') > 100  # the heatmap and the explorer were built from the data
+    panel = re.search(r'<aside class="panel" id="surprise-panel">(.*?)</aside>', html, re.S)[1]
+    assert "the model expected:" in panel and panel.count('<div class="row') == 5
+    assert re.search(r'<span id="unit-value">\S+ at 5: activation -?\d\.\d\d</span>', html)
+    assert re.search(r'<div id="tooltip" class="tooltip" style="[^"]*">[^<]*step \d+', html)
