@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_TEXT, cli_env, tiny_configs
 
 pytestmark = pytest.mark.slow
