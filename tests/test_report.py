@@ -137,6 +137,21 @@ def test_gate_saturation_fractions():
         assert s.unit_left.shape == (H,) and 0 <= s.unit_left.min() and s.unit_right.max() <= 1
 
 
+@pytest.mark.parametrize("kind,bytes_mode", [("gru", False), ("rnn", True)])
+def test_report_for_gru_and_byte_level_rnn_runs(tiny_corpus, tmp_path, kind, bytes_mode):
+    from charnn.config import DataConfig, TrainConfig
+    from charnn.train import train
+
+    run = tmp_path / "run"
+    train(tiny_corpus, model_cfg=ModelConfig(model=kind, layers=2, hidden=16, embed=8),
+          train_cfg=TrainConfig(batch_size=4, seq_len=16, max_iters=6, eval_every=3, sample_every=3,
+                                sample_length=10, device="cpu"),
+          data_cfg=DataConfig(bytes_mode=bytes_mode), out_dir=run)
+    page = write_report(run, max_chars=400).read_text(encoding="utf-8")
+    assert 'id="neuron-text"' in page and page.count('<li><div class="meta">') == 2
+    assert ("no gates (plain RNN)" in page) == (kind == "rnn") and ("reset gate" in page) == (kind == "gru")
+
+
 def test_page_json_cannot_close_its_script_block():
     text = page_json({"t": "</script><!-- & -->", "u": "\u2028é"})
     assert "<" not in text and ">" not in text and "&" not in text
