@@ -69,6 +69,7 @@ class PresetName(str, Enum):
     small = "small"
     medium = "medium"
     large = "large"
+    auto = "auto"
 
 
 class Backend(str, Enum):
@@ -134,8 +135,9 @@ def train_cmd(
     corpus: Annotated[Optional[Path], typer.Argument(help="UTF-8 text file to train on (optional with --resume).",
                                                      show_default=False)] = None,
     *,
-    preset: Annotated[Optional[PresetName], typer.Option(help="Model size and schedule; explicit flags override "
-                                                         "it. [default: small]")] = None,
+    preset: Annotated[Optional[PresetName], typer.Option(help="Model size and schedule (auto: by device and "
+                                                         "--time-budget); explicit flags override it. "
+                                                         "[default: small]")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory [default: checkpoints/<corpus>-<time>].")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory (model, optimizer, "
                                                    "schedule, RNG, data position).")] = None,
@@ -211,7 +213,10 @@ def train_cmd(
         else:
             if corpus is None:
                 raise CharnnError("missing CORPUS: the text file to train on (or --resume RUN)")
-            model_cfg, train_cfg = resolve(preset.value if preset else None, model_over, train_over)
+            from charnn.runtime import pick_device
+
+            model_cfg, train_cfg = resolve(preset.value if preset else None, model_over, train_over,
+                                           device_type=pick_device(device or "auto").type)
             data_cfg = DataConfig(**{k: v for k, v in data_over.items() if v is not None})
             source, out_dir = corpus, out
         from charnn.progress import TrainDisplay

@@ -205,13 +205,24 @@ PRESETS: dict[str, Preset] = {
 DEFAULT_PRESET = "small"
 
 
-def resolve(preset: str | None, model_overrides: dict[str, Any], train_overrides: dict[str, Any]
-            ) -> tuple[ModelConfig, TrainConfig]:
+def auto_preset(device_type: str, time_budget: float | None) -> str:
+    """What `--preset auto` picks: `tiny` for CPU budgets under 90 s, else `small` on a CPU; on a GPU
+    `medium` for budgets up to 10 minutes (it converges within them; `large` needs longer), else `large`."""
+    if device_type == "cuda":
+        return "medium" if time_budget is not None and time_budget <= 600 else "large"
+    return "tiny" if time_budget is not None and time_budget < 90 else "small"
+
+
+def resolve(preset: str | None, model_overrides: dict[str, Any], train_overrides: dict[str, Any], *,
+            device_type: str = "cpu") -> tuple[ModelConfig, TrainConfig]:
     """Configs from a preset with explicit values (those not None) laid over it.
 
     A stopping rule given explicitly (max_iters, epochs or time_budget) replaces the preset's.
+    `auto` picks the preset for the device and time budget (`auto_preset`).
     """
     name = preset or DEFAULT_PRESET
+    if name == "auto":
+        name = auto_preset(device_type, train_overrides.get("time_budget"))
     if name not in PRESETS:
         raise ConfigError(f"unknown --preset {name!r}; choose from {', '.join(PRESETS)}")
     base = PRESETS[name]

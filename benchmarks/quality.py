@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Quality per second: train charnn presets under a time budget and compare with the plain baseline.
+
+For each preset: `charnn train CORPUS --preset P --time-budget B`, then `charnn eval` on the validation split
+and on held-out prose of a different kind, and a 300-character sample. The baseline is the plain hand-written
+trainer `../shared/bench/ref_lstm.py --budget-s B` (2x256 LSTM, Adam 2e-3 constant), run in the same session.
+Prints one JSON line per run and a table; lower val nats/char is better.
+
+Note on budgets: charnn's budget is wall time of the whole loop (evaluations, samples and checkpoints
+included); ref_lstm.py's counts its training steps only, so the comparison slightly favours the baseline.
+Both score the whole validation split: charnn in 4096-character stateful segments, ref_lstm.py as one stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_REF = REPO.parent / "shared" / "bench" / "ref_lstm.py"
+
+
+def run(cmd: list[str], env: dict[str, str]) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    if out.returncode != 0:
+        sys.exit(f"failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-2000:]}")
+    return out.stdout
+
+
+def charnn_run(preset: str, args, env, workdir: Path) -> dict:
+    run_dir = workdir / f"{preset}-{int(time.time())}"
+    cmd = [sys.executable, "-m", "charnn", "train", str(args.corpus), "--preset", preset, "--time-budget",
+           str(args.budget), "--out", str(run_dir), "--quiet"] + args.extra
+    t0 = time.perf_counter()
+    run(cmd, env)
+    wall = time.perf_counter() - t0
+    ev = [sys.executable, "-m", "charnn", "eval", str(run_dir), "--json"]
+    val = json.loads(run(ev, env).splitlines()[-1])
+    prose = json.loads(run(ev[:-1] + [str(args.heldout), "--skip-unknown", "--json"], env).splitlines()[-1])
+    sample = run([sys.executable, "-m", "charnn", "sample", str(run_dir), "--length", "300", "--seed", "1",
+                  "--temperature", "0.8", "--raw"], env)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [m["chars_per_s"] for m in metrics if m["kind"] == "train"][2:]
+    from charnn.config import ModelConfig
+
+    params = ModelConfig(**cfg["model"]).num_parameters(cfg["vocab_size"])
+    return {"tool": "charnn", "preset": preset, "budget_s": args.budget, "wall_s": round(wall, 1),
+            "params": params, "steps": val["step"], "val_nats": round(val["nats_per_char"], 4),
+            "val_bpc": round(val["bits_per_char"], 4), "prose_nats": round(prose["nats_per_char"], 4),
+            "prose_bpc": round(prose["bits_per_char"], 4),
+            "chars_per_s": round(sorted(rates)[len(rates) // 2]) if rates else None,
+            "run_dir": str(run_dir), "sample": sample[:300]}
+
+
+def ref_run(args, env) -> dict:
+    cmd = [sys.executable, str(args.ref), str(args.corpus), "--budget-s", str(args.budget), "--threads",
+           str(args.threads), "--eval-at", "", "--sample-chars", "300", "--sample-repeats", "1"]
+    lines = [json.loads(line) for line in run(cmd, env).splitlines() if line.startswith("{")]
+    final = next(x for x in lines if x["event"] == "final")
+    return {"tool": "ref_lstm", "preset": "plain 2x256", "budget_s": args.budget, "steps": final["steps"],
+            "val_nats": final["val_loss"], "val_bpc": final["val_bits_per_char"],
+            "chars_per_s": final["chars_per_s"], "params": None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=REPO / "data" / "tinyshakespeare.txt")
+    ap.add_argument("--heldout", type=Path, default=REPO / "data" / "heldout_prose.txt",
+                    help="text of a different kind, scored with --skip-unknown")
+    ap.add_argument("--presets", default="small", help="comma-separated presets to train")
+    ap.add_argument("--budget", type=float, default=240.0, help="training time budget per run, seconds")
+    ap.add_argument("--ref", type=Path, default=DEFAULT_REF, help="the plain baseline trainer")
+    ap.add_argument("--no-ref", action="store_true", help="skip the baseline")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=None, help="where runs go (default: a temp dir)")
+    ap.add_argument("--quick", action="store_true", help="smoke mode: tiny corpus slice, 3-second budgets")
+    ap.add_argument("extra", nargs="*", help="extra `charnn train` flags after --, e.g. -- --model gru")
+    args = ap.parse_args()
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS=str(args.threads))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="charnn-quality-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        small = workdir / "corpus.txt"
+        small.write_text(args.corpus.read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+        args.corpus, args.budget, args.presets = small, 3.0, "tiny"
+        args.extra = args.extra + ["--eval-every", "50", "--sample-length", "0"]
+    rows = []
+    if not args.no_ref and args.ref.exists():
+        rows.append(ref_run(args, env))
+        print(json.dumps(rows[-1]), flush=True)
+    for preset in args.presets.split(","):
+        rows.append(charnn_run(preset, args, env, workdir))
+        print(json.dumps(rows[-1]), flush=True)
+    base = next((r for r in rows if r["tool"] == "ref_lstm"), None)
+    print(f"\n{'run':<22}{'params':>10}{'steps':>7}{'chars/s':>9}{'val nats':>10}{'val bpc':>9}"
+          f"{'prose nats':>12}{'vs ref':>9}")
+    for r in rows:
+        delta = f"{r['val_nats'] - base['val_nats']:+.4f}" if base else "n/a"
+        print(f"{r['tool'] + ' ' + r['preset']:<22}{r['params'] or '':>10}{r['steps']:>7}{r['chars_per_s'] or 0:>9}"
+              f"{r['val_nats']:>10.4f}{r['val_bpc']:>9.4f}{r.get('prose_nats', float('nan')):>12.4f}{delta:>9}")
+
+
+if __name__ == "__main__":
+    main()
