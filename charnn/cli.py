@@ -412,10 +412,10 @@ def eval_cmd(
 def report_cmd(
     run: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.", show_default=False)],
     *,
-    text: Annotated[Optional[Path], typer.Option(help="Text file to analyse [default: the run's validation "
-                                                 "split].")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="HTML file to write [default: "
-                                                   "RUN/report.html].")] = None,
+    text: Annotated[Optional[Path], typer.Option(help="Text file to analyse (default: the run's validation "
+                                                 "split).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="HTML file to write (default: "
+                                                   "RUN/report.html).")] = None,
     chars: Annotated[int, typer.Option(min=2, max=1_000_000, help="Characters of the passage to analyse.")
                      ] = 5000,
     which: Annotated[Which, typer.Option(help="Which checkpoint of a run: best or latest.")] = Which.best,
