@@ -127,7 +127,7 @@ def _h(cls, name: str, suffix: str = "") -> str:
     return help_of(cls, name) + suffix
 
 
-PRESET_DEFAULT = " [default: from --preset]"
+PRESET_DEFAULT = " (default: from --preset)"
 
 
 @app.command("train")
@@ -137,8 +137,8 @@ def train_cmd(
     *,
     preset: Annotated[Optional[PresetName], typer.Option(help="Model size and schedule (auto: by device and "
                                                          "--time-budget); explicit flags override it. "
-                                                         "[default: small]")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory [default: checkpoints/<corpus>-<time>].")] = None,
+                                                         "(default: small)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default: checkpoints/<corpus>-<time>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory (model, optimizer, "
                                                    "schedule, RNG, data position).")] = None,
     model: Annotated[Optional[ModelKind], typer.Option(help=_h(ModelConfig, "model", PRESET_DEFAULT))] = None,
@@ -152,26 +152,26 @@ def train_cmd(
     min_lr: Annotated[Optional[float], typer.Option(help=_h(TrainConfig, "min_lr"))] = None,
     warmup_iters: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "warmup_iters", PRESET_DEFAULT))
                             ] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help=_h(TrainConfig, "weight_decay", " [default: 0]"))
+    weight_decay: Annotated[Optional[float], typer.Option(help=_h(TrainConfig, "weight_decay", " (default: 0)"))
                             ] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(help=_h(TrainConfig, "grad_clip", " [default: 5]"))] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help=_h(TrainConfig, "grad_clip", " (default: 5)"))] = None,
     max_iters: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "max_iters", PRESET_DEFAULT))] = None,
     epochs: Annotated[Optional[float], typer.Option(help=_h(TrainConfig, "epochs"))] = None,
     time_budget: Annotated[Optional[float], typer.Option(help=_h(TrainConfig, "time_budget"))] = None,
-    seed: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "seed", " [default: 1337]"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "seed", " (default: 1337)"))] = None,
     eval_every: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "eval_every", PRESET_DEFAULT))] = None,
     sample_every: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "sample_every"))] = None,
-    sample_length: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "sample_length", " [default: 200]"))
+    sample_length: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "sample_length", " (default: 200)"))
                              ] = None,
-    log_every: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "log_every", " [default: 10]"))] = None,
-    keep_last: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "keep_last", " [default: 2]"))] = None,
-    device: Annotated[Optional[str], typer.Option(help=_h(TrainConfig, "device", " [default: auto]"))] = None,
+    log_every: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "log_every", " (default: 10)"))] = None,
+    keep_last: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "keep_last", " (default: 2)"))] = None,
+    device: Annotated[Optional[str], typer.Option(help=_h(TrainConfig, "device", " (default: auto)"))] = None,
     precision: Annotated[Optional[Precision], typer.Option(help=_h(TrainConfig, "precision"))] = None,
     threads: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "threads"))] = None,
-    val_frac: Annotated[Optional[float], typer.Option(help=_h(DataConfig, "val_frac", " [default: 0.1]"))] = None,
-    test_frac: Annotated[Optional[float], typer.Option(help=_h(DataConfig, "test_frac", " [default: 0]"))] = None,
-    encoding: Annotated[Optional[str], typer.Option(help=_h(DataConfig, "encoding", " [default: utf-8]"))] = None,
-    errors: Annotated[Optional[str], typer.Option(help=_h(DataConfig, "errors", " [default: strict]"))] = None,
+    val_frac: Annotated[Optional[float], typer.Option(help=_h(DataConfig, "val_frac", " (default: 0.1)"))] = None,
+    test_frac: Annotated[Optional[float], typer.Option(help=_h(DataConfig, "test_frac", " (default: 0)"))] = None,
+    encoding: Annotated[Optional[str], typer.Option(help=_h(DataConfig, "encoding", " (default: utf-8)"))] = None,
+    errors: Annotated[Optional[str], typer.Option(help=_h(DataConfig, "errors", " (default: strict)"))] = None,
     keep_newlines: Annotated[Optional[bool], typer.Option("--keep-newlines", help=_h(DataConfig, "keep_newlines"))
                              ] = None,
     bytes_mode: Annotated[Optional[bool], typer.Option("--bytes", help=_h(DataConfig, "bytes_mode"))] = None,
@@ -179,7 +179,7 @@ def train_cmd(
     report_html: Annotated[bool, typer.Option("--report", help="Write RUN/report.html (curves, samples, "
                                               "neurons) at each evaluation; see `charnn report`.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where the encoded corpus is cached as memory-mapped "
-                                                      "ids, keyed by its sha256 [default: checkpoints/.cache].")
+                                                      "ids, keyed by its sha256 (default: checkpoints/.cache).")
                          ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Encode the corpus in memory; write no cache.")
                         ] = False,
@@ -282,8 +282,8 @@ class _StopFlag:
 
 @app.command("sample")
 def sample_cmd(
-    run: Annotated[Optional[Path], typer.Argument(help="Run directory or checkpoint file [default: the newest run "
-                                                  "under checkpoints/].", show_default=False)] = None,
+    run: Annotated[Optional[Path], typer.Argument(help="Run directory or checkpoint file (default: the newest run "
+                                                  "under checkpoints/).", show_default=False)] = None,
     *,
     temperature: Annotated[float, typer.Option("--temperature", "-t", help=_h(SampleConfig, "temperature"))] = 0.8,
     length: Annotated[int, typer.Option("--length", "-n", help=_h(SampleConfig, "length"))] = 500,
@@ -365,8 +365,8 @@ class _Output:
 @app.command("eval")
 def eval_cmd(
     run: Annotated[Path, typer.Argument(help="Run directory or checkpoint file.", show_default=False)],
-    files: Annotated[Optional[list[Path]], typer.Argument(help="Text files to score [default: the run's own "
-                                                          "validation split].", show_default=False)] = None,
+    files: Annotated[Optional[list[Path]], typer.Argument(help="Text files to score (default: the run's own "
+                                                          "validation split).", show_default=False)] = None,
     *,
     which: Annotated[Which, typer.Option(help="Which checkpoint of a run: best or latest.")] = Which.best,
     skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="Drop characters outside the vocabulary "
@@ -374,7 +374,7 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Segments scored side by side (speed only; the result "
                                             "does not depend on it).")] = 64,
     segment: Annotated[Optional[int], typer.Option(min=2, help="Characters per independently scored segment "
-                                                   "[default: the run's, 4096].")] = None,
+                                                   "(default: the run's, 4096).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON line per file on stdout.")] = False,
 ) -> None:
