@@ -373,30 +373,48 @@ def test_control_characters_escaped_on_a_terminal_unless_raw(tmp_path: Path):
 
 # --- checkpoints survive crashes -----------------------------------------------------------------------
 
+DURABLE_MODEL = ModelConfig(model="lstm", layers=2, hidden=128, embed=8)  # ~1 MB per file: writes take a while
+
+
 def _save_loop(run: Path) -> None:
     """The child: train-like saves forever, each with different weights and state."""
     torch.manual_seed(os.getpid())
     vocab = Vocab(tuple(range(97, 105)))
-    model = CharRNN(SMALL_MODEL, len(vocab))
+    model = CharRNN(DURABLE_MODEL, len(vocab))
     step = 0
     while True:
         step += 1
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.01)
-        state = {"step": step, "optimizer": {"m": torch.randn(4000)}, "rng": {"torch": torch.get_rng_state()}}
+        state = {"step": step, "optimizer": {"m": torch.randn(200_000)}, "rng": {"torch": torch.get_rng_state()}}
         save_checkpoint(run, model, vocab, DataConfig(), step=step, val_loss=1.0 / step, corpus_sha256="x",
                         state=state, keep_last=2)
 
 
+def _mid_write(run: Path, full: dict[str, int]) -> bool:
+    """True while some file is visibly being written: a temp file exists, or a file is shorter than usual."""
+    for p in run.iterdir():
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:
+            continue
+        kind = "tmp" if p.name.endswith(".tmp") else p.suffix
+        if kind == "tmp" or size < 0.9 * full.setdefault(kind, size):
+            return True
+        full[kind] = max(full[kind], size)
+    return False
+
+
 @pytest.mark.slow
 def test_sigkill_during_saves_never_loses_the_latest_checkpoint(tmp_path: Path):
-    """A process saving in a loop is SIGKILLed at random moments 20 times; the newest checkpoint always verifies."""
+    """A process saving in a loop is SIGKILLed 20 times, at random moments and (every other time) at the moment
+    a write is visibly under way; each time the newest checkpoint loads and verifies, model and state."""
     run = tmp_path / "run"
     run.mkdir()
     rng = random.Random(0)
-    survived, newest_step = 0, 0
-    for _ in range(20):
+    survived, mid_write_kills, full = 0, 0, {}
+    for attempt in range(20):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child never returns
             try:
@@ -405,8 +423,14 @@ def test_sigkill_during_saves_never_loses_the_latest_checkpoint(tmp_path: Path):
                 os._exit(0)
         deadline = time.monotonic() + 20
         while not ckpt.list_checkpoints(run) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.15))
+            time.sleep(0.002)
+        if attempt % 2:
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and not _mid_write(run, full):
+                pass
+            mid_write_kills += time.monotonic() < deadline
+        else:
+            time.sleep(rng.uniform(0.0, 0.2))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         ckpt.remove_stale_temps(run)  # what train does at start
@@ -415,12 +439,12 @@ def test_sigkill_during_saves_never_loses_the_latest_checkpoint(tmp_path: Path):
         loaded = load_model(ckpts[-1])
         load_state(ckpts[-1].with_name(ckpts[-1].stem + ".state.pt"), loaded.meta["state_sha256"])
         assert not list(run.glob(".*.tmp"))
-        newest_step = loaded.step
         for p in ckpts:  # clear the way for the next child, which counts from step 1 again
             p.unlink()
             p.with_name(p.stem + ".state.pt").unlink(missing_ok=True)
         survived += 1
-    assert survived == 20 and newest_step >= 1
+    assert survived == 20
+    assert mid_write_kills >= 5  # the adversarial kills did land inside writes
 
 
 def test_resume_falls_back_when_newest_checkpoint_is_corrupt(run_dir: Path):
@@ -619,6 +643,54 @@ def test_sigint_then_resume_equals_uninterrupted(straight_run: Path, tmp_path: P
     a, b = _params(run / name), _params(ref / name)
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert _losses(run) == _losses(ref)
+
+
+def test_sigterm_flag_saves_and_exits_143(run_dir: Path):
+    """The loop polls the flag between steps: the step finishes, a checkpoint is written, then Interrupted."""
+    from charnn.errors import Interrupted
+
+    polls = []
+
+    def stop_at_23():
+        polls.append(1)
+        return signal.SIGTERM if len(polls) > 3 else None
+
+    with pytest.raises(Interrupted) as err:
+        train(corpus_of(run_dir), model_cfg=SMALL_MODEL, train_cfg=small_train(max_iters=40), out_dir=run_dir,
+              resume=True, should_stop=stop_at_23)
+    assert err.value.exit_code == 143 and "--resume" in str(err.value)
+    assert load_model(run_dir / "step-00000023.safetensors").step == 23
+
+
+def test_second_sigint_exits_at_once():
+    """In a forked child: the first SIGINT only sets the flag, the second ends the process with 130."""
+    from charnn.cli import _StopFlag
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            with _StopFlag() as stop:
+                os.kill(os.getpid(), signal.SIGINT)
+                if stop() == signal.SIGINT:
+                    code = 2
+                    os.kill(os.getpid(), signal.SIGINT)  # never returns
+                    code = 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 130
+
+
+def test_non_finite_parameters_are_never_saved(tmp_path: Path):
+    vocab = Vocab((97, 98))
+    model = CharRNN(ModelConfig(model="gru", layers=1, hidden=4, embed=2), len(vocab))
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("inf")
+    with pytest.raises(CheckpointError, match="non-finite"):
+        save_checkpoint(tmp_path, model, vocab, DataConfig(), step=1, val_loss=None, corpus_sha256="",
+                        state={"step": 1}, keep_last=2)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_resume_refuses_changed_corpus_vocab_or_model(run_dir: Path, tmp_path: Path):
