@@ -16,6 +16,8 @@ import pytest
 import torch
 from conftest import TINY_TEXT, cli_env, tiny_configs
 
+from charnn.config import DataConfig
+
 pytestmark = pytest.mark.slow
 
 WORKER = r'''
@@ -27,7 +29,24 @@ from charnn.train import train
 
 spec = json.loads(sys.argv[1])
 rank = int(os.environ["RANK"])
-for job in spec["jobs"]:
+if "grads" in spec:  # one DDP forward/backward through the training code's own pieces
+    import torch
+    from charnn.data import StreamBatcher, encode_file
+    from charnn.model import CharRNN, lm_loss
+    from charnn.runtime import seed_everything, setup_distributed
+    from charnn.train import _wrap_ddp
+    info = setup_distributed("gloo")
+    g = spec["grads"]
+    ids = encode_file(g["corpus"], DataConfig()).split()[0]
+    batcher = StreamBatcher(ids, batch_size=g["batch_size"], seq_len=g["seq_len"], seed=7, rank=rank, world=2)
+    seed_everything(7)
+    model = CharRNN(ModelConfig(**g["model"]), g["vocab"])
+    net = _wrap_ddp(model, torch.device("cpu"), info)
+    x, y = batcher.batch(0)
+    lm_loss(net(x)[0], y).backward()
+    if rank == 0:
+        torch.save({k: p.grad for k, p in model.named_parameters()}, g["out"])
+for job in spec.get("jobs", []):
     calls = [0]
     def should_stop(job=job):
         calls[0] += 1
@@ -75,7 +94,9 @@ def ddp_runs(tmp_path_factory) -> Path:
     ]
     script = root / "worker.py"
     script.write_text(WORKER)
-    proc = torchrun([str(script), json.dumps({"jobs": jobs})])
+    grads = {"corpus": str(corpus), "model": model.__dict__, "batch_size": 4, "seq_len": 16,
+             "vocab": len(set(TINY_TEXT)), "out": str(root / "grads.pt")}
+    proc = torchrun([str(script), json.dumps({"jobs": jobs, "grads": grads})])
     (root / "torchrun.log").write_text(proc.stderr)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return root
@@ -87,17 +108,34 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_model(path).model.state_dict()
 
 
+def test_ddp_gradients_equal_one_process_on_the_concatenated_batch(ddp_runs: Path):
+    from charnn.data import StreamBatcher, encode_file
+    from charnn.model import CharRNN, lm_loss
+    from charnn.runtime import seed_everything
+
+    model_cfg, _ = _model_and_train()
+    ids = encode_file(ddp_runs / "tiny.txt", DataConfig()).split()[0]
+    x, y = StreamBatcher(ids, batch_size=4, seq_len=16, seed=7).batch(0)
+    seed_everything(7)
+    model = CharRNN(model_cfg, len(set(TINY_TEXT)))
+    lm_loss(model(x)[0], y).backward()
+    ddp = torch.load(ddp_runs / "grads.pt", weights_only=True)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ddp[name], p.grad, rtol=0, atol=1e-6)
+
+
 def test_one_ddp_step_equals_one_process_on_the_whole_batch(ddp_runs: Path, tmp_path: Path):
     from charnn.train import train
 
-    # AdamW's first update is lr * g / (|g| + eps): for gradients near eps the last-bit differences of the
-    # all-reduce grow by lr / eps; a small lr keeps that under the 1e-6 the weights are compared to.
+    # AdamW's first update is lr * g / (|g| + eps): for the few gradients near eps the last-bit differences
+    # of the all-reduce are amplified up to lr (seen: 1e-4 on 4 of 2048 weights); the gradients themselves
+    # are compared to 1e-6 above, the weights to lr here.
     model, cfg = _model_and_train(max_iters=1, eval_every=1, lr=1e-3)
     train(ddp_runs / "tiny.txt", model_cfg=model, train_cfg=cfg, out_dir=tmp_path / "single")
     ddp = _weights(ddp_runs / "one" / "step-00000001.safetensors")
     single = _weights(tmp_path / "single" / "step-00000001.safetensors")
     for name, value in single.items():
-        torch.testing.assert_close(ddp[name], value, rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(ddp[name], value, rtol=0, atol=1e-3)
     loss = lambda run: [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").open()  # noqa: E731
                         if '"train"' in line]
     assert loss(ddp_runs / "one") == pytest.approx(loss(tmp_path / "single"), abs=1e-6)
