@@ -69,7 +69,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny model, few characters: checks that it runs")
     args = ap.parse_args()
     if args.quick:
-        args.hidden, args.embed, args.length, args.streams, args.streams_length, args.repeats = 32, 16, 200, 8, 50, 1
+        args.hidden, args.embed, args.length, args.repeats = 32, 16, 200, 1
+        args.streams, args.streams_length = 8, 50
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -100,7 +101,8 @@ def main() -> None:
         "one_stream_ratio": round(med["one"] / base_one, 2),
         "one_stream_module_path_chars_per_s": round(med["one_module"]),
         "streams": args.streams, "many_streams_chars_per_s": round(med["many"]),
-        "many_streams_plain_chars_per_s": round(base_many), "many_streams_ratio": round(med["many"] / base_many, 2),
+        "many_streams_plain_chars_per_s": round(base_many),
+        "many_streams_ratio": round(med["many"] / base_many, 2),
         "fast_and_module_same_text": fast_same, "threads": threads, "repeats": args.repeats,
         "load_average": round(os.getloadavg()[0], 2),
     }

@@ -1,16 +1,17 @@
 """Training speed: `charnn.train`'s steady-state chars/s against the bare loop of the same model, in one run.
 
 The bare loop is forward + backward + clip + Adam on resident random data (no data pipeline, no logging):
-the ceiling for the shape. charnn is measured through `charnn.train` itself, evaluation and sampling out of the
-way, from the timestamps of its own log events (first window dropped). The two alternate for `--rounds`
+the ceiling for the shape. charnn is measured through `charnn.train` itself, evaluation and sampling out of
+the way, from the timestamps of its own log events (first window dropped). The two alternate for `--rounds`
 rounds and the ratio is taken per round (the machine is shared and noisy: only ratios mean anything).
 
 With evaluation, checkpoints and samples amortised: each `charnn.train` run ends with one validation pass, one
 checkpoint and one sample, timed from the events; their cost is spread over `--schedule-steps` steps of the
 default schedule (evaluate + checkpoint every 250 steps, samples at 100, 300, 700 and every 1000).
 
-Peak RSS: `charnn.train` and a plain hand-written trainer (the same loop as ../shared/bench/ref_lstm.py: train,
-then score the validation split) each run `--rss-steps` steps in a fresh subprocess reporting its ru_maxrss.
+Peak RSS: `charnn.train` and a plain hand-written trainer (the same loop as ../shared/bench/ref_lstm.py:
+train, then score the validation split) each run `--rss-steps` steps in a fresh subprocess that reports its
+ru_maxrss.
 
     python benchmarks/train_speed.py                 # 2x256 LSTM, embed 256, batch 64, seq 128 (~2 minutes)
     python benchmarks/train_speed.py --quick         # tiny shapes, a few seconds (the CI smoke test)
@@ -71,7 +72,7 @@ def bare_loop(args, steps: int, warmup: int = 2) -> float:
 
 
 def charnn_run(args, corpus: Path, out_dir: Path, steps: int) -> dict:
-    """One `charnn.train` run of `steps` steps: steady-state chars/s, then the end-of-run eval/checkpoint/sample."""
+    """One `charnn.train` run: steady-state chars/s, then the end-of-run eval, checkpoint and sample times."""
     import charnn
 
     events: list[tuple[float, object]] = []
@@ -91,7 +92,8 @@ def charnn_run(args, corpus: Path, out_dir: Path, steps: int) -> dict:
                 return t - events[i - 1][0]
         return 0.0
 
-    return {"rate": rate, "eval_s": after("eval"), "checkpoint_s": after("checkpoint"), "sample_s": after("sample")}
+    return {"rate": rate, "eval_s": after("eval"), "checkpoint_s": after("checkpoint"),
+            "sample_s": after("sample")}
 
 
 def schedule_counts(steps: int, eval_every: int = 250) -> tuple[int, int]:
@@ -154,7 +156,8 @@ def peak_rss_mb(code: str, args, corpus: Path, out: Path) -> float:
     argv = [str(corpus), str(out), str(args.rss_steps), str(args.layers), str(args.hidden), str(args.embed),
             str(args.batch), str(args.seq), str(args.threads)]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, check=True)
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env,
+                          check=True)
     return int(done.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB on Linux
 
 
@@ -190,8 +193,8 @@ def main() -> None:
         corpus = corpus or synthetic_corpus(tmp / "corpus.txt", 60_000 if args.quick else 1_000_000)
         print(f"machine: {os.cpu_count()} cpus, torch {torch.__version__}, {args.threads} threads, "
               f"load average {os.getloadavg()[0]:.2f}", flush=True)
-        print(f"shape: {args.layers}x{args.hidden} lstm, embed {args.embed}, batch {args.batch}, seq {args.seq}; "
-              f"corpus {corpus}", flush=True)
+        print(f"shape: {args.layers}x{args.hidden} lstm, embed {args.embed}, batch {args.batch}, "
+              f"seq {args.seq}; corpus {corpus}", flush=True)
         rounds = []
         for r in range(args.rounds):
             run = charnn_run(args, corpus, tmp / f"run{r}", args.steps)
@@ -221,7 +224,7 @@ def main() -> None:
         "load_average": round(os.getloadavg()[0], 2),
     }
     print(f"ratio (loop only, median of {args.rounds}): {result['ratio_loop']:.3f}  (target >= 0.97)")
-    print(f"ratio (eval + checkpoint every 250 steps and samples amortised over {args.schedule_steps} steps): "
+    print(f"ratio (eval + checkpoint every 250 steps, samples, amortised over {args.schedule_steps} steps): "
           f"{result['ratio_amortised']:.3f}")
     print(f"peak RSS: charnn {rss_charnn:,.0f} MB, plain trainer {rss_plain:,.0f} MB, "
           f"ratio {result['rss_ratio']:.3f}  (target <= 1)")

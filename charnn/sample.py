@@ -20,7 +20,7 @@ from charnn.errors import ConfigError, VocabularyError
 from charnn.model import CharRNN, Hidden
 
 UNIFORM_BLOCK = 4096  # uniforms are drawn this many steps at a time, the same way on every path
-SMALL_STEP_WORK = 64 * 512  # batch x hidden up to which the CPU stepper runs on one thread (measured, issue 4)
+SMALL_STEP_WORK = 64 * 512  # batch x hidden up to which the CPU stepper uses one thread (measured, issue 4)
 
 
 class FastStepper:
@@ -28,7 +28,7 @@ class FastStepper:
 
     At one character per step the arithmetic is small (about 2 MFLOP for 2x256) and the cost is the number of
     tensor ops, so everything that can be is hoisted out of the step (issue 4):
-    - layer 0's input projection is a (V, G*H) table indexed by the previous symbol (embedding @ W_ih + biases);
+    - layer 0's input projection is a (V, G*H) table indexed by the previous symbol (embedding @ W_ih + b);
     - an LSTM/RNN layer above the first does one addmm on [h_below, h] against the stacked [W_ih; W_hh];
     - LSTM gate columns are reordered to (i, f, o, g), so one sigmoid covers three gates;
     - the head is pre-scaled by 1/temperature, and every result goes into a buffer allocated once (`out=`).
@@ -78,10 +78,10 @@ class FastStepper:
         self.below_and_h = [self.hs[:, (i - 1) * H:(i + 1) * H] if i else None for i in range(L)]
         cut = [[g[:, k * H:(k + 1) * H] for k in range(G)] for g in self.gates]
         if self.kind == "lstm":  # (i, f, o, g), the first three squashed by one sigmoid
-            self.lstm_views = [(g[:, :3 * H], *parts) for g, parts in zip(self.gates, cut)]
+            self.lstm_views = [(g[:, :3 * H], *parts) for g, parts in zip(self.gates, cut, strict=True)]
         elif self.kind == "gru":  # (r, z, n) of the input and hidden projections
             self.gru_views = [(g[:, :2 * H], gh[:, :2 * H], parts[0], parts[1], parts[2], gh[:, 2 * H:])
-                              for g, gh, parts in zip(self.gates, self.gh, cut)]
+                              for g, gh, parts in zip(self.gates, self.gh, cut, strict=True)]
 
     def load(self, hidden: Hidden) -> None:
         """Copy a module-shaped hidden state ((L, B, H), or a pair for LSTM) into the stepper's buffers."""
@@ -269,7 +269,7 @@ class _GraphStep:
         torch.cuda.current_stream(device).wait_stream(stream)
         with torch.cuda.graph(self.graph):
             self._body(stepper, cfg)
-        for t, s in zip(stepper.h + stepper.c, saved):  # the warm-up and capture ran the step: undo it
+        for t, s in zip(stepper.h + stepper.c, saved, strict=True):  # warm-up and capture stepped: undo
             t.copy_(s)
         self.bad.zero_()
 
