@@ -20,7 +20,7 @@ from charnn.errors import ConfigError, VocabularyError
 from charnn.model import CharRNN, Hidden
 
 UNIFORM_BLOCK = 4096  # uniforms are drawn this many steps at a time, the same way on every path
-SMALL_STEP_WORK = 64 * 512  # batch x hidden up to which the CPU stepper uses one thread (measured, issue 4)
+SMALL_STEP_WORK = 8 * 256  # batch x hidden up to which the CPU stepper uses one thread (measured, issue 4)
 
 
 class FastStepper:

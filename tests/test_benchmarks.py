@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/: each script runs in --quick mode and prints its fields. Timing is never asserted."""
+"""Smoke test of benchmarks/: each script runs with --quick and prints its fields; no timing asserted."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import PYTHON, REPO, cli_env
 
 FIELDS = {
