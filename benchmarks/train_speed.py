@@ -40,8 +40,11 @@ def synthetic_corpus(path: Path, chars: int) -> Path:
     return path
 
 
-def bare_loop(args, steps: int, warmup: int = 2) -> float:
-    """chars/s of forward + backward + clip + Adam on resident random data (raw_lstm_ceiling's full_adam)."""
+def bare_loop(args, steps: int, warmup: int = 2, bf16: bool = False) -> float:
+    """chars/s of forward + backward + clip + Adam on resident random data (raw_lstm_ceiling's full_adam),
+    with the forward under bf16 autocast when `bf16` (what charnn's `auto` precision does on such CPUs)."""
+    from contextlib import nullcontext
+
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -57,8 +60,9 @@ def bare_loop(args, steps: int, warmup: int = 2) -> float:
     def step():
         for p in params:
             p.grad = None
-        out, _ = lstm(emb(x))
-        loss = F.cross_entropy(head(out).reshape(-1, V), y.reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            out, _ = lstm(emb(x))
+            loss = F.cross_entropy(head(out).reshape(-1, V).float(), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
@@ -71,7 +75,7 @@ def bare_loop(args, steps: int, warmup: int = 2) -> float:
     return B * T * steps / (time.perf_counter() - t0)
 
 
-def charnn_run(args, corpus: Path, out_dir: Path, steps: int) -> dict:
+def charnn_run(args, corpus: Path, out_dir: Path, steps: int, precision: str = "fp32") -> dict:
     """One `charnn.train` run: steady-state chars/s, then the end-of-run eval, checkpoint and sample times."""
     import charnn
 
@@ -79,7 +83,7 @@ def charnn_run(args, corpus: Path, out_dir: Path, steps: int) -> dict:
     model_cfg = charnn.ModelConfig(model="lstm", layers=args.layers, hidden=args.hidden, embed=args.embed)
     train_cfg = charnn.TrainConfig(batch_size=args.batch, seq_len=args.seq, max_iters=steps, warmup_iters=0,
                                    eval_every=10**9, log_every=args.log_every, device="cpu",
-                                   threads=args.threads, seed=1)
+                                   threads=args.threads, seed=1, precision=precision)
     charnn.train(corpus, model_cfg=model_cfg, train_cfg=train_cfg, out_dir=out_dir,
                  on_progress=lambda p: events.append((time.perf_counter(), p)))
     logs = [(t, p) for t, p in events if p.kind == "log"]
@@ -170,7 +174,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both [default: torch's]")
-    ap.add_argument("--steps", type=int, default=12, help="training steps per charnn run per round")
+    ap.add_argument("--steps", type=int, default=10, help="training steps per charnn run per round")
     ap.add_argument("--log-every", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2, help="alternations of charnn and the bare loop")
     ap.add_argument("--rss-steps", type=int, default=6, help="steps of each peak-RSS subprocess")
@@ -195,14 +199,26 @@ def main() -> None:
               f"load average {os.getloadavg()[0]:.2f}", flush=True)
         print(f"shape: {args.layers}x{args.hidden} lstm, embed {args.embed}, batch {args.batch}, "
               f"seq {args.seq}; corpus {corpus}", flush=True)
+        from charnn.runtime import uses_bf16
+
+        bf16 = uses_bf16(torch.device("cpu"), "auto", training=True) and not args.quick
+        print(f"charnn's auto precision on this CPU: {'bf16 autocast' if bf16 else 'fp32'}", flush=True)
         rounds = []
         for r in range(args.rounds):
-            run = charnn_run(args, corpus, tmp / f"run{r}", args.steps)
+            run = charnn_run(args, corpus, tmp / f"run{r}", args.steps, "fp32")
             bare = bare_loop(args, max(args.steps - args.log_every, 1))
-            rounds.append({**run, "bare": bare, "ratio": run["rate"] / bare})
-            print(f"round {r + 1}: charnn {run['rate']:,.0f} chars/s, bare loop {bare:,.0f} chars/s, "
+            row = {**run, "bare": bare, "ratio": run["rate"] / bare}
+            if bf16:  # charnn's default here: compare it with the bare loop in the same precision
+                auto = charnn_run(args, corpus, tmp / f"auto{r}", args.steps, "auto")
+                bare16 = bare_loop(args, max(args.steps - args.log_every, 1), bf16=True)
+                row.update(rate_auto=auto["rate"], bare_bf16=bare16, ratio_auto=auto["rate"] / bare16)
+            rounds.append(row)
+            print(f"round {r + 1}: fp32: charnn {run['rate']:,.0f} chars/s, bare loop {bare:,.0f} chars/s, "
                   f"ratio {run['rate'] / bare:.3f}; end-of-run eval {run['eval_s']:.2f}s, checkpoint "
                   f"{run['checkpoint_s']:.2f}s, sample {run['sample_s']:.2f}s", flush=True)
+            if bf16:
+                print(f"round {r + 1}: bf16 autocast: charnn {row['rate_auto']:,.0f} chars/s, bare loop "
+                      f"{row['bare_bf16']:,.0f} chars/s, ratio {row['ratio_auto']:.3f}", flush=True)
         med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
         n_eval, n_sample = schedule_counts(args.schedule_steps)
         step_s = args.batch * args.seq / med["rate"]
@@ -219,11 +235,16 @@ def main() -> None:
         "amortised_chars_per_s": round(amortised), "schedule_steps": args.schedule_steps,
         "eval_s": round(med["eval_s"], 3), "checkpoint_s": round(med["checkpoint_s"], 3),
         "sample_s": round(med["sample_s"], 3),
-        "peak_rss_mb_charnn": round(rss_charnn), "peak_rss_mb_plain": round(rss_plain),
+        "peak_rss_mb_charnn": round(rss_charnn, 1), "peak_rss_mb_plain": round(rss_plain, 1),
         "rss_ratio": round(rss_charnn / rss_plain, 3), "rounds": args.rounds, "threads": args.threads,
+        "auto_precision": "bf16" if bf16 else "fp32",
+        "charnn_auto_chars_per_s": round(med.get("rate_auto", med["rate"])),
+        "ratio_loop_auto": round(med.get("ratio_auto", med["ratio"]), 3),
         "load_average": round(os.getloadavg()[0], 2),
     }
-    print(f"ratio (loop only, median of {args.rounds}): {result['ratio_loop']:.3f}  (target >= 0.97)")
+    print(f"ratio (fp32, loop only, median of {args.rounds}): {result['ratio_loop']:.3f}  (target >= 0.97)")
+    print(f"ratio (charnn's auto precision vs the bare loop in it): {result['ratio_loop_auto']:.3f}; "
+          f"charnn auto {result['charnn_auto_chars_per_s']:,} vs bare fp32 {result['bare_chars_per_s']:,}")
     print(f"ratio (eval + checkpoint every 250 steps, samples, amortised over {args.schedule_steps} steps): "
           f"{result['ratio_amortised']:.3f}")
     print(f"peak RSS: charnn {rss_charnn:,.0f} MB, plain trainer {rss_plain:,.0f} MB, "

@@ -20,6 +20,7 @@ from charnn.errors import ConfigError, VocabularyError
 from charnn.model import CharRNN, Hidden
 
 UNIFORM_BLOCK = 4096  # uniforms are drawn this many steps at a time, the same way on every path
+USE_CUDA_GRAPHS = True  # the fast path replays one captured step on CUDA; tests turn it off to compare
 SMALL_STEP_WORK = 8 * 256  # batch x hidden up to which the CPU stepper uses one thread (measured, issue 4)
 
 
@@ -200,7 +201,8 @@ def _steps(model: CharRNN, cfg: SampleConfig, logits: torch.Tensor, hidden: Hidd
         if path == "fast":
             stepper = FastStepper(model, cfg.temperature, batch_size=B)
             stepper.load(hidden)
-        graph = _GraphStep(stepper, cfg) if stepper is not None and device.type == "cuda" else None
+        use_graph = USE_CUDA_GRAPHS and stepper is not None and device.type == "cuda"
+        graph = _GraphStep(stepper, cfg) if use_graph else None
         state = hidden
         done = 0
         while done < cfg.length:

@@ -6,6 +6,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 from conftest import PYTHON, REPO, cli_env
 
 FIELDS = {
@@ -33,3 +34,23 @@ def test_benchmark_help(script):
     done = subprocess.run([PYTHON, str(REPO / "benchmarks" / script), "--help"], env=cli_env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--quick" in done.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_cuda_graph_sampling_gives_the_eager_fast_path_text(kind, monkeypatch):
+    from charnn import sample
+    from charnn.config import ModelConfig, SampleConfig
+    from charnn.data import Vocab
+    from charnn.model import CharRNN
+
+    vocab = Vocab(tuple(map(ord, "\n abcdefgh")))
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(model=kind, layers=2, hidden=16, embed=8), len(vocab)).cuda()
+    for cfg in (SampleConfig(length=300, seed=3, temperature=1.0, prime="abc", num_samples=3),
+                SampleConfig(length=50, seed=1, top_k=3), SampleConfig(length=50, greedy=True)):
+        graphed = sample.sample_text(model, vocab, cfg)
+        monkeypatch.setattr(sample, "USE_CUDA_GRAPHS", False)
+        assert graphed == sample.sample_text(model, vocab, cfg)
+        monkeypatch.setattr(sample, "USE_CUDA_GRAPHS", True)
