@@ -136,7 +136,7 @@ class TrainConfig:
     sample_every: int | None = opt(None, "Steps between samples (default: 100, 300, 700, then every 1000).",
                                    min=1)
     sample_length: int = opt(200, "Characters in each training sample.", min=0, max=100000)
-    sample_temperature: float = opt(0.8, "Temperature of training samples.", gt=0.0, max=100.0)
+    sample_temperature: float = opt(0.8, "Temperature of training samples.", min=0.01, max=100.0)
     log_every: int = opt(10, "Steps between metrics.jsonl lines and progress updates.", min=1)
     keep_last: int = opt(2, "Checkpoints kept besides the best one.", min=1, max=1000)
     device: str = opt("auto", "auto, cpu, cuda or cuda:N.")
@@ -156,7 +156,8 @@ class SampleConfig:
     """How text is drawn from a model."""
 
     length: int = opt(500, "Characters to generate (after the prime).", min=0, max=10**9)
-    temperature: float = opt(0.8, "Softmax temperature (> 0); lower is more conservative.", gt=0.0, max=100.0)
+    temperature: float = opt(0.8, "Softmax temperature, 0.01 to 100; lower is more conservative (--greedy for "
+                                  "argmax).", min=0.01, max=100.0)
     top_k: int | None = opt(None, "Sample only among the k most likely characters.", min=1)
     top_p: float | None = opt(None, "Sample only from the smallest set whose probability reaches p.",
                               gt=0.0, max=1.0)

@@ -32,6 +32,10 @@ class VocabularyError(CharnnError):
     """Text holds characters the model's vocabulary does not have."""
 
 
+class SamplingError(CharnnError):
+    """Sampling met non-finite probabilities (a model whose outputs overflow)."""
+
+
 class NonFiniteLossError(CharnnError):
     """Training produced non-finite losses too many steps in a row."""
 

@@ -16,7 +16,7 @@ import torch
 
 from charnn.config import SampleConfig
 from charnn.data import Vocab
-from charnn.errors import ConfigError, VocabularyError
+from charnn.errors import ConfigError, SamplingError, VocabularyError
 from charnn.model import CharRNN, Hidden
 
 UNIFORM_BLOCK = 4096  # uniforms are drawn this many steps at a time, the same way on every path
@@ -162,7 +162,7 @@ def _choose(logits: torch.Tensor, uniform: torch.Tensor, cfg: SampleConfig, *,
     # One host read per step (a sum of positive totals is finite iff each is); the CUDA graph path checks
     # once per block instead (see _GraphStep).
     if not math.isfinite(total.item() if total.shape[0] == 1 else float(total.sum())):
-        raise FloatingPointError("non-finite probabilities while sampling")
+        raise SamplingError("non-finite probabilities while sampling; the model's outputs overflow")
     # u < 1 keeps u * total <= total = cdf[:, -1], so the index is at most V - 1: no clamp needed.
     return torch.searchsorted(cdf, uniform * total, out=out)  # (B, 1)
 
@@ -301,7 +301,7 @@ class _GraphStep:
 
     def check(self) -> None:
         if bool(self.bad):
-            raise FloatingPointError("non-finite probabilities while sampling")
+            raise SamplingError("non-finite probabilities while sampling; the model's outputs overflow")
 
 
 def sample_text(model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fast") -> list[str | bytes]:

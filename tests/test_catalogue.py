@@ -150,6 +150,7 @@ CATALOGUE = [
     ("sample: --seed -1", ["sample", "{w}/run", "--seed", "-1"], 2, "--seed"),
     ("sample: --which middle", ["sample", "{w}/run", "--which", "middle"], 2, "--which"),
     ("sample: --device tpu", ["sample", "{w}/run", "--device", "tpu"], 2, "--device"),
+    ("sample: --temperature 1e-40", ["sample", "{w}/run", "-t", "1e-40", "--length", "5"], 2, "--temperature"),
     # eval
     ("eval: missing run", ["eval", "{w}/nope"], 2, "no such run"),
     ("eval: corrupt checkpoint", ["eval", "{w}/corrupt.safetensors", "{w}/tiny.txt"], 2, "checksum mismatch"),
@@ -165,11 +166,7 @@ CATALOGUE = [
     ("eval: --device tpu", ["eval", "{w}/run", "{w}/tiny.txt", "--device", "tpu"], 2, "--device"),
 ]
 
-KNOWN_BUGS = [  # strict xfail: when fixed, the test turns red so the case moves into CATALOGUE
-    pytest.param("sample: --temperature 1e-40", ["sample", "{w}/run", "-t", "1e-40", "--length", "5"], 2,
-                 "temperature", marks=pytest.mark.xfail(strict=True, reason="charnn/sample.py: logits / 1e-40 "
-                                                        "overflow to inf, FloatingPointError with a traceback")),
-]
+KNOWN_BUGS: list = []  # strict xfail cases: when one is fixed, the test turns red and it moves up
 
 
 def _argv(args: list[str], w: Path) -> list[str]:
