@@ -18,7 +18,8 @@ import typer
 from typer.core import TyperGroup
 
 from charnn import __version__
-from charnn.config import DataConfig, ModelConfig, SampleConfig, TrainConfig, help_of, resolve
+from charnn.config import (BACKENDS, MODEL_KINDS, PRECISIONS, PRESETS, DataConfig, ModelConfig, SampleConfig,
+                           TrainConfig, help_of, resolve)
 from charnn.errors import CharnnError, Interrupted
 
 
@@ -58,35 +59,12 @@ app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True
                   help="Train, sample and evaluate character-level LSTM/GRU/RNN language models.")
 
 
-class ModelKind(str, Enum):
-    lstm = "lstm"
-    gru = "gru"
-    rnn = "rnn"
-
-
-class PresetName(str, Enum):
-    tiny = "tiny"
-    small = "small"
-    medium = "medium"
-    large = "large"
-    auto = "auto"
-
-
-class Backend(str, Enum):
-    auto = "auto"
-    nccl = "nccl"
-    gloo = "gloo"
-
-
-class Which(str, Enum):
-    best = "best"
-    latest = "latest"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
+# Choices as str Enums for Typer, built from the config's own lists so they are defined once.
+ModelKind = Enum("ModelKind", {k: k for k in MODEL_KINDS}, type=str)
+PresetName = Enum("PresetName", {k: k for k in [*PRESETS, "auto"]}, type=str)
+Backend = Enum("Backend", {k: k for k in BACKENDS}, type=str)
+Which = Enum("Which", {k: k for k in ("best", "latest")}, type=str)
+Precision = Enum("Precision", {k: k for k in PRECISIONS}, type=str)
 
 
 def _version(value: bool) -> None:

@@ -15,6 +15,7 @@ from charnn.errors import ConfigError
 
 MODEL_KINDS = ("lstm", "gru", "rnn")
 PRECISIONS = ("auto", "fp32", "bf16")
+BACKENDS = ("auto", "nccl", "gloo")  # torch.distributed, under torchrun
 
 
 def opt(default: Any, help: str, *, min: float | None = None, max: float | None = None,

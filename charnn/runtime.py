@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from charnn.config import BACKENDS
 from charnn.errors import CharnnError, ConfigError
 
 
@@ -124,8 +125,8 @@ def setup_distributed(backend: str = "auto", *, timeout_s: float | None = None) 
     """
     import torch.distributed as dist
 
-    if backend not in ("auto", "nccl", "gloo"):
-        raise ConfigError(f"--backend must be auto, nccl or gloo, not {backend!r}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -144,11 +144,8 @@ def prime_ids(vocab: Vocab, prime: str | None) -> tuple[list[int], bool]:
         raise VocabularyError(f"--prime: {err}") from None
 
 
-def _choose(logits: torch.Tensor, uniform: torch.Tensor, cfg: SampleConfig, *,
-            out: torch.Tensor | None = None) -> torch.Tensor:
-    """Next ids (B, 1) from scaled logits (B, V) by inverse-CDF with one uniform (B, 1) per stream."""
-    if cfg.greedy:
-        return torch.argmax(logits, dim=-1, keepdim=True, out=out)
+def _filtered_cdf(logits: torch.Tensor, cfg: SampleConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cumulative probabilities (B, V) of scaled logits after top-k / top-p filtering, and their totals (B, 1)."""
     if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
         kth = logits.topk(cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -158,7 +155,15 @@ def _choose(logits: torch.Tensor, uniform: torch.Tensor, cfg: SampleConfig, *,
         drop = sorted_p.cumsum(-1) - sorted_p >= cfg.top_p  # keep the smallest set reaching top_p
         probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
     cdf = probs.cumsum_(dim=-1)  # (B, V), in place: probs is ours
-    total = cdf[:, -1:]  # (B, 1)
+    return cdf, cdf[:, -1:]
+
+
+def _choose(logits: torch.Tensor, uniform: torch.Tensor, cfg: SampleConfig, *,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """Next ids (B, 1) from scaled logits (B, V) by inverse-CDF with one uniform (B, 1) per stream."""
+    if cfg.greedy:
+        return torch.argmax(logits, dim=-1, keepdim=True, out=out)
+    cdf, total = _filtered_cdf(logits, cfg)
     # One host read per step (a sum of positive totals is finite iff each is); the CUDA graph path checks
     # once per block instead (see _GraphStep).
     if not math.isfinite(total.item() if total.shape[0] == 1 else float(total.sum())):
@@ -280,16 +285,7 @@ class _GraphStep:
         if cfg.greedy:
             torch.argmax(logits, dim=-1, keepdim=True, out=self.ids_out)
             return
-        if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
-            kth = logits.topk(cfg.top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = logits.softmax(dim=-1)
-        if cfg.top_p is not None and cfg.top_p < 1.0:
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            drop = sorted_p.cumsum(-1) - sorted_p >= cfg.top_p
-            probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-        cdf = probs.cumsum_(dim=-1)
-        total = cdf[:, -1:]
+        cdf, total = _filtered_cdf(logits, cfg)
         self.bad |= ~torch.isfinite(total).all()
         torch.searchsorted(cdf, self.uniform * total, out=self.ids_out)
 
