@@ -18,10 +18,19 @@ import typer
 from typer.core import TyperGroup
 
 from charnn import __version__
-from charnn.config import (BACKENDS, MODEL_KINDS, PRECISIONS, PRESETS, DataConfig, ModelConfig, SampleConfig,
-                           TrainConfig, help_of, resolve)
-from charnn.errors import CharnnError, Interrupted
-
+from charnn.config import (
+    BACKENDS,
+    MODEL_KINDS,
+    PRECISIONS,
+    PRESETS,
+    DataConfig,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+    help_of,
+    resolve,
+)
+from charnn.errors import CharnnError
 
 # Typer vendors click in newer releases and uses click itself in older ones: find the classes either way.
 _CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -197,9 +206,8 @@ def train_cmd(
                                            device_type=pick_device(device or "auto").type)
             data_cfg = DataConfig(**{k: v for k, v in data_over.items() if v is not None})
             source, out_dir = corpus, out
-        from charnn.progress import TrainDisplay
-
         from charnn.corpus_cache import DEFAULT_CACHE_DIR
+        from charnn.progress import TrainDisplay
         from charnn.runtime import setup_distributed, teardown_distributed
 
         info = setup_distributed(backend.value)
@@ -296,7 +304,7 @@ def sample_cmd(
         else:
             rows = [list(gen.prime) for _ in range(num_samples)]
             for ids in gen.steps:
-                for row, i in zip(rows, ids.tolist()):
+                for row, i in zip(rows, ids.tolist(), strict=True):
                     row.append(i)
             for k, row in enumerate(rows):
                 if k:

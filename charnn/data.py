@@ -125,7 +125,7 @@ class Vocab:
         if not s or any(not isinstance(c, int) or isinstance(c, bool) for c in s):
             raise VocabularyError("vocabulary must be a non-empty list of integer symbols")
         top = 255 if self.bytes_mode else MAX_CODEPOINT
-        if any(b <= a for a, b in zip(s, s[1:])) or s[0] < 0 or s[-1] > top:
+        if any(b <= a for a, b in zip(s, s[1:], strict=False)) or s[0] < 0 or s[-1] > top:
             raise VocabularyError("vocabulary symbols must be sorted, unique and in range")
 
     def __len__(self) -> int:
@@ -153,7 +153,7 @@ class Vocab:
         unknown: dict[int, int] = {}
         if bad.any():
             values, counts = np.unique(cps[bad], return_counts=True)
-            unknown = {int(v): int(c) for v, c in zip(values, counts)}
+            unknown = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
             if not skip_unknown:
                 shown = ", ".join(self.symbol_str(v) for v in list(unknown)[:10])
                 more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""

@@ -5,8 +5,8 @@ Distributed (torchrun) setup lives here too, so every later module can ask who i
 
 from __future__ import annotations
 
-import os
 import functools
+import os
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass

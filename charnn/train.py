@@ -20,16 +20,45 @@ from typing import Any
 import torch
 
 from charnn import __version__
-from charnn.checkpoint import (LoadedModel, list_checkpoints, load_model, load_state, remove_stale_temps,
-                               save_checkpoint, STATE_SUFFIX, atomic_write, CharnnWarning)
+from charnn.checkpoint import (
+    STATE_SUFFIX,
+    CharnnWarning,
+    LoadedModel,
+    atomic_write,
+    list_checkpoints,
+    load_model,
+    load_state,
+    remove_stale_temps,
+    save_checkpoint,
+)
 from charnn.config import DataConfig, ModelConfig, SampleConfig, TrainConfig, final_lr, from_dict, to_dict
 from charnn.data import Corpus, StreamBatcher, encode_file
-from charnn.errors import (CharnnError, CheckpointError, ConfigError, DataError, Interrupted, NonFiniteLossError,
-                           OutOfMemoryError, ResumeMismatchError)
+from charnn.errors import (
+    CharnnError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    Interrupted,
+    NonFiniteLossError,
+    OutOfMemoryError,
+    ResumeMismatchError,
+)
 from charnn.evaluate import evaluate_ids
 from charnn.model import CharRNN, detach_hidden, lm_loss
-from charnn.runtime import (DistInfo, agree, all_max, autocast, barrier, broadcast_object, pick_device, rng_state,
-                             seed_everything, set_rng_state, set_threads, setup_distributed)
+from charnn.runtime import (
+    DistInfo,
+    agree,
+    all_max,
+    autocast,
+    barrier,
+    broadcast_object,
+    pick_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    set_threads,
+    setup_distributed,
+)
 from charnn.sample import sample_text
 
 DEMO_SAMPLE_STEPS = (100, 300, 700)  # then every 1000: the char-rnn demo's "iteration 100, 300, 700, 2000"

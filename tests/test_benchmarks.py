@@ -54,3 +54,30 @@ def test_cuda_graph_sampling_gives_the_eager_fast_path_text(kind, monkeypatch):
         monkeypatch.setattr(sample, "USE_CUDA_GRAPHS", False)
         assert graphed == sample.sample_text(model, vocab, cfg)
         monkeypatch.setattr(sample, "USE_CUDA_GRAPHS", True)
+
+
+def _json_rows(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_quality_benchmark_quick_compares_with_the_baseline():
+    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / "quality.py"), "--quick"], env=cli_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = _json_rows(done.stdout)
+    tools = {r["tool"] for r in rows}
+    assert "charnn" in tools
+    if (REPO.parent / "shared" / "bench" / "ref_lstm.py").exists():
+        assert "ref_lstm" in tools and "vs ref" in done.stdout
+    ours = next(r for r in rows if r["tool"] == "charnn")
+    assert {"val_nats", "val_bpc", "prose_nats", "prose_bpc", "sample", "params"} <= set(ours)
+
+
+def test_gpu_grid_quick_runs_on_the_cpu():
+    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / "gpu_grid.py"), "--device", "cpu", "--quick"],
+                          env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = _json_rows(done.stdout)[1:]
+    assert len(rows) == 2
+    assert all({"charnn_ms_per_iter", "bare_ms_per_iter", "ratio", "charnn_peak_mb"} <= set(r) for r in rows)

@@ -478,7 +478,7 @@ def test_keep_last_two_plus_best_never_nan(tmp_path: Path):
     vocab = Vocab((97, 98))
     model = CharRNN(ModelConfig(model="gru", layers=1, hidden=4, embed=2), len(vocab))
     expected = [{1}, {1, 2}, {2, 3}, {3, 4}, {3, 4, 5}, {5, 6}]
-    for step, (val, keep) in enumerate(zip([math.nan, 3, 2, 5, 4, 1], expected), start=1):
+    for step, (val, keep) in enumerate(zip([math.nan, 3, 2, 5, 4, 1], expected, strict=True), start=1):
         save_checkpoint(tmp_path, model, vocab, DataConfig(), step=step, val_loss=val, corpus_sha256="",
                         state={"step": step}, keep_last=2)
         names = sorted(p.name for p in tmp_path.iterdir())
