@@ -187,7 +187,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "small": Preset(
         ModelConfig(model="lstm", layers=2, hidden=256, embed=128, dropout=0.0),
-        dict(batch_size=32, seq_len=128, lr=3e-3, warmup_iters=50, max_iters=1200,
+        dict(batch_size=32, seq_len=128, lr=3e-3, warmup_iters=50, max_iters=2200,
              eval_every=300),
         "the default: about 5 minutes on a 2-core CPU",
     ),

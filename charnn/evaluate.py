@@ -101,13 +101,17 @@ def evaluate_file(loaded, path, *, skip_unknown: bool = False, segment: int = 40
 
 def validation_ids(loaded) -> np.ndarray:
     """The validation split of the corpus a model was trained on (the file must still be there, unchanged)."""
+    from charnn.corpus_cache import load_corpus
     from charnn.data import encode_file
-    from charnn.errors import DataError
+    from charnn.errors import CheckpointWriteError, DataError
 
     corpus_path = loaded.meta.get("corpus_path")
     if not corpus_path:
         raise DataError("this checkpoint does not record its corpus; pass a FILE to score")
-    corpus = encode_file(corpus_path, loaded.data_cfg)
+    try:  # the memory-mapped cache training built (or builds it): a big corpus is never held in memory
+        corpus = load_corpus(corpus_path, loaded.data_cfg)
+    except CheckpointWriteError:  # no writable cache directory here: encode in memory instead
+        corpus = encode_file(corpus_path, loaded.data_cfg)
     if corpus.sha256 != loaded.corpus_sha256:
         raise DataError(f"{corpus_path} changed since training (sha256 differs); pass a FILE to score")
     return corpus.split()[1]
