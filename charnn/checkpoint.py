@@ -106,6 +106,17 @@ class LoadedModel:
     corpus_sha256: str
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def eval_segment(self) -> int:
+        """The validation segment length training used, checked: a crafted value must not allocate or crash."""
+        try:
+            value = json.loads(self.meta.get("train_config", "{}")).get("eval_segment", 4096)
+        except (ValueError, AttributeError, RecursionError):
+            raise CheckpointError(f"{self.path}: unreadable train_config in the checkpoint metadata") from None
+        if not isinstance(value, int) or isinstance(value, bool) or not 2 <= value <= 1 << 20:
+            raise CheckpointError(f"{self.path}: implausible eval_segment {value!r} in the checkpoint metadata")
+        return value
+
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()

@@ -114,6 +114,7 @@ def _h(cls, name: str, suffix: str = "") -> str:
     return help_of(cls, name) + suffix
 
 
+_SAMPLE = SampleConfig()  # the sample command's defaults are the library's
 PRESET_DEFAULT = " (default: from --preset)"
 
 
@@ -271,14 +272,15 @@ def sample_cmd(
     run: Annotated[Optional[Path], typer.Argument(help="Run directory or checkpoint file (default: the newest run "
                                                   "under checkpoints/).", show_default=False)] = None,
     *,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", help=_h(SampleConfig, "temperature"))] = 0.8,
-    length: Annotated[int, typer.Option("--length", "-n", help=_h(SampleConfig, "length"))] = 500,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help=_h(SampleConfig, "temperature"))
+                           ] = _SAMPLE.temperature,
+    length: Annotated[int, typer.Option("--length", "-n", help=_h(SampleConfig, "length"))] = _SAMPLE.length,
     prime: Annotated[str, typer.Option(help=_h(SampleConfig, "prime"))] = "",
     top_k: Annotated[Optional[int], typer.Option(help=_h(SampleConfig, "top_k"))] = None,
     top_p: Annotated[Optional[float], typer.Option(help=_h(SampleConfig, "top_p"))] = None,
     greedy: Annotated[bool, typer.Option("--greedy", help=_h(SampleConfig, "greedy"))] = False,
     seed: Annotated[Optional[int], typer.Option(help=_h(SampleConfig, "seed"))] = None,
-    num_samples: Annotated[int, typer.Option(help=_h(SampleConfig, "num_samples"))] = 1,
+    num_samples: Annotated[int, typer.Option(help=_h(SampleConfig, "num_samples"))] = _SAMPLE.num_samples,
     which: Annotated[Which, typer.Option(help="Which checkpoint of a run: best (by validation loss) or latest.")
                      ] = Which.best,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
@@ -371,7 +373,7 @@ def eval_cmd(
 
     def body():
         loaded = load_run(run, which=which.value, device=pick_device(device))
-        seg = segment or json.loads(loaded.meta.get("train_config", "{}")).get("eval_segment", 4096)
+        seg = segment or loaded.eval_segment
         targets = files or [None]
         for target in targets:
             if target is None:

@@ -101,6 +101,8 @@ def evaluate_file(loaded, path, *, skip_unknown: bool = False, segment: int = 40
 
 def validation_ids(loaded) -> np.ndarray:
     """The validation split of the corpus a model was trained on (the file must still be there, unchanged)."""
+    from pathlib import Path
+
     from charnn.corpus_cache import load_corpus
     from charnn.data import encode_file
     from charnn.errors import CheckpointWriteError, DataError
@@ -108,9 +110,16 @@ def validation_ids(loaded) -> np.ndarray:
     corpus_path = loaded.meta.get("corpus_path")
     if not corpus_path:
         raise DataError("this checkpoint does not record its corpus; pass a FILE to score")
-    try:  # the memory-mapped cache training built (or builds it): a big corpus is never held in memory
-        corpus = load_corpus(corpus_path, loaded.data_cfg)
-    except CheckpointWriteError:  # no writable cache directory here: encode in memory instead
+    if not Path(corpus_path).is_file():  # also refuses a FIFO or device a crafted path could name
+        raise DataError(f"{corpus_path}: the run's corpus is no longer there; pass a FILE to score")
+    cache_dir = loaded.meta.get("corpus_cache", "")
+    corpus = None
+    if cache_dir:  # the memory-mapped cache training used: a big corpus is never held in memory
+        try:
+            corpus = load_corpus(corpus_path, loaded.data_cfg, cache_dir=cache_dir)
+        except CheckpointWriteError:  # the cache cannot be (re)written here: encode in memory instead
+            corpus = None
+    if corpus is None:
         corpus = encode_file(corpus_path, loaded.data_cfg)
     if corpus.sha256 != loaded.corpus_sha256:
         raise DataError(f"{corpus_path} changed since training (sha256 differs); pass a FILE to score")
@@ -120,9 +129,8 @@ def validation_ids(loaded) -> np.ndarray:
 def evaluate_validation(loaded, *, segment: int | None = None, batch_size: int = 64, precision: str = "auto",
                         per_char: bool = False) -> EvalResult:
     """Score the run's own validation split exactly as training did (same segment length)."""
-    import json
 
     if segment is None:
-        segment = json.loads(loaded.meta.get("train_config", "{}")).get("eval_segment", 4096)
+        segment = loaded.eval_segment
     return evaluate_ids(loaded.model, validation_ids(loaded), segment=segment, batch_size=batch_size,
                         precision=precision, per_char=per_char)

@@ -441,7 +441,7 @@ def build_report(run_dir: str | os.PathLike, *, text: str | os.PathLike | None =
     config = read_config(run_dir)
     train, evals = read_metrics(run_dir)
     samples = read_jsonl(run_dir / "samples.jsonl")
-    segment = int(json.loads(loaded.meta.get("train_config", "{}")).get("eval_segment", 4096))
+    segment = loaded.eval_segment
 
     passage, analysis, missing = None, None, ""
     try:

@@ -8,6 +8,7 @@ preallocated matrices and runs one addmm per layer per step; `module` calls the 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -168,8 +169,9 @@ def _choose(logits: torch.Tensor, uniform: torch.Tensor, cfg: SampleConfig, *,
     # once per block instead (see _GraphStep).
     if not math.isfinite(total.item() if total.shape[0] == 1 else float(total.sum())):
         raise SamplingError("non-finite probabilities while sampling; the model's outputs overflow")
-    # u < 1 keeps u * total <= total = cdf[:, -1], so the index is at most V - 1: no clamp needed.
-    return torch.searchsorted(cdf, uniform * total, out=out)  # (B, 1)
+    # right=True: the first index whose cdf exceeds u * total, so a filtered-out (zero-probability) symbol is
+    # never drawn, not even for u == 0; the clamp covers u * total rounding up to the total.
+    return torch.searchsorted(cdf, uniform * total, right=True, out=out).clamp_(max=cdf.shape[-1] - 1)  # (B, 1)
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,8 @@ def generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fa
     logits, hidden = model(x)  # one pass over the prime
     last = logits[:, -1].float() / cfg.temperature  # (B, V)
     gen = torch.Generator(device="cpu")
-    gen.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+    # No seed: fresh entropy for this generator only (torch.seed() would reseed the global RNGs of a caller).
+    gen.manual_seed(cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
     return Generation(ids if echo else [], _steps(model, cfg, last, hidden, gen, path))
 
 
@@ -287,7 +290,7 @@ class _GraphStep:
             return
         cdf, total = _filtered_cdf(logits, cfg)
         self.bad |= ~torch.isfinite(total).all()
-        torch.searchsorted(cdf, self.uniform * total, out=self.ids_out)
+        torch.searchsorted(cdf, self.uniform * total, right=True, out=self.ids_out).clamp_(max=cdf.shape[-1] - 1)
 
     def __call__(self, ids: torch.Tensor, uniform: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         self.ids_in.copy_(ids)
@@ -305,5 +308,5 @@ def sample_text(model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = 
     gen = generate(model, vocab, cfg, path=path)
     rows = [torch.tensor(gen.prime, dtype=torch.long).expand(cfg.num_samples, -1).cpu()]
     rows += [step.cpu()[:, None] for step in gen.steps]
-    ids = torch.cat(rows, dim=1) if rows else torch.empty(cfg.num_samples, 0, dtype=torch.long)
+    ids = torch.cat(rows, dim=1)
     return [vocab.decode(row.tolist()) for row in ids]

@@ -7,7 +7,6 @@ a signal number. Presentation (progress bar, colours) belongs to the CLI.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -36,6 +35,7 @@ from charnn.data import Corpus, StreamBatcher, encode_file
 from charnn.errors import (
     CharnnError,
     CheckpointError,
+    CheckpointWriteError,
     ConfigError,
     DataError,
     Interrupted,
@@ -229,22 +229,32 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
         best_val = float(state.get("best_val", math.inf))
         hidden = state.get("hidden")
         if hidden is not None:
-            hidden = tuple(h.to(device) for h in hidden) if isinstance(hidden, (list, tuple)) else hidden.to(device)
+            # fp32 on disk and here: a resume may change --precision or the device (bf16 -> fp32 is exact)
+            hidden = (tuple(h.to(device, torch.float32) for h in hidden) if isinstance(hidden, (list, tuple))
+                      else hidden.to(device, torch.float32))
             hidden = _rank_rows(hidden, dist_info)  # the saved state holds every stream; take this rank's
         set_rng_state(state["rng"])
     else:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"--out {run_dir} is a file, not a run directory")
         if run_dir.exists() and list_checkpoints(run_dir):
             raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} or choose another --out")
         if dist_info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise CheckpointWriteError(f"cannot create the run directory {run_dir}: {err.strerror}") from None
             remove_stale_temps(run_dir)
     if dist_info.is_main:
         _write_run_files(run_dir, data, model_cfg, cfg)
     # Under DDP gradients are averaged over the ranks after backward; the optimizer step is the same on all.
     net = _wrap_ddp(model, device, dist_info)
 
-    metrics = open(run_dir / "metrics.jsonl" if dist_info.is_main else os.devnull, "a", encoding="utf-8")
-    samples = open(run_dir / "samples.jsonl" if dist_info.is_main else os.devnull, "a", encoding="utf-8")
+    try:
+        metrics = open(run_dir / "metrics.jsonl" if dist_info.is_main else os.devnull, "a", encoding="utf-8")
+        samples = open(run_dir / "samples.jsonl" if dist_info.is_main else os.devnull, "a", encoding="utf-8")
+    except OSError as err:
+        raise CheckpointWriteError(f"cannot write logs in {run_dir}: {err.strerror}") from None
 
     def log(record: dict[str, Any]) -> None:
         metrics.write(json.dumps(record) + "\n")
@@ -267,6 +277,7 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
             path = save_checkpoint(run_dir, model, vocab, data.data, step=step, val_loss=val,
                                    corpus_sha256=data.sha256, state=state, keep_last=cfg.keep_last,
                                    extra={"corpus_path": str(Path(data.path).resolve()),
+                                          "corpus_cache": str(Path(cache_dir).resolve()) if cache_dir else "",
                                           "train_config": json.dumps(to_dict(cfg))})
             report(Progress("checkpoint", step, total_steps, elapsed(), cfg.time_budget, text=str(path)))
         barrier(dist_info)  # no rank runs ahead of a checkpoint being written
@@ -304,7 +315,9 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
     params = [p for p in model.parameters()]
     sync_every = 1 if device.type == "cpu" else cfg.log_every
     bad_run = torch.zeros((), device=device)
+    bad_max = torch.zeros((), device=device)  # longest run of non-finite steps since the last host check
     window_loss = torch.zeros((), device=device, dtype=torch.float64)
+    window_finite = torch.zeros((), device=device)
     window_clip = torch.zeros((), device=device)
     window_steps, window_t = 0, time.perf_counter()
     grad_norm = torch.zeros((), device=device)
@@ -360,22 +373,28 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
                 optimizer.grad_scale = None
                 optimizer.step()
                 bad_run = torch.where(finite, torch.zeros_like(bad_run), bad_run + 1)
+                bad_max = torch.maximum(bad_max, bad_run)
                 if hidden is not None:
                     hidden = _zero_if(hidden, ~finite)
             window_loss += torch.where(finite, loss.detach().double(), 0.0)
+            window_finite += finite.float()
             if cfg.grad_clip > 0:
                 window_clip += (grad_norm > cfg.grad_clip).float()
             window_steps += 1
             step += 1
-            if step % sync_every == 0 and device.type != "cpu" and int(bad_run) >= cfg.max_bad_steps:
-                raise NonFiniteLossError(f"loss was not finite for {int(bad_run)} steps in a row at step {step}")
+            if step % sync_every == 0 and device.type != "cpu":
+                if int(bad_max) >= cfg.max_bad_steps:
+                    raise NonFiniteLossError(
+                        f"loss was not finite for {int(bad_max)} steps in a row before step {step}; stopped "
+                        f"without saving (last good checkpoint kept); try a lower --lr")
+                bad_max.zero_()
             if step % cfg.log_every == 0:
                 now = time.perf_counter()
                 rate = window_steps * chars_per_step / max(now - window_t, 1e-9)
-                if dist_info.enabled:  # the logged loss is the mean over every rank's streams
+                if dist_info.enabled:  # the logged loss is the mean over every rank's finite steps
                     torch.distributed.all_reduce(window_loss)
-                    window_loss /= dist_info.world
-                mean = float(window_loss.item()) / window_steps
+                    torch.distributed.all_reduce(window_finite)
+                mean = float(window_loss.item()) / max(float(window_finite.item()), 1.0)
                 gnorm = float(grad_norm.item())
                 log({"kind": "train", "step": step, "elapsed": round(elapsed(), 3), "train_loss": mean,
                      "lr": lr, "grad_norm": gnorm, "clip_frac": float(window_clip.item()) / window_steps,
@@ -383,6 +402,7 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
                 report(Progress("log", step, total_steps, elapsed(), cfg.time_budget, train_loss=mean, lr=lr,
                                 grad_norm=gnorm, chars_per_s=rate))
                 window_loss.zero_()
+                window_finite.zero_()
                 window_clip.zero_()
                 window_steps, window_t = 0, time.perf_counter()
             if step % cfg.eval_every == 0:
@@ -425,13 +445,10 @@ def _training_state(step: int, elapsed: float, best_val: float, optimizer: torch
                     cfg: TrainConfig) -> dict[str, Any]:
     """Everything besides the weights that an exact resume needs: tensors and primitives only."""
     if isinstance(hidden, tuple):
-        hidden = [h.detach().cpu() for h in hidden]
+        hidden = [h.detach().float().cpu() for h in hidden]
     elif hidden is not None:
-        hidden = hidden.detach().cpu()
-    opt_state = optimizer.state_dict()
-    for group in opt_state["param_groups"]:
-        group.pop("found_inf", None)
-    return {"step": step, "elapsed": elapsed, "best_val": best_val, "optimizer": opt_state,
+        hidden = hidden.detach().float().cpu()
+    return {"step": step, "elapsed": elapsed, "best_val": best_val, "optimizer": optimizer.state_dict(),
             "rng": rng_state(), "hidden": hidden, "train_config": to_dict(cfg)}
 
 
@@ -533,4 +550,3 @@ def _gather_hidden(hidden, info: DistInfo):
 
 
 __all__ = ["Progress", "TrainResult", "train", "resume_configs", "learning_rate"]
-_ = dataclasses  # re-exported helpers may use dataclasses.replace on the configs

@@ -90,3 +90,27 @@ def test_python_dash_m_and_version():
     assert out.returncode == 0 and out.stdout.startswith("charnn ")
     out = subprocess.run([PYTHON, "-m", "charnn", "sample", "--help"], capture_output=True, text=True, env=cli_env())
     assert out.returncode == 0 and "--temperature" in out.stdout
+
+
+def test_out_that_is_a_file_or_cannot_be_created(tmp_path, tiny_corpus):
+    a_file = tmp_path / "file"
+    a_file.write_text("precious")
+    assert "is a file" in one_error_line(invoke("train", tiny_corpus, "--out", a_file, *TINY))
+    assert a_file.read_text() == "precious"
+    res = invoke("train", tiny_corpus, "--out", a_file / "sub", *TINY)
+    assert res.exit_code == 4 and "cannot create the run directory" in res.stderr
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("value", ["1e11", "0", "\"x\"", "[1]"])
+def test_crafted_eval_segment_is_refused(tiny_run, value):
+    from charnn.checkpoint import load_run
+    from charnn.errors import CheckpointError
+
+    loaded = load_run(tiny_run)
+    loaded.meta["train_config"] = '{"eval_segment": ' + value + "}"
+    with pytest.raises(CheckpointError, match="eval_segment"):
+        _ = loaded.eval_segment
+    loaded.meta["train_config"] = "not json"
+    with pytest.raises(CheckpointError, match="unreadable"):
+        _ = loaded.eval_segment

@@ -65,3 +65,20 @@ def test_top_p_keeps_only_the_head_of_the_distribution():
 def test_prime_with_unknown_characters_lists_them():
     with pytest.raises(VocabularyError, match="'z'"):
         sample_text(model_of(), VOCAB, SampleConfig(prime="abz", length=5))
+
+
+def test_unseeded_sampling_leaves_the_global_rng_alone():
+    model = model_of()
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    sample_text(model, VOCAB, SampleConfig(length=20))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_zero_uniform_never_draws_a_filtered_symbol():
+    from charnn.sample import _choose
+
+    logits = torch.tensor([[0.0, 1.0, 5.0, 2.0]])
+    for cfg in (SampleConfig(top_k=1), SampleConfig(top_p=0.5)):
+        assert _choose(logits.clone(), torch.zeros(1, 1), cfg).item() == 2
+    assert _choose(logits.clone(), torch.full((1, 1), 0.999999), SampleConfig()).item() == 3

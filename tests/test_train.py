@@ -78,3 +78,23 @@ def test_time_budget_stops_and_keeps_a_checkpoint(tmp_path, tiny_corpus):
     result = train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "r")
     assert result.steps > 0 and result.elapsed < 15 and result.latest.exists()
     assert result.final_val_loss is not None
+
+
+def test_resume_may_change_precision(tmp_path, tiny_corpus):
+    """bf16 autocast hands back a bf16 hidden state; the saved state is fp32 so an fp32 resume runs."""
+    model_cfg, cfg, data = tiny_configs(max_iters=6, eval_every=6, sample_length=0, precision="bf16")
+    train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "r")
+    more = cfg.__class__(**{**cfg.__dict__, "max_iters": 9, "precision": "fp32"})
+    result = train(tiny_corpus, model_cfg=model_cfg, train_cfg=more, data_cfg=data, out_dir=tmp_path / "r",
+                   resume=True)
+    assert result.steps == 9 and math.isfinite(result.final_val_loss)
+
+
+def test_validation_of_a_run_without_cache_builds_none(tiny_run, monkeypatch):
+    import charnn.corpus_cache
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a run trained without a cache must not get one at eval time")
+
+    monkeypatch.setattr(charnn.corpus_cache, "load_corpus", refuse)
+    assert math.isfinite(evaluate_validation(load_run(tiny_run)).loss)
