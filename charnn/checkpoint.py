@@ -7,7 +7,6 @@ meta device before a single weight byte is allocated.
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import hashlib
 import io
@@ -24,9 +23,10 @@ from typing import Any
 import torch
 
 from charnn import __version__
-from charnn.config import DataConfig, ModelConfig, from_dict, to_dict
+from charnn.config import DataConfig, ModelConfig, TrainConfig, default_of, from_dict, to_dict
 from charnn.data import Vocab
-from charnn.errors import CharnnError, CheckpointError, CheckpointWriteError
+from charnn.errors import CharnnError, CheckpointError
+from charnn.files import atomic_write, remove_stale_temps  # noqa: F401 (the run directory's API)
 from charnn.model import CharRNN
 
 FORMAT = "charnn-model/1"
@@ -37,57 +37,6 @@ STATE_SUFFIX = ".state.pt"
 
 class CharnnWarning(UserWarning):
     """Something the user should hear about that did not stop the work (shown as `warning: ...`)."""
-
-
-# --- atomic files ---------------------------------------------------------------------------------------
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the new one, never a mix.
-
-    Temp file in the same directory, flush, fsync, os.replace, fsync of the directory. On any OSError the
-    temp file is removed, the old file is untouched, and CheckpointWriteError says so.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as err:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise CheckpointWriteError(
-            f"checkpoint write failed (disk full?): {path}: {err.strerror or err}") from None
-
-
-def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """Delete temp files left by an interrupted write; they are never taken as checkpoints."""
-    removed = []
-    for tmp in Path(directory).glob(".*.tmp"):
-        try:
-            tmp.unlink()
-            removed.append(tmp)
-        except OSError:
-            pass
-    return removed
 
 
 # --- the model file -------------------------------------------------------------------------------------
@@ -110,7 +59,8 @@ class LoadedModel:
     def eval_segment(self) -> int:
         """The validation segment length training used, checked: a crafted value must not allocate or crash."""
         try:
-            value = json.loads(self.meta.get("train_config", "{}")).get("eval_segment", 4096)
+            value = json.loads(self.meta.get("train_config", "{}")).get(
+                "eval_segment", default_of(TrainConfig, "eval_segment"))
         except (ValueError, AttributeError, RecursionError):
             raise CheckpointError(f"{self.path}: unreadable train_config in the checkpoint metadata") from None
         if not isinstance(value, int) or isinstance(value, bool) or not 2 <= value <= 1 << 20:
@@ -211,8 +161,6 @@ def _parse_meta(path: Path, meta: dict[str, str]) -> tuple[ModelConfig, DataConf
     try:
         model_cfg = _typed(ModelConfig, _meta_json(meta, "model_config", path), path)
         data_cfg = _typed(DataConfig, _meta_json(meta, "data_config", path), path)
-        if not data_cfg.bytes_mode and not codecs.lookup(data_cfg.encoding)._is_text_encoding:
-            raise CheckpointError(f"{path}: invalid checkpoint metadata (encoding {data_cfg.encoding!r})")
         vocab = Vocab.from_json(meta["vocab"])
         step = int(meta.get("step", "0"))
         val = meta.get("val_loss", "none")

@@ -27,6 +27,7 @@ from charnn.config import (
     ModelConfig,
     SampleConfig,
     TrainConfig,
+    default_of,
     help_of,
     resolve,
 )
@@ -114,6 +115,11 @@ def _h(cls, name: str, suffix: str = "") -> str:
     return help_of(cls, name) + suffix
 
 
+def _hd(cls, name: str) -> str:
+    """Help with the dataclass default spelled out (options whose CLI default is None, "keep the config's")."""
+    return f"{help_of(cls, name)} (default: {default_of(cls, name)})"
+
+
 _SAMPLE = SampleConfig()  # the sample command's defaults are the library's
 PRESET_DEFAULT = " (default: from --preset)"
 
@@ -140,26 +146,26 @@ def train_cmd(
     min_lr: Annotated[Optional[float], typer.Option(help=_h(TrainConfig, "min_lr"))] = None,
     warmup_iters: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "warmup_iters", PRESET_DEFAULT))
                             ] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help=_h(TrainConfig, "weight_decay", " (default: 0)"))
+    weight_decay: Annotated[Optional[float], typer.Option(help=_hd(TrainConfig, "weight_decay"))
                             ] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(help=_h(TrainConfig, "grad_clip", " (default: 5)"))] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help=_hd(TrainConfig, "grad_clip"))] = None,
     max_iters: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "max_iters", PRESET_DEFAULT))] = None,
     epochs: Annotated[Optional[float], typer.Option(help=_h(TrainConfig, "epochs"))] = None,
     time_budget: Annotated[Optional[float], typer.Option(help=_h(TrainConfig, "time_budget"))] = None,
-    seed: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "seed", " (default: 1337)"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=_hd(TrainConfig, "seed"))] = None,
     eval_every: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "eval_every", PRESET_DEFAULT))] = None,
     sample_every: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "sample_every"))] = None,
-    sample_length: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "sample_length", " (default: 200)"))
+    sample_length: Annotated[Optional[int], typer.Option(help=_hd(TrainConfig, "sample_length"))
                              ] = None,
-    log_every: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "log_every", " (default: 10)"))] = None,
-    keep_last: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "keep_last", " (default: 2)"))] = None,
-    device: Annotated[Optional[str], typer.Option(help=_h(TrainConfig, "device", " (default: auto)"))] = None,
+    log_every: Annotated[Optional[int], typer.Option(help=_hd(TrainConfig, "log_every"))] = None,
+    keep_last: Annotated[Optional[int], typer.Option(help=_hd(TrainConfig, "keep_last"))] = None,
+    device: Annotated[Optional[str], typer.Option(help=_hd(TrainConfig, "device"))] = None,
     precision: Annotated[Optional[Precision], typer.Option(help=_h(TrainConfig, "precision"))] = None,
     threads: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "threads"))] = None,
-    val_frac: Annotated[Optional[float], typer.Option(help=_h(DataConfig, "val_frac", " (default: 0.1)"))] = None,
-    test_frac: Annotated[Optional[float], typer.Option(help=_h(DataConfig, "test_frac", " (default: 0)"))] = None,
-    encoding: Annotated[Optional[str], typer.Option(help=_h(DataConfig, "encoding", " (default: utf-8)"))] = None,
-    errors: Annotated[Optional[str], typer.Option(help=_h(DataConfig, "errors", " (default: strict)"))] = None,
+    val_frac: Annotated[Optional[float], typer.Option(help=_hd(DataConfig, "val_frac"))] = None,
+    test_frac: Annotated[Optional[float], typer.Option(help=_hd(DataConfig, "test_frac"))] = None,
+    encoding: Annotated[Optional[str], typer.Option(help=_hd(DataConfig, "encoding"))] = None,
+    errors: Annotated[Optional[str], typer.Option(help=_hd(DataConfig, "errors"))] = None,
     keep_newlines: Annotated[Optional[bool], typer.Option("--keep-newlines", help=_h(DataConfig, "keep_newlines"))
                              ] = None,
     bytes_mode: Annotated[Optional[bool], typer.Option("--bytes", help=_h(DataConfig, "bytes_mode"))] = None,

@@ -14,6 +14,7 @@ from typing import Any
 from charnn.errors import ConfigError
 
 MODEL_KINDS = ("lstm", "gru", "rnn")
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks per layer in the weight matrices
 PRECISIONS = ("auto", "fp32", "bf16")
 BACKENDS = ("auto", "nccl", "gloo")  # torch.distributed, under torchrun
 
@@ -89,9 +90,12 @@ class DataConfig:
             import codecs
 
             try:
-                codecs.lookup(self.encoding)
+                info = codecs.lookup(self.encoding)
             except LookupError:
                 raise ConfigError(f"unknown --encoding {self.encoding!r}") from None
+            if not getattr(info, "_is_text_encoding", True):  # hex, base64, rot13...: bytes-to-bytes codecs
+                raise ConfigError(f"--encoding {self.encoding!r} is not a text encoding "
+                                  f"(try utf-8, latin-1, utf-16, cp1252)")
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ class ModelConfig:
         _validate(self)
 
     def num_parameters(self, vocab_size: int) -> int:
-        gates = {"lstm": 4, "gru": 3, "rnn": 1}[self.model]
+        gates = GATES[self.model]
         total = vocab_size * self.embed + self.hidden * vocab_size + vocab_size
         for layer in range(self.layers):
             inp = self.embed if layer == 0 else self.hidden
@@ -209,6 +213,21 @@ PRESETS: dict[str, Preset] = {
 DEFAULT_PRESET = "small"
 
 
+STOPPING_RULES = ("max_iters", "epochs", "time_budget")
+
+
+def overlay_train(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Training options: explicit values (those not None) laid over `base` (a preset's, or a resumed run's).
+    An explicit stopping rule replaces the base's, whichever rule that was."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    merged = dict(base)
+    if any(k in given for k in STOPPING_RULES):
+        for k in STOPPING_RULES:
+            merged.pop(k, None)
+    merged.update(given)
+    return merged
+
+
 def auto_preset(device_type: str, time_budget: float | None) -> str:
     """What `--preset auto` picks: `tiny` for CPU budgets under 90 s, else `small` on a CPU; on a GPU
     `medium` for budgets up to 10 minutes (it converges within them; `large` needs longer), else `large`."""
@@ -231,12 +250,7 @@ def resolve(preset: str | None, model_overrides: dict[str, Any], train_overrides
         raise ConfigError(f"unknown --preset {name!r}; choose from {', '.join(PRESETS)}")
     base = PRESETS[name]
     model_kw = {k: v for k, v in model_overrides.items() if v is not None}
-    train_kw = dict(base.train)
-    given = {k: v for k, v in train_overrides.items() if v is not None}
-    if any(k in given for k in ("max_iters", "epochs", "time_budget")):
-        train_kw.pop("max_iters", None)
-    train_kw.update(given)
-    return dataclasses.replace(base.model, **model_kw), TrainConfig(**train_kw)
+    return dataclasses.replace(base.model, **model_kw), TrainConfig(**overlay_train(base.train, train_overrides))
 
 
 def final_lr(cfg: TrainConfig) -> float:

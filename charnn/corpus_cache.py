@@ -21,6 +21,7 @@ from charnn import data as _data
 from charnn.config import DataConfig
 from charnn.data import Corpus, Vocab, id_dtype, iter_symbols
 from charnn.errors import CheckpointWriteError, DataError
+from charnn.files import atomic_write
 
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = Path("checkpoints") / ".cache"
@@ -84,7 +85,8 @@ def load_corpus(path: str | os.PathLike, cfg: DataConfig, *, cache_dir: str | os
     meta = {"version": CACHE_VERSION, "sha256": sha, "count": count, "dtype": id_dtype(len(vocab)).name,
             "vocab": json.loads(vocab.to_json()), "options": decoding_options(cfg), "source": str(p.resolve()),
             "bytes": size}
-    _atomic_text(meta_path, json.dumps(meta) + "\n")  # written last: its presence marks a complete entry
+    # written last: its presence marks a complete entry
+    atomic_write(meta_path, (json.dumps(meta) + "\n").encode(), what="corpus cache")
     ids, vocab = _open_entry(meta_path, ids_path, sha, cfg) or (None, None)
     if ids is None:
         raise DataError(f"{p}: the corpus cache entry {ids_path} did not verify right after writing it")
@@ -118,16 +120,6 @@ def _meter(phase: str, total: int, on_progress: Callable[[EncodeProgress], None]
         done[0] += n
         on_progress(EncodeProgress(phase, done[0], total, time.perf_counter() - t0))
     return on_bytes
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointWriteError(f"cannot write the corpus cache {path}: {err.strerror or err}") from None
 
 
 def _build(p: Path, cfg: DataConfig, ids_path: Path, size: int,

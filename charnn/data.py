@@ -44,15 +44,6 @@ def _open_checked(path: str | os.PathLike) -> tuple[Path, int]:
     return p, size
 
 
-def _text_decoder(cfg: DataConfig) -> codecs.IncrementalDecoder:
-    """An incremental decoder for `cfg.encoding`; bytes-to-bytes codecs (hex, base64, rot13...) are refused."""
-    info = codecs.lookup(cfg.encoding)
-    if not getattr(info, "_is_text_encoding", True):
-        raise ConfigError(f"--encoding {cfg.encoding!r} is not a text encoding "
-                          f"(try utf-8, latin-1, utf-16, cp1252)")
-    return info.incrementaldecoder(errors=cfg.errors)
-
-
 def iter_symbols(path: str | os.PathLike, cfg: DataConfig, *, hasher: hashlib._Hash | None = None,
                  on_bytes: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
     """Yield the file's symbols (Unicode code points, or byte values with `bytes_mode`) as uint32 chunks.
@@ -61,7 +52,7 @@ def iter_symbols(path: str | os.PathLike, cfg: DataConfig, *, hasher: hashlib._H
     dropped; CRLF and lone CR become LF unless `keep_newlines` (a CR that ends a chunk waits for the next).
     """
     p, _ = _open_checked(path)
-    decoder = None if cfg.bytes_mode else _text_decoder(cfg)
+    decoder = None if cfg.bytes_mode else codecs.getincrementaldecoder(cfg.encoding)(errors=cfg.errors)
     offset = 0  # bytes consumed before the current chunk
     first = True
     pending_cr = ""

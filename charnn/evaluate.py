@@ -118,7 +118,7 @@ def validation_ids(loaded) -> np.ndarray:
         try:
             corpus = load_corpus(corpus_path, loaded.data_cfg, cache_dir=cache_dir)
         except CheckpointWriteError:  # the cache cannot be (re)written here: encode in memory instead
-            corpus = None
+            pass
     if corpus is None:
         corpus = encode_file(corpus_path, loaded.data_cfg)
     if corpus.sha256 != loaded.corpus_sha256:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from charnn.config import SampleConfig
+from charnn.config import GATES, SampleConfig
 from charnn.data import Vocab
 from charnn.errors import ConfigError, SamplingError, VocabularyError
 from charnn.model import CharRNN, Hidden
@@ -42,7 +42,7 @@ class FastStepper:
         cfg = model.cfg
         self.kind, self.layers, self.batch_size = cfg.model, cfg.layers, batch_size
         H = self.hidden_size = cfg.hidden
-        G = {"lstm": 4, "gru": 3, "rnn": 1}[cfg.model]
+        G = GATES[cfg.model]
         rnn, device = model.rnn, model.head.weight.device
         order = torch.arange(G * H, device=device)
         if self.kind == "lstm":  # nn.LSTM's (i, f, g, o) -> (i, f, o, g)

@@ -30,7 +30,16 @@ from charnn.checkpoint import (
     remove_stale_temps,
     save_checkpoint,
 )
-from charnn.config import DataConfig, ModelConfig, SampleConfig, TrainConfig, final_lr, from_dict, to_dict
+from charnn.config import (
+    DataConfig,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+    final_lr,
+    from_dict,
+    overlay_train,
+    to_dict,
+)
 from charnn.data import Corpus, StreamBatcher, encode_file
 from charnn.errors import (
     CharnnError,
@@ -144,12 +153,7 @@ def resume_configs(run_dir: str | os.PathLike, *, model_overrides: dict[str, Any
                 raise ResumeMismatchError(
                     f"--resume: this run was trained with {key}={getattr(cfg, key)!r}, not {value!r}; "
                     f"{what} options cannot change on resume (start a new run instead)")
-    train_dict = dict(saved.get("train", {}))
-    given = {k: v for k, v in train_overrides.items() if v is not None}
-    if any(k in given for k in ("max_iters", "epochs", "time_budget")):
-        for k in ("max_iters", "epochs", "time_budget"):
-            train_dict.pop(k, None)
-    train_dict.update(given)
+    train_dict = overlay_train(saved.get("train", {}), train_overrides)
     return model_cfg, from_dict(TrainConfig, train_dict), data_cfg, saved.get("corpus", {}).get("path", "")
 
 
