@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charnn.config import ModelConfig
+from charnn.config import GATES, ModelConfig
 
 RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -56,6 +56,22 @@ class CharRNN(nn.Module):
         device = device or self.head.weight.device
         zeros = torch.zeros(self.cfg.layers, batch_size, self.cfg.hidden, device=device)
         return (zeros, zeros.clone()) if self.cfg.model == "lstm" else zeros
+
+
+def state_shapes(cfg: ModelConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of `CharRNN(cfg, vocab_size).state_dict()`, by arithmetic: the checkpoint loader
+    checks a file against them before allocating anything (building the module, even on the meta device,
+    costs a second of imports; tests/test_model.py checks the two agree)."""
+    G, H, V = GATES[cfg.model], cfg.hidden, vocab_size
+    shapes: dict[str, tuple[int, ...]] = {"embed.weight": (V, cfg.embed)}
+    for layer in range(cfg.layers):
+        shapes[f"rnn.weight_ih_l{layer}"] = (G * H, cfg.embed if layer == 0 else H)
+        shapes[f"rnn.weight_hh_l{layer}"] = (G * H, H)
+        shapes[f"rnn.bias_ih_l{layer}"] = (G * H,)
+        shapes[f"rnn.bias_hh_l{layer}"] = (G * H,)
+    shapes["head.weight"] = (V, H)
+    shapes["head.bias"] = (V,)
+    return shapes
 
 
 def detach_hidden(hidden: Hidden | None) -> Hidden | None:

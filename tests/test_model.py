@@ -2,10 +2,11 @@
 
 import math
 
+import pytest
 import torch
 
-from charnn.config import ModelConfig
-from charnn.model import CharRNN, detach_hidden, lm_loss
+from charnn.config import MODEL_KINDS, ModelConfig
+from charnn.model import CharRNN, detach_hidden, lm_loss, state_shapes
 
 
 def test_forward_shapes_for_every_cell():
@@ -60,3 +61,11 @@ def test_gradient_clipping_bounds_the_global_norm():
     before = torch.nn.utils.clip_grad_norm_(params, 0.5)
     after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
     assert before > 0.5 and after <= 0.5 * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+@pytest.mark.parametrize("layers", [1, 3])
+def test_state_shapes_match_the_module(kind, layers):
+    cfg = ModelConfig(model=kind, layers=layers, hidden=12, embed=5)
+    actual = {k: tuple(v.shape) for k, v in CharRNN(cfg, 7).state_dict().items()}
+    assert state_shapes(cfg, 7) == actual
