@@ -48,8 +48,9 @@ def plain_sample(model: CharRNN, streams: int, length: int, threads: int) -> flo
         torch.set_num_threads(before)
 
 
-def charnn_sample(model: CharRNN, streams: int, length: int, path: str = "fast") -> tuple[float, list]:
-    cfg = SampleConfig(length=length, temperature=0.8, seed=0, num_samples=streams)
+def charnn_sample(model: CharRNN, streams: int, length: int, path: str = "fast",
+                  precision: str = "fp32") -> tuple[float, list]:
+    cfg = SampleConfig(length=length, temperature=0.8, seed=0, num_samples=streams, precision=precision)
     t0 = time.perf_counter()
     text = sample_text(model, VOCAB, cfg, path=path)
     return streams * length / (time.perf_counter() - t0), text
@@ -83,13 +84,14 @@ def main() -> None:
     fast_same = (sample_text(model, VOCAB, SampleConfig(length=200, seed=3, num_samples=4), path="fast")
                  == sample_text(model, VOCAB, SampleConfig(length=200, seed=3, num_samples=4), path="module"))
     results: dict[str, list[float]] = {k: [] for k in ("one", "one_module", "one_plain_1t", "one_plain",
-                                                      "many", "many_plain_1t", "many_plain")}
+                                                      "many", "many_bf16", "many_plain_1t", "many_plain")}
     for r in range(args.repeats):
         results["one"].append(charnn_sample(model, 1, args.length)[0])
         results["one_module"].append(charnn_sample(model, 1, args.length // 4, path="module")[0])
         results["one_plain_1t"].append(plain_sample(model, 1, args.length // 4, 1))
         results["one_plain"].append(plain_sample(model, 1, args.length // 4, threads))
         results["many"].append(charnn_sample(model, args.streams, args.streams_length)[0])
+        results["many_bf16"].append(charnn_sample(model, args.streams, args.streams_length, precision="bf16")[0])
         results["many_plain_1t"].append(plain_sample(model, args.streams, args.streams_length // 2, 1))
         results["many_plain"].append(plain_sample(model, args.streams, args.streams_length // 2, threads))
         print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in results.items()), flush=True)
@@ -103,13 +105,16 @@ def main() -> None:
         "streams": args.streams, "many_streams_chars_per_s": round(med["many"]),
         "many_streams_plain_chars_per_s": round(base_many),
         "many_streams_ratio": round(med["many"] / base_many, 2),
+        "many_streams_bf16_chars_per_s": round(med["many_bf16"]),
+        "many_streams_bf16_ratio": round(med["many_bf16"] / base_many, 2),
         "fast_and_module_same_text": fast_same, "threads": threads, "repeats": args.repeats,
         "load_average": round(os.getloadavg()[0], 2),
     }
     print(f"one stream: charnn {med['one']:,.0f} chars/s vs plain {base_one:,.0f} chars/s: "
           f"{result['one_stream_ratio']:.2f}x  (target >= 5,000 chars/s for 2x256)")
     print(f"{args.streams} streams: charnn {med['many']:,.0f} chars/s in total vs plain {base_many:,.0f}: "
-          f"{result['many_streams_ratio']:.2f}x  (target >= 100,000 chars/s for 64 streams)")
+          f"{result['many_streams_ratio']:.2f}x; with --precision bf16 {med['many_bf16']:,.0f} chars/s: "
+          f"{result['many_streams_bf16_ratio']:.2f}x  (target >= 100,000 chars/s for 64 streams)")
     print(json.dumps(result))
 
 

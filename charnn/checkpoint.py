@@ -77,7 +77,13 @@ def model_bytes(model: CharRNN, vocab: Vocab, data_cfg: DataConfig, *, step: int
     """The safetensors file for `model`: fp32 weights, their sha256, and the metadata to rebuild it."""
     from safetensors.torch import save
 
-    tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors, stored = {}, set()
+    for k, v in model.state_dict().items():
+        t = v.detach().float().contiguous().cpu()
+        if t.untyped_storage().data_ptr() in stored:  # tied weights: safetensors refuses shared storage
+            t = t.clone()
+        stored.add(t.untyped_storage().data_ptr())
+        tensors[k] = t
     checksums = {k: hashlib.sha256(_tensor_bytes(v)).hexdigest() for k, v in tensors.items()}
     meta = {
         "format": FORMAT,
@@ -226,8 +232,11 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
     for name, tensor in tensors.items():  # verified bytes can still be NaN: they would sample garbage
         if not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: tensor {name!r} holds non-finite values (NaN or inf)")
+    if model_cfg.tie_weights and not torch.equal(tensors["embed.weight"], tensors["head.weight"]):
+        # Both copies load into the one shared Parameter, the last silently winning: refuse instead.
+        raise CheckpointError(f"{path}: the tied embedding and output weights differ (the file was altered)")
     model = CharRNN(model_cfg, len(vocab))
-    model.load_state_dict(tensors, strict=True)
+    model.load_state_dict(tensors, strict=True)  # with tie_weights the module keeps its one shared Parameter
     model.to(device).eval()
     return LoadedModel(model, vocab, model_cfg, data_cfg, path, step, val_loss,
                        meta.get("corpus_sha256", ""), meta)

@@ -23,6 +23,7 @@ from charnn.config import (
     MODEL_KINDS,
     PRECISIONS,
     PRESETS,
+    SAMPLE_PRECISIONS,
     DataConfig,
     ModelConfig,
     SampleConfig,
@@ -75,6 +76,7 @@ PresetName = Enum("PresetName", {k: k for k in [*PRESETS, "auto"]}, type=str)
 Backend = Enum("Backend", {k: k for k in BACKENDS}, type=str)
 Which = Enum("Which", {k: k for k in ("best", "latest")}, type=str)
 Precision = Enum("Precision", {k: k for k in PRECISIONS}, type=str)
+SamplePrecision = Enum("SamplePrecision", {k: k for k in SAMPLE_PRECISIONS}, type=str)
 
 
 def _version(value: bool) -> None:
@@ -122,6 +124,7 @@ def _hd(cls, name: str) -> str:
 
 _SAMPLE = SampleConfig()  # the sample command's defaults are the library's
 PRESET_DEFAULT = " (default: from --preset)"
+OFF = " (default: off)"
 
 
 @app.command("train")
@@ -140,6 +143,11 @@ def train_cmd(
     hidden: Annotated[Optional[int], typer.Option(min=1, help=_h(ModelConfig, "hidden", PRESET_DEFAULT))] = None,
     embed: Annotated[Optional[int], typer.Option(min=1, help=_h(ModelConfig, "embed", PRESET_DEFAULT))] = None,
     dropout: Annotated[Optional[float], typer.Option(help=_h(ModelConfig, "dropout", PRESET_DEFAULT))] = None,
+    tie_weights: Annotated[Optional[bool], typer.Option("--tie-weights/--no-tie-weights", show_default=False,
+                                                        help=_h(ModelConfig, "tie_weights", OFF))] = None,
+    layer_norm: Annotated[Optional[bool], typer.Option("--layer-norm/--no-layer-norm", show_default=False,
+                                                       help=_h(ModelConfig, "layer_norm", OFF))] = None,
+    locked_dropout: Annotated[Optional[float], typer.Option(help=_hd(ModelConfig, "locked_dropout"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "batch_size", PRESET_DEFAULT))] = None,
     seq_len: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "seq_len", PRESET_DEFAULT))] = None,
     lr: Annotated[Optional[float], typer.Option(help=_h(TrainConfig, "lr", PRESET_DEFAULT))] = None,
@@ -187,7 +195,7 @@ def train_cmd(
     from charnn.train import resume_configs, train
 
     model_over = dict(model=model.value if model else None, layers=layers, hidden=hidden, embed=embed,
-                      dropout=dropout)
+                      dropout=dropout, tie_weights=tie_weights, layer_norm=layer_norm, locked_dropout=locked_dropout)
     train_over = dict(batch_size=batch_size, seq_len=seq_len, lr=lr, min_lr=min_lr, warmup_iters=warmup_iters,
                       weight_decay=weight_decay, grad_clip=grad_clip, max_iters=max_iters, epochs=epochs,
                       time_budget=time_budget, seed=seed, eval_every=eval_every, sample_every=sample_every,
@@ -287,6 +295,8 @@ def sample_cmd(
     greedy: Annotated[bool, typer.Option("--greedy", help=_h(SampleConfig, "greedy"))] = False,
     seed: Annotated[Optional[int], typer.Option(help=_h(SampleConfig, "seed"))] = None,
     num_samples: Annotated[int, typer.Option(help=_h(SampleConfig, "num_samples"))] = _SAMPLE.num_samples,
+    precision: Annotated[SamplePrecision, typer.Option(help=_h(SampleConfig, "precision"))
+                         ] = SamplePrecision[_SAMPLE.precision],
     which: Annotated[Which, typer.Option(help="Which checkpoint of a run: best (by validation loss) or latest.")
                      ] = Which.best,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
@@ -300,7 +310,7 @@ def sample_cmd(
 
     def body():
         cfg = SampleConfig(length=length, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                           prime=prime or None, seed=seed, num_samples=num_samples)
+                           prime=prime or None, seed=seed, num_samples=num_samples, precision=precision.value)
         loaded = load_run(run, which=which.value, device=pick_device(device))
         out = _Output(loaded.vocab, escape=sys.stdout.isatty() and not raw)
         gen = generate(loaded.model, loaded.vocab, cfg)

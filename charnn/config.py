@@ -16,6 +16,7 @@ from charnn.errors import ConfigError
 MODEL_KINDS = ("lstm", "gru", "rnn")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks per layer in the weight matrices
 PRECISIONS = ("auto", "fp32", "bf16")
+SAMPLE_PRECISIONS = ("fp32", "bf16")  # sampling has no "auto": fp32 unless asked, so paths give the same text
 BACKENDS = ("auto", "nccl", "gloo")  # torch.distributed, under torchrun
 
 
@@ -107,16 +108,30 @@ class ModelConfig:
     hidden: int = opt(256, "Hidden units per layer.", min=1, max=16384)
     embed: int = opt(128, "Embedding size of each input symbol.", min=1, max=16384)
     dropout: float = opt(0.0, "Dropout between layers and before the output layer.", min=0.0, max=0.9)
+    # Issue 5's "what to try" list, AWD-LSTM style (Merity et al. 2017); all off by default, so a checkpoint
+    # whose metadata predates them loads as the model it was.
+    tie_weights: bool = opt(False, "Share the embedding matrix with the output layer's weight (Press & Wolf "
+                                   "2017; Inan et al. 2017); needs --embed equal to --hidden, which it sets "
+                                   "when --embed is not given.")
+    layer_norm: bool = opt(False, "Layer norm on the last recurrent layer's output, before the output layer.")
+    locked_dropout: float = opt(0.0, "Variational dropout: one mask per sequence, the same at every step, on "
+                                     "the embeddings and the last layer's output (AWD-LSTM).", min=0.0, max=0.9)
 
     def __post_init__(self) -> None:
         _validate(self)
+        if self.tie_weights and self.embed != self.hidden:
+            raise ConfigError(f"--tie-weights needs --embed equal to --hidden (--embed {self.embed}, "
+                              f"--hidden {self.hidden})")
 
     def num_parameters(self, vocab_size: int) -> int:
         gates = GATES[self.model]
-        total = vocab_size * self.embed + self.hidden * vocab_size + vocab_size
+        head = 0 if self.tie_weights else self.hidden * vocab_size  # a tied head's weight is the embedding
+        total = vocab_size * self.embed + head + vocab_size
         for layer in range(self.layers):
             inp = self.embed if layer == 0 else self.hidden
             total += gates * self.hidden * (inp + self.hidden + 2)
+        if self.layer_norm:
+            total += 2 * self.hidden  # gain and bias
         return total
 
 
@@ -170,6 +185,9 @@ class SampleConfig:
     prime: str | None = opt(None, "Text to warm the state on; the output starts with it.")
     seed: int | None = opt(None, "Random seed; the same seed gives the same text.", min=0, max=2**63 - 1)
     num_samples: int = opt(1, "Independent samples to draw (run in parallel).", min=1, max=100000)
+    precision: str = opt("fp32", "Arithmetic of the sampling steps: fp32 (the same text on every stepping path) "
+                                 "or bf16 (matmuls in bf16: faster for many streams on a GPU or a CPU with bf16 "
+                                 "instructions; a slightly different text).", choices=SAMPLE_PRECISIONS)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -242,6 +260,7 @@ def resolve(preset: str | None, model_overrides: dict[str, Any], train_overrides
 
     A stopping rule given explicitly (max_iters, epochs or time_budget) replaces the preset's.
     `auto` picks the preset for the device and time budget (`auto_preset`).
+    With tie_weights and no explicit embed, embed is the hidden size (the tie needs them equal).
     """
     name = preset or DEFAULT_PRESET
     if name == "auto":
@@ -250,6 +269,9 @@ def resolve(preset: str | None, model_overrides: dict[str, Any], train_overrides
         raise ConfigError(f"unknown --preset {name!r}; choose from {', '.join(PRESETS)}")
     base = PRESETS[name]
     model_kw = {k: v for k, v in model_overrides.items() if v is not None}
+    if model_kw.get("tie_weights", base.model.tie_weights) and "embed" not in model_kw:
+        # `--tie-weights` works with any preset: the embedding takes the hidden size unless given explicitly.
+        model_kw["embed"] = model_kw.get("hidden", base.model.hidden)
     return dataclasses.replace(base.model, **model_kw), TrainConfig(**overlay_train(base.train, train_overrides))
 
 

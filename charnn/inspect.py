@@ -72,7 +72,7 @@ def trace(model: CharRNN, ids: np.ndarray, *, segment: int = 4096) -> Trace:
             torch.set_num_threads(threads)
         layers.append(layer)
         inputs = layer[0]  # (T, H): dropout between layers is off in eval mode
-    logits = model.head(inputs)  # (T, V)
+    logits = model.output(inputs)  # (T, V): layer norm (if on) and the head; the dropouts are off in eval
     traces = []
     for h, c, gates in layers:
         names = GATES[kind]

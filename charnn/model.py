@@ -1,4 +1,5 @@
-"""The network: embedding -> stacked nn.LSTM / nn.GRU / nn.RNN (cuDNN on GPU) -> linear head, and the loss.
+"""The network: embedding -> stacked nn.LSTM / nn.GRU / nn.RNN (cuDNN on GPU) -> [layer norm] -> linear head
+(optionally tied to the embedding), locked dropout, and the loss.
 
 Batch-first throughout. `forward(x, hidden) -> (logits, hidden)`; the fast one-step path used for
 sampling lives in `charnn.sample`, reading these same weights.
@@ -19,6 +20,30 @@ RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
+class LockedDropout(nn.Module):
+    """Variational ("locked") dropout (Gal & Ghahramani 2016; AWD-LSTM, Merity et al. 2017): one Bernoulli mask
+    per sequence, the same at every time step, scaled by 1/(1-p); the identity in eval mode or with p = 0.
+
+    x: (..., T, F), the time axis second to last -> the mask is (..., 1, F), broadcast over T. Dropping a
+    feature for a whole sequence, rather than anew at each step, is what keeps it from being smoothed away.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"locked dropout probability must be in [0, 1), not {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        mask = x.new_empty(*x.shape[:-2], 1, x.shape[-1]).bernoulli_(1 - self.p)  # (B, 1, F)
+        return x * mask.div_(1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class CharRNN(nn.Module):
     """Character-level recurrent language model over a vocabulary of `vocab_size` symbols."""
 
@@ -31,26 +56,50 @@ class CharRNN(nn.Module):
         self.rnn = RNN_CLASSES[cfg.model](
             cfg.embed, cfg.hidden, num_layers=cfg.layers, batch_first=True,
             dropout=cfg.dropout if cfg.layers > 1 else 0.0, **extra)
+        self.locked = LockedDropout(cfg.locked_dropout)  # no weights: nothing in the state dict
+        self.ln = nn.LayerNorm(cfg.hidden) if cfg.layer_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.hidden, vocab_size)
+        if cfg.tie_weights:
+            # One Parameter in two places (Press & Wolf 2017; Inan et al. 2017): parameters() yields it once,
+            # state_dict() under both names (the checkpoint stores both copies and checks they agree).
+            self.head.weight = self.embed.weight
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.embed.weight, std=1.0)
         bound = 1 / math.sqrt(self.cfg.hidden)
+        if self.cfg.tie_weights:
+            # The shared matrix gets the output layer's init, uniform +-1/sqrt(H): as a head it must start with
+            # small logits and a loss near ln V (the embedding's std 1 would make them about sqrt(3H) times
+            # larger), and as an embedding a small start is what AWD-LSTM and word_language_model use with
+            # tying (uniform +-0.1, about +-1/sqrt(H) for their sizes).
+            nn.init.uniform_(self.embed.weight, -bound, bound)
+        else:
+            nn.init.normal_(self.embed.weight, std=1.0)
+            nn.init.uniform_(self.head.weight, -bound, bound)
         for name, p in self.rnn.named_parameters():
             nn.init.uniform_(p, -bound, bound)
             if self.cfg.model == "lstm" and name.startswith("bias_ih"):
                 # Forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015): remember by default.
                 with torch.no_grad():
                     p[self.cfg.hidden:2 * self.cfg.hidden].fill_(1.0)
-        nn.init.uniform_(self.head.weight, -bound, bound)
+        if self.cfg.layer_norm:
+            self.ln.reset_parameters()  # gain 1, bias 0
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """x: (B, T) ids -> logits (B, T, V) and the hidden state after the last step."""
-        out, hidden = self.rnn(self.embed(x), hidden)  # (B, T, H)
-        return self.head(self.drop(out)), hidden  # (B, T, V)
+        out, hidden = self.rnn(self.locked(self.embed(x)), hidden)  # (B, T, H)
+        return self.output(out), hidden  # (B, T, V)
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """The last layer's output h (..., T, H) -> logits (..., T, V): layer norm (if on), locked dropout,
+        dropout, the head. Shared by `forward` and `charnn.inspect`'s step loop.
+
+        Locked dropout comes after the layer norm: before it, the norm would re-centre and re-scale the
+        masked vector, so dropped units would not read as zero and the 1/(1-p) scaling would be undone.
+        """
+        return self.head(self.drop(self.locked(self.ln(h))))
 
     def initial_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Hidden:
         device = device or self.head.weight.device
@@ -69,7 +118,10 @@ def state_shapes(cfg: ModelConfig, vocab_size: int) -> dict[str, tuple[int, ...]
         shapes[f"rnn.weight_hh_l{layer}"] = (G * H, H)
         shapes[f"rnn.bias_ih_l{layer}"] = (G * H,)
         shapes[f"rnn.bias_hh_l{layer}"] = (G * H,)
-    shapes["head.weight"] = (V, H)
+    if cfg.layer_norm:
+        shapes["ln.weight"] = (H,)
+        shapes["ln.bias"] = (H,)
+    shapes["head.weight"] = (V, H)  # with tie_weights, a second copy of embed.weight (the loader checks)
     shapes["head.bias"] = (V,)
     return shapes
 

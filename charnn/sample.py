@@ -19,71 +19,95 @@ from charnn.config import GATES, SampleConfig
 from charnn.data import Vocab
 from charnn.errors import ConfigError, SamplingError, VocabularyError
 from charnn.model import CharRNN, Hidden
+from charnn.runtime import autocast
 
 UNIFORM_BLOCK = 4096  # uniforms are drawn this many steps at a time, the same way on every path
 USE_CUDA_GRAPHS = True  # the fast path replays one captured step on CUDA; tests turn it off to compare
 SMALL_STEP_WORK = 8 * 256  # batch x hidden up to which the CPU stepper uses one thread (measured, issue 4)
+SIGMOID_TANH_WORK = 16 * 256  # batch x hidden from which tanh is computed from a sigmoid (measured, issue 4)
 
 
 class FastStepper:
     """One recurrent step for a batch of `B` streams, with the model's weights laid out for speed.
 
     At one character per step the arithmetic is small (about 2 MFLOP for 2x256) and the cost is the number of
-    tensor ops, so everything that can be is hoisted out of the step (issue 4):
+    tensor ops and how well each one runs, so everything that can be is hoisted out of the step (issue 4):
     - layer 0's input projection is a (V, G*H) table indexed by the previous symbol (embedding @ W_ih + b);
     - an LSTM/RNN layer above the first does one addmm on [h_below, h] against the stacked [W_ih; W_hh];
-    - LSTM gate columns are reordered to (i, f, o, g), so one sigmoid covers three gates;
+    - for a batch of 16 or more streams, tanh is computed as 2 sigmoid(2x) - 1, with the factor 2 folded into
+      the weights where x is a matmul: the CPU's tanh kernel is five times slower than its sigmoid, so an LSTM
+      layer costs one sigmoid over all four gates and one more for tanh(c) (a few extra small ops, which cost
+      more than they save for small batches);
     - the head is pre-scaled by 1/temperature, and every result goes into a buffer allocated once (`out=`).
+    `precision="bf16"` keeps the matmul weights (and a copy of the hidden states) in bf16, accumulating in
+    fp32 and keeping the cell state, gates and head in fp32: about twice the matmul throughput on a GPU or a
+    CPU with bf16 instructions, at the cost of a slightly different text than the fp32 paths.
     The hidden states of all layers live side by side in one (B, L*H) buffer, so layer l's [h_below, h] is a
     plain view of it. `step` returns a view of the logits buffer, overwritten by the next step.
     """
 
-    def __init__(self, model: CharRNN, temperature: float = 1.0, batch_size: int = 1) -> None:
+    def __init__(self, model: CharRNN, temperature: float = 1.0, batch_size: int = 1,
+                 precision: str = "fp32") -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"sampling precision must be fp32 or bf16, not {precision!r}")
         cfg = model.cfg
         self.kind, self.layers, self.batch_size = cfg.model, cfg.layers, batch_size
         H = self.hidden_size = cfg.hidden
         G = GATES[cfg.model]
+        B, L = batch_size, cfg.layers
         rnn, device = model.rnn, model.head.weight.device
+        self.low = precision == "bf16"
+        wdtype = torch.bfloat16 if self.low else torch.float32
+        self.sig_tanh = batch_size * H >= SIGMOID_TANH_WORK
+        # 2 for the gates whose tanh is computed from a sigmoid of twice its argument, else 1
+        scale = {"lstm": [1, 1, 1, 2], "gru": [1, 1, 2], "rnn": [2]}[self.kind]  # LSTM in (i, f, o, g) order
+        scale = [x if self.sig_tanh else 1 for x in scale]
+        scale = torch.tensor(scale, dtype=torch.float32, device=device).repeat_interleave(H)  # (G*H,)
         order = torch.arange(G * H, device=device)
-        if self.kind == "lstm":  # nn.LSTM's (i, f, g, o) -> (i, f, o, g)
+        if self.kind == "lstm":  # nn.LSTM's (i, f, g, o) -> (i, f, o, g): one sigmoid covers three gates
             order = torch.cat([order[:2 * H], order[3 * H:], order[2 * H:3 * H]])
         with torch.no_grad():
             self.w, self.b, self.b_hh = [], [], []
-            for layer in range(cfg.layers):
-                w_ih = getattr(rnn, f"weight_ih_l{layer}").float()[order].t()  # (I, G*H)
-                w_hh = getattr(rnn, f"weight_hh_l{layer}").float()[order].t()  # (H, G*H)
-                b_ih = getattr(rnn, f"bias_ih_l{layer}").float()[order]
-                b_hh = getattr(rnn, f"bias_hh_l{layer}").float()[order]
+            for layer in range(L):
+                w_ih = getattr(rnn, f"weight_ih_l{layer}").float()[order].t() * scale  # (I, G*H)
+                w_hh = getattr(rnn, f"weight_hh_l{layer}").float()[order].t() * scale  # (H, G*H)
+                b_ih = getattr(rnn, f"bias_ih_l{layer}").float()[order] * scale
+                b_hh = getattr(rnn, f"bias_hh_l{layer}").float()[order] * scale
                 if self.kind == "gru":
                     # GRU keeps b_hh apart: its candidate gate multiplies (W_hn h + b_hn) by r.
                     self.b.append(b_ih.contiguous())
                     self.b_hh.append(b_hh.contiguous())
-                    self.w.append((w_ih.contiguous(), w_hh.contiguous()))
+                    self.w.append((w_ih.to(wdtype).contiguous(), w_hh.to(wdtype).contiguous()))
                 else:
                     self.b.append((b_ih + b_hh).contiguous())
                     self.b_hh.append(None)
                     stacked = w_hh if layer == 0 else torch.cat([w_ih, w_hh])  # (H or 2H, G*H)
-                    self.w.append(stacked.contiguous())
-                if layer == 0:
-                    self.table = torch.addmm(self.b[0], model.embed.weight.float(), w_ih)  # (V, G*H)
+                    self.w.append(stacked.to(wdtype).contiguous())
+                if layer == 0:  # (V, G*H): the embedding through layer 0's input weights, plus its bias
+                    self.table = torch.addmm(self.b[0], model.embed.weight.float(), w_ih)
+            self.ln = None
+            if cfg.layer_norm:
+                self.ln = (model.ln.normalized_shape, model.ln.weight.float(), model.ln.bias.float(), model.ln.eps)
             self.w_out = (model.head.weight.float().t() / temperature).contiguous()  # (H, V)
             self.b_out = (model.head.bias.float() / temperature).contiguous()
-        B, L = batch_size, cfg.layers
         self.hs = torch.zeros(B, L * H, device=device)  # (B, L*H): h of every layer, side by side
+        self.hs_low = torch.zeros(B, L * H, device=device, dtype=wdtype) if self.low else self.hs
         self.c = [torch.zeros(B, H, device=device) for _ in range(L)] if self.kind == "lstm" else []
         self.gates = [torch.empty(B, G * H, device=device) for _ in range(L)]
         self.gh = [torch.empty(B, G * H, device=device) for _ in range(L)] if self.kind == "gru" else []
+        self.acc = torch.empty(B, G * H, device=device, dtype=wdtype) if self.low else None  # bf16 products
         self.tmp = torch.empty(B, H, device=device)
         self.logits = torch.empty(B, len(self.b_out), device=device)
         # Views, made once: slicing costs about as much as a small op.
         self.h = [self.hs[:, i * H:(i + 1) * H] for i in range(L)]
-        self.below_and_h = [self.hs[:, (i - 1) * H:(i + 1) * H] if i else None for i in range(L)]
-        cut = [[g[:, k * H:(k + 1) * H] for k in range(G)] for g in self.gates]
-        if self.kind == "lstm":  # (i, f, o, g), the first three squashed by one sigmoid
-            self.lstm_views = [(g[:, :3 * H], *parts) for g, parts in zip(self.gates, cut, strict=True)]
-        elif self.kind == "gru":  # (r, z, n) of the input and hidden projections
-            self.gru_views = [(g[:, :2 * H], gh[:, :2 * H], parts[0], parts[1], parts[2], gh[:, 2 * H:])
-                              for g, gh, parts in zip(self.gates, self.gh, cut, strict=True)]
+        self.h_low = [self.hs_low[:, i * H:(i + 1) * H] for i in range(L)]
+        self.both_low = [self.hs_low[:, (i - 1) * H:(i + 1) * H] if i else None for i in range(L)]
+
+        def cut(g: torch.Tensor) -> tuple[torch.Tensor, ...]:  # each gate (B, H), the first two, the first three
+            return tuple(g[:, k * H:(k + 1) * H] for k in range(G)) + (g[:, :2 * H], g[:, :3 * H])
+
+        self.gate_views = [cut(g) for g in self.gates]
+        self.gh_views = [cut(g) for g in self.gh]
 
     def load(self, hidden: Hidden) -> None:
         """Copy a module-shaped hidden state ((L, B, H), or a pair for LSTM) into the stepper's buffers."""
@@ -92,38 +116,71 @@ class FastStepper:
             self.h[i].copy_(h[i])
             if self.kind == "lstm":
                 self.c[i].copy_(hidden[1][i])
+        if self.low:
+            self.hs_low.copy_(self.hs)
+
+    def _matmul(self, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """out = bias + x @ w, or out += x @ w when bias is None. In bf16 the product is rounded to bf16 and
+        added in fp32."""
+        if not self.low:
+            if bias is None:
+                out.addmm_(x, w)
+            else:
+                torch.addmm(bias, x, w, out=out)
+            return
+        torch.mm(x, w, out=self.acc)
+        if bias is None:
+            out.add_(self.acc)
+        else:
+            torch.add(bias, self.acc, out=out)
+
+    def _tanh_(self, x: torch.Tensor) -> torch.Tensor:
+        """tanh in place of a pre-activation whose weights were scaled as `sig_tanh` says."""
+        return x.sigmoid_().mul_(2.0).sub_(1.0) if self.sig_tanh else x.tanh_()
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B,) -> scaled logits (B, V), a view of a buffer the next step overwrites."""
         for layer in range(self.layers):
-            gates, h = self.gates[layer], self.h[layer]
-            if self.kind == "gru":
-                gi_rz, gh_rz, r, z, gi_n, gh_n = self.gru_views[layer]
-                if layer == 0:
-                    torch.index_select(self.table, 0, ids, out=gates)  # (B, 3H)
-                else:
-                    torch.addmm(self.b[layer], self.h[layer - 1], self.w[layer][0], out=gates)
-                torch.addmm(self.b_hh[layer], h, self.w[layer][1], out=self.gh[layer])
-                gi_rz.add_(gh_rz).sigmoid_()
-                n = gh_n.mul_(r).add_(gi_n).tanh_()
-                torch.sub(h, n, out=self.tmp)
-                torch.addcmul(n, z, self.tmp, out=h)  # (1 - z) n + z h
-                continue
+            gates, h, tmp = self.gates[layer], self.h[layer], self.tmp
             if layer == 0:
                 torch.index_select(self.table, 0, ids, out=gates)  # (B, G*H)
-                gates.addmm_(h, self.w[0])
+            if self.kind == "gru":
+                if layer:
+                    self._matmul(self.h_low[layer - 1], self.w[layer][0], gates, self.b[layer])
+                self._matmul(self.h_low[layer], self.w[layer][1], self.gh[layer], self.b_hh[layer])
+                r, z, n_in, rz, _ = self.gate_views[layer]
+                _, _, n_h, gh_rz, _ = self.gh_views[layer]
+                rz.add_(gh_rz).sigmoid_()
+                n = self._tanh_(n_h.mul_(r).add_(n_in))  # tanh(gi_n + r gh_n)
+                torch.sub(h, n, out=tmp)
+                torch.addcmul(n, z, tmp, out=h)  # (1 - z) n + z h
             else:
-                torch.addmm(self.b[layer], self.below_and_h[layer], self.w[layer], out=gates)
-            if self.kind == "lstm":
-                ifo, i, f, o, g = self.lstm_views[layer]
-                ifo.sigmoid_()
-                g.tanh_()
-                c = self.c[layer].mul_(f).addcmul_(i, g)
-                torch.tanh(c, out=self.tmp)
-                torch.mul(o, self.tmp, out=h)
-            else:
-                torch.tanh(gates, out=h)
-        return torch.addmm(self.b_out, self.h[-1], self.w_out, out=self.logits)
+                if layer:
+                    self._matmul(self.both_low[layer], self.w[layer], gates, self.b[layer])
+                else:
+                    self._matmul(self.h_low[0], self.w[0], gates, None)
+                if self.kind == "lstm":
+                    i, f, o, g, _, ifo = self.gate_views[layer]
+                    if self.sig_tanh:  # one sigmoid for all four gates, g's turned into its tanh
+                        gates.sigmoid_()
+                        g.mul_(2.0).sub_(1.0)
+                    else:
+                        ifo.sigmoid_()
+                        g.tanh_()
+                    c = self.c[layer].mul_(f).addcmul_(i, g)
+                    if self.sig_tanh:
+                        torch.mul(c, 2.0, out=tmp).sigmoid_().mul_(2.0).sub_(1.0)
+                    else:
+                        torch.tanh(c, out=tmp)
+                    torch.mul(o, tmp, out=h)
+                else:
+                    h.copy_(self._tanh_(gates))
+            if self.low:
+                self.h_low[layer].copy_(h)
+        top = self.h[-1]
+        if self.ln is not None:
+            top = torch.nn.functional.layer_norm(top, *self.ln)
+        return torch.addmm(self.b_out, top, self.w_out, out=self.logits)
 
 
 def default_prime(vocab: Vocab) -> list[int]:
@@ -207,7 +264,7 @@ def _steps(model: CharRNN, cfg: SampleConfig, logits: torch.Tensor, hidden: Hidd
         B = logits.shape[0]
         stepper = None
         if path == "fast":
-            stepper = FastStepper(model, cfg.temperature, batch_size=B)
+            stepper = FastStepper(model, cfg.temperature, batch_size=B, precision=cfg.precision)
             stepper.load(hidden)
         use_graph = USE_CUDA_GRAPHS and stepper is not None and device.type == "cuda"
         graph = _GraphStep(stepper, cfg) if use_graph else None
@@ -230,7 +287,8 @@ def _steps(model: CharRNN, cfg: SampleConfig, logits: torch.Tensor, hidden: Hidd
                 if stepper is not None:
                     logits = stepper.step(chosen[t])
                 else:
-                    out, state = model(column[t], state)
+                    with autocast(device, cfg.precision):
+                        out, state = model(column[t], state)
                     logits = out[:, -1].float() / cfg.temperature
                 if t + 1 < block:
                     _choose(logits, uniforms[t + 1], cfg, out=column[t + 1])

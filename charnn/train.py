@@ -126,6 +126,9 @@ def default_run_dir(corpus: str | os.PathLike, root: str | os.PathLike = "checkp
 
 
 def make_optimizer(model: CharRNN, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    # Weight decay on matrices only; biases and the layer norm's gain and bias are left alone. parameters()
+    # yields a tied embedding/output matrix once, so AdamW never sees it twice; it is a matrix and is decayed,
+    # as the untied embedding and head both are (and as nanoGPT decays its tied wte/lm_head).
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -32,6 +32,8 @@ def test_train_sample_eval_end_to_end(tmp_path, tiny_corpus):
 
     res = invoke("sample", run, "--length", "10", "--seed", "1", "--num-samples", "3")
     assert res.exit_code == 0 and res.stdout.count("---------------") == 2
+    res = invoke("sample", run, "--length", "30", "--seed", "1", "--num-samples", "2", "--precision", "bf16")
+    assert res.exit_code == 0 and res.stdout.count("---------------") == 1
 
     res = invoke("eval", run, "--json")
     row = json.loads(res.stdout)
@@ -53,6 +55,28 @@ def test_resume_continues_a_run(tmp_path, tiny_corpus):
     assert (run / "step-00000018.safetensors").exists()
 
 
+def test_model_options_reach_the_run_and_survive_resume(tmp_path, tiny_corpus):
+    from charnn.checkpoint import load_run
+
+    run = tmp_path / "run"
+    no_embed = [a for i, a in enumerate(TINY) if a != "--embed" and TINY[i - 1] != "--embed"]
+    res = invoke("train", tiny_corpus, "--out", run, *no_embed, "--tie-weights", "--layer-norm",
+                 "--locked-dropout", "0.25")
+    assert res.exit_code == 0, res.output
+    saved = json.loads((run / "config.json").read_text())["model"]
+    assert (saved["tie_weights"], saved["layer_norm"], saved["locked_dropout"]) == (True, True, 0.25)
+    assert saved["embed"] == saved["hidden"] == 16  # --tie-weights without --embed takes the hidden size
+    loaded = load_run(run)
+    assert loaded.model_cfg.tie_weights and loaded.model.head.weight is loaded.model.embed.weight
+    assert invoke("eval", run).exit_code == 0
+    # Resuming keeps the run's model options without repeating them, and refuses a change.
+    assert "cannot change on resume" in one_error_line(invoke("train", "--resume", run, "--no-layer-norm"))
+    more = [a if a != "12" else "18" for a in no_embed]
+    res = invoke("train", "--resume", run, *more)
+    assert res.exit_code == 0, res.output
+    assert load_run(run, which="latest").model_cfg == loaded.model_cfg
+
+
 def one_error_line(res, code=2):
     assert res.exit_code == code, res.output
     lines = res.stderr.strip().splitlines()
@@ -67,8 +91,12 @@ def one_error_line(res, code=2):
     (["sample", "RUN", "--top-k", "abc"], "--top-k"),
     (["sample", "RUN", "--prime", "Zq"], "not in this model's vocabulary"),
     (["sample", "RUN", "--bogus"], "--bogus"),
+    (["sample", "RUN", "--precision", "fp16"], "--precision"),
     (["train", "CORPUS", "--model", "transformer"], "--model"),
     (["train", "CORPUS", "--dropout", "2"], "--dropout"),
+    (["train", "CORPUS", "--locked-dropout", "0.95"], "--locked-dropout must be at most 0.9"),
+    (["train", "CORPUS", "--tie-weights", "--embed", "8", "--hidden", "16"],
+     "--tie-weights needs --embed equal to --hidden (--embed 8, --hidden 16)"),
     (["train", "CORPUS", "--seq-len", "100000"], "--seq-len"),
     (["train", "CORPUS", "--device", "cuda:7"], "cuda"),
     (["train"], "missing CORPUS"),

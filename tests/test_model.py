@@ -5,8 +5,13 @@ import math
 import pytest
 import torch
 
-from charnn.config import MODEL_KINDS, ModelConfig
-from charnn.model import CharRNN, detach_hidden, lm_loss, state_shapes
+from charnn.config import MODEL_KINDS, ModelConfig, resolve
+from charnn.errors import ConfigError
+from charnn.model import CharRNN, LockedDropout, detach_hidden, lm_loss, state_shapes
+
+# The options of issue 5 (AWD-LSTM style), each alone and all together; tying needs embed == hidden.
+OPTIONS = [{}, {"tie_weights": True}, {"layer_norm": True}, {"locked_dropout": 0.3},
+           {"tie_weights": True, "layer_norm": True, "locked_dropout": 0.3, "dropout": 0.2}]
 
 
 def test_forward_shapes_for_every_cell():
@@ -31,9 +36,11 @@ def test_t_steps_at_once_equal_two_halves_with_carried_state():
     assert torch.allclose(full, torch.cat([a, b], 1), atol=1e-6)
 
 
-def test_parameter_count_matches_config():
+@pytest.mark.parametrize("options", OPTIONS)
+def test_parameter_count_matches_config(options):
     for kind in ("lstm", "gru", "rnn"):
-        cfg = ModelConfig(model=kind, layers=3, hidden=7, embed=5)
+        embed = 7 if options.get("tie_weights") else 5
+        cfg = ModelConfig(model=kind, layers=3, hidden=7, embed=embed, **options)
         model = CharRNN(cfg, 11)
         assert cfg.num_parameters(11) == sum(p.numel() for p in model.parameters())
 
@@ -63,9 +70,110 @@ def test_gradient_clipping_bounds_the_global_norm():
     assert before > 0.5 and after <= 0.5 * (1 + 1e-5)
 
 
+@pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 @pytest.mark.parametrize("layers", [1, 3])
-def test_state_shapes_match_the_module(kind, layers):
-    cfg = ModelConfig(model=kind, layers=layers, hidden=12, embed=5)
+def test_state_shapes_match_the_module(kind, layers, options):
+    cfg = ModelConfig(model=kind, layers=layers, hidden=12, embed=12 if options.get("tie_weights") else 5,
+                      **options)
     actual = {k: tuple(v.shape) for k, v in CharRNN(cfg, 7).state_dict().items()}
     assert state_shapes(cfg, 7) == actual
+
+
+# --- weight tying (Press & Wolf 2017; Inan et al. 2017) ---------------------------------------------------
+
+def test_tied_model_has_one_shared_matrix_with_the_heads_init():
+    B, T, H, V = 2, 3, 6, 9
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(layers=1, hidden=H, embed=H, tie_weights=True), V)
+    assert model.head.weight is model.embed.weight
+    params = list(model.parameters())
+    assert len(params) == len({id(p) for p in params})  # the optimizer and the clipping see it once
+    bound = 1 / math.sqrt(H)  # the output layer's init, not the untied embedding's std 1
+    assert model.embed.weight.abs().max() <= bound
+    logits, _ = model(torch.randint(V, (B, T)))
+    assert lm_loss(logits, torch.randint(V, (B, T))).item() == pytest.approx(math.log(V), abs=0.2)
+    assert model.to(torch.float64).head.weight is model.embed.weight  # moving the module keeps the tie
+
+
+def test_tied_gradient_is_the_sum_of_both_uses():
+    B, T, H, V = 2, 3, 6, 9
+    torch.manual_seed(0)
+    tied = CharRNN(ModelConfig(layers=1, hidden=H, embed=H, tie_weights=True), V)
+    untied = CharRNN(ModelConfig(layers=1, hidden=H, embed=H), V)
+    untied.load_state_dict(tied.state_dict())
+    x, y = torch.randint(V, (B, T)), torch.randint(V, (B, T))
+    for model in (tied, untied):
+        lm_loss(model(x)[0], y).backward()
+    torch.testing.assert_close(tied.embed.weight.grad, untied.embed.weight.grad + untied.head.weight.grad)
+
+
+def test_tie_weights_needs_embed_equal_to_hidden():
+    with pytest.raises(ConfigError, match=r"^--tie-weights needs --embed equal to --hidden \(--embed 5, --hidden 7\)"):
+        ModelConfig(hidden=7, embed=5, tie_weights=True)
+
+
+def test_resolve_sets_embed_to_hidden_for_tying_unless_embed_is_given():
+    model, _ = resolve("tiny", {"tie_weights": True}, {})
+    assert model.tie_weights and model.embed == model.hidden == 128
+    model, _ = resolve("small", {"tie_weights": True, "hidden": 64, "embed": None}, {})
+    assert model.embed == model.hidden == 64
+    model, _ = resolve("small", {"tie_weights": False}, {})
+    assert model.embed == 128 and model.hidden == 256  # untouched without the tie
+    with pytest.raises(ConfigError, match="--tie-weights needs"):
+        resolve("small", {"tie_weights": True, "embed": 32}, {})
+
+
+# --- layer norm on the output -----------------------------------------------------------------------------
+
+def test_layer_norm_sits_between_the_last_layer_and_the_head():
+    B, T, E, H, V = 2, 3, 4, 5, 6
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(layers=2, hidden=H, embed=E, layer_norm=True), V).eval()
+    with torch.no_grad():
+        model.ln.weight.uniform_(0.5, 2.0)  # not the identity init, so a missing norm would show
+        model.ln.bias.uniform_(-1.0, 1.0)
+    x = torch.randint(V, (B, T))
+    logits, _ = model(x)
+    out, _ = model.rnn(model.embed(x))  # (B, T, H)
+    expected = model.head(torch.nn.functional.layer_norm(out, (H,), model.ln.weight, model.ln.bias))
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(model.output(out), logits)
+    assert isinstance(CharRNN(ModelConfig(hidden=H, embed=E), V).ln, torch.nn.Identity)
+
+
+# --- locked (variational) dropout (Gal & Ghahramani 2016; Merity et al. 2017) ------------------------------
+
+def test_locked_dropout_mask_is_constant_in_time_and_differs_across_rows():
+    B, T, F, p = 8, 5, 64, 0.5
+    torch.manual_seed(0)
+    drop = LockedDropout(p).train()
+    y = drop(torch.ones(B, T, F))
+    assert torch.equal(y, y[:, :1].expand(B, T, F))  # the same mask at every time step
+    assert set(y.unique().tolist()) == {0.0, 1 / (1 - p)}
+    assert len({tuple(row[0].tolist()) for row in y}) == B  # one mask per sequence
+
+
+def test_locked_dropout_is_the_identity_in_eval_and_keeps_the_mean():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 7)
+    drop = LockedDropout(0.4)
+    assert drop.eval()(x) is x
+    assert LockedDropout(0.0).train()(x) is x
+    ones = torch.ones(4000, 2, 100)
+    assert drop.train()(ones).mean().item() == pytest.approx(1.0, abs=0.02)  # 400,000 masks of 0 or 1/0.6
+    with pytest.raises(ConfigError):
+        ModelConfig(locked_dropout=0.95)
+
+
+def test_locked_dropout_in_the_model_trains_only():
+    B, T, H, V = 3, 6, 8, 7
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(layers=1, hidden=H, embed=4, locked_dropout=0.5), V)
+    plain = CharRNN(ModelConfig(layers=1, hidden=H, embed=4), V)
+    plain.load_state_dict(model.state_dict())  # no state of its own: the same keys
+    x = torch.randint(V, (B, T))
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model(x)[0], plain(x)[0])
+    model.train()
+    assert not torch.allclose(model(x)[0], plain(x)[0])

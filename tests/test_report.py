@@ -22,14 +22,19 @@ from tests.conftest import TINY_TEXT
 N, T, E, H, V = 2, 150, 6, 8, 11  # layers, characters, embedding, hidden units, vocabulary
 
 
-def _model(kind: str, layers: int = N) -> CharRNN:
+def _model(kind: str, layers: int = N, **options) -> CharRNN:
     torch.manual_seed(0)
-    return CharRNN(ModelConfig(model=kind, layers=layers, hidden=H, embed=E), V).eval()
+    return CharRNN(ModelConfig(model=kind, layers=layers, hidden=H, embed=E, **options), V).eval()
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
-def test_step_loop_reproduces_the_models_logits(kind):
-    model = _model(kind)
+@pytest.mark.parametrize("kind,options", [("lstm", {}), ("gru", {}), ("rnn", {}),
+                                          ("lstm", {"layer_norm": True}), ("gru", {"layer_norm": True})])
+def test_step_loop_reproduces_the_models_logits(kind, options):
+    model = _model(kind, **options)
+    if model.cfg.layer_norm:
+        with torch.no_grad():  # away from the identity init, so a norm the step loop skipped would show
+            model.ln.weight.uniform_(0.5, 2.0)
+            model.ln.bias.uniform_(-1.0, 1.0)
     ids = np.random.default_rng(0).integers(0, V, size=T)
     segment = 64  # T spans three segments: the state must reset where evaluation resets it
     tr = trace(model, ids, segment=segment)

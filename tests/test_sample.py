@@ -3,11 +3,12 @@
 import pytest
 import torch
 
+from charnn import sample
 from charnn.config import ModelConfig, SampleConfig
 from charnn.data import Vocab
-from charnn.errors import VocabularyError
+from charnn.errors import ConfigError, VocabularyError
 from charnn.model import CharRNN
-from charnn.sample import sample_text
+from charnn.sample import FastStepper, sample_text
 
 VOCAB = Vocab(tuple(map(ord, "\n abcdefgh")))
 
@@ -26,7 +27,10 @@ def test_same_seed_same_text_and_different_seed_differs():
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
-def test_fast_and_module_paths_give_the_same_text(kind):
+@pytest.mark.parametrize("sigmoid_tanh", [False, True])
+def test_fast_and_module_paths_give_the_same_text(kind, sigmoid_tanh, monkeypatch):
+    # both ways the fast stepper computes tanh: the CPU kernel (small batches) and 2 sigmoid(2x) - 1 (large)
+    monkeypatch.setattr(sample, "SIGMOID_TANH_WORK", 0 if sigmoid_tanh else 10**9)
     model = model_of(kind)
     cfg = SampleConfig(length=300, seed=3, temperature=1.0, prime="abc", num_samples=3)
     assert sample_text(model, VOCAB, cfg, path="fast") == sample_text(model, VOCAB, cfg, path="module")
@@ -82,3 +86,49 @@ def test_a_zero_uniform_never_draws_a_filtered_symbol():
     for cfg in (SampleConfig(top_k=1), SampleConfig(top_p=0.5)):
         assert _choose(logits.clone(), torch.zeros(1, 1), cfg).item() == 2
     assert _choose(logits.clone(), torch.full((1, 1), 0.999999), SampleConfig()).item() == 3
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("batch", [1, 32])
+def test_fast_stepper_matches_the_module_step_by_step(kind, batch):
+    """The stepper's logits equal nn.LSTM/GRU/RNN's to fp32 rounding in fp32, and stay close in bf16."""
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(model=kind, layers=3, hidden=160, embed=24), len(VOCAB)).eval()
+    ids = torch.randint(len(VOCAB), (batch, 40))
+    with torch.no_grad():
+        want, _ = model(ids)  # (B, T, V)
+        for precision, tol in (("fp32", 1e-4), ("bf16", 0.1)):
+            stepper = FastStepper(model, temperature=1.0, batch_size=batch, precision=precision)
+            assert stepper.sig_tanh == (batch * 160 >= sample.SIGMOID_TANH_WORK)
+            got = torch.stack([stepper.step(ids[:, t]).clone() for t in range(ids.shape[1])], dim=1)
+            err = (got - want).abs().max().item()
+            assert err < tol, (precision, err)
+            if precision == "bf16":
+                assert err > 1e-6  # the bf16 path really rounds
+
+
+def test_bf16_sampling_is_seeded_and_close_to_fp32():
+    model = model_of()
+    cfg = SampleConfig(length=300, seed=5, temperature=1.0, num_samples=4, precision="bf16")
+    text = sample_text(model, VOCAB, cfg)
+    assert text == sample_text(model, VOCAB, cfg)
+    assert all(len(t) == 300 for t in text)
+    # module path under bf16 autocast runs too (its text may differ from the fast path's: different rounding)
+    assert len(sample_text(model, VOCAB, cfg, path="module")) == 4
+
+
+def test_sampling_precision_is_validated():
+    with pytest.raises(ConfigError, match="--precision"):
+        SampleConfig(precision="fp16")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_fast_path_follows_layer_norm_and_tied_weights(kind):
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(model=kind, layers=2, hidden=16, embed=16, layer_norm=True, tie_weights=True,
+                                locked_dropout=0.3), len(VOCAB))
+    with torch.no_grad():  # a non-trivial norm, so ignoring it would change the text
+        model.ln.weight.uniform_(0.5, 2.0)
+        model.ln.bias.uniform_(-1.0, 1.0)
+    cfg = SampleConfig(length=300, seed=3, temperature=1.0, prime="abc", num_samples=3)
+    assert sample_text(model, VOCAB, cfg, path="fast") == sample_text(model, VOCAB, cfg, path="module")

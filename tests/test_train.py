@@ -8,8 +8,9 @@ import torch
 from charnn.checkpoint import list_checkpoints, load_model, load_run
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.evaluate import evaluate_validation
+from charnn.model import CharRNN
 from charnn.sample import sample_text
-from charnn.train import learning_rate, train
+from charnn.train import learning_rate, make_optimizer, resume_configs, train
 from tests.conftest import tiny_configs
 
 
@@ -98,3 +99,22 @@ def test_validation_of_a_run_without_cache_builds_none(tiny_run, monkeypatch):
 
     monkeypatch.setattr(charnn.corpus_cache, "load_corpus", refuse)
     assert math.isfinite(evaluate_validation(load_run(tiny_run)).loss)
+
+
+def test_optimizer_sees_a_tied_matrix_once_and_decays_matrices_only():
+    model = CharRNN(ModelConfig(layers=1, hidden=8, embed=8, tie_weights=True, layer_norm=True), 5)
+    opt = make_optimizer(model, TrainConfig(weight_decay=0.1, device="cpu"), torch.device("cpu"))
+    decay, no_decay = ([id(p) for p in g["params"]] for g in opt.param_groups)
+    assert len(decay + no_decay) == len(set(decay + no_decay)) == len(list(model.parameters()))
+    assert id(model.embed.weight) in decay  # the tied matrix: a matrix, decayed like the untied ones
+    assert {id(model.ln.weight), id(model.ln.bias), id(model.head.bias)} <= set(no_decay)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+
+
+def test_resume_of_a_run_whose_config_predates_the_model_options(tmp_path):
+    old = {"model": {"model": "lstm", "layers": 1, "hidden": 8, "embed": 4, "dropout": 0.0},
+           "train": {"max_iters": 5}, "data": {}, "corpus": {"path": "x.txt"}}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    model_cfg, _, _, _ = resume_configs(tmp_path, model_overrides={"layer_norm": False, "tie_weights": None},
+                                        train_overrides={}, data_overrides={})
+    assert (model_cfg.tie_weights, model_cfg.layer_norm, model_cfg.locked_dropout) == (False, False, 0.0)
