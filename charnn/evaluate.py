@@ -3,6 +3,10 @@
 The text is cut into fixed segments of `segment` characters; each is scored as one stream from a zero
 state with the state carried across chunks inside it, and `batch_size` segments run side by side. The
 segment length, not the batch size, defines the number, so any batch size gives the same result.
+
+When the embedding is wider than the vocabulary, scoring folds the embedding into the first layer's input
+weights (`_Scorer`): the same function, a quarter of the first layer's input arithmetic for 65 symbols and
+embed 256 (issue 4: 1.2-1.3x faster scoring on the CPU).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from charnn.model import CharRNN, lm_loss
 from charnn.runtime import autocast
@@ -43,6 +48,45 @@ class EvalResult:
                 "perplexity": self.perplexity, "unknown_chars": sum(self.unknown.values())}
 
 
+class _Scorer:
+    """The model's forward pass for scoring (eval mode, no gradients), with layer 0's input projection
+    W_ih @ embed(x) computed as (W_ih @ E^T) @ onehot(x) when that is cheaper (vocabulary smaller than the
+    embedding): the first layer runs as its own nn.LSTM/GRU/RNN on one-hot inputs, the others as a second
+    module. Weights are copied, so the model is untouched; the hidden state is the pair of the two modules'.
+    """
+
+    def __init__(self, model: CharRNN) -> None:
+        self.model = model
+        cfg, V = model.cfg, model.vocab_size
+        self.split = V < cfg.embed
+        if not self.split:
+            return
+        rnn, device = model.rnn, model.head.weight.device
+        extra = {"nonlinearity": rnn.nonlinearity} if cfg.model == "rnn" else {}
+        make = type(rnn)
+        with torch.no_grad():
+            self.first = make(V, cfg.hidden, 1, batch_first=True, **extra).to(device).eval()
+            self.first.weight_ih_l0.copy_(rnn.weight_ih_l0 @ model.embed.weight.t())  # (G*H, V)
+            for name in ("weight_hh", "bias_ih", "bias_hh"):
+                getattr(self.first, f"{name}_l0").copy_(getattr(rnn, f"{name}_l0"))
+            self.rest = None
+            if cfg.layers > 1:
+                self.rest = make(cfg.hidden, cfg.hidden, cfg.layers - 1, batch_first=True, **extra).to(device).eval()
+                for layer in range(1, cfg.layers):
+                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                        getattr(self.rest, f"{name}_l{layer - 1}").copy_(getattr(rnn, f"{name}_l{layer}"))
+            self.onehot = torch.eye(V, device=device)
+
+    def __call__(self, x: torch.Tensor, hidden):
+        if not self.split:
+            return self.model(x, hidden)
+        first, rest = hidden if hidden is not None else (None, None)
+        out, first = self.first(F.embedding(x, self.onehot), first)  # (B, T, H)
+        if self.rest is not None:
+            out, rest = self.rest(out, rest)
+        return self.model.output(out), (first, rest)
+
+
 @torch.inference_mode()
 def evaluate_ids(model: CharRNN, ids: np.ndarray, *, segment: int = 4096, batch_size: int = 64,
                  chunk: int = 256, precision: str = "auto", per_char: bool = False) -> EvalResult:
@@ -53,6 +97,7 @@ def evaluate_ids(model: CharRNN, ids: np.ndarray, *, segment: int = 4096, batch_
     was_training = model.training
     model.eval()
     device = model.head.weight.device
+    score = _Scorer(model)
     n_seg = math.ceil(n / segment)
     cols = np.arange(segment + 1, dtype=np.int64)
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -73,7 +118,7 @@ def evaluate_ids(model: CharRNN, ids: np.ndarray, *, segment: int = 4096, batch_
                 if not bool((yc >= 0).any()):
                     break
                 with autocast(device, precision):
-                    logits, hidden = model(x[:, c0:c0 + chunk], hidden)  # (B, t, V)
+                    logits, hidden = score(x[:, c0:c0 + chunk], hidden)  # (B, t, V)
                 nll = lm_loss(logits, yc, reduction="none").view(yc.shape)  # (B, t); 0 where ignored
                 total += nll.sum(dtype=torch.float64)
                 if per_char:

@@ -85,6 +85,9 @@ class FastStepper:
                     self.w.append(stacked.to(wdtype).contiguous())
                 if layer == 0:  # (V, G*H): the embedding through layer 0's input weights, plus its bias
                     self.table = torch.addmm(self.b[0], model.embed.weight.float(), w_ih)
+            if self.low:  # biases of the matmuls (the table keeps its fp32 bias)
+                self.b = [b.to(wdtype) for b in self.b]
+                self.b_hh = [None if b is None else b.to(wdtype) for b in self.b_hh]
             self.ln = None
             if cfg.layer_norm:
                 self.ln = (model.ln.normalized_shape, model.ln.weight.float(), model.ln.bias.float(), model.ln.eps)
@@ -97,6 +100,8 @@ class FastStepper:
         self.gh = [torch.empty(B, G * H, device=device) for _ in range(L)] if self.kind == "gru" else []
         self.acc = torch.empty(B, G * H, device=device, dtype=wdtype) if self.low else None  # bf16 products
         self.tmp = torch.empty(B, H, device=device)
+        # 0-dim constants: a Python number is wrapped into a tensor and cast on every op that takes it
+        self.one, self.two = torch.tensor(1.0, device=device), torch.tensor(2.0, device=device)
         self.logits = torch.empty(B, len(self.b_out), device=device)
         # Views, made once: slicing costs about as much as a small op.
         self.h = [self.hs[:, i * H:(i + 1) * H] for i in range(L)]
@@ -128,15 +133,16 @@ class FastStepper:
             else:
                 torch.addmm(bias, x, w, out=out)
             return
-        torch.mm(x, w, out=self.acc)
         if bias is None:
+            torch.mm(x, w, out=self.acc)
             out.add_(self.acc)
         else:
-            torch.add(bias, self.acc, out=out)
+            torch.addmm(bias, x, w, out=self.acc)
+            out.copy_(self.acc)
 
     def _tanh_(self, x: torch.Tensor) -> torch.Tensor:
         """tanh in place of a pre-activation whose weights were scaled as `sig_tanh` says."""
-        return x.sigmoid_().mul_(2.0).sub_(1.0) if self.sig_tanh else x.tanh_()
+        return x.sigmoid_().mul_(self.two).sub_(self.one) if self.sig_tanh else x.tanh_()
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B,) -> scaled logits (B, V), a view of a buffer the next step overwrites."""
@@ -163,13 +169,13 @@ class FastStepper:
                     i, f, o, g, _, ifo = self.gate_views[layer]
                     if self.sig_tanh:  # one sigmoid for all four gates, g's turned into its tanh
                         gates.sigmoid_()
-                        g.mul_(2.0).sub_(1.0)
+                        g.mul_(self.two).sub_(self.one)
                     else:
                         ifo.sigmoid_()
                         g.tanh_()
                     c = self.c[layer].mul_(f).addcmul_(i, g)
                     if self.sig_tanh:
-                        torch.mul(c, 2.0, out=tmp).sigmoid_().mul_(2.0).sub_(1.0)
+                        torch.mul(c, self.two, out=tmp).sigmoid_().mul_(self.two).sub_(self.one)
                     else:
                         torch.tanh(c, out=tmp)
                     torch.mul(o, tmp, out=h)

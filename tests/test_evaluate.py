@@ -3,10 +3,11 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from charnn.config import ModelConfig
-from charnn.evaluate import evaluate_ids
+from charnn.evaluate import _Scorer, evaluate_ids
 from charnn.model import CharRNN
 
 
@@ -45,3 +46,32 @@ def test_per_char_losses_match_a_direct_forward():
         expected.append(torch.nn.functional.cross_entropy(logits[0], y, reduction="none"))
     assert np.allclose(res.per_char, torch.cat(expected).detach().numpy(), atol=1e-5)
     assert math.isclose(res.per_char.mean(), res.loss, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_scoring_with_the_embedding_folded_in_matches_the_model(kind, layers):
+    """Vocabulary narrower than the embedding: the scorer folds the embedding into layer 0 (one-hot inputs);
+    its logits and carried state must be the model's own."""
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(model=kind, layers=layers, hidden=24, embed=32, layer_norm=True), 9).eval()
+    scorer = _Scorer(model)
+    assert scorer.split
+    x = torch.randint(9, (3, 50))
+    with torch.no_grad():
+        want1, hidden = model(x[:, :20])
+        want2, _ = model(x[:, 20:], hidden)
+        got1, state = scorer(x[:, :20], None)
+        got2, _ = scorer(x[:, 20:], state)
+    torch.testing.assert_close(got1, want1, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got2, want2, atol=1e-5, rtol=1e-5)
+    ids = np.random.default_rng(0).integers(0, 9, 3000)
+    wide = evaluate_ids(model, ids, segment=700, batch_size=2)
+    assert not _Scorer(CharRNN(ModelConfig(model=kind, layers=layers, hidden=24, embed=8), 9)).split
+    with torch.no_grad():  # the plain forward pass, summed by hand over the same segments
+        total = 0.0
+        for s0 in range(0, len(ids) - 1, 700):
+            seg = torch.as_tensor(ids[s0:s0 + 701])[None]
+            logits, _ = model(seg[:, :-1])
+            total += torch.nn.functional.cross_entropy(logits[0], seg[0, 1:], reduction="sum").item()
+    assert wide.total_nats == pytest.approx(total, rel=1e-6)
