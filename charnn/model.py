@@ -76,13 +76,14 @@ class CharRNN(nn.Module):
             nn.init.uniform_(self.embed.weight, -bound, bound)
         else:
             nn.init.normal_(self.embed.weight, std=1.0)
-            nn.init.uniform_(self.head.weight, -bound, bound)
         for name, p in self.rnn.named_parameters():
             nn.init.uniform_(p, -bound, bound)
             if self.cfg.model == "lstm" and name.startswith("bias_ih"):
                 # Forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015): remember by default.
                 with torch.no_grad():
                     p[self.cfg.hidden:2 * self.cfg.hidden].fill_(1.0)
+        if not self.cfg.tie_weights:  # drawn after the recurrent weights: a seed gives the weights it always gave
+            nn.init.uniform_(self.head.weight, -bound, bound)
         if self.cfg.layer_norm:
             self.ln.reset_parameters()  # gain 1, bias 0
         nn.init.zeros_(self.head.bias)
