@@ -619,7 +619,8 @@ def test_sigint_then_resume_equals_uninterrupted(straight_run: Path, tmp_path: P
     corpus = corpus_of(straight_run)
     run = tmp_path / "interrupted"
     args = [PYTHON, "-m", "charnn", "train", str(corpus), "--out", str(run), "--model", "lstm", "--layers", "2",
-            "--hidden", "16", "--embed", "8", "--dropout", "0.2", "--batch-size", "4", "--seq-len", "16",
+            "--hidden", "16", "--embed", "8", "--dropout", "0.2", "--no-layer-norm", "--weight-decay", "0",
+            "--batch-size", "4", "--seq-len", "16",
             "--lr", "0.01", "--min-lr", "0.01", "--warmup-iters", "0", "--eval-every", "100",
             "--sample-length", "0", "--log-every", "1", "--seed", "7", "--threads", "1", "--device", "cpu",
             "--quiet"]
