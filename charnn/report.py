@@ -470,8 +470,11 @@ def build_report(run_dir: str | os.PathLike, *, text: str | os.PathLike | None =
         })
     title = f"charnn report · {run_dir.name}"
     m = loaded.model_cfg
-    summary = (f"{m.model.upper()}, {m.layers} layer(s) × {m.hidden} units, embedding {m.embed}; "
-               f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    extras = [name for name, on in (("layer norm", m.layer_norm), ("tied embedding", m.tie_weights),
+                                     (f"dropout {m.dropout:g}", m.dropout > 0),
+                                     (f"locked dropout {m.locked_dropout:g}", m.locked_dropout > 0)) if on]
+    summary = (f"{m.model.upper()}, {m.layers} layer(s) × {m.hidden} units, embedding {m.embed}"
+               f"{''.join(', ' + e for e in extras)}; generated {time.strftime('%Y-%m-%d %H:%M:%S')}")
     final = _table(_final_metrics(train, evals, loaded, analysis and analysis["surprise"], passage))
     clips = [r["clip_frac"] for r in train if _is_number(r.get("clip_frac"))]
     clip_rate = sum(clips) / len(clips) if clips else 0.0

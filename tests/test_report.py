@@ -148,13 +148,14 @@ def test_report_for_gru_and_byte_level_rnn_runs(tiny_corpus, tmp_path, kind, byt
     from charnn.train import train
 
     run = tmp_path / "run"
-    train(tiny_corpus, model_cfg=ModelConfig(model=kind, layers=2, hidden=16, embed=8),
+    train(tiny_corpus, model_cfg=ModelConfig(model=kind, layers=2, hidden=16, embed=8, layer_norm=bytes_mode),
           train_cfg=TrainConfig(batch_size=4, seq_len=16, max_iters=6, eval_every=3, sample_every=3,
                                 sample_length=10, device="cpu"),
           data_cfg=DataConfig(bytes_mode=bytes_mode), out_dir=run)
     page = write_report(run, max_chars=400).read_text(encoding="utf-8")
     assert 'id="neuron-text"' in page and page.count('<li><div class="meta">') == 2
     assert ("no gates (plain RNN)" in page) == (kind == "rnn") and ("reset gate" in page) == (kind == "gru")
+    assert ("embedding 8, layer norm;" in page) == bytes_mode  # the options are named in the summary line
 
 
 def test_page_json_cannot_close_its_script_block():
