@@ -167,6 +167,7 @@ def train_cmd(
                              ] = None,
     log_every: Annotated[Optional[int], typer.Option(help=_hd(TrainConfig, "log_every"))] = None,
     keep_last: Annotated[Optional[int], typer.Option(help=_hd(TrainConfig, "keep_last"))] = None,
+    patience: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "patience", " (default: off)"))] = None,
     device: Annotated[Optional[str], typer.Option(help=_hd(TrainConfig, "device"))] = None,
     precision: Annotated[Optional[Precision], typer.Option(help=_h(TrainConfig, "precision"))] = None,
     threads: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "threads"))] = None,
@@ -199,7 +200,8 @@ def train_cmd(
     train_over = dict(batch_size=batch_size, seq_len=seq_len, lr=lr, min_lr=min_lr, warmup_iters=warmup_iters,
                       weight_decay=weight_decay, grad_clip=grad_clip, max_iters=max_iters, epochs=epochs,
                       time_budget=time_budget, seed=seed, eval_every=eval_every, sample_every=sample_every,
-                      sample_length=sample_length, log_every=log_every, keep_last=keep_last, device=device,
+                      sample_length=sample_length, log_every=log_every, keep_last=keep_last, patience=patience,
+                      device=device,
                       precision=precision.value if precision else None, threads=threads)
     data_over = dict(val_frac=val_frac, test_frac=test_frac, encoding=encoding, errors=errors,
                      keep_newlines=keep_newlines, bytes_mode=bytes_mode)

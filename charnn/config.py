@@ -159,6 +159,8 @@ class TrainConfig:
     sample_temperature: float = opt(0.8, "Temperature of training samples.", min=0.01, max=100.0)
     log_every: int = opt(10, "Steps between metrics.jsonl lines and progress updates.", min=1)
     keep_last: int = opt(2, "Checkpoints kept besides the best one.", min=1, max=1000)
+    patience: int | None = opt(None, "Early stopping: stop once this many evaluations in a row bring no new best "
+                                     "validation loss (the best checkpoint is kept).", min=1)
     device: str = opt("auto", "auto, cpu, cuda or cuda:N.")
     precision: str = opt("auto", "auto: bf16 autocast on CUDA, and for training on CPUs with native bf16; "
                          "fp32 or bf16.", choices=PRECISIONS)

@@ -70,3 +70,5 @@ class TrainDisplay:
             self._write(f"{rule} sample at iteration {p.step} {rule}\n{p.text}\n{'-' * 60}")
         elif p.kind == "warning":
             self._write(f"warning: step {p.step}: {p.text}")
+        elif p.kind == "stop":
+            self._write(f"step {p.step}: {p.text}")

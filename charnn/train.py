@@ -77,7 +77,7 @@ DEMO_SAMPLE_STEPS = (100, 300, 700)  # then every 1000: the char-rnn demo's "ite
 class Progress:
     """One event of a training run, for the caller to display or record."""
 
-    kind: str  # start | log | eval | sample | checkpoint | warning | end
+    kind: str  # start | log | eval | sample | checkpoint | warning | stop | end
     step: int
     total_steps: int | None
     elapsed: float
@@ -98,6 +98,7 @@ class TrainResult:
     final_val_loss: float | None
     best_val_loss: float | None
     latest: Path | None
+    stopped_early: bool = False  # --patience ended the run before its stopping rule
 
 
 def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -222,6 +223,7 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
     model = CharRNN(model_cfg, len(vocab)).to(device)
     optimizer = make_optimizer(model, cfg, device)
     step, elapsed_before, best_val, hidden = 0, 0.0, math.inf, None
+    stale = 0  # evaluations since the last new best validation loss (early stopping)
     if resume:
         if not run_dir.is_dir():
             raise CheckpointError(f"{run_dir}: no such run directory to resume")
@@ -234,6 +236,7 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
         _apply_lr(optimizer, cfg.lr)  # the new peak lr may differ; the schedule sets each step's value
         step, elapsed_before = int(state["step"]), float(state["elapsed"])
         best_val = float(state.get("best_val", math.inf))
+        stale = int(state.get("evals_since_best", 0))
         hidden = state.get("hidden")
         if hidden is not None:
             # fp32 on disk and here: a resume may change --precision or the device (bf16 -> fp32 is exact)
@@ -271,9 +274,10 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
     t_start = time.perf_counter() - elapsed_before
     elapsed = lambda: time.perf_counter() - t_start  # noqa: E731
     state_cb = lambda: _training_state(step, elapsed(), best_val, optimizer,  # noqa: E731
-                                       _gather_hidden(hidden, dist_info), cfg)
+                                       _gather_hidden(hidden, dist_info), cfg, stale)
     last_val: float | None = None
     latest: Path | None = None
+    stopped_early = False
     saved_step: int | None = None
 
     def checkpoint(val: float | None) -> Path | None:
@@ -292,13 +296,15 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
         return path
 
     def evaluate_and_save() -> None:
-        nonlocal best_val, last_val, latest
+        nonlocal best_val, last_val, latest, stale
         val = None
         if len(val_ids) >= 2 and dist_info.is_main:
             res = evaluate_ids(model, val_ids, segment=cfg.eval_segment, precision=cfg.precision)
             val = res.loss
             if math.isfinite(val) and val < best_val:
-                best_val = val
+                best_val, stale = val, 0
+            else:
+                stale += 1
             log({"kind": "eval", "step": step, "elapsed": round(elapsed(), 3), "val_loss": val,
                  "val_bpc": res.bpc, "val_chars": res.chars})
             report(Progress("eval", step, total_steps, elapsed(), cfg.time_budget, val_loss=val))
@@ -414,6 +420,14 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
                 window_steps, window_t = 0, time.perf_counter()
             if step % cfg.eval_every == 0:
                 evaluate_and_save()
+                # every rank stops together: only the main rank evaluates
+                if cfg.patience and all_max(dist_info, int(stale >= cfg.patience)):
+                    stopped_early = True
+                    msg = (f"early stop: no new best validation loss in {cfg.patience} evaluations "
+                           f"(best {best_val:.4f} nats/char)")
+                    log({"kind": "stop", "step": step, "elapsed": round(elapsed(), 3), "reason": msg})
+                    report(Progress("stop", step, total_steps, elapsed(), cfg.time_budget, text=msg))
+                    break
             if cfg.sample_length and is_sample_step(cfg, step) and dist_info.is_main:
                 draw_sample()
         if saved_step != step:
@@ -424,7 +438,8 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
         metrics.close()
         samples.close()
     report(Progress("end", step, total_steps, elapsed(), cfg.time_budget, val_loss=last_val, text=str(latest)))
-    return TrainResult(run_dir, step, elapsed(), last_val, best_val if math.isfinite(best_val) else None, latest)
+    return TrainResult(run_dir, step, elapsed(), last_val, best_val if math.isfinite(best_val) else None, latest,
+                       stopped_early)
 
 
 def _total_steps(cfg: TrainConfig, batcher: StreamBatcher) -> int | None:
@@ -449,14 +464,14 @@ def _zero_if(hidden, flag: torch.Tensor):
 
 
 def _training_state(step: int, elapsed: float, best_val: float, optimizer: torch.optim.Optimizer, hidden,
-                    cfg: TrainConfig) -> dict[str, Any]:
+                    cfg: TrainConfig, evals_since_best: int = 0) -> dict[str, Any]:
     """Everything besides the weights that an exact resume needs: tensors and primitives only."""
     if isinstance(hidden, tuple):
         hidden = [h.detach().float().cpu() for h in hidden]
     elif hidden is not None:
         hidden = hidden.detach().float().cpu()
     return {"step": step, "elapsed": elapsed, "best_val": best_val, "optimizer": optimizer.state_dict(),
-            "rng": rng_state(), "hidden": hidden, "train_config": to_dict(cfg)}
+            "rng": rng_state(), "hidden": hidden, "train_config": to_dict(cfg), "evals_since_best": evals_since_best}
 
 
 def _check_same_run(loaded: LoadedModel, model_cfg: ModelConfig, vocab, corpus_sha256: str) -> None:

@@ -118,3 +118,34 @@ def test_resume_of_a_run_whose_config_predates_the_model_options(tmp_path):
     model_cfg, _, _, _ = resume_configs(tmp_path, model_overrides={"layer_norm": False, "tie_weights": None},
                                         train_overrides={}, data_overrides={})
     assert (model_cfg.tie_weights, model_cfg.layer_norm, model_cfg.locked_dropout) == (False, False, 0.0)
+
+
+def test_patience_stops_when_validation_stops_improving(tmp_path):
+    """Train on one repeated pattern, validate on another: validation gets worse as training succeeds, so
+    --patience 2 stops the run two evaluations after the best, long before max_iters; the best is kept."""
+    import random
+
+    rng = random.Random(0)
+    corpus = tmp_path / "shift.txt"
+    tail = "".join(rng.choice("abcdefgh") for _ in range(2000))
+    corpus.write_text("abcdefgh" * 2250 + tail)  # nanoGPT's split: the random tail is the validation text
+    cfg = TrainConfig(batch_size=8, seq_len=16, lr=1e-2, warmup_iters=0, max_iters=400, eval_every=10,
+                      sample_length=0, device="cpu", seed=0, patience=2)
+    result = train(corpus, model_cfg=ModelConfig(layers=1, hidden=32, embed=8), train_cfg=cfg,
+                   out_dir=tmp_path / "run")
+    assert result.stopped_early and result.steps < 400
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["val_loss"] for r in rows if r["kind"] == "eval"]
+    best = evals.index(min(evals))
+    assert len(evals) == best + 1 + 2  # stopped at the second evaluation without a new best
+    assert [r["kind"] for r in rows][-1] == "stop" and rows[-1]["step"] == result.steps
+    assert load_run(tmp_path / "run").val_loss == min(evals)  # `best` is still the best one
+    state = torch.load(list_checkpoints(tmp_path / "run")[-1].with_suffix(".state.pt"), weights_only=True)
+    assert state["evals_since_best"] == 2  # carried into a resume
+
+
+def test_patience_off_by_default_runs_to_max_iters(tiny_corpus, tmp_path):
+    model, cfg, data = tiny_configs()
+    assert cfg.patience is None
+    result = train(tiny_corpus, model_cfg=model, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "run")
+    assert not result.stopped_early and result.steps == cfg.max_iters
