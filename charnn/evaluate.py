@@ -64,7 +64,9 @@ class _Scorer:
         rnn, device = model.rnn, model.head.weight.device
         extra = {"nonlinearity": rnn.nonlinearity} if cfg.model == "rnn" else {}
         make = type(rnn)
-        with torch.no_grad():
+        # fork_rng: building the modules draws initial weights (overwritten below) from the global CPU RNG,
+        # which must not move: training's dropout masks would then depend on when it evaluates.
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             self.first = make(V, cfg.hidden, 1, batch_first=True, **extra).to(device).eval()
             self.first.weight_ih_l0.copy_(rnn.weight_ih_l0 @ model.embed.weight.t())  # (G*H, V)
             for name in ("weight_hh", "bias_ih", "bias_hh"):

@@ -34,14 +34,16 @@ class FastStepper:
     tensor ops and how well each one runs, so everything that can be is hoisted out of the step (issue 4):
     - layer 0's input projection is a (V, G*H) table indexed by the previous symbol (embedding @ W_ih + b);
     - an LSTM/RNN layer above the first does one addmm on [h_below, h] against the stacked [W_ih; W_hh];
-    - for a batch of 16 or more streams, tanh is computed as 2 sigmoid(2x) - 1, with the factor 2 folded into
-      the weights where x is a matmul: the CPU's tanh kernel is five times slower than its sigmoid, so an LSTM
-      layer costs one sigmoid over all four gates and one more for tanh(c) (a few extra small ops, which cost
-      more than they save for small batches);
+    - from batch x hidden >= 4096 (16 streams of 256 units), tanh is computed as 2 sigmoid(2x) - 1, the 2
+      folded into the weights where x is a matmul: the CPU's tanh kernel is five times slower than its
+      sigmoid, so an LSTM layer costs one sigmoid over all four gates and one more for tanh(c) (a few extra
+      small ops, which cost more than they save for small batches);
     - the head is pre-scaled by 1/temperature, and every result goes into a buffer allocated once (`out=`).
-    `precision="bf16"` keeps the matmul weights (and a copy of the hidden states) in bf16, accumulating in
-    fp32 and keeping the cell state, gates and head in fp32: about twice the matmul throughput on a GPU or a
-    CPU with bf16 instructions, at the cost of a slightly different text than the fp32 paths.
+    `precision="bf16"` keeps the matmul weights (and a copy of the hidden states) in bf16; each matmul
+    accumulates in fp32 but its result (with the bias of an upper layer or a GRU's hidden projection) is
+    rounded to bf16, and the cell state, the gates' nonlinearities and the head stay in fp32: about twice the
+    matmul throughput on a GPU or a CPU with bf16 instructions, at the cost of a slightly different text than
+    the fp32 paths.
     The hidden states of all layers live side by side in one (B, L*H) buffer, so layer l's [h_below, h] is a
     plain view of it. `step` returns a view of the logits buffer, overwritten by the next step.
     """
@@ -123,6 +125,17 @@ class FastStepper:
                 self.c[i].copy_(hidden[1][i])
         if self.low:
             self.hs_low.copy_(self.hs)
+
+    def save_state(self) -> list[torch.Tensor]:
+        """A copy of everything `step` reads and writes from one step to the next (for `restore_state`)."""
+        return [t.clone() for t in self._state()]
+
+    def restore_state(self, saved: list[torch.Tensor]) -> None:
+        for t, s in zip(self._state(), saved, strict=True):
+            t.copy_(s)
+
+    def _state(self) -> list[torch.Tensor]:  # the hidden states, the LSTM cells, and the bf16 copy of the states
+        return [self.hs, *self.c] + ([self.hs_low] if self.low else [])
 
     def _matmul(self, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None) -> None:
         """out = bias + x @ w, or out += x @ w when bias is None. In bf16 the product is rounded to bf16 and
@@ -333,7 +346,7 @@ class _GraphStep:
         self.uniform = torch.zeros(B, 1, device=device)
         self.ids_out = torch.zeros(B, 1, dtype=torch.long, device=device)
         self.bad = torch.zeros((), dtype=torch.bool, device=device)
-        saved = [t.clone() for t in stepper.h + stepper.c]
+        saved = stepper.save_state()
         self.graph = torch.cuda.CUDAGraph()
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -343,8 +356,7 @@ class _GraphStep:
         torch.cuda.current_stream(device).wait_stream(stream)
         with torch.cuda.graph(self.graph):
             self._body(stepper, cfg)
-        for t, s in zip(stepper.h + stepper.c, saved, strict=True):  # warm-up and capture stepped: undo
-            t.copy_(s)
+        stepper.restore_state(saved)  # warm-up and capture stepped: undo
         self.bad.zero_()
 
     def _body(self, stepper: FastStepper, cfg: SampleConfig) -> None:

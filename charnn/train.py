@@ -211,6 +211,8 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
     _check_same_corpus(data, dist_info)
     train_ids, val_ids, _ = data.split()
     vocab = data.vocab
+    if cfg.patience is not None and data.data.val_frac == 0:
+        raise ConfigError("--patience needs a validation split to watch (--val-frac > 0)")
     if data.data.val_frac > 0 and len(val_ids) < 2:
         raise DataError(f"{data.path}: validation split has {len(val_ids)} characters; need at least 2 "
                         f"(raise --val-frac or use more text)")

@@ -40,7 +40,8 @@ def test_benchmark_help(script):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
-def test_cuda_graph_sampling_gives_the_eager_fast_path_text(kind, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_sampling_gives_the_eager_fast_path_text(kind, precision, monkeypatch):
     from charnn import sample
     from charnn.config import ModelConfig, SampleConfig
     from charnn.data import Vocab
@@ -49,8 +50,9 @@ def test_cuda_graph_sampling_gives_the_eager_fast_path_text(kind, monkeypatch):
     vocab = Vocab(tuple(map(ord, "\n abcdefgh")))
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(model=kind, layers=2, hidden=16, embed=8), len(vocab)).cuda()
-    for cfg in (SampleConfig(length=300, seed=3, temperature=1.0, prime="abc", num_samples=3),
-                SampleConfig(length=50, seed=1, top_k=3), SampleConfig(length=50, greedy=True)):
+    for cfg in (SampleConfig(length=300, seed=3, temperature=1.0, prime="abc", num_samples=3, precision=precision),
+                SampleConfig(length=50, seed=1, top_k=3, precision=precision),
+                SampleConfig(length=50, greedy=True, precision=precision)):
         graphed = sample.sample_text(model, vocab, cfg)
         monkeypatch.setattr(sample, "USE_CUDA_GRAPHS", False)
         assert graphed == sample.sample_text(model, vocab, cfg)

@@ -95,6 +95,7 @@ def one_error_line(res, code=2):
     (["train", "CORPUS", "--model", "transformer"], "--model"),
     (["train", "CORPUS", "--dropout", "2"], "--dropout"),
     (["train", "CORPUS", "--patience", "0"], "--patience must be at least 1"),
+    (["train", "CORPUS", "--patience", "2", "--val-frac", "0"], "--patience needs a validation split"),
     (["train", "CORPUS", "--locked-dropout", "0.95"], "--locked-dropout must be at most 0.9"),
     (["train", "CORPUS", "--tie-weights", "--embed", "8", "--hidden", "16"],
      "--tie-weights needs --embed equal to --hidden (--embed 8, --hidden 16)"),

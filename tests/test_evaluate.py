@@ -75,3 +75,13 @@ def test_scoring_with_the_embedding_folded_in_matches_the_model(kind, layers):
             logits, _ = model(seg[:, :-1])
             total += torch.nn.functional.cross_entropy(logits[0], seg[0, 1:], reduction="sum").item()
     assert wide.total_nats == pytest.approx(total, rel=1e-6)
+
+
+def test_scoring_leaves_the_global_rng_alone():
+    torch.manual_seed(1)
+    want = torch.rand(3)
+    torch.manual_seed(1)
+    model = CharRNN(ModelConfig(hidden=8, embed=16), 5)  # vocabulary narrower than the embedding: _Scorer
+    torch.manual_seed(1)
+    evaluate_ids(model, np.arange(200) % 5, segment=50)
+    assert torch.equal(torch.rand(3), want)

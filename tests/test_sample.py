@@ -132,3 +132,25 @@ def test_fast_path_follows_layer_norm_and_tied_weights(kind):
         model.ln.bias.uniform_(-1.0, 1.0)
     cfg = SampleConfig(length=300, seed=3, temperature=1.0, prime="abc", num_samples=3)
     assert sample_text(model, VOCAB, cfg, path="fast") == sample_text(model, VOCAB, cfg, path="module")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_stepper_restore_state_undoes_steps(kind, precision):
+    """What the CUDA graph path relies on after its warm-up and capture steps: restoring a saved state
+    makes the next steps exactly those of a stepper that never took them (bf16's state copy included)."""
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(model=kind, layers=2, hidden=32, embed=8), len(VOCAB)).eval()
+    ids = torch.randint(len(VOCAB), (6, 20))
+    with torch.no_grad():
+        _, hidden = model(ids[:, :10])
+        fresh = FastStepper(model, batch_size=6, precision=precision)
+        fresh.load(hidden)
+        used = FastStepper(model, batch_size=6, precision=precision)
+        used.load(hidden)
+        saved = used.save_state()
+        for t in range(3):
+            used.step(ids[:, t])
+        used.restore_state(saved)
+        for t in range(10, 20):
+            assert torch.equal(used.step(ids[:, t]), fresh.step(ids[:, t]))
