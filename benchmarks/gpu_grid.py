@@ -20,21 +20,15 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
+
+from baseline import SYNTHETIC_LINE, bare_loop, synthetic_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 GRID = [(layers, hidden, 50, 50) for layers in (1, 2, 3) for hidden in (128, 256, 512)] + [(3, 1024, 128, 256)]
 QUICK = [(1, 16, 4, 8), (2, 16, 4, 8)]
-
-
-def sync(device):
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def reset_peak(device):
@@ -51,41 +45,6 @@ def peak_mb(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def bare_loop(layers, hidden, batch, seq, *, embed, device, steps, warmup=3) -> float:
-    """chars/s of the bare training step on resident random data."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    V = 65
-    emb = nn.Embedding(V, embed).to(device)
-    lstm = nn.LSTM(embed, hidden, layers, batch_first=True).to(device)
-    head = nn.Linear(hidden, V).to(device)
-    params = [*emb.parameters(), *lstm.parameters(), *head.parameters()]
-    opt = torch.optim.AdamW(params, lr=2e-3, fused=device.type == "cuda")
-    x = torch.randint(V, (batch, seq), device=device)
-    y = torch.randint(V, (batch, seq), device=device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with amp:
-            out, _ = lstm(emb(x))
-            loss = F.cross_entropy(head(out).reshape(-1, V).float(), y.reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-
-    for _ in range(warmup):
-        step()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return batch * seq * steps / (time.perf_counter() - t0)
-
-
 def charnn_loop(layers, hidden, batch, seq, *, embed, device, steps, workdir: Path) -> float:
     """chars/s of charnn.train's own loop, from its metrics (first window dropped)."""
     from charnn.config import ModelConfig, TrainConfig
@@ -93,8 +52,7 @@ def charnn_loop(layers, hidden, batch, seq, *, embed, device, steps, workdir: Pa
 
     corpus = workdir / "corpus.txt"
     if not corpus.exists():
-        line = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n\n"
-        corpus.write_text(line * 40000, encoding="utf-8")
+        synthetic_corpus(corpus, 40000 * len(SYNTHETIC_LINE))
     log_every = max(steps // 5, 1)
     out = workdir / f"run-{layers}x{hidden}-{batch}x{seq}-{time.time_ns()}"
     train(corpus, model_cfg=ModelConfig(layers=layers, hidden=hidden, embed=embed),
@@ -125,7 +83,8 @@ def main() -> None:
     rows = []
     for layers, hidden, batch, seq in grid:
         reset_peak(device)
-        bare = bare_loop(layers, hidden, batch, seq, embed=args.embed, device=device, steps=steps)
+        bare = bare_loop(layers, hidden, args.embed, batch, seq, steps=steps, warmup=3, device=device,
+                         bf16=device.type == "cuda", optimizer="adamw")
         bare_mem = peak_mb(device)
         reset_peak(device)
         ours = charnn_loop(layers, hidden, batch, seq, embed=args.embed, device=device, steps=steps,

@@ -30,49 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from baseline import bare_loop, synthetic_corpus
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = REPO / "data" / "tinyshakespeare.txt"
-
-
-def synthetic_corpus(path: Path, chars: int) -> Path:
-    line = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n\n"
-    path.write_text((line * (chars // len(line) + 1))[:chars], encoding="utf-8")
-    return path
-
-
-def bare_loop(args, steps: int, warmup: int = 2, bf16: bool = False) -> float:
-    """chars/s of forward + backward + clip + Adam on resident random data (raw_lstm_ceiling's full_adam),
-    with the forward under bf16 autocast when `bf16` (what charnn's `auto` precision does on such CPUs)."""
-    from contextlib import nullcontext
-
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    V, B, T = 65, args.batch, args.seq
-    emb = nn.Embedding(V, args.embed)
-    lstm = nn.LSTM(args.embed, args.hidden, args.layers, batch_first=True)
-    head = nn.Linear(args.hidden, V)
-    params = [*emb.parameters(), *lstm.parameters(), *head.parameters()]
-    opt = torch.optim.Adam(params, lr=2e-3)
-    x, y = torch.randint(V, (B, T)), torch.randint(V, (B, T))
-
-    def step():
-        for p in params:
-            p.grad = None
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-            out, _ = lstm(emb(x))
-            loss = F.cross_entropy(head(out).reshape(-1, V).float(), y.reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-
-    for _ in range(warmup):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return B * T * steps / (time.perf_counter() - t0)
 
 
 def charnn_run(args, corpus: Path, out_dir: Path, steps: int, precision: str = "fp32") -> dict:
@@ -206,11 +167,13 @@ def main() -> None:
         rounds = []
         for r in range(args.rounds):
             run = charnn_run(args, corpus, tmp / f"run{r}", args.steps, "fp32")
-            bare = bare_loop(args, max(args.steps - args.log_every, 1))
+            bare = bare_loop(args.layers, args.hidden, args.embed, args.batch, args.seq,
+                             steps=max(args.steps - args.log_every, 1), warmup=2)
             row = {**run, "bare": bare, "ratio": run["rate"] / bare}
             if bf16:  # charnn's default here: compare it with the bare loop in the same precision
                 auto = charnn_run(args, corpus, tmp / f"auto{r}", args.steps, "auto")
-                bare16 = bare_loop(args, max(args.steps - args.log_every, 1), bf16=True)
+                bare16 = bare_loop(args.layers, args.hidden, args.embed, args.batch, args.seq,
+                                   steps=max(args.steps - args.log_every, 1), warmup=2, bf16=True)
                 row.update(rate_auto=auto["rate"], bare_bf16=bare16, ratio_auto=auto["rate"] / bare16)
             rounds.append(row)
             print(f"round {r + 1}: fp32: charnn {run['rate']:,.0f} chars/s, bare loop {bare:,.0f} chars/s, "

@@ -167,7 +167,7 @@ def train_cmd(
                              ] = None,
     log_every: Annotated[Optional[int], typer.Option(help=_hd(TrainConfig, "log_every"))] = None,
     keep_last: Annotated[Optional[int], typer.Option(help=_hd(TrainConfig, "keep_last"))] = None,
-    patience: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "patience", " (default: off)"))] = None,
+    patience: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "patience", OFF))] = None,
     device: Annotated[Optional[str], typer.Option(help=_hd(TrainConfig, "device"))] = None,
     precision: Annotated[Optional[Precision], typer.Option(help=_h(TrainConfig, "precision"))] = None,
     threads: Annotated[Optional[int], typer.Option(help=_h(TrainConfig, "threads"))] = None,

@@ -54,7 +54,7 @@ class FastStepper:
             raise ConfigError(f"sampling precision must be fp32 or bf16, not {precision!r}")
         cfg = model.cfg
         self.kind, self.layers, self.batch_size = cfg.model, cfg.layers, batch_size
-        H = self.hidden_size = cfg.hidden
+        H = cfg.hidden
         G = GATES[cfg.model]
         B, L = batch_size, cfg.layers
         rnn, device = model.rnn, model.head.weight.device
