@@ -25,6 +25,37 @@ UNIFORM_BLOCK = 4096  # uniforms are drawn this many steps at a time, the same w
 USE_CUDA_GRAPHS = True  # the fast path replays one captured step on CUDA; tests turn it off to compare
 SMALL_STEP_WORK = 8 * 256  # batch x hidden up to which the CPU stepper uses one thread (measured, issue 4)
 SIGMOID_TANH_WORK = 16 * 256  # batch x hidden from which tanh is computed from a sigmoid (measured, issue 4)
+# The CPU stepper's matmuls use oneDNN's packed weights from PACK_MIN_WEIGHT weight entries (an LSTM of 256 units),
+# in fp32 only from PACK_MIN_ROWS streams (measured, issue 4: MKL's one-row fp32 path is as fast).
+PACK_MIN_WEIGHT, PACK_MIN_ROWS = 1 << 18, 4
+
+
+@dataclass(frozen=True)
+class _Weight:
+    """A step's matmul weight: (K, N) for addmm, and oneDNN's packed copy where that kernel is faster."""
+
+    t: torch.Tensor
+    packed: torch.Tensor | None
+
+
+def _pack(w: torch.Tensor, rows: int) -> _Weight:
+    """Pack the (K, N) weight `w` for `rows` input rows where it pays (CPU, oneDNN present).
+
+    addmm goes to MKL, which re-packs the whole weight on every call; for the few rows of a sampling step that
+    is most of its cost. oneDNN's linear on a weight packed once is 1.4-4x faster from 4 streams of 256 units in
+    fp32, and from one stream in bf16 (docs/benchmarks.md, issue 4); for one small fp32 stream addmm stays ahead.
+    These are private ops (the ones torch.compile's CPU backend calls): anything unexpected falls back to addmm.
+    """
+    few = w.dtype == torch.float32 and rows < PACK_MIN_ROWS
+    if few or w.numel() < PACK_MIN_WEIGHT or w.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return _Weight(w, None)
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), rows)
+        torch.ops.mkldnn._linear_pointwise(torch.zeros(rows, w.shape[0], dtype=w.dtype), packed, None, "none",
+                                           [], "")
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return _Weight(w, None)
+    return _Weight(w, packed)
 
 
 class FastStepper:
@@ -38,7 +69,9 @@ class FastStepper:
       folded into the weights where x is a matmul: the CPU's tanh kernel is five times slower than its
       sigmoid, so an LSTM layer costs one sigmoid over all four gates and one more for tanh(c) (a few extra
       small ops, which cost more than they save for small batches);
-    - the head is pre-scaled by 1/temperature, and every result goes into a buffer allocated once (`out=`).
+    - on the CPU, the weights of the recurrent matmuls are packed once for oneDNN (`_pack`);
+    - the head is pre-scaled by 1/temperature, and results go into buffers allocated once (`out=`), except
+      those of the packed kernel, which has no `out=`.
     `precision="bf16"` keeps the matmul weights (and a copy of the hidden states) in bf16; each matmul
     accumulates in fp32 but its result (with the bias of an upper layer or a GRU's hidden projection) is
     rounded to bf16, and the cell state, the gates' nonlinearities and the head stay in fp32: about twice the
@@ -79,12 +112,12 @@ class FastStepper:
                     # GRU keeps b_hh apart: its candidate gate multiplies (W_hn h + b_hn) by r.
                     self.b.append(b_ih.contiguous())
                     self.b_hh.append(b_hh.contiguous())
-                    self.w.append((w_ih.to(wdtype).contiguous(), w_hh.to(wdtype).contiguous()))
+                    self.w.append((_pack(w_ih.to(wdtype).contiguous(), B), _pack(w_hh.to(wdtype).contiguous(), B)))
                 else:
                     self.b.append((b_ih + b_hh).contiguous())
                     self.b_hh.append(None)
                     stacked = w_hh if layer == 0 else torch.cat([w_ih, w_hh])  # (H or 2H, G*H)
-                    self.w.append(stacked.to(wdtype).contiguous())
+                    self.w.append(_pack(stacked.to(wdtype).contiguous(), B))
                 if layer == 0:  # (V, G*H): the embedding through layer 0's input weights, plus its bias
                     self.table = torch.addmm(self.b[0], model.embed.weight.float(), w_ih)
             if self.low:  # biases of the matmuls (the table keeps its fp32 bias)
@@ -101,6 +134,7 @@ class FastStepper:
         self.gates = [torch.empty(B, G * H, device=device) for _ in range(L)]
         self.gh = [torch.empty(B, G * H, device=device) for _ in range(L)] if self.kind == "gru" else []
         self.acc = torch.empty(B, G * H, device=device, dtype=wdtype) if self.low else None  # bf16 products
+        self.wide = torch.empty(B, G * H, device=device) if self.low else None  # the same, back in fp32
         self.tmp = torch.empty(B, H, device=device)
         # 0-dim constants: a Python number is wrapped into a tensor and cast on every op that takes it
         self.one, self.two = torch.tensor(1.0, device=device), torch.tensor(2.0, device=device)
@@ -110,11 +144,17 @@ class FastStepper:
         self.h_low = [self.hs_low[:, i * H:(i + 1) * H] for i in range(L)]
         self.both_low = [self.hs_low[:, (i - 1) * H:(i + 1) * H] if i else None for i in range(L)]
 
-        def cut(g: torch.Tensor) -> tuple[torch.Tensor, ...]:  # each gate (B, H), the first two, the first three
-            return tuple(g[:, k * H:(k + 1) * H] for k in range(G)) + (g[:, :2 * H], g[:, :3 * H])
+        self.gate_views = [self._cut(g) for g in self.gates]
+        self.gh_views = [self._cut(g) for g in self.gh]
 
-        self.gate_views = [cut(g) for g in self.gates]
-        self.gh_views = [cut(g) for g in self.gh]
+    def _cut(self, g: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Views of gates (B, G*H): each gate (B, H), then the first two and the first three together."""
+        H = self.h[0].shape[1]
+        return tuple(g[:, k * H:(k + 1) * H] for k in range(GATES[self.kind])) + (g[:, :2 * H], g[:, :3 * H])
+
+    def _views(self, g: torch.Tensor, buffers: list[torch.Tensor], views: list[tuple[torch.Tensor, ...]],
+               layer: int) -> tuple[torch.Tensor, ...]:  # the views made once, unless g is a new tensor
+        return views[layer] if g is buffers[layer] else self._cut(g)
 
     def load(self, hidden: Hidden) -> None:
         """Copy a module-shaped hidden state ((L, B, H), or a pair for LSTM) into the stepper's buffers."""
@@ -137,21 +177,27 @@ class FastStepper:
     def _state(self) -> list[torch.Tensor]:  # the hidden states, the LSTM cells, and the bf16 copy of the states
         return [self.hs, *self.c] + ([self.hs_low] if self.low else [])
 
-    def _matmul(self, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """out = bias + x @ w, or out += x @ w when bias is None. In bf16 the product is rounded to bf16 and
-        added in fp32."""
+    def _matmul(self, x: torch.Tensor, w: _Weight, out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """bias + x @ w, or out + x @ w when bias is None: in `out`, or in a new tensor from the packed fp32
+        kernel. In bf16 the product (with the bias) is rounded to bf16 and added in fp32."""
+        if w.packed is not None:
+            linear = torch.ops.mkldnn._linear_pointwise
+            if not self.low:
+                if bias is None:
+                    return linear.binary(x, out, w.packed, None, "add")
+                return linear(x, w.packed, bias, "none", [], "")
+            product = linear(x, w.packed, bias, "none", [], "")  # bf16
+            # a copy, then an fp32 add: twice as fast as adding the bf16 tensor (which converts it into a new one)
+            return out.copy_(product) if bias is not None else out.add_(self.wide.copy_(product))
         if not self.low:
             if bias is None:
-                out.addmm_(x, w)
-            else:
-                torch.addmm(bias, x, w, out=out)
-            return
+                return out.addmm_(x, w.t)
+            return torch.addmm(bias, x, w.t, out=out)
         if bias is None:
-            torch.mm(x, w, out=self.acc)
-            out.add_(self.acc)
-        else:
-            torch.addmm(bias, x, w, out=self.acc)
-            out.copy_(self.acc)
+            torch.mm(x, w.t, out=self.acc)
+            return out.add_(self.acc)
+        torch.addmm(bias, x, w.t, out=self.acc)
+        return out.copy_(self.acc)
 
     def _tanh_(self, x: torch.Tensor) -> torch.Tensor:
         """tanh in place of a pre-activation whose weights were scaled as `sig_tanh` says."""
@@ -165,21 +211,21 @@ class FastStepper:
                 torch.index_select(self.table, 0, ids, out=gates)  # (B, G*H)
             if self.kind == "gru":
                 if layer:
-                    self._matmul(self.h_low[layer - 1], self.w[layer][0], gates, self.b[layer])
-                self._matmul(self.h_low[layer], self.w[layer][1], self.gh[layer], self.b_hh[layer])
-                r, z, n_in, rz, _ = self.gate_views[layer]
-                _, _, n_h, gh_rz, _ = self.gh_views[layer]
+                    gates = self._matmul(self.h_low[layer - 1], self.w[layer][0], gates, self.b[layer])
+                gh = self._matmul(self.h_low[layer], self.w[layer][1], self.gh[layer], self.b_hh[layer])
+                r, z, n_in, rz, _ = self._views(gates, self.gates, self.gate_views, layer)
+                _, _, n_h, gh_rz, _ = self._views(gh, self.gh, self.gh_views, layer)
                 rz.add_(gh_rz).sigmoid_()
                 n = self._tanh_(n_h.mul_(r).add_(n_in))  # tanh(gi_n + r gh_n)
                 torch.sub(h, n, out=tmp)
                 torch.addcmul(n, z, tmp, out=h)  # (1 - z) n + z h
             else:
                 if layer:
-                    self._matmul(self.both_low[layer], self.w[layer], gates, self.b[layer])
+                    gates = self._matmul(self.both_low[layer], self.w[layer], gates, self.b[layer])
                 else:
-                    self._matmul(self.h_low[0], self.w[0], gates, None)
+                    gates = self._matmul(self.h_low[0], self.w[0], gates, None)
                 if self.kind == "lstm":
-                    i, f, o, g, _, ifo = self.gate_views[layer]
+                    i, f, o, g, _, ifo = self._views(gates, self.gates, self.gate_views, layer)
                     if self.sig_tanh:  # one sigmoid for all four gates, g's turned into its tanh
                         gates.sigmoid_()
                         g.mul_(self.two).sub_(self.one)

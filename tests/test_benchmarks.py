@@ -17,6 +17,7 @@ FIELDS = {
                         "many_streams_bf16_chars_per_s",
                         "fast_and_module_same_text"},
     "eval_speed.py": {"charnn_chars_per_s", "bare_chars_per_s", "ratio", "cli_eval_seconds"},
+    "step_speed.py": {"rows", "median_ratio"},
 }
 
 

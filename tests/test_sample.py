@@ -29,8 +29,11 @@ def test_same_seed_same_text_and_different_seed_differs():
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("sigmoid_tanh", [False, True])
 def test_fast_and_module_paths_give_the_same_text(kind, sigmoid_tanh, monkeypatch):
-    # both ways the fast stepper computes tanh: the CPU kernel (small batches) and 2 sigmoid(2x) - 1 (large)
+    # both ways the fast stepper computes tanh: the CPU kernel (small batches) and 2 sigmoid(2x) - 1 (large),
+    # the first with plain addmm, the second with the matmul weights packed for oneDNN
     monkeypatch.setattr(sample, "SIGMOID_TANH_WORK", 0 if sigmoid_tanh else 10**9)
+    monkeypatch.setattr(sample, "PACK_MIN_WEIGHT", 0 if sigmoid_tanh else 10**12)
+    monkeypatch.setattr(sample, "PACK_MIN_ROWS", 0)
     model = model_of(kind)
     cfg = SampleConfig(length=300, seed=3, temperature=1.0, prime="abc", num_samples=3)
     assert sample_text(model, VOCAB, cfg, path="fast") == sample_text(model, VOCAB, cfg, path="module")
@@ -88,10 +91,17 @@ def test_a_zero_uniform_never_draws_a_filtered_symbol():
     assert _choose(logits.clone(), torch.full((1, 1), 0.999999), SampleConfig()).item() == 3
 
 
+PACKING = torch.backends.mkldnn.is_available()
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("batch", [1, 32])
-def test_fast_stepper_matches_the_module_step_by_step(kind, batch):
-    """The stepper's logits equal nn.LSTM/GRU/RNN's to fp32 rounding in fp32, and stay close in bf16."""
+@pytest.mark.parametrize("packed", [False, True])
+def test_fast_stepper_matches_the_module_step_by_step(kind, batch, packed, monkeypatch):
+    """The stepper's logits equal nn.LSTM/GRU/RNN's to fp32 rounding in fp32, and stay close in bf16, with
+    the matmul weights packed for oneDNN or not."""
+    monkeypatch.setattr(sample, "PACK_MIN_WEIGHT", 0 if packed else 10**12)
+    monkeypatch.setattr(sample, "PACK_MIN_ROWS", 0)
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(model=kind, layers=3, hidden=160, embed=24), len(VOCAB)).eval()
     ids = torch.randint(len(VOCAB), (batch, 40))
@@ -100,6 +110,8 @@ def test_fast_stepper_matches_the_module_step_by_step(kind, batch):
         for precision, tol in (("fp32", 1e-4), ("bf16", 0.1)):
             stepper = FastStepper(model, temperature=1.0, batch_size=batch, precision=precision)
             assert stepper.sig_tanh == (batch * 160 >= sample.SIGMOID_TANH_WORK)
+            weights = [w for layer in stepper.w for w in (layer if isinstance(layer, tuple) else (layer,))]
+            assert all((w.packed is not None) == (packed and PACKING) for w in weights)
             got = torch.stack([stepper.step(ids[:, t]).clone() for t in range(ids.shape[1])], dim=1)
             err = (got - want).abs().max().item()
             assert err < tol, (precision, err)
@@ -154,3 +166,17 @@ def test_stepper_restore_state_undoes_steps(kind, precision):
         used.restore_state(saved)
         for t in range(10, 20):
             assert torch.equal(used.step(ids[:, t]), fresh.step(ids[:, t]))
+
+
+def test_weights_are_packed_by_the_measured_rule():
+    """fp32: from PACK_MIN_ROWS streams and PACK_MIN_WEIGHT entries; bf16: from one stream; never what the
+    packed kernel cannot take (float64 here), which falls back to addmm."""
+    big = torch.randn(sample.PACK_MIN_WEIGHT // 1024, 1024)
+    small = torch.randn(sample.PACK_MIN_WEIGHT // 1024 - 1, 1024)
+    rows = sample.PACK_MIN_ROWS
+    assert sample._pack(big, rows).packed is not None or not PACKING
+    assert sample._pack(big, rows - 1).packed is None
+    assert sample._pack(big.bfloat16(), 1).packed is not None or not PACKING
+    assert sample._pack(small, rows).packed is None
+    assert sample._pack(big.double(), rows).packed is None
+    assert torch.equal(sample._pack(big, rows).t, big)
