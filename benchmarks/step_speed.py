@@ -8,7 +8,7 @@ per step, and the ratio is the median of the per-round ratios, so drifts of the 
 thread count is the one sampling uses (one thread up to 8 streams of 256 units). Two steppers of identical code
 differ by up to 20% here on one stream in fp32 (where they sit in memory), so read small ratios with that in mind.
 
-    python benchmarks/step_speed.py            # 2x256 and 2x512 LSTM, 1-64 streams, fp32 and bf16 (~1 min)
+    python benchmarks/step_speed.py            # 2x256 and 2x512 LSTM, 1-64 streams, fp32 and bf16 (~30 s)
     python benchmarks/step_speed.py --quick    # one small shape, a few rounds: checks that it runs
 """
 

@@ -42,12 +42,14 @@ def _pack(w: torch.Tensor, rows: int) -> _Weight:
     """Pack the (K, N) weight `w` for `rows` input rows where it pays (CPU, oneDNN present).
 
     addmm goes to MKL, which re-packs the whole weight on every call; for the few rows of a sampling step that
-    is most of its cost. oneDNN's linear on a weight packed once is 1.4-4x faster from 4 streams of 256 units in
-    fp32, and from one stream in bf16 (docs/benchmarks.md, issue 4); for one small fp32 stream addmm stays ahead.
+    is a large part of its cost. With oneDNN's linear on weights packed once, a step measured 1.1-2x faster in
+    fp32 from 8 streams and 1.35-2.6x for one bf16 stream (benchmarks/step_speed.py, docs/benchmarks.md, issue
+    4); for one fp32 stream MKL's own path is as fast.
     These are private ops (the ones torch.compile's CPU backend calls): anything unexpected falls back to addmm.
     """
     few = w.dtype == torch.float32 and rows < PACK_MIN_ROWS
-    if few or w.numel() < PACK_MIN_WEIGHT or w.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+    onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    if few or w.numel() < PACK_MIN_WEIGHT or w.device.type != "cpu" or not onednn:
         return _Weight(w, None)
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), rows)
@@ -205,6 +207,8 @@ class FastStepper:
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B,) -> scaled logits (B, V), a view of a buffer the next step overwrites."""
+        if ids.shape != (self.batch_size,):  # the packed kernel would not notice a wrong batch
+            raise ValueError(f"expected ids of shape ({self.batch_size},), got {tuple(ids.shape)}")
         for layer in range(self.layers):
             gates, h, tmp = self.gates[layer], self.h[layer], self.tmp
             if layer == 0:

@@ -13,6 +13,18 @@ from charnn.sample import FastStepper, sample_text
 VOCAB = Vocab(tuple(map(ord, "\n abcdefgh")))
 
 
+PACKING = torch.backends.mkldnn.is_available()
+
+
+def weights_of(stepper):
+    return [w for layer in stepper.w for w in (layer if isinstance(layer, tuple) else (layer,))]
+
+
+def pack_everything(monkeypatch):
+    monkeypatch.setattr(sample, "PACK_MIN_WEIGHT", 0)
+    monkeypatch.setattr(sample, "PACK_MIN_ROWS", 0)
+
+
 def model_of(kind="lstm", seed=0):
     torch.manual_seed(seed)
     return CharRNN(ModelConfig(model=kind, layers=2, hidden=16, embed=8), len(VOCAB))
@@ -37,6 +49,8 @@ def test_fast_and_module_paths_give_the_same_text(kind, sigmoid_tanh, monkeypatc
     model = model_of(kind)
     cfg = SampleConfig(length=300, seed=3, temperature=1.0, prime="abc", num_samples=3)
     assert sample_text(model, VOCAB, cfg, path="fast") == sample_text(model, VOCAB, cfg, path="module")
+    stepper = FastStepper(model, batch_size=3)
+    assert all((w.packed is not None) == (sigmoid_tanh and PACKING) for w in weights_of(stepper))
 
 
 def test_greedy_equals_top_k_1():
@@ -91,8 +105,6 @@ def test_a_zero_uniform_never_draws_a_filtered_symbol():
     assert _choose(logits.clone(), torch.full((1, 1), 0.999999), SampleConfig()).item() == 3
 
 
-PACKING = torch.backends.mkldnn.is_available()
-
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("batch", [1, 32])
@@ -110,8 +122,7 @@ def test_fast_stepper_matches_the_module_step_by_step(kind, batch, packed, monke
         for precision, tol in (("fp32", 1e-4), ("bf16", 0.1)):
             stepper = FastStepper(model, temperature=1.0, batch_size=batch, precision=precision)
             assert stepper.sig_tanh == (batch * 160 >= sample.SIGMOID_TANH_WORK)
-            weights = [w for layer in stepper.w for w in (layer if isinstance(layer, tuple) else (layer,))]
-            assert all((w.packed is not None) == (packed and PACKING) for w in weights)
+            assert all((w.packed is not None) == (packed and PACKING) for w in weights_of(stepper))
             got = torch.stack([stepper.step(ids[:, t]).clone() for t in range(ids.shape[1])], dim=1)
             err = (got - want).abs().max().item()
             assert err < tol, (precision, err)
@@ -135,7 +146,10 @@ def test_sampling_precision_is_validated():
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_fast_path_follows_layer_norm_and_tied_weights(kind):
+@pytest.mark.parametrize("packed", [False, True])
+def test_fast_path_follows_layer_norm_and_tied_weights(kind, packed, monkeypatch):
+    if packed:
+        pack_everything(monkeypatch)
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(model=kind, layers=2, hidden=16, embed=16, layer_norm=True, tie_weights=True,
                                 locked_dropout=0.3), len(VOCAB))
@@ -148,9 +162,12 @@ def test_fast_path_follows_layer_norm_and_tied_weights(kind):
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_stepper_restore_state_undoes_steps(kind, precision):
+@pytest.mark.parametrize("packed", [False, True])
+def test_stepper_restore_state_undoes_steps(kind, precision, packed, monkeypatch):
     """What the CUDA graph path relies on after its warm-up and capture steps: restoring a saved state
     makes the next steps exactly those of a stepper that never took them (bf16's state copy included)."""
+    if packed:
+        pack_everything(monkeypatch)
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(model=kind, layers=2, hidden=32, embed=8), len(VOCAB)).eval()
     ids = torch.randint(len(VOCAB), (6, 20))
@@ -173,10 +190,25 @@ def test_weights_are_packed_by_the_measured_rule():
     packed kernel cannot take (float64 here), which falls back to addmm."""
     big = torch.randn(sample.PACK_MIN_WEIGHT // 1024, 1024)
     small = torch.randn(sample.PACK_MIN_WEIGHT // 1024 - 1, 1024)
-    rows = sample.PACK_MIN_ROWS
+    rows = max(sample.PACK_MIN_ROWS, 2)
     assert sample._pack(big, rows).packed is not None or not PACKING
-    assert sample._pack(big, rows - 1).packed is None
+    assert sample._pack(big, sample.PACK_MIN_ROWS - 1).packed is None or sample.PACK_MIN_ROWS <= 1
     assert sample._pack(big.bfloat16(), 1).packed is not None or not PACKING
     assert sample._pack(small, rows).packed is None
     assert sample._pack(big.double(), rows).packed is None
     assert torch.equal(sample._pack(big, rows).t, big)
+
+
+def test_a_stepper_refuses_a_batch_of_another_size(monkeypatch):
+    """The packed kernel does not check the rows it adds; the stepper does, whichever kernel it uses."""
+    for packed in (False, True):
+        monkeypatch.setattr(sample, "PACK_MIN_WEIGHT", 0 if packed else 10**12)
+        stepper = FastStepper(model_of(), batch_size=4)
+        with pytest.raises(ValueError, match=r"\(4,\)"):
+            stepper.step(torch.arange(5))
+
+
+def test_packing_follows_the_onednn_switch(monkeypatch):
+    pack_everything(monkeypatch)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert sample._pack(torch.randn(64, 64), 8).packed is None
