@@ -28,6 +28,8 @@ def bare_loop(layers: int, hidden: int, embed: int, batch: int, seq: int, *, ste
     import torch.nn.functional as F
     from torch import nn
 
+    from charnn.model import run_rnn
+
     device = torch.device(device or "cpu")
     V = 65
     emb = nn.Embedding(V, embed).to(device)
@@ -44,7 +46,7 @@ def bare_loop(layers: int, hidden: int, embed: int, batch: int, seq: int, *, ste
     def step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
-            out, _ = lstm(emb(x))
+            out, _ = run_rnn(lstm, emb(x), None)  # the recurrence in fp32 under CUDA autocast, as charnn does
             loss = F.cross_entropy(head(out).reshape(-1, V).float(), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)

@@ -207,6 +207,8 @@ def train_cmd(
                      keep_newlines=keep_newlines, bytes_mode=bytes_mode)
 
     def body():
+        from charnn.runtime import pick_device, setup_distributed, teardown_distributed
+
         if resume is not None:
             if preset is not None:
                 raise CharnnError("--preset cannot be combined with --resume (the run keeps its model)")
@@ -217,17 +219,14 @@ def train_cmd(
         else:
             if corpus is None:
                 raise CharnnError("missing CORPUS: the text file to train on (or --resume RUN)")
-            from charnn.runtime import pick_device
-
             model_cfg, train_cfg = resolve(preset.value if preset else None, model_over, train_over,
                                            device_type=pick_device(device or "auto").type)
             data_cfg = DataConfig(**{k: v for k, v in data_over.items() if v is not None})
             source, out_dir = corpus, out
         from charnn.corpus_cache import DEFAULT_CACHE_DIR
         from charnn.progress import TrainDisplay
-        from charnn.runtime import setup_distributed, teardown_distributed
 
-        info = setup_distributed(backend.value)
+        info = setup_distributed(backend.value, device_type=pick_device(train_cfg.device).type)
         try:
             with TrainDisplay(quiet=quiet or not info.is_main) as display, _StopFlag() as stop:
                 on_progress = display

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charnn.model import CharRNN, lm_loss
+from charnn.model import CharRNN, lm_loss, run_rnn
 from charnn.runtime import autocast
 
 
@@ -83,9 +83,9 @@ class _Scorer:
         if not self.split:
             return self.model(x, hidden)
         first, rest = hidden if hidden is not None else (None, None)
-        out, first = self.first(F.embedding(x, self.onehot), first)  # (B, T, H)
+        out, first = run_rnn(self.first, F.embedding(x, self.onehot), first)  # (B, T, H)
         if self.rest is not None:
-            out, rest = self.rest(out, rest)
+            out, rest = run_rnn(self.rest, out, rest)
         return self.model.output(out), (first, rest)
 
 

@@ -90,7 +90,7 @@ class CharRNN(nn.Module):
 
     def forward(self, x: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """x: (B, T) ids -> logits (B, T, V) and the hidden state after the last step."""
-        out, hidden = self.rnn(self.locked(self.embed(x)), hidden)  # (B, T, H)
+        out, hidden = run_rnn(self.rnn, self.locked(self.embed(x)), hidden)  # (B, T, H)
         return self.output(out), hidden  # (B, T, V)
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
@@ -106,6 +106,20 @@ class CharRNN(nn.Module):
         device = device or self.head.weight.device
         zeros = torch.zeros(self.cfg.layers, batch_size, self.cfg.hidden, device=device)
         return (zeros, zeros.clone()) if self.cfg.model == "lstm" else zeros
+
+
+def run_rnn(rnn: nn.Module, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
+    """rnn(x, hidden), except under CUDA autocast, where the recurrence runs in fp32 (on TF32 tensor cores).
+
+    PyTorch's autocast sends cuDNN RNNs to fp16 whatever dtype it was asked for (its wrapper for _cudnn_rnn,
+    aten/src/ATen/cudnn/AutocastRNN.cpp, casts input, weights and state to half), and charnn trains without
+    loss scaling, which fp16 gradients need. The embedding and the head keep the autocast dtype (bf16). The
+    CPU's autocast is left alone: its LSTM runs in bf16 as asked.
+    """
+    if x.is_cuda and torch.is_autocast_enabled("cuda"):
+        with torch.autocast("cuda", enabled=False):
+            return rnn(x.float(), hidden)
+    return rnn(x, hidden)
 
 
 def state_shapes(cfg: ModelConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:

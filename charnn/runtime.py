@@ -8,7 +8,8 @@ from __future__ import annotations
 import functools
 import os
 import random
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -64,6 +65,23 @@ def autocast(device: torch.device, precision: str = "auto", *, training: bool = 
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+@contextmanager
+def ieee_rnn(device: torch.device) -> Iterator[None]:
+    """cuDNN RNNs in full fp32 inside the block, on CUDA: its default is TF32 (products of 10-bit mantissas),
+    while the sampler's fast path multiplies in full fp32, and both paths must draw the same text. Restored
+    afterwards; a no-op on the CPU and where this PyTorch has no per-operator TF32 setting."""
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if device.type != "cuda" or not hasattr(rnn, "fp32_precision"):
+        yield
+        return
+    before = rnn.fp32_precision
+    rnn.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        rnn.fp32_precision = before
+
+
 def set_threads(threads: int | None) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
@@ -117,11 +135,19 @@ class DistInfo:
         return self.rank == 0
 
 
-def setup_distributed(backend: str = "auto", *, timeout_s: float | None = None) -> DistInfo:
+def auto_backend(device_type: str | None) -> str:
+    """NCCL for a model on CUDA (when the device is not given: when CUDA is present), else gloo."""
+    cuda = torch.cuda.is_available() if device_type is None else device_type == "cuda"
+    return "nccl" if cuda else "gloo"
+
+
+def setup_distributed(backend: str = "auto", *, device_type: str | None = None,
+                      timeout_s: float | None = None) -> DistInfo:
     """Join the process group torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK (idempotent).
 
-    `auto` takes NCCL when CUDA is present, else gloo. Without torchrun's variables (or with WORLD_SIZE=1)
-    nothing is initialised and the single-process path runs unchanged.
+    `auto` takes NCCL when the model trains on CUDA (`device_type`; when not given, when CUDA is present),
+    else gloo: a CPU run on a GPU machine cannot all-reduce its CPU gradients over NCCL. Without torchrun's
+    variables (or with WORLD_SIZE=1) nothing is initialised and the single-process path runs unchanged.
     """
     import torch.distributed as dist
 
@@ -136,7 +162,7 @@ def setup_distributed(backend: str = "auto", *, timeout_s: float | None = None) 
         raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = auto_backend(device_type)
     if backend == "nccl":
         if not torch.cuda.is_available():
             raise ConfigError("--backend nccl needs CUDA GPUs; use --backend gloo on CPUs")

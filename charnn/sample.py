@@ -19,7 +19,7 @@ from charnn.config import GATES, SampleConfig
 from charnn.data import Vocab
 from charnn.errors import ConfigError, SamplingError, VocabularyError
 from charnn.model import CharRNN, Hidden
-from charnn.runtime import autocast
+from charnn.runtime import autocast, ieee_rnn
 
 UNIFORM_BLOCK = 4096  # uniforms are drawn this many steps at a time, the same way on every path
 USE_CUDA_GRAPHS = True  # the fast path replays one captured step on CUDA; tests turn it off to compare
@@ -356,7 +356,7 @@ def _steps(model: CharRNN, cfg: SampleConfig, logits: torch.Tensor, hidden: Hidd
                 if stepper is not None:
                     logits = stepper.step(chosen[t])
                 else:
-                    with autocast(device, cfg.precision):
+                    with autocast(device, cfg.precision), ieee_rnn(device):  # per step: a generator yields
                         out, state = model(column[t], state)
                     logits = out[:, -1].float() / cfg.temperature
                 if t + 1 < block:
@@ -404,7 +404,8 @@ class _GraphStep:
             for _ in range(2):  # warm up kernels (and cuBLAS workspaces) outside the capture
                 self._body(stepper, cfg)
         torch.cuda.current_stream(device).wait_stream(stream)
-        with torch.cuda.graph(self.graph):
+        # thread_local: under DDP, NCCL's watchdog thread queries events, which a global capture forbids
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self._body(stepper, cfg)
         stepper.restore_state(saved)  # warm-up and capture stepped: undo
         self.bad.zero_()

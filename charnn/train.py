@@ -137,6 +137,20 @@ def make_optimizer(model: CharRNN, cfg: TrainConfig, device: torch.device) -> to
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=fused)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Load a saved optimizer state, keeping this device's implementation flags.
+
+    load_state_dict takes every key of the saved param groups, `fused` and `foreach` included: a run saved on
+    the CPU (unfused) and resumed on CUDA would step unfused, where the loop's found_inf skip needs the fused
+    kernel, and its step counters would stay on the CPU. The flags of the optimizer built for this device win,
+    and load_state_dict then places the step counters where that implementation wants them.
+    """
+    saved = {**saved, "param_groups": [
+        {**group, **{k: mine[k] for k in ("fused", "foreach", "capturable") if k in mine}}
+        for group, mine in zip(saved["param_groups"], optimizer.param_groups, strict=True)]}
+    optimizer.load_state_dict(saved)
+
+
 def resume_configs(run_dir: str | os.PathLike, *, model_overrides: dict[str, Any],
                    train_overrides: dict[str, Any], data_overrides: dict[str, Any]
                    ) -> tuple[ModelConfig, TrainConfig, DataConfig, str]:
@@ -200,10 +214,10 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
     report = on_progress or (lambda p: None)
     should_stop = should_stop or (lambda: None)
 
-    dist_info = setup_distributed()
+    device = pick_device(cfg.device)
+    dist_info = setup_distributed(device_type=device.type)
     if not dist_info.is_main:
         report = lambda p: None  # noqa: E731  (rank 0 alone logs)
-    device = pick_device(cfg.device)
     if dist_info.enabled and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
     set_threads(cfg.threads)
@@ -234,7 +248,7 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
         loaded, state = _latest_resumable(run_dir)
         _check_same_run(loaded, model_cfg, vocab, data.sha256)
         model.load_state_dict(loaded.model.state_dict())
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         _apply_lr(optimizer, cfg.lr)  # the new peak lr may differ; the schedule sets each step's value
         step, elapsed_before = int(state["step"]), float(state["elapsed"])
         best_val = float(state.get("best_val", math.inf))

@@ -6,8 +6,12 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Deterministic cuBLAS workspaces on the GPU machine (nn.LSTM's docs: cuDNN RNNs are otherwise not bitwise
+# reproducible, and the resume test compares runs); read when CUDA starts, so set before any test runs.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from charnn.config import DataConfig, ModelConfig, TrainConfig
 

@@ -187,3 +187,12 @@ def test_a_different_corpus_on_one_rank_fails_both_with_a_clear_error(tmp_path: 
     assert len(lines) == 2, proc.stderr[-3000:]  # one per rank, each exits 2
     assert "rank 1 read" in lines[0] and str(b) in lines[0]
     assert not list((tmp_path / "run").glob("step-*"))
+
+
+def test_the_auto_backend_follows_the_models_device():
+    """A CPU run on a GPU machine all-reduces CPU gradients, which NCCL cannot: gloo, whatever is present."""
+    from charnn.runtime import auto_backend
+
+    assert auto_backend("cpu") == "gloo"
+    assert auto_backend("cuda") == "nccl"
+    assert auto_backend(None) == ("nccl" if torch.cuda.is_available() else "gloo")

@@ -10,7 +10,7 @@ from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.evaluate import evaluate_validation
 from charnn.model import CharRNN
 from charnn.sample import sample_text
-from charnn.train import learning_rate, make_optimizer, resume_configs, train
+from charnn.train import learning_rate, load_optimizer_state, make_optimizer, resume_configs, train
 from tests.conftest import tiny_configs
 
 
@@ -149,3 +149,26 @@ def test_patience_off_by_default_runs_to_max_iters(tiny_corpus, tmp_path):
     assert cfg.patience is None
     result = train(tiny_corpus, model_cfg=model, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "run")
     assert not result.stopped_early and result.steps == cfg.max_iters
+
+
+def test_a_resumed_optimizer_keeps_this_devices_fused_kernel():
+    """A run saved unfused (CPU) and resumed where the optimizer is fused (CUDA) steps with the fused kernel
+    and its found_inf skip. Checked on the CPU, which has a fused AdamW too."""
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(layers=1, hidden=8, embed=4), 5)
+    saved_from = make_optimizer(model, TrainConfig(device="cpu"), torch.device("cpu"))
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    saved_from.step()
+    fused = torch.optim.AdamW(saved_from.param_groups[0]["params"], fused=True)
+    fused.add_param_group({"params": saved_from.param_groups[1]["params"]})
+    load_optimizer_state(fused, saved_from.state_dict())
+    assert all(g["fused"] for g in fused.param_groups)
+    assert [g["weight_decay"] for g in fused.param_groups] == [g["weight_decay"] for g in saved_from.param_groups]
+    before = [p.detach().clone() for p in model.parameters()]
+    fused.found_inf, fused.grad_scale = torch.ones(()), None  # what the CUDA loop sets on a non-finite step
+    fused.step()  # unfused, this raised "Expected grad_scale and found_inf to be None"
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))  # the step was skipped
+    fused.found_inf = torch.zeros(())
+    fused.step()
+    assert not all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
