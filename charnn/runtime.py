@@ -75,6 +75,7 @@ def ieee_rnn(device: torch.device) -> Iterator[None]:
         yield
         return
     before = rnn.fp32_precision
+    # Process-wide while it lasts (one sampling step): reading the legacy cudnn.allow_tf32 in that window raises.
     rnn.fp32_precision = "ieee"
     try:
         yield

@@ -145,6 +145,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     kernel, and its step counters would stay on the CPU. The flags of the optimizer built for this device win,
     and load_state_dict then places the step counters where that implementation wants them.
     """
+    if len(saved["param_groups"]) != len(optimizer.param_groups):
+        raise CheckpointError(f"the saved optimizer state has {len(saved['param_groups'])} parameter groups, "
+                              f"this version of charnn makes {len(optimizer.param_groups)}; cannot resume")
     saved = {**saved, "param_groups": [
         {**group, **{k: mine[k] for k in ("fused", "foreach", "capturable") if k in mine}}
         for group, mine in zip(saved["param_groups"], optimizer.param_groups, strict=True)]}

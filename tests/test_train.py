@@ -3,10 +3,12 @@
 import json
 import math
 
+import pytest
 import torch
 
 from charnn.checkpoint import list_checkpoints, load_model, load_run
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
+from charnn.errors import CheckpointError
 from charnn.evaluate import evaluate_validation
 from charnn.model import CharRNN
 from charnn.sample import sample_text
@@ -172,3 +174,11 @@ def test_a_resumed_optimizer_keeps_this_devices_fused_kernel():
     fused.found_inf = torch.zeros(())
     fused.step()
     assert not all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+
+
+def test_an_optimizer_state_of_another_shape_is_one_clear_error():
+    model = CharRNN(ModelConfig(layers=1, hidden=8, embed=4), 5)
+    optimizer = make_optimizer(model, TrainConfig(device="cpu"), torch.device("cpu"))
+    one_group = torch.optim.AdamW(model.parameters()).state_dict()
+    with pytest.raises(CheckpointError, match="2 parameter groups|1 parameter groups"):
+        load_optimizer_state(optimizer, one_group)
