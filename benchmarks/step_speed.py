@@ -56,8 +56,7 @@ def compare(kind: str, hidden: int, streams: int, precision: str, rounds: int, s
                     both[name].step(ids)
                 times[name].append((time.perf_counter() - t0) / steps * 1e6)
         threads = torch.get_num_threads()
-    packed_any = any(w.packed is not None for layer in both["packed"].w
-                     for w in (layer if isinstance(layer, tuple) else (layer,)))
+    packed_any = any(w.packed is not None for w in both["packed"].weights)
     return {"model": f"2x{hidden} {kind}", "streams": streams, "precision": precision, "threads": threads,
             "packed_used": packed_any,
             "packed_us": round(statistics.median(times["packed"]), 1),

@@ -176,7 +176,6 @@ def validation_ids(loaded) -> np.ndarray:
 def evaluate_validation(loaded, *, segment: int | None = None, batch_size: int = 64, precision: str = "auto",
                         per_char: bool = False) -> EvalResult:
     """Score the run's own validation split exactly as training did (same segment length)."""
-
     if segment is None:
         segment = loaded.eval_segment
     return evaluate_ids(loaded.model, validation_ids(loaded), segment=segment, batch_size=batch_size,

@@ -114,7 +114,9 @@ class FastStepper:
                     # GRU keeps b_hh apart: its candidate gate multiplies (W_hn h + b_hn) by r.
                     self.b.append(b_ih.contiguous())
                     self.b_hh.append(b_hh.contiguous())
-                    self.w.append((_pack(w_ih.to(wdtype).contiguous(), B), _pack(w_hh.to(wdtype).contiguous(), B)))
+                    # layer 0's input weights are in the table below: no step multiplies by them
+                    w_in = _pack(w_ih.to(wdtype).contiguous(), B) if layer else None
+                    self.w.append((w_in, _pack(w_hh.to(wdtype).contiguous(), B)))
                 else:
                     self.b.append((b_ih + b_hh).contiguous())
                     self.b_hh.append(None)
@@ -148,6 +150,11 @@ class FastStepper:
 
         self.gate_views = [self._cut(g) for g in self.gates]
         self.gh_views = [self._cut(g) for g in self.gh]
+
+    @property
+    def weights(self) -> list[_Weight]:
+        """Every weight a step multiplies by (each with its packed copy or None)."""
+        return [w for layer in self.w for w in (layer if isinstance(layer, tuple) else (layer,)) if w is not None]
 
     def _cut(self, g: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Views of gates (B, G*H): each gate (B, H), then the first two and the first three together."""
@@ -189,17 +196,14 @@ class FastStepper:
                     return linear.binary(x, out, w.packed, None, "add")
                 return linear(x, w.packed, bias, "none", [], "")
             product = linear(x, w.packed, bias, "none", [], "")  # bf16
-            # a copy, then an fp32 add: twice as fast as adding the bf16 tensor (which converts it into a new one)
-            return out.copy_(product) if bias is not None else out.add_(self.wide.copy_(product))
-        if not self.low:
+        elif not self.low:
             if bias is None:
                 return out.addmm_(x, w.t)
             return torch.addmm(bias, x, w.t, out=out)
-        if bias is None:
-            torch.mm(x, w.t, out=self.acc)
-            return out.add_(self.acc)
-        torch.addmm(bias, x, w.t, out=self.acc)
-        return out.copy_(self.acc)
+        else:
+            product = torch.mm(x, w.t, out=self.acc) if bias is None else torch.addmm(bias, x, w.t, out=self.acc)
+        # a copy, then an fp32 add: twice as fast as adding the bf16 tensor (which converts it into a new one)
+        return out.copy_(product) if bias is not None else out.add_(self.wide.copy_(product))
 
     def _tanh_(self, x: torch.Tensor) -> torch.Tensor:
         """tanh in place of a pre-activation whose weights were scaled as `sig_tanh` says."""
@@ -295,9 +299,15 @@ def _choose(logits: torch.Tensor, uniform: torch.Tensor, cfg: SampleConfig, *,
     # once per block instead (see _GraphStep).
     if not math.isfinite(total.item() if total.shape[0] == 1 else float(total.sum())):
         raise SamplingError("non-finite probabilities while sampling; the model's outputs overflow")
-    # right=True: the first index whose cdf exceeds u * total, so a filtered-out (zero-probability) symbol is
-    # never drawn, not even for u == 0; the clamp covers u * total rounding up to the total.
-    return torch.searchsorted(cdf, uniform * total, right=True, out=out).clamp_(max=cdf.shape[-1] - 1)  # (B, 1)
+    return _draw(cdf, total, uniform, out)
+
+
+def _draw(cdf: torch.Tensor, total: torch.Tensor, uniform: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """Inverse CDF: ids (B, 1) from cumulative probabilities (B, V), their totals and uniforms (B, 1).
+
+    right=True: the first index whose cdf exceeds u * total, so a filtered-out (zero-probability) symbol is
+    never drawn, not even for u == 0; the clamp covers u * total rounding up to the total."""
+    return torch.searchsorted(cdf, uniform * total, right=True, out=out).clamp_(max=cdf.shape[-1] - 1)
 
 
 @dataclass(frozen=True)
@@ -417,7 +427,7 @@ class _GraphStep:
             return
         cdf, total = _filtered_cdf(logits, cfg)
         self.bad |= ~torch.isfinite(total).all()
-        torch.searchsorted(cdf, self.uniform * total, right=True, out=self.ids_out).clamp_(max=cdf.shape[-1] - 1)
+        _draw(cdf, total, self.uniform, self.ids_out)
 
     def __call__(self, ids: torch.Tensor, uniform: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         self.ids_in.copy_(ids)

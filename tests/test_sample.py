@@ -16,10 +16,6 @@ VOCAB = Vocab(tuple(map(ord, "\n abcdefgh")))
 PACKING = torch.backends.mkldnn.is_available()
 
 
-def weights_of(stepper):
-    return [w for layer in stepper.w for w in (layer if isinstance(layer, tuple) else (layer,))]
-
-
 def pack_everything(monkeypatch):
     monkeypatch.setattr(sample, "PACK_MIN_WEIGHT", 0)
     monkeypatch.setattr(sample, "PACK_MIN_ROWS", 0)
@@ -50,7 +46,7 @@ def test_fast_and_module_paths_give_the_same_text(kind, sigmoid_tanh, monkeypatc
     cfg = SampleConfig(length=300, seed=3, temperature=1.0, prime="abc", num_samples=3)
     assert sample_text(model, VOCAB, cfg, path="fast") == sample_text(model, VOCAB, cfg, path="module")
     stepper = FastStepper(model, batch_size=3)
-    assert all((w.packed is not None) == (sigmoid_tanh and PACKING) for w in weights_of(stepper))
+    assert all((w.packed is not None) == (sigmoid_tanh and PACKING) for w in stepper.weights)
 
 
 def test_greedy_equals_top_k_1():
@@ -122,7 +118,7 @@ def test_fast_stepper_matches_the_module_step_by_step(kind, batch, packed, monke
         for precision, tol in (("fp32", 1e-4), ("bf16", 0.1)):
             stepper = FastStepper(model, temperature=1.0, batch_size=batch, precision=precision)
             assert stepper.sig_tanh == (batch * 160 >= sample.SIGMOID_TANH_WORK)
-            assert all((w.packed is not None) == (packed and PACKING) for w in weights_of(stepper))
+            assert all((w.packed is not None) == (packed and PACKING) for w in stepper.weights)
             got = torch.stack([stepper.step(ids[:, t]).clone() for t in range(ids.shape[1])], dim=1)
             err = (got - want).abs().max().item()
             assert err < tol, (precision, err)
