@@ -1,6 +1,8 @@
 """The training report: the numbers behind each picture (charnn.inspect), the page, the CLI, and a browser."""
 
+import fnmatch
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -17,7 +19,9 @@ from charnn.evaluate import evaluate_ids
 from charnn.inspect import find_correlated, gate_stats, pearson, surprise, text_properties, trace, unit_series
 from charnn.model import CharRNN
 from charnn.report import build_report, page_json, passage_ids, write_report
-from tests.conftest import TINY_TEXT
+from charnn.report.page import asset
+from charnn.report.svg import MAX_CURVE_POINTS, thin, ticks
+from tests.conftest import REPO, TINY_TEXT
 
 N, T, E, H, V = 2, 150, 6, 8, 11  # layers, characters, embedding, hidden units, vocabulary
 
@@ -162,6 +166,30 @@ def test_page_json_cannot_close_its_script_block():
     text = page_json({"t": "</script><!-- & -->", "u": "\u2028é"})
     assert "<" not in text and ">" not in text and "&" not in text
     assert json.loads(text) == {"t": "</script><!-- & -->", "u": "\u2028é"}
+
+
+def test_chart_ticks_are_round_and_thinning_keeps_the_last_point():
+    assert ticks(0, 1) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert ticks(3, 3) == [3] and ticks(math.nan, 1) == []
+    points = [(x, x, "") for x in range(2 * MAX_CURVE_POINTS + 2)]
+    thinned = thin(points)
+    assert len(thinned) <= MAX_CURVE_POINTS + 1 and thinned[0] == points[0] and thinned[-1] == points[-1]
+
+
+def test_page_inlines_the_packaged_style_and_script(tiny_run):
+    page = build_report(tiny_run)
+    assert f"<style>\n{asset('page.css')}</style>" in page and f"<script>\n{asset('page.js')}</script>" in page
+    assert page.endswith("</body></html>\n")
+
+
+def test_every_report_asset_is_shipped_as_package_data():
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["charnn"]
+    for path in (REPO / "charnn" / "report").iterdir():
+        if path.is_file() and path.suffix != ".py":
+            name = f"report/{path.name}"
+            assert any(fnmatch.fnmatch(name, p) for p in patterns), f"{name} is not package data"
 
 
 def test_report_has_curves_timeline_and_escaped_text(tiny_run):
