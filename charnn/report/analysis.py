@@ -1,6 +1,6 @@
 """The report's numbers: a run directory's metrics, samples and config as records, and a passage run through a
 loaded model (surprise, activations, correlated units, gate statistics) as data for the page. No HTML here:
-`charnn.report.page` lays it out.
+`charnn.report.sections` lays it out.
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
         kind = rec.get("kind")
         if kind in by_kind and isinstance(rec.get("step"), int) and is_number(rec.get(needs[kind])):
             by_kind[kind][rec["step"]] = rec
-    return [by_kind["train"][s] for s in sorted(by_kind["train"])], [by_kind["eval"][s] for s in
-                                                                     sorted(by_kind["eval"])]
+    return ([by_kind["train"][s] for s in sorted(by_kind["train"])],
+            [by_kind["eval"][s] for s in sorted(by_kind["eval"])])
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
