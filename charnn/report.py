@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from charnn.checkpoint import CharnnWarning, LoadedModel, load_run
-from charnn.errors import CharnnError, CheckpointWriteError, DataError
+from charnn.checkpoint import LoadedModel
+from charnn.errors import CharnnError, CharnnWarning, CheckpointWriteError, DataError
 from charnn.inspect import (
     Correlations,
     GateStats,
@@ -33,6 +33,7 @@ from charnn.inspect import (
     unit_series,
 )
 from charnn.report_assets import PAGE_CSS, PAGE_JS
+from charnn.rundir import load_run
 
 MAX_CHARS = 5000  # passage length shown by default
 MAX_ACTIVATION_BYTES = 3_000_000  # int8 activations embedded for the explorer; beyond it the passage is cut
