@@ -1,9 +1,7 @@
-"""The model file users share (safetensors weights, a sha256 per tensor, and one typed metadata record,
+"""The model file users share (safetensors weights, a sha256 per tensor, one typed metadata record,
 `CheckpointMeta`) and the training-state blob for resuming (`torch.load(weights_only=True)` only).
-
-Loading a model never unpickles: the safetensors header is parsed and checked against the shapes the config
-implies before a single weight byte is allocated. Where files live in a run directory, which one to load and
-which to prune is `charnn.rundir`'s work.
+Loading never unpickles: the header is checked against the shapes the config implies before a weight byte is
+allocated. Where the files live in a run directory, and which to load or prune, is `charnn.rundir`'s work.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Text in, symbol ids out: reading a corpus safely, its vocabulary, the train/val/test split, and the
 truncated-BPTT layout of the training stream as parallel rows.
 
-Reading streams the file in chunks (so a corpus never has to fit in memory as Python text); it does not
-cache or memory-map anything itself: `charnn.corpus_cache` does that on top of `encode_file`, `read_chunks`,
-`scan_file` and `corpus_vocab`.
+Reading streams the file in chunks (so a corpus never has to fit in memory as Python text); nothing here
+caches or memory-maps: `charnn.corpus_cache` does that with `read_chunks`, `scan_file` and `corpus_vocab`.
 """
 
 from __future__ import annotations
