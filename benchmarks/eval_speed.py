@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from charnn import CharRNN, DataConfig, ModelConfig, Vocab
-from charnn.checkpoint import save_checkpoint
 from charnn.evaluate import evaluate_ids
+from charnn.rundir import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ALPHABET = "\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

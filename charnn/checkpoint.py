@@ -1,8 +1,7 @@
-"""Checkpoints: the model file users share (safetensors + validated metadata + per-tensor sha256), the
-training state for resuming (`torch.load(weights_only=True)` only), atomic writes, and the run directory.
-
-Loading a model never unpickles: the safetensors header is parsed and checked against the shapes the config
-implies before a single weight byte is allocated.
+"""The model file users share (safetensors weights, a sha256 per tensor, one typed metadata record,
+`CheckpointMeta`) and the training-state blob for resuming (`torch.load(weights_only=True)` only).
+Loading never unpickles: the header is checked against the shapes the config implies before a weight byte is
+allocated. Where the files live in a run directory, and which to load or prune, is `charnn.rundir`'s work.
 """
 
 from __future__ import annotations
@@ -13,57 +12,184 @@ import io
 import json
 import math
 import os
-import re
 import struct
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from charnn import __version__
 from charnn.config import DataConfig, ModelConfig, TrainConfig, default_of, from_dict, to_dict
 from charnn.data import Vocab
 from charnn.errors import CharnnError, CheckpointError
-from charnn.files import atomic_write, remove_stale_temps  # noqa: F401 (the run directory's API)
 from charnn.model import CharRNN, state_shapes
+from charnn.version import __version__
 
 FORMAT = "charnn-model/1"
 MAX_HEADER_BYTES = 64 << 20
-CKPT_RE = re.compile(r"^step-(\d{8,})\.safetensors$")
-STATE_SUFFIX = ".state.pt"
+MAX_EVAL_SEGMENT = 1 << 20  # scoring allocates (rows, segment) ids: a crafted value must not allocate or crash
 
 
-class CharnnWarning(UserWarning):
-    """Something the user should hear about that did not stop the work (shown as `warning: ...`)."""
+# --- the metadata record --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a model file records beside its weights. `meta_strings` writes it, `parse_meta` reads it back.
+
+    On disk each field is one string of the safetensors metadata (configs and vocabulary as JSON) under the
+    key files have always used, so files written before this record existed read the same.
+    """
+
+    model_cfg: ModelConfig
+    data_cfg: DataConfig
+    vocab: Vocab
+    step: int = 0
+    val_loss: float | None = None  # None: not evaluated (no validation split, or saved when interrupted)
+    corpus_sha256: str = ""
+    corpus_path: str | None = None  # the training corpus, absolute: its validation split can be scored later
+    corpus_cache: str | None = None  # the corpus cache directory training used ("": none)
+    train_cfg: TrainConfig | None = None  # None in files saved without it: eval_segment takes its default
+    state_sha256: str | None = None  # the resume state saved beside the file; None: nothing to resume from
+    charnn_version: str = __version__
+    torch_version: str = torch.__version__
+
+    @property
+    def eval_segment(self) -> int:
+        """The validation segment length training scored with."""
+        if self.train_cfg is None:
+            return default_of(TrainConfig, "eval_segment")
+        return self.train_cfg.eval_segment
+
+
+def meta_strings(meta: CheckpointMeta) -> dict[str, str]:
+    """The record as safetensors metadata: every value a string; optional fields only when set."""
+    strings = {
+        "format": FORMAT,
+        "charnn_version": meta.charnn_version,
+        "torch_version": meta.torch_version,
+        "model_config": json.dumps(to_dict(meta.model_cfg)),
+        "data_config": json.dumps(to_dict(meta.data_cfg)),
+        "vocab": meta.vocab.to_json(),
+        "corpus_sha256": meta.corpus_sha256,
+        "step": str(meta.step),
+        "val_loss": "none" if meta.val_loss is None else repr(float(meta.val_loss)),
+    }
+    optional = {"corpus_path": meta.corpus_path, "corpus_cache": meta.corpus_cache,
+                "train_config": None if meta.train_cfg is None else json.dumps(to_dict(meta.train_cfg)),
+                "state_sha256": meta.state_sha256}
+    strings.update({k: v for k, v in optional.items() if v is not None})
+    return strings
+
+
+def parse_meta(strings: dict[str, str], path: Path) -> CheckpointMeta:
+    """The record from a file's metadata strings, each value checked; CheckpointError naming `path` for
+    anything charnn would not have written (a crafted or damaged file)."""
+    try:
+        model_cfg = _typed(ModelConfig, _meta_json(strings, "model_config", path), path)
+        data_cfg = _typed(DataConfig, _meta_json(strings, "data_config", path), path)
+        vocab = Vocab.from_json(strings["vocab"])
+        step = int(strings.get("step", "0"))
+        val = strings.get("val_loss", "none")
+        val_loss = None if val == "none" else float(val)
+        train_cfg = _train_config(strings, path)
+    except CheckpointError:
+        raise
+    except (CharnnError, KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: invalid checkpoint metadata ({err})") from None
+    return CheckpointMeta(
+        model_cfg, data_cfg, vocab, step=step, val_loss=val_loss, corpus_sha256=strings.get("corpus_sha256", ""),
+        corpus_path=strings.get("corpus_path"), corpus_cache=strings.get("corpus_cache"), train_cfg=train_cfg,
+        state_sha256=strings.get("state_sha256"), charnn_version=strings.get("charnn_version", ""),
+        torch_version=strings.get("torch_version", ""))
+
+
+def _meta_json(strings: dict[str, str], key: str, path: Path) -> Any:
+    try:
+        return json.loads(strings[key])
+    except (KeyError, ValueError, RecursionError):
+        raise CheckpointError(f"{path}: checkpoint metadata {key!r} is missing or unreadable") from None
+
+
+def _train_config(strings: dict[str, str], path: Path) -> TrainConfig | None:
+    """The training options, in files that record them (eval needs their eval_segment)."""
+    if "train_config" not in strings:
+        return None
+    try:
+        data = json.loads(strings["train_config"])
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: unreadable train_config in the checkpoint metadata")
+    return _typed(TrainConfig, data, path)
+
+
+def _typed(cls: type, data: Any, path: Path) -> Any:
+    """`from_dict`, after checking each value has its field's JSON type: a crafted `"hidden": "16"` or
+    `"encoding": 5` would otherwise pass the range checks and fail later with a traceback."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: {cls.__name__} in the metadata is not a JSON object")
+    for f in dataclasses.fields(cls):
+        if f.name not in data or f.default is None:
+            continue
+        value, default = data[f.name], f.default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise CheckpointError(f"{path}: invalid checkpoint metadata ({cls.__name__}.{f.name} = {value!r})")
+    return from_dict(cls, data)
+
+
+def read_meta(path: str | os.PathLike) -> CheckpointMeta:
+    """The metadata record of a model file, from its header alone (for choosing among several)."""
+    path = Path(path)
+    return parse_meta(read_header(path)[1], path)
 
 
 # --- the model file -------------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to use, with everything needed to interpret it."""
+    """A model ready to use, with the record that says how to interpret it."""
 
     model: CharRNN
-    vocab: Vocab
-    model_cfg: ModelConfig
-    data_cfg: DataConfig
     path: Path
-    step: int
-    val_loss: float | None
-    corpus_sha256: str
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: CheckpointMeta
+
+    @property
+    def vocab(self) -> Vocab:
+        return self.meta.vocab
+
+    @property
+    def model_cfg(self) -> ModelConfig:
+        return self.meta.model_cfg
+
+    @property
+    def data_cfg(self) -> DataConfig:
+        return self.meta.data_cfg
+
+    @property
+    def step(self) -> int:
+        return self.meta.step
+
+    @property
+    def val_loss(self) -> float | None:
+        return self.meta.val_loss
+
+    @property
+    def corpus_sha256(self) -> str:
+        return self.meta.corpus_sha256
 
     @property
     def eval_segment(self) -> int:
-        """The validation segment length training used, checked: a crafted value must not allocate or crash."""
-        try:
-            value = json.loads(self.meta.get("train_config", "{}")).get(
-                "eval_segment", default_of(TrainConfig, "eval_segment"))
-        except (ValueError, AttributeError, RecursionError):
-            raise CheckpointError(f"{self.path}: unreadable train_config in the checkpoint metadata") from None
-        if not isinstance(value, int) or isinstance(value, bool) or not 2 <= value <= 1 << 20:
+        """The validation segment length training used, bounded: scoring allocates a row of that length."""
+        value = self.meta.eval_segment
+        if value > MAX_EVAL_SEGMENT:
             raise CheckpointError(f"{self.path}: implausible eval_segment {value!r} in the checkpoint metadata")
         return value
 
@@ -73,9 +199,15 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
 
 
 def model_bytes(model: CharRNN, vocab: Vocab, data_cfg: DataConfig, *, step: int, val_loss: float | None,
-                corpus_sha256: str, extra: dict[str, str] | None = None) -> bytes:
-    """The safetensors file for `model`: fp32 weights, their sha256, and the metadata to rebuild it."""
+                corpus_sha256: str, corpus_path: str | None = None, corpus_cache: str | None = None,
+                train_cfg: TrainConfig | None = None, state_sha256: str | None = None) -> bytes:
+    """The safetensors file for `model`: fp32 weights, their sha256, and the `CheckpointMeta` made of the
+    arguments and `model.cfg`."""
     from safetensors.torch import save
+
+    meta = CheckpointMeta(model.cfg, data_cfg, vocab, step=step, val_loss=val_loss, corpus_sha256=corpus_sha256,
+                          corpus_path=corpus_path, corpus_cache=corpus_cache, train_cfg=train_cfg,
+                          state_sha256=state_sha256)
 
     tensors, stored = {}, set()
     for k, v in model.state_dict().items():
@@ -85,20 +217,7 @@ def model_bytes(model: CharRNN, vocab: Vocab, data_cfg: DataConfig, *, step: int
         stored.add(t.untyped_storage().data_ptr())
         tensors[k] = t
     checksums = {k: hashlib.sha256(_tensor_bytes(v)).hexdigest() for k, v in tensors.items()}
-    meta = {
-        "format": FORMAT,
-        "charnn_version": __version__,
-        "torch_version": torch.__version__,
-        "model_config": json.dumps(to_dict(model.cfg)),
-        "data_config": json.dumps(to_dict(data_cfg)),
-        "vocab": vocab.to_json(),
-        "corpus_sha256": corpus_sha256,
-        "step": str(step),
-        "val_loss": "none" if val_loss is None else repr(float(val_loss)),
-        "checksums": json.dumps(checksums),
-        **(extra or {}),
-    }
-    return save(tensors, metadata=meta)
+    return save(tensors, metadata={**meta_strings(meta), "checksums": json.dumps(checksums)})
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str], int, int]:
@@ -134,65 +253,14 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]
     return header, meta, 8 + n, size
 
 
-def _meta_json(meta: dict[str, str], key: str, path: Path) -> Any:
-    try:
-        return json.loads(meta[key])
-    except (KeyError, ValueError, RecursionError):
-        raise CheckpointError(f"{path}: checkpoint metadata {key!r} is missing or unreadable") from None
-
-
-def _typed(cls: type, data: Any, path: Path) -> Any:
-    """`from_dict`, after checking each value has its field's JSON type: a crafted `"hidden": "16"` or
-    `"encoding": 5` would otherwise pass the range checks and fail later with a traceback."""
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: {cls.__name__} in the metadata is not a JSON object")
-    for f in dataclasses.fields(cls):
-        if f.name not in data or f.default is None:
-            continue
-        value, default = data[f.name], f.default
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, type(default))
-        if not ok:
-            raise CheckpointError(f"{path}: invalid checkpoint metadata ({cls.__name__}.{f.name} = {value!r})")
-    return from_dict(cls, data)
-
-
-def _parse_meta(path: Path, meta: dict[str, str]) -> tuple[ModelConfig, DataConfig, Vocab, int, float | None]:
-    try:
-        model_cfg = _typed(ModelConfig, _meta_json(meta, "model_config", path), path)
-        data_cfg = _typed(DataConfig, _meta_json(meta, "data_config", path), path)
-        vocab = Vocab.from_json(meta["vocab"])
-        step = int(meta.get("step", "0"))
-        val = meta.get("val_loss", "none")
-        val_loss = None if val == "none" else float(val)
-    except CheckpointError:
-        raise
-    except (CharnnError, KeyError, ValueError, TypeError) as err:
-        raise CheckpointError(f"{path}: invalid checkpoint metadata ({err})") from None
-    return model_cfg, data_cfg, vocab, step, val_loss
-
-
-def describe(path: str | os.PathLike) -> dict[str, Any]:
-    """Header-only summary of a checkpoint (step, val_loss, ...) for choosing among several."""
-    path = Path(path)
-    _, meta, _, _ = read_header(path)
-    _, _, _, step, val_loss = _parse_meta(path, meta)
-    return {"path": path, "step": step, "val_loss": val_loss, "meta": meta}
-
-
 def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> LoadedModel:
     """Load and verify a model file. Never unpickles; validates before allocating; checks every checksum."""
     from safetensors.torch import load as st_load
 
     path = Path(path)
-    header, meta, data_start, size = read_header(path)
-    model_cfg, data_cfg, vocab, step, val_loss = _parse_meta(path, meta)
+    header, strings, data_start, size = read_header(path)
+    meta = parse_meta(strings, path)
+    model_cfg, vocab = meta.model_cfg, meta.vocab
     if len(vocab) > 1 << 21:
         raise CheckpointError(f"{path}: vocabulary of {len(vocab)} symbols is implausible")
     expected = state_shapes(model_cfg, len(vocab))  # arithmetic: a crafted huge config costs nothing here
@@ -212,7 +280,7 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
             raise CheckpointError(
                 f"{path}: tensor {name!r} has bad data offsets (the file is truncated or corrupt)")
         spans.append((offsets[0], offsets[1], name))
-    checksums = _meta_json(meta, "checksums", path)
+    checksums = _meta_json(strings, "checksums", path)
     if not isinstance(checksums, dict) or set(checksums) != set(expected):
         raise CheckpointError(f"{path}: checksums missing from metadata")
     try:
@@ -238,8 +306,7 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
     model = CharRNN(model_cfg, len(vocab))
     model.load_state_dict(tensors, strict=True)  # with tie_weights the module keeps its one shared Parameter
     model.to(device).eval()
-    return LoadedModel(model, vocab, model_cfg, data_cfg, path, step, val_loss,
-                       meta.get("corpus_sha256", ""), meta)
+    return LoadedModel(model, path, meta)
 
 
 # --- the training state ---------------------------------------------------------------------------------
@@ -266,118 +333,3 @@ def load_state(path: str | os.PathLike, expected_sha256: str | None = None) -> d
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: training state is not a dictionary")
     return state
-
-
-# --- the run directory ----------------------------------------------------------------------------------
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:08d}.safetensors"
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """Checkpoint files of a run, oldest step first (temp files never match)."""
-    run_dir = Path(run_dir)
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := CKPT_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def save_checkpoint(run_dir: str | os.PathLike, model: CharRNN, vocab: Vocab, data_cfg: DataConfig, *,
-                    step: int, val_loss: float | None, corpus_sha256: str, state: dict[str, Any] | None,
-                    keep_last: int, extra: dict[str, str] | None = None) -> Path:
-    """Write state then model (the model file is the commit record: it holds the state's sha256), then prune."""
-    run_dir = Path(run_dir)
-    for p in model.parameters():
-        if not torch.isfinite(p).all():
-            raise CheckpointError("refusing to save a checkpoint with non-finite parameters")
-    path = run_dir / checkpoint_name(step)
-    meta = dict(extra or {})
-    if state is not None:
-        blob = state_bytes(state)
-        atomic_write(path.with_name(path.stem + STATE_SUFFIX), blob)
-        meta["state_sha256"] = hashlib.sha256(blob).hexdigest()
-    atomic_write(path, model_bytes(model, vocab, data_cfg, step=step, val_loss=val_loss,
-                                   corpus_sha256=corpus_sha256, extra=meta))
-    prune(run_dir, keep_last=keep_last)
-    return path
-
-
-def prune(run_dir: str | os.PathLike, *, keep_last: int) -> list[Path]:
-    """Keep the newest `keep_last` checkpoints plus the best by validation loss (never a NaN); delete the rest."""
-    ckpts = list_checkpoints(run_dir)
-    keep = set(ckpts[-keep_last:])
-    best = best_checkpoint(ckpts)
-    if best is not None:
-        keep.add(best)
-    removed = []
-    for p in ckpts:
-        if p not in keep:
-            for victim in (p, p.with_name(p.stem + STATE_SUFFIX)):
-                try:
-                    victim.unlink(missing_ok=True)
-                except OSError:
-                    pass
-            removed.append(p)
-    return removed
-
-
-def best_checkpoint(ckpts: list[Path]) -> Path | None:
-    best, best_val = None, math.inf
-    for p in ckpts:
-        try:
-            val = describe(p)["val_loss"]
-        except CheckpointError:
-            continue
-        if val is not None and math.isfinite(val) and val < best_val:
-            best, best_val = p, val
-    return best
-
-
-def find_runs(root: str | os.PathLike = "checkpoints") -> list[Path]:
-    """Run directories under `root`, most recently written first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    runs = [d for d in root.iterdir() if d.is_dir() and list_checkpoints(d)]
-    return sorted(runs, key=lambda d: max(p.stat().st_mtime for p in list_checkpoints(d)), reverse=True)
-
-
-def candidates(target: str | os.PathLike | None, which: str = "best") -> list[Path]:
-    """Model files to try, in order of preference, for a run directory, a file, or (None) the newest run."""
-    if target is None:
-        runs = find_runs()
-        if not runs:
-            raise CheckpointError("no runs found under checkpoints/; train one first or pass a run directory")
-        target = runs[0]
-    target = Path(target)
-    if not target.exists():
-        raise CheckpointError(f"{target}: no such run directory or checkpoint file")
-    if target.is_file():
-        return [target]
-    ckpts = list_checkpoints(target)
-    if not ckpts:
-        raise CheckpointError(f"{target}: no checkpoints in this directory (is it a charnn run?)")
-    newest_first = ckpts[::-1]
-    if which == "latest":
-        return newest_first
-    if which != "best":
-        raise CheckpointError(f"--which must be best or latest, not {which!r}")
-    best = best_checkpoint(ckpts)
-    return ([best] if best else []) + [p for p in newest_first if p != best]
-
-
-def load_run(target: str | os.PathLike | None = None, *, which: str = "best",
-             device: torch.device | str = "cpu") -> LoadedModel:
-    """Load the preferred checkpoint of a run; one that fails to verify is skipped with a warning."""
-    tried = candidates(target, which)
-    errors = []
-    for path in tried:
-        try:
-            loaded = load_model(path, device=device)
-        except CheckpointError as err:
-            if len(tried) == 1:
-                raise
-            errors.append(str(err))
-            warnings.warn(f"{err}; trying an earlier checkpoint", CharnnWarning, stacklevel=2)
-            continue
-        return loaded
-    raise CheckpointError(f"no usable checkpoint: {errors[-1] if errors else 'none found'}")

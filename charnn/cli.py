@@ -305,7 +305,7 @@ def sample_cmd(
                    ] = False,
 ) -> None:
     """Generate text from a trained model, streamed to stdout as it is produced."""
-    from charnn.checkpoint import load_run
+    from charnn.rundir import load_run
     from charnn.runtime import pick_device
     from charnn.sample import generate
 
@@ -384,8 +384,8 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON line per file on stdout.")] = False,
 ) -> None:
     """Score text with a model: characters, nats/char, bits/char and perplexity."""
-    from charnn.checkpoint import load_run
     from charnn.evaluate import evaluate_file, evaluate_validation
+    from charnn.rundir import load_run
     from charnn.runtime import pick_device
 
     def body():

@@ -13,15 +13,25 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
-from charnn import data as _data
 from charnn.config import DataConfig
-from charnn.data import Corpus, Vocab, id_dtype, iter_symbols
+from charnn.data import (
+    MAX_CODEPOINT,
+    Corpus,
+    Vocab,
+    corpus_vocab,
+    id_dtype,
+    iter_symbols,
+    read_chunks,
+    readable_file,
+    scan_file,
+)
 from charnn.errors import CheckpointWriteError, DataError
-from charnn.files import atomic_write
+from charnn.files import atomic_file, atomic_write
 
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = Path("checkpoints") / ".cache"
@@ -53,11 +63,10 @@ def cache_key(sha256: str, cfg: DataConfig) -> str:
 def hash_file(path: str | os.PathLike, *, on_bytes: Callable[[int], None] | None = None) -> str:
     """sha256 of the raw bytes, streamed in CHUNK_BYTES pieces."""
     hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_data.CHUNK_BYTES):
-            hasher.update(chunk)
-            if on_bytes:
-                on_bytes(len(chunk))
+    for chunk in read_chunks(Path(path)):
+        hasher.update(chunk)
+        if on_bytes:
+            on_bytes(len(chunk))
     return hasher.hexdigest()
 
 
@@ -68,7 +77,7 @@ def load_corpus(path: str | os.PathLike, cfg: DataConfig, *, cache_dir: str | os
     Cost: one hashing pass on a hit; on a miss two more streaming passes (vocabulary, then ids written
     straight to disk), so resident memory stays at a few chunks whatever the corpus size.
     """
-    p, size = _data._open_checked(path)
+    p, size = readable_file(path)
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     sha = hash_file(p, on_bytes=_meter("hash", size, on_progress))
     key = cache_key(sha, cfg)
@@ -124,39 +133,28 @@ def _meter(phase: str, total: int, on_progress: Callable[[EncodeProgress], None]
 
 def _build(p: Path, cfg: DataConfig, ids_path: Path, size: int,
            on_progress: Callable[[EncodeProgress], None] | None) -> tuple[Vocab, int]:
-    """Scan for the vocabulary, then write the ids to a temp file renamed into place."""
+    """Scan for the vocabulary, then write the ids through a temp file renamed into place."""
     fast = not cfg.bytes_mode and codecs.lookup(cfg.encoding).name == "utf-8"
     scanned = _scan_utf8(p, cfg, _meter("scan", size, on_progress)) if fast else None
     if scanned is None:  # not UTF-8, or something the fast path leaves to the exact decoder
         fast = False
-        scanned = _data.scan_file(p, cfg, on_bytes=_meter("scan", size, on_progress))[:2]
+        scanned = scan_file(p, cfg, on_bytes=_meter("scan", size, on_progress))[:2]
     symbols, count = scanned
-    if count == 0:
-        raise DataError(f"{p}: no characters after decoding")
-    if not cfg.bytes_mode and set(symbols.tolist()) <= _data._WHITESPACE:
-        raise DataError(f"{p}: contains only whitespace ({count} characters)")
-    vocab = Vocab(tuple(int(s) for s in symbols), cfg.bytes_mode)
-    dtype = id_dtype(len(vocab))
-    lut = vocab._lut.astype(dtype)
-    tmp = ids_path.with_name(f".{ids_path.name}.{os.getpid()}.tmp")
+    vocab = corpus_vocab(p, symbols, count, cfg)
+    lut = vocab.lut.astype(id_dtype(len(vocab)))
     written = 0
     on_bytes = _meter("encode", size, on_progress)
     try:
-        with open(tmp, "wb") as f:
+        with atomic_file(ids_path) as f:
             chunks = _encode_utf8(p, cfg, lut, on_bytes) if fast else (
                 lut[cps] for cps in iter_symbols(p, cfg, on_bytes=on_bytes))
             for ids in chunks:
                 f.write(memoryview(np.ascontiguousarray(ids)).cast("B"))
                 written += len(ids)
-        if written != count:
-            raise DataError(f"{p}: file changed while it was being read")
-        os.replace(tmp, ids_path)
+            if written != count:
+                raise DataError(f"{p}: file changed while it was being read")
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise CheckpointWriteError(f"cannot write the corpus cache {ids_path}: {err.strerror or err}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return vocab, count
 
 
@@ -177,20 +175,16 @@ class _Piece:
 
 def _pieces(p: Path, cfg: DataConfig, on_bytes) -> Iterator[_Piece | None]:
     carry, first = b"", True
-    with p.open("rb") as f:
-        while True:
-            chunk = f.read(_data.CHUNK_BYTES)
-            buf = carry + chunk
-            cut = _complete_prefix(buf) if chunk else len(buf)
-            body, carry = buf[:cut], buf[cut:]
-            if first and body:  # as `iter_symbols`: a BOM opening the text is dropped
-                body, first = body.removeprefix(_BOM), False
-            if body:
-                yield _piece(body, cfg)
-            if on_bytes and chunk:
-                on_bytes(len(chunk))
-            if not chunk:
-                return
+    for chunk in chain(read_chunks(p), [b""]):  # the empty chunk last: what is left over is flushed
+        buf = carry + chunk
+        cut = _complete_prefix(buf) if chunk else len(buf)
+        body, carry = buf[:cut], buf[cut:]
+        if first and body:  # as `iter_symbols`: a BOM opening the text is dropped
+            body, first = body.removeprefix(_BOM), False
+        if body:
+            yield _piece(body, cfg)
+        if on_bytes and chunk:
+            on_bytes(len(chunk))
 
 
 def _complete_prefix(buf: bytes) -> int:
@@ -239,7 +233,7 @@ def _piece(body: bytes, cfg: DataConfig) -> _Piece | None:
 
 
 def _scan_utf8(p: Path, cfg: DataConfig, on_bytes) -> tuple[np.ndarray, int] | None:
-    present = np.zeros(_data.MAX_CODEPOINT + 1, dtype=bool)
+    present = np.zeros(MAX_CODEPOINT + 1, dtype=bool)
     seen = b""
     count = 0
     for piece in _pieces(p, cfg, on_bytes):

@@ -1,8 +1,8 @@
 """Text in, symbol ids out: reading a corpus safely, its vocabulary, the train/val/test split, and the
 truncated-BPTT layout of the training stream as parallel rows.
 
-Reading streams the file in chunks (so a corpus never has to fit in memory as Python text); it does not
-cache or memory-map anything itself: `charnn.corpus_cache` does that on top of `encode_file`.
+Reading streams the file in chunks (so a corpus never has to fit in memory as Python text); nothing here
+caches or memory-maps: `charnn.corpus_cache` does that with `read_chunks`, `scan_file` and `corpus_vocab`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ MAX_CODEPOINT = 0x10FFFF
 _WHITESPACE = frozenset(ord(c) for c in " \t\n\r\x0b\x0c\u00a0\u2028\u2029\u3000\ufeff")
 
 
-def _open_checked(path: str | os.PathLike) -> tuple[Path, int]:
+def readable_file(path: str | os.PathLike) -> tuple[Path, int]:
+    """The path and byte size of a text file that exists, can be opened and is not empty; else a DataError."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file")
@@ -44,6 +46,13 @@ def _open_checked(path: str | os.PathLike) -> tuple[Path, int]:
     return p, size
 
 
+def read_chunks(path: Path) -> Iterator[bytes]:
+    """The raw bytes of a file in CHUNK_BYTES pieces (read when called, so a test's monkeypatch applies)."""
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            yield chunk
+
+
 def iter_symbols(path: str | os.PathLike, cfg: DataConfig, *, hasher: hashlib._Hash | None = None,
                  on_bytes: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
     """Yield the file's symbols (Unicode code points, or byte values with `bytes_mode`) as uint32 chunks.
@@ -51,57 +60,53 @@ def iter_symbols(path: str | os.PathLike, cfg: DataConfig, *, hasher: hashlib._H
     Strict decoding errors name the byte offset; NUL characters mean a binary file; a leading BOM is
     dropped; CRLF and lone CR become LF unless `keep_newlines` (a CR that ends a chunk waits for the next).
     """
-    p, _ = _open_checked(path)
+    p, _ = readable_file(path)
     decoder = None if cfg.bytes_mode else codecs.getincrementaldecoder(cfg.encoding)(errors=cfg.errors)
     offset = 0  # bytes consumed before the current chunk
     first = True
     pending_cr = ""
-    with p.open("rb") as f:
-        while True:
-            chunk = f.read(CHUNK_BYTES)
-            final = not chunk
-            if hasher is not None and chunk:
-                hasher.update(chunk)
-            if decoder is None:
-                if final:
-                    return
-                yield np.frombuffer(chunk, dtype=np.uint8).astype(np.uint32)
-                offset += len(chunk)
-                if on_bytes:
-                    on_bytes(len(chunk))
-                continue
-            buffered = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(chunk, final)
-            except UnicodeDecodeError as err:
-                at = offset - buffered + err.start
-                raise DataError(
-                    f"{p}: not valid {cfg.encoding} at byte {at} ({err.reason}); "
-                    f"pass --encoding (e.g. latin-1) or --errors replace") from None
-            except (UnicodeError, ValueError) as err:  # e.g. utf-16 without a BOM: no offset to name
-                raise DataError(f"{p}: not valid {cfg.encoding} near byte {offset} ({err}); "
-                                f"pass another --encoding or --errors replace") from None
-            if first and text:
-                text = text.removeprefix("\ufeff")
-                first = False
-            if not cfg.keep_newlines:
-                text = pending_cr + text
-                pending_cr = ""
-                if text.endswith("\r") and not final:
-                    text, pending_cr = text[:-1], "\r"
-                text = text.replace("\r\n", "\n").replace("\r", "\n")
-            if text:
-                cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-                nul = np.flatnonzero(cps == 0)
-                if len(nul):
-                    raise DataError(f"{p}: looks like a binary file (NUL character near byte "
-                                    f"{offset + int(nul[0])}); use --bytes to model raw bytes")
-                yield cps
-            offset += len(chunk)
-            if on_bytes and chunk:
-                on_bytes(len(chunk))
+    for chunk in chain(read_chunks(p), [b""]):  # the empty chunk last: the decoder's final call
+        final = not chunk
+        if hasher is not None and chunk:
+            hasher.update(chunk)
+        if decoder is None:
             if final:
                 return
+            yield np.frombuffer(chunk, dtype=np.uint8).astype(np.uint32)
+            offset += len(chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
+            continue
+        buffered = len(decoder.getstate()[0])
+        try:
+            text = decoder.decode(chunk, final)
+        except UnicodeDecodeError as err:
+            at = offset - buffered + err.start
+            raise DataError(
+                f"{p}: not valid {cfg.encoding} at byte {at} ({err.reason}); "
+                f"pass --encoding (e.g. latin-1) or --errors replace") from None
+        except (UnicodeError, ValueError) as err:  # e.g. utf-16 without a BOM: no offset to name
+            raise DataError(f"{p}: not valid {cfg.encoding} near byte {offset} ({err}); "
+                            f"pass another --encoding or --errors replace") from None
+        if first and text:
+            text = text.removeprefix("\ufeff")
+            first = False
+        if not cfg.keep_newlines:
+            text = pending_cr + text
+            pending_cr = ""
+            if text.endswith("\r") and not final:
+                text, pending_cr = text[:-1], "\r"
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if text:
+            cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+            nul = np.flatnonzero(cps == 0)
+            if len(nul):
+                raise DataError(f"{p}: looks like a binary file (NUL character near byte "
+                                f"{offset + int(nul[0])}); use --bytes to model raw bytes")
+            yield cps
+        offset += len(chunk)
+        if on_bytes and chunk:
+            on_bytes(len(chunk))
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,8 @@ class Vocab:
         return len(self.symbols)
 
     @property
-    def _lut(self) -> np.ndarray:
+    def lut(self) -> np.ndarray:
+        """Ids indexed by symbol (int64, -1 for symbols outside the vocabulary); computed once."""
         lut = self.__dict__.get("_lut_cache")
         if lut is None:
             lut = np.full(self.symbols[-1] + 1, -1, dtype=np.int64)
@@ -136,7 +142,7 @@ class Vocab:
 
     def map_symbols(self, cps: np.ndarray, *, skip_unknown: bool = False) -> tuple[np.ndarray, dict[int, int]]:
         """Ids for code points; unknown ones are dropped when `skip_unknown`, else an error listing them."""
-        lut = self._lut
+        lut = self.lut
         inside = cps < len(lut)
         ids = np.full(cps.shape, -1, dtype=np.int64)
         ids[inside] = lut[cps[inside]]
@@ -146,10 +152,8 @@ class Vocab:
             values, counts = np.unique(cps[bad], return_counts=True)
             unknown = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
             if not skip_unknown:
-                shown = ", ".join(self.symbol_str(v) for v in list(unknown)[:10])
-                more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-                raise VocabularyError(
-                    f"{int(bad.sum())} character(s) not in this model's vocabulary: {shown}{more}")
+                raise VocabularyError(f"{int(bad.sum())} character(s) not in this model's vocabulary: "
+                                      f"{unknown_symbols(self, unknown)}")
             ids = ids[~bad]
         return ids, unknown
 
@@ -177,6 +181,12 @@ class Vocab:
             return cls(tuple(data["symbols"]), bool(data.get("bytes", False)))
         except (ValueError, KeyError, TypeError) as err:
             raise VocabularyError(f"unreadable vocabulary ({err})") from None
+
+
+def unknown_symbols(vocab: Vocab, unknown: dict[int, int], *, limit: int = 10) -> str:
+    """The symbols of `unknown` ({symbol: count}) as messages show them: the first `limit`, then how many more."""
+    shown = ", ".join(vocab.symbol_str(s) for s in list(unknown)[:limit])
+    return shown + (f" and {len(unknown) - limit} more" if len(unknown) > limit else "")
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -216,21 +226,25 @@ def scan_file(path: str | os.PathLike, cfg: DataConfig, **kw) -> tuple[np.ndarra
     return np.flatnonzero(present), count, hasher.hexdigest()
 
 
-def encode_file(path: str | os.PathLike, cfg: DataConfig, *, out: Callable[[int, np.dtype], np.ndarray] | None = None,
-                on_bytes: Callable[[int], None] | None = None) -> Corpus:
-    """Encode a corpus in two streaming passes (vocabulary, then ids) into the smallest dtype that fits.
-
-    `out(n, dtype)` allocates the destination (default: memory; `corpus_cache` passes a memory map).
-    """
-    symbols, count, sha = scan_file(path, cfg, on_bytes=on_bytes)
+def corpus_vocab(path: str | os.PathLike, symbols: np.ndarray, count: int, cfg: DataConfig) -> Vocab:
+    """The vocabulary of a scanned corpus (`symbols` present, `count` in all); a DataError for a corpus with
+    no characters or only whitespace, which no model can learn from."""
     if count == 0:
         raise DataError(f"{path}: no characters after decoding")
     if not cfg.bytes_mode and set(symbols.tolist()) <= _WHITESPACE:
         raise DataError(f"{path}: contains only whitespace ({count} characters)")
-    vocab = Vocab(tuple(int(s) for s in symbols), cfg.bytes_mode)
+    return Vocab(tuple(int(s) for s in symbols), cfg.bytes_mode)
+
+
+def encode_file(path: str | os.PathLike, cfg: DataConfig, *, on_bytes: Callable[[int], None] | None = None
+                ) -> Corpus:
+    """Encode a corpus in memory in two streaming passes (vocabulary, then ids), in the smallest dtype that fits
+    (`charnn.corpus_cache` writes the same ids to a memory-mapped file instead)."""
+    symbols, count, sha = scan_file(path, cfg, on_bytes=on_bytes)
+    vocab = corpus_vocab(path, symbols, count, cfg)
     dtype = id_dtype(len(vocab))
-    ids = out(count, dtype) if out else np.empty(count, dtype=dtype)
-    lut = vocab._lut.astype(dtype)
+    ids = np.empty(count, dtype=dtype)
+    lut = vocab.lut.astype(dtype)  # every symbol is in the vocabulary: no -1 to wrap
     pos = 0
     for cps in iter_symbols(path, cfg, on_bytes=on_bytes):
         ids[pos:pos + len(cps)] = lut[cps]
@@ -250,11 +264,8 @@ def read_ids(path: str | os.PathLike, vocab: Vocab, cfg: DataConfig, *, skip_unk
         for k, v in unk.items():
             unknown[k] = unknown.get(k, 0) + v
     if unknown and not skip_unknown:
-        total = sum(unknown.values())
-        shown = ", ".join(vocab.symbol_str(v) for v in list(unknown)[:10])
-        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-        raise VocabularyError(f"{path}: {total} character(s) not in the model's vocabulary ({shown}{more}); "
-                              f"pass --skip-unknown to drop them")
+        raise VocabularyError(f"{path}: {sum(unknown.values())} character(s) not in the model's vocabulary "
+                              f"({unknown_symbols(vocab, unknown)}); pass --skip-unknown to drop them")
     ids = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
     return ids, unknown
 

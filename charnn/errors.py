@@ -1,9 +1,14 @@
-"""Errors a user can cause, each with the exit code the CLI maps it to.
+"""Errors a user can cause, each with the exit code the CLI maps it to, and the warning for what did not stop
+the work.
 
 Anything that is not a `CharnnError` is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
+
+
+class CharnnWarning(UserWarning):
+    """Something the user should hear about that did not stop the work (shown as `warning: ...`)."""
 
 
 class CharnnError(Exception):

@@ -154,12 +154,11 @@ def validation_ids(loaded) -> np.ndarray:
     from charnn.data import encode_file
     from charnn.errors import CheckpointWriteError, DataError
 
-    corpus_path = loaded.meta.get("corpus_path")
+    corpus_path, cache_dir = loaded.meta.corpus_path, loaded.meta.corpus_cache
     if not corpus_path:
         raise DataError("this checkpoint does not record its corpus; pass a FILE to score")
     if not Path(corpus_path).is_file():  # also refuses a FIFO or device a crafted path could name
         raise DataError(f"{corpus_path}: the run's corpus is no longer there; pass a FILE to score")
-    cache_dir = loaded.meta.get("corpus_cache", "")
     corpus = None
     if cache_dir:  # the memory-mapped cache training used: a big corpus is never held in memory
         try:

@@ -1,11 +1,15 @@
 """Durable file writes: a crash leaves the old file or the new one, never a mix; and the cleanup of the temp
-files an interrupted write leaves behind. Used by checkpoints, run sidecars and the corpus cache.
+files an interrupted write leaves behind. Used by checkpoints, run sidecars, the corpus cache and the report.
+Nothing here knows what the files hold.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from charnn.errors import CheckpointWriteError
 
@@ -23,27 +27,44 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, *, what: str = "checkpoint") -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the new one, never a mix.
+def _temp_path(path: Path) -> Path:
+    """Where a write to `path` goes first: a hidden name in the same directory that no reader takes for it."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
-    Temp file in the same directory, flush, fsync, os.replace, fsync of the directory. On any OSError the
-    temp file is removed, the old file is untouched, and CheckpointWriteError says so (`what` names the
-    kind of file in that message).
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Open a temp file beside `path` for writing; when the block ends normally, flush, fsync, rename it over
+    `path` and fsync the directory.
+
+    If the block raises (anything, OSError included) the temp file is removed, `path` is untouched and the
+    exception propagates as it was: the caller words the error for its kind of file.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temp_path(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except OSError as err:
+    except BaseException:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+        raise
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, *, what: str = "checkpoint") -> None:
+    """Write `data` to `path` through `atomic_file`. On any OSError the old file is untouched and
+    CheckpointWriteError says so (`what` names the kind of file in that message)."""
+    path = Path(path)
+    try:
+        with atomic_file(path) as f:
+            f.write(data)
+    except OSError as err:
         raise CheckpointWriteError(
             f"{what} write failed (disk full?): {path}: {err.strerror or err}") from None
 

@@ -18,26 +18,13 @@ from typing import Any
 
 import torch
 
-from charnn import __version__
-from charnn.checkpoint import (
-    STATE_SUFFIX,
-    CharnnWarning,
-    LoadedModel,
-    atomic_write,
-    list_checkpoints,
-    load_model,
-    load_state,
-    remove_stale_temps,
-    save_checkpoint,
-)
+from charnn.checkpoint import LoadedModel
 from charnn.config import (
     DataConfig,
     ModelConfig,
     SampleConfig,
     TrainConfig,
     final_lr,
-    from_dict,
-    overlay_train,
     to_dict,
 )
 from charnn.data import Corpus, StreamBatcher, encode_file
@@ -53,7 +40,9 @@ from charnn.errors import (
     ResumeMismatchError,
 )
 from charnn.evaluate import evaluate_ids
+from charnn.files import remove_stale_temps
 from charnn.model import CharRNN, detach_hidden, lm_loss
+from charnn.rundir import latest_resumable, list_checkpoints, resume_configs, save_checkpoint, write_run_files
 from charnn.runtime import (
     DistInfo,
     agree,
@@ -154,51 +143,6 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     optimizer.load_state_dict(saved)
 
 
-def resume_configs(run_dir: str | os.PathLike, *, model_overrides: dict[str, Any],
-                   train_overrides: dict[str, Any], data_overrides: dict[str, Any]
-                   ) -> tuple[ModelConfig, TrainConfig, DataConfig, str]:
-    """The configs a resumed run continues with: the run's own, with training options the user changed.
-
-    A changed model or data option is refused (it would silently train something else).
-    """
-    run_dir = Path(run_dir)
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        raise CheckpointError(f"{run_dir}: not a charnn run directory (config.json missing or unreadable)") from None
-    model_cfg = from_dict(ModelConfig, saved.get("model", {}))
-    data_cfg = from_dict(DataConfig, saved.get("data", {}))
-    for cfg, overrides, what in ((model_cfg, model_overrides, "model"), (data_cfg, data_overrides, "data")):
-        for key, value in overrides.items():
-            if value is not None and getattr(cfg, key) != value:
-                raise ResumeMismatchError(
-                    f"--resume: this run was trained with {key}={getattr(cfg, key)!r}, not {value!r}; "
-                    f"{what} options cannot change on resume (start a new run instead)")
-    train_dict = overlay_train(saved.get("train", {}), train_overrides)
-    return model_cfg, from_dict(TrainConfig, train_dict), data_cfg, saved.get("corpus", {}).get("path", "")
-
-
-def _latest_resumable(run_dir: Path) -> tuple[LoadedModel, dict[str, Any]]:
-    """The newest checkpoint whose model and state both verify; older ones are tried with a warning."""
-    import warnings
-
-    errors = []
-    for path in reversed(list_checkpoints(run_dir)):
-        try:
-            loaded = load_model(path)
-            sha = loaded.meta.get("state_sha256")
-            if sha is None:
-                raise CheckpointError(f"{path}: has no training state to resume from")
-            state = load_state(path.with_name(path.stem + STATE_SUFFIX), sha)
-        except CheckpointError as err:
-            errors.append(str(err))
-            warnings.warn(f"{err}; falling back to an earlier checkpoint", CharnnWarning, stacklevel=3)
-            continue
-        return loaded, state
-    reason = f" ({errors[-1]})" if errors else ""
-    raise CheckpointError(f"{run_dir}: no checkpoint to resume from{reason}")
-
-
 def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None = None,
           train_cfg: TrainConfig | None = None, data_cfg: DataConfig | None = None,
           out_dir: str | os.PathLike | None = None, resume: bool = False,
@@ -248,7 +192,7 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
             raise CheckpointError(f"{run_dir}: no such run directory to resume")
         if dist_info.is_main:  # another rank's cleanup could delete rank 0's file mid-write
             remove_stale_temps(run_dir)
-        loaded, state = _latest_resumable(run_dir)
+        loaded, state = latest_resumable(run_dir)
         _check_same_run(loaded, model_cfg, vocab, data.sha256)
         model.load_state_dict(loaded.model.state_dict())
         load_optimizer_state(optimizer, state["optimizer"])
@@ -275,7 +219,7 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
                 raise CheckpointWriteError(f"cannot create the run directory {run_dir}: {err.strerror}") from None
             remove_stale_temps(run_dir)
     if dist_info.is_main:
-        _write_run_files(run_dir, data, model_cfg, cfg)
+        write_run_files(run_dir, data, model_cfg, cfg)
     # Under DDP gradients are averaged over the ranks after backward; the optimizer step is the same on all.
     net = _wrap_ddp(model, device, dist_info)
 
@@ -306,9 +250,8 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
         if dist_info.is_main:
             path = save_checkpoint(run_dir, model, vocab, data.data, step=step, val_loss=val,
                                    corpus_sha256=data.sha256, state=state, keep_last=cfg.keep_last,
-                                   extra={"corpus_path": str(Path(data.path).resolve()),
-                                          "corpus_cache": str(Path(cache_dir).resolve()) if cache_dir else "",
-                                          "train_config": json.dumps(to_dict(cfg))})
+                                   corpus_path=str(Path(data.path).resolve()),
+                                   corpus_cache=str(Path(cache_dir).resolve()) if cache_dir else "", train_cfg=cfg)
             report(Progress("checkpoint", step, total_steps, elapsed(), cfg.time_budget, text=str(path)))
         barrier(dist_info)  # no rank runs ahead of a checkpoint being written
         saved_step = step
@@ -501,21 +444,6 @@ def _check_same_run(loaded: LoadedModel, model_cfg: ModelConfig, vocab, corpus_s
         raise ResumeMismatchError("--resume: the vocabulary differs from the run's")
     if loaded.model_cfg != model_cfg:
         raise ResumeMismatchError(f"--resume: the model config differs from the run's ({loaded.model_cfg})")
-
-
-def _write_run_files(run_dir: Path, data: Corpus, model_cfg: ModelConfig, cfg: TrainConfig) -> None:
-    """The human-readable sidecars (config.json, vocab.json); loading never depends on them."""
-    config = {
-        "charnn_version": __version__,
-        "torch_version": torch.__version__,
-        "model": to_dict(model_cfg),
-        "train": to_dict(cfg),
-        "data": to_dict(data.data),
-        "corpus": {"path": str(Path(data.path).resolve()), "sha256": data.sha256, "chars": len(data.ids)},
-        "vocab_size": len(data.vocab),
-    }
-    atomic_write(run_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
-    atomic_write(run_dir / "vocab.json", (data.vocab.to_json() + "\n").encode())
 
 
 # --- corpus loading and DDP plumbing (single-process runs pass straight through) ------------------------

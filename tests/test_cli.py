@@ -56,7 +56,7 @@ def test_resume_continues_a_run(tmp_path, tiny_corpus):
 
 
 def test_model_options_reach_the_run_and_survive_resume(tmp_path, tiny_corpus):
-    from charnn.checkpoint import load_run
+    from charnn.rundir import load_run
 
     run = tmp_path / "run"
     no_embed = [a for i, a in enumerate(TINY) if a != "--embed" and TINY[i - 1] != "--embed"]
@@ -130,17 +130,3 @@ def test_out_that_is_a_file_or_cannot_be_created(tmp_path, tiny_corpus):
     res = invoke("train", tiny_corpus, "--out", a_file / "sub", *TINY)
     assert res.exit_code == 4 and "cannot create the run directory" in res.stderr
     assert "Traceback" not in res.output
-
-
-@pytest.mark.parametrize("value", ["1e11", "0", "\"x\"", "[1]"])
-def test_crafted_eval_segment_is_refused(tiny_run, value):
-    from charnn.checkpoint import load_run
-    from charnn.errors import CheckpointError
-
-    loaded = load_run(tiny_run)
-    loaded.meta["train_config"] = '{"eval_segment": ' + value + "}"
-    with pytest.raises(CheckpointError, match="eval_segment"):
-        _ = loaded.eval_segment
-    loaded.meta["train_config"] = "not json"
-    with pytest.raises(CheckpointError, match="unreadable"):
-        _ = loaded.eval_segment

@@ -12,7 +12,7 @@ import pytest
 import charnn.data as data
 from charnn.config import DataConfig
 from charnn.corpus_cache import EncodeProgress, cache_key, load_corpus
-from charnn.errors import DataError
+from charnn.errors import CheckpointWriteError, DataError
 
 ALPHABET = list("ab \n.") + ["é", "€", "日", "😀", "𝄞"]  # 1-, 2-, 3- and 4-byte UTF-8
 
@@ -59,6 +59,32 @@ def test_bad_utf8_and_binary_give_the_same_errors(tmp_path):
     with pytest.raises(DataError, match="binary"):
         load_corpus(nul, DataConfig(), cache_dir=tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*.ids"))
+
+
+@pytest.mark.parametrize("content, message", [(b"\xef\xbb\xbf", "no characters after decoding"),
+                                              (b"  \n\t \n", "only whitespace")])
+def test_empty_or_blank_text_gives_the_same_error_as_encode_file(tmp_path, content, message):
+    path = tmp_path / "blank.txt"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as err:
+        data.encode_file(path, DataConfig())
+    with pytest.raises(DataError, match=message) as cached:
+        load_corpus(path, DataConfig(), cache_dir=tmp_path / "cache")
+    assert str(cached.value) == str(err.value)
+
+
+def test_a_failed_ids_write_leaves_no_entry_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "c.txt"
+    path.write_text("abcdef\n" * 20)
+    cache = tmp_path / "cache"
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(CheckpointWriteError, match="cannot write the corpus cache .*No space left on device"):
+        load_corpus(path, DataConfig(), cache_dir=cache)
+    assert list(cache.iterdir()) == []
 
 
 def test_dtype_follows_the_vocabulary_size(tmp_path):

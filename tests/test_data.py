@@ -6,7 +6,7 @@ import torch
 
 from charnn import data as data_mod
 from charnn.config import DataConfig
-from charnn.data import StreamBatcher, Vocab, encode_file, id_dtype
+from charnn.data import StreamBatcher, Vocab, encode_file, id_dtype, read_ids, unknown_symbols
 from charnn.errors import DataError, VocabularyError
 
 
@@ -109,6 +109,24 @@ def test_unknown_characters_are_listed():
     vocab = Vocab(tuple(map(ord, "abc")))
     with pytest.raises(VocabularyError, match="'x'"):
         vocab.encode("abxc")
+
+
+def test_unknown_characters_show_ten_then_how_many_more(tmp_path):
+    vocab = Vocab(tuple(map(ord, "ab")))
+    unknown = dict.fromkeys(range(ord("c"), ord("c") + 12), 1)
+    assert unknown_symbols(vocab, unknown) == ", ".join(repr(chr(c)) for c in range(ord("c"), ord("m"))) + \
+        " and 2 more"
+    assert unknown_symbols(Vocab((0, 1), bytes_mode=True), {7: 3}) == "byte 0x07"
+    with pytest.raises(VocabularyError) as err:
+        vocab.encode("abxxy")
+    assert str(err.value) == "3 character(s) not in this model's vocabulary: 'x', 'y'"
+    p = tmp_path / "held.txt"
+    p.write_text("abxxy")
+    with pytest.raises(VocabularyError) as err:
+        read_ids(p, vocab, DataConfig())
+    assert str(err.value) == (f"{p}: 3 character(s) not in the model's vocabulary ('x', 'y'); "
+                              f"pass --skip-unknown to drop them")
+    assert read_ids(p, vocab, DataConfig(), skip_unknown=True)[1] == {ord("x"): 2, ord("y"): 1}
 
 
 def test_batch_rows_continue_their_streams():

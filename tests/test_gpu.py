@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from charnn.checkpoint import load_run
 from charnn.config import ModelConfig, SampleConfig
 from charnn.evaluate import evaluate_validation
 from charnn.model import CharRNN
+from charnn.rundir import load_run
 from charnn.runtime import autocast, ieee_rnn
 from charnn.sample import sample_text
 from charnn.train import train

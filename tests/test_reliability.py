@@ -29,24 +29,21 @@ from conftest import PYTHON, REPO, TINY_TEXT, cli_env
 from typer.testing import CliRunner
 
 import charnn.checkpoint as ckpt
-from charnn.checkpoint import (
-    CharnnWarning,
-    load_model,
-    load_state,
-    model_bytes,
-    read_header,
-    save_checkpoint,
-)
+import charnn.rundir as rundir
+from charnn.checkpoint import load_model, load_state, model_bytes, read_header
 from charnn.config import DataConfig, ModelConfig, SampleConfig, TrainConfig
 from charnn.data import Vocab, encode_file
 from charnn.errors import (
+    CharnnWarning,
     CheckpointError,
     CheckpointWriteError,
     DataError,
     ResumeMismatchError,
 )
 from charnn.evaluate import evaluate_ids
+from charnn.files import remove_stale_temps
 from charnn.model import CharRNN
+from charnn.rundir import save_checkpoint
 from charnn.sample import sample_text
 from charnn.train import train
 
@@ -422,7 +419,7 @@ def test_sigkill_during_saves_never_loses_the_latest_checkpoint(tmp_path: Path):
             finally:
                 os._exit(0)
         deadline = time.monotonic() + 20
-        while not ckpt.list_checkpoints(run) and time.monotonic() < deadline:
+        while not rundir.list_checkpoints(run) and time.monotonic() < deadline:
             time.sleep(0.002)
         if attempt % 2:
             deadline = time.monotonic() + 2
@@ -433,11 +430,11 @@ def test_sigkill_during_saves_never_loses_the_latest_checkpoint(tmp_path: Path):
             time.sleep(rng.uniform(0.0, 0.2))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        ckpt.remove_stale_temps(run)  # what train does at start
-        ckpts = ckpt.list_checkpoints(run)
+        remove_stale_temps(run)  # what train does at start
+        ckpts = rundir.list_checkpoints(run)
         assert ckpts, "no checkpoint at all"
         loaded = load_model(ckpts[-1])
-        load_state(ckpts[-1].with_name(ckpts[-1].stem + ".state.pt"), loaded.meta["state_sha256"])
+        load_state(ckpts[-1].with_name(ckpts[-1].stem + ".state.pt"), loaded.meta.state_sha256)
         assert not list(run.glob(".*.tmp"))
         for p in ckpts:  # clear the way for the next child, which counts from step 1 again
             p.unlink()
@@ -633,7 +630,7 @@ def test_sigint_then_resume_equals_uninterrupted(straight_run: Path, tmp_path: P
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: interrupted at step")
-    stopped = ckpt.list_checkpoints(run)[-1]
+    stopped = rundir.list_checkpoints(run)[-1]
     k = load_model(stopped).step
     assert k >= 5
     # Resume to k + 8 and compare with an uninterrupted run of k + 8 steps (constant lr: same schedule).

@@ -12,15 +12,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charnn.checkpoint import CharnnWarning, load_run
 from charnn.cli import app
 from charnn.config import ModelConfig
+from charnn.errors import CharnnWarning
 from charnn.evaluate import evaluate_ids
 from charnn.inspect import find_correlated, gate_stats, pearson, surprise, text_properties, trace, unit_series
 from charnn.model import CharRNN
 from charnn.report import build_report, page_json, passage_ids, write_report
 from charnn.report.page import asset
 from charnn.report.svg import MAX_CURVE_POINTS, thin, ticks
+from charnn.rundir import load_run
 from tests.conftest import REPO, TINY_TEXT
 
 N, T, E, H, V = 2, 150, 6, 8, 11  # layers, characters, embedding, hidden units, vocabulary
@@ -73,7 +74,7 @@ def test_report_surprise_equals_charnn_eval_on_the_same_text(tiny_run, tmp_path)
     expected = json.loads(out.stdout.strip().splitlines()[-1])["nats_per_char"]
     loaded = load_run(tiny_run)
     passage = passage_ids(loaded, text, max_chars=10_000)
-    segment = json.loads(loaded.meta["train_config"])["eval_segment"]
+    segment = loaded.meta.train_cfg.eval_segment
     mean = surprise(trace(loaded.model, passage.ids, segment=segment)).mean
     assert mean == pytest.approx(expected, abs=1e-6)
 

@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 
-from charnn.checkpoint import list_checkpoints, load_model, load_run
+from charnn.checkpoint import load_model
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.errors import CheckpointError
 from charnn.evaluate import evaluate_validation
 from charnn.model import CharRNN
+from charnn.rundir import list_checkpoints, load_run
 from charnn.sample import sample_text
 from charnn.train import learning_rate, load_optimizer_state, make_optimizer, resume_configs, train
 from tests.conftest import tiny_configs

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from charnn.checkpoint import CharnnWarning, LoadedModel
-from charnn.errors import DataError
+from charnn.checkpoint import LoadedModel
+from charnn.errors import CharnnWarning, DataError
 from charnn.inspect import (
     Correlations,
     GateStats,

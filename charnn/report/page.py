@@ -15,8 +15,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from charnn.checkpoint import CharnnWarning, LoadedModel, load_run
-from charnn.errors import CharnnError, CheckpointWriteError, DataError
+from charnn.checkpoint import LoadedModel
+from charnn.errors import CharnnError, CharnnWarning, CheckpointWriteError, DataError
 from charnn.report.analysis import (
     MAX_CHARS,
     Analysis,
@@ -39,6 +39,7 @@ from charnn.report.sections import (
     surprise_section,
     timeline,
 )
+from charnn.rundir import load_run
 
 
 @functools.cache
