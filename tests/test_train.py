@@ -12,7 +12,8 @@ from charnn.errors import CheckpointError
 from charnn.evaluate import evaluate_validation
 from charnn.model import CharRNN
 from charnn.sample import sample_text
-from charnn.train import learning_rate, load_optimizer_state, make_optimizer, resume_configs, train
+from charnn.train import learning_rate, resume_configs, train
+from charnn.trainstep import load_optimizer_state, make_optimizer
 from tests.conftest import tiny_configs
 
 
