@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 
 from charnn.checkpoint import save_checkpoint
@@ -55,7 +56,7 @@ class Run:
     dist: DistInfo
     data: Corpus
     train_chars: int
-    val_ids: Any  # the validation split's ids (empty without one)
+    val_ids: np.ndarray  # the validation split (empty without one)
     batcher: StreamBatcher
     total_steps: int | None  # None: only the time budget ends the run
     run_dir: Path
@@ -72,7 +73,8 @@ class Run:
 
 @dataclass
 class LoopState:
-    """What the loop changes as it runs; a checkpoint saves it and a resume restores it."""
+    """What the loop changes as it runs. A checkpoint's training state keeps the step, the clock, the best
+    validation loss, the evaluations since it and the streams' hidden state; a resume starts from those."""
 
     step: int = 0
     elapsed_before: float = 0.0  # seconds trained before this process started (a resumed run)
@@ -84,7 +86,7 @@ class LoopState:
     saved_step: int | None = None  # the step of the last checkpoint written
     stopped_early: bool = False
     t_start: float = 0.0  # time.perf_counter() when elapsed() was 0
-    stats: StepStats = field(init=False)  # the device-side sums of the current log window
+    stats: StepStats = field(init=False)  # set as the loop starts: the device-side sums of the log window
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t_start

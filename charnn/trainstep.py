@@ -7,6 +7,7 @@ Not the loop itself (`charnn.train`) nor its schedule (`charnn.schedule`).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -75,8 +76,10 @@ class StepStats:
 
     @classmethod
     def on(cls, device: torch.device) -> StepStats:
-        zero = lambda dtype=torch.float32: torch.zeros((), device=device, dtype=dtype)  # noqa: E731
-        return cls(zero(torch.float64), zero(), zero(), zero(), zero(), zero(), 0, time.perf_counter())
+        """All zero, the window starting now."""
+        zero = functools.partial(torch.zeros, (), device=device)
+        return cls(loss=zero(dtype=torch.float64), finite=zero(), clipped=zero(), grad_norm=zero(), bad_run=zero(),
+                   bad_max=zero(), steps=0, started=time.perf_counter())
 
     def read_window(self, info: DistInfo, chars_per_step: int) -> tuple[float, float, float, float]:
         """(mean train loss, last gradient norm, clipped share, chars/s) of the window; the loss is the mean
@@ -155,10 +158,11 @@ def _guarded_update(optimizer: torch.optim.Optimizer, finite: torch.Tensor, hidd
     optimizer.step()
     stats.bad_run = torch.where(finite, torch.zeros_like(stats.bad_run), stats.bad_run + 1)
     stats.bad_max = torch.maximum(stats.bad_max, stats.bad_run)
-    if (step + 1) % host_sync_every(cfg, device) == 0:
+    steps_done = step + 1  # counting this one
+    if steps_done % host_sync_every(cfg, device) == 0:
         if int(stats.bad_max) >= cfg.max_bad_steps:
             raise NonFiniteLossError(
-                f"loss was not finite for {int(stats.bad_max)} steps in a row before step {step + 1}; stopped "
+                f"loss was not finite for {int(stats.bad_max)} steps in a row before step {steps_done}; stopped "
                 f"without saving (last good checkpoint kept); try a lower --lr")
         stats.bad_max.zero_()
     return True, _zero_if(hidden, ~finite)
