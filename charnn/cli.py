@@ -207,7 +207,8 @@ def train_cmd(
                      keep_newlines=keep_newlines, bytes_mode=bytes_mode)
 
     def body():
-        from charnn.runtime import pick_device, setup_distributed, teardown_distributed
+        from charnn.distributed import setup_distributed, teardown_distributed
+        from charnn.runtime import pick_device
 
         if resume is not None:
             if preset is not None:

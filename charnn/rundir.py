@@ -219,7 +219,7 @@ def latest_resumable(run_dir: Path) -> tuple[LoadedModel, dict[str, Any]]:
         return loaded, load_state(state_path(path), loaded.meta.state_sha256)
 
     found, errors = _first_usable(list_checkpoints(run_dir)[::-1], load,
-                                  then="falling back to an earlier checkpoint", stacklevel=3)
+                                  then="falling back to an earlier checkpoint", stacklevel=5)
     if found is None:
         reason = f" ({errors[-1]})" if errors else ""
         raise CheckpointError(f"{run_dir}: no checkpoint to resume from{reason}")

@@ -24,7 +24,7 @@ WORKER = r'''
 import json, os, signal, sys
 from charnn.config import DataConfig, ModelConfig, TrainConfig
 from charnn.errors import Interrupted
-from charnn.runtime import teardown_distributed
+from charnn.distributed import teardown_distributed
 from charnn.train import train
 
 spec = json.loads(sys.argv[1])
@@ -33,15 +33,15 @@ if "grads" in spec:  # one DDP forward/backward through the training code's own 
     import torch
     from charnn.data import StreamBatcher, encode_file
     from charnn.model import CharRNN, lm_loss
-    from charnn.runtime import seed_everything, setup_distributed
-    from charnn.train import _wrap_ddp
+    from charnn.distributed import setup_distributed, wrap_ddp
+    from charnn.runtime import seed_everything
     info = setup_distributed("gloo")
     g = spec["grads"]
     ids = encode_file(g["corpus"], DataConfig()).split()[0]
     batcher = StreamBatcher(ids, batch_size=g["batch_size"], seq_len=g["seq_len"], seed=7, rank=rank, world=2)
     seed_everything(7)
     model = CharRNN(ModelConfig(**g["model"]), g["vocab"])
-    net = _wrap_ddp(model, torch.device("cpu"), info)
+    net = wrap_ddp(model, torch.device("cpu"), info)
     x, y = batcher.batch(0)
     lm_loss(net(x)[0], y).backward()
     if rank == 0:
@@ -191,7 +191,7 @@ def test_a_different_corpus_on_one_rank_fails_both_with_a_clear_error(tmp_path: 
 
 def test_the_auto_backend_follows_the_models_device():
     """A CPU run on a GPU machine all-reduces CPU gradients, which NCCL cannot: gloo, whatever is present."""
-    from charnn.runtime import auto_backend
+    from charnn.distributed import auto_backend
 
     assert auto_backend("cpu") == "gloo"
     assert auto_backend("cuda") == "nccl"

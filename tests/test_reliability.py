@@ -48,6 +48,7 @@ from charnn.sample import sample_text
 from charnn.train import train
 
 train_mod = sys.modules["charnn.train"]  # `charnn.train` the attribute is the function
+step_mod = sys.modules["charnn.trainstep"]  # where the training step calls lm_loss
 
 SMALL_MODEL = ModelConfig(model="lstm", layers=1, hidden=16, embed=8)
 
@@ -720,13 +721,13 @@ def test_nan_loss_skips_steps_then_exits_3_leaving_checkpoints(run_dir: Path, mo
     before = snapshot(run_dir)
     weights_before = _params(run_dir / "step-00000020.safetensors")
     calls = []
-    real = train_mod.lm_loss
+    real = step_mod.lm_loss
 
     def nan_loss(logits, targets, **kw):
         calls.append(1)
         return real(logits, targets, **kw) * float("nan")
 
-    monkeypatch.setattr(train_mod, "lm_loss", nan_loss)
+    monkeypatch.setattr(step_mod, "lm_loss", nan_loss)
     res = invoke("train", "--resume", str(run_dir), "--max-iters", "100", "--eval-every", "5")
     assert res.exit_code == 3
     line = one_error_line(res, alone=False)
@@ -738,7 +739,7 @@ def test_nan_loss_skips_steps_then_exits_3_leaving_checkpoints(run_dir: Path, mo
 
 
 def test_a_few_nan_losses_are_skipped_without_touching_the_weights(run_dir: Path, monkeypatch):
-    real = train_mod.lm_loss
+    real = step_mod.lm_loss
     calls = []
 
     def some_nan(logits, targets, **kw):
@@ -752,7 +753,7 @@ def test_a_few_nan_losses_are_skipped_without_touching_the_weights(run_dir: Path
         if p.kind == "warning":
             seen.append(p.step)
 
-    monkeypatch.setattr(train_mod, "lm_loss", some_nan)
+    monkeypatch.setattr(step_mod, "lm_loss", some_nan)
     stepped_after = []  # how many losses had been computed when the optimizer stepped
     real_make = train_mod.make_optimizer
 

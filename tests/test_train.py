@@ -8,12 +8,13 @@ import torch
 
 from charnn.checkpoint import load_model
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
-from charnn.errors import CheckpointError
+from charnn.errors import CheckpointError, NonFiniteLossError
 from charnn.evaluate import evaluate_validation
 from charnn.model import CharRNN
 from charnn.rundir import list_checkpoints, load_run
 from charnn.sample import sample_text
-from charnn.train import learning_rate, load_optimizer_state, make_optimizer, resume_configs, train
+from charnn.train import learning_rate, resume_configs, train
+from charnn.trainstep import load_optimizer_state, make_optimizer
 from tests.conftest import tiny_configs
 
 
@@ -183,3 +184,28 @@ def test_an_optimizer_state_of_another_shape_is_one_clear_error():
     one_group = torch.optim.AdamW(model.parameters()).state_dict()
     with pytest.raises(CheckpointError, match="2 parameter groups|1 parameter groups"):
         load_optimizer_state(optimizer, one_group)
+
+
+def test_the_cuda_guard_skips_bad_steps_on_the_device_and_stops_at_a_log_line():
+    """CUDA's non-finite guard reads nothing per step: the fused AdamW skips a bad update (found_inf), the bad
+    step's streams are zeroed, and the run of bad steps is read at log lines only. The branch follows the device
+    argument, so it runs here on CPU tensors with the CPU's fused AdamW."""
+    from charnn.trainstep import StepStats, _guarded_update
+
+    w = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([w], lr=0.1, fused=True)
+    stats = StepStats.on(torch.device("cpu"))
+    cfg = TrainConfig(log_every=4, max_bad_steps=2, device="cpu")
+
+    def step(i: int, ok: bool):
+        w.grad = torch.full_like(w, 1.0 if ok else math.nan)
+        return _guarded_update(optimizer, torch.tensor(ok), torch.ones(1, 1, 2), stats, cfg=cfg,
+                               device=torch.device("cuda"), step=i)
+
+    step(0, True)
+    before = w.detach().clone()
+    taken, hidden = step(1, False)
+    assert taken and torch.equal(w.detach(), before) and not hidden.any()
+    step(2, False)  # two bad steps in a row: read at the next log line (4 steps done), not before
+    with pytest.raises(NonFiniteLossError, match="2 steps in a row before step 4"):
+        step(3, True)

@@ -1,0 +1,217 @@
+"""The state of a training loop and the named steps `charnn.train.train` strings together: stop checks, one
+optimisation step on the next batch, log lines, evaluation with a checkpoint, early stopping and samples, each
+reported as a `Progress` event. Not the preparation of a run (`charnn.train`) nor the arithmetic of a step
+(`charnn.trainstep`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from charnn.config import SampleConfig, TrainConfig, to_dict
+from charnn.data import Corpus, StreamBatcher
+from charnn.distributed import DistInfo, all_max, barrier, gather_rows
+from charnn.errors import Interrupted
+from charnn.evaluate import evaluate_ids
+from charnn.model import CharRNN, Hidden
+from charnn.rundir import save_checkpoint
+from charnn.runtime import rng_state
+from charnn.sample import sample_text
+from charnn.trainstep import StepStats, optimisation_step, set_lr
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One event of a training run, for the caller to display or record."""
+
+    kind: str  # start | log | eval | sample | checkpoint | warning | stop | end
+    step: int
+    total_steps: int | None
+    elapsed: float
+    time_budget: float | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    lr: float | None = None
+    grad_norm: float | None = None
+    chars_per_s: float | None = None
+    text: str | None = None  # the sample, a path, or a message
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a run is made of, fixed once the loop starts."""
+
+    cfg: TrainConfig
+    device: torch.device
+    dist: DistInfo
+    data: Corpus
+    train_chars: int
+    val_ids: np.ndarray  # the validation split (empty without one)
+    batcher: StreamBatcher
+    total_steps: int | None  # None: only the time budget ends the run
+    run_dir: Path
+    cache_dir: str | os.PathLike | None
+    model: CharRNN
+    net: torch.nn.Module  # the model, wrapped for DDP under torchrun
+    optimizer: torch.optim.AdamW
+    metrics: IO[str]  # metrics.jsonl (os.devnull on ranks other than 0)
+    samples: IO[str]  # samples.jsonl (likewise)
+    report: Callable[[Progress], None]  # does nothing on ranks other than 0
+    should_stop: Callable[[], int | None]
+    sync_every: int  # steps between reads of device values on the host
+
+
+@dataclass
+class LoopState:
+    """What the loop changes as it runs. A checkpoint's training state keeps the step, the clock, the best
+    validation loss, the evaluations since it and the streams' hidden state; a resume starts from those."""
+
+    step: int = 0
+    elapsed_before: float = 0.0  # seconds trained before this process started (a resumed run)
+    best_val: float = math.inf
+    evals_since_best: int = 0  # for --patience
+    hidden: Hidden | None = None  # the streams' state, carried from one batch to the next
+    last_val: float | None = None
+    latest: Path | None = None  # the newest checkpoint
+    saved_step: int | None = None  # the step of the last checkpoint written
+    stopped_early: bool = False
+    t_start: float = 0.0  # time.perf_counter() when elapsed() was 0
+    stats: StepStats = field(init=False)  # set as the loop starts: the device-side sums of the log window
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+
+def progress_made(run: Run, s: LoopState) -> float:
+    """How far the run has gone, 0 -> 1: by the clock under --time-budget, else by steps."""
+    if run.cfg.time_budget:
+        return s.elapsed() / run.cfg.time_budget
+    return s.step / max(run.total_steps or 1, 1)
+
+
+def reached_the_end(run: Run, s: LoopState, progress: float) -> bool:
+    return (run.total_steps is not None and s.step >= run.total_steps) or bool(
+        run.cfg.time_budget and progress >= 1.0)
+
+
+def stop_if_asked(run: Run, s: LoopState) -> None:
+    """A signal (Ctrl-C, SIGTERM) ends the run between steps, with a checkpoint to resume from."""
+    signum = run.should_stop()
+    if run.dist.enabled and s.step % run.sync_every == 0:
+        signum = all_max(run.dist, signum or 0) or None  # one rank's signal stops every rank here
+    if signum:
+        latest = write_checkpoint(run, s, None)
+        raise Interrupted(f"interrupted at step {s.step}; saved {latest}; continue with "
+                          f"--resume {run.run_dir}", exit_code=128 + signum)
+
+
+def train_step(run: Run, s: LoopState, lr: float) -> bool:
+    """One optimisation step on the next batch; False when it was skipped as non-finite (on the CPU)."""
+    set_lr(run.optimizer, lr)
+    epoch, k = run.batcher.position(s.step)
+    if k == 0:
+        s.hidden = None  # a new epoch starts the streams afresh (at a new offset)
+    taken, s.hidden = optimisation_step(run.net, run.optimizer, run.batcher.batch(s.step), s.hidden, s.stats,
+                                        cfg=run.cfg, device=run.device, step=s.step)
+    if not taken:
+        run.report(Progress("warning", s.step, run.total_steps, s.elapsed(), text="non-finite loss; step skipped"))
+    s.step += 1
+    return taken
+
+
+def log_window(run: Run, s: LoopState, lr: float) -> None:
+    """One metrics line for the steps since the last: mean loss over every rank, gradient norm, speed."""
+    mean, grad_norm, clip_frac, rate = s.stats.read_window(run.dist, run.cfg.batch_size * run.cfg.seq_len)
+    _log(run, {"kind": "train", "step": s.step, "elapsed": round(s.elapsed(), 3), "train_loss": mean, "lr": lr,
+               "grad_norm": grad_norm, "clip_frac": clip_frac, "chars_per_s": rate})
+    emit(run, s, "log", train_loss=mean, lr=lr, grad_norm=grad_norm, chars_per_s=rate)
+    s.stats.new_window()
+
+
+def evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
+    """Score the whole validation split (rank 0), track the best for --patience, then save a checkpoint."""
+    val = None
+    if len(run.val_ids) >= 2 and run.dist.is_main:
+        res = evaluate_ids(run.model, run.val_ids, segment=run.cfg.eval_segment, precision=run.cfg.precision)
+        val = res.loss
+        if math.isfinite(val) and val < s.best_val:
+            s.best_val, s.evals_since_best = val, 0
+        else:
+            s.evals_since_best += 1
+        _log(run, {"kind": "eval", "step": s.step, "elapsed": round(s.elapsed(), 3), "val_loss": val,
+                   "val_bpc": res.bpc, "val_chars": res.chars})
+        emit(run, s, "eval", val_loss=val)
+    s.last_val = val
+    s.latest = write_checkpoint(run, s, val)
+
+
+def write_checkpoint(run: Run, s: LoopState, val: float | None) -> Path | None:
+    """Save the weights and the training state; rank 0 writes, every rank sends its streams' hidden state."""
+    state = _training_state(s.step, s.elapsed(), s.best_val, run.optimizer, gather_rows(s.hidden, run.dist),
+                            run.cfg, s.evals_since_best)
+    path = None
+    if run.dist.is_main:
+        data, cfg, cache_dir = run.data, run.cfg, run.cache_dir
+        path = save_checkpoint(run.run_dir, run.model, data.vocab, data.data, step=s.step, val_loss=val,
+                               corpus_sha256=data.sha256, state=state, keep_last=cfg.keep_last,
+                               corpus_path=str(Path(data.path).resolve()),
+                               corpus_cache=str(Path(cache_dir).resolve()) if cache_dir else "", train_cfg=cfg)
+        emit(run, s, "checkpoint", text=str(path))
+    barrier(run.dist)  # no rank runs ahead of a checkpoint being written
+    s.saved_step = s.step
+    return path
+
+
+def patience_spent(run: Run, s: LoopState) -> bool:
+    """--patience evaluations without a new best; every rank stops together (only rank 0 evaluates)."""
+    return bool(run.cfg.patience and all_max(run.dist, int(s.evals_since_best >= run.cfg.patience)))
+
+
+def stop_early(run: Run, s: LoopState) -> None:
+    s.stopped_early = True
+    msg = (f"early stop: no new best validation loss in {run.cfg.patience} evaluations "
+           f"(best {s.best_val:.4f} nats/char)")
+    _log(run, {"kind": "stop", "step": s.step, "elapsed": round(s.elapsed(), 3), "reason": msg})
+    emit(run, s, "stop", text=msg)
+
+
+def draw_sample(run: Run, s: LoopState) -> None:
+    cfg = run.cfg
+    sample_cfg = SampleConfig(length=cfg.sample_length, temperature=cfg.sample_temperature, seed=cfg.seed)
+    text = sample_text(run.model, run.data.vocab, sample_cfg)[0]
+    run.model.train()
+    shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    run.samples.write(json.dumps({"step": s.step, "elapsed": round(s.elapsed(), 3), "val_loss": s.last_val,
+                                  "temperature": cfg.sample_temperature, "text": shown}) + "\n")
+    run.samples.flush()
+    emit(run, s, "sample", text=shown)
+
+
+def _log(run: Run, record: dict[str, Any]) -> None:
+    run.metrics.write(json.dumps(record) + "\n")
+    run.metrics.flush()
+
+
+def emit(run: Run, s: LoopState, kind: str, **fields: Any) -> None:
+    run.report(Progress(kind, s.step, run.total_steps, s.elapsed(), run.cfg.time_budget, **fields))
+
+
+def _training_state(step: int, elapsed: float, best_val: float, optimizer: torch.optim.Optimizer, hidden,
+                    cfg: TrainConfig, evals_since_best: int = 0) -> dict[str, Any]:
+    """Everything besides the weights that an exact resume needs: tensors and primitives only."""
+    if isinstance(hidden, tuple):
+        hidden = [h.detach().float().cpu() for h in hidden]
+    elif hidden is not None:
+        hidden = hidden.detach().float().cpu()
+    return {"step": step, "elapsed": elapsed, "best_val": best_val, "optimizer": optimizer.state_dict(),
+            "rng": rng_state(), "hidden": hidden, "train_config": to_dict(cfg), "evals_since_best": evals_since_best}
