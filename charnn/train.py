@@ -53,7 +53,7 @@ from charnn.errors import (
     ResumeMismatchError,
 )
 from charnn.evaluate import evaluate_ids
-from charnn.model import CharRNN, detach_hidden, lm_loss
+from charnn.model import CharRNN, detach_hidden, lm_loss, num_parameters
 from charnn.runtime import (
     DistInfo,
     agree,
@@ -341,7 +341,7 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
         report(Progress("sample", step, total_steps, elapsed(), cfg.time_budget, text=shown))
 
     report(Progress("start", step, total_steps, elapsed(), cfg.time_budget,
-                    text=f"{run_dir} | {model_cfg.num_parameters(len(vocab)):,} parameters | "
+                    text=f"{run_dir} | {num_parameters(model_cfg, len(vocab)):,} parameters | "
                          f"vocabulary {len(vocab)} | train {len(train_ids):,} chars | device {device}"))
     model.train()
     params = [p for p in model.parameters()]

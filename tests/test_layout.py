@@ -6,8 +6,8 @@ from pathlib import Path
 
 from tests.conftest import PYTHON, cli_env
 
-ORDER = ["errors", "files", "config", "runtime", "data", "corpus_cache", "model", "checkpoint", "sample", "evaluate",
-         "inspect", "train", "progress", "report_assets", "report", "cli", "__main__"]
+ORDER = ["errors", "files", "config", "runtime", "data", "corpus_cache", "model", "checkpoint", "stepper", "sample",
+         "evaluate", "inspect", "train", "progress", "report_assets", "report", "cli", "__main__"]
 PKG = Path(__file__).resolve().parents[1] / "charnn"
 
 
