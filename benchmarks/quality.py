@@ -49,8 +49,9 @@ def charnn_run(preset: str, args, env, workdir: Path) -> dict:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [m["chars_per_s"] for m in metrics if m["kind"] == "train"][2:]
     from charnn.config import ModelConfig
+    from charnn.model import num_parameters
 
-    params = ModelConfig(**cfg["model"]).num_parameters(cfg["vocab_size"])
+    params = num_parameters(ModelConfig(**cfg["model"]), cfg["vocab_size"])
     return {"tool": "charnn", "preset": preset, "budget_s": args.budget, "wall_s": round(wall, 1),
             "params": params, "steps": val["step"], "val_nats": round(val["nats_per_char"], 4),
             "val_bpc": round(val["bits_per_char"], 4), "prose_nats": round(prose["nats_per_char"], 4),

@@ -15,6 +15,7 @@ differ by up to 20% here on one stream in fp32 (where they sit in memory), so re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -23,19 +24,16 @@ import time
 import torch
 
 from charnn import CharRNN, ModelConfig
-from charnn import sample as sampling
+from charnn import stepper as sampling
 
+TUNING = sampling.MEASURED
 SHAPES = [("lstm", 256, 1), ("lstm", 256, 8), ("lstm", 256, 64), ("lstm", 512, 1), ("lstm", 512, 16),
           ("gru", 256, 64), ("rnn", 512, 64)]
 
 
 def stepper(model: CharRNN, streams: int, precision: str, packed: bool) -> sampling.FastStepper:
-    saved = sampling.PACK_MIN_WEIGHT
-    sampling.PACK_MIN_WEIGHT = saved if packed else 1 << 62
-    try:
-        return sampling.FastStepper(model, batch_size=streams, precision=precision)
-    finally:
-        sampling.PACK_MIN_WEIGHT = saved
+    tuning = TUNING if packed else dataclasses.replace(TUNING, pack_min_weight=1 << 62)
+    return sampling.FastStepper(model, batch_size=streams, precision=precision, tuning=tuning)
 
 
 @torch.inference_mode()
@@ -45,7 +43,7 @@ def compare(kind: str, hidden: int, streams: int, precision: str, rounds: int, s
     both = {"packed": stepper(model, streams, precision, True), "addmm": stepper(model, streams, precision, False)}
     ids = torch.randint(0, 65, (streams,))
     times = {name: [] for name in both}
-    with sampling._few_threads(streams, hidden, ids.device):
+    with sampling.few_threads(streams, hidden, ids.device):
         for st in both.values():
             for _ in range(20):
                 st.step(ids)
@@ -73,7 +71,8 @@ def main() -> None:
     shapes, rounds, steps = SHAPES, args.rounds, args.steps
     if args.quick:
         shapes, rounds, steps = [("lstm", 128, 4)], 4, 5
-        sampling.PACK_MIN_WEIGHT = 0  # so the small shape takes the packed path too
+        global TUNING
+        TUNING = sampling.Tuning(pack_min_weight=0)  # so the small shape takes the packed path too
     print(f"machine: {os.cpu_count()} cpus, torch {torch.__version__}, oneDNN {torch.backends.mkldnn.is_available()}, "
           f"load average {os.getloadavg()[0]:.2f}")
     rows = []

@@ -14,7 +14,6 @@ from typing import Any
 from charnn.errors import ConfigError
 
 MODEL_KINDS = ("lstm", "gru", "rnn")
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks per layer in the weight matrices
 PRECISIONS = ("auto", "fp32", "bf16")
 SAMPLE_PRECISIONS = ("fp32", "bf16")  # sampling has no "auto": fp32 unless asked, so paths give the same text
 BACKENDS = ("auto", "nccl", "gloo")  # torch.distributed, under torchrun
@@ -122,17 +121,6 @@ class ModelConfig:
         if self.tie_weights and self.embed != self.hidden:
             raise ConfigError(f"--tie-weights needs --embed equal to --hidden (--embed {self.embed}, "
                               f"--hidden {self.hidden})")
-
-    def num_parameters(self, vocab_size: int) -> int:
-        gates = GATES[self.model]
-        head = 0 if self.tie_weights else self.hidden * vocab_size  # a tied head's weight is the embedding
-        total = vocab_size * self.embed + head + vocab_size
-        for layer in range(self.layers):
-            inp = self.embed if layer == 0 else self.hidden
-            total += gates * self.hidden * (inp + self.hidden + 2)
-        if self.layer_norm:
-            total += 2 * self.hidden  # gain and bias
-        return total
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ segment length, not the batch size, defines the number, so any batch size gives 
 
 When the embedding is wider than the vocabulary, scoring folds the embedding into the first layer's input
 weights (`_Scorer`): the same function, a quarter of the first layer's input arithmetic for 65 symbols and
-embed 256 (issue 4: 1.2-1.3x faster scoring on the CPU).
+embed 256 (1.2-1.3x faster scoring on the CPU: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charnn.model import CharRNN, lm_loss, run_rnn
+from charnn.model import CharRNN, layer_weights, lm_loss, run_rnn, set_layer_weights
 from charnn.runtime import autocast
 
 
@@ -68,16 +68,14 @@ class _Scorer:
         # which must not move: training's dropout masks would then depend on when it evaluates.
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             self.first = make(V, cfg.hidden, 1, batch_first=True, **extra).to(device).eval()
-            self.first.weight_ih_l0.copy_(rnn.weight_ih_l0 @ model.embed.weight.t())  # (G*H, V)
-            for name in ("weight_hh", "bias_ih", "bias_hh"):
-                getattr(self.first, f"{name}_l0").copy_(getattr(rnn, f"{name}_l0"))
+            folded = rnn.weight_ih_l0 @ model.embed.weight.t()  # (G*H, V)
+            set_layer_weights(self.first, 0, layer_weights(rnn, 0)._replace(w_ih=folded))
             self.rest = None
             if cfg.layers > 1:
                 self.rest = make(cfg.hidden, cfg.hidden, cfg.layers - 1, batch_first=True, **extra).to(device).eval()
                 for layer in range(1, cfg.layers):
-                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                        getattr(self.rest, f"{name}_l{layer - 1}").copy_(getattr(rnn, f"{name}_l{layer}"))
-            self.onehot = torch.eye(V, device=device)
+                    set_layer_weights(self.rest, layer - 1, layer_weights(rnn, layer))
+        self.onehot = torch.eye(V, device=device)
 
     def __call__(self, x: torch.Tensor, hidden):
         if not self.split:

@@ -12,12 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from charnn.model import CharRNN
+from charnn.model import CELLS, CharRNN, gate_values, gru_cell, layer_weights, lstm_cell, rnn_cell
 
-# Sigmoid gates per cell kind, in PyTorch's weight layout order; LSTM's "g" and GRU's "n" are tanh candidates,
-# not gates. LSTM rows are [i, f, g, o], GRU rows are [r, z, n] (torch.nn.LSTM / torch.nn.GRU docs).
-GATES: dict[str, tuple[str, ...]] = {"lstm": ("input", "forget", "output"), "gru": ("reset", "update"),
-                                     "rnn": ()}
 LEFT, RIGHT = 0.1, 0.9  # saturation thresholds of the 2015 paper's gate plots
 
 
@@ -46,83 +42,60 @@ class Trace:
 
 @torch.inference_mode()
 def trace(model: CharRNN, ids: np.ndarray, *, segment: int = 4096) -> Trace:
-    """Run `model` over `ids` layer by layer with a manual recurrence, keeping every state and gate.
+    """Run `model` over `ids` layer by layer with the readable cells of `charnn.model`, keeping every state
+    and gate.
 
     nn.LSTM returns only the top layer's outputs and never its gates, so each layer is stepped here from its
     `weight_ih_l{k}`/`weight_hh_l{k}`/biases. The input projection of a whole layer is one matmul; only the
     recurrent part loops over time. `tests/test_report.py` checks the logits equal the model's own.
     """
     model.eval()
-    kind, hidden_size = model.cfg.model, model.cfg.hidden
-    rnn = model.rnn
     x = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=model.head.weight.device)
     inputs = model.embed(x).float()  # (T, E)
     layers = []
     for k in range(model.cfg.layers):
-        w_ih, w_hh = getattr(rnn, f"weight_ih_l{k}").float(), getattr(rnn, f"weight_hh_l{k}").float()
-        b_ih, b_hh = getattr(rnn, f"bias_ih_l{k}").float(), getattr(rnn, f"bias_hh_l{k}").float()
-        projected = inputs @ w_ih.T + b_ih  # (T, G*H), G = 4 (lstm), 3 (gru), 1 (rnn)
         threads = torch.get_num_threads()
         # One-row ops gain nothing from worker threads, and on a busy CPU their synchronisation made
         # this loop 40x slower (80 s instead of 2 s for 5,000 characters on 2 shared cores).
         torch.set_num_threads(1)
         try:
-            layer = _step_layer(kind, projected, w_hh, b_hh, hidden_size, segment)
+            inputs, cells, gates = _run_layer(model, k, inputs, segment)  # dropout between layers is off in eval
         finally:
             torch.set_num_threads(threads)
-        layers.append(layer)
-        inputs = layer[0]  # (T, H): dropout between layers is off in eval mode
+        layers.append(LayerTrace(inputs.cpu().numpy(), None if cells is None else cells.cpu().numpy(),
+                                 {name: g.cpu().numpy() for name, g in gates.items()}))
     logits = model.output(inputs)  # (T, V): layer norm (if on) and the head; the dropouts are off in eval
-    traces = []
-    for h, c, gates in layers:
-        names = GATES[kind]
-        traces.append(LayerTrace(h.cpu().numpy(), None if c is None else c.cpu().numpy(),
-                                 {name: g.cpu().numpy() for name, g in zip(names, gates, strict=True)}))
-    return Trace(np.asarray(ids), logits, traces, segment)
+    return Trace(np.asarray(ids), logits, layers, segment)
 
 
-def _step_layer(kind: str, projected: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, size: int,
-                segment: int):
-    """The recurrence of one layer; returns (h (T, H), c (T, H) or None, [gate (T, H), ...]).
-
-    Only what the next step needs is computed inside the loop (about ten small ops per character, written
-    in place); the gates are recovered afterwards from the stored pre-activations in one vectorised pass.
-    """
-    steps = projected.shape[0]
-    hs = projected.new_zeros(steps, size)
-    h = c = projected.new_zeros(size)
-    if kind == "lstm":
-        cs = projected.new_empty(steps, size)
-        pre = projected + b_hh  # (T, 4H): rows become i, f, g, o pre-activations in place
-        for t in range(steps):
-            if t % segment == 0:  # a new evaluation segment starts from a zero state
-                h = c = projected.new_zeros(size)
-            row = torch.addmv(pre[t], w_hh, h, out=pre[t])  # (4H,)
-            act = torch.sigmoid(row)
-            candidate = torch.tanh(row[2 * size:3 * size])
-            c = torch.addcmul(act[size:2 * size] * c, act[:size], candidate, out=cs[t])  # f * c + i * g
-            h = torch.mul(act[3 * size:], torch.tanh(c), out=hs[t])
-        i, f, _, o = torch.sigmoid(pre).split(size, dim=1)
-        return hs, cs, [i, f, o]
-    if kind == "gru":
-        xr, xz, xn = projected.split(size, dim=1)
-        rec = projected.new_empty(steps, 3 * size)  # W_hh h + b_hh per step, kept for the gates
-        for t in range(steps):
-            if t % segment == 0:
-                h = projected.new_zeros(size)
-            hr, hz, hn = torch.addmv(b_hh, w_hh, h, out=rec[t]).split(size)
-            r = torch.sigmoid(xr[t] + hr)
-            z = torch.sigmoid(xz[t] + hz)
-            n = torch.tanh(torch.addcmul(xn[t], r, hn))
-            h = torch.add(n, z * (h - n), out=hs[t])  # (1 - z) * n + z * h
-        hr, hz, _ = rec.split(size, dim=1)
-        return hs, None, [torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)]
-    pre = projected + b_hh
+def _run_layer(model: CharRNN, k: int, inputs: torch.Tensor,
+               segment: int) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+    """Layer k over inputs (T, I), one step at a time from a zero state at the start of every segment
+    -> h (T, H), c (T, H) for an LSTM (else None), and the gates by name, each (T, H)."""
+    kind, cell = model.cfg.model, CELLS[model.cfg.model]
+    w_ih, w_hh, b_ih, b_hh = (w.float() for w in layer_weights(model.rnn, k))
+    x_proj = inputs @ w_ih.T + b_ih  # (T, G*H)
+    if not cell.hh_bias_apart:  # only x_proj + h_proj counts: b_hh joins the input side, outside the loop
+        x_proj, b_hh = x_proj + b_hh, None
+    steps, size = x_proj.shape[0], w_hh.shape[1]
+    h_proj = torch.empty_like(x_proj)  # (T, G*H): W_hh h (+ b_hh) of every step, kept for the gates
+    hs, cs = [], []
     for t in range(steps):
-        if t % segment == 0:
-            h = projected.new_zeros(size)
-        h = torch.tanh(torch.addmv(pre[t], w_hh, h), out=hs[t])
-    return hs, None, []
+        if t % segment == 0:  # a new evaluation segment starts from a zero state
+            h = c = x_proj.new_zeros(size)
+        if b_hh is None:
+            torch.mv(w_hh, h, out=h_proj[t])
+        else:
+            torch.addmv(b_hh, w_hh, h, out=h_proj[t])
+        if kind == "lstm":
+            h, c = lstm_cell(x_proj[t], h_proj[t], c)
+            cs.append(c)
+        elif kind == "gru":
+            h = gru_cell(x_proj[t], h_proj[t], h)
+        else:
+            h = rnn_cell(x_proj[t], h_proj[t])
+        hs.append(h)
+    return torch.stack(hs), torch.stack(cs) if cs else None, gate_values(kind, x_proj, h_proj)  # gates at once
 
 
 # --- surprise -------------------------------------------------------------------------------------------

@@ -1,23 +1,107 @@
 """The network: embedding -> stacked nn.LSTM / nn.GRU / nn.RNN (cuDNN on GPU) -> [layer norm] -> linear head
 (optionally tied to the embedding), locked dropout, and the loss.
 
-Batch-first throughout. `forward(x, hidden) -> (logits, hidden)`; the fast one-step path used for
-sampling lives in `charnn.sample`, reading these same weights.
+Batch-first throughout. `forward(x, hidden) -> (logits, hidden)`. Also the one definition of the cells: the
+gate layout of each kind (`CELLS`) and a readable step of each (`lstm_cell`, `gru_cell`, `rnn_cell`), which
+`charnn.inspect` runs and the fast sampling kernel (`charnn.stepper`) reads its layout from. Not the sampler.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charnn.config import GATES, ModelConfig
+from charnn.config import ModelConfig
 
 RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CellLayout:
+    """The gate layout of a cell kind. A layer's weight_ih, weight_hh, bias_ih and bias_hh stack one block of
+    H rows per entry of `blocks`, in this order (PyTorch's; see the nn.LSTM / nn.GRU / nn.RNN docs)."""
+
+    blocks: tuple[str, ...]  # the blocks in weight order
+    gates: tuple[str, ...]  # the blocks squashed by a sigmoid; the others are tanh candidates
+    hh_bias_apart: bool = False  # the recurrent bias cannot be summed into the input's (GRU: r multiplies it)
+
+    @property
+    def count(self) -> int:
+        """G: a layer's weights have G * H rows."""
+        return len(self.blocks)
+
+
+CELLS: dict[str, CellLayout] = {  # PyTorch's letters: LSTM i f g o, GRU r z n
+    "lstm": CellLayout(blocks=("input", "forget", "candidate", "output"), gates=("input", "forget", "output")),
+    "gru": CellLayout(blocks=("reset", "update", "candidate"), gates=("reset", "update"), hh_bias_apart=True),
+    "rnn": CellLayout(blocks=("candidate",), gates=()),  # Elman, tanh
+}
+
+
+# --- one step of each cell, as nn.LSTM / nn.GRU / nn.RNN compute it -------------------------------------------
+# x_proj = W_ih x + b_ih and h_proj = W_hh h + b_hh, both (..., G*H) in the blocks' order; h and c (..., H) are
+# the previous state. An LSTM or RNN uses only x_proj + h_proj, so a caller may move b_hh into x_proj.
+
+def lstm_cell(x_proj: torch.Tensor, h_proj: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (h, c): c = f * c + i * g, h = o * tanh(c), with i, f, o sigmoid gates and g a tanh candidate."""
+    pre = x_proj + h_proj  # (..., 4H)
+    i, f, _, o = torch.sigmoid(pre).chunk(4, dim=-1)  # one op for the three gates (g's share is unused)
+    g = torch.tanh(pre.chunk(4, dim=-1)[2])
+    c = torch.addcmul(f * c, i, g)  # f * c + i * g
+    return o * torch.tanh(c), c
+
+
+def gru_cell(x_proj: torch.Tensor, h_proj: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """-> h = (1 - z) * n + z * h, with n = tanh(x_n + r * h_n): the reset gate r scales the recurrent part
+    of the candidate, bias included (hence `hh_bias_apart`)."""
+    x_r, x_z, x_n = x_proj.chunk(3, dim=-1)
+    h_r, h_z, h_n = h_proj.chunk(3, dim=-1)
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(torch.addcmul(x_n, r, h_n))  # tanh(x_n + r * h_n)
+    return n + z * (h - n)  # (1 - z) * n + z * h
+
+
+def rnn_cell(x_proj: torch.Tensor, h_proj: torch.Tensor) -> torch.Tensor:
+    """-> h = tanh(x_proj + h_proj)."""
+    return torch.tanh(x_proj + h_proj)
+
+
+def gate_values(kind: str, x_proj: torch.Tensor, h_proj: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The sigmoid gates of a step (or of many: the projections may be (T, G*H)), by name -> (..., H)."""
+    cell = CELLS[kind]
+    blocks = dict(zip(cell.blocks, torch.sigmoid(x_proj + h_proj).chunk(cell.count, dim=-1), strict=True))
+    return {name: blocks[name] for name in cell.gates}
+
+
+class LayerWeights(NamedTuple):
+    """Layer k of a stacked nn.LSTM/GRU/RNN: weight_ih (G*H, I), weight_hh (G*H, H), bias_ih and bias_hh (G*H,)."""
+
+    w_ih: torch.Tensor
+    w_hh: torch.Tensor
+    b_ih: torch.Tensor
+    b_hh: torch.Tensor
+
+
+WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # LayerWeights' fields, as nn.RNNBase names them
+
+
+def layer_weights(rnn: nn.Module, layer: int) -> LayerWeights:
+    return LayerWeights(*(getattr(rnn, f"{name}_l{layer}") for name in WEIGHT_NAMES))
+
+
+def set_layer_weights(rnn: nn.Module, layer: int, weights: LayerWeights) -> None:
+    """Copy `weights` into layer `layer` of `rnn` (no gradient)."""
+    with torch.no_grad():
+        for name, w in zip(WEIGHT_NAMES, weights, strict=True):
+            getattr(rnn, f"{name}_l{layer}").copy_(w)
 
 
 class LockedDropout(nn.Module):
@@ -80,8 +164,9 @@ class CharRNN(nn.Module):
             nn.init.uniform_(p, -bound, bound)
             if self.cfg.model == "lstm" and name.startswith("bias_ih"):
                 # Forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015): remember by default.
+                H, forget = self.cfg.hidden, CELLS["lstm"].blocks.index("forget")
                 with torch.no_grad():
-                    p[self.cfg.hidden:2 * self.cfg.hidden].fill_(1.0)
+                    p[forget * H:(forget + 1) * H].fill_(1.0)
         if not self.cfg.tie_weights:  # drawn after the recurrent weights: a seed gives the weights it always gave
             nn.init.uniform_(self.head.weight, -bound, bound)
         if self.cfg.layer_norm:
@@ -102,11 +187,6 @@ class CharRNN(nn.Module):
         """
         return self.head(self.drop(self.locked(self.ln(h))))
 
-    def initial_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Hidden:
-        device = device or self.head.weight.device
-        zeros = torch.zeros(self.cfg.layers, batch_size, self.cfg.hidden, device=device)
-        return (zeros, zeros.clone()) if self.cfg.model == "lstm" else zeros
-
 
 def run_rnn(rnn: nn.Module, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
     """rnn(x, hidden), except under CUDA autocast, where the recurrence runs in fp32 (on TF32 tensor cores).
@@ -126,19 +206,27 @@ def state_shapes(cfg: ModelConfig, vocab_size: int) -> dict[str, tuple[int, ...]
     """The names and shapes of `CharRNN(cfg, vocab_size).state_dict()`, by arithmetic: the checkpoint loader
     checks a file against them before allocating anything (building the module, even on the meta device,
     costs a second of imports; tests/test_model.py checks the two agree)."""
-    G, H, V = GATES[cfg.model], cfg.hidden, vocab_size
+    H, V = cfg.hidden, vocab_size
+    rows = CELLS[cfg.model].count * H
     shapes: dict[str, tuple[int, ...]] = {"embed.weight": (V, cfg.embed)}
     for layer in range(cfg.layers):
-        shapes[f"rnn.weight_ih_l{layer}"] = (G * H, cfg.embed if layer == 0 else H)
-        shapes[f"rnn.weight_hh_l{layer}"] = (G * H, H)
-        shapes[f"rnn.bias_ih_l{layer}"] = (G * H,)
-        shapes[f"rnn.bias_hh_l{layer}"] = (G * H,)
+        inputs = cfg.embed if layer == 0 else H
+        for name, shape in zip(WEIGHT_NAMES, [(rows, inputs), (rows, H), (rows,), (rows,)], strict=True):
+            shapes[f"rnn.{name}_l{layer}"] = shape
     if cfg.layer_norm:
         shapes["ln.weight"] = (H,)
         shapes["ln.bias"] = (H,)
     shapes["head.weight"] = (V, H)  # with tie_weights, a second copy of embed.weight (the loader checks)
     shapes["head.bias"] = (V,)
     return shapes
+
+
+def num_parameters(cfg: ModelConfig, vocab_size: int) -> int:
+    """The number of trainable parameters of `CharRNN(cfg, vocab_size)` (a tied matrix counted once)."""
+    shapes = state_shapes(cfg, vocab_size)
+    if cfg.tie_weights:
+        del shapes["head.weight"]  # the embedding itself
+    return sum(math.prod(shape) for shape in shapes.values())
 
 
 def detach_hidden(hidden: Hidden | None) -> Hidden | None:

@@ -32,7 +32,7 @@ from charnn.distributed import (
 )
 from charnn.errors import CheckpointError, CheckpointWriteError, ConfigError, DataError, ResumeMismatchError
 from charnn.files import remove_stale_temps
-from charnn.model import CharRNN
+from charnn.model import CharRNN, num_parameters
 from charnn.rundir import latest_resumable, list_checkpoints, resume_configs, write_run_files
 from charnn.runtime import pick_device, seed_everything, set_rng_state, set_threads
 from charnn.schedule import default_run_dir, is_sample_step, learning_rate, total_steps
@@ -89,7 +89,7 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
     try:
         s.t_start = time.perf_counter() - s.elapsed_before
         vocab = run.data.vocab
-        emit(run, s, "start", text=f"{run.run_dir} | {model_cfg.num_parameters(len(vocab)):,} parameters | "
+        emit(run, s, "start", text=f"{run.run_dir} | {num_parameters(model_cfg, len(vocab)):,} parameters | "
                                    f"vocabulary {len(vocab)} | train {run.train_chars:,} chars | device {run.device}")
         run.model.train()
         s.stats = StepStats.on(run.device)

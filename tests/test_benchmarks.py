@@ -44,11 +44,12 @@ def test_benchmark_help(script):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cuda_graph_sampling_gives_the_eager_fast_path_text(kind, precision, monkeypatch):
+def test_cuda_graph_sampling_gives_the_eager_fast_path_text(kind, precision):
     from charnn import sample
     from charnn.config import ModelConfig, SampleConfig
     from charnn.data import Vocab
     from charnn.model import CharRNN
+    from charnn.stepper import Tuning
 
     vocab = Vocab(tuple(map(ord, "\n abcdefgh")))
     torch.manual_seed(0)
@@ -57,9 +58,7 @@ def test_cuda_graph_sampling_gives_the_eager_fast_path_text(kind, precision, mon
                 SampleConfig(length=50, seed=1, top_k=3, precision=precision),
                 SampleConfig(length=50, greedy=True, precision=precision)):
         graphed = sample.sample_text(model, vocab, cfg)
-        monkeypatch.setattr(sample, "USE_CUDA_GRAPHS", False)
-        assert graphed == sample.sample_text(model, vocab, cfg)
-        monkeypatch.setattr(sample, "USE_CUDA_GRAPHS", True)
+        assert graphed == sample.sample_text(model, vocab, cfg, tuning=Tuning(cuda_graphs=False))
 
 
 def _json_rows(stdout: str) -> list[dict]:

@@ -7,8 +7,8 @@ from pathlib import Path
 from tests.conftest import PYTHON, cli_env
 
 ORDER = ["version", "errors", "files", "config", "plan", "runtime", "distributed", "data", "corpus_cache", "model",
-         "checkpoint", "rundir", "sample", "evaluate", "inspect", "schedule", "trainstep", "trainloop", "train",
-         "progress", "report_assets", "report", "cli", "__main__"]
+         "checkpoint", "rundir", "stepper", "sample", "evaluate", "inspect", "schedule", "trainstep", "trainloop",
+         "train", "progress", "report_assets", "report", "cli", "__main__"]
 PKG = Path(__file__).resolve().parents[1] / "charnn"
 
 

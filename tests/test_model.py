@@ -7,9 +7,22 @@ import torch
 
 from charnn.config import MODEL_KINDS, ModelConfig, resolve
 from charnn.errors import ConfigError
-from charnn.model import CharRNN, LockedDropout, detach_hidden, lm_loss, state_shapes
+from charnn.model import (
+    CELLS,
+    CharRNN,
+    LockedDropout,
+    detach_hidden,
+    gate_values,
+    gru_cell,
+    layer_weights,
+    lm_loss,
+    lstm_cell,
+    num_parameters,
+    rnn_cell,
+    state_shapes,
+)
 
-# The options of issue 5 (AWD-LSTM style), each alone and all together; tying needs embed == hidden.
+# The AWD-LSTM style options (Merity et al. 2017), each alone and all together; tying needs embed == hidden.
 OPTIONS = [{}, {"tie_weights": True}, {"layer_norm": True}, {"locked_dropout": 0.3},
            {"tie_weights": True, "layer_norm": True, "locked_dropout": 0.3, "dropout": 0.2}]
 
@@ -42,7 +55,7 @@ def test_parameter_count_matches_config(options):
         embed = 7 if options.get("tie_weights") else 5
         cfg = ModelConfig(model=kind, layers=3, hidden=7, embed=embed, **options)
         model = CharRNN(cfg, 11)
-        assert cfg.num_parameters(11) == sum(p.numel() for p in model.parameters())
+        assert num_parameters(cfg, 11) == sum(p.numel() for p in model.parameters())
 
 
 def test_detached_state_has_no_graph():
@@ -78,6 +91,51 @@ def test_state_shapes_match_the_module(kind, layers, options):
                       **options)
     actual = {k: tuple(v.shape) for k, v in CharRNN(cfg, 7).state_dict().items()}
     assert state_shapes(cfg, 7) == actual
+
+
+# --- the cells: one definition of the gate layout and the arithmetic --------------------------------------
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_the_readable_cells_step_like_the_module(kind):
+    """lstm_cell / gru_cell / rnn_cell, stepped over each layer's weights in the table's block order, give
+    nn.LSTM/GRU/RNN's outputs and final state; gate_values names the table's gates."""
+    B, T, E, H, V, L = 3, 7, 4, 5, 6, 2
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(model=kind, layers=L, hidden=H, embed=E), V).eval()
+    x = torch.randint(V, (B, T))
+    with torch.no_grad():
+        inputs = model.embed(x)  # (B, T, E)
+        want, state = model.rnn(inputs)
+        h_n, c_n = [], []
+        for layer in range(L):
+            w_ih, w_hh, b_ih, b_hh = layer_weights(model.rnn, layer)
+            h = c = torch.zeros(B, H)
+            outs = []
+            for t in range(T):
+                x_proj, h_proj = inputs[:, t] @ w_ih.T + b_ih, h @ w_hh.T + b_hh  # (B, G*H)
+                gates = gate_values(kind, x_proj, h_proj)
+                assert list(gates) == list(CELLS[kind].gates) and all(g.shape == (B, H) for g in gates.values())
+                if kind == "lstm":
+                    h, c = lstm_cell(x_proj, h_proj, c)
+                elif kind == "gru":
+                    h = gru_cell(x_proj, h_proj, h)
+                else:
+                    h = rnn_cell(x_proj, h_proj)
+                outs.append(h)
+            inputs = torch.stack(outs, dim=1)  # (B, T, H)
+            h_n.append(h)
+            c_n.append(c)
+    torch.testing.assert_close(inputs, want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(h_n), state[0] if kind == "lstm" else state, atol=1e-6, rtol=1e-5)
+    if kind == "lstm":
+        torch.testing.assert_close(torch.stack(c_n), state[1], atol=1e-6, rtol=1e-5)
+
+
+def test_the_cell_table_covers_every_kind():
+    assert set(CELLS) == set(MODEL_KINDS)
+    for cell in CELLS.values():
+        assert set(cell.gates) < set(cell.blocks) and cell.count == len(cell.blocks)
+    assert [CELLS[k].count for k in ("lstm", "gru", "rnn")] == [4, 3, 1]  # nn.LSTM / nn.GRU / nn.RNN's G
 
 
 # --- weight tying (Press & Wolf 2017; Inan et al. 2017) ---------------------------------------------------

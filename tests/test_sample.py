@@ -3,22 +3,23 @@
 import pytest
 import torch
 
-from charnn import sample
 from charnn.config import ModelConfig, SampleConfig
 from charnn.data import Vocab
 from charnn.errors import ConfigError, VocabularyError
 from charnn.model import CharRNN
-from charnn.sample import FastStepper, sample_text
+from charnn.sample import sample_text
+from charnn.stepper import MEASURED, FastStepper, Tuning, _pack
 
 VOCAB = Vocab(tuple(map(ord, "\n abcdefgh")))
 
 
 PACKING = torch.backends.mkldnn.is_available()
+PACK_ALL = Tuning(pack_min_weight=0, pack_min_rows=0)  # the packed kernel even for tiny test models
+PACK_NONE = Tuning(pack_min_weight=10**12)
 
 
-def pack_everything(monkeypatch):
-    monkeypatch.setattr(sample, "PACK_MIN_WEIGHT", 0)
-    monkeypatch.setattr(sample, "PACK_MIN_ROWS", 0)
+def packing(packed: bool) -> Tuning:
+    return PACK_ALL if packed else PACK_NONE
 
 
 def model_of(kind="lstm", seed=0):
@@ -36,16 +37,16 @@ def test_same_seed_same_text_and_different_seed_differs():
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("sigmoid_tanh", [False, True])
-def test_fast_and_module_paths_give_the_same_text(kind, sigmoid_tanh, monkeypatch):
+def test_fast_and_module_paths_give_the_same_text(kind, sigmoid_tanh):
     # both ways the fast stepper computes tanh: the CPU kernel (small batches) and 2 sigmoid(2x) - 1 (large),
     # the first with plain addmm, the second with the matmul weights packed for oneDNN
-    monkeypatch.setattr(sample, "SIGMOID_TANH_WORK", 0 if sigmoid_tanh else 10**9)
-    monkeypatch.setattr(sample, "PACK_MIN_WEIGHT", 0 if sigmoid_tanh else 10**12)
-    monkeypatch.setattr(sample, "PACK_MIN_ROWS", 0)
+    tuning = Tuning(sigmoid_tanh_work=0 if sigmoid_tanh else 10**9, pack_min_weight=0 if sigmoid_tanh else 10**12,
+                    pack_min_rows=0)
     model = model_of(kind)
     cfg = SampleConfig(length=300, seed=3, temperature=1.0, prime="abc", num_samples=3)
-    assert sample_text(model, VOCAB, cfg, path="fast") == sample_text(model, VOCAB, cfg, path="module")
-    stepper = FastStepper(model, batch_size=3)
+    assert sample_text(model, VOCAB, cfg, tuning=tuning) == sample_text(model, VOCAB, cfg, path="module")
+    stepper = FastStepper(model, batch_size=3, tuning=tuning)
+    assert stepper.sig_tanh == sigmoid_tanh
     assert all((w.packed is not None) == (sigmoid_tanh and PACKING) for w in stepper.weights)
 
 
@@ -105,25 +106,39 @@ def test_a_zero_uniform_never_draws_a_filtered_symbol():
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("batch", [1, 32])
 @pytest.mark.parametrize("packed", [False, True])
-def test_fast_stepper_matches_the_module_step_by_step(kind, batch, packed, monkeypatch):
+def test_fast_stepper_matches_the_module_step_by_step(kind, batch, packed):
     """The stepper's logits equal nn.LSTM/GRU/RNN's to fp32 rounding in fp32, and stay close in bf16, with
     the matmul weights packed for oneDNN or not."""
-    monkeypatch.setattr(sample, "PACK_MIN_WEIGHT", 0 if packed else 10**12)
-    monkeypatch.setattr(sample, "PACK_MIN_ROWS", 0)
+    tuning = packing(packed)
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(model=kind, layers=3, hidden=160, embed=24), len(VOCAB)).eval()
     ids = torch.randint(len(VOCAB), (batch, 40))
     with torch.no_grad():
         want, _ = model(ids)  # (B, T, V)
         for precision, tol in (("fp32", 1e-4), ("bf16", 0.1)):
-            stepper = FastStepper(model, temperature=1.0, batch_size=batch, precision=precision)
-            assert stepper.sig_tanh == (batch * 160 >= sample.SIGMOID_TANH_WORK)
+            stepper = FastStepper(model, temperature=1.0, batch_size=batch, precision=precision, tuning=tuning)
+            assert stepper.sig_tanh == (batch * 160 >= MEASURED.sigmoid_tanh_work)
             assert all((w.packed is not None) == (packed and PACKING) for w in stepper.weights)
             got = torch.stack([stepper.step(ids[:, t]).clone() for t in range(ids.shape[1])], dim=1)
             err = (got - want).abs().max().item()
             assert err < tol, (precision, err)
             if precision == "bf16":
                 assert err > 1e-6  # the bf16 path really rounds
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("tuning", [MEASURED, Tuning(sigmoid_tanh_work=0, pack_min_weight=0, pack_min_rows=0)])
+def test_fast_stepper_follows_the_readable_cells(kind, tuning):
+    """The kernel against `charnn.model`'s reference cells (which `charnn.inspect.trace` steps), one stream."""
+    from charnn.inspect import trace
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(model=kind, layers=2, hidden=24, embed=8, layer_norm=True), len(VOCAB)).eval()
+    ids = torch.randint(len(VOCAB), (60,))
+    stepper = FastStepper(model, batch_size=1, tuning=tuning)
+    with torch.no_grad():
+        got = torch.cat([stepper.step(ids[t:t + 1]).clone() for t in range(len(ids))])  # (T, V)
+    torch.testing.assert_close(got, trace(model, ids.numpy()).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_bf16_sampling_is_seeded_and_close_to_fp32():
@@ -143,9 +158,7 @@ def test_sampling_precision_is_validated():
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("packed", [False, True])
-def test_fast_path_follows_layer_norm_and_tied_weights(kind, packed, monkeypatch):
-    if packed:
-        pack_everything(monkeypatch)
+def test_fast_path_follows_layer_norm_and_tied_weights(kind, packed):
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(model=kind, layers=2, hidden=16, embed=16, layer_norm=True, tie_weights=True,
                                 locked_dropout=0.3), len(VOCAB))
@@ -153,25 +166,25 @@ def test_fast_path_follows_layer_norm_and_tied_weights(kind, packed, monkeypatch
         model.ln.weight.uniform_(0.5, 2.0)
         model.ln.bias.uniform_(-1.0, 1.0)
     cfg = SampleConfig(length=300, seed=3, temperature=1.0, prime="abc", num_samples=3)
-    assert sample_text(model, VOCAB, cfg, path="fast") == sample_text(model, VOCAB, cfg, path="module")
+    fast = sample_text(model, VOCAB, cfg, tuning=PACK_ALL if packed else MEASURED)
+    assert fast == sample_text(model, VOCAB, cfg, path="module")
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("packed", [False, True])
-def test_stepper_restore_state_undoes_steps(kind, precision, packed, monkeypatch):
+def test_stepper_restore_state_undoes_steps(kind, precision, packed):
     """What the CUDA graph path relies on after its warm-up and capture steps: restoring a saved state
     makes the next steps exactly those of a stepper that never took them (bf16's state copy included)."""
-    if packed:
-        pack_everything(monkeypatch)
+    tuning = PACK_ALL if packed else MEASURED
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(model=kind, layers=2, hidden=32, embed=8), len(VOCAB)).eval()
     ids = torch.randint(len(VOCAB), (6, 20))
     with torch.no_grad():
         _, hidden = model(ids[:, :10])
-        fresh = FastStepper(model, batch_size=6, precision=precision)
+        fresh = FastStepper(model, batch_size=6, precision=precision, tuning=tuning)
         fresh.load(hidden)
-        used = FastStepper(model, batch_size=6, precision=precision)
+        used = FastStepper(model, batch_size=6, precision=precision, tuning=tuning)
         used.load(hidden)
         saved = used.save_state()
         for t in range(3):
@@ -184,27 +197,26 @@ def test_stepper_restore_state_undoes_steps(kind, precision, packed, monkeypatch
 def test_weights_are_packed_by_the_measured_rule():
     """fp32: from PACK_MIN_ROWS streams and PACK_MIN_WEIGHT entries; bf16: from one stream; never what the
     packed kernel cannot take (float64 here), which falls back to addmm."""
-    big = torch.randn(sample.PACK_MIN_WEIGHT // 1024, 1024)
-    small = torch.randn(sample.PACK_MIN_WEIGHT // 1024 - 1, 1024)
-    rows = max(sample.PACK_MIN_ROWS, 2)
-    assert sample._pack(big, rows).packed is not None or not PACKING
-    assert sample._pack(big, sample.PACK_MIN_ROWS - 1).packed is None or sample.PACK_MIN_ROWS <= 1
-    assert sample._pack(big.bfloat16(), 1).packed is not None or not PACKING
-    assert sample._pack(small, rows).packed is None
-    assert sample._pack(big.double(), rows).packed is None
-    assert torch.equal(sample._pack(big, rows).t, big)
+    big = torch.randn(MEASURED.pack_min_weight // 1024, 1024)
+    small = torch.randn(MEASURED.pack_min_weight // 1024 - 1, 1024)
+    rows = max(MEASURED.pack_min_rows, 2)
+    assert _pack(big, rows).packed is not None or not PACKING
+    assert _pack(big, MEASURED.pack_min_rows - 1).packed is None or MEASURED.pack_min_rows <= 1
+    assert _pack(big.bfloat16(), 1).packed is not None or not PACKING
+    assert _pack(small, rows).packed is None
+    assert _pack(big.double(), rows).packed is None
+    assert torch.equal(_pack(big, rows).t, big)
+    assert _pack(small, 1, PACK_ALL).packed is not None or not PACKING  # the thresholds are arguments
 
 
-def test_a_stepper_refuses_a_batch_of_another_size(monkeypatch):
+def test_a_stepper_refuses_a_batch_of_another_size():
     """The packed kernel does not check the rows it adds; the stepper does, whichever kernel it uses."""
     for packed in (False, True):
-        monkeypatch.setattr(sample, "PACK_MIN_WEIGHT", 0 if packed else 10**12)
-        stepper = FastStepper(model_of(), batch_size=4)
+        stepper = FastStepper(model_of(), batch_size=4, tuning=packing(packed))
         with pytest.raises(ValueError, match=r"\(4,\)"):
             stepper.step(torch.arange(5))
 
 
 def test_packing_follows_the_onednn_switch(monkeypatch):
-    pack_everything(monkeypatch)
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
-    assert sample._pack(torch.randn(64, 64), 8).packed is None
+    assert _pack(torch.randn(64, 64), 8, PACK_ALL).packed is None

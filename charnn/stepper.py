@@ -1,0 +1,344 @@
+"""The fast sampling kernel: one recurrent step for a batch of streams, with the model's weights laid out for
+speed, and its CUDA-graph replay. The same arithmetic as the readable cells in `charnn.model` (`lstm_cell`,
+...), whose gate layout it reads; tests hold the two paths to the same text. Not the sampling API: that is
+`charnn.sample`. Why each trick pays, and where its switch points come from: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from charnn.errors import ConfigError, SamplingError
+from charnn.model import CELLS, CellLayout, CharRNN, Hidden, layer_weights
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Where the fast stepper switches kernels, by "work" = batch x hidden. The defaults were measured on the
+    CPU (benchmarks/step_speed.py, docs/benchmarks.md); tests pass other values to reach every branch."""
+
+    small_step_work: int = 8 * 256  # up to this work the CPU steps on one thread (`few_threads`)
+    sigmoid_tanh_work: int = 16 * 256  # from this work tanh is computed from a sigmoid
+    pack_min_weight: int = 1 << 18  # matmul weights of this many entries (an LSTM of 256 units) are packed...
+    pack_min_rows: int = 4  # ...in fp32 only from this many streams (MKL's one-row fp32 path is as fast)
+    cuda_graphs: bool = True  # on CUDA, replay one captured step (`GraphStep`)
+
+
+MEASURED = Tuning()
+
+
+@dataclass(frozen=True)
+class _Weight:
+    """A step's matmul weight: (K, N) for addmm, and oneDNN's packed copy where that kernel is faster."""
+
+    t: torch.Tensor
+    packed: torch.Tensor | None
+
+
+def _pack(w: torch.Tensor, rows: int, tuning: Tuning = MEASURED) -> _Weight:
+    """Pack the (K, N) weight `w` for `rows` input rows where it pays (CPU, oneDNN present).
+
+    addmm goes to MKL, which re-packs the whole weight on every call, a large part of the cost of a step's few
+    rows; oneDNN's linear on weights packed once measured 1.1-2x faster in fp32 from 8 streams, 1.35-2.6x for
+    one bf16 stream. These are private ops (those torch.compile's CPU backend calls): anything unexpected falls
+    back to addmm.
+    """
+    few = w.dtype == torch.float32 and rows < tuning.pack_min_rows
+    onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    if few or w.numel() < tuning.pack_min_weight or w.device.type != "cpu" or not onednn:
+        return _Weight(w, None)
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), rows)
+        torch.ops.mkldnn._linear_pointwise(torch.zeros(rows, w.shape[0], dtype=w.dtype), packed, None, "none",
+                                           [], "")
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return _Weight(w, None)
+    return _Weight(w, packed)
+
+
+def _layout(cell: CellLayout, hidden: int, sig_tanh: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's order of a layer's G*H weight rows, and each row's scale.
+
+    The gates come first, then the candidate (an LSTM's i, f, g, o become i, f, o, g), so one sigmoid covers
+    all the gates; a candidate's rows are scaled by 2 when its tanh is computed as 2 sigmoid(2x) - 1.
+    """
+    blocks = [b for b in cell.blocks if b in cell.gates] + [b for b in cell.blocks if b not in cell.gates]
+    order = torch.cat([cell.blocks.index(b) * hidden + torch.arange(hidden, device=device) for b in blocks])
+    scale = [2.0 if sig_tanh and b not in cell.gates else 1.0 for b in blocks]
+    return order, torch.tensor(scale, dtype=torch.float32, device=device).repeat_interleave(hidden)  # (G*H,) each
+
+
+class FastStepper:
+    """One recurrent step for a batch of `B` streams, with the model's weights laid out for speed.
+
+    At one character per step the arithmetic is small (about 2 MFLOP for 2x256) and the cost is the number of
+    tensor ops and how well each runs, so everything that can be is hoisted out of the step:
+    - layer 0's input projection is a (V, G*H) table indexed by the previous symbol (embedding @ W_ih + b);
+    - an LSTM/RNN layer above the first does one addmm on [h_below, h] against the stacked [W_ih; W_hh];
+    - for large batches tanh is 2 sigmoid(2x) - 1, the 2 folded into the weights (the CPU's tanh kernel is
+      five times slower than its sigmoid), so an LSTM layer costs one sigmoid over its four blocks and one
+      for tanh(c);
+    - on the CPU, the weights of the recurrent matmuls are packed once for oneDNN (`_pack`);
+    - the head is pre-scaled by 1/temperature, and results go into buffers allocated once (`out=`), except
+      those of the packed kernel, which has no `out=`.
+    `precision="bf16"` keeps the matmul weights (and a copy of the hidden states) in bf16: each product is
+    rounded to bf16 (with the bias of an upper layer or a GRU's hidden projection), while the cell state, the
+    nonlinearities and the head stay in fp32; about twice the matmul throughput, a slightly different text.
+    The hidden states of all layers live side by side in one (B, L*H) buffer, so layer l's [h_below, h] is a
+    plain view of it. `step` returns a view of the logits buffer, overwritten by the next step.
+    """
+
+    def __init__(self, model: CharRNN, temperature: float = 1.0, batch_size: int = 1, precision: str = "fp32",
+                 *, tuning: Tuning = MEASURED) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"sampling precision must be fp32 or bf16, not {precision!r}")
+        cfg = model.cfg
+        self.kind, self.layers, self.batch_size = cfg.model, cfg.layers, batch_size
+        self.low = precision == "bf16"
+        self.wdtype = torch.bfloat16 if self.low else torch.float32  # of the matmul weights
+        self.sig_tanh = batch_size * cfg.hidden >= tuning.sigmoid_tanh_work
+        with torch.no_grad():
+            self._load_layers(model, tuning)
+            self._load_head(model, temperature)
+        self._allocate(model.head.weight.device, cfg.hidden)
+
+    def _load_layers(self, model: CharRNN, tuning: Tuning) -> None:
+        """The recurrent weights in the kernel's row order and scale (`_layout`), and layer 0's input table."""
+        cell, H = CELLS[self.kind], model.cfg.hidden
+        order, scale = _layout(cell, H, self.sig_tanh, model.head.weight.device)
+        self.w, self.b, self.b_hh = [], [], []
+        for layer in range(self.layers):
+            w_ih, w_hh, b_ih, b_hh = (w.float()[order] for w in layer_weights(model.rnn, layer))
+            w_ih, w_hh = w_ih.t() * scale, w_hh.t() * scale  # (I, G*H), (H, G*H)
+            b_ih, b_hh = b_ih * scale, b_hh * scale
+            if cell.hh_bias_apart:  # GRU: its candidate multiplies (W_hn h + b_hn) by r
+                self.b.append(b_ih.contiguous())
+                self.b_hh.append(b_hh.contiguous())
+                # layer 0's input weights are in the table below: no step multiplies by them
+                w_in = self._pack(w_ih, tuning) if layer else None
+                self.w.append((w_in, self._pack(w_hh, tuning)))
+            else:
+                self.b.append((b_ih + b_hh).contiguous())
+                self.b_hh.append(None)
+                self.w.append(self._pack(w_hh if layer == 0 else torch.cat([w_ih, w_hh]), tuning))  # (H or 2H, G*H)
+            if layer == 0:  # (V, G*H): the embedding through layer 0's input weights, plus its bias
+                self.table = torch.addmm(self.b[0], model.embed.weight.float(), w_ih)
+        if self.low:  # biases of the matmuls (the table keeps its fp32 bias)
+            self.b = [b.to(self.wdtype) for b in self.b]
+            self.b_hh = [None if b is None else b.to(self.wdtype) for b in self.b_hh]
+
+    def _pack(self, w: torch.Tensor, tuning: Tuning) -> _Weight:
+        return _pack(w.to(self.wdtype).contiguous(), self.batch_size, tuning)
+
+    def _load_head(self, model: CharRNN, temperature: float) -> None:
+        """Layer norm (if on) and the head, pre-scaled by 1/temperature."""
+        self.ln = None
+        if model.cfg.layer_norm:
+            self.ln = (model.ln.normalized_shape, model.ln.weight.float(), model.ln.bias.float(), model.ln.eps)
+        self.w_out = (model.head.weight.float().t() / temperature).contiguous()  # (H, V)
+        self.b_out = (model.head.bias.float() / temperature).contiguous()
+
+    def _allocate(self, device: torch.device, H: int) -> None:
+        """The buffers every step writes into, and views of them made once (slicing costs about as much as a
+        small op)."""
+        B, L, G = self.batch_size, self.layers, CELLS[self.kind].count
+        self.hs = torch.zeros(B, L * H, device=device)  # (B, L*H): h of every layer, side by side
+        self.hs_low = torch.zeros(B, L * H, device=device, dtype=self.wdtype) if self.low else self.hs
+        self.c = [torch.zeros(B, H, device=device) for _ in range(L)] if self.kind == "lstm" else []
+        self.gates = [torch.empty(B, G * H, device=device) for _ in range(L)]
+        self.gh = [torch.empty(B, G * H, device=device) for _ in range(L)] if self.kind == "gru" else []
+        self.acc = torch.empty(B, G * H, device=device, dtype=self.wdtype) if self.low else None  # bf16 products
+        self.wide = torch.empty(B, G * H, device=device) if self.low else None  # the same, back in fp32
+        self.tmp = torch.empty(B, H, device=device)
+        # 0-dim constants: a Python number is wrapped into a tensor and cast on every op that takes it
+        self.one, self.two = torch.tensor(1.0, device=device), torch.tensor(2.0, device=device)
+        self.logits = torch.empty(B, len(self.b_out), device=device)
+        self.h = [self.hs[:, i * H:(i + 1) * H] for i in range(L)]
+        self.h_low = [self.hs_low[:, i * H:(i + 1) * H] for i in range(L)]
+        self.both_low = [self.hs_low[:, (i - 1) * H:(i + 1) * H] if i else None for i in range(L)]
+        self.gate_views = [self._cut(g) for g in self.gates]
+        self.gh_views = [self._cut(g) for g in self.gh]
+
+    @property
+    def weights(self) -> list[_Weight]:
+        """Every weight a step multiplies by (each with its packed copy or None)."""
+        return [w for layer in self.w for w in (layer if isinstance(layer, tuple) else (layer,)) if w is not None]
+
+    def _cut(self, g: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Views of gates (B, G*H) in the kernel's order: each block (B, H), then the first two and the first
+        three together."""
+        H = self.h[0].shape[1]
+        blocks = tuple(g[:, k * H:(k + 1) * H] for k in range(CELLS[self.kind].count))
+        return blocks + (g[:, :2 * H], g[:, :3 * H])
+
+    def _views(self, g: torch.Tensor, buffers: list[torch.Tensor], views: list[tuple[torch.Tensor, ...]],
+               layer: int) -> tuple[torch.Tensor, ...]:  # the views made once, unless g is a new tensor
+        return views[layer] if g is buffers[layer] else self._cut(g)
+
+    def load(self, hidden: Hidden) -> None:
+        """Copy a module-shaped hidden state ((L, B, H), or a pair for LSTM) into the stepper's buffers."""
+        h = hidden[0] if self.kind == "lstm" else hidden
+        for i in range(self.layers):
+            self.h[i].copy_(h[i])
+            if self.kind == "lstm":
+                self.c[i].copy_(hidden[1][i])
+        if self.low:
+            self.hs_low.copy_(self.hs)
+
+    def save_state(self) -> list[torch.Tensor]:
+        """A copy of everything `step` reads and writes from one step to the next (for `restore_state`)."""
+        return [t.clone() for t in self._state()]
+
+    def restore_state(self, saved: list[torch.Tensor]) -> None:
+        for t, s in zip(self._state(), saved, strict=True):
+            t.copy_(s)
+
+    def _state(self) -> list[torch.Tensor]:  # the hidden states, the LSTM cells, and the bf16 copy of the states
+        return [self.hs, *self.c] + ([self.hs_low] if self.low else [])
+
+    def _matmul(self, x: torch.Tensor, w: _Weight, out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """bias + x @ w, or out + x @ w when bias is None: in `out`, or in a new tensor from the packed fp32
+        kernel. In bf16 the product (with the bias) is rounded to bf16 and added in fp32."""
+        if w.packed is not None:
+            linear = torch.ops.mkldnn._linear_pointwise
+            if not self.low:
+                if bias is None:
+                    return linear.binary(x, out, w.packed, None, "add")
+                return linear(x, w.packed, bias, "none", [], "")
+            product = linear(x, w.packed, bias, "none", [], "")  # bf16
+        elif not self.low:
+            if bias is None:
+                return out.addmm_(x, w.t)
+            return torch.addmm(bias, x, w.t, out=out)
+        else:
+            product = torch.mm(x, w.t, out=self.acc) if bias is None else torch.addmm(bias, x, w.t, out=self.acc)
+        # a copy, then an fp32 add: twice as fast as adding the bf16 tensor (which converts it into a new one)
+        return out.copy_(product) if bias is not None else out.add_(self.wide.copy_(product))
+
+    def _tanh_(self, x: torch.Tensor) -> torch.Tensor:
+        """tanh in place of a pre-activation whose weights were scaled as `sig_tanh` says."""
+        return x.sigmoid_().mul_(self.two).sub_(self.one) if self.sig_tanh else x.tanh_()
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B,) -> scaled logits (B, V), a view of a buffer the next step overwrites."""
+        if ids.shape != (self.batch_size,):  # the packed kernel would not notice a wrong batch
+            raise ValueError(f"expected ids of shape ({self.batch_size},), got {tuple(ids.shape)}")
+        for layer in range(self.layers):
+            gates = self.gates[layer]
+            if layer == 0:
+                torch.index_select(self.table, 0, ids, out=gates)  # (B, G*H)
+            if self.kind == "gru":
+                self._gru(layer, gates)
+            else:
+                if layer:
+                    gates = self._matmul(self.both_low[layer], self.w[layer], gates, self.b[layer])
+                else:
+                    gates = self._matmul(self.h_low[0], self.w[0], gates, None)
+                if self.kind == "lstm":
+                    self._lstm(layer, gates)
+                else:
+                    self.h[layer].copy_(self._tanh_(gates))
+            if self.low:
+                self.h_low[layer].copy_(self.h[layer])
+        top = self.h[-1]
+        if self.ln is not None:
+            top = torch.nn.functional.layer_norm(top, *self.ln)
+        return torch.addmm(self.b_out, top, self.w_out, out=self.logits)
+
+    def _gru(self, layer: int, gates: torch.Tensor) -> None:
+        """`charnn.model.gru_cell` in place: h = (1 - z) n + z h, n = tanh(x_n + r h_n)."""
+        h, tmp = self.h[layer], self.tmp
+        if layer:
+            gates = self._matmul(self.h_low[layer - 1], self.w[layer][0], gates, self.b[layer])
+        gh = self._matmul(self.h_low[layer], self.w[layer][1], self.gh[layer], self.b_hh[layer])
+        r, z, n_in, rz, _ = self._views(gates, self.gates, self.gate_views, layer)
+        _, _, n_h, gh_rz, _ = self._views(gh, self.gh, self.gh_views, layer)
+        rz.add_(gh_rz).sigmoid_()
+        n = self._tanh_(n_h.mul_(r).add_(n_in))  # tanh(gi_n + r gh_n)
+        torch.sub(h, n, out=tmp)
+        torch.addcmul(n, z, tmp, out=h)  # (1 - z) n + z h
+
+    def _lstm(self, layer: int, gates: torch.Tensor) -> None:
+        """`charnn.model.lstm_cell` in place, on the summed pre-activations in the kernel's order i, f, o, g."""
+        h, tmp = self.h[layer], self.tmp
+        i, f, o, g, _, ifo = self._views(gates, self.gates, self.gate_views, layer)
+        if self.sig_tanh:  # one sigmoid for all four gates, g's turned into its tanh
+            gates.sigmoid_()
+            g.mul_(self.two).sub_(self.one)
+        else:
+            ifo.sigmoid_()
+            g.tanh_()
+        c = self.c[layer].mul_(f).addcmul_(i, g)
+        if self.sig_tanh:
+            torch.mul(c, self.two, out=tmp).sigmoid_().mul_(self.two).sub_(self.one)
+        else:
+            torch.tanh(c, out=tmp)
+        torch.mul(o, tmp, out=h)
+
+
+@contextmanager
+def few_threads(batch_size: int, hidden: int, device: torch.device, tuning: Tuning = MEASURED) -> Iterator[None]:
+    """One CPU thread while stepping small batches: each op is microseconds of work, and waking a second
+    thread costs more than it saves (it is ruinous when the other core is busy). Restored afterwards."""
+    before = torch.get_num_threads()
+    small = device.type == "cpu" and batch_size * hidden <= tuning.small_step_work
+    if small and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small and before > 1:
+            torch.set_num_threads(before)
+
+
+# draw(logits (B, V), uniforms (B, 1), out (B, 1)) writes the drawn ids into `out` and returns a 0-dim flag of
+# non-finite probabilities, or None when there is nothing to check
+Draw = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None]
+
+
+class GraphStep:
+    """The CUDA path of the fast stepper: one step plus the draw captured once as a CUDA graph and replayed,
+    so a character costs one launch instead of a few dozen. The host cannot be read inside a graph: the draw's
+    non-finite flags accumulate, and `check` reads them once per block of characters.
+    """
+
+    def __init__(self, stepper: FastStepper, draw: Draw) -> None:
+        device = stepper.logits.device
+        B = stepper.batch_size
+        self.draw = draw
+        self.ids_in = torch.zeros(B, dtype=torch.long, device=device)
+        self.uniform = torch.zeros(B, 1, device=device)
+        self.ids_out = torch.zeros(B, 1, dtype=torch.long, device=device)
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        saved = stepper.save_state()
+        self.graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm up kernels (and cuBLAS workspaces) outside the capture
+                self._body(stepper)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        # thread_local: under DDP, NCCL's watchdog thread queries events, which a global capture forbids
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self._body(stepper)
+        stepper.restore_state(saved)  # warm-up and capture stepped: undo
+        self.bad.zero_()
+
+    def _body(self, stepper: FastStepper) -> None:
+        bad = self.draw(stepper.step(self.ids_in), self.uniform, self.ids_out)
+        if bad is not None:
+            self.bad |= bad
+
+    def __call__(self, ids: torch.Tensor, uniform: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        self.ids_in.copy_(ids)
+        self.uniform.copy_(uniform)
+        self.graph.replay()
+        return out.copy_(self.ids_out)
+
+    def check(self) -> None:
+        if bool(self.bad):
+            raise SamplingError("non-finite probabilities while sampling; the model's outputs overflow")
