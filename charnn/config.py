@@ -56,11 +56,6 @@ def _validate(obj: Any) -> None:
                 raise ConfigError(f"{flag} must be greater than {meta['gt']}, not {value}")
 
 
-def help_of(cls: type, name: str) -> str:
-    """The help text of field `name` of dataclass `cls` (for the CLI)."""
-    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
-
-
 def default_of(cls: type, name: str) -> Any:
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
