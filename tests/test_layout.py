@@ -79,12 +79,14 @@ def test_lazy_names_point_at_their_modules():
 
 
 def test_package_root_imports_nothing_of_charnn():
-    """`__init__` loads its names lazily, so importing any module never imports the whole package."""
+    """`__init__` loads its names lazily, so importing any module never imports the whole package (only
+    charnn.version, which imports nothing, may be read eagerly)."""
     tree = ast.parse((PKG / "__init__.py").read_text())
     for node in tree.body:  # module level only: the lazy loader imports inside a function
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-            assert not any(n == "charnn" or n.startswith("charnn.") for n in names), ast.unparse(node)
+            assert not any(n == "charnn" or n.startswith("charnn.") and n != "charnn.version" for n in names), \
+                ast.unparse(node)
 
 
 def test_charnn_train_is_the_function_whichever_is_imported_first():
