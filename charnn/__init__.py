@@ -1,21 +1,52 @@
 """charnn: character-level recurrent language models — train, sample and evaluate from Python or the CLI.
 
-Importing charnn imports torch but not the CLI's typer, rich or tqdm.
+`import charnn` is cheap: it imports neither torch nor the CLI's typer, rich or tqdm. Each public name below
+is loaded from its module on first use (`charnn.train` loads charnn.train, and with it torch).
 """
 
-from charnn.checkpoint import LoadedModel, load_model  # noqa: E402
-from charnn.config import DataConfig, ModelConfig, SampleConfig, TrainConfig  # noqa: E402
-from charnn.data import Corpus, Vocab, encode_file  # noqa: E402
-from charnn.errors import CharnnError  # noqa: E402
-from charnn.evaluate import EvalResult, evaluate_file, evaluate_ids, evaluate_validation  # noqa: E402
-from charnn.model import CharRNN  # noqa: E402
-from charnn.rundir import load_run  # noqa: E402
-from charnn.sample import generate, sample_text  # noqa: E402
-from charnn.train import Progress, TrainResult, train  # noqa: E402
-from charnn.version import __version__  # noqa: F401 (charnn.__version__)
+import importlib as _importlib
+import sys as _sys
+import types as _types
 
-__all__ = [
-    "CharRNN", "CharnnError", "Corpus", "DataConfig", "EvalResult", "LoadedModel", "ModelConfig", "Progress",
-    "SampleConfig", "TrainConfig", "TrainResult", "Vocab", "encode_file", "evaluate_file", "evaluate_ids",
-    "evaluate_validation", "generate", "load_model", "load_run", "sample_text", "train",
-]
+from charnn.version import __version__  # noqa: F401 (charnn.__version__: no torch)
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "LoadedModel": "checkpoint", "load_model": "checkpoint", "load_run": "rundir",
+    "DataConfig": "config", "ModelConfig": "config", "SampleConfig": "config", "TrainConfig": "config",
+    "Corpus": "data", "Vocab": "data", "encode_file": "data",
+    "CharnnError": "errors",
+    "EvalResult": "evaluate", "evaluate_file": "evaluate", "evaluate_ids": "evaluate",
+    "evaluate_validation": "evaluate",
+    "CharRNN": "model",
+    "generate": "sample", "sample_text": "sample",
+    "Progress": "train", "TrainResult": "train", "train": "train",
+}
+
+__all__ = sorted(_EXPORTS, key=str.lower)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'charnn' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"charnn.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(_types.ModuleType):
+    """Importing a submodule binds it on the package; where a public name is also a submodule's (`train`),
+    the name keeps meaning the function, whichever was imported first."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package

@@ -20,9 +20,18 @@ BACKENDS = ("auto", "nccl", "gloo")  # torch.distributed, under torchrun
 
 
 def opt(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-        choices: tuple[str, ...] | None = None, gt: float | None = None) -> Any:
-    """A dataclass field with its help text and bounds, checked by `_validate` and shown by the CLI."""
-    meta = {"help": help, "min": min, "max": max, "choices": choices, "gt": gt}
+        choices: tuple[str, ...] | None = None, gt: float | None = None, panel: str | None = None,
+        flags: tuple[str, ...] | None = None, metavar: str | None = None, shown: str | None = None,
+        parser_checks: bool = False) -> Any:
+    """A dataclass field with its help text and bounds, checked by `_validate` and shown by the CLI.
+
+    A field with a `panel` is a command-line option, listed under that heading of `--help` (charnn.cli_options
+    builds it): `flags` are its spellings (default `--field-name`), `metavar` the placeholder for its value,
+    `shown` the default to print where the field's own is None. With `parser_checks` the command-line parser
+    refuses a bad choice or a value under `min` before the config sees it (its own error wording).
+    """
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "gt": gt, "panel": panel, "flags": flags,
+            "metavar": metavar, "shown": shown, "parser_checks": parser_checks}
     return field(default=default, metadata=meta)
 
 
@@ -44,11 +53,6 @@ def _validate(obj: Any) -> None:
                 raise ConfigError(f"{flag} must be at most {meta['max']}, not {value}")
             if meta.get("gt") is not None and value <= meta["gt"]:
                 raise ConfigError(f"{flag} must be greater than {meta['gt']}, not {value}")
-
-
-def help_of(cls: type, name: str) -> str:
-    """The help text of field `name` of dataclass `cls` (for the CLI)."""
-    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
 
 def default_of(cls: type, name: str) -> Any:
@@ -74,13 +78,18 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 class DataConfig:
     """How a text file becomes a stream of symbol ids."""
 
-    encoding: str = opt("utf-8", "Text encoding of the corpus (e.g. latin-1). Ignored with --bytes.")
-    errors: str = opt("strict", "What to do with undecodable bytes: strict (error naming the offset) or replace.",
-                      choices=("strict", "replace"))
-    keep_newlines: bool = opt(False, "Keep CRLF and CR as they are instead of turning them into LF.")
-    bytes_mode: bool = opt(False, "Model raw bytes (vocabulary of byte values) instead of characters.")
-    val_frac: float = opt(0.1, "Fraction of the corpus (its tail) held out for validation.", min=0.0, max=0.5)
-    test_frac: float = opt(0.0, "Fraction held out for test, taken from the very end.", min=0.0, max=0.5)
+    encoding: str = opt("utf-8", "Text encoding of the corpus, e.g. latin-1; ignored with --bytes.",
+                        panel="Data", metavar="CODEC")
+    errors: str = opt("strict", "Undecodable bytes: strict (an error naming the offset) or replace.",
+                      choices=("strict", "replace"), panel="Data", metavar="MODE")
+    keep_newlines: bool = opt(False, "Keep CRLF and CR line endings instead of turning them into LF.",
+                              panel="Data")
+    bytes_mode: bool = opt(False, "Model raw bytes (a vocabulary of byte values) instead of characters.",
+                           panel="Data", flags=("--bytes",))
+    val_frac: float = opt(0.1, "Fraction of the corpus (its tail) held out for validation.", min=0.0, max=0.5,
+                          panel="Data")
+    test_frac: float = opt(0.0, "Fraction held out for test, taken from the very end.", min=0.0, max=0.5,
+                           panel="Data")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -102,19 +111,25 @@ class DataConfig:
 class ModelConfig:
     """Shape of the network: embedding -> stacked recurrent layers -> linear head."""
 
-    model: str = opt("lstm", "Recurrent cell: lstm, gru or rnn (Elman, tanh).", choices=MODEL_KINDS)
-    layers: int = opt(2, "Number of stacked recurrent layers.", min=1, max=16)
-    hidden: int = opt(256, "Hidden units per layer.", min=1, max=16384)
-    embed: int = opt(128, "Embedding size of each input symbol.", min=1, max=16384)
-    dropout: float = opt(0.0, "Dropout between layers and before the output layer.", min=0.0, max=0.9)
-    # Issue 5's "what to try" list, AWD-LSTM style (Merity et al. 2017); all off by default, so a checkpoint
-    # whose metadata predates them loads as the model it was.
-    tie_weights: bool = opt(False, "Share the embedding matrix with the output layer's weight (Press & Wolf "
-                                   "2017; Inan et al. 2017); needs --embed equal to --hidden, which it sets "
-                                   "when --embed is not given.")
-    layer_norm: bool = opt(False, "Layer norm on the last recurrent layer's output, before the output layer.")
-    locked_dropout: float = opt(0.0, "Variational dropout: one mask per sequence, the same at every step, on "
-                                     "the embeddings and the last layer's output (AWD-LSTM).", min=0.0, max=0.9)
+    # rnn: Elman's cell, tanh.
+    model: str = opt("lstm", "Recurrent cell: lstm, gru or rnn.", choices=MODEL_KINDS,
+                     panel="Model", metavar="CELL", parser_checks=True)
+    layers: int = opt(2, "Stacked recurrent layers.", min=1, max=16, panel="Model", parser_checks=True)
+    hidden: int = opt(256, "Hidden units per layer.", min=1, max=16384, panel="Model", parser_checks=True)
+    embed: int = opt(128, "Embedding size per symbol.", min=1, max=16384, panel="Model",
+                     parser_checks=True)
+    dropout: float = opt(0.0, "Dropout between layers and before the output layer.", min=0.0,
+                         max=0.9, panel="Model")
+    # Regularisers in the AWD-LSTM style (Merity et al. 2017), all off by default, so a checkpoint whose
+    # metadata predates them loads as the model it was. Tied weights: Press & Wolf 2017, Inan et al. 2017;
+    # the tie needs --embed equal to --hidden, which it sets when --embed is not given.
+    tie_weights: bool = opt(False, "Share the embedding with the output layer; --embed takes --hidden.",
+                            panel="Model", flags=("--tie-weights/--no-tie-weights",))
+    layer_norm: bool = opt(False, "Layer norm before the output layer.", panel="Model",
+                           flags=("--layer-norm/--no-layer-norm",))
+    # Variational ("locked") dropout: one mask per sequence, the same at every step.
+    locked_dropout: float = opt(0.0, "One dropout mask per sequence on the embeddings and last output.",
+                                min=0.0, max=0.9, panel="Model")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -127,32 +142,44 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, schedule, stopping rule, and what happens along the way."""
 
-    batch_size: int = opt(64, "Parallel streams per batch (the B of truncated BPTT).", min=1, max=65536)
-    seq_len: int = opt(128, "Characters per stream per step (the T of truncated BPTT).", min=1, max=65536)
-    lr: float = opt(2e-3, "Peak learning rate (AdamW).", gt=0.0, max=10.0)
-    min_lr: float | None = opt(None, "Learning rate at the end of the cosine decay (default: lr/20).",
-                               min=0.0, max=10.0)
-    warmup_iters: int = opt(50, "Linear warmup steps.", min=0)
-    weight_decay: float = opt(0.0, "AdamW weight decay (matrices only).", min=0.0, max=10.0)
-    grad_clip: float = opt(5.0, "Clip the global gradient norm to this (0 turns clipping off).", min=0.0)
-    max_iters: int | None = opt(None, "Stop after this many steps.", min=1)
-    epochs: float | None = opt(None, "Stop after this many passes over the training split.", gt=0.0)
-    time_budget: float | None = opt(None, "Stop after this many seconds; the schedule spans the budget.", gt=0.0)
-    seed: int = opt(1337, "Random seed (weights, data order, samples).", min=0, max=2**63 - 1)
-    eval_every: int = opt(250, "Steps between validation evaluations (and checkpoints).", min=1)
+    batch_size: int = opt(64, "Parallel streams per batch (the B of truncated BPTT).", min=1, max=65536,
+                          panel="Optimisation")
+    seq_len: int = opt(128, "Characters per stream per step (the T of truncated BPTT).", min=1, max=65536,
+                       panel="Optimisation")
+    lr: float = opt(2e-3, "Peak learning rate (AdamW).", gt=0.0, max=10.0, panel="Optimisation")
+    min_lr: float | None = opt(None, "Learning rate at the end of the cosine decay.", min=0.0, max=10.0,
+                               panel="Optimisation", shown="lr/20")
+    warmup_iters: int = opt(50, "Linear warmup steps.", min=0, panel="Optimisation")
+    weight_decay: float = opt(0.0, "AdamW weight decay (matrices only).", min=0.0, max=10.0, panel="Optimisation")
+    grad_clip: float = opt(5.0, "Clip the global gradient norm to this; 0 turns clipping off.", min=0.0,
+                           panel="Optimisation")
+    max_iters: int | None = opt(None, "Stop after this many steps.", min=1, panel="Stopping")
+    epochs: float | None = opt(None, "Stop after this many passes over the training split.", gt=0.0,
+                               panel="Stopping")
+    time_budget: float | None = opt(None, "Stop after this many seconds; the schedule spans the budget.", gt=0.0,
+                                    panel="Stopping", metavar="SECONDS")
+    seed: int = opt(1337, "Random seed for the weights, the data order and the samples.", min=0, max=2**63 - 1,
+                    panel="Run")
+    eval_every: int = opt(250, "Steps between validation evaluations and checkpoints.", min=1,
+                          panel="Evaluation & output")
     eval_segment: int = opt(4096, "Validation is scored in segments of this many characters.", min=2)
-    sample_every: int | None = opt(None, "Steps between samples (default: 100, 300, 700, then every 1000).",
-                                   min=1)
-    sample_length: int = opt(200, "Characters in each training sample.", min=0, max=100000)
+    sample_every: int | None = opt(None, "Steps between samples.", min=1, panel="Evaluation & output",
+                                   shown="100, 300, 700, then every 1000")
+    sample_length: int = opt(200, "Characters in each training sample.", min=0, max=100000,
+                             panel="Evaluation & output")
     sample_temperature: float = opt(0.8, "Temperature of training samples.", min=0.01, max=100.0)
-    log_every: int = opt(10, "Steps between metrics.jsonl lines and progress updates.", min=1)
-    keep_last: int = opt(2, "Checkpoints kept besides the best one.", min=1, max=1000)
-    patience: int | None = opt(None, "Early stopping: stop once this many evaluations in a row bring no new best "
-                                     "validation loss (the best checkpoint is kept).", min=1)
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N.")
-    precision: str = opt("auto", "auto: bf16 autocast on CUDA, and for training on CPUs with native bf16; "
-                         "fp32 or bf16.", choices=PRECISIONS)
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice).", min=1, max=1024)
+    log_every: int = opt(10, "Steps between metrics.jsonl lines and progress updates.", min=1,
+                         panel="Evaluation & output")
+    keep_last: int = opt(2, "Checkpoints kept besides the best one.", min=1, max=1000, panel="Evaluation & output")
+    # Early stopping keeps the best checkpoint, which is what `sample` and `eval` use.
+    patience: int | None = opt(None, "Stop after this many evaluations in a row without a new best.", min=1,
+                               panel="Stopping", shown="off")
+    device: str = opt("auto", "Where to run: auto, cpu, cuda or cuda:N.", panel="Hardware", metavar="DEVICE")
+    # auto: bf16 autocast on CUDA, and for training on CPUs with native bf16 (docs/benchmarks.md).
+    precision: str = opt("auto", "auto (bf16 where the device has it), fp32 or bf16.", choices=PRECISIONS,
+                         panel="Hardware", parser_checks=True)
+    threads: int | None = opt(None, "CPU threads for torch.", min=1, max=1024, panel="Hardware",
+                              shown="torch's choice")
     max_bad_steps: int = opt(10, "Stop with exit 3 after this many non-finite losses in a row.", min=1)
 
     def __post_init__(self) -> None:
@@ -165,19 +192,24 @@ class TrainConfig:
 class SampleConfig:
     """How text is drawn from a model."""
 
-    length: int = opt(500, "Characters to generate (after the prime).", min=0, max=10**9)
-    temperature: float = opt(0.8, "Softmax temperature, 0.01 to 100; lower is more conservative (--greedy for "
-                                  "argmax).", min=0.01, max=100.0)
-    top_k: int | None = opt(None, "Sample only among the k most likely characters.", min=1)
+    length: int = opt(500, "Characters to generate (after the prime).", min=0, max=10**9, panel="Sampling",
+                      flags=("--length", "-n"))
+    temperature: float = opt(0.8, "Softmax temperature, 0.01 to 100; lower is more conservative.", min=0.01,
+                             max=100.0, panel="Sampling", flags=("--temperature", "-t"))
+    top_k: int | None = opt(None, "Sample only among the k most likely characters.", min=1, panel="Sampling",
+                            metavar="K")
     top_p: float | None = opt(None, "Sample only from the smallest set whose probability reaches p.",
-                              gt=0.0, max=1.0)
-    greedy: bool = opt(False, "Always take the most likely character (argmax).")
-    prime: str | None = opt(None, "Text to warm the state on; the output starts with it.")
-    seed: int | None = opt(None, "Random seed; the same seed gives the same text.", min=0, max=2**63 - 1)
-    num_samples: int = opt(1, "Independent samples to draw (run in parallel).", min=1, max=100000)
-    precision: str = opt("fp32", "Arithmetic of the sampling steps: fp32 (the same text on every stepping path) "
-                                 "or bf16 (matmuls in bf16: faster for many streams on a GPU or a CPU with bf16 "
-                                 "instructions; a slightly different text).", choices=SAMPLE_PRECISIONS)
+                              gt=0.0, max=1.0, panel="Sampling", metavar="P")
+    greedy: bool = opt(False, "Always take the most likely character (argmax).", panel="Sampling")
+    prime: str | None = opt(None, "Text to warm the state on; the output starts with it.", panel="Sampling")
+    seed: int | None = opt(None, "Random seed; the same seed gives the same text.", min=0, max=2**63 - 1,
+                           panel="Sampling")
+    num_samples: int = opt(1, "Independent samples to draw (run in parallel).", min=1, max=100000,
+                           panel="Sampling", metavar="N")
+    # bf16 runs the matmuls in bf16: faster for many streams on a GPU or a CPU with bf16 instructions, and a
+    # slightly different text; fp32 gives the same text on every stepping path.
+    precision: str = opt("fp32", "Arithmetic of the sampling steps: fp32 (the same text everywhere) or bf16.",
+                         choices=SAMPLE_PRECISIONS, panel="Hardware", parser_checks=True)
 
     def __post_init__(self) -> None:
         _validate(self)

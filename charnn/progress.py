@@ -4,6 +4,7 @@ written through the bar as they arrive. It is a `Progress` callback; the library
 
 from __future__ import annotations
 
+import math
 import sys
 
 from tqdm import tqdm
@@ -63,7 +64,7 @@ class TrainDisplay:
             self.bar.set_postfix_str(f"step {p.step} loss {p.train_loss:.3f} lr {p.lr:.2e} "
                                      f"{p.chars_per_s:,.0f} chars/s", refresh=False)
         elif p.kind == "eval":
-            self._write(f"step {p.step}: val {p.val_loss:.4f} nats/char ({p.val_loss / 0.6931471805599453:.4f} "
+            self._write(f"step {p.step}: val {p.val_loss:.4f} nats/char ({p.val_loss / math.log(2):.4f} "
                         f"bits/char) at {p.elapsed:.0f}s")
         elif p.kind == "sample":
             rule = "-" * 20

@@ -1,13 +1,14 @@
 """The CLI end to end on a tiny corpus, and its one-line errors."""
 
 import json
+import re
 import subprocess
 
 import pytest
 from typer.testing import CliRunner
 
 from charnn.cli import app
-from tests.conftest import PYTHON, cli_env
+from tests.conftest import PYTHON, REPO, cli_env
 
 runner = CliRunner()
 TINY = ["--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
@@ -130,3 +131,70 @@ def test_out_that_is_a_file_or_cannot_be_created(tmp_path, tiny_corpus):
     res = invoke("train", tiny_corpus, "--out", a_file / "sub", *TINY)
     assert res.exit_code == 4 and "cannot create the run directory" in res.stderr
     assert "Traceback" not in res.output
+
+
+
+def help_of(*args, width=200):
+    from charnn.cli_docs import help_text
+
+    return help_text(args, width=width)
+
+
+def test_docs_cli_md_is_generated_from_the_help():
+    from charnn.cli_docs import render
+
+    assert (REPO / "docs" / "cli.md").read_text(encoding="utf-8") == render(), \
+        "docs/cli.md is stale: run python3 -m charnn.cli_docs"
+
+
+def test_help_is_short_grouped_and_uppercase():
+    train = help_of("train", width=80)
+    assert len(train.splitlines()) <= 120
+    for panel in ("Run", "Model", "Optimisation", "Stopping", "Evaluation & output", "Data", "Hardware"):
+        assert f"─ {panel} ─" in train
+    for args in [("train",), ("sample",), ("eval",), ("report",)]:
+        text = help_of(*args)
+        assert "Examples:" in text and text.count(f"\n charnn {args[0]} ") == 3, args
+        assert not re.search(r"\[(?!required)[a-z]+\]|\{[a-z]+\}|<[a-z]", text), args  # [corpus], {run}, <list
+        assert "(default:" not in text  # one notation: [default: X]
+    assert "Usage: charnn eval [OPTIONS] RUN [FILE]..." in help_of("eval")
+
+
+def test_every_command_defaults_to_the_same_device():
+    for command in ("train", "sample", "eval"):
+        assert re.search(r"--device +DEVICE +Where to run: auto, cpu, cuda or cuda:N\. \[default: auto\]",
+                         help_of(command)), command
+
+
+def test_options_come_from_the_config_fields():
+    """Each config field with a help panel is an option, with the field's help; one more field, one more option."""
+    import dataclasses
+
+    from charnn.cli_options import config_options
+    from charnn.config import DataConfig, ModelConfig, SampleConfig, TrainConfig, opt
+    from charnn.corpus_cache import DEFAULT_CACHE_DIR
+
+    train, sample = help_of("train"), help_of("sample")
+    for cls, text in ((ModelConfig, train), (TrainConfig, train), (DataConfig, train), (SampleConfig, sample)):
+        for f in dataclasses.fields(cls):
+            if f.metadata["panel"]:
+                flag = (f.metadata["flags"] or ["--" + f.name.replace("_", "-")])[0].split("/")[0]
+                assert re.search(rf"{flag}\b.*{re.escape(f.metadata['help'][:20])}", text), f.name
+    assert f"[default: {DEFAULT_CACHE_DIR}]" in train
+    assert "--max-bad-steps" not in train  # a field without a panel is the library's only
+
+    @dataclasses.dataclass(frozen=True)
+    class Extra:
+        knob: int = opt(3, "A knob.", min=1, panel="Model")
+        hidden_knob: int = opt(4, "Not on the command line.")
+
+    [param] = config_options(Extra)
+    assert param.name == "knob" and param.default == 3
+    [param] = config_options(Extra, preset="small")
+    assert param.default is None  # under a preset, None means "not given"
+
+
+def test_preset_values_show_as_defaults_and_flags_override_them():
+    train = help_of("train")
+    assert re.search(r"--hidden +INT +Hidden units per layer\. \[default: 256 \(preset\)\]", train)
+    assert re.search(r"--layer-norm +--no-layer-norm .*\[default: on \(preset\)\]", train)

@@ -1,0 +1,63 @@
+"""What `charnn sample` writes to stdout: the sampled text, streamed as it is drawn, or raw bytes for a
+byte-level model; control characters escaped on a terminal.
+
+Not the sampling itself (charnn.sample); no torch import here.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+SEPARATOR = "\n---------------\n"  # between the samples of --num-samples N
+
+
+class SampleWriter:
+    """Writes sampled ids to stdout: text (escaping control characters on a terminal) or raw bytes."""
+
+    def __init__(self, vocab, *, escape: bool) -> None:
+        self.vocab, self.escape = vocab, escape
+        self.tty = sys.stdout.isatty()
+
+    def write(self, ids) -> None:
+        if not ids:
+            return
+        if self.vocab.bytes_mode:
+            sys.stdout.buffer.write(bytes(self.vocab.decode_symbols(ids)))
+            if self.tty:
+                sys.stdout.buffer.flush()
+            return
+        self.write_text(self.vocab.decode(ids))
+
+    def write_text(self, text: str) -> None:
+        if self.escape:
+            text = "".join(c if c in "\n\t" or c.isprintable() else c.encode("unicode_escape").decode()
+                           for c in text)
+        if self.vocab.bytes_mode:
+            sys.stdout.buffer.write(text.encode())
+        else:
+            sys.stdout.write(text)
+        if self.tty:
+            sys.stdout.flush()
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+def write_generation(gen: Any, out: SampleWriter, *, num_samples: int) -> None:
+    """One sample streams step by step; several are collected and written one after the other."""
+    if num_samples == 1:
+        out.write(gen.prime)
+        for ids in gen.steps:
+            out.write(ids.tolist())
+    else:
+        rows = [list(gen.prime) for _ in range(num_samples)]
+        for ids in gen.steps:
+            for row, i in zip(rows, ids.tolist(), strict=True):
+                row.append(i)
+        for k, row in enumerate(rows):
+            if k:
+                out.write_text(SEPARATOR)
+            out.write(row)
+    out.write_text("\n")
+    out.flush()

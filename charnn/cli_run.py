@@ -1,0 +1,131 @@
+"""How a `charnn` command runs as a process: user errors as one `error: ...` line and an exit code, warnings
+as `warning: ...` lines, and SIGINT/SIGTERM as a flag the training loop polls.
+
+Not the commands (charnn.cli). Anything that is not a `CharnnError` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import warnings
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from charnn.errors import CharnnError
+
+# Typer vendors click in newer releases and uses click itself in older ones: find the classes either way.
+_CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class _PlainRows:
+    """Compact help rows: no `<type>` where the row says it already (flags, and arguments, whose metavar names
+    them), no `[x>=1]` ranges (the help column is narrow enough at 80 columns), and arguments in the usage line
+    as RUN, [CORPUS], [FILE]... (Typer writes `{RUN}`). Parsing is unchanged."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            param._get_number_range_help_str = _nothing
+            if param.param_type_name == "argument":
+                param.display_type_rich = _nothing
+                param._usage_display_name = partial(_usage_name, param)
+            elif getattr(param, "is_flag", False):
+                param.display_type_rich = _nothing
+        return params
+
+
+def _nothing(*args, **kwargs) -> None:
+    return None
+
+
+def _usage_name(param) -> str:
+    name = param.metavar or param.name.upper()
+    return (name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else "")
+
+
+class Command(_PlainRows, TyperCommand):
+    """A command whose help rows are plain (see `_PlainRows`)."""
+
+
+class OneLineErrors(_PlainRows, TyperGroup):
+    """Click's usage errors as one `error: ...` line (exit 2) instead of a usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args=args, prog_name=prog_name or "charnn", complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        except _USAGE_ERROR as err:
+            message = " ".join(err.format_message().split())
+            if not message:  # bare `charnn`: the help was shown, nothing went wrong
+                return 0 if not standalone_mode else sys.exit(0)
+            command = err.ctx.command_path if err.ctx else "charnn"
+            typer.echo(f"error: {message} (see {command} --help)", err=True)
+            code = 2
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            code = 130
+        except _CLICK_EXCEPTION as err:
+            typer.echo(f"error: {err.format_message()}", err=True)
+            code = err.exit_code
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def say(message: str) -> None:
+    """One line on stderr (stdout carries only the product)."""
+    typer.echo(message, err=True)
+
+
+def run_command(body: Callable[[], Any]) -> Any:
+    """Run a command body; user errors become one line on stderr and their exit code."""
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        say(f"warning: {message}")
+
+    warnings.showwarning = show_warning
+    try:
+        return body()
+    except CharnnError as err:
+        say(f"error: {err}")
+        raise typer.Exit(err.exit_code) from None
+    except BrokenPipeError:  # `charnn sample | head`: the reader left; not an error
+        sys.stderr.close()
+        raise typer.Exit(0) from None
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag the training loop polls between steps; a second SIGINT exits at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        if hasattr(signal, "SIGXFSZ"):  # a file-size limit must fail the write (EFBIG), not kill us
+            self._old[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            import os
+
+            os.write(2, b"error: interrupted again; exiting now (checkpoints on disk are intact)\n")
+            os._exit(130)
+        self.signum = signum
+
+    def __call__(self) -> int | None:
+        return self.signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
