@@ -25,7 +25,8 @@ from charnn.cli_options import (
     with_options,
 )
 from charnn.cli_run import Command, OneLineErrors, StopFlag, run_command, say
-from charnn.config import BACKENDS, DEFAULT_PRESET, PRESETS, SampleConfig, TrainConfig
+from charnn.config import BACKENDS, PRESETS, SampleConfig, TrainConfig
+from charnn.errors import CharnnError
 from charnn.version import __version__
 
 _StopFlag = StopFlag  # the name tests and older callers know
@@ -61,15 +62,18 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 @app.command("train", cls=Command)
-@with_options(*config_options(*TRAIN_CONFIGS, preset=DEFAULT_PRESET))
+@with_options(*config_options(*TRAIN_CONFIGS, planned=True))
 def train_cmd(
     corpus: Annotated[Optional[Path], typer.Argument(
         metavar="CORPUS", show_default=False, help="UTF-8 text file to train on (optional with --resume).")] = None,
     *,
     preset: Annotated[Optional[PresetName], typer.Option(
         metavar="PRESET", rich_help_panel="Run", show_default=False,
-        help=with_default("tiny, small, medium, large or auto; sets the (preset) defaults.", DEFAULT_PRESET))
+        help=with_default("tiny, small, medium or large instead of the plan; flags still win.", "the plan"))
     ] = None,
+    show_plan: Annotated[bool, typer.Option(
+        "--plan", rich_help_panel="Run", help="Print the training plan for CORPUS and exit; trains nothing.")
+    ] = False,
     out: Annotated[Optional[Path], typer.Option(
         metavar="DIR", rich_help_panel="Run",
         help=with_default("Run directory for checkpoints and logs.", "checkpoints/CORPUS-TIME"))] = None,
@@ -95,31 +99,38 @@ def train_cmd(
 ) -> None:
     """Train a model on a text file; samples appear as it learns; checkpoints go to the run directory.
 
+    Without flags a plan fits the model and schedule to the corpus and hardware; flags override it.
+
     Examples:
+    charnn train poems.txt --plan
     charnn train data/tinyshakespeare.txt --out checkpoints/shakespeare
-    charnn train notes.txt --preset tiny --time-budget 60 --model gru
-    charnn train --resume checkpoints/shakespeare --max-iters 12000
+    charnn train notes.txt --time-budget 60 --model gru
 
     Under `torchrun --nproc_per_node=N` the --batch-size streams are split across the N processes.
     """
     run_command(lambda: _train(corpus, options, preset=preset.value if preset else None, out=out, resume=resume,
                                quiet=quiet, report=report_html, cache_dir=cache_dir, no_cache=no_cache,
-                               backend=backend.value))
+                               backend=backend.value, show_plan=show_plan))
 
 
 def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, out: Path | None,
            resume: Path | None, quiet: bool, report: bool, cache_dir: Path | None, no_cache: bool,
-           backend: str) -> None:
-    """The configs, then one `charnn.train` call inside the distributed set-up, the display and the stop flag."""
+           backend: str, show_plan: bool) -> None:
+    """The configs (or the plan request), then one `charnn.train` call inside the distributed set-up, the
+    display and the stop flag; with --plan, the plan alone."""
     from charnn.corpus_cache import DEFAULT_CACHE_DIR
     from charnn.distributed import setup_distributed, teardown_distributed
     from charnn.progress import TrainDisplay
     from charnn.runtime import pick_device
-    from charnn.train import train
+    from charnn.train import plan, train
 
-    model_cfg, train_cfg, data_cfg, source, out_dir = train_configs(corpus, options, preset=preset, resume=resume,
-                                                                    out=out)
-    info = setup_distributed(backend, device_type=pick_device(train_cfg.device).type)
+    setup, source, out_dir = train_configs(corpus, options, preset=preset, resume=resume, out=out)
+    if show_plan:
+        if setup.request is None:
+            raise CharnnError("--plan shows the plan of a new run; a resumed run keeps its configs")
+        typer.echo("\n".join(plan(source, request=setup.request, data_cfg=setup.data_cfg).lines))
+        return
+    info = setup_distributed(backend, device_type=pick_device(setup.device).type)
     try:
         with TrainDisplay(quiet=quiet or not info.is_main) as display, StopFlag() as stop:
             on_progress = display
@@ -127,8 +138,9 @@ def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, 
                 from charnn.report import ReportRefresher
 
                 on_progress = ReportRefresher(display)
-            result = train(source, model_cfg=model_cfg, train_cfg=train_cfg, data_cfg=data_cfg, out_dir=out_dir,
-                           resume=resume is not None, on_progress=on_progress, should_stop=stop,
+            result = train(source, model_cfg=setup.model_cfg, train_cfg=setup.train_cfg, data_cfg=setup.data_cfg,
+                           request=setup.request, out_dir=out_dir, resume=resume is not None,
+                           on_progress=on_progress, should_stop=stop,
                            cache_dir=None if no_cache else cache_dir or DEFAULT_CACHE_DIR, on_encode=display.encode)
     finally:
         teardown_distributed()
@@ -138,7 +150,9 @@ def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, 
 
 def _say_done(result, *, report: bool) -> None:
     best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
-    say(f"done: {result.steps} steps in {result.elapsed:.0f}s; best val {best} nats/char; run {result.run_dir}")
+    at = f" at step {result.best_step}" if result.best_step is not None else ""
+    say(f"done: {result.steps} steps in {result.elapsed:.0f}s ({result.stop_reason}); best val {best} nats/char"
+        f"{at}; run {result.run_dir}")
     say(f"next: charnn sample {result.run_dir} --prime \"...\"   |   charnn eval {result.run_dir}")
     if report:
         say(f"report: {result.run_dir / 'report.html'}")

@@ -16,8 +16,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from charnn.config import PRESETS, DataConfig, ModelConfig, TrainConfig, resolve
+from charnn.config import DataConfig, ModelConfig, TrainConfig
 from charnn.errors import CharnnError
+from charnn.planning import PLANNED, PlanRequest
 
 # The order of the help panels; an option without a panel goes under Typer's "Options".
 PANELS = ("Run", "Model", "Optimisation", "Stopping", "Evaluation & output", "Sampling", "Data", "Hardware", "Output")
@@ -43,25 +44,16 @@ def _shown(value: Any) -> str | None:
     return str(value)
 
 
-def _preset_sets(cls: type, name: str) -> bool:
-    """Whether the presets choose this field (their values differ, or they name it)."""
-    if cls is ModelConfig:
-        return len({getattr(p.model, name) for p in PRESETS.values()}) > 1
-    return cls is TrainConfig and any(name in p.train for p in PRESETS.values())
-
-
-def _default_text(cls: type, f: dataclasses.Field, preset: str | None, *, flag: bool) -> str | None:
-    """What the help shows as the default: the preset's value where a preset sets it, else the field's."""
-    if preset is not None and _preset_sets(cls, f.name):
-        chosen = PRESETS[preset]
-        value = getattr(chosen.model, f.name) if cls is ModelConfig else chosen.train.get(f.name, f.default)
-        return f"{_shown(value)} (preset)"
+def _default_text(f: dataclasses.Field, planned: bool, *, flag: bool) -> str | None:
+    """What the help shows as the default: `plan` where the training plan chooses the value, else the field's."""
+    if planned and f.name in PLANNED:
+        return "plan"
     if flag and not any("/" in spelling for spelling in f.metadata["flags"] or ()):
         return None  # a flag without a --no- form is off unless given
     return _shown(f.default) if f.default is not None else f.metadata["shown"]
 
 
-def _option(cls: type, f: dataclasses.Field, hint: Any, preset: str | None) -> inspect.Parameter:
+def _option(f: dataclasses.Field, hint: Any, planned: bool) -> inspect.Parameter:
     """One keyword-only parameter for Typer: `Annotated[type, typer.Option(...)] = default`."""
     meta = f.metadata
     base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)  # T of `T | None`
@@ -72,23 +64,23 @@ def _option(cls: type, f: dataclasses.Field, hint: Any, preset: str | None) -> i
         kwargs["min"] = meta["min"]
     flag = base is bool
     metavar = None if flag else meta["metavar"] or METAVARS.get(base) or f.name.upper()
-    default = None if preset is not None or f.default is None else f.default
+    default = None if planned or f.default is None else f.default
     if isinstance(default, str) and isinstance(base, type) and issubclass(base, Enum):
         default = base[default]
     info = typer.Option(*(meta["flags"] or ("--" + f.name.replace("_", "-"),)), metavar=metavar,
                         show_default=False, rich_help_panel=meta["panel"],
-                        help=with_default(meta["help"], _default_text(cls, f, preset, flag=flag)), **kwargs)
+                        help=with_default(meta["help"], _default_text(f, planned, flag=flag)), **kwargs)
     annotation = Annotated[Optional[base] if default is None else base, info]
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
-def config_options(*classes: type, preset: str | None = None, only: str | None = None) -> list[inspect.Parameter]:
-    """The options of every field with a panel (or of field `only`). With `preset` (its name) every option
-    defaults to None, so an explicit flag can be told from an absent one, and the help shows the preset's values."""
+def config_options(*classes: type, planned: bool = False, only: str | None = None) -> list[inspect.Parameter]:
+    """The options of every field with a panel (or of field `only`). With `planned` every option defaults to
+    None, so an explicit flag can be told from an absent one (the plan fills the rest: charnn.planning)."""
     params = []
     for cls in classes:
         hints = typing.get_type_hints(cls)
-        params += [_option(cls, f, hints[f.name], preset) for f in dataclasses.fields(cls)
+        params += [_option(f, hints[f.name], planned) for f in dataclasses.fields(cls)
                    if f.metadata.get("panel") and only in (None, f.name)]
     return params
 
@@ -122,10 +114,9 @@ def field_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_configs(corpus: Path | None, values: dict[str, Any], *, preset: str | None, resume: Path | None,
-                  out: Path | None) -> tuple[ModelConfig, TrainConfig, DataConfig, Path, Path | None]:
-    """The configs, corpus and run directory of `charnn train`: a resumed run's own configs with the options
-    given laid over them, or a preset's with the options given laid over it."""
-    from charnn.runtime import pick_device
+                  out: Path | None) -> tuple[TrainSetup, Path, Path | None]:
+    """What `charnn train` trains with, its corpus and run directory: a resumed run's own configs with the
+    options given laid over them, or a plan request (the preset and the options given) for a new run."""
     from charnn.train import resume_configs
 
     model_over, train_over, data_over = (field_values(cls, plain(values)) for cls in TRAIN_CONFIGS)
@@ -134,10 +125,25 @@ def train_configs(corpus: Path | None, values: dict[str, Any], *, preset: str | 
             raise CharnnError("--preset cannot be combined with --resume (the run keeps its model)")
         model_cfg, train_cfg, data_cfg, saved_corpus = resume_configs(
             resume, model_overrides=model_over, train_overrides=train_over, data_overrides=data_over)
-        return model_cfg, train_cfg, data_cfg, corpus or Path(saved_corpus), resume
+        return TrainSetup(data_cfg, model_cfg=model_cfg, train_cfg=train_cfg), corpus or Path(saved_corpus), resume
     if corpus is None:
         raise CharnnError("missing CORPUS: the text file to train on (or --resume RUN)")
-    model_cfg, train_cfg = resolve(preset, model_over, train_over,
-                                   device_type=pick_device(train_over["device"] or "auto").type)
     data_cfg = DataConfig(**{k: v for k, v in data_over.items() if v is not None})
-    return model_cfg, train_cfg, data_cfg, corpus, out
+    request = PlanRequest(None if preset == "auto" else preset, model_over, train_over)
+    return TrainSetup(data_cfg, request=request), corpus, out
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+    """The configs of a resumed run, or the request the plan answers for a new one."""
+
+    data_cfg: DataConfig
+    model_cfg: ModelConfig | None = None
+    train_cfg: TrainConfig | None = None
+    request: PlanRequest | None = None
+
+    @property
+    def device(self) -> str:
+        if self.train_cfg is not None:
+            return self.train_cfg.device
+        return self.request.train.get("device") or "auto"

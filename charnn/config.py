@@ -36,8 +36,13 @@ def opt(default: Any, help: str, *, min: float | None = None, max: float | None 
 
 
 def _validate(obj: Any) -> None:
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
+    check_fields(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
+
+
+def check_fields(cls: type, values: dict[str, Any]) -> None:
+    """Each value against its field's choices and bounds (those of `cls`), before any config is built."""
+    for f in dataclasses.fields(cls):
+        value = values.get(f.name)
         meta = f.metadata
         if value is None or not meta:
             continue
@@ -172,8 +177,8 @@ class TrainConfig:
                          panel="Evaluation & output")
     keep_last: int = opt(2, "Checkpoints kept besides the best one.", min=1, max=1000, panel="Evaluation & output")
     # Early stopping keeps the best checkpoint, which is what `sample` and `eval` use.
-    patience: int | None = opt(None, "Stop after this many evaluations in a row without a new best.", min=1,
-                               panel="Stopping", shown="off")
+    patience: int | None = opt(None, "Stop after this many evaluations without a new best (0: never).",
+                               min=0, panel="Stopping", shown="off")
     device: str = opt("auto", "Where to run: auto, cpu, cuda or cuda:N.", panel="Hardware", metavar="DEVICE")
     # auto: bf16 autocast on CUDA, and for training on CPUs with native bf16 (docs/benchmarks.md).
     precision: str = opt("auto", "auto (bf16 where the device has it), fp32 or bf16.", choices=PRECISIONS,
@@ -252,7 +257,6 @@ PRESETS: dict[str, Preset] = {
         "a big GPU",
     ),
 }
-DEFAULT_PRESET = "small"
 
 
 STOPPING_RULES = ("max_iters", "epochs", "time_budget")
@@ -268,35 +272,6 @@ def overlay_train(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, 
             merged.pop(k, None)
     merged.update(given)
     return merged
-
-
-def auto_preset(device_type: str, time_budget: float | None) -> str:
-    """What `--preset auto` picks: `tiny` for CPU budgets under 90 s, else `small` on a CPU; on a GPU
-    `medium` for budgets up to 10 minutes (it converges within them; `large` needs longer), else `large`."""
-    if device_type == "cuda":
-        return "medium" if time_budget is not None and time_budget <= 600 else "large"
-    return "tiny" if time_budget is not None and time_budget < 90 else "small"
-
-
-def resolve(preset: str | None, model_overrides: dict[str, Any], train_overrides: dict[str, Any], *,
-            device_type: str = "cpu") -> tuple[ModelConfig, TrainConfig]:
-    """Configs from a preset with explicit values (those not None) laid over it.
-
-    A stopping rule given explicitly (max_iters, epochs or time_budget) replaces the preset's.
-    `auto` picks the preset for the device and time budget (`auto_preset`).
-    With tie_weights and no explicit embed, embed is the hidden size (the tie needs them equal).
-    """
-    name = preset or DEFAULT_PRESET
-    if name == "auto":
-        name = auto_preset(device_type, train_overrides.get("time_budget"))
-    if name not in PRESETS:
-        raise ConfigError(f"unknown --preset {name!r}; choose from {', '.join(PRESETS)}")
-    base = PRESETS[name]
-    model_kw = {k: v for k, v in model_overrides.items() if v is not None}
-    if model_kw.get("tie_weights", base.model.tie_weights) and "embed" not in model_kw:
-        # `--tie-weights` works with any preset: the embedding takes the hidden size unless given explicitly.
-        model_kw["embed"] = model_kw.get("hidden", base.model.hidden)
-    return dataclasses.replace(base.model, **model_kw), TrainConfig(**overlay_train(base.train, train_overrides))
 
 
 def final_lr(cfg: TrainConfig) -> float:

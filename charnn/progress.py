@@ -11,12 +11,16 @@ from tqdm import tqdm
 
 from charnn.train import Progress
 
+EVAL_LINE_EVERY = 10.0
+
 
 class TrainDisplay:
     def __init__(self, *, quiet: bool = False) -> None:
         self.quiet = quiet
         self.bar: tqdm | None = None
         self.last_step = 0
+        self.last_val: float | None = None
+        self.last_eval_line: float | None = None  # elapsed seconds of the last validation line written
 
     def __enter__(self) -> TrainDisplay:
         return self
@@ -47,7 +51,10 @@ class TrainDisplay:
             tqdm.write(text, file=sys.stderr)
 
     def __call__(self, p: Progress) -> None:
-        if p.kind == "start":
+        if p.kind == "plan":
+            for line in p.text.splitlines():
+                self._write(f"plan: {line}")
+        elif p.kind == "start":
             self._write(f"training: {p.text}")
             if not self.quiet:
                 budget = p.time_budget
@@ -61,11 +68,17 @@ class TrainDisplay:
             advance = p.step - self.last_step if self.unit == "it" else int(p.elapsed) - self.bar.n
             self.bar.update(max(advance, 0))
             self.last_step = p.step
-            self.bar.set_postfix_str(f"step {p.step} loss {p.train_loss:.3f} lr {p.lr:.2e} "
+            val = f" val {self.last_val:.3f}" if self.last_val is not None else ""
+            self.bar.set_postfix_str(f"step {p.step} loss {p.train_loss:.3f}{val} lr {p.lr:.2e} "
                                      f"{p.chars_per_s:,.0f} chars/s", refresh=False)
         elif p.kind == "eval":
-            self._write(f"step {p.step}: val {p.val_loss:.4f} nats/char ({p.val_loss / math.log(2):.4f} "
-                        f"bits/char) at {p.elapsed:.0f}s")
+            self.last_val = p.val_loss
+            # Small corpora are validated every few seconds: a line at most every EVAL_LINE_EVERY seconds, the
+            # latest value always in the bar.
+            if self.last_eval_line is None or p.elapsed - self.last_eval_line >= EVAL_LINE_EVERY:
+                self.last_eval_line = p.elapsed
+                self._write(f"step {p.step}: val {p.val_loss:.4f} nats/char ({p.val_loss / math.log(2):.4f} "
+                            f"bits/char) at {p.elapsed:.0f}s")
         elif p.kind == "sample":
             rule = "-" * 20
             self._write(f"{rule} sample at iteration {p.step} {rule}\n{p.text}\n{'-' * 60}")

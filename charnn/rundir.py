@@ -94,9 +94,15 @@ def prune(run_dir: str | os.PathLike, *, keep_last: int) -> list[Path]:
     return removed
 
 
-def write_run_files(run_dir: Path, data: Corpus, model_cfg: ModelConfig, cfg: TrainConfig) -> None:
+def write_run_files(run_dir: Path, data: Corpus, model_cfg: ModelConfig, cfg: TrainConfig, *,
+                    plan: dict[str, Any] | None = None) -> None:
     """The human-readable sidecars: config.json (also what `--resume` continues with) and vocab.json.
-    Loading a model never depends on them."""
+    Loading a model never depends on them. A resumed run keeps the plan its config.json recorded."""
+    if plan is None:
+        try:
+            plan = json.loads((run_dir / "config.json").read_text()).get("plan")
+        except (OSError, ValueError, AttributeError):
+            plan = None
     config = {
         "charnn_version": __version__,
         "torch_version": torch.__version__,
@@ -105,6 +111,7 @@ def write_run_files(run_dir: Path, data: Corpus, model_cfg: ModelConfig, cfg: Tr
         "data": to_dict(data.data),
         "corpus": {"path": str(Path(data.path).resolve()), "sha256": data.sha256, "chars": len(data.ids)},
         "vocab_size": len(data.vocab),
+        **({"plan": plan} if plan else {}),
     }
     atomic_write(run_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
     atomic_write(run_dir / "vocab.json", (data.vocab.to_json() + "\n").encode())

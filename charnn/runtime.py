@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from charnn.errors import ConfigError
+from charnn.planning import Hardware
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -77,6 +78,12 @@ def ieee_rnn(device: torch.device) -> Iterator[None]:
         yield
     finally:
         rnn.fp32_precision = before
+
+
+def hardware(device: torch.device) -> Hardware:
+    """The facts about `device` the training plan reads."""
+    return Hardware(device.type, cores=torch.get_num_threads(),
+                    native_bf16=device.type == "cuda" or (device.type == "cpu" and native_bf16_cpu()))
 
 
 def set_threads(threads: int | None) -> None:

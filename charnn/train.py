@@ -33,8 +33,9 @@ from charnn.distributed import (
 from charnn.errors import CheckpointError, CheckpointWriteError, ConfigError, DataError, ResumeMismatchError
 from charnn.files import remove_stale_temps
 from charnn.model import CharRNN, num_parameters
+from charnn.planning import CorpusFacts, Plan, PlanRequest, make_plan
 from charnn.rundir import latest_resumable, list_checkpoints, resume_configs, write_run_files
-from charnn.runtime import pick_device, seed_everything, set_rng_state, set_threads
+from charnn.runtime import hardware, pick_device, seed_everything, set_rng_state, set_threads
 from charnn.schedule import default_run_dir, is_sample_step, learning_rate, total_steps
 from charnn.trainloop import (
     LoopState,
@@ -42,6 +43,7 @@ from charnn.trainloop import (
     Run,
     draw_sample,
     emit,
+    end_reason,
     evaluate_and_checkpoint,
     log_window,
     patience_spent,
@@ -63,6 +65,8 @@ class TrainResult:
     best_val_loss: float | None
     latest: Path | None
     stopped_early: bool = False  # --patience ended the run before its stopping rule
+    stop_reason: str = ""  # what ended the run: the step limit, the epochs, the time budget, no improvement
+    best_step: int | None = None  # the step of the best validation loss (the checkpoint sample/eval use)
 
 
 
@@ -74,21 +78,26 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
           out_dir: str | os.PathLike | None = None, resume: bool = False,
           on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], int | None] | None = None,
-          cache_dir: str | os.PathLike | None = None, on_encode: Callable[[Any], None] | None = None
-          ) -> TrainResult:
+          cache_dir: str | os.PathLike | None = None, on_encode: Callable[[Any], None] | None = None,
+          request: PlanRequest | None = None) -> TrainResult:
     """Train a model on `corpus` and write a run directory; see the module docstring for the protocol.
 
-    With `cache_dir` the corpus is encoded once into a memory-mapped cache there (`charnn.corpus_cache`;
-    `on_encode` gets its progress). Under torchrun every rank trains its share of the streams (DDP).
+    Without `model_cfg` and `train_cfg` the training plan chooses them from the corpus and the hardware
+    (`charnn.planning`), taking the preset and the explicit options of `request`; the plan is reported as
+    the first Progress event ("plan") and recorded in config.json. With `cache_dir` the corpus is encoded once
+    into a memory-mapped cache there (`on_encode` gets its progress). Under torchrun every rank trains its
+    share of the streams (DDP).
     """
-    model_cfg = model_cfg or ModelConfig()
-    cfg = train_cfg or TrainConfig()
     data_cfg = data_cfg or (corpus.data if isinstance(corpus, Corpus) else DataConfig())
-    run, s = _prepare(corpus, model_cfg, cfg, data_cfg, out_dir=out_dir, resume=resume, cache_dir=cache_dir,
-                      on_encode=on_encode, on_progress=on_progress, should_stop=should_stop)
+    run, s = _prepare(corpus, Configs(model_cfg, train_cfg, request or PlanRequest()), data_cfg, out_dir=out_dir,
+                      resume=resume, cache_dir=cache_dir, on_encode=on_encode, on_progress=on_progress,
+                      should_stop=should_stop)
+    cfg, model_cfg = run.cfg, run.model.cfg
     try:
         s.t_start = time.perf_counter() - s.elapsed_before
         vocab = run.data.vocab
+        if run.plan is not None:
+            emit(run, s, "plan", text="\n".join(run.plan.lines))
         emit(run, s, "start", text=f"{run.run_dir} | {num_parameters(model_cfg, len(vocab)):,} parameters | "
                                    f"vocabulary {len(vocab)} | train {run.train_chars:,} chars | device {run.device}")
         run.model.train()
@@ -96,6 +105,7 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
         while True:
             progress = progress_made(run, s)
             if reached_the_end(run, s, progress):
+                s.stop_reason = end_reason(run)
                 break
             stop_if_asked(run, s)  # a signal: save a checkpoint, raise Interrupted
             lr = learning_rate(cfg, s.step, progress)
@@ -119,20 +129,64 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
         run.samples.close()
     emit(run, s, "end", val_loss=s.last_val, text=str(s.latest))
     best = s.best_val if math.isfinite(s.best_val) else None
-    return TrainResult(run.run_dir, s.step, s.elapsed(), s.last_val, best, s.latest, s.stopped_early)
+    return TrainResult(run.run_dir, s.step, s.elapsed(), s.last_val, best, s.latest, s.stopped_early,
+                       s.stop_reason, s.best_step)
+
+
+@dataclass(frozen=True)
+class Configs:
+    """What a run trains with: the configs given, and the request the plan answers for those not given."""
+
+    model: ModelConfig | None
+    train: TrainConfig | None
+    request: PlanRequest
+
+    def early(self) -> TrainConfig:
+        """The device and thread options, which are needed before the corpus is read (and planned for)."""
+        if self.train is not None:
+            return self.train
+        return TrainConfig(**{k: self.request.train[k] for k in ("device", "threads")
+                              if self.request.train.get(k) is not None})
+
+    def settle(self, data: Corpus, device: torch.device) -> tuple[ModelConfig, TrainConfig, Plan | None]:
+        if self.model is not None and self.train is not None:
+            return self.model, self.train, None
+        chosen = make_plan(corpus_facts(data), hardware(device), self.request)
+        return self.model or chosen.model, self.train or chosen.train, chosen
+
+
+def corpus_facts(data: Corpus) -> CorpusFacts:
+    train_ids, val_ids, _ = data.split()
+    return CorpusFacts(len(train_ids), len(val_ids), len(data.vocab))
+
+
+def plan(corpus: str | os.PathLike | Corpus, *, request: PlanRequest | None = None,
+         data_cfg: DataConfig | None = None, device: str | None = None) -> Plan:
+    """The training plan `train` would follow for `corpus` (a path, encoded in memory; nothing is written).
+
+        >>> p = charnn.plan("poems.txt")               # or request=PlanRequest(model={"dropout": 0.2})
+        >>> print("\\n".join(p.lines)); charnn.train("poems.txt", model_cfg=p.model, train_cfg=p.train)
+    """
+    request = request or PlanRequest()
+    data = corpus if isinstance(corpus, Corpus) else encode_file(corpus, data_cfg or DataConfig())
+    name = device or Configs(None, None, request).early().device
+    return make_plan(corpus_facts(data), hardware(pick_device(name)), request)
 
 
 # --- preparing a run -------------------------------------------------------------------------------------
 
-def _prepare(corpus: str | os.PathLike | Corpus, model_cfg: ModelConfig, cfg: TrainConfig, data_cfg: DataConfig,
+# long: one straight line of set-up steps, each a call; splitting it would only pass its locals around
+def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: DataConfig,
              *, out_dir, resume: bool, cache_dir, on_encode, on_progress, should_stop) -> tuple[Run, LoopState]:
-    """Processes, corpus, model and optimizer, the run directory, and the state to start from."""
-    device = pick_device(cfg.device)
+    """Processes, corpus, the plan, model and optimizer, the run directory, and the state to start from."""
+    early = configs.early()
+    device = pick_device(early.device)
     dist = setup_distributed(device_type=device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    set_threads(cfg.threads)
+    set_threads(early.threads)
     data = corpus if isinstance(corpus, Corpus) else _load_corpus(corpus, data_cfg, cache_dir, on_encode, dist)
+    model_cfg, cfg, chosen = configs.settle(data, device)
     check_same_corpus(dist, sha256=data.sha256, vocab_json=data.vocab.to_json(), chars=len(data.ids),
                       path=data.path)
     train_ids, val_ids, _ = data.split()
@@ -151,14 +205,14 @@ def _prepare(corpus: str | os.PathLike | Corpus, model_cfg: ModelConfig, cfg: Tr
         s = LoopState()
         _new_run_dir(run_dir, dist)
     if dist.is_main:
-        write_run_files(run_dir, data, model_cfg, cfg)
+        write_run_files(run_dir, data, model_cfg, cfg, plan=chosen.as_dict() if chosen else None)
     net = wrap_ddp(model, device, dist)
     metrics, samples = _open_logs(run_dir, dist)
     report = on_progress if on_progress and dist.is_main else (lambda p: None)  # rank 0 alone reports
     run = Run(cfg=cfg, device=device, dist=dist, data=data, train_chars=len(train_ids), val_ids=val_ids,
               batcher=batcher, total_steps=steps, run_dir=run_dir, cache_dir=cache_dir, model=model, net=net,
               optimizer=optimizer, metrics=metrics, samples=samples, report=report,
-              should_stop=should_stop or (lambda: None), sync_every=host_sync_every(cfg, device))
+              should_stop=should_stop or (lambda: None), sync_every=host_sync_every(cfg, device), plan=chosen)
     return run, s
 
 
@@ -175,7 +229,7 @@ def _load_corpus(path: str | os.PathLike, data_cfg: DataConfig, cache_dir, on_en
 
 
 def _check_splits(data: Corpus, val_ids, cfg: TrainConfig) -> None:
-    if cfg.patience is not None and data.data.val_frac == 0:
+    if cfg.patience and data.data.val_frac == 0:
         raise ConfigError("--patience needs a validation split to watch (--val-frac > 0)")
     if data.data.val_frac > 0 and len(val_ids) < 2:
         raise DataError(f"{data.path}: validation split has {len(val_ids)} characters; need at least 2 "
@@ -203,7 +257,8 @@ def _resume(run_dir: Path, model: CharRNN, optimizer: torch.optim.Optimizer, *, 
     set_rng_state(state["rng"])
     return LoopState(step=int(state["step"]), elapsed_before=float(state["elapsed"]),
                      best_val=float(state.get("best_val", math.inf)),
-                     evals_since_best=int(state.get("evals_since_best", 0)), hidden=hidden)
+                     evals_since_best=int(state.get("evals_since_best", 0)), hidden=hidden,
+                     best_step=state.get("best_step"))
 
 
 def _new_run_dir(run_dir: Path, dist: DistInfo) -> None:
@@ -241,4 +296,4 @@ def _check_same_run(loaded: LoadedModel, model_cfg: ModelConfig, vocab, corpus_s
 
 
 
-__all__ = ["Progress", "TrainResult", "train", "resume_configs", "learning_rate"]
+__all__ = ["Progress", "TrainResult", "train", "plan", "resume_configs", "learning_rate"]

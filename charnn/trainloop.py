@@ -24,6 +24,7 @@ from charnn.distributed import DistInfo, all_max, barrier, gather_rows
 from charnn.errors import Interrupted
 from charnn.evaluate import evaluate_ids
 from charnn.model import CharRNN, Hidden
+from charnn.planning import Plan
 from charnn.rundir import save_checkpoint
 from charnn.runtime import rng_state
 from charnn.sample import sample_text
@@ -34,7 +35,7 @@ from charnn.trainstep import StepStats, optimisation_step, set_lr
 class Progress:
     """One event of a training run, for the caller to display or record."""
 
-    kind: str  # start | log | eval | sample | checkpoint | warning | stop | end
+    kind: str  # plan | start | log | eval | sample | checkpoint | warning | stop | end
     step: int
     total_steps: int | None
     elapsed: float
@@ -69,6 +70,7 @@ class Run:
     report: Callable[[Progress], None]  # does nothing on ranks other than 0
     should_stop: Callable[[], int | None]
     sync_every: int  # steps between reads of device values on the host
+    plan: Plan | None = None  # the training plan, when it chose the configs
 
 
 @dataclass
@@ -85,6 +87,11 @@ class LoopState:
     latest: Path | None = None  # the newest checkpoint
     saved_step: int | None = None  # the step of the last checkpoint written
     stopped_early: bool = False
+    stop_reason: str = ""
+    best_step: int | None = None  # the step of best_val
+    curve: list[tuple[float, float]] = field(default_factory=list)  # (train, val) loss at each evaluation
+    last_train: float | None = None  # the newest logged training loss
+    warned: bool = False  # the overfitting warning was given since the last new best
     t_start: float = 0.0  # time.perf_counter() when elapsed() was 0
     stats: StepStats = field(init=False)  # set as the loop starts: the device-side sums of the log window
 
@@ -97,6 +104,16 @@ def progress_made(run: Run, s: LoopState) -> float:
     if run.cfg.time_budget:
         return s.elapsed() / run.cfg.time_budget
     return s.step / max(run.total_steps or 1, 1)
+
+
+def end_reason(run: Run) -> str:
+    """Why the loop ended when its stopping rule did: the time budget, the epochs or the step limit."""
+    cfg = run.cfg
+    if cfg.time_budget:
+        return "time budget reached"
+    if cfg.max_iters is not None:
+        return "step limit reached"
+    return "epochs done"
 
 
 def reached_the_end(run: Run, s: LoopState, progress: float) -> bool:
@@ -135,6 +152,7 @@ def log_window(run: Run, s: LoopState, lr: float) -> None:
     _log(run, {"kind": "train", "step": s.step, "elapsed": round(s.elapsed(), 3), "train_loss": mean, "lr": lr,
                "grad_norm": grad_norm, "clip_frac": clip_frac, "chars_per_s": rate})
     emit(run, s, "log", train_loss=mean, lr=lr, grad_norm=grad_norm, chars_per_s=rate)
+    s.last_train = mean
     s.stats.new_window()
 
 
@@ -145,12 +163,13 @@ def evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
         res = evaluate_ids(run.model, run.val_ids, segment=run.cfg.eval_segment, precision=run.cfg.precision)
         val = res.loss
         if math.isfinite(val) and val < s.best_val:
-            s.best_val, s.evals_since_best = val, 0
+            s.best_val, s.best_step, s.evals_since_best, s.warned = val, s.step, 0, False
         else:
             s.evals_since_best += 1
         _log(run, {"kind": "eval", "step": s.step, "elapsed": round(s.elapsed(), 3), "val_loss": val,
                    "val_bpc": res.bpc, "val_chars": res.chars})
-        emit(run, s, "eval", val_loss=val)
+        emit(run, s, "eval", val_loss=val, train_loss=s.last_train)
+        _watch_overfitting(run, s, val)
     s.last_val = val
     s.latest = write_checkpoint(run, s, val)
 
@@ -158,7 +177,7 @@ def evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
 def write_checkpoint(run: Run, s: LoopState, val: float | None) -> Path | None:
     """Save the weights and the training state; rank 0 writes, every rank sends its streams' hidden state."""
     state = _training_state(s.step, s.elapsed(), s.best_val, run.optimizer, gather_rows(s.hidden, run.dist),
-                            run.cfg, s.evals_since_best)
+                            run.cfg, s.evals_since_best, s.best_step)
     path = None
     if run.dist.is_main:
         data, cfg, cache_dir = run.data, run.cfg, run.cache_dir
@@ -172,6 +191,28 @@ def write_checkpoint(run: Run, s: LoopState, val: float | None) -> Path | None:
     return path
 
 
+def overfitting(curve: list[tuple[float, float]], *, rises: int = 2) -> bool:
+    """Validation rose at each of the last `rises` evaluations while the training loss fell over them: the
+    model has started to memorise its training text. `curve` holds (train loss, val loss) per evaluation."""
+    if len(curve) <= rises:
+        return False
+    window = curve[-rises - 1:]
+    vals = [v for _, v in window]
+    return all(b > a for a, b in zip(vals, vals[1:], strict=False)) and window[-1][0] < window[0][0]
+
+
+def _watch_overfitting(run: Run, s: LoopState, val: float) -> None:
+    """One warning when validation turns up while training still improves (again after a new best)."""
+    if s.last_train is None or not math.isfinite(val):
+        return
+    s.curve.append((s.last_train, val))
+    if not s.warned and overfitting(s.curve):
+        s.warned = True
+        emit(run, s, "warning", text=f"validation loss is rising ({val:.4f}) while training loss falls: the "
+                                     f"model is memorising its text; the best checkpoint (step {s.best_step}, "
+                                     f"{s.best_val:.4f}) is kept")
+
+
 def patience_spent(run: Run, s: LoopState) -> bool:
     """--patience evaluations without a new best; every rank stops together (only rank 0 evaluates)."""
     return bool(run.cfg.patience and all_max(run.dist, int(s.evals_since_best >= run.cfg.patience)))
@@ -179,8 +220,8 @@ def patience_spent(run: Run, s: LoopState) -> bool:
 
 def stop_early(run: Run, s: LoopState) -> None:
     s.stopped_early = True
-    msg = (f"early stop: no new best validation loss in {run.cfg.patience} evaluations "
-           f"(best {s.best_val:.4f} nats/char)")
+    s.stop_reason = f"no new best validation loss in {run.cfg.patience} evaluations"
+    msg = f"early stop: {s.stop_reason} (best {s.best_val:.4f} nats/char at step {s.best_step})"
     _log(run, {"kind": "stop", "step": s.step, "elapsed": round(s.elapsed(), 3), "reason": msg})
     emit(run, s, "stop", text=msg)
 
@@ -207,11 +248,12 @@ def emit(run: Run, s: LoopState, kind: str, **fields: Any) -> None:
 
 
 def _training_state(step: int, elapsed: float, best_val: float, optimizer: torch.optim.Optimizer, hidden,
-                    cfg: TrainConfig, evals_since_best: int = 0) -> dict[str, Any]:
+                    cfg: TrainConfig, evals_since_best: int = 0, best_step: int | None = None) -> dict[str, Any]:
     """Everything besides the weights that an exact resume needs: tensors and primitives only."""
     if isinstance(hidden, tuple):
         hidden = [h.detach().float().cpu() for h in hidden]
     elif hidden is not None:
         hidden = hidden.detach().float().cpu()
     return {"step": step, "elapsed": elapsed, "best_val": best_val, "optimizer": optimizer.state_dict(),
-            "rng": rng_state(), "hidden": hidden, "train_config": to_dict(cfg), "evals_since_best": evals_since_best}
+            "rng": rng_state(), "hidden": hidden, "train_config": to_dict(cfg), "evals_since_best": evals_since_best,
+            "best_step": best_step}

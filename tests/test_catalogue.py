@@ -15,7 +15,7 @@ from conftest import PYTHON, TINY_TEXT, cli_env
 from safetensors.torch import save as st_save
 from typer.testing import CliRunner
 
-from charnn.config import DEFAULT_PRESET, PRESETS, ModelConfig, TrainConfig
+from charnn.config import ModelConfig, TrainConfig
 from charnn.train import train
 
 SEQ = 16  # --seq-len of the "too short" cases (with --batch-size 1)
@@ -48,10 +48,8 @@ def world(tmp_path_factory) -> Path:
     (w / "spaces.txt").write_text("  \n\t \r\n   \n", encoding="utf-8")
     for size in (1, SEQ, SEQ + 1):
         (w / f"short{size}.txt").write_text(("abcdefgh" * 10)[:size], encoding="utf-8")
-    # half of what one batch of the default preset needs, so that case stops before any training
-    shape = PRESETS[DEFAULT_PRESET].train
-    need = shape["batch_size"] * (shape["seq_len"] + 1)
-    (w / "short_default.txt").write_text((TINY_TEXT * 10)[: need // 2], encoding="utf-8")
+    # the plan shrinks the batch to fit small text; 8 characters leave one for validation: too few
+    (w / "short_default.txt").write_text(TINY_TEXT[:8], encoding="utf-8")
     (w / "unknown.txt").write_text("First \u00e9 Citizen\u2603\n", encoding="utf-8")
     (w / "text.safetensors").write_text("this is not a checkpoint\n")
     blob = bytearray(good.read_bytes())
@@ -93,7 +91,7 @@ CATALOGUE = [
     ("too short: 1", [*T, "{w}/short1.txt", *SHORT], 2, "validation split has 1 character"),
     ("too short: seq_len", [*T, "{w}/short16.txt", *SHORT], 2, "training split has 14 characters"),
     ("too short: seq_len+1", [*T, "{w}/short17.txt", *SHORT], 2, "training split has 15 characters"),
-    ("too short for the default shape", [*T, "{w}/short_default.txt"], 2, "one batch needs"),
+    ("too short for any plan", [*T, "{w}/short_default.txt"], 2, "validation split has 1 characters"),
     ("no corpus", [*T], 2, "missing CORPUS"),
     ("existing run without --resume", [*T, "{w}/tiny.txt", "--out", "{w}/run", *SHORT], 2, "already holds a run"),
     # bad flag values

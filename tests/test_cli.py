@@ -95,7 +95,7 @@ def one_error_line(res, code=2):
     (["sample", "RUN", "--precision", "fp16"], "--precision"),
     (["train", "CORPUS", "--model", "transformer"], "--model"),
     (["train", "CORPUS", "--dropout", "2"], "--dropout"),
-    (["train", "CORPUS", "--patience", "0"], "--patience must be at least 1"),
+    (["train", "CORPUS", "--patience", "-1"], "--patience must be at least 0"),
     (["train", "CORPUS", "--patience", "2", "--val-frac", "0"], "--patience needs a validation split"),
     (["train", "CORPUS", "--locked-dropout", "0.95"], "--locked-dropout must be at most 0.9"),
     (["train", "CORPUS", "--tie-weights", "--embed", "8", "--hidden", "16"],
@@ -190,11 +190,14 @@ def test_options_come_from_the_config_fields():
 
     [param] = config_options(Extra)
     assert param.name == "knob" and param.default == 3
-    [param] = config_options(Extra, preset="small")
-    assert param.default is None  # under a preset, None means "not given"
+    [param] = config_options(Extra, planned=True)
+    assert param.default is None  # under the plan, None means "not given"
 
 
-def test_preset_values_show_as_defaults_and_flags_override_them():
+def test_planned_options_show_the_plan_as_their_default():
+    from charnn.planning import PLANNED
+
     train = help_of("train")
-    assert re.search(r"--hidden +INT +Hidden units per layer\. \[default: 256 \(preset\)\]", train)
-    assert re.search(r"--layer-norm +--no-layer-norm .*\[default: on \(preset\)\]", train)
+    assert re.search(r"--hidden +INT +Hidden units per layer\. \[default: plan\]", train)
+    assert re.search(r"--layer-norm +--no-layer-norm .*\[default: plan\]", train)
+    assert train.count("[default: plan]") == len(PLANNED)

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from charnn.config import MODEL_KINDS, ModelConfig, resolve
+from charnn.config import MODEL_KINDS, ModelConfig
+from charnn.planning import CorpusFacts, Hardware, PlanRequest, make_plan
 from charnn.errors import ConfigError
 from charnn.model import (
     CELLS,
@@ -171,15 +172,18 @@ def test_tie_weights_needs_embed_equal_to_hidden():
         ModelConfig(hidden=7, embed=5, tie_weights=True)
 
 
-def test_resolve_sets_embed_to_hidden_for_tying_unless_embed_is_given():
-    model, _ = resolve("tiny", {"tie_weights": True}, {})
+def test_tying_sets_embed_to_hidden_unless_embed_is_given():
+    def resolve(preset, model):
+        return make_plan(CorpusFacts(10**6, 10**5, 65), Hardware(), PlanRequest(preset, model)).model
+
+    model = resolve("tiny", {"tie_weights": True})
     assert model.tie_weights and model.embed == model.hidden == 128
-    model, _ = resolve("small", {"tie_weights": True, "hidden": 64, "embed": None}, {})
+    model = resolve("small", {"tie_weights": True, "hidden": 64, "embed": None})
     assert model.embed == model.hidden == 64
-    model, _ = resolve("small", {"tie_weights": False}, {})
+    model = resolve("small", {"tie_weights": False})
     assert model.embed == 128 and model.hidden == 256  # untouched without the tie
     with pytest.raises(ConfigError, match="--tie-weights needs"):
-        resolve("small", {"tie_weights": True, "embed": 32}, {})
+        resolve("small", {"tie_weights": True, "embed": 32})
 
 
 # --- layer norm on the output -----------------------------------------------------------------------------

@@ -1,0 +1,178 @@
+"""The training plan: model size, regularisation, batch shape, schedule, validation cadence and stopping rule,
+chosen from the corpus (training characters, vocabulary) and the hardware, with the user's flags laid on top.
+
+A pure function of its inputs (no torch, no files): `make_plan(facts, hardware, request)`. The numbers come
+from the corpus matrix measured in docs/benchmarks.md ("Fitting the corpus"), not from tiny shakespeare alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from charnn.config import PRESETS, ModelConfig, TrainConfig, check_fields, overlay_train
+from charnn.errors import ConfigError
+
+# Corpus tiers by training characters: (upper bound, name, dropout). Dropout is the strongest lever on small
+# text: without it a 2x256 LSTM memorises 45,000 characters within a few epochs and validation climbs.
+TIERS: tuple[tuple[float, str, float], ...] = (
+    (100_000, "small corpus", 0.5),
+    (400_000, "medium corpus", 0.3),
+    (2_000_000, "large corpus", 0.0),
+    (math.inf, "very large corpus", 0.0),
+)
+CPU_BATCH = (16, 64)  # many small updates beat few large ones at a fixed CPU budget (docs/benchmarks.md)
+GPU_BATCH = (64, 128)  # enough parallel streams to keep the recurrent kernels busy
+CPU_MAX_STEPS = 8000  # about 5 minutes for a 2x256 LSTM at 16 x 64 on a 2-core CPU
+GPU_MAX_STEPS = 5000
+MAX_EPOCHS = 40  # small corpora: the schedule decays over this many passes; early stopping usually ends sooner
+EVALS_PER_EPOCH = 2  # validation twice an epoch ...
+MIN_EVAL_EVERY = 16  # ... but not more often than this: each one scores the split and writes a checkpoint
+MAX_EVAL_EVERY = 1000  # the first validation within about a minute on a CPU
+PATIENCE_EPOCHS = 4  # stop after this many epochs without a new best validation loss ...
+MIN_PATIENCE, MAX_PATIENCE = 4, 8  # ... counted in validations, within these bounds
+# The options the plan chooses when they are not given (the help shows "[default: plan]" for them).
+PLANNED = frozenset({"model", "layers", "hidden", "embed", "dropout", "layer_norm", "batch_size", "seq_len", "lr",
+                     "warmup_iters", "weight_decay", "max_iters", "eval_every", "patience"})
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the plan needs to know about where training runs."""
+
+    device: str = "cpu"  # cpu | cuda | mps
+    cores: int = 1
+    native_bf16: bool = False
+
+
+@dataclass(frozen=True)
+class CorpusFacts:
+    """What the plan needs to know about the corpus: its split sizes and its vocabulary."""
+
+    train_chars: int
+    val_chars: int
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What the user asked for: a preset (or none) and the flags given explicitly (None values are ignored)."""
+
+    preset: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def given(self) -> dict[str, Any]:
+        return {k: v for k, v in {**self.model, **self.train}.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The configs to train with, and why: `lines` is what `charnn train` prints at the start."""
+
+    model: ModelConfig
+    train: TrainConfig
+    tier: str
+    lines: tuple[str, ...]
+    chosen: tuple[str, ...]  # the options the plan chose (the rest were given by the user or a preset)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tier": self.tier, "lines": list(self.lines), "chosen": list(self.chosen)}
+
+
+def tier_of(train_chars: int) -> tuple[str, float]:
+    """(tier name, dropout) for a training split of `train_chars` characters."""
+    return next((name, dropout) for bound, name, dropout in TIERS if train_chars < bound)
+
+
+def batch_shape(train_chars: int, batch_size: int, seq_len: int) -> tuple[int, int]:
+    """The largest shape at most (batch_size, seq_len) that gives at least 4 batches per epoch: halve the
+    batch first (keeping the context), then the sequence, never below 1 x 8."""
+    while batch_size > 1 and train_chars // batch_size - 1 < 4 * seq_len:
+        batch_size //= 2
+    while seq_len > 8 and train_chars // batch_size - 1 < 4 * seq_len:
+        seq_len //= 2
+    return batch_size, seq_len
+
+
+def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | None = None) -> Plan:
+    """Configs for `facts` on `hardware`; a preset's values, then the user's flags, win over the plan's."""
+    request = request or PlanRequest()
+    check_fields(ModelConfig, request.model)  # a bad flag is its own error, not a failure of the plan's arithmetic
+    check_fields(TrainConfig, request.train)
+    tier, dropout = tier_of(facts.train_chars)
+    gpu = hardware.device == "cuda"
+    base_model, base_train = _model_choice(facts, gpu, dropout), {}
+    if request.preset is not None:
+        if request.preset not in PRESETS:
+            raise ConfigError(f"unknown --preset {request.preset!r}; choose from {', '.join(PRESETS)}")
+        preset = PRESETS[request.preset]
+        base_model, base_train = dataclasses.asdict(preset.model), dict(preset.train)
+    model = _model(base_model, request.model)
+    given = {**base_train, **{k: v for k, v in request.train.items() if v is not None}}
+    schedule = _schedule(facts, gpu, given)
+    train_dict = overlay_train(schedule, given)
+    train_cfg = TrainConfig(**train_dict)
+    chosen = tuple(sorted(
+        ({k for k, v in base_model.items() if request.model.get(k) is None} if request.preset is None else set())
+        | {k for k in schedule if k not in given}))
+    lines = _explain(facts, hardware, tier, model, train_cfg, request, chosen)
+    return Plan(model, train_cfg, tier, lines, chosen)
+
+
+def _model_choice(facts: CorpusFacts, gpu: bool, dropout: float) -> dict[str, Any]:
+    hidden, layers = 256, 2
+    if gpu and facts.train_chars >= 2_000_000:
+        hidden, layers = 512, 3
+    return dict(model="lstm", layers=layers, hidden=hidden, embed=128, dropout=dropout, layer_norm=True)
+
+
+def _model(base: dict[str, Any], overrides: dict[str, Any]) -> ModelConfig:
+    kw = {**base, **{k: v for k, v in overrides.items() if v is not None}}
+    if kw.get("tie_weights") and overrides.get("embed") is None:
+        kw["embed"] = kw["hidden"]  # the tie needs them equal; an explicit --embed is checked by ModelConfig
+    return ModelConfig(**kw)
+
+
+def _schedule(facts: CorpusFacts, gpu: bool, given: dict[str, Any]) -> dict[str, Any]:
+    """The training options the plan chooses: batch shape, learning rate, length, cadence, patience."""
+    batch, seq = GPU_BATCH if gpu else CPU_BATCH
+    batch, seq = batch_shape(facts.train_chars, given.get("batch_size", batch), given.get("seq_len", seq))
+    per_epoch = max(1, (facts.train_chars // batch - 1) // seq)
+    max_steps = GPU_MAX_STEPS if gpu else CPU_MAX_STEPS
+    steps = min(max_steps, MAX_EPOCHS * per_epoch)
+    eval_every = min(max(per_epoch // EVALS_PER_EPOCH, MIN_EVAL_EVERY), MAX_EVAL_EVERY, steps)
+    evals_per_epoch = per_epoch / eval_every
+    patience = min(max(round(PATIENCE_EPOCHS * evals_per_epoch), MIN_PATIENCE), MAX_PATIENCE)
+    return dict(batch_size=batch, seq_len=seq, lr=2e-3 if gpu else 3e-3, warmup_iters=min(50, steps // 10),
+                weight_decay=0.1, max_iters=steps, eval_every=eval_every,
+                patience=patience if facts.val_chars >= 2 else None)
+
+
+def _explain(facts: CorpusFacts, hardware: Hardware, tier: str, model: ModelConfig, cfg: TrainConfig,
+             request: PlanRequest, chosen: tuple[str, ...]) -> tuple[str, ...]:
+    """A few lines: what was chosen and why, naming the options that came from the user or a preset."""
+    per_epoch = max(1, (facts.train_chars // cfg.batch_size - 1) // cfg.seq_len)
+    source = f"preset {request.preset}" if request.preset else "plan"
+    kind = f"{model.model.upper()} {model.layers}x{model.hidden}" + (" with layer norm" if model.layer_norm else "")
+    lines = [f"{facts.train_chars:,} training characters, {facts.vocab_size} symbols, {hardware.device}: {tier} -> "
+             f"{kind}, dropout {model.dropout:g}, weight decay {cfg.weight_decay:g} ({source})"]
+    if cfg.time_budget is not None:
+        length = f"for {cfg.time_budget:g} s"
+    elif cfg.epochs is not None:
+        length = f"for {cfg.epochs:g} epochs"
+    else:
+        steps = cfg.max_iters or per_epoch
+        length = f"up to {steps:,} steps ({steps / per_epoch:.1f} epochs)"
+    lines.append(f"batch {cfg.batch_size} x {cfg.seq_len} ({per_epoch:,} steps an epoch), lr {cfg.lr:g} with "
+                 f"cosine decay, {length}")
+    stop = (f"stops after {cfg.patience} validations without a new best" if cfg.patience
+            else "no early stopping")
+    lines.append(f"validation every {cfg.eval_every:,} steps (~{cfg.eval_every / per_epoch:.2g} epoch, "
+                 f"{facts.val_chars:,} characters); {stop}; the best checkpoint is kept")
+    given = sorted(request.given())
+    if given:
+        lines.append("given: " + ", ".join("--" + k.replace("_", "-") for k in given))
+    return tuple(lines)

@@ -1,0 +1,189 @@
+"""The training plan: a pure function of (corpus facts, hardware, request); explicit flags always win."""
+
+import dataclasses
+
+import pytest
+
+from charnn.config import PRESETS, ModelConfig, TrainConfig
+from charnn.errors import ConfigError
+from charnn.planning import (
+    MAX_EVAL_EVERY,
+    MIN_EVAL_EVERY,
+    CorpusFacts,
+    Hardware,
+    PlanRequest,
+    batch_shape,
+    make_plan,
+    tier_of,
+)
+
+CPU = Hardware("cpu", cores=2)
+GPU = Hardware("cuda", cores=16)
+
+
+def facts(train_chars: int, vocab: int = 65) -> CorpusFacts:
+    return CorpusFacts(train_chars, train_chars // 9, vocab)
+
+
+def per_epoch(plan, train_chars: int) -> int:
+    return (train_chars // plan.train.batch_size - 1) // plan.train.seq_len
+
+
+def test_small_corpus_gets_dropout_frequent_validation_and_patience():
+    plan = make_plan(facts(45_000), CPU)
+    assert plan.tier == "small corpus"
+    assert plan.model.dropout == 0.5
+    steps = per_epoch(plan, 45_000)
+    assert MIN_EVAL_EVERY <= plan.train.eval_every <= max(steps, MIN_EVAL_EVERY)  # at least once per epoch
+    assert plan.train.patience is not None and plan.train.patience >= 1
+    assert "45,000 training characters" in plan.lines[0] and "dropout 0.5" in plan.lines[0]
+
+
+def test_dropout_falls_as_the_corpus_grows():
+    drops = [make_plan(facts(n), CPU).model.dropout for n in (20_000, 200_000, 1_000_000, 50_000_000)]
+    assert drops == sorted(drops, reverse=True)
+    assert drops[0] > drops[-1]
+
+
+def test_validation_at_least_once_an_epoch_and_within_the_first_minute():
+    for n in (5_000, 45_000, 200_000, 1_000_000, 100_000_000):
+        plan = make_plan(facts(n), CPU)
+        assert plan.train.eval_every <= max(per_epoch(plan, n), MIN_EVAL_EVERY)
+        assert plan.train.eval_every <= MAX_EVAL_EVERY
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("dropout", 0.1), ("hidden", 64), ("layers", 3), ("model", "gru"), ("embed", 32), ("layer_norm", False)])
+def test_explicit_model_flags_win(flag, value):
+    plan = make_plan(facts(45_000), CPU, PlanRequest(model={flag: value}))
+    assert getattr(plan.model, flag) == value
+    assert flag not in plan.chosen
+    assert f"--{flag.replace('_', '-')}" in plan.lines[-1]
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("batch_size", 8), ("seq_len", 32), ("lr", 1e-3), ("eval_every", 7), ("patience", 3), ("weight_decay", 0.0),
+    ("max_iters", 123), ("warmup_iters", 0)])
+def test_explicit_train_flags_win(flag, value):
+    plan = make_plan(facts(45_000), CPU, PlanRequest(train={flag: value}))
+    assert getattr(plan.train, flag) == value
+    assert flag not in plan.chosen
+
+
+def test_an_explicit_stopping_rule_replaces_the_plans():
+    plan = make_plan(facts(45_000), CPU, PlanRequest(train={"time_budget": 60.0}))
+    assert plan.train.time_budget == 60.0 and plan.train.max_iters is None
+    plan = make_plan(facts(45_000), CPU, PlanRequest(train={"epochs": 3.0}))
+    assert plan.train.epochs == 3.0 and plan.train.max_iters is None
+
+
+def test_patience_zero_turns_early_stopping_off():
+    plan = make_plan(facts(45_000), CPU, PlanRequest(train={"patience": 0}))
+    assert not plan.train.patience
+    assert "no early stopping" in " ".join(plan.lines)
+
+
+def test_a_preset_gives_its_model_and_schedule_and_flags_still_win():
+    plan = make_plan(facts(45_000), CPU, PlanRequest(preset="tiny"))
+    assert plan.model == PRESETS["tiny"].model
+    assert plan.train.max_iters == PRESETS["tiny"].train["max_iters"]
+    assert plan.train.patience is not None  # the overfitting guard stays on
+    plan = make_plan(facts(45_000), CPU, PlanRequest(preset="tiny", model={"dropout": 0.3}))
+    assert plan.model == dataclasses.replace(PRESETS["tiny"].model, dropout=0.3)
+    with pytest.raises(ConfigError):
+        make_plan(facts(45_000), CPU, PlanRequest(preset="huge"))
+
+
+def test_tie_weights_takes_the_hidden_size_as_embedding():
+    plan = make_plan(facts(45_000), CPU, PlanRequest(model={"tie_weights": True}))
+    assert plan.model.embed == plan.model.hidden
+
+
+def test_gpu_gets_more_streams_than_cpu():
+    assert make_plan(facts(1_000_000), GPU).train.batch_size > make_plan(facts(1_000_000), CPU).train.batch_size
+
+
+def test_batch_shape_fits_a_tiny_corpus():
+    for n in (200, 1_000, 3_000, 20_000):
+        b, t = batch_shape(n, 16, 64)
+        assert b * (t + 1) <= n
+        assert (n // b - 1) // t >= 4 or (b == 1 and t == 8)
+    assert batch_shape(10_000_000, 16, 64) == (16, 64)
+
+
+def test_plan_configs_are_valid_and_deterministic():
+    for n in (300, 20_000, 45_000, 200_000, 1_000_000, 10**9):
+        a, b = make_plan(facts(n), CPU), make_plan(facts(n), CPU)
+        assert a == b
+        assert isinstance(a.model, ModelConfig) and isinstance(a.train, TrainConfig)
+        assert a.train.warmup_iters <= (a.train.max_iters or 10**9)
+    assert tier_of(10)[0] == "small corpus"
+
+
+# --- the plan in a run ----------------------------------------------------------------------------------
+
+def _memorisable(tmp_path):
+    """One repeated pattern to train on, a random tail to validate on: as training succeeds, validation
+    gets worse, so a run must stop on its own and keep its best checkpoint."""
+    import random
+
+    rng = random.Random(0)
+    corpus = tmp_path / "shift.txt"
+    corpus.write_text("abcdefgh" * 2250 + "".join(rng.choice("abcdefgh") for _ in range(2000)))
+    return corpus
+
+
+def test_a_memorisable_corpus_stops_early_on_its_own_and_keeps_the_best(tmp_path):
+    import json
+
+    from charnn.rundir import load_run
+    from charnn.train import train
+
+    events = []
+    request = PlanRequest(model={"layers": 1, "hidden": 32, "embed": 8, "dropout": 0.0},
+                          train={"lr": 1e-2, "sample_length": 0, "device": "cpu", "seed": 0})
+    result = train(_memorisable(tmp_path), request=request, out_dir=tmp_path / "run", on_progress=events.append)
+    assert events[0].kind == "plan" and "training characters" in events[0].text
+    assert result.stopped_early and "no new best validation loss" in result.stop_reason
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["plan"]["lines"] == events[0].text.splitlines()
+    assert result.steps < config["train"]["max_iters"]
+    kept = load_run(tmp_path / "run")
+    assert kept.step == result.best_step < result.steps and kept.val_loss == result.best_val_loss
+    assert any(e.kind == "warning" and "memorising" in e.text for e in events)
+
+
+def test_overfitting_warning_fires_on_rising_validation_only():
+    from charnn.trainloop import overfitting
+
+    rising = [(2.0, 1.50), (1.8, 1.45), (1.6, 1.48), (1.4, 1.55)]
+    assert overfitting(rising)
+    assert not overfitting(rising[:3])  # one rise is noise
+    falling = [(2.0, 1.9), (1.8, 1.7), (1.6, 1.6), (1.4, 1.5)]
+    assert not overfitting(falling)
+    both_rising = [(1.4, 1.50), (1.5, 1.55), (1.6, 1.60)]  # training is diverging too: not memorising
+    assert not overfitting(both_rising)
+
+
+def test_plan_flag_prints_the_plan_and_writes_nothing(tmp_path):
+    import os
+    import subprocess
+
+    from tests.conftest import PYTHON, TINY_TEXT, cli_env
+
+    (tmp_path / "notes.txt").write_text(TINY_TEXT * 5, encoding="utf-8")
+    before = sorted(os.listdir(tmp_path))
+    out = subprocess.run([PYTHON, "-m", "charnn", "train", "notes.txt", "--plan", "--dropout", "0.2"],
+                         capture_output=True, text=True, env=cli_env(), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "training characters" in out.stdout and "dropout 0.2" in out.stdout and "given: --dropout" in out.stdout
+    assert sorted(os.listdir(tmp_path)) == before  # no checkpoints/, no cache
+
+
+def test_library_plan_matches_what_train_would_use(tmp_path):
+    from charnn.train import plan
+
+    corpus = _memorisable(tmp_path)
+    p = plan(corpus, device="cpu")
+    assert p.tier == "small corpus" and p.train.device == "auto"
+    assert p == plan(corpus, device="cpu")
