@@ -288,3 +288,46 @@ def report_cmd(
 
 def main() -> None:
     app()
+
+
+ExportFormat = choice("ExportFormat", ("html", "onnx"))
+ExportPrecision = choice("ExportPrecision", ("fp32", "fp16"))
+
+
+@app.command("export", cls=Command)
+def export_cmd(
+    run: RunPath,
+    *,
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", metavar="FILE", show_default=False, help="File to write (model.html or model.onnx).")],
+    fmt: Annotated[ExportFormat, typer.Option(
+        "--format", metavar="FORMAT", show_default=False,
+        help=with_default("html (an offline playground page) or onnx (a step model).", "html"))] = ExportFormat.html,
+    which: WhichOption = Which.best,
+    precision: Annotated[ExportPrecision, typer.Option(
+        metavar="PRECISION", show_default=False,
+        help=with_default("Weights in the page: fp32, or fp16 for half the size.", "fp32"))] = ExportPrecision.fp32,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")] = False,
+) -> None:
+    """Take a model out of Python: a self-contained HTML playground page, or an ONNX step model.
+
+    Examples:
+    charnn export checkpoints/shakespeare -o shakespeare.html
+    charnn export checkpoints/shakespeare -o small.html --precision fp16 --force
+    charnn export checkpoints/shakespeare --format onnx -o shakespeare.onnx
+    """
+    def body():
+        from charnn.errors import ConfigError
+        from charnn.export import export_html, export_onnx
+        from charnn.rundir import load_run
+
+        if fmt is ExportFormat.onnx and precision is not ExportPrecision.fp32:
+            raise ConfigError("--precision applies to --format html; ONNX weights are fp32")
+        loaded = load_run(run, which=which.value, device="cpu")
+        if fmt is ExportFormat.onnx:
+            path = export_onnx(loaded, output, force=force)
+        else:
+            path = export_html(loaded, output, precision=precision.value, force=force)
+        say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) from {loaded.path.name}")
+
+    run_command(body)
