@@ -152,7 +152,7 @@ def _say_done(result, *, report: bool) -> None:
     best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
     at = f" at step {result.best_step}" if result.best_step is not None else ""
     say(f"done: {result.steps} steps in {result.elapsed:.0f}s ({result.stop_reason}); best val {best} nats/char"
-        f"{at}; run {result.run_dir}")
+        f"{at}; validation and checkpoints took {result.eval_share:.0%} of the time; run {result.run_dir}")
     say(f"next: charnn sample {result.run_dir} --prime \"...\"   |   charnn eval {result.run_dir}")
     if report:
         say(f"report: {result.run_dir / 'report.html'}")

@@ -29,7 +29,7 @@ CPU_MAX_STEPS = 8000  # about 5 minutes for a 2x256 LSTM at 16 x 64 on a 2-core 
 GPU_MAX_STEPS = 5000
 MAX_EPOCHS = 40  # small corpora: the schedule decays over this many passes; early stopping usually ends sooner
 EVALS_PER_EPOCH = 2  # validation twice an epoch ...
-MIN_EVAL_EVERY = 16  # ... but not more often than this: each one scores the split and writes a checkpoint
+MIN_EVAL_EVERY = 24  # ... but not more often than this (or once an epoch): each scores the split and saves
 MAX_EVAL_EVERY = 1000  # the first validation within about a minute on a CPU
 PATIENCE_EPOCHS = 4  # stop after this many epochs without a new best validation loss ...
 MIN_PATIENCE, MAX_PATIENCE = 4, 8  # ... counted in validations, within these bounds
@@ -143,12 +143,22 @@ def _schedule(facts: CorpusFacts, gpu: bool, given: dict[str, Any]) -> dict[str,
     per_epoch = max(1, (facts.train_chars // batch - 1) // seq)
     max_steps = GPU_MAX_STEPS if gpu else CPU_MAX_STEPS
     steps = min(max_steps, MAX_EPOCHS * per_epoch)
-    eval_every = min(max(per_epoch // EVALS_PER_EPOCH, MIN_EVAL_EVERY), MAX_EVAL_EVERY, steps)
+    eval_every = min(max(per_epoch // EVALS_PER_EPOCH, MIN_EVAL_EVERY), per_epoch, MAX_EVAL_EVERY, steps)
     evals_per_epoch = per_epoch / eval_every
     patience = min(max(round(PATIENCE_EPOCHS * evals_per_epoch), MIN_PATIENCE), MAX_PATIENCE)
     return dict(batch_size=batch, seq_len=seq, lr=2e-3 if gpu else 3e-3, warmup_iters=min(50, steps // 10),
                 weight_decay=0.1, max_iters=steps, eval_every=eval_every,
                 patience=patience if facts.val_chars >= 2 else None)
+
+
+def eval_share(val_chars: int, eval_every: int, segment: int) -> float:
+    """Rough share of a run spent validating and checkpointing, from costs measured in training steps of a
+    2x256 LSTM at 16 x 64 on a CPU: a checkpoint about half a step; scoring runs the segments side by side, so
+    its time follows the segment length (about 0.75 step per 1,000 characters) and grows slowly with their
+    number. An estimate for the plan's line; the run's summary gives the measured share."""
+    segments = max(1, math.ceil(val_chars / segment))
+    cost = 0.5 + 0.75 * min(val_chars, segment) / 1000 * (1 + 0.2 * (segments - 1) ** 0.5)
+    return cost / (cost + eval_every)
 
 
 def _explain(facts: CorpusFacts, hardware: Hardware, tier: str, model: ModelConfig, cfg: TrainConfig,
@@ -170,8 +180,10 @@ def _explain(facts: CorpusFacts, hardware: Hardware, tier: str, model: ModelConf
                  f"cosine decay, {length}")
     stop = (f"stops after {cfg.patience} validations without a new best" if cfg.patience
             else "no early stopping")
+    share = eval_share(facts.val_chars, cfg.eval_every, cfg.eval_segment)
     lines.append(f"validation every {cfg.eval_every:,} steps (~{cfg.eval_every / per_epoch:.2g} epoch, "
-                 f"{facts.val_chars:,} characters); {stop}; the best checkpoint is kept")
+                 f"{facts.val_chars:,} characters, about {share:.0%} of the time); {stop}; the best checkpoint "
+                 f"is kept")
     given = sorted(request.given())
     if given:
         lines.append("given: " + ", ".join("--" + k.replace("_", "-") for k in given))

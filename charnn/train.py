@@ -67,6 +67,7 @@ class TrainResult:
     stopped_early: bool = False  # --patience ended the run before its stopping rule
     stop_reason: str = ""  # what ended the run: the step limit, the epochs, the time budget, no improvement
     best_step: int | None = None  # the step of the best validation loss (the checkpoint sample/eval use)
+    eval_share: float = 0.0  # the share of this process's time spent validating and writing checkpoints
 
 
 
@@ -129,8 +130,9 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
         run.samples.close()
     emit(run, s, "end", val_loss=s.last_val, text=str(s.latest))
     best = s.best_val if math.isfinite(s.best_val) else None
+    ran = s.elapsed() - s.elapsed_before
     return TrainResult(run.run_dir, s.step, s.elapsed(), s.last_val, best, s.latest, s.stopped_early,
-                       s.stop_reason, s.best_step)
+                       s.stop_reason, s.best_step, s.eval_seconds / ran if ran > 0 else 0.0)
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,7 @@ class LoopState:
     curve: list[tuple[float, float]] = field(default_factory=list)  # (train, val) loss at each evaluation
     last_train: float | None = None  # the newest logged training loss
     warned: bool = False  # the overfitting warning was given since the last new best
+    eval_seconds: float = 0.0  # spent validating and writing checkpoints in this process
     t_start: float = 0.0  # time.perf_counter() when elapsed() was 0
     stats: StepStats = field(init=False)  # set as the loop starts: the device-side sums of the log window
 
@@ -158,6 +159,12 @@ def log_window(run: Run, s: LoopState, lr: float) -> None:
 
 def evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
     """Score the whole validation split (rank 0), track the best for --patience, then save a checkpoint."""
+    started = time.perf_counter()
+    _evaluate_and_checkpoint(run, s)
+    s.eval_seconds += time.perf_counter() - started
+
+
+def _evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
     val = None
     if len(run.val_ids) >= 2 and run.dist.is_main:
         res = evaluate_ids(run.model, run.val_ids, segment=run.cfg.eval_segment, precision=run.cfg.precision)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from charnn.checkpoint import LoadedModel
-from charnn.config import DataConfig, resolve, to_dict
+from charnn.config import DataConfig, ModelConfig, TrainConfig, to_dict
 from charnn.errors import ConfigError
 from charnn.model import CELLS, num_parameters
 
@@ -77,11 +77,12 @@ def symbol_names(loaded: LoadedModel) -> list[str]:
 
 
 def trained_with(loaded: LoadedModel) -> str:
-    """A `charnn train` command equivalent to the one that trained the model: the flags whose values differ from
-    what `charnn train` uses without them (the default preset's), from the checkpoint's configs."""
+    """A `charnn train` command equivalent to the one that trained the model, from the checkpoint's configs:
+    every option whose value differs from its field's default is spelled out, so the command does not depend
+    on what the training plan would choose for another corpus."""
     corpus = loaded.meta.corpus_path or "CORPUS"
     args = ["charnn", "train", corpus.replace("\\", "/").rsplit("/", 1)[-1]]
-    base_model, base_train = resolve(None, {}, {})
+    base_model, base_train = ModelConfig(), TrainConfig()
     pairs = [(base_model, loaded.model_cfg), (DataConfig(), loaded.data_cfg)]
     if loaded.meta.train_cfg is not None:
         pairs.append((base_train, loaded.meta.train_cfg))

@@ -109,6 +109,10 @@ def kv_table(rows: list[tuple[str, Any]]) -> str:
 
 def config_tables(config: dict) -> str:
     parts = []
+    plan = config.get("plan")
+    if isinstance(plan, dict) and isinstance(plan.get("lines"), list):  # what the training plan chose, and why
+        lines = "\n".join(str(line) for line in plan["lines"])
+        parts.append(f'<div class="plan"><h3>training plan</h3><pre>{html.escape(lines)}</pre></div>')
     for section in ("model", "train", "data", "corpus"):
         values = config.get(section)
         if isinstance(values, dict):
