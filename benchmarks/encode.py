@@ -10,16 +10,15 @@ block) and deleted at the end. Each measurement runs in its own subprocess so it
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, machine, parser, repo_env
+
 MB = 1 << 20
 
 ENCODE = r"""
@@ -78,20 +77,19 @@ def generate(path: Path, size: int) -> None:
 
 
 def run(code: str, *args: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code, *args], env=repo_env(), capture_output=True, text=True,
+                         check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="10 MB and 100 MB only; no training smoke")
-    parser.add_argument("--tmp", default=None, help="directory for the generated files [default: $TMPDIR]")
-    args = parser.parse_args()
+    ap = parser(__doc__, quick="10 MB and 100 MB only; no training smoke")
+    ap.add_argument("--tmp", default=None, help="directory for the generated files [default: $TMPDIR]")
+    args = ap.parse_args()
     sizes = [10 * MB, 100 * MB] + ([] if args.quick else [1024 * MB])
     root = Path(tempfile.mkdtemp(prefix="charnn-bench-", dir=args.tmp))
     try:
+        machine()
         print(f"{'corpus':>8} {'first encode':>13} {'(hash/scan/encode MB/s)':>24} {'cache hit':>10} "
               f"{'peak RSS':>9}")
         for size in sizes:

@@ -12,10 +12,7 @@ The model is a randomly initialised CharRNN: speed does not depend on what the w
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import interleaved, load_average, machine, median, median_ratio, parser, repo_env
 
 from charnn import CharRNN, DataConfig, ModelConfig, Vocab
 from charnn.evaluate import evaluate_ids
 from charnn.rundir import save_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 ALPHABET = "\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
@@ -67,8 +64,7 @@ def cli_eval_seconds(model: CharRNN, vocab: Vocab, tmp: Path, mb: float, threads
     text = "".join(np.array(list(ALPHABET))[rng.integers(0, len(ALPHABET), int(mb * 1e6))])
     path = tmp / "text.txt"
     path.write_text(text, encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS=str(threads))
+    env = repo_env(OMP_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "charnn", "eval", str(run), str(path), "--device", "cpu"], env=env,
                    check=True, capture_output=True)
@@ -76,7 +72,7 @@ def cli_eval_seconds(model: CharRNN, vocab: Vocab, tmp: Path, mb: float, threads
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, quick="tiny model, few characters: checks that it runs")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--embed", type=int, default=256)
@@ -87,7 +83,6 @@ def main() -> None:
     ap.add_argument("--file-mb", type=float, default=1.0, help="size of the file `charnn eval` scores")
     ap.add_argument("--threads", type=int, default=None, help="torch threads [default: torch's]")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="tiny model, few characters: checks that it runs")
     args = ap.parse_args()
     if args.quick:
         args.hidden, args.embed, args.chars, args.batch, args.segment = 32, 16, 8_000, 8, 512
@@ -98,24 +93,26 @@ def main() -> None:
     vocab = Vocab(tuple(sorted(map(ord, ALPHABET))))
     model = CharRNN(ModelConfig(layers=args.layers, hidden=args.hidden, embed=args.embed), len(vocab))
     ids = np.random.default_rng(0).integers(0, len(vocab), args.chars).astype(np.uint8)
-    print(f"machine: {os.cpu_count()} cpus, torch {torch.__version__}, {threads} threads, "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    machine(threads)
     print(f"model: {args.layers}x{args.hidden} lstm, embed {args.embed}; {args.chars:,} chars, "
           f"batch {args.batch}", flush=True)
-    ours, bare = [], []
-    for r in range(args.repeats):
-        ours.append(charnn_eval(model, ids, args.batch, args.segment))
-        bare.append(bare_forward(model, ids, args.batch, args.chunk))
-        print(f"repeat {r + 1}: charnn {ours[-1]:,.0f} chars/s, bare forward {bare[-1]:,.0f} chars/s, "
-              f"ratio {ours[-1] / bare[-1]:.3f}", flush=True)
+
+    def report(r: int, got: dict[str, list]) -> None:
+        ours, bare = got["charnn"][-1], got["bare"][-1]
+        print(f"repeat {r + 1}: charnn {ours:,.0f} chars/s, bare forward {bare:,.0f} chars/s, "
+              f"ratio {ours / bare:.3f}", flush=True)
+
+    got = interleaved(args.repeats, {"charnn": lambda: charnn_eval(model, ids, args.batch, args.segment),
+                                     "bare": lambda: bare_forward(model, ids, args.batch, args.chunk)},
+                      on_repeat=report)
     with tempfile.TemporaryDirectory() as tmp:
         cli_s = cli_eval_seconds(model, vocab, Path(tmp), args.file_mb, threads)
     result = {
-        "charnn_chars_per_s": round(statistics.median(ours)),
-        "bare_chars_per_s": round(statistics.median(bare)),
-        "ratio": round(statistics.median(o / b for o, b in zip(ours, bare, strict=True)), 3),
+        "charnn_chars_per_s": round(median(got["charnn"])),
+        "bare_chars_per_s": round(median(got["bare"])),
+        "ratio": round(median_ratio(got["charnn"], got["bare"]), 3),
         "cli_eval_file_mb": args.file_mb, "cli_eval_seconds": round(cli_s, 2), "threads": threads,
-        "repeats": args.repeats, "load_average": round(os.getloadavg()[0], 2),
+        "repeats": args.repeats, "load_average": load_average(),
     }
     print(f"ratio (median of {args.repeats}): {result['ratio']:.3f}  (target >= 0.9)")
     print(f"charnn eval of a {args.file_mb:g} MB file: {cli_s:.1f} s  (target < 20 s for 1 MB, 2x256)")

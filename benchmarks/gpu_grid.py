@@ -14,18 +14,14 @@ memory of each (CUDA only).
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from baseline import SYNTHETIC_LINE, bare_loop, synthetic_corpus
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import machine, median, parser
 
 GRID = [(layers, hidden, 50, 50) for layers in (1, 2, 3) for hidden in (128, 256, 512)] + [(3, 1024, 128, 256)]
 QUICK = [(1, 16, 4, 8), (2, 16, 4, 8)]
@@ -61,15 +57,14 @@ def charnn_loop(layers, hidden, batch, seq, *, embed, device, steps, workdir: Pa
           out_dir=out)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["chars_per_s"] for r in rows if r["kind"] == "train"][1:]
-    return statistics.median(rates)
+    return median(rates)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, quick="two tiny shapes, a few steps: checks that it runs")
     ap.add_argument("--device", default="cuda", help="cuda (the point of this script) or cpu")
     ap.add_argument("--steps", type=int, default=60, help="timed steps per configuration and loop")
     ap.add_argument("--embed", type=int, default=64, help="embedding size (torch-rnn's wordvec_size default)")
-    ap.add_argument("--quick", action="store_true", help="two tiny shapes, a few steps: checks that it runs")
     args = ap.parse_args()
     import torch
 
@@ -78,6 +73,7 @@ def main() -> None:
         sys.exit("no CUDA device here: run on the GPU machine, or pass --device cpu --quick")
     grid, steps = (QUICK, 6) if args.quick else (GRID, args.steps)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    machine(torch.get_num_threads(), device=name)
     print(json.dumps({"device": name, "torch": torch.__version__, "steps": steps}), flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="charnn-grid-"))
     rows = []

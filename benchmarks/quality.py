@@ -2,28 +2,32 @@
 """Quality per second: train charnn presets under a time budget and compare with the plain baseline.
 
 For each preset: `charnn train CORPUS --preset P --time-budget B`, then `charnn eval` on the validation split
-and on held-out prose of a different kind, and a 300-character sample. The baseline is the plain hand-written
-trainer `../shared/bench/ref_lstm.py --budget-s B` (2x256 LSTM, Adam 2e-3 constant), run in the same session.
-Prints one JSON line per run and a table; lower val nats/char is better.
+and on held-out prose of a different kind, and a 300-character sample. With `--ref TRAINER`, the baseline
+runs first on the same machine: a plain hand-written trainer (2x256 LSTM, Adam 2e-3 constant, batch 64 x 128),
+called as `python TRAINER CORPUS --budget-s B --threads N --eval-at "" --sample-chars 300 --sample-repeats 1`,
+that prints JSON lines, one of them `{"event": "final", "steps", "val_loss", "val_bits_per_char",
+"chars_per_s"}`. Prints one JSON line per run and a table; lower val nats/char is better.
 
 Note on budgets: charnn's budget is wall time of the whole loop (evaluations, samples and checkpoints
-included); ref_lstm.py's counts its training steps only, so the comparison slightly favours the baseline.
-Both score the whole validation split: charnn in 4096-character stateful segments, ref_lstm.py as one stream.
+included); the plain trainer's counts its training steps only, so the comparison slightly favours the
+baseline. Both score the whole validation split: charnn in 4096-character stateful segments, the plain
+trainer as one stream.
+
+    python benchmarks/quality.py --presets small --budget 240 --ref PATH/TO/TRAINER   # ~9 minutes
+    python benchmarks/quality.py --presets small -- --batch-size 16 --seq-len 64      # one variant, no baseline
+    python benchmarks/quality.py --quick                                              # a few seconds
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_REF = REPO.parent / "shared" / "bench" / "ref_lstm.py"
+from common import REPO, machine, parser, repo_env
 
 
 def run(cmd: list[str], env: dict[str, str]) -> str:
@@ -71,21 +75,19 @@ def ref_run(args, env) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, quick="smoke mode: tiny corpus slice, 3-second budgets")
     ap.add_argument("--corpus", type=Path, default=REPO / "data" / "tinyshakespeare.txt")
     ap.add_argument("--heldout", type=Path, default=REPO / "data" / "heldout_prose.txt",
                     help="text of a different kind, scored with --skip-unknown")
     ap.add_argument("--presets", default="small", help="comma-separated presets to train")
     ap.add_argument("--budget", type=float, default=240.0, help="training time budget per run, seconds")
-    ap.add_argument("--ref", type=Path, default=DEFAULT_REF, help="the plain baseline trainer")
-    ap.add_argument("--no-ref", action="store_true", help="skip the baseline")
+    ap.add_argument("--ref", type=Path, default=None, help="the plain baseline trainer [default: none]")
+    ap.add_argument("--no-ref", action="store_true", help="skip the baseline even with --ref")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=None, help="where runs go (default: a temp dir)")
-    ap.add_argument("--quick", action="store_true", help="smoke mode: tiny corpus slice, 3-second budgets")
     ap.add_argument("extra", nargs="*", help="extra `charnn train` flags after --, e.g. -- --model gru")
     args = ap.parse_args()
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS=str(args.threads))
+    env = repo_env(OMP_NUM_THREADS=str(args.threads))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="charnn-quality-"))
     workdir.mkdir(parents=True, exist_ok=True)
     if args.quick:
@@ -93,8 +95,9 @@ def main() -> None:
         small.write_text(args.corpus.read_text(encoding="utf-8")[:60_000], encoding="utf-8")
         args.corpus, args.budget, args.presets = small, 3.0, "tiny"
         args.extra = args.extra + ["--eval-every", "50", "--sample-length", "0"]
+    machine(args.threads)
     rows = []
-    if not args.no_ref and args.ref.exists():
+    if args.ref is not None and not args.no_ref:
         rows.append(ref_run(args, env))
         print(json.dumps(rows[-1]), flush=True)
     for preset in args.presets.split(","):

@@ -1,5 +1,5 @@
 """Sampling speed: charnn's sampler (`charnn.sample_text`, the fast stepping path) against the plain approach
-(one `nn.LSTM` call per character, softmax + multinomial, as ../shared/bench/ref_lstm.py samples), one stream
+(one `nn.LSTM` call per character, softmax + multinomial, as a plain hand-written trainer samples), one stream
 and `--streams` streams at once, in one run, alternating for `--repeats` repeats (medians reported).
 
 The plain approach runs at 1 and at `--threads` threads and its faster figure is the baseline (the default of
@@ -12,14 +12,12 @@ randomly initialised CharRNN: speed does not depend on what the weights are.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from common import interleaved, load_average, machine, median, parser
 
 from charnn import CharRNN, ModelConfig, SampleConfig, Vocab, sample_text
 
@@ -56,8 +54,12 @@ def charnn_sample(model: CharRNN, streams: int, length: int, path: str = "fast",
     return streams * length / (time.perf_counter() - t0), text
 
 
+def print_repeat(r: int, got: dict[str, list]) -> None:
+    print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in got.items()), flush=True)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, quick="tiny model, few characters: checks that it runs")
     ap.add_argument("--model", default="lstm", choices=("lstm", "gru", "rnn"))
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=256)
@@ -67,7 +69,6 @@ def main() -> None:
     ap.add_argument("--streams-length", type=int, default=400, help="characters per stream, many streams")
     ap.add_argument("--threads", type=int, default=None, help="torch threads [default: torch's]")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="tiny model, few characters: checks that it runs")
     args = ap.parse_args()
     if args.quick:
         args.hidden, args.embed, args.length, args.repeats = 32, 16, 200, 1
@@ -77,25 +78,23 @@ def main() -> None:
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(model=args.model, layers=args.layers, hidden=args.hidden, embed=args.embed),
                     len(VOCAB))
-    print(f"machine: {os.cpu_count()} cpus, torch {torch.__version__}, {threads} threads, "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    machine(threads)
     print(f"model: {args.layers}x{args.hidden} {args.model}, embed {args.embed}", flush=True)
 
     fast_same = (sample_text(model, VOCAB, SampleConfig(length=200, seed=3, num_samples=4), path="fast")
                  == sample_text(model, VOCAB, SampleConfig(length=200, seed=3, num_samples=4), path="module"))
-    results: dict[str, list[float]] = {k: [] for k in ("one", "one_module", "one_plain_1t", "one_plain",
-                                                      "many", "many_bf16", "many_plain_1t", "many_plain")}
-    for r in range(args.repeats):
-        results["one"].append(charnn_sample(model, 1, args.length)[0])
-        results["one_module"].append(charnn_sample(model, 1, args.length // 4, path="module")[0])
-        results["one_plain_1t"].append(plain_sample(model, 1, args.length // 4, 1))
-        results["one_plain"].append(plain_sample(model, 1, args.length // 4, threads))
-        results["many"].append(charnn_sample(model, args.streams, args.streams_length)[0])
-        results["many_bf16"].append(charnn_sample(model, args.streams, args.streams_length, precision="bf16")[0])
-        results["many_plain_1t"].append(plain_sample(model, args.streams, args.streams_length // 2, 1))
-        results["many_plain"].append(plain_sample(model, args.streams, args.streams_length // 2, threads))
-        print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in results.items()), flush=True)
-    med = {k: statistics.median(v) for k, v in results.items()}
+    one, many = args.length, args.streams_length
+    results = interleaved(args.repeats, {
+        "one": lambda: charnn_sample(model, 1, one)[0],
+        "one_module": lambda: charnn_sample(model, 1, one // 4, path="module")[0],
+        "one_plain_1t": lambda: plain_sample(model, 1, one // 4, 1),
+        "one_plain": lambda: plain_sample(model, 1, one // 4, threads),
+        "many": lambda: charnn_sample(model, args.streams, many)[0],
+        "many_bf16": lambda: charnn_sample(model, args.streams, many, precision="bf16")[0],
+        "many_plain_1t": lambda: plain_sample(model, args.streams, many // 2, 1),
+        "many_plain": lambda: plain_sample(model, args.streams, many // 2, threads),
+    }, on_repeat=print_repeat)
+    med = {k: median(v) for k, v in results.items()}
     base_one = max(med["one_plain_1t"], med["one_plain"])
     base_many = max(med["many_plain_1t"], med["many_plain"])
     result = {
@@ -108,7 +107,7 @@ def main() -> None:
         "many_streams_bf16_chars_per_s": round(med["many_bf16"]),
         "many_streams_bf16_ratio": round(med["many_bf16"] / base_many, 2),
         "fast_and_module_same_text": fast_same, "threads": threads, "repeats": args.repeats,
-        "load_average": round(os.getloadavg()[0], 2),
+        "load_average": load_average(),
     }
     print(f"one stream: charnn {med['one']:,.0f} chars/s vs plain {base_one:,.0f} chars/s: "
           f"{result['one_stream_ratio']:.2f}x  (target >= 5,000 chars/s for 2x256)")

@@ -14,14 +14,12 @@ differ by up to 20% here on one stream in fp32 (where they sit in memory), so re
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import os
-import statistics
 import time
 
 import torch
+from common import interleaved, load_average, machine, median, median_ratio, parser
 
 from charnn import CharRNN, ModelConfig
 from charnn import stepper as sampling
@@ -42,39 +40,38 @@ def compare(kind: str, hidden: int, streams: int, precision: str, rounds: int, s
     model = CharRNN(ModelConfig(model=kind, layers=2, hidden=hidden, embed=128), 65).eval()
     both = {"packed": stepper(model, streams, precision, True), "addmm": stepper(model, streams, precision, False)}
     ids = torch.randint(0, 65, (streams,))
-    times = {name: [] for name in both}
+
+    def us_per_step(st: sampling.FastStepper) -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            st.step(ids)
+        return (time.perf_counter() - t0) / steps * 1e6
+
     with sampling.few_threads(streams, hidden, ids.device):
         for st in both.values():
             for _ in range(20):
                 st.step(ids)
-        for r in range(rounds):
-            for name in (("packed", "addmm") if r % 2 else ("addmm", "packed")):
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    both[name].step(ids)
-                times[name].append((time.perf_counter() - t0) / steps * 1e6)
+        times = interleaved(rounds, {name: lambda st=st: us_per_step(st) for name, st in both.items()},
+                            alternate=True)
         threads = torch.get_num_threads()
     packed_any = any(w.packed is not None for w in both["packed"].weights)
     return {"model": f"2x{hidden} {kind}", "streams": streams, "precision": precision, "threads": threads,
             "packed_used": packed_any,
-            "packed_us": round(statistics.median(times["packed"]), 1),
-            "addmm_us": round(statistics.median(times["addmm"]), 1),
-            "ratio": round(statistics.median(a / p for a, p in zip(times["addmm"], times["packed"], strict=True)), 3)}
+            "packed_us": round(median(times["packed"]), 1), "addmm_us": round(median(times["addmm"]), 1),
+            "ratio": round(median_ratio(times["addmm"], times["packed"]), 3)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, quick="one small shape, a few rounds")
     ap.add_argument("--rounds", type=int, default=40, help="alternating rounds per shape")
     ap.add_argument("--steps", type=int, default=50, help="steps per round")
-    ap.add_argument("--quick", action="store_true", help="one small shape, a few rounds")
     args = ap.parse_args()
     shapes, rounds, steps = SHAPES, args.rounds, args.steps
     if args.quick:
         shapes, rounds, steps = [("lstm", 128, 4)], 4, 5
         global TUNING
         TUNING = sampling.Tuning(pack_min_weight=0)  # so the small shape takes the packed path too
-    print(f"machine: {os.cpu_count()} cpus, torch {torch.__version__}, oneDNN {torch.backends.mkldnn.is_available()}, "
-          f"load average {os.getloadavg()[0]:.2f}")
+    machine(oneDNN=torch.backends.mkldnn.is_available())
     rows = []
     for kind, hidden, streams in shapes:
         for precision in ("fp32", "bf16"):
@@ -84,8 +81,8 @@ def main() -> None:
                   f"packed {row['packed_us']:,.0f} us/step vs addmm {row['addmm_us']:,.0f}: ratio {row['ratio']:.2f}"
                   + ("" if row["packed_used"] else "  (rule: not packed, both the same code)"), flush=True)
     used = [row["ratio"] for row in rows if row["packed_used"]]
-    print(json.dumps({"rows": rows, "median_ratio": round(statistics.median(used), 3) if used else None,
-                      "load_average": round(os.getloadavg()[0], 2)}))
+    print(json.dumps({"rows": rows, "median_ratio": round(median(used), 3) if used else None,
+                      "load_average": load_average()}))
 
 
 if __name__ == "__main__":

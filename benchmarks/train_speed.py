@@ -9,9 +9,9 @@ With evaluation, checkpoints and samples amortised: each `charnn.train` run ends
 checkpoint and one sample, timed from the events; their cost is spread over `--schedule-steps` steps of the
 default schedule (evaluate + checkpoint every 250 steps, samples at 100, 300, 700 and every 1000).
 
-Peak RSS: `charnn.train` and a plain hand-written trainer (the same loop as ../shared/bench/ref_lstm.py:
-train, then score the validation split) each run `--rss-steps` steps in a fresh subprocess that reports its
-ru_maxrss.
+Peak RSS: `charnn.train` and a plain hand-written trainer of the same shape (embedding, nn.LSTM, linear, Adam,
+the state carried across batches; train, then score the validation split) each run `--rss-steps` steps in a
+fresh subprocess that reports its ru_maxrss.
 
     python benchmarks/train_speed.py                 # 2x256 LSTM, embed 256, batch 64, seq 128 (~2 minutes)
     python benchmarks/train_speed.py --quick         # tiny shapes, a few seconds (the CI smoke test)
@@ -19,11 +19,9 @@ ru_maxrss.
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import json
 import math
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,8 +29,8 @@ import time
 from pathlib import Path
 
 from baseline import bare_loop, synthetic_corpus
+from common import REPO, interleaved, load_average, machine, median, median_ratio, parser, repo_env
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = REPO / "data" / "tinyshakespeare.txt"
 
 
@@ -77,7 +75,8 @@ charnn.train(corpus, out_dir=out,
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
-# The plain trainer: ../shared/bench/ref_lstm.py's loop and its whole-split validation, nothing else.
+# The plain trainer: what a user writes by hand (embedding, nn.LSTM, linear; Adam; the state carried across
+# batches) and its whole-split validation, nothing else.
 CHILD_PLAIN = r"""
 import resource, sys, torch, torch.nn as nn, torch.nn.functional as F
 corpus, out, steps, layers, hidden, embed, batch, seq, threads = sys.argv[1:]
@@ -120,14 +119,48 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 def peak_rss_mb(code: str, args, corpus: Path, out: Path) -> float:
     argv = [str(corpus), str(out), str(args.rss_steps), str(args.layers), str(args.hidden), str(args.embed),
             str(args.batch), str(args.seq), str(args.threads)]
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env,
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=repo_env(),
                           check=True)
     return int(done.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB on Linux
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def amortised_rate(args, med: dict[str, float]) -> float:
+    """chars/s over `--schedule-steps` steps of the default schedule, its evaluations, checkpoints and samples
+    costed at what the end of each run measured."""
+    n_eval, n_sample = schedule_counts(args.schedule_steps)
+    step_s = args.batch * args.seq / med["rate"]
+    total_s = (args.schedule_steps * step_s + n_eval * (med["eval_s"] + med["checkpoint_s"])
+               + n_sample * med["sample_s"])
+    return args.schedule_steps * args.batch * args.seq / total_s
+
+
+def measures(args, corpus: Path, tmp: Path, bf16: bool) -> dict:
+    """One round: charnn in fp32, the bare loop; with `bf16` (charnn's default on this CPU) the same pair again
+    under bf16 autocast, so each precision is compared with the bare loop in that precision."""
+    count = itertools.count()
+    steps = max(args.steps - args.log_every, 1)
+    shape = (args.layers, args.hidden, args.embed, args.batch, args.seq)
+    pairs = {"charnn": lambda: charnn_run(args, corpus, tmp / f"run{next(count)}", args.steps, "fp32"),
+             "bare": lambda: bare_loop(*shape, steps=steps, warmup=2)}
+    if bf16:
+        pairs["charnn_auto"] = lambda: charnn_run(args, corpus, tmp / f"auto{next(count)}", args.steps, "auto")
+        pairs["bare_bf16"] = lambda: bare_loop(*shape, steps=steps, warmup=2, bf16=True)
+    return pairs
+
+
+def print_round(r: int, got: dict[str, list]) -> None:
+    run, bare = got["charnn"][-1], got["bare"][-1]
+    print(f"round {r + 1}: fp32: charnn {run['rate']:,.0f} chars/s, bare loop {bare:,.0f} chars/s, "
+          f"ratio {run['rate'] / bare:.3f}; end-of-run eval {run['eval_s']:.2f}s, checkpoint "
+          f"{run['checkpoint_s']:.2f}s, sample {run['sample_s']:.2f}s", flush=True)
+    if "charnn_auto" in got:
+        auto, bare16 = got["charnn_auto"][-1]["rate"], got["bare_bf16"][-1]
+        print(f"round {r + 1}: bf16 autocast: charnn {auto:,.0f} chars/s, bare loop {bare16:,.0f} chars/s, "
+              f"ratio {auto / bare16:.3f}", flush=True)
+
+
+def options():
+    ap = parser(__doc__, quick="tiny shapes and few steps: checks that it runs")
     ap.add_argument("--corpus", type=Path, default=None, help="text file [default: data/tinyshakespeare.txt]")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=256)
@@ -140,9 +173,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternations of charnn and the bare loop")
     ap.add_argument("--rss-steps", type=int, default=6, help="steps of each peak-RSS subprocess")
     ap.add_argument("--schedule-steps", type=int, default=2000, help="run length the amortised ratio assumes")
-    ap.add_argument("--quick", action="store_true", help="tiny shapes and few steps: checks that it runs")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def main() -> None:
+    args = options()
     import torch
 
     if args.quick:
@@ -156,54 +191,37 @@ def main() -> None:
         tmp = Path(tmp)
         corpus = args.corpus or (DEFAULT_CORPUS if DEFAULT_CORPUS.exists() and not args.quick else None)
         corpus = corpus or synthetic_corpus(tmp / "corpus.txt", 60_000 if args.quick else 1_000_000)
-        print(f"machine: {os.cpu_count()} cpus, torch {torch.__version__}, {args.threads} threads, "
-              f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        machine(args.threads)
         print(f"shape: {args.layers}x{args.hidden} lstm, embed {args.embed}, batch {args.batch}, "
               f"seq {args.seq}; corpus {corpus}", flush=True)
         from charnn.runtime import uses_bf16
 
         bf16 = uses_bf16(torch.device("cpu"), "auto", training=True) and not args.quick
         print(f"charnn's auto precision on this CPU: {'bf16 autocast' if bf16 else 'fp32'}", flush=True)
-        rounds = []
-        for r in range(args.rounds):
-            run = charnn_run(args, corpus, tmp / f"run{r}", args.steps, "fp32")
-            bare = bare_loop(args.layers, args.hidden, args.embed, args.batch, args.seq,
-                             steps=max(args.steps - args.log_every, 1), warmup=2)
-            row = {**run, "bare": bare, "ratio": run["rate"] / bare}
-            if bf16:  # charnn's default here: compare it with the bare loop in the same precision
-                auto = charnn_run(args, corpus, tmp / f"auto{r}", args.steps, "auto")
-                bare16 = bare_loop(args.layers, args.hidden, args.embed, args.batch, args.seq,
-                                   steps=max(args.steps - args.log_every, 1), warmup=2, bf16=True)
-                row.update(rate_auto=auto["rate"], bare_bf16=bare16, ratio_auto=auto["rate"] / bare16)
-            rounds.append(row)
-            print(f"round {r + 1}: fp32: charnn {run['rate']:,.0f} chars/s, bare loop {bare:,.0f} chars/s, "
-                  f"ratio {run['rate'] / bare:.3f}; end-of-run eval {run['eval_s']:.2f}s, checkpoint "
-                  f"{run['checkpoint_s']:.2f}s, sample {run['sample_s']:.2f}s", flush=True)
-            if bf16:
-                print(f"round {r + 1}: bf16 autocast: charnn {row['rate_auto']:,.0f} chars/s, bare loop "
-                      f"{row['bare_bf16']:,.0f} chars/s, ratio {row['ratio_auto']:.3f}", flush=True)
-        med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-        n_eval, n_sample = schedule_counts(args.schedule_steps)
-        step_s = args.batch * args.seq / med["rate"]
-        total_s = (args.schedule_steps * step_s + n_eval * (med["eval_s"] + med["checkpoint_s"])
-                   + n_sample * med["sample_s"])
-        amortised = args.schedule_steps * args.batch * args.seq / total_s
+        got = interleaved(args.rounds, measures(args, corpus, tmp, bf16), on_repeat=print_round)
+        med = {k: median(run[k] for run in got["charnn"]) for k in got["charnn"][0]}  # rate, eval_s, ...
+        bare = median(got["bare"])
+        ratio_loop = median_ratio((run["rate"] for run in got["charnn"]), got["bare"])
+        rate_auto, ratio_auto = med["rate"], ratio_loop  # fp32 unless this CPU trains in bf16 by default
+        if bf16:
+            rate_auto = median(run["rate"] for run in got["charnn_auto"])
+            ratio_auto = median_ratio((run["rate"] for run in got["charnn_auto"]), got["bare_bf16"])
+        amortised = amortised_rate(args, med)
         rss_charnn = peak_rss_mb(CHILD_CHARNN, args, corpus, tmp / "rss-run")
         rss_plain = peak_rss_mb(CHILD_PLAIN, args, corpus, tmp / "rss-plain")
 
     result = {
-        "charnn_chars_per_s": round(med["rate"]), "bare_chars_per_s": round(med["bare"]),
-        "ratio_loop": round(statistics.median(r["ratio"] for r in rounds), 3),
-        "ratio_amortised": round(amortised / med["bare"], 3),
+        "charnn_chars_per_s": round(med["rate"]), "bare_chars_per_s": round(bare),
+        "ratio_loop": round(ratio_loop, 3),
+        "ratio_amortised": round(amortised / bare, 3),
         "amortised_chars_per_s": round(amortised), "schedule_steps": args.schedule_steps,
         "eval_s": round(med["eval_s"], 3), "checkpoint_s": round(med["checkpoint_s"], 3),
         "sample_s": round(med["sample_s"], 3),
         "peak_rss_mb_charnn": round(rss_charnn, 1), "peak_rss_mb_plain": round(rss_plain, 1),
         "rss_ratio": round(rss_charnn / rss_plain, 3), "rounds": args.rounds, "threads": args.threads,
         "auto_precision": "bf16" if bf16 else "fp32",
-        "charnn_auto_chars_per_s": round(med.get("rate_auto", med["rate"])),
-        "ratio_loop_auto": round(med.get("ratio_auto", med["ratio"]), 3),
-        "load_average": round(os.getloadavg()[0], 2),
+        "charnn_auto_chars_per_s": round(rate_auto), "ratio_loop_auto": round(ratio_auto, 3),
+        "load_average": load_average(),
     }
     print(f"ratio (fp32, loop only, median of {args.rounds}): {result['ratio_loop']:.3f}  (target >= 0.97)")
     print(f"ratio (charnn's auto precision vs the bare loop in it): {result['ratio_loop_auto']:.3f}; "

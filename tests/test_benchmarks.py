@@ -65,18 +65,24 @@ def _json_rows(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
+# A stand-in for the plain baseline trainer: the one JSON line quality.py reads from it.
+PLAIN_TRAINER = """import json
+print(json.dumps({"event": "final", "steps": 7, "val_loss": 2.5, "val_bits_per_char": 3.6067, "chars_per_s": 999}))
+"""
+
+
 @pytest.mark.slow
-def test_quality_benchmark_quick_compares_with_the_baseline():
-    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / "quality.py"), "--quick"], env=cli_env(),
-                          capture_output=True, text=True, timeout=600)
+def test_quality_benchmark_quick_compares_with_the_baseline(tmp_path):
+    trainer = tmp_path / "plain_trainer.py"
+    trainer.write_text(PLAIN_TRAINER, encoding="utf-8")
+    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / "quality.py"), "--quick", "--ref", str(trainer)],
+                          env=cli_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = _json_rows(done.stdout)
-    tools = {r["tool"] for r in rows}
-    assert "charnn" in tools
-    if (REPO.parent / "shared" / "bench" / "ref_lstm.py").exists():
-        assert "ref_lstm" in tools and "vs ref" in done.stdout
-    ours = next(r for r in rows if r["tool"] == "charnn")
+    assert [r["tool"] for r in rows] == ["ref_lstm", "charnn"]
+    ours = rows[1]
     assert {"val_nats", "val_bpc", "prose_nats", "prose_bpc", "sample", "params"} <= set(ours)
+    assert "vs ref" in done.stdout and f"{ours['val_nats'] - 2.5:+.4f}" in done.stdout
 
 
 def test_gpu_grid_quick_runs_on_the_cpu():
