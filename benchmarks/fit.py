@@ -160,7 +160,7 @@ def main() -> None:
             for name, size in (("quick-a", 12_000), ("quick-b", 30_000)):
                 (workdir / f"{name}.txt").write_text(text[:size], encoding="utf-8")
             paths = sorted(workdir.glob("quick-*.txt"))
-            args.extra += ["--max-iters", "12", "--sample-length", "0"]
+            args.extra += ["--max-iters", "12", "--sample-length", "0", "--hidden", "32", "--embed", "16"]
             global HAND
             HAND = dict(list(HAND.items())[:1])
         else:

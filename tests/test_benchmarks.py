@@ -92,3 +92,14 @@ def test_gpu_grid_quick_runs_on_the_cpu():
     rows = _json_rows(done.stdout)[1:]
     assert len(rows) == 2
     assert all({"charnn_ms_per_iter", "bare_ms_per_iter", "ratio", "charnn_peak_mb"} <= set(r) for r in rows)
+
+
+def test_fit_benchmark_quick_runs_the_default_and_the_sweep():
+    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / "fit.py"), "--quick"], env=cli_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert {(r["corpus"], r["run"]) for r in runs} == {("quick-a", "default"), ("quick-b", "default"),
+                                                        ("quick-a", "2x256 d0.5"), ("quick-b", "2x256 d0.5")}
+    assert all(r["val"] > 0 and r["steps"] == 12 for r in runs)
+    assert "| quick-a | 10,800 |" in done.stdout  # the table, with the training split's size
