@@ -33,6 +33,8 @@ MIN_EVAL_EVERY = 24  # ... but not more often than this (or once an epoch): each
 MAX_EVAL_EVERY = 1000  # the first validation within about a minute on a CPU
 PATIENCE_EPOCHS = 4  # stop after this many epochs without a new best validation loss ...
 MIN_PATIENCE, MAX_PATIENCE = 4, 8  # ... counted in validations, within these bounds
+# Given options that change what the plan's lines describe (the others, such as --threads, are not listed).
+SHAPING = frozenset({"time_budget", "epochs", "tie_weights", "locked_dropout", "min_lr", "grad_clip"})
 # The options the plan chooses when they are not given (the help shows "[default: plan]" for them).
 PLANNED = frozenset({"model", "layers", "hidden", "embed", "dropout", "layer_norm", "batch_size", "seq_len", "lr",
                      "warmup_iters", "weight_decay", "max_iters", "eval_every", "patience"})
@@ -184,7 +186,7 @@ def _explain(facts: CorpusFacts, hardware: Hardware, tier: str, model: ModelConf
     lines.append(f"validation every {cfg.eval_every:,} steps (~{cfg.eval_every / per_epoch:.2g} epoch, "
                  f"{facts.val_chars:,} characters, about {share:.0%} of the time); {stop}; the best checkpoint "
                  f"is kept")
-    given = sorted(request.given())
+    given = sorted(k for k in request.given() if k in PLANNED or k in SHAPING)
     if given:
         lines.append("given: " + ", ".join("--" + k.replace("_", "-") for k in given))
     return tuple(lines)
