@@ -69,10 +69,10 @@ def train_cmd(
     *,
     preset: Annotated[Optional[PresetName], typer.Option(
         metavar="PRESET", rich_help_panel="Run", show_default=False,
-        help=with_default("tiny, small, medium or large instead of the plan; flags still win.", "the plan"))
+        help=with_default("tiny, small, medium or large instead of the plan.", "the plan"))
     ] = None,
     show_plan: Annotated[bool, typer.Option(
-        "--plan", rich_help_panel="Run", help="Print the training plan for CORPUS and exit; trains nothing.")
+        "--plan", rich_help_panel="Run", help="Print the training plan and exit.")
     ] = False,
     out: Annotated[Optional[Path], typer.Option(
         metavar="DIR", rich_help_panel="Run",
@@ -97,9 +97,7 @@ def train_cmd(
     ] = Backend.auto,
     **options: Any,
 ) -> None:
-    """Train a model on a text file; samples appear as it learns; checkpoints go to the run directory.
-
-    Without flags a plan fits the model and schedule to the corpus and hardware; flags override it.
+    """Train a model on a text file, fitted to it by a plan that any flag overrides.
 
     Examples:
     charnn train poems.txt --plan
