@@ -198,9 +198,10 @@ def write_checkpoint(run: Run, s: LoopState, val: float | None) -> Path | None:
     return path
 
 
-def overfitting(curve: list[tuple[float, float]], *, rises: int = 2) -> bool:
+def overfitting(curve: list[tuple[float, float]], *, rises: int = 3) -> bool:
     """Validation rose at each of the last `rises` evaluations while the training loss fell over them: the
-    model has started to memorise its training text. `curve` holds (train loss, val loss) per evaluation."""
+    model has started to memorise its training text. `curve` holds (train loss, val loss) per evaluation.
+    Three rises, not one or two: a small validation split is noisy enough to rise twice by chance."""
     if len(curve) <= rises:
         return False
     window = curve[-rises - 1:]
