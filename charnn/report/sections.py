@@ -109,7 +109,7 @@ def kv_table(rows: list[tuple[str, Any]]) -> str:
 
 def config_tables(config: dict) -> str:
     parts = []
-    for section in ("model", "train", "data", "corpus"):
+    for section in ("model", "train", "data", "corpus", "init_from"):  # init_from: the weights it started from
         values = config.get(section)
         if isinstance(values, dict):
             parts.append(f"<div><h3>{section}</h3>{kv_table(list(values.items()))}</div>")
