@@ -81,7 +81,7 @@ def train_cmd(
         metavar="RUN", rich_help_panel="Run", help="Continue this run exactly where it stopped.")] = None,
     init_from: Annotated[Optional[Path], typer.Option(
         metavar="RUN", rich_help_panel="Run",
-        help="Fine-tune this run's best model; new characters get new rows.")] = None,
+        help="Start from this run's best model (fine-tune).")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", rich_help_panel="Evaluation & output",
         help="No progress bar or samples on stderr.")] = False,
@@ -108,7 +108,6 @@ def train_cmd(
     charnn train poems.txt --plan
     charnn train data/tinyshakespeare.txt --out checkpoints/shakespeare
     charnn train notes.txt --time-budget 60 --model gru
-    charnn train letters.txt --init-from checkpoints/shakespeare
 
     Under `torchrun --nproc_per_node=N` the --batch-size streams are split across the N processes.
     """
@@ -181,7 +180,6 @@ def sample_cmd(
     charnn sample checkpoints/shakespeare --prime "ROMEO:" --length 500
     charnn sample checkpoints/shakespeare -t 0.5 --top-k 10 --seed 3
     charnn sample --num-samples 4 --length 200 > samples.txt
-    charnn sample checkpoints/shakespeare --prime "ROMEO:" --beam 8 -n 100 --num-samples 3
     """
     def body():
         from charnn.beam import beam_search

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from charnn.checkpoint import LoadedModel, read_meta
+from charnn.config import ModelConfig, to_dict
 from charnn.data import Corpus, extend_vocab, unknown_symbols
 from charnn.errors import CheckpointError
 from charnn.model import CharRNN, copy_trained
+from charnn.planning import PlanRequest, finetune_model
 from charnn.rundir import list_checkpoints, load_run
 
 
@@ -47,6 +49,26 @@ def load_start(init_from: str | os.PathLike) -> Start:
     except OSError as err:
         raise CheckpointError(f"{loaded.path}: cannot read ({err.strerror})") from None
     return Start(loaded, sha256)
+
+
+def start_request(start: Start | None, request: PlanRequest, model_cfg: ModelConfig | None = None) -> PlanRequest:
+    """The plan's request for a run starting from `start`: fine-tune its model (`model_cfg`, when given, must
+    fit it: a ConfigError otherwise). `request` itself for a new model."""
+    if start is None:
+        return request
+    if model_cfg is not None:
+        finetune_model(start.loaded.model_cfg, to_dict(model_cfg))
+    return replace(request, init_model=start.loaded.model_cfg)
+
+
+def training_corpus(data: Corpus, *, start: Start | None, resume_dir: Path | None) -> Corpus:
+    """The corpus in the ids the run trains with: those of the model it starts from (`start_corpus`), or of
+    the run it resumes (`resumed_corpus`); else its own."""
+    if start is not None:
+        return start_corpus(data, start)
+    if resume_dir is not None:
+        return resumed_corpus(data, resume_dir)
+    return data
 
 
 def start_corpus(data: Corpus, start: Start) -> Corpus:

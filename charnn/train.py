@@ -19,7 +19,7 @@ from typing import IO, Any
 import torch
 
 from charnn.checkpoint import LoadedModel
-from charnn.config import DataConfig, ModelConfig, TrainConfig, to_dict
+from charnn.config import DataConfig, ModelConfig, TrainConfig
 from charnn.data import Corpus, StreamBatcher, encode_file
 from charnn.distributed import (
     DistInfo,
@@ -32,9 +32,9 @@ from charnn.distributed import (
 )
 from charnn.errors import CheckpointError, CheckpointWriteError, ConfigError, DataError, ResumeMismatchError
 from charnn.files import remove_stale_temps
-from charnn.finetune import Start, load_start, resumed_corpus, start_corpus, start_weights
+from charnn.finetune import load_start, start_corpus, start_request, start_weights, training_corpus
 from charnn.model import CharRNN, num_parameters
-from charnn.planning import CorpusFacts, Plan, PlanRequest, finetune_model, make_plan
+from charnn.planning import CorpusFacts, Plan, PlanRequest, make_plan
 from charnn.rundir import latest_resumable, list_checkpoints, resume_configs, write_run_files
 from charnn.runtime import hardware, pick_device, seed_everything, set_rng_state, set_threads
 from charnn.schedule import default_run_dir, is_sample_step, learning_rate, total_steps
@@ -68,6 +68,10 @@ class TrainResult:
     stopped_early: bool = False  # --patience ended the run before its stopping rule
     stop_reason: str = ""  # what ended the run: the step limit, the epochs, the time budget, no improvement
     best_step: int | None = None  # the step of the best validation loss (the checkpoint sample/eval use)
+
+
+
+
 
 
 def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None = None,
@@ -155,14 +159,6 @@ class Configs:
         chosen = make_plan(corpus_facts(data), hardware(device), self.request)
         return self.model or chosen.model, self.train or chosen.train, chosen
 
-    def starting_from(self, start: Start | None) -> Configs:
-        """For a run that starts from trained weights: the plan fine-tunes them; a model given must fit them."""
-        if start is None:
-            return self
-        if self.model is not None:
-            finetune_model(start.loaded.model_cfg, to_dict(self.model))
-        return replace(self, request=replace(self.request, init_model=start.loaded.model_cfg))
-
 
 def corpus_facts(data: Corpus) -> CorpusFacts:
     train_ids, val_ids, _ = data.split()
@@ -181,7 +177,7 @@ def plan(corpus: str | os.PathLike | Corpus, *, request: PlanRequest | None = No
     data = corpus if isinstance(corpus, Corpus) else encode_file(corpus, data_cfg or DataConfig())
     if init_from is not None:
         start = load_start(init_from)
-        data, request = start_corpus(data, start), replace(request, init_model=start.loaded.model_cfg)
+        data, request = start_corpus(data, start), start_request(start, request)
     name = device or Configs(None, None, request).early().device
     return make_plan(corpus_facts(data), hardware(pick_device(name)), request)
 
@@ -203,11 +199,9 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
         device = torch.device("cuda", dist.local_rank)
     set_threads(early.threads)
     data = corpus if isinstance(corpus, Corpus) else _load_corpus(corpus, data_cfg, cache_dir, on_encode, dist)
-    if start is not None:
-        data = start_corpus(data, start)
-    elif resume and out_dir is not None:
-        data = resumed_corpus(data, Path(out_dir))
-    model_cfg, cfg, chosen = configs.starting_from(start).settle(data, device)
+    data = training_corpus(data, start=start, resume_dir=Path(out_dir) if resume and out_dir else None)
+    configs = replace(configs, request=start_request(start, configs.request, configs.model))
+    model_cfg, cfg, chosen = configs.settle(data, device)
     check_same_corpus(dist, sha256=data.sha256, vocab_json=data.vocab.to_json(), chars=len(data.ids),
                       path=data.path)
     train_ids, val_ids, _ = data.split()
