@@ -19,7 +19,7 @@ _EXPORTS = {
     "EvalResult": "evaluate", "evaluate_file": "evaluate", "evaluate_ids": "evaluate",
     "evaluate_validation": "evaluate",
     "CharRNN": "model",
-    "generate": "sample", "sample_text": "sample",
+    "generate": "sample", "sample_text": "sample", "Beam": "beam", "beam_search": "beam",
     "Progress": "train", "TrainResult": "train", "train": "train",
 }
 

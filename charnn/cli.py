@@ -79,6 +79,9 @@ def train_cmd(
         help=with_default("Run directory for checkpoints and logs.", "checkpoints/CORPUS-TIME"))] = None,
     resume: Annotated[Optional[Path], typer.Option(
         metavar="RUN", rich_help_panel="Run", help="Continue this run exactly where it stopped.")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(
+        metavar="RUN", rich_help_panel="Run",
+        help="Start from this run's best model (fine-tune).")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", rich_help_panel="Evaluation & output",
         help="No progress bar or samples on stderr.")] = False,
@@ -108,12 +111,12 @@ def train_cmd(
     """
     run_command(lambda: _train(corpus, options, preset=preset.value if preset else None, out=out, resume=resume,
                                quiet=quiet, report=report_html, cache_dir=cache_dir, no_cache=no_cache,
-                               backend=backend.value, show_plan=show_plan))
+                               backend=backend.value, show_plan=show_plan, init_from=init_from))
 
 
 def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, out: Path | None,
            resume: Path | None, quiet: bool, report: bool, cache_dir: Path | None, no_cache: bool,
-           backend: str, show_plan: bool) -> None:
+           backend: str, show_plan: bool, init_from: Path | None) -> None:
     """The configs (or the plan request), then one `charnn.train` call inside the distributed set-up, the
     display and the stop flag; with --plan, the plan alone."""
     from charnn.corpus_cache import DEFAULT_CACHE_DIR
@@ -126,7 +129,7 @@ def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, 
     if show_plan:
         if setup.request is None:
             raise CharnnError("--plan shows the plan of a new run; a resumed run keeps its configs")
-        typer.echo("\n".join(plan(source, request=setup.request, data_cfg=setup.data_cfg).lines))
+        typer.echo("\n".join(plan(source, request=setup.request, data_cfg=setup.data_cfg, init_from=init_from).lines))
         return
     info = setup_distributed(backend, device_type=pick_device(setup.device).type)
     try:
@@ -137,7 +140,7 @@ def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, 
 
                 on_progress = ReportRefresher(display)
             result = train(source, model_cfg=setup.model_cfg, train_cfg=setup.train_cfg, data_cfg=setup.data_cfg,
-                           request=setup.request, out_dir=out_dir, resume=resume is not None,
+                           request=setup.request, out_dir=out_dir, resume=resume is not None, init_from=init_from,
                            on_progress=on_progress, should_stop=stop,
                            cache_dir=None if no_cache else cache_dir or DEFAULT_CACHE_DIR, on_encode=display.encode)
     finally:
@@ -177,7 +180,8 @@ def sample_cmd(
     charnn sample --num-samples 4 --length 200 > samples.txt
     """
     def body():
-        from charnn.cli_output import SampleWriter, write_generation
+        from charnn.beam import beam_search
+        from charnn.cli_output import SampleWriter, write_beams, write_generation
         from charnn.rundir import load_run
         from charnn.runtime import pick_device
         from charnn.sample import generate
@@ -187,6 +191,10 @@ def sample_cmd(
         cfg = SampleConfig(**{**values, "prime": values["prime"] or None})
         loaded = load_run(run, which=which.value, device=pick_device(device))
         out = SampleWriter(loaded.vocab, escape=sys.stdout.isatty() and not raw)
+        if cfg.beam is not None:  # the log-probabilities go to stderr: stdout is the text alone
+            beams = beam_search(loaded.model, loaded.vocab, cfg.prime, cfg.beam, cfg.length, precision=cfg.precision)
+            write_beams(beams[: cfg.num_samples], out, say=say)
+            return
         write_generation(generate(loaded.model, loaded.vocab, cfg), out, num_samples=cfg.num_samples)
 
     run_command(body)

@@ -61,3 +61,16 @@ def write_generation(gen: Any, out: SampleWriter, *, num_samples: int) -> None:
             out.write(row)
     out.write_text("\n")
     out.flush()
+
+
+def write_beams(beams: list[Any], out: SampleWriter, *, say: Any) -> None:
+    """Each text of a beam search on stdout (separated as samples are), and after it, through `say` (stderr),
+    its total log-probability and that per character; stdout stays the text alone."""
+    for k, beam in enumerate(beams):
+        if k:
+            out.write_text(SEPARATOR[1:])
+        out.write(list(beam.prime) + list(beam.ids))
+        out.write_text("\n")
+        out.flush()
+        say(f"beam {k + 1}: log-probability {beam.logprob:.4f} nats ({beam.per_char:.4f} per character, "
+            f"{len(beam.ids)} characters)")

@@ -211,6 +211,9 @@ class SampleConfig:
                            panel="Sampling")
     num_samples: int = opt(1, "Independent samples to draw (run in parallel).", min=1, max=100000,
                            panel="Sampling", metavar="N")
+    # Beam search scores with the model's own probabilities: temperature, top-k/p and the seed do not apply.
+    beam: int | None = opt(None, "Beam search of this width: the most probable text, not a sample.", min=1,
+                           max=10000, panel="Sampling", metavar="N")
     # bf16 runs the matmuls in bf16: faster for many streams on a GPU or a CPU with bf16 instructions, and a
     # slightly different text; fp32 gives the same text on every stepping path.
     precision: str = opt("fp32", "Arithmetic of the sampling steps: fp32 (the same text everywhere) or bf16.",
@@ -218,6 +221,13 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
+        if self.beam is not None:
+            if self.greedy or self.top_k is not None or self.top_p is not None:
+                raise ConfigError("--beam searches the model's own probabilities: drop --greedy (--beam 1 is "
+                                  "greedy), --top-k and --top-p")
+            if self.num_samples > self.beam:
+                raise ConfigError(f"--num-samples {self.num_samples} must be at most --beam {self.beam} "
+                                  f"(the beam holds {self.beam} texts)")
 
 
 @dataclass(frozen=True)

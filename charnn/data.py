@@ -111,7 +111,12 @@ def iter_symbols(path: str | os.PathLike, cfg: DataConfig, *, hasher: hashlib._H
 
 @dataclass(frozen=True)
 class Vocab:
-    """The sorted set of symbols of a corpus. Ids are positions in `symbols`."""
+    """The symbols of a corpus. Ids are positions in `symbols`.
+
+    A corpus's own vocabulary is sorted; a fine-tuned model's is its starting model's, followed by the symbols
+    that model never saw (`extend_vocab`), so the old ids keep their meaning (torch-rnn#147 is what happens
+    when they do not). Nothing may assume the symbols sorted: look ids up through `lut`.
+    """
 
     symbols: tuple[int, ...]
     bytes_mode: bool = False
@@ -121,8 +126,8 @@ class Vocab:
         if not s or any(not isinstance(c, int) or isinstance(c, bool) for c in s):
             raise VocabularyError("vocabulary must be a non-empty list of integer symbols")
         top = 255 if self.bytes_mode else MAX_CODEPOINT
-        if any(b <= a for a, b in zip(s, s[1:], strict=False)) or s[0] < 0 or s[-1] > top:
-            raise VocabularyError("vocabulary symbols must be sorted, unique and in range")
+        if len(set(s)) != len(s) or min(s) < 0 or max(s) > top:
+            raise VocabularyError("vocabulary symbols must be unique and in range")
 
     def __len__(self) -> int:
         return len(self.symbols)
@@ -132,7 +137,7 @@ class Vocab:
         """Ids indexed by symbol (int64, -1 for symbols outside the vocabulary); computed once."""
         lut = self.__dict__.get("_lut_cache")
         if lut is None:
-            lut = np.full(self.symbols[-1] + 1, -1, dtype=np.int64)
+            lut = np.full(max(self.symbols) + 1, -1, dtype=np.int64)
             lut[np.asarray(self.symbols)] = np.arange(len(self.symbols))
             object.__setattr__(self, "_lut_cache", lut)
         return lut
@@ -183,6 +188,31 @@ class Vocab:
             raise VocabularyError(f"unreadable vocabulary ({err})") from None
 
 
+def extend_vocab(base: Vocab, new: Vocab) -> Vocab:
+    """`base`'s symbols in their order, then those of `new` that `base` lacks, sorted: every id of `base` keeps
+    its meaning, and the symbols it never saw get the ids after its last."""
+    if base.bytes_mode != new.bytes_mode:
+        kinds = {True: "bytes", False: "characters"}
+        raise VocabularyError(f"the model's vocabulary is of {kinds[base.bytes_mode]}, this corpus's of "
+                              f"{kinds[new.bytes_mode]} (--bytes must match)")
+    known = set(base.symbols)
+    return Vocab(base.symbols + tuple(sorted(s for s in new.symbols if s not in known)), base.bytes_mode)
+
+
+def translate_ids(ids: np.ndarray, old: Vocab, new: Vocab, *, what: str) -> np.ndarray:
+    """`ids` of vocabulary `old` as ids of `new`, which must hold every symbol of `old` (a VocabularyError
+    naming `what` otherwise); in memory, even when `ids` is memory-mapped; `ids` itself when the two agree."""
+    if new == old:
+        return ids
+    if new.bytes_mode != old.bytes_mode:
+        raise VocabularyError(f"{what}: --bytes differs from the model's vocabulary")
+    remap, unknown = new.map_symbols(np.asarray(old.symbols), skip_unknown=True)  # (len(old),): old id -> new id
+    if unknown:
+        raise VocabularyError(f"{what}: {sum(unknown.values())} symbol(s) not in the model's vocabulary: "
+                              f"{unknown_symbols(new, unknown)}")
+    return remap.astype(id_dtype(len(new)))[np.asarray(ids)]
+
+
 def unknown_symbols(vocab: Vocab, unknown: dict[int, int], *, limit: int = 10) -> str:
     """The symbols of `unknown` ({symbol: count}) as messages show them: the first `limit`, then how many more."""
     shown = ", ".join(vocab.symbol_str(s) for s in list(unknown)[:limit])
@@ -206,6 +236,13 @@ class Corpus:
     sha256: str
     path: str
     data: DataConfig
+
+    def in_vocab(self, vocab: Vocab) -> Corpus:
+        """The same text with the ids of `vocab` (`translate_ids`); this corpus itself when the two are equal."""
+        if vocab == self.vocab:
+            return self
+        return Corpus(translate_ids(self.ids, self.vocab, vocab, what=self.path), vocab, self.sha256, self.path,
+                      self.data)
 
     def split(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Contiguous train / val / test (nanoGPT's split: train is the first int(n*(1-val-test)))."""

@@ -149,7 +149,7 @@ def validation_ids(loaded) -> np.ndarray:
     from pathlib import Path
 
     from charnn.corpus_cache import load_corpus
-    from charnn.data import encode_file
+    from charnn.data import encode_file, translate_ids
     from charnn.errors import CheckpointWriteError, DataError
 
     corpus_path, cache_dir = loaded.meta.corpus_path, loaded.meta.corpus_cache
@@ -167,7 +167,8 @@ def validation_ids(loaded) -> np.ndarray:
         corpus = encode_file(corpus_path, loaded.data_cfg)
     if corpus.sha256 != loaded.corpus_sha256:
         raise DataError(f"{corpus_path} changed since training (sha256 differs); pass a FILE to score")
-    return corpus.split()[1]
+    # the model's ids: a fine-tuned model's vocabulary extends another's and is not the corpus's own
+    return translate_ids(corpus.split()[1], corpus.vocab, loaded.vocab, what=corpus_path)
 
 
 def evaluate_validation(loaded, *, segment: int | None = None, batch_size: int = 64, precision: str = "auto",

@@ -188,6 +188,26 @@ class CharRNN(nn.Module):
         return self.head(self.drop(self.locked(self.ln(h))))
 
 
+VOCAB_ROWS = ("embed.weight", "head.weight", "head.bias")  # the tensors with one row per symbol
+
+
+@torch.no_grad()
+def copy_trained(model: CharRNN, trained: CharRNN) -> None:
+    """Every weight of `trained` into `model`, whose vocabulary is `trained`'s followed by new symbols: their
+    rows (the last V - V0 of the embedding and the head) keep `model`'s fresh initialisation, every other
+    value is copied exactly. The two configs must agree on every shape."""
+    old = trained.state_dict()
+    for name, value in model.state_dict().items():  # tied weights: the shared matrix is written twice, alike
+        source = old[name]
+        rows = value.shape[0] >= source.shape[0] if name in VOCAB_ROWS else value.shape[0] == source.shape[0]
+        if not rows or value.shape[1:] != source.shape[1:]:
+            raise ValueError(f"{name}: {tuple(source.shape)} does not fit {tuple(value.shape)}")
+        if name in VOCAB_ROWS:
+            value[: source.shape[0]].copy_(source)
+        else:
+            value.copy_(source)
+
+
 def run_rnn(rnn: nn.Module, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
     """rnn(x, hidden), except under CUDA autocast, where the recurrence runs in fp32 (on TF32 tensor cores).
 

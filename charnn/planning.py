@@ -35,6 +35,15 @@ PATIENCE_EPOCHS = 4  # stop after this many epochs without a new best validation
 MIN_PATIENCE, MAX_PATIENCE = 4, 8  # ... counted in validations, within these bounds
 # Given options that change what the plan's lines describe (the others, such as --threads, are not listed).
 SHAPING = frozenset({"time_budget", "epochs", "tie_weights", "locked_dropout", "min_lr", "grad_clip"})
+# Fine-tuning starts from trained weights (PlanRequest.init_model): a third of the learning rate, so the first
+# steps on the new text do not wreck what the weights know, a short warmup (AdamW's moments start afresh),
+# fewer passes and an earlier stop, since a trained model fits a small corpus, and overfits it, sooner.
+FINETUNE_LR_FACTOR = 1 / 3
+FINETUNE_WARMUP = 10
+FINETUNE_EPOCHS = 10
+FINETUNE_PATIENCE_EPOCHS = 2
+# Model options a fine-tuned run may change: no weight's shape or meaning depends on them.
+FREE_ON_FINETUNE = ("dropout", "locked_dropout")
 # The options the plan chooses when they are not given (the help shows "[default: plan]" for them).
 PLANNED = frozenset({"model", "layers", "hidden", "embed", "dropout", "layer_norm", "batch_size", "seq_len", "lr",
                      "warmup_iters", "weight_decay", "max_iters", "eval_every", "patience"})
@@ -60,11 +69,13 @@ class CorpusFacts:
 
 @dataclass(frozen=True)
 class PlanRequest:
-    """What the user asked for: a preset (or none) and the flags given explicitly (None values are ignored)."""
+    """What the user asked for: a preset (or none) and the flags given explicitly (None values are ignored);
+    `init_model`: the model whose trained weights the run starts from (None: a new model)."""
 
     preset: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    init_model: ModelConfig | None = None
 
     def given(self) -> dict[str, Any]:
         return {k: v for k, v in {**self.model, **self.train}.items() if v is not None}
@@ -107,14 +118,21 @@ def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | Non
     tier, dropout = tier_of(facts.train_chars)
     gpu = hardware.device == "cuda"
     base_model, base_train = _model_choice(facts, gpu, dropout), {}
-    if request.preset is not None:
+    if request.init_model is not None:
+        if request.preset is not None:
+            raise ConfigError("--preset cannot be combined with --init-from (the run keeps its starting model)")
+        base_model = {}  # the model is the starting one's, with the few options a fine-tune may change
+    elif request.preset is not None:
         if request.preset not in PRESETS:
             raise ConfigError(f"unknown --preset {request.preset!r}; choose from {', '.join(PRESETS)}")
         preset = PRESETS[request.preset]
         base_model, base_train = dataclasses.asdict(preset.model), dict(preset.train)
-    model = _model(base_model, request.model)
+    if request.init_model is not None:
+        model = finetune_model(request.init_model, request.model)
+    else:
+        model = _model(base_model, request.model)
     given = {**base_train, **{k: v for k, v in request.train.items() if v is not None}}
-    schedule = _schedule(facts, gpu, given)
+    schedule = _schedule(facts, gpu, given, finetune=request.init_model is not None)
     train_dict = overlay_train(schedule, given)
     train_cfg = TrainConfig(**train_dict)
     chosen = tuple(sorted(
@@ -138,19 +156,32 @@ def _model(base: dict[str, Any], overrides: dict[str, Any]) -> ModelConfig:
     return ModelConfig(**kw)
 
 
-def _schedule(facts: CorpusFacts, gpu: bool, given: dict[str, Any]) -> dict[str, Any]:
+def finetune_model(init: ModelConfig, given: dict[str, Any]) -> ModelConfig:
+    """The model of a run that starts from `init`'s trained weights: `init` itself, with the options of
+    FREE_ON_FINETUNE that were given; any other option given that differs from `init`'s is a ConfigError."""
+    for key, value in given.items():
+        if value is not None and key not in FREE_ON_FINETUNE and value != getattr(init, key):
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} {value} conflicts with the model of --init-from ({key}={getattr(init, key)});"
+                              f" a fine-tuned run keeps its model")
+    return dataclasses.replace(init, **{k: given[k] for k in FREE_ON_FINETUNE if given.get(k) is not None})
+
+
+def _schedule(facts: CorpusFacts, gpu: bool, given: dict[str, Any], *, finetune: bool = False) -> dict[str, Any]:
     """The training options the plan chooses: batch shape, learning rate, length, cadence, patience."""
     batch, seq = GPU_BATCH if gpu else CPU_BATCH
     batch, seq = batch_shape(facts.train_chars, given.get("batch_size", batch), given.get("seq_len", seq))
     per_epoch = max(1, (facts.train_chars // batch - 1) // seq)
     max_steps = GPU_MAX_STEPS if gpu else CPU_MAX_STEPS
-    steps = min(max_steps, MAX_EPOCHS * per_epoch)
+    steps = min(max_steps, (FINETUNE_EPOCHS if finetune else MAX_EPOCHS) * per_epoch)
     eval_every = min(max(per_epoch // EVALS_PER_EPOCH, MIN_EVAL_EVERY), per_epoch, MAX_EVAL_EVERY, steps)
     evals_per_epoch = per_epoch / eval_every
-    patience = min(max(round(PATIENCE_EPOCHS * evals_per_epoch), MIN_PATIENCE), MAX_PATIENCE)
-    return dict(batch_size=batch, seq_len=seq, lr=2e-3 if gpu else 3e-3, warmup_iters=min(50, steps // 10),
-                weight_decay=0.1, max_iters=steps, eval_every=eval_every,
-                patience=patience if facts.val_chars >= 2 else None)
+    epochs = FINETUNE_PATIENCE_EPOCHS if finetune else PATIENCE_EPOCHS
+    patience = min(max(round(epochs * evals_per_epoch), MIN_PATIENCE), MAX_PATIENCE)
+    lr = (2e-3 if gpu else 3e-3) * (FINETUNE_LR_FACTOR if finetune else 1.0)
+    warmup = min(FINETUNE_WARMUP if finetune else 50, steps // 10)
+    return dict(batch_size=batch, seq_len=seq, lr=lr, warmup_iters=warmup, weight_decay=0.1, max_iters=steps,
+                eval_every=eval_every, patience=patience if facts.val_chars >= 2 else None)
 
 
 def eval_share(val_chars: int, eval_every: int, segment: int) -> float:
@@ -169,6 +200,8 @@ def _explain(facts: CorpusFacts, hardware: Hardware, tier: str, model: ModelConf
     per_epoch = max(1, (facts.train_chars // cfg.batch_size - 1) // cfg.seq_len)
     source = f"preset {request.preset}" if request.preset else "plan"
     kind = f"{model.model.upper()} {model.layers}x{model.hidden}" + (" with layer norm" if model.layer_norm else "")
+    if request.init_model is not None:
+        kind = f"fine-tuning the trained {kind}"
     lines = [f"{facts.train_chars:,} training characters, {facts.vocab_size} symbols, {hardware.device}: {tier} -> "
              f"{kind}, dropout {model.dropout:g}, weight decay {cfg.weight_decay:g} ({source})"]
     if cfg.time_budget is not None:

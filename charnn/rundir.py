@@ -95,14 +95,17 @@ def prune(run_dir: str | os.PathLike, *, keep_last: int) -> list[Path]:
 
 
 def write_run_files(run_dir: Path, data: Corpus, model_cfg: ModelConfig, cfg: TrainConfig, *,
-                    plan: dict[str, Any] | None = None) -> None:
+                    plan: dict[str, Any] | None = None, init_from: dict[str, Any] | None = None) -> None:
     """The human-readable sidecars: config.json (also what `--resume` continues with) and vocab.json.
-    Loading a model never depends on them. A resumed run keeps the plan its config.json recorded."""
-    if plan is None:
-        try:
-            plan = json.loads((run_dir / "config.json").read_text()).get("plan")
-        except (OSError, ValueError, AttributeError):
-            plan = None
+    Loading a model never depends on them. A resumed run keeps the plan, and the record of the weights it
+    started from (`init_from`: run, checkpoint, step, sha256), that its config.json holds."""
+    try:  # a directory without checkpoints holds no run to continue: nothing of its config.json is kept
+        before = json.loads((run_dir / "config.json").read_text()) if list_checkpoints(run_dir) else {}
+    except (OSError, ValueError):
+        before = {}
+    before = before if isinstance(before, dict) else {}
+    plan = plan or before.get("plan")
+    init_from = init_from or before.get("init_from")
     config = {
         "charnn_version": __version__,
         "torch_version": torch.__version__,
@@ -111,6 +114,7 @@ def write_run_files(run_dir: Path, data: Corpus, model_cfg: ModelConfig, cfg: Tr
         "data": to_dict(data.data),
         "corpus": {"path": str(Path(data.path).resolve()), "sha256": data.sha256, "chars": len(data.ids)},
         "vocab_size": len(data.vocab),
+        **({"init_from": init_from} if init_from else {}),
         **({"plan": plan} if plan else {}),
     }
     atomic_write(run_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())

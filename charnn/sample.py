@@ -108,6 +108,8 @@ def generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fa
     `tuning` picks the fast path's kernels (its defaults were measured; the text is the same either way)."""
     if path not in ("fast", "module"):
         raise ConfigError(f"unknown stepping path {path!r}")
+    if cfg.beam is not None:
+        raise ConfigError("a beam search is charnn.beam.beam_search, not a sampler")
     model.eval()
     device = model.head.weight.device
     ids, echo = prime_ids(vocab, cfg.prime)

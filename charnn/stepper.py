@@ -197,6 +197,12 @@ class FastStepper:
         for t, s in zip(self._state(), saved, strict=True):
             t.copy_(s)
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Stream b continues from the state of stream rows[b] (B,), any row taken any number of times: a beam
+        search keeps the states of the beams it extends (`charnn.beam`)."""
+        for t in self._state():
+            t.copy_(t.index_select(0, rows))
+
     def _state(self) -> list[torch.Tensor]:  # the hidden states, the LSTM cells, and the bf16 copy of the states
         return [self.hs, *self.c] + ([self.hs_low] if self.low else [])
 

@@ -12,7 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,6 +32,7 @@ from charnn.distributed import (
 )
 from charnn.errors import CheckpointError, CheckpointWriteError, ConfigError, DataError, ResumeMismatchError
 from charnn.files import remove_stale_temps
+from charnn.finetune import load_start, start_corpus, start_request, start_weights, training_corpus
 from charnn.model import CharRNN, num_parameters
 from charnn.planning import CorpusFacts, Plan, PlanRequest, make_plan
 from charnn.rundir import latest_resumable, list_checkpoints, resume_configs, write_run_files
@@ -80,25 +81,29 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
           on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], int | None] | None = None,
           cache_dir: str | os.PathLike | None = None, on_encode: Callable[[Any], None] | None = None,
-          request: PlanRequest | None = None) -> TrainResult:
+          request: PlanRequest | None = None, init_from: str | os.PathLike | None = None) -> TrainResult:
     """Train a model on `corpus` and write a run directory; see the module docstring for the protocol.
 
     Without `model_cfg` and `train_cfg` the training plan chooses them from the corpus and the hardware
     (`charnn.planning`), taking the preset and the explicit options of `request`; the plan is reported as
     the first Progress event ("plan") and recorded in config.json. With `cache_dir` the corpus is encoded once
     into a memory-mapped cache there (`on_encode` gets its progress). Under torchrun every rank trains its
-    share of the streams (DDP).
+    share of the streams (DDP). With `init_from` (a run directory or a model file) the run starts from that
+    run's best weights, its vocabulary extended by the corpus's new symbols (`charnn.finetune`), and the plan
+    chooses a fine-tuning schedule; config.json records where it started.
     """
     data_cfg = data_cfg or (corpus.data if isinstance(corpus, Corpus) else DataConfig())
     run, s = _prepare(corpus, Configs(model_cfg, train_cfg, request or PlanRequest()), data_cfg, out_dir=out_dir,
                       resume=resume, cache_dir=cache_dir, on_encode=on_encode, on_progress=on_progress,
-                      should_stop=should_stop)
+                      should_stop=should_stop, init_from=init_from)
     cfg, model_cfg = run.cfg, run.model.cfg
     try:
         s.t_start = time.perf_counter() - s.elapsed_before
         vocab = run.data.vocab
         if run.plan is not None:
             emit(run, s, "plan", text="\n".join(run.plan.lines))
+        if run.start is not None:
+            emit(run, s, "plan", text=run.start.describe(run.data))
         emit(run, s, "start", text=f"{run.run_dir} | {num_parameters(model_cfg, len(vocab)):,} parameters | "
                                    f"vocabulary {len(vocab)} | train {run.train_chars:,} chars | device {run.device}")
         run.model.train()
@@ -163,7 +168,8 @@ def corpus_facts(data: Corpus) -> CorpusFacts:
 
 
 def plan(corpus: str | os.PathLike | Corpus, *, request: PlanRequest | None = None,
-         data_cfg: DataConfig | None = None, device: str | None = None) -> Plan:
+         data_cfg: DataConfig | None = None, device: str | None = None,
+         init_from: str | os.PathLike | None = None) -> Plan:
     """The training plan `train` would follow for `corpus` (a path, encoded in memory; nothing is written).
 
         >>> p = charnn.plan("poems.txt")               # or request=PlanRequest(model={"dropout": 0.2})
@@ -171,6 +177,9 @@ def plan(corpus: str | os.PathLike | Corpus, *, request: PlanRequest | None = No
     """
     request = request or PlanRequest()
     data = corpus if isinstance(corpus, Corpus) else encode_file(corpus, data_cfg or DataConfig())
+    if init_from is not None:
+        start = load_start(init_from)
+        data, request = start_corpus(data, start), start_request(start, request)
     name = device or Configs(None, None, request).early().device
     return make_plan(corpus_facts(data), hardware(pick_device(name)), request)
 
@@ -179,8 +188,12 @@ def plan(corpus: str | os.PathLike | Corpus, *, request: PlanRequest | None = No
 
 # long: one straight line of set-up steps, each a call; splitting it would only pass its locals around
 def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: DataConfig,
-             *, out_dir, resume: bool, cache_dir, on_encode, on_progress, should_stop) -> tuple[Run, LoopState]:
+             *, out_dir, resume: bool, cache_dir, on_encode, on_progress, should_stop, init_from
+             ) -> tuple[Run, LoopState]:
     """Processes, corpus, the plan, model and optimizer, the run directory, and the state to start from."""
+    if resume and init_from is not None:
+        raise ConfigError("--init-from starts a new run; --resume continues one from its own weights")
+    start = load_start(init_from) if init_from is not None else None  # before seeding: loading builds a model
     early = configs.early()
     device = pick_device(early.device)
     dist = setup_distributed(device_type=device.type)
@@ -188,6 +201,8 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
         device = torch.device("cuda", dist.local_rank)
     set_threads(early.threads)
     data = corpus if isinstance(corpus, Corpus) else _load_corpus(corpus, data_cfg, cache_dir, on_encode, dist)
+    data = training_corpus(data, start=start, resume_dir=Path(out_dir) if resume and out_dir else None)
+    configs = replace(configs, request=start_request(start, configs.request, configs.model))
     model_cfg, cfg, chosen = configs.settle(data, device)
     check_same_corpus(dist, sha256=data.sha256, vocab_json=data.vocab.to_json(), chars=len(data.ids),
                       path=data.path)
@@ -200,6 +215,8 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
     run_dir = broadcast_object(dist, Path(out_dir) if out_dir else default_run_dir(data.path))
     seed_everything(cfg.seed)
     model = CharRNN(model_cfg, len(data.vocab)).to(device)
+    if start is not None:
+        start_weights(model, start)
     optimizer = make_optimizer(model, cfg, device)
     if resume:
         s = _resume(run_dir, model, optimizer, cfg=cfg, data=data, dist=dist, device=device)
@@ -207,14 +224,16 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
         s = LoopState()
         _new_run_dir(run_dir, dist)
     if dist.is_main:
-        write_run_files(run_dir, data, model_cfg, cfg, plan=chosen.as_dict() if chosen else None)
+        write_run_files(run_dir, data, model_cfg, cfg, plan=chosen.as_dict() if chosen else None,
+                        init_from=start.record() if start else None)
     net = wrap_ddp(model, device, dist)
     metrics, samples = _open_logs(run_dir, dist)
     report = on_progress if on_progress and dist.is_main else (lambda p: None)  # rank 0 alone reports
     run = Run(cfg=cfg, device=device, dist=dist, data=data, train_chars=len(train_ids), val_ids=val_ids,
               batcher=batcher, total_steps=steps, run_dir=run_dir, cache_dir=cache_dir, model=model, net=net,
               optimizer=optimizer, metrics=metrics, samples=samples, report=report,
-              should_stop=should_stop or (lambda: None), sync_every=host_sync_every(cfg, device), plan=chosen)
+              should_stop=should_stop or (lambda: None), sync_every=host_sync_every(cfg, device), plan=chosen,
+              start=start)
     return run, s
 
 

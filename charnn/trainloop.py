@@ -23,6 +23,7 @@ from charnn.data import Corpus, StreamBatcher
 from charnn.distributed import DistInfo, all_max, barrier, gather_rows
 from charnn.errors import Interrupted
 from charnn.evaluate import evaluate_ids
+from charnn.finetune import Start
 from charnn.model import CharRNN, Hidden
 from charnn.planning import Plan
 from charnn.rundir import save_checkpoint
@@ -71,6 +72,7 @@ class Run:
     should_stop: Callable[[], int | None]
     sync_every: int  # steps between reads of device values on the host
     plan: Plan | None = None  # the training plan, when it chose the configs
+    start: Start | None = None  # the trained model the run started from (fine-tuning)
 
 
 @dataclass

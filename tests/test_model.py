@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from charnn.config import MODEL_KINDS, ModelConfig
-from charnn.planning import CorpusFacts, Hardware, PlanRequest, make_plan
 from charnn.errors import ConfigError
 from charnn.model import (
     CELLS,
@@ -22,6 +21,7 @@ from charnn.model import (
     rnn_cell,
     state_shapes,
 )
+from charnn.planning import CorpusFacts, Hardware, PlanRequest, make_plan
 
 # The AWD-LSTM style options (Merity et al. 2017), each alone and all together; tying needs embed == hidden.
 OPTIONS = [{}, {"tie_weights": True}, {"layer_norm": True}, {"locked_dropout": 0.3},

@@ -113,7 +113,7 @@ def config_tables(config: dict) -> str:
     if isinstance(plan, dict) and isinstance(plan.get("lines"), list):  # what the training plan chose, and why
         lines = "\n".join(str(line) for line in plan["lines"])
         parts.append(f'<div class="plan"><h3>training plan</h3><pre>{html.escape(lines)}</pre></div>')
-    for section in ("model", "train", "data", "corpus"):
+    for section in ("model", "train", "data", "corpus", "init_from"):  # init_from: the weights it started from
         values = config.get(section)
         if isinstance(values, dict):
             parts.append(f"<div><h3>{section}</h3>{kv_table(list(values.items()))}</div>")
