@@ -6,7 +6,8 @@ only, and the weights are left alone: `charnn.report` draws the curves.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,6 +142,21 @@ class Memory:
         return len(self.inputs) - 1
 
 
+@contextmanager
+def _quiet_cpu() -> Iterator[None]:
+    """One thread, subnormal floats flushed to zero. The ops are small (B rows): on 2 shared cores a second
+    thread made this 10x slower (as in charnn.inspect). Gradients far back decay into subnormals, which the
+    CPU handles slowly (a GRU took 4x longer); below 1e-38, they change nothing a plot can show."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)  # the default; torch has no getter to restore another setting
+        torch.set_num_threads(threads)
+
+
 def memory(model: CharRNN, ids: np.ndarray, *, max_back: int = MAX_BACK, anchors: int = ANCHORS) -> Memory:
     """The curves of a passage `ids`. L_t is the loss of predicting ids[t+1] after reading ids[t]; k = 0 is
     ids[t] itself, which reaches L_t through every layer in the same step, so a model with no recurrence has
@@ -155,26 +171,17 @@ def memory(model: CharRNN, ids: np.ndarray, *, max_back: int = MAX_BACK, anchors
     ends = np.unique(np.linspace(back, len(ids) - 2, max(1, anchors)).round().astype(np.int64))
     starts = (ends - back).tolist()
     x_all = torch.as_tensor(ids, device=model.head.weight.device)
-    with torch.no_grad():
-        inputs = model.embed(x_all).float()  # (T, E)
-    state = _states_before(model, inputs, starts)
-    windows = torch.stack([inputs[s:s + back + 1] for s in starts])  # (B, K+1, E)
     targets = x_all[ends + 1]
 
     def loss(out: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model.output(out).float(), targets, reduction="none")
 
-    threads = torch.get_num_threads()
-    # Small per-step ops: on 2 shared cores a second thread made this 10x slower (as in charnn.inspect).
-    # Gradients far back decay into subnormal floats, which the CPU handles slowly (a GRU took 4x longer);
-    # flushing them to zero changes nothing a plot can show (they are below 1e-38).
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-    try:
+    with _quiet_cpu():
+        with torch.no_grad():
+            inputs = model.embed(x_all).float()  # (T, E)
+        state = _states_before(model, inputs, starts)
+        windows = torch.stack([inputs[s:s + back + 1] for s in starts])  # (B, K+1, E)
         grads = window_gradients(model_step(model), windows, state, loss)
-    finally:
-        torch.set_flush_denormal(False)  # the default; torch has no getter to restore another setting
-        torch.set_num_threads(threads)
     paths = {name: grads.states[j].mean(0).cpu().numpy() for j, name in path_names(model).items()}
     return Memory(model.cfg.model, grads.inputs.mean(0).cpu().numpy(), paths, ends)
 

@@ -15,7 +15,7 @@ from charnn.inspect import trace
 from charnn.memory import log_spaced, memory, reach, window_gradients
 from charnn.model import CELLS, CharRNN
 from charnn.report import build_report
-from charnn.report.svg import ML, PW, Series, chart, log_ticks
+from charnn.report.svg import ML, PW, Series, chart, fmt, log_ticks
 
 E, H, V = 6, 8, 11  # embedding, hidden units, vocabulary
 
@@ -192,6 +192,11 @@ def test_log_ticks_and_log_axes():
     ys = [py for _, py, _, _ in hover]
     assert ys[0] - ys[1] == pytest.approx(ys[1] - ys[2], abs=0.2)  # equal ratios, equal steps
     assert ">100<" in svg and ">0.01<" in svg
+    _, wider = chart("c", "t", [Series("s", [(1, 1.0, "a"), (10, 0.1, "b")], "#000")], x_label="k", y_label="g",
+                     log_x=True, log_y=True, x_range=(1, 100))
+    assert wider[1][0] == pytest.approx(ML + PW / 2, abs=0.1)  # the axis runs to 100 with no point there
+    assert [fmt(v) for v in (1e-12, 1e-4, 0.001, 1e4, 12345.0, 0.0)] == ["1e-12", "1e-4", "0.001", "1e4",
+                                                                        "1.234e+04", "0"]
 
 
 def test_log_spaced_ks():

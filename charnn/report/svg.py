@@ -54,6 +54,9 @@ def log_ticks(lo: float, hi: float) -> list[tuple[float, float]]:
 
 
 def fmt(v: float) -> str:
+    exp = round(math.log10(abs(v))) if v else 0
+    if abs(exp) >= 4 and v == 10.0 ** exp:  # a power of ten, as a log axis labels it: short
+        return f"1e{exp}"
     return f"{v:.4g}"
 
 
@@ -99,8 +102,9 @@ class _Frame:
         return MT + PH - (y - self.r0) / (self.r1 - self.r0) * PH
 
 
-def _frame(series: list[Series], hlines: list[tuple[float, str]], *, zero: bool) -> _Frame:
-    xs = [p[0] for s in series for p in s.points]
+def _frame(series: list[Series], hlines: list[tuple[float, str]], *, zero: bool,
+           x_range: tuple[float, float] | None = None) -> _Frame:
+    xs = [p[0] for s in series for p in s.points] + list(x_range or ())
     left = [p[1] for s in series if not s.right for p in s.points] + [v for v, _ in hlines]
     right = [p[1] for s in series if s.right for p in s.points]
     x0, x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
@@ -180,18 +184,22 @@ def _logged(p: Point, log_x: bool, log_y: bool) -> Point:
 
 def chart(cid: str, title: str, series: list[Series], *, x_label: str, y_label: str,
           right_label: str | None = None, right_scale: float | None = None, zero: bool = False,
-          hlines: list[tuple[float, str]] = (), log_x: bool = False, log_y: bool = False) -> tuple[str, list]:
+          hlines: list[tuple[float, str]] = (), log_x: bool = False, log_y: bool = False,
+          x_range: tuple[float, float] | None = None) -> tuple[str, list]:
     """An SVG line chart and its hover points [(px, py, tooltip, colour)].
 
     The right axis either re-labels the left one (`right_scale`: bits = nats / ln 2) or has its own series.
     Points whose y is None or not finite are left out; `hlines` are labelled horizontal reference lines.
     `log_x` and `log_y` make the x axis and the left axis logarithmic; points not above 0 there are left out.
+    The x axis spans at least `x_range`.
     """
     series = [replace(s, points=thin([_logged(p, log_x, log_y and not s.right) for p in s.points
                                       if _shown(p, log_x, log_y and not s.right)])) for s in series]
     if log_y:
         hlines = [(math.log10(v), label) for v, label in hlines if v > 0]
-    f = _frame(series, hlines, zero=zero and not log_y)
+    if log_x and x_range:
+        x_range = (math.log10(x_range[0]), math.log10(x_range[1])) if min(x_range) > 0 else None
+    f = _frame(series, hlines, zero=zero and not log_y, x_range=x_range)
     out = [f'<svg class="chart" id="{cid}" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
            f'aria-label="{html.escape(title)}"><title>{html.escape(title)}</title>',
            f'<rect class="plot" x="{ML}" y="{MT}" width="{PW}" height="{PH}"/>']
