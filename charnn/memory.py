@@ -48,18 +48,16 @@ def window_gradients(step: Step, x: torch.Tensor, state: State,
     for s in range(x.shape[1]):
         out, state = step(x[:, s], state)
         states.append(state)
-    flat = [v for st in states for v in st]
+    flat = [v for st in states for v in st if v.requires_grad]  # a state that ignores x has no gradient
     # autograd.grad, not backward(): nothing accumulates in any parameter's .grad
-    grads = torch.autograd.grad(loss(out).sum(), [x, *flat], allow_unused=True)
-    n = len(state)
-    inputs = grads[0].norm(dim=-1).flip(1)  # (B, K+1), column k = K - position
+    found = torch.autograd.grad(loss(out).sum(), [x, *flat], allow_unused=True)
+    by_id = {id(v): g for v, g in zip(flat, found[1:], strict=True)}
+    zeros = x.new_zeros(x.shape[0])
     per_state = []
-    for j in range(n):
-        g = [grads[1 + s * n + j] for s in range(x.shape[1])]
-        norms = torch.stack([torch.zeros(x.shape[0], dtype=x.dtype, device=x.device) if v is None
-                             else v.norm(dim=-1) for v in g], dim=1)  # (B, K+1) by position
-        per_state.append(norms.flip(1))
-    return WindowGradients(inputs, per_state)
+    for j in range(len(state)):
+        norms = [zeros if by_id.get(id(st[j])) is None else by_id[id(st[j])].norm(dim=-1) for st in states]
+        per_state.append(torch.stack(norms, dim=1).flip(1))  # (B, K+1), column k = K - position
+    return WindowGradients(found[0].norm(dim=-1).flip(1), per_state)
 
 
 # --- a CharRNN ------------------------------------------------------------------------------------------

@@ -52,6 +52,17 @@ def test_a_linear_recurrence_decays_as_the_powers_of_its_matrix():
     assert torch.equal(grads.states[0], expected)
 
 
+def test_a_state_the_loss_never_reads_has_zero_gradient():
+    def step(x, state):
+        h = state[0] * 0.5 + x
+        return h, (h, state[1], state[1] + x)  # a constant carried along, and a sum nobody reads
+
+    x = torch.ones(2, 5, 3, dtype=torch.float64)
+    grads = window_gradients(step, x, (torch.zeros(2, 3), torch.zeros(2, 3)), lambda out: out.sum(-1))
+    assert torch.equal(grads.states[1], torch.zeros(2, 5)) and torch.equal(grads.states[2], torch.zeros(2, 5))
+    assert torch.allclose(grads.inputs[0], 3 ** 0.5 * 0.5 ** torch.arange(5.0, dtype=torch.float64))
+
+
 def test_a_non_normal_recurrence_grows_before_it_decays():
     # A Jordan block: (A^T)^k has a^k on the diagonal and k a^(k-1) b off it, so the norm first rises
     a, b = 0.9, 1.0
