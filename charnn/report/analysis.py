@@ -1,6 +1,6 @@
 """The report's numbers: a run directory's metrics, samples and config as records, and a passage run through a
-loaded model (surprise, activations, correlated units, gate statistics) as data for the page. No HTML here:
-`charnn.report.sections` lays it out.
+loaded model (surprise, activations, correlated units, gate statistics, gradient flow through time) as data for
+the page. No HTML here: `charnn.report.sections` lays it out.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from charnn.inspect import (
     trace,
     unit_series,
 )
+from charnn.memory import Memory, memory
 
 MAX_CHARS = 5000  # passage length shown by default
 MAX_ACTIVATION_BYTES = 3_000_000  # int8 activations embedded for the explorer; beyond it the passage is cut
@@ -148,6 +149,7 @@ class Analysis:
     gates: list[GateStats]
     units: list[dict[str, Any]]  # per layer and kind: {"layer", "kind", "size", "data": base64 int8 (H, shown)}
     shown: int  # characters of the passage the neuron explorer embeds
+    memory: Memory | None = None  # gradient against distance back: "How far back does it look?"
 
 
 def _quantized(values: np.ndarray) -> str:
@@ -157,7 +159,7 @@ def _quantized(values: np.ndarray) -> str:
 
 
 def analyse(loaded: LoadedModel, passage: Passage, *, segment: int) -> Analysis:
-    """Surprise, activations, correlations and gate statistics of a passage."""
+    """Surprise, activations, correlations, gate statistics and gradient flow through time of a passage."""
     tr = trace(loaded.model, passage.ids, segment=segment)
     sur = surprise(tr)
     series = unit_series(tr)
@@ -168,7 +170,7 @@ def analyse(loaded: LoadedModel, passage: Passage, *, segment: int) -> Analysis:
     units = [{"layer": k, "kind": kind, "size": acts.shape[1],
               "data": _quantized(np.tanh(acts[:shown]) if kind == "cell" else acts[:shown])}
              for k, kind, acts in series]
-    return Analysis(sur, corr, gate_stats(tr), units, shown)
+    return Analysis(sur, corr, gate_stats(tr), units, shown, memory(loaded.model, passage.ids))
 
 
 def passage_data(loaded: LoadedModel, passage: Passage, analysis: Analysis) -> dict[str, Any]:

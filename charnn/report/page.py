@@ -33,6 +33,7 @@ from charnn.report.sections import (
     final_metrics,
     gate_section,
     kv_table,
+    memory_section,
     model_summary,
     neuron_section,
     note,
@@ -55,14 +56,17 @@ def page_json(data: Any) -> str:
 
 
 def _passage_sections(loaded: LoadedModel, passage: Passage | None, analysis: Analysis | None,
-                      missing: str) -> dict[str, str]:
-    """The surprise, neuron and gate sections; without a passage, each says why."""
+                      missing: str) -> tuple[dict[str, str], dict[str, list]]:
+    """The surprise, neuron, gate and memory sections, and the hover points of their charts; without a
+    passage, each section says why."""
     if analysis is None:
         why = note(html.escape(missing))
-        return {"surprise": why, "neurons": why, "gates": why}
+        return {"surprise": why, "neurons": why, "gates": why, "memory": why}, {}
+    memory, hover = memory_section(analysis.memory) if analysis.memory else ("", [])
     return {"surprise": surprise_section(passage, loaded.eval_segment),
             "neurons": neuron_section(passage, analysis),
-            "gates": gate_section(analysis.gates)}
+            "gates": gate_section(analysis.gates),
+            "memory": memory}, {"memory": hover}
 
 
 def build_report(run_dir: str | os.PathLike, *, text: str | os.PathLike | None = None,
@@ -90,6 +94,8 @@ def build_report(run_dir: str | os.PathLike, *, text: str | os.PathLike | None =
 
     curves, hover = curve_charts(log)
     data: dict[str, Any] = {"charts": hover}
+    sections, passage_hover = _passage_sections(loaded, passage, analysis, missing)
+    data["charts"].update(passage_hover)
     if analysis is not None:
         data.update(passage_data(loaded, passage, analysis))
     return Template(asset("page.html")).substitute(
@@ -99,7 +105,7 @@ def build_report(run_dir: str | os.PathLike, *, text: str | os.PathLike | None =
         clip_percent=f"{clip_percent(log.train):.1f}",
         curves=curves,
         timeline=timeline(log.samples),
-        **_passage_sections(loaded, passage, analysis, missing),
+        **sections,
         config=config_tables(log.config),
         data=page_json(data),
         css=asset("page.css"),

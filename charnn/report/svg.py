@@ -1,5 +1,6 @@
-"""Hand-written SVG charts for the report page: a line chart with a left axis, an optional right axis and hover
-points, and a unit-square scatter. Strings in, strings out: no plotting library, no knowledge of runs or models.
+"""Hand-written SVG charts for the report page: a line chart with a left axis (linear or logarithmic), an
+optional right axis and hover points, and a unit-square scatter. Strings in, strings out: no plotting library,
+no knowledge of runs or models.
 """
 
 from __future__ import annotations
@@ -36,7 +37,26 @@ def ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
+def log_ticks(lo: float, hi: float) -> list[tuple[float, float]]:
+    """(log10 position, value) ticks for a log axis spanning log10 values `lo` to `hi`: powers of ten (every
+    n-th one over many decades), with 2 and 5 times them when under two decades fit."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return []
+    exps = list(range(math.ceil(lo - 1e-9), math.floor(hi + 1e-9) + 1))
+    if len(exps) >= 2:
+        stride = math.ceil(len(exps) / 7)
+        return [(e, 10.0 ** e) for e in exps[::stride]]
+    values = [m * 10.0 ** e for e in range(math.floor(lo), math.ceil(hi) + 1) for m in (1, 2, 5)]
+    out = [(math.log10(v), v) for v in values if lo - 1e-9 <= math.log10(v) <= hi + 1e-9]
+    if len(out) >= 2:
+        return out
+    return [(math.log10(v), v) for v in ticks(10.0 ** lo, 10.0 ** hi) if v > 0]
+
+
 def fmt(v: float) -> str:
+    exp = round(math.log10(abs(v))) if v else 0
+    if abs(exp) >= 4 and v == 10.0 ** exp:  # a power of ten, as a log axis labels it: short
+        return f"1e{exp}"
     return f"{v:.4g}"
 
 
@@ -82,8 +102,9 @@ class _Frame:
         return MT + PH - (y - self.r0) / (self.r1 - self.r0) * PH
 
 
-def _frame(series: list[Series], hlines: list[tuple[float, str]], *, zero: bool) -> _Frame:
-    xs = [p[0] for s in series for p in s.points]
+def _frame(series: list[Series], hlines: list[tuple[float, str]], *, zero: bool,
+           x_range: tuple[float, float] | None = None) -> _Frame:
+    xs = [p[0] for s in series for p in s.points] + list(x_range or ())
     left = [p[1] for s in series if not s.right for p in s.points] + [v for v, _ in hlines]
     right = [p[1] for s in series if s.right for p in s.points]
     x0, x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
@@ -95,17 +116,18 @@ def _frame(series: list[Series], hlines: list[tuple[float, str]], *, zero: bool)
 
 
 def _axes(f: _Frame, *, x_label: str, y_label: str, right_label: str | None,
-          right_scale: float | None) -> list[str]:
-    """Grid lines, ticks and axis labels: left and bottom always, right when `right_label` is given."""
+          right_scale: float | None, log_x: bool = False, log_y: bool = False) -> list[str]:
+    """Grid lines, ticks and axis labels: left and bottom always, right when `right_label` is given. A log
+    axis's frame is in log10 units: its ticks are placed there and labelled with the values."""
     out = []
-    for t in ticks(f.y0, f.y1):
+    for t, label in log_ticks(f.y0, f.y1) if log_y else [(t, t) for t in ticks(f.y0, f.y1)]:
         y = f.sy(t)
         out.append(f'<line class="grid" x1="{ML}" x2="{ML + PW}" y1="{y:.1f}" y2="{y:.1f}"/>'
-                   f'<text class="tick" x="{ML - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt(t)}</text>')
-    for t in ticks(f.x0, f.x1, 6):
+                   f'<text class="tick" x="{ML - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt(label)}</text>')
+    for t, label in log_ticks(f.x0, f.x1) if log_x else [(t, t) for t in ticks(f.x0, f.x1, 6)]:
         x = f.sx(t)
         out.append(f'<line class="tickline" x1="{x:.1f}" x2="{x:.1f}" y1="{MT + PH}" y2="{MT + PH + 4}"/>'
-                   f'<text class="tick" x="{x:.1f}" y="{MT + PH + 16}" text-anchor="middle">{fmt(t)}</text>')
+                   f'<text class="tick" x="{x:.1f}" y="{MT + PH + 16}" text-anchor="middle">{fmt(label)}</text>')
     if right_label:
         if right_scale:  # the right axis re-labels the left one in other units
             right = [(t, f.sy(t / right_scale)) for t in ticks(f.y0 * right_scale, f.y1 * right_scale)]
@@ -150,21 +172,39 @@ def _legend(series: list[Series]) -> list[str]:
     return out
 
 
+def _shown(p: Point, log_x: bool, log_y: bool) -> bool:
+    """Whether a point can be drawn: a finite y, and above 0 on a log axis."""
+    x, y = p[0], p[1]
+    return y is not None and math.isfinite(y) and (not log_x or x > 0) and (not log_y or y > 0)
+
+
+def _logged(p: Point, log_x: bool, log_y: bool) -> Point:
+    return (math.log10(p[0]) if log_x else p[0], math.log10(p[1]) if log_y else p[1], p[2])
+
+
 def chart(cid: str, title: str, series: list[Series], *, x_label: str, y_label: str,
           right_label: str | None = None, right_scale: float | None = None, zero: bool = False,
-          hlines: list[tuple[float, str]] = ()) -> tuple[str, list]:
+          hlines: list[tuple[float, str]] = (), log_x: bool = False, log_y: bool = False,
+          x_range: tuple[float, float] | None = None) -> tuple[str, list]:
     """An SVG line chart and its hover points [(px, py, tooltip, colour)].
 
     The right axis either re-labels the left one (`right_scale`: bits = nats / ln 2) or has its own series.
     Points whose y is None or not finite are left out; `hlines` are labelled horizontal reference lines.
+    `log_x` and `log_y` make the x axis and the left axis logarithmic; points not above 0 there are left out.
+    The x axis spans at least `x_range`.
     """
-    series = [replace(s, points=thin([p for p in s.points if p[1] is not None and math.isfinite(p[1])]))
-              for s in series]
-    f = _frame(series, hlines, zero=zero)
+    series = [replace(s, points=thin([_logged(p, log_x, log_y and not s.right) for p in s.points
+                                      if _shown(p, log_x, log_y and not s.right)])) for s in series]
+    if log_y:
+        hlines = [(math.log10(v), label) for v, label in hlines if v > 0]
+    if log_x and x_range:
+        x_range = (math.log10(x_range[0]), math.log10(x_range[1])) if min(x_range) > 0 else None
+    f = _frame(series, hlines, zero=zero and not log_y, x_range=x_range)
     out = [f'<svg class="chart" id="{cid}" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
            f'aria-label="{html.escape(title)}"><title>{html.escape(title)}</title>',
            f'<rect class="plot" x="{ML}" y="{MT}" width="{PW}" height="{PH}"/>']
-    out += _axes(f, x_label=x_label, y_label=y_label, right_label=right_label, right_scale=right_scale)
+    out += _axes(f, x_label=x_label, y_label=y_label, right_label=right_label, right_scale=right_scale,
+                 log_x=log_x, log_y=log_y)
     for value, label in hlines:
         y = f.sy(value)
         out.append(f'<line class="hline" x1="{ML}" x2="{ML + PW}" y1="{y:.1f}" y2="{y:.1f}"/>'
