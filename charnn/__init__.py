@@ -20,7 +20,8 @@ _EXPORTS = {
     "evaluate_validation": "evaluate",
     "CharRNN": "model",
     "generate": "sample", "sample_text": "sample", "Beam": "beam", "beam_search": "beam",
-    "Progress": "train", "TrainResult": "train", "train": "train",
+    "Progress": "train", "TrainResult": "train", "train": "train", "plan": "train",
+    "Plan": "planning", "PlanRequest": "planning",
 }
 
 __all__ = sorted(_EXPORTS, key=str.lower)

@@ -181,8 +181,9 @@ def test_plan_flag_prints_the_plan_and_writes_nothing(tmp_path):
 
 
 def test_library_plan_matches_what_train_would_use(tmp_path):
-    from charnn.train import plan
+    import charnn
 
+    plan = charnn.plan  # the package exports the plan beside train
     corpus = _memorisable(tmp_path)
     p = plan(corpus, device="cpu")
     assert p.tier == "small corpus" and p.train.device == "auto"
