@@ -15,15 +15,22 @@ import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import torch
 
 from charnn.checkpoint import LoadedModel, load_model, load_state, model_bytes, read_meta, state_bytes
 from charnn.config import DataConfig, ModelConfig, TrainConfig, from_dict, overlay_train, to_dict
 from charnn.data import Corpus, Vocab
-from charnn.errors import CharnnWarning, CheckpointError, ResumeMismatchError
-from charnn.files import atomic_write
+from charnn.distributed import DistInfo
+from charnn.errors import (
+    CharnnWarning,
+    CheckpointError,
+    CheckpointWriteError,
+    ConfigError,
+    ResumeMismatchError,
+)
+from charnn.files import atomic_write, remove_stale_temps
 from charnn.model import CharRNN
 from charnn.version import __version__
 
@@ -119,6 +126,39 @@ def write_run_files(run_dir: Path, data: Corpus, model_cfg: ModelConfig, cfg: Tr
     }
     atomic_write(run_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
     atomic_write(run_dir / "vocab.json", (data.vocab.to_json() + "\n").encode())
+
+
+def new_run_dir(run_dir: Path, dist: DistInfo) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file, not a run directory")
+    if run_dir.exists() and list_checkpoints(run_dir):
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} or choose another --out")
+    if dist.is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CheckpointWriteError(f"cannot create the run directory {run_dir}: {err.strerror}") from None
+        remove_stale_temps(run_dir)
+
+
+def open_logs(run_dir: Path, dist: DistInfo) -> tuple[IO[str], IO[str]]:
+    """metrics.jsonl and samples.jsonl, appended to; rank 0 alone writes them."""
+    try:
+        metrics = open(run_dir / "metrics.jsonl" if dist.is_main else os.devnull, "a", encoding="utf-8")
+        samples = open(run_dir / "samples.jsonl" if dist.is_main else os.devnull, "a", encoding="utf-8")
+    except OSError as err:
+        raise CheckpointWriteError(f"cannot write logs in {run_dir}: {err.strerror}") from None
+    return metrics, samples
+
+
+def check_same_run(loaded: LoadedModel, model_cfg: ModelConfig, vocab, corpus_sha256: str) -> None:
+    if loaded.corpus_sha256 != corpus_sha256:
+        raise ResumeMismatchError("--resume: the corpus differs from the one this run was trained on "
+                                  "(sha256 mismatch); resume with the original file or start a new run")
+    if loaded.vocab != vocab:
+        raise ResumeMismatchError("--resume: the vocabulary differs from the run's")
+    if loaded.model_cfg != model_cfg:
+        raise ResumeMismatchError(f"--resume: the model config differs from the run's ({loaded.model_cfg})")
 
 
 # --- finding and choosing -----------------------------------------------------------------------------------

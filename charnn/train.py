@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
-from charnn.checkpoint import LoadedModel
+from charnn.batches import StreamBatcher
 from charnn.config import DataConfig, ModelConfig, TrainConfig
-from charnn.data import Corpus, StreamBatcher, encode_file
+from charnn.data import Corpus, encode_file
 from charnn.distributed import (
     DistInfo,
     broadcast_object,
@@ -30,12 +30,19 @@ from charnn.distributed import (
     setup_distributed,
     wrap_ddp,
 )
-from charnn.errors import CheckpointError, CheckpointWriteError, ConfigError, DataError, ResumeMismatchError
+from charnn.errors import CheckpointError, ConfigError, DataError
 from charnn.files import remove_stale_temps
 from charnn.finetune import load_start, start_corpus, start_request, start_weights, training_corpus
 from charnn.model import CharRNN, num_parameters
 from charnn.planning import CorpusFacts, Plan, PlanRequest, make_plan
-from charnn.rundir import latest_resumable, list_checkpoints, resume_configs, write_run_files
+from charnn.rundir import (
+    check_same_run,
+    latest_resumable,
+    new_run_dir,
+    open_logs,
+    resume_configs,
+    write_run_files,
+)
 from charnn.runtime import hardware, pick_device, seed_everything, set_rng_state, set_threads
 from charnn.schedule import default_run_dir, is_sample_step, learning_rate, total_steps
 from charnn.trainloop import (
@@ -222,12 +229,12 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
         s = _resume(run_dir, model, optimizer, cfg=cfg, data=data, dist=dist, device=device)
     else:
         s = LoopState()
-        _new_run_dir(run_dir, dist)
+        new_run_dir(run_dir, dist)
     if dist.is_main:
         write_run_files(run_dir, data, model_cfg, cfg, plan=chosen.as_dict() if chosen else None,
                         init_from=start.record() if start else None)
     net = wrap_ddp(model, device, dist)
-    metrics, samples = _open_logs(run_dir, dist)
+    metrics, samples = open_logs(run_dir, dist)
     report = on_progress if on_progress and dist.is_main else (lambda p: None)  # rank 0 alone reports
     run = Run(cfg=cfg, device=device, dist=dist, data=data, train_chars=len(train_ids), val_ids=val_ids,
               batcher=batcher, total_steps=steps, run_dir=run_dir, cache_dir=cache_dir, model=model, net=net,
@@ -265,7 +272,7 @@ def _resume(run_dir: Path, model: CharRNN, optimizer: torch.optim.Optimizer, *, 
     if dist.is_main:  # another rank's cleanup could delete rank 0's file mid-write
         remove_stale_temps(run_dir)
     loaded, state = latest_resumable(run_dir)
-    _check_same_run(loaded, model.cfg, data.vocab, data.sha256)
+    check_same_run(loaded, model.cfg, data.vocab, data.sha256)
     model.load_state_dict(loaded.model.state_dict())
     load_optimizer_state(optimizer, state["optimizer"])
     set_lr(optimizer, cfg.lr)  # the new peak lr may differ; the schedule sets each step's value
@@ -282,37 +289,7 @@ def _resume(run_dir: Path, model: CharRNN, optimizer: torch.optim.Optimizer, *, 
                      best_step=state.get("best_step"))
 
 
-def _new_run_dir(run_dir: Path, dist: DistInfo) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file, not a run directory")
-    if run_dir.exists() and list_checkpoints(run_dir):
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} or choose another --out")
-    if dist.is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise CheckpointWriteError(f"cannot create the run directory {run_dir}: {err.strerror}") from None
-        remove_stale_temps(run_dir)
 
-
-def _open_logs(run_dir: Path, dist: DistInfo) -> tuple[IO[str], IO[str]]:
-    """metrics.jsonl and samples.jsonl, appended to; rank 0 alone writes them."""
-    try:
-        metrics = open(run_dir / "metrics.jsonl" if dist.is_main else os.devnull, "a", encoding="utf-8")
-        samples = open(run_dir / "samples.jsonl" if dist.is_main else os.devnull, "a", encoding="utf-8")
-    except OSError as err:
-        raise CheckpointWriteError(f"cannot write logs in {run_dir}: {err.strerror}") from None
-    return metrics, samples
-
-
-def _check_same_run(loaded: LoadedModel, model_cfg: ModelConfig, vocab, corpus_sha256: str) -> None:
-    if loaded.corpus_sha256 != corpus_sha256:
-        raise ResumeMismatchError("--resume: the corpus differs from the one this run was trained on "
-                                  "(sha256 mismatch); resume with the original file or start a new run")
-    if loaded.vocab != vocab:
-        raise ResumeMismatchError("--resume: the vocabulary differs from the run's")
-    if loaded.model_cfg != model_cfg:
-        raise ResumeMismatchError(f"--resume: the model config differs from the run's ({loaded.model_cfg})")
 
 
 

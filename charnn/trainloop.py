@@ -18,8 +18,9 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from charnn.batches import StreamBatcher
 from charnn.config import SampleConfig, TrainConfig, to_dict
-from charnn.data import Corpus, StreamBatcher
+from charnn.data import Corpus
 from charnn.distributed import DistInfo, all_max, barrier, gather_rows
 from charnn.errors import Interrupted
 from charnn.evaluate import evaluate_ids

@@ -10,11 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charnn.checkpoint import CheckpointMeta, load_model, meta_strings, model_bytes, parse_meta, read_header
+from charnn.checkpoint import load_model, model_bytes, read_header
 from charnn.cli import app
 from charnn.config import DataConfig, ModelConfig, TrainConfig, to_dict
 from charnn.data import Vocab
 from charnn.errors import CheckpointError
+from charnn.meta import CheckpointMeta, meta_strings, parse_meta
 from charnn.model import CharRNN
 
 VOCAB = Vocab(tuple(map(ord, "\n abcdef")))

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from charnn import data as data_mod
+from charnn.batches import StreamBatcher
 from charnn.config import DataConfig
-from charnn.data import StreamBatcher, Vocab, encode_file, id_dtype, read_ids, unknown_symbols
+from charnn.data import Vocab, encode_file, id_dtype, read_ids, unknown_symbols
 from charnn.errors import DataError, VocabularyError
 
 

@@ -31,7 +31,8 @@ spec = json.loads(sys.argv[1])
 rank = int(os.environ["RANK"])
 if "grads" in spec:  # one DDP forward/backward through the training code's own pieces
     import torch
-    from charnn.data import StreamBatcher, encode_file
+    from charnn.batches import StreamBatcher
+    from charnn.data import encode_file
     from charnn.model import CharRNN, lm_loss
     from charnn.distributed import setup_distributed, wrap_ddp
     from charnn.runtime import seed_everything
@@ -109,7 +110,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_ddp_gradients_equal_one_process_on_the_concatenated_batch(ddp_runs: Path):
-    from charnn.data import StreamBatcher, encode_file
+    from charnn.batches import StreamBatcher
+    from charnn.data import encode_file
     from charnn.model import CharRNN, lm_loss
     from charnn.runtime import seed_everything
 

@@ -705,7 +705,7 @@ def test_resume_refuses_changed_corpus_vocab_or_model(run_dir: Path, tmp_path: P
     loaded = load_model(run_dir / "step-00000020.safetensors")
     other = encode_file(corpus, DataConfig(bytes_mode=True))
     with pytest.raises(ResumeMismatchError, match="vocabulary"):
-        train_mod._check_same_run(loaded, SMALL_MODEL, other.vocab, loaded.corpus_sha256)
+        rundir.check_same_run(loaded, SMALL_MODEL, other.vocab, loaded.corpus_sha256)
     # Through the CLI: exit 2, one line; training options may change.
     res = invoke("train", "--resume", str(run_dir), "--hidden", "64")
     assert res.exit_code == 2 and "cannot change on resume" in one_error_line(res)

@@ -1,0 +1,78 @@
+"""The training split as parallel contiguous streams for truncated backpropagation through time: which
+characters each step trains on, as a pure function of (seed, step). Not the reading or encoding of text
+(charnn.data)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from charnn.errors import ConfigError, DataError
+
+
+class StreamBatcher:
+    """The training split laid out as `batch_size` parallel contiguous streams (truncated BPTT).
+
+    N training ids, B rows of L = N // B ids each; batch k takes columns [kT, kT+T] of every row::
+
+        ids:   a b c d e f g h i j k l m n o p q r s t u v w x     (N = 24, B = 4, T = 2)
+        row 0: a b c d e f        batch 0: x = [a b]  y = [b c]    batch 1: x = [c d]  y = [d e]
+        row 1: g h i j k l                 x = [g h]  y = [h i]             x = [i j]  y = [j k]
+        row 2: m n o p q r                 ...
+        row 3: s t u v w x
+
+    Row r of batch k+1 starts exactly where row r of batch k stopped, so the hidden state carried from
+    one batch to the next is the true left context (char-rnn, pytorch/examples word_language_model).
+    Each epoch shifts every row by the same seeded offset within the row's unused tail, so windows do not
+    align identically every epoch; the batch for a step is a pure function of (seed, step): resuming needs
+    no iterator state. Under DDP each rank takes its own `batch_size // world` rows.
+    """
+
+    def __init__(self, ids: np.ndarray, *, batch_size: int, seq_len: int, seed: int,
+                 device: torch.device | str = "cpu", rank: int = 0, world: int = 1) -> None:
+        n = len(ids)
+        need = batch_size * (seq_len + 1)
+        if n < need:
+            raise DataError(
+                f"training split has {n} characters; one batch needs batch_size x (seq_len + 1) = "
+                f"{batch_size} x {seq_len + 1} = {need}: lower --batch-size or --seq-len, or use more text")
+        if batch_size % world:
+            raise ConfigError(f"--batch-size {batch_size} must be divisible by the number of processes {world}")
+        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.row_len = n // batch_size
+        self.batches_per_epoch = (self.row_len - 1) // seq_len
+        self.slack = self.row_len - 1 - self.batches_per_epoch * seq_len
+        local = batch_size // world
+        rows = np.arange(rank * local, (rank + 1) * local, dtype=np.int64)
+        self.device = torch.device(device)
+        if self.device.type == "cpu":
+            self._ids, self._rows = ids, rows * self.row_len
+            self._cols = np.arange(seq_len + 1, dtype=np.int64)
+        else:  # one resident copy on the device; batches are sliced there, no host transfer per step
+            used = np.asarray(ids[: batch_size * self.row_len])
+            dt = torch.uint8 if used.dtype == np.uint8 else torch.int32
+            self._ids = torch.from_numpy(used.astype(np.uint8 if dt == torch.uint8 else np.int32)).to(device)
+            self._rows = torch.from_numpy(rows * self.row_len).to(device)
+            self._cols = torch.arange(seq_len + 1, device=device)
+
+    def epoch_offset(self, epoch: int) -> int:
+        if epoch == 0 or self.slack == 0:
+            return 0
+        return random.Random(self.seed * 1_000_003 + epoch).randint(0, self.slack)
+
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, batch index within the epoch) of global step `step` (0-based)."""
+        return divmod(step, self.batches_per_epoch)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) for step `step`, each (B, T) int64; y is x shifted left by one."""
+        epoch, k = self.position(step)
+        start = self.epoch_offset(epoch) + k * self.seq_len
+        if isinstance(self._ids, np.ndarray):
+            idx = (self._rows + start)[:, None] + self._cols  # (B, T+1)
+            window = torch.from_numpy(self._ids[idx].astype(np.int64))
+        else:
+            window = self._ids[(self._rows + start)[:, None] + self._cols].long()
+        return window[:, :-1], window[:, 1:]
