@@ -35,7 +35,7 @@ from charnn.files import remove_stale_temps
 from charnn.model import CharRNN, num_parameters
 from charnn.planning import CorpusFacts, Plan, PlanRequest, make_plan
 from charnn.rundir import latest_resumable, list_checkpoints, resume_configs, write_run_files
-from charnn.runtime import hardware, pick_device, seed_everything, set_rng_state, set_threads
+from charnn.runtime import hardware, pick_device, seed_everything, set_deterministic, set_rng_state, set_threads
 from charnn.schedule import default_run_dir, is_sample_step, learning_rate, total_steps
 from charnn.trainloop import (
     LoopState,
@@ -53,7 +53,14 @@ from charnn.trainloop import (
     stop_if_asked,
     train_step,
 )
-from charnn.trainstep import StepStats, host_sync_every, load_optimizer_state, make_optimizer, set_lr
+from charnn.trainstep import (
+    StepStats,
+    host_sync_every,
+    load_optimizer_state,
+    make_optimizer,
+    make_scaler,
+    set_lr,
+)
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ class Configs:
         """The device and thread options, which are needed before the corpus is read (and planned for)."""
         if self.train is not None:
             return self.train
-        return TrainConfig(**{k: self.request.train[k] for k in ("device", "threads")
+        return TrainConfig(**{k: self.request.train[k] for k in ("device", "threads", "deterministic")
                               if self.request.train.get(k) is not None})
 
     def settle(self, data: Corpus, device: torch.device) -> tuple[ModelConfig, TrainConfig, Plan | None]:
@@ -180,6 +187,7 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
              *, out_dir, resume: bool, cache_dir, on_encode, on_progress, should_stop) -> tuple[Run, LoopState]:
     """Processes, corpus, the plan, model and optimizer, the run directory, and the state to start from."""
     early = configs.early()
+    set_deterministic(early.deterministic)  # before anything starts cuBLAS (it reads its workspace setting once)
     device = pick_device(early.device)
     dist = setup_distributed(device_type=device.type)
     if dist.enabled and device.type == "cuda":
@@ -212,7 +220,8 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
     run = Run(cfg=cfg, device=device, dist=dist, data=data, train_chars=len(train_ids), val_ids=val_ids,
               batcher=batcher, total_steps=steps, run_dir=run_dir, cache_dir=cache_dir, model=model, net=net,
               optimizer=optimizer, metrics=metrics, samples=samples, report=report,
-              should_stop=should_stop or (lambda: None), sync_every=host_sync_every(cfg, device), plan=chosen)
+              should_stop=should_stop or (lambda: None), sync_every=host_sync_every(cfg, device), plan=chosen,
+              scaler=make_scaler(cfg, device))
     return run, s
 
 

@@ -71,6 +71,7 @@ class Run:
     should_stop: Callable[[], int | None]
     sync_every: int  # steps between reads of device values on the host
     plan: Plan | None = None  # the training plan, when it chose the configs
+    scaler: torch.amp.GradScaler | None = None  # fp16's loss scaler (CUDA cards without bf16)
 
 
 @dataclass
@@ -139,7 +140,7 @@ def train_step(run: Run, s: LoopState, lr: float) -> bool:
     if k == 0:
         s.hidden = None  # a new epoch starts the streams afresh (at a new offset)
     taken, s.hidden = optimisation_step(run.net, run.optimizer, run.batcher.batch(s.step), s.hidden, s.stats,
-                                        cfg=run.cfg, device=run.device, step=s.step)
+                                        cfg=run.cfg, device=run.device, step=s.step, scaler=run.scaler)
     if not taken:
         run.report(Progress("warning", s.step, run.total_steps, s.elapsed(), text="non-finite loss; step skipped"))
     s.step += 1

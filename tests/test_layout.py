@@ -8,9 +8,10 @@ from pathlib import Path
 from tests.conftest import PYTHON, cli_env
 
 # A package (report/) is one entry: its modules may import each other.
-ORDER = ["version", "errors", "files", "config", "planning", "runtime", "distributed", "data", "corpus_cache", "model",
-         "checkpoint", "rundir", "stepper", "sample", "evaluate", "inspect", "schedule", "trainstep", "trainloop",
-         "train", "progress", "report", "cli_run", "cli_options", "cli_output", "cli", "cli_docs", "__main__"]
+ORDER = ["version", "errors", "files", "config", "planning", "devicecheck", "runtime", "distributed", "data",
+         "corpus_cache", "model", "checkpoint", "rundir", "stepper", "sample", "evaluate", "inspect", "schedule",
+         "trainstep", "trainloop", "train", "progress", "report", "cli_run", "cli_options", "cli_output", "cli",
+         "cli_docs", "__main__"]
 PKG = Path(__file__).resolve().parents[1] / "charnn"
 ROOT = "__init__"  # the package itself: lazy, it imports nothing of charnn when imported
 
