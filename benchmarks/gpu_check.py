@@ -70,11 +70,11 @@ class Mode:
 
 
 GPU_TESTS = ("-m", "gpu or device", "tests")
-FULL = Mode("full", "cuda", 470, GPU_TESTS, 150, ((2, 256), (2, 512)), ((1, 4000), (64, 1000)), 60,
+FULL = Mode("full", "cuda", 455, GPU_TESTS, 150, ((2, 256), (2, 512)), ((1, 4000), (64, 1000)), 60,
             ("--device", "cuda", "--backend", "nccl", "--max-iters", "120", "--eval-every", "60", "--log-every",
              "20"), 75,
             FULL_SHAPES, 40, 3_200_000, 180, "data/tinyshakespeare.txt")
-QUICK = Mode("quick", "cuda", 115, (*GPU_TESTS, "-x"), 40, ((2, 256),), ((1, 1500), (64, 300)), 20,
+QUICK = Mode("quick", "cuda", 105, (*GPU_TESTS, "-x"), 40, ((2, 256),), ((1, 1500), (64, 300)), 20,
              ("--device", "cuda", "--backend", "nccl", "--max-iters", "30", "--eval-every", "30", "--log-every",
               "10"), 30,
              (PLAN_1MB,), 12, 1_000_000, 10, "data/tinyshakespeare.txt", 25)
@@ -294,12 +294,12 @@ def run_all(mode: Mode, out: Path) -> dict:
         left = mode.budget - (time.monotonic() - started)
         reserve = sum(limit for later, _, limit in parts[index + 1:] if later == "quality")
         limit = min(own_limit, left - reserve) if name != "quality" else min(own_limit, left)
-        entry = {"ok": False, "seconds": 0.0, "error": None, "result": {}}
+        entry = {"ok": False, "skipped": False, "seconds": 0.0, "error": None, "result": {}}
         machine = report["parts"].get("machine")
         if machine is not None and not machine["ok"] and mode.device != "cpu":
-            entry["error"] = "skipped: the machine check failed (no usable GPU?)"
+            entry["skipped"], entry["error"] = True, "skipped: the machine check failed (no usable GPU?)"
         elif limit < 5:
-            entry["error"] = f"skipped: {left:.0f}s of the budget left"
+            entry["skipped"], entry["error"] = True, f"skipped: {left:.0f}s of the budget left"
         else:
             t0 = time.monotonic()
             try:
@@ -321,7 +321,7 @@ def main() -> None:
     ap.add_argument("--out", default="gpu_check.json", help="where the full results go (JSON)")
     ap.add_argument("--quick", action="store_true", help="under 2 minutes: fewer shapes, shorter runs")
     ap.add_argument("--dry-run", action="store_true", help="the same code on the CPU with tiny sizes")
-    ap.add_argument("--budget", type=float, help="overall seconds (default: 470, 115 with --quick)")
+    ap.add_argument("--budget", type=float, help="overall seconds (default: 455, 105 with --quick)")
     ap.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this (child) process
     ap.add_argument("--part-out", help=argparse.SUPPRESS)
     ap.add_argument("--part-limit", type=float, help=argparse.SUPPRESS)

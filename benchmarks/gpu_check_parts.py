@@ -151,7 +151,10 @@ def _summary(name: str, result: dict) -> str:
                  for r in rows]
         return "; ".join(cells) + f"; same text: {result.get('all_same_text')}"
     if name == "ddp":
-        return f"{result.get('steps')} steps, val {result.get('val_loss')}, {result.get('chars_per_s')} chars/s"
+        val, rate = result.get("val_loss"), result.get("chars_per_s")
+        rate = f"{round(rate):,}" if rate else "-"
+        return (f"{result.get('steps')} steps, val {val and round(val, 4)}, {rate} chars/s, "
+                f"{result.get('nccl') or 'no NCCL line'}")
     if name == "quality":
         goal = {True: "goal <= 1.40 met", False: "goal <= 1.40 NOT met", None: "no goal in this mode"}
         return (f"val {result.get('val_nats_per_char')} nats/char at step {result.get('best_step')} "
@@ -170,7 +173,8 @@ def print_table(report: dict) -> None:
         text = _summary(name, entry["result"]) if entry["result"] else ""
         if entry["error"]:
             text = f"{entry['error']}" + (f" | {text}" if text else "")
-        print(f"{name:<10}{'ok' if entry['ok'] else 'FAIL':<6}{entry['seconds']:>6.0f}s  {text[:150]}")
+        status = "ok" if entry["ok"] else "skip" if entry.get("skipped") else "FAIL"
+        print(f"{name:<10}{status:<6}{entry['seconds']:>6.0f}s  {text[:150]}")
     rows = report["parts"].get("speed", {}).get("result", {}).get("rows", [])
     if rows:
         print(f"\n{'shape':<20}{'LSTM':>9}{'B x T':>10}{'prec':>6}{'charnn c/s':>12}{'bare c/s':>12}{'ratio':>7}"

@@ -57,17 +57,27 @@ def mps_available() -> bool:
 
 
 def _mps_or_cpu(check: Callable[[torch.device], str | None] | None) -> torch.device:
-    reason = (check or mps_verdict)(torch.device("mps"))
-    if reason is None:
-        return torch.device("mps")
-    warnings.warn(f"the Apple GPU (MPS) failed charnn's start-up self-check ({reason}); using the CPU",
-                  CharnnWarning, stacklevel=3)
-    return torch.device("cpu")
+    if check is None:
+        return _checked_mps()
+    return _by_verdict(check(torch.device("mps")))
 
 
 @functools.cache
+def _checked_mps() -> torch.device:
+    """The self-check and its warning once per process (`charnn train` picks its device twice)."""
+    return _by_verdict(mps_verdict(torch.device("mps")))
+
+
+def _by_verdict(reason: str | None) -> torch.device:
+    if reason is None:
+        return torch.device("mps")
+    warnings.warn(f"the Apple GPU (MPS) failed charnn's start-up self-check ({reason}); using the CPU",
+                  CharnnWarning, stacklevel=4)
+    return torch.device("cpu")
+
+
 def mps_verdict(device: torch.device) -> str | None:
-    """`self_check(device)`, once per process (train, sample and eval each pick their device)."""
+    """Why `device` fails `charnn.devicecheck.self_check`, or None."""
     return self_check(device)
 
 
@@ -173,8 +183,8 @@ def user_device_error(err: BaseException) -> CharnnError | None:
         return None
     text = first_line(err)
     if isinstance(err, torch.OutOfMemoryError) or "out of memory" in text.lower():
-        return OutOfMemoryError(f"out of memory ({text}); lower --batch-size or --seq-len (or --hidden), "
-                                f"or use --device cpu")
+        return OutOfMemoryError(f"out of memory ({text}); use fewer streams (--batch-size, --num-samples), a "
+                                f"shorter --seq-len or a smaller model, or --device cpu")
     if any(piece in str(err).lower() for piece in UNSUPPORTED):
         return DeviceError(f"this device cannot run it ({text}); try --precision fp32 or --device cpu")
     return None

@@ -53,14 +53,7 @@ from charnn.trainloop import (
     stop_if_asked,
     train_step,
 )
-from charnn.trainstep import (
-    StepStats,
-    host_sync_every,
-    load_optimizer_state,
-    make_optimizer,
-    make_scaler,
-    set_lr,
-)
+from charnn.trainstep import StepStats, host_sync_every, load_optimizer_state, make_optimizer, make_scaler, set_lr
 
 
 @dataclass(frozen=True)
@@ -207,8 +200,9 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
     seed_everything(cfg.seed)
     model = CharRNN(model_cfg, len(data.vocab)).to(device)
     optimizer = make_optimizer(model, cfg, device)
+    scaler = make_scaler(cfg, device)
     if resume:
-        s = _resume(run_dir, model, optimizer, cfg=cfg, data=data, dist=dist, device=device)
+        s = _resume(run_dir, model, optimizer, cfg=cfg, data=data, dist=dist, device=device, scaler=scaler)
     else:
         s = LoopState()
         _new_run_dir(run_dir, dist)
@@ -221,7 +215,7 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
               batcher=batcher, total_steps=steps, run_dir=run_dir, cache_dir=cache_dir, model=model, net=net,
               optimizer=optimizer, metrics=metrics, samples=samples, report=report,
               should_stop=should_stop or (lambda: None), sync_every=host_sync_every(cfg, device), plan=chosen,
-              scaler=make_scaler(cfg, device))
+              scaler=scaler)
     return run, s
 
 
@@ -246,7 +240,7 @@ def _check_splits(data: Corpus, val_ids, cfg: TrainConfig) -> None:
 
 
 def _resume(run_dir: Path, model: CharRNN, optimizer: torch.optim.Optimizer, *, cfg: TrainConfig, data: Corpus,
-            dist: DistInfo, device: torch.device) -> LoopState:
+            dist: DistInfo, device: torch.device, scaler: torch.amp.GradScaler | None = None) -> LoopState:
     """Load the newest resumable checkpoint into `model` and `optimizer`; the loop state it saved."""
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: no such run directory to resume")
@@ -257,6 +251,8 @@ def _resume(run_dir: Path, model: CharRNN, optimizer: torch.optim.Optimizer, *, 
     model.load_state_dict(loaded.model.state_dict())
     load_optimizer_state(optimizer, state["optimizer"])
     set_lr(optimizer, cfg.lr)  # the new peak lr may differ; the schedule sets each step's value
+    if scaler is not None and state.get("scaler"):  # fp16: carry on at the loss scale it had reached
+        scaler.load_state_dict(state["scaler"])
     hidden = state.get("hidden")
     if hidden is not None:
         # fp32 on disk and here: a resume may change --precision or the device (bf16 -> fp32 is exact)

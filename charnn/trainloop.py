@@ -178,7 +178,7 @@ def evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
 def write_checkpoint(run: Run, s: LoopState, val: float | None) -> Path | None:
     """Save the weights and the training state; rank 0 writes, every rank sends its streams' hidden state."""
     state = _training_state(s.step, s.elapsed(), s.best_val, run.optimizer, gather_rows(s.hidden, run.dist),
-                            run.cfg, s.evals_since_best, s.best_step)
+                            run.cfg, s.evals_since_best, s.best_step, run.scaler)
     path = None
     if run.dist.is_main:
         data, cfg, cache_dir = run.data, run.cfg, run.cache_dir
@@ -249,7 +249,8 @@ def emit(run: Run, s: LoopState, kind: str, **fields: Any) -> None:
 
 
 def _training_state(step: int, elapsed: float, best_val: float, optimizer: torch.optim.Optimizer, hidden,
-                    cfg: TrainConfig, evals_since_best: int = 0, best_step: int | None = None) -> dict[str, Any]:
+                    cfg: TrainConfig, evals_since_best: int = 0, best_step: int | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
     """Everything besides the weights that an exact resume needs: tensors and primitives only."""
     if isinstance(hidden, tuple):
         hidden = [h.detach().float().cpu() for h in hidden]
@@ -257,4 +258,4 @@ def _training_state(step: int, elapsed: float, best_val: float, optimizer: torch
         hidden = hidden.detach().float().cpu()
     return {"step": step, "elapsed": elapsed, "best_val": best_val, "optimizer": optimizer.state_dict(),
             "rng": rng_state(), "hidden": hidden, "train_config": to_dict(cfg), "evals_since_best": evals_since_best,
-            "best_step": best_step}
+            "best_step": best_step, "scaler": scaler.state_dict() if scaler is not None else None}

@@ -227,6 +227,25 @@ def test_the_loss_scaler_fits_the_cuda_guard(card):
     assert float(stats.loss) > 0  # the taken step's loss (unscaled) is in the window's sum
 
 
+def test_the_loss_scale_travels_with_the_training_state():
+    """fp16's loss scale is saved with the optimizer and RNG states (weights_only-loadable) and restored on resume."""
+    import io
+
+    from charnn.trainloop import _training_state
+
+    model = CharRNN(ModelConfig(layers=1, hidden=8, embed=4), 5)
+    optimizer = make_optimizer(model, TrainConfig(device="cpu"), torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    scaler.scale(torch.ones(()))  # the scale is made at first use
+    scaler.update(512.0)
+    buffer = io.BytesIO()
+    torch.save(_training_state(3, 1.0, 2.0, optimizer, None, TrainConfig(device="cpu"), scaler=scaler), buffer)
+    state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    resumed = torch.amp.GradScaler("cpu")
+    resumed.load_state_dict(state["scaler"])
+    assert resumed.get_scale() == 512.0
+
+
 # --- --deterministic ----------------------------------------------------------------------------------------
 
 def test_deterministic_sets_the_algorithms_and_the_cublas_workspace(monkeypatch):
@@ -255,6 +274,16 @@ def test_the_deterministic_flag_reaches_the_run(tiny_corpus, tmp_path):
 
 
 # --- Apple MPS: the start-up self-check ----------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def fresh_mps_verdict():
+    """The default self-check runs once per process; each test here starts without its verdict."""
+    from charnn.runtime import _checked_mps
+
+    _checked_mps.cache_clear()
+    yield
+    _checked_mps.cache_clear()
+
 
 def perturbed(device: torch.device) -> dict:
     """A device whose LSTM is slightly wrong, as in pytorch#92615."""
@@ -303,3 +332,17 @@ def test_sample_and_eval_take_the_cpu_when_mps_fails_its_check(tiny_run, monkeyp
     assert res.stdout == on_cpu.stdout and on_cpu.exit_code == 0
     assert one_line(res, 0, "warning: ") == ("warning: the Apple GPU (MPS) failed charnn's start-up self-check (lstm "
                                              "logits differ from the CPU's by 0.5); using the CPU")
+
+
+def test_training_warns_once_and_trains_on_the_cpu_when_mps_fails_its_check(tiny_corpus, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr("charnn.runtime.mps_available", lambda: True)
+    monkeypatch.setattr("charnn.runtime.mps_verdict", lambda device: "NotImplementedError: aten::_lstm_mps")
+    args = [a if a != "cpu" else "mps" for a in TINY]
+    res = invoke("train", tiny_corpus, "--out", tmp_path / "run", *args)
+    assert res.exit_code == 0, res.output
+    assert [line for line in res.stderr.splitlines() if line.startswith("warning:")] == [
+        "warning: the Apple GPU (MPS) failed charnn's start-up self-check (NotImplementedError: aten::_lstm_mps); "
+        "using the CPU"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["device"] == "mps"  # as asked
