@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Everything charnn needs checked and measured on a GPU, in one command that fits a short window.
 
-Parts, in this order, each in its own process with its own time limit (a failure or a hang is recorded and
-the next part runs), under one overall budget:
+Parts, in this order, each after the first in its own process with its own time limit (a failure or a hang
+is recorded and the next part runs), under one overall budget:
   machine   the card, its compute capability and bf16, torch / CUDA / cuDNN versions
   tests     the `gpu`-marked tests and the `device`-marked ones with CHARNN_TEST_DEVICE=cuda (sampling paths,
             eval, checkpoint round trips CUDA -> CPU -> CUDA, bitwise resume under --deterministic)

@@ -36,7 +36,6 @@ def self_check(device: torch.device, *, run: Callable[[torch.device], dict[str, 
     return None
 
 
-# long: one fixed computation laid out step by step; splitting it would only pass its tensors around
 def reference_outputs(device: torch.device) -> dict[str, torch.Tensor]:
     """A fixed small batch through networks of charnn's shape on `device`, results back on the CPU: embedding,
     a two-layer batch-first LSTM, GRU and RNN with the state carried into a second chunk, layer norm, head,

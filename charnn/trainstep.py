@@ -16,7 +16,7 @@ import torch
 
 from charnn.config import TrainConfig
 from charnn.distributed import DistInfo, all_sum
-from charnn.errors import CharnnError, CheckpointError, NonFiniteLossError, OutOfMemoryError
+from charnn.errors import CheckpointError, NonFiniteLossError, OutOfMemoryError
 from charnn.model import CharRNN, Hidden, detach_hidden, lm_loss
 from charnn.runtime import autocast, autocast_dtype, user_device_error
 
@@ -115,8 +115,6 @@ def optimisation_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer,
     try:
         return _step(net, optimizer, batch, hidden, stats, cfg=cfg, device=device, step=step, scaler=scaler)
     except (RuntimeError, NotImplementedError) as err:
-        if isinstance(err, CharnnError):
-            raise
         if isinstance(err, torch.OutOfMemoryError):
             raise OutOfMemoryError(
                 f"out of memory on {device} with batch size {cfg.batch_size} and sequence length "
@@ -166,7 +164,6 @@ def scaled_backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
     scaler.unscale_(optimizer)
 
 
-# long: the two paths of one guard, side by side, so they are read together
 def _guarded_update(optimizer: torch.optim.Optimizer, finite: torch.Tensor, hidden: Hidden | None,
                     stats: StepStats, *, cfg: TrainConfig, device: torch.device, step: int,
                     scaler: torch.amp.GradScaler | None = None) -> tuple[bool, Hidden | None]:
