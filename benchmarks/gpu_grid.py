@@ -41,19 +41,20 @@ def peak_mb(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def charnn_loop(layers, hidden, batch, seq, *, embed, device, steps, workdir: Path) -> float:
+def charnn_loop(layers, hidden, batch, seq, *, embed, device, steps, workdir: Path, precision: str = "auto",
+                corpus_chars: int = 40000 * len(SYNTHETIC_LINE)) -> float:
     """chars/s of charnn.train's own loop, from its metrics (first window dropped)."""
     from charnn.config import ModelConfig, TrainConfig
     from charnn.train import train
 
     corpus = workdir / "corpus.txt"
     if not corpus.exists():
-        synthetic_corpus(corpus, 40000 * len(SYNTHETIC_LINE))
+        synthetic_corpus(corpus, corpus_chars)
     log_every = max(steps // 5, 1)
     out = workdir / f"run-{layers}x{hidden}-{batch}x{seq}-{time.time_ns()}"
     train(corpus, model_cfg=ModelConfig(layers=layers, hidden=hidden, embed=embed),
           train_cfg=TrainConfig(batch_size=batch, seq_len=seq, max_iters=steps, eval_every=10**9,
-                                sample_length=0, log_every=log_every, device=str(device)),
+                                sample_length=0, log_every=log_every, device=str(device), precision=precision),
           out_dir=out)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["chars_per_s"] for r in rows if r["kind"] == "train"][1:]

@@ -9,6 +9,7 @@ imported until a command runs, so `--help` is fast.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -119,6 +120,10 @@ def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, 
            backend: str, show_plan: bool, init_from: Path | None) -> None:
     """The configs (or the plan request), then one `charnn.train` call inside the distributed set-up, the
     display and the stop flag; with --plan, the plan alone."""
+    from charnn.runtime import CUBLAS_WORKSPACE
+
+    if options.get("deterministic"):  # cuBLAS reads it once, when it starts: before anything touches the GPU
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     from charnn.corpus_cache import DEFAULT_CACHE_DIR
     from charnn.distributed import setup_distributed, teardown_distributed
     from charnn.progress import TrainDisplay

@@ -95,9 +95,24 @@ def run_command(body: Callable[[], Any]) -> Any:
     except CharnnError as err:
         say(f"error: {err}")
         raise typer.Exit(err.exit_code) from None
+    except (RuntimeError, NotImplementedError) as err:  # out of memory, a precision or kernel the GPU lacks
+        user = _device_error(err)
+        if user is None:
+            raise
+        say(f"error: {user}")
+        raise typer.Exit(user.exit_code) from None
     except BrokenPipeError:  # `charnn sample | head`: the reader left; not an error
         sys.stderr.close()
         raise typer.Exit(0) from None
+
+
+def _device_error(err: BaseException) -> CharnnError | None:
+    """The user's error behind a device failure (charnn.runtime.user_device_error); torch is loaded by then."""
+    if "torch" not in sys.modules:
+        return None
+    from charnn.runtime import user_device_error
+
+    return user_device_error(err)
 
 
 class StopFlag:

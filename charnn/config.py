@@ -14,7 +14,7 @@ from typing import Any
 from charnn.errors import ConfigError
 
 MODEL_KINDS = ("lstm", "gru", "rnn")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # fp16: CUDA only, with loss scaling
 SAMPLE_PRECISIONS = ("fp32", "bf16")  # sampling has no "auto": fp32 unless asked, so paths give the same text
 BACKENDS = ("auto", "nccl", "gloo")  # torch.distributed, under torchrun
 
@@ -179,10 +179,13 @@ class TrainConfig:
     # Early stopping keeps the best checkpoint, which is what `sample` and `eval` use.
     patience: int | None = opt(None, "Stop after this many evaluations without a new best (0: never).",
                                min=0, panel="Stopping", shown="off")
-    device: str = opt("auto", "Where to run: auto, cpu, cuda or cuda:N.", panel="Hardware", metavar="DEVICE")
-    # auto: bf16 autocast on CUDA, and for training on CPUs with native bf16 (docs/benchmarks.md).
-    precision: str = opt("auto", "auto (bf16 where the device has it), fp32 or bf16.", choices=PRECISIONS,
+    device: str = opt("auto", "Where to run: auto, cpu, cuda, cuda:N or mps.", panel="Hardware", metavar="DEVICE")
+    # auto: bf16 autocast on CUDA cards that have it (fp16 with loss scaling on older ones), and for training
+    # on CPUs with native bf16 (docs/benchmarks.md, docs/gpu.md).
+    precision: str = opt("auto", "auto (bf16, else fp16 on older GPUs), fp32, bf16 or fp16.", choices=PRECISIONS,
                          panel="Hardware", parser_checks=True)
+    # torch.use_deterministic_algorithms and the cuBLAS workspace (charnn.runtime.set_deterministic).
+    deterministic: bool = opt(False, "Bitwise repeatable runs (slower on GPUs).", panel="Hardware")
     threads: int | None = opt(None, "CPU threads for torch.", min=1, max=1024, panel="Hardware",
                               shown="torch's choice")
     max_bad_steps: int = opt(10, "Stop with exit 3 after this many non-finite losses in a row.", min=1)

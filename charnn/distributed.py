@@ -31,10 +31,11 @@ class DistInfo:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    joined: bool = False  # in a process group (under torchrun, a single process too)
 
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        return self.world > 1 or self.joined
 
     @property
     def is_main(self) -> bool:
@@ -53,16 +54,17 @@ def setup_distributed(backend: str = "auto", *, device_type: str | None = None,
 
     `auto` takes NCCL when the model trains on CUDA (`device_type`; when not given, when CUDA is present),
     else gloo: a CPU run on a GPU machine cannot all-reduce its CPU gradients over NCCL. Without torchrun's
-    variables (or with WORLD_SIZE=1) nothing is initialised and the single-process path runs unchanged.
+    variables (or with WORLD_SIZE=1 outside torchrun) nothing is initialised and the single-process path runs
+    unchanged; `torchrun --nproc_per_node=1` joins a group of one, so DDP and its collectives run end to end.
     """
     import torch.distributed as dist
 
     if backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), joined=True)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets it for every process it starts
         return DistInfo()
     if not dist.is_available():
         raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
@@ -76,7 +78,7 @@ def setup_distributed(backend: str = "auto", *, device_type: str | None = None,
     timeout = timedelta(seconds=timeout_s or float(os.environ.get("CHARNN_DIST_TIMEOUT", DIST_TIMEOUT_S)))
     kw = {"device_id": torch.device("cuda", local_rank)} if backend == "nccl" else {}
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout, **kw)
-    return DistInfo(rank, world, local_rank)
+    return DistInfo(rank, world, local_rank, joined=True)
 
 
 def teardown_distributed() -> None:

@@ -59,9 +59,22 @@ class OutOfMemoryError(CharnnError):
     exit_code = 5
 
 
+class DeviceError(CharnnError):
+    """The device cannot run this: a precision or kernel this GPU lacks (bf16 before Ampere, a card this build of
+    PyTorch has no kernels for, an operation Apple's MPS does not implement)."""
+
+    exit_code = 6
+
+
 class Interrupted(CharnnError):
     """Training stopped on SIGINT/SIGTERM after saving; exit code follows the shell convention 128+signal."""
 
     def __init__(self, message: str, *, exit_code: int = 130):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, at most `limit` characters: what a one-line error quotes."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -209,14 +209,15 @@ def copy_trained(model: CharRNN, trained: CharRNN) -> None:
 
 
 def run_rnn(rnn: nn.Module, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
-    """rnn(x, hidden), except under CUDA autocast, where the recurrence runs in fp32 (on TF32 tensor cores).
+    """rnn(x, hidden), except under CUDA bf16 autocast, where the recurrence runs in fp32 (on TF32 tensor cores).
 
     PyTorch's autocast sends cuDNN RNNs to fp16 whatever dtype it was asked for (its wrapper for _cudnn_rnn,
-    aten/src/ATen/cudnn/AutocastRNN.cpp, casts input, weights and state to half), and charnn trains without
-    loss scaling, which fp16 gradients need. The embedding and the head keep the autocast dtype (bf16). The
-    CPU's autocast is left alone: its LSTM runs in bf16 as asked.
+    aten/src/ATen/cudnn/AutocastRNN.cpp, casts input, weights and state to half), and a bf16 run has no loss
+    scaling, which fp16 gradients need. The embedding and the head keep the autocast dtype (bf16). Under fp16
+    autocast (cards without bf16, `charnn.runtime.autocast_dtype`) training scales its loss, so the recurrence
+    is left in fp16 on the tensor cores. The CPU's autocast is left alone: its LSTM runs in bf16 as asked.
     """
-    if x.is_cuda and torch.is_autocast_enabled("cuda"):
+    if x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") != torch.float16:
         with torch.autocast("cuda", enabled=False):
             return rnn(x.float(), hidden)
     return rnn(x, hidden)

@@ -24,7 +24,13 @@ TIERS: tuple[tuple[float, str, float], ...] = (
     (math.inf, "very large corpus", 0.0),
 )
 CPU_BATCH = (16, 64)  # many small updates beat few large ones at a fixed CPU budget (docs/benchmarks.md)
-GPU_BATCH = (64, 128)  # enough parallel streams to keep the recurrent kernels busy
+# A GPU's recurrence is latency-bound (one small matmul per character per layer): 128 streams cost little more
+# per step than 64, and a step carries twice the text. Not measured yet (docs/gpu.md): benchmarks/gpu_check.py.
+GPU_BATCH = (128, 128)
+GPU_DROPOUT = 0.2  # at least this on a GPU below 2M characters: three minutes buy tens of passes over such text
+# A GPU steps in milliseconds and each validation + checkpoint costs tens of steps' time: validate at most every
+# this many steps, but at least once every two passes over the corpus (for early stopping on small ones).
+GPU_MIN_EVAL_EVERY = 200
 CPU_MAX_STEPS = 8000  # about 5 minutes for a 2x256 LSTM at 16 x 64 on a 2-core CPU
 GPU_MAX_STEPS = 5000
 MAX_EPOCHS = 40  # small corpora: the schedule decays over this many passes; early stopping usually ends sooner
@@ -143,9 +149,13 @@ def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | Non
 
 
 def _model_choice(facts: CorpusFacts, gpu: bool, dropout: float) -> dict[str, Any]:
+    """An LSTM with layer norm: 2x256 on the CPU; a GPU affords 512 units, 3 layers from 2M characters, with
+    dropout below that (the GPU makes many passes over a small corpus in a few minutes)."""
     hidden, layers = 256, 2
     if gpu and facts.train_chars >= 2_000_000:
         hidden, layers = 512, 3
+    elif gpu and facts.train_chars >= 400_000:
+        hidden, dropout = 512, max(dropout, GPU_DROPOUT)
     return dict(model="lstm", layers=layers, hidden=hidden, embed=128, dropout=dropout, layer_norm=True)
 
 
@@ -174,7 +184,9 @@ def _schedule(facts: CorpusFacts, gpu: bool, given: dict[str, Any], *, finetune:
     per_epoch = max(1, (facts.train_chars // batch - 1) // seq)
     max_steps = GPU_MAX_STEPS if gpu else CPU_MAX_STEPS
     steps = min(max_steps, (FINETUNE_EPOCHS if finetune else MAX_EPOCHS) * per_epoch)
-    eval_every = min(max(per_epoch // EVALS_PER_EPOCH, MIN_EVAL_EVERY), per_epoch, MAX_EVAL_EVERY, steps)
+    least = min(GPU_MIN_EVAL_EVERY, max(2 * per_epoch, MIN_EVAL_EVERY)) if gpu else MIN_EVAL_EVERY
+    most = steps if gpu else per_epoch  # on a CPU at least once an epoch; a GPU's epochs of a few steps are too short
+    eval_every = min(max(per_epoch // EVALS_PER_EPOCH, least), most, MAX_EVAL_EVERY, steps)
     evals_per_epoch = per_epoch / eval_every
     epochs = FINETUNE_PATIENCE_EPOCHS if finetune else PATIENCE_EPOCHS
     patience = min(max(round(epochs * evals_per_epoch), MIN_PATIENCE), MAX_PATIENCE)

@@ -1,4 +1,6 @@
-"""Where and how computation runs: device choice, precision, threads, seeding and RNG snapshots.
+"""Where and how computation runs: device choice (Apple's MPS only after a self-check), precision (bf16, fp16
+with loss scaling, fp32), deterministic algorithms, threads, seeding, RNG snapshots, and which device failures
+are the user's to fix (`user_device_error`).
 
 Not the multi-process side: torchrun's process group and its collectives are in `charnn.distributed`.
 """
@@ -6,33 +8,77 @@ Not the multi-process side: torchrun's process group and its collectives are in 
 from __future__ import annotations
 
 import functools
+import os
 import random
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 
-from charnn.errors import ConfigError
+from charnn.devicecheck import self_check
+from charnn.errors import CharnnError, CharnnWarning, ConfigError, DeviceError, OutOfMemoryError, first_line
 from charnn.planning import Hardware
 
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+CUBLAS_WORKSPACE = ":4096:8"  # the deterministic cuBLAS setting nn.LSTM's documentation asks for
 
-def pick_device(name: str = "auto") -> torch.device:
-    """`auto` takes CUDA when present, else the CPU; `cuda` without CUDA is a user error."""
+
+def pick_device(name: str = "auto", *, check: Callable[[torch.device], str | None] | None = None) -> torch.device:
+    """`auto` takes CUDA when present, else Apple's MPS if it passes its self-check, else the CPU; `cuda` or
+    `mps` without one is a user error. `check(device)` says why a device fails (None: it passes); its default
+    is `mps_verdict`, run once per process."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return _mps_or_cpu(check) if mps_available() else torch.device("cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}") from None
+        raise ConfigError(f"--device must be {DEVICES}, not {name!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda asked for, but this machine has no usable CUDA GPU")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type == "mps":
+        if not mps_available():
+            raise ConfigError("--device mps asked for, but this machine has no usable Apple GPU (MPS)")
+        return _mps_or_cpu(check)
     elif device.type != "cpu":
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}")
+        raise ConfigError(f"--device must be {DEVICES}, not {name!r}")
     return device
+
+
+def mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def _mps_or_cpu(check: Callable[[torch.device], str | None] | None) -> torch.device:
+    if check is None:
+        return _checked_mps()
+    return _by_verdict(check(torch.device("mps")))
+
+
+@functools.cache
+def _checked_mps() -> torch.device:
+    """The self-check and its warning once per process (`charnn train` picks its device twice)."""
+    return _by_verdict(mps_verdict(torch.device("mps")))
+
+
+def _by_verdict(reason: str | None) -> torch.device:
+    if reason is None:
+        return torch.device("mps")
+    warnings.warn(f"the Apple GPU (MPS) failed charnn's start-up self-check ({reason}); using the CPU",
+                  CharnnWarning, stacklevel=4)
+    return torch.device("cpu")
+
+
+def mps_verdict(device: torch.device) -> str | None:
+    """Why `device` fails `charnn.devicecheck.self_check`, or None."""
+    return self_check(device)
 
 
 @functools.cache
@@ -47,19 +93,101 @@ def native_bf16_cpu() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(flags)) and torch.backends.mkldnn.is_available()
 
 
+def cuda_fast_dtypes(device: torch.device) -> tuple[bool, bool]:
+    """(native bf16, fp16 tensor cores) of a CUDA card. bf16 needs compute capability 8.0 (Ampere) or later,
+    and emulated bf16 does not count (slower than fp32); fp16 tensor cores came with 7.0 (Volta)."""
+    major, _ = torch.cuda.get_device_capability(device)
+    bf16 = major >= 8 and torch.cuda.is_bf16_supported(including_emulation=False)
+    return bf16, major >= 7
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto", *, training: bool = False) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`, None for fp32. auto: bf16 on CUDA cards that have it,
+    else fp16 (with loss scaling in training) on cards with fp16 tensor cores, else fp32; on the CPU bf16 only
+    for training and only with native bf16 (evaluation stays exact); fp32 on MPS. A precision the device lacks
+    is a user error."""
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        bf16, fp16 = cuda_fast_dtypes(device)
+        if precision == "auto":
+            return torch.bfloat16 if bf16 else torch.float16 if fp16 else None
+        if precision == "bf16" and not bf16:
+            raise DeviceError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no native bf16 "
+                              f"(Ampere or later); use --precision auto (fp16 with loss scaling) or fp32")
+    elif device.type == "cpu":
+        if precision == "auto":
+            return torch.bfloat16 if training and native_bf16_cpu() else None
+        if precision == "fp16":
+            raise ConfigError("--precision fp16 is for CUDA GPUs without bf16; on the CPU use fp32 or bf16")
+    elif precision == "auto":  # MPS: fp32, the precision its self-check compared
+        return None
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
 def uses_bf16(device: torch.device, precision: str = "auto", *, training: bool = False) -> bool:
-    """auto: bf16 on CUDA; on the CPU only for training and only with native bf16 (evaluation stays fp32
-    there, so scores are exact and the same from `train` and `eval`)."""
-    if precision != "auto":
-        return precision == "bf16"
-    return device.type == "cuda" or (training and device.type == "cpu" and native_bf16_cpu())
+    return autocast_dtype(device, precision, training=training) == torch.bfloat16
 
 
 def autocast(device: torch.device, precision: str = "auto", *, training: bool = False):
-    """bf16 autocast where `uses_bf16` says so (weights and optimizer stay fp32); a no-op otherwise."""
-    if not uses_bf16(device, precision, training=training):
+    """Autocast to `autocast_dtype` (weights and optimizer stay fp32); a no-op for fp32."""
+    dtype = autocast_dtype(device, precision, training=training)
+    if dtype is None:
         return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def set_deterministic(on: bool) -> None:
+    """--deterministic: PyTorch's deterministic algorithms, and on CUDA the cuBLAS workspace they need.
+
+    CUBLAS_WORKSPACE_CONFIG is read when cuBLAS first starts on a device, so it goes into this process's
+    environment here, before training runs a matmul (the CLI sets it earlier still, before anything touches
+    the GPU; a value already set is kept). Turning it off undoes only what charnn turned on."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        if not torch.are_deterministic_algorithms_enabled():
+            torch.use_deterministic_algorithms(True)
+            _TURNED_ON.add("deterministic")
+    elif "deterministic" in _TURNED_ON:
+        torch.use_deterministic_algorithms(False)
+        _TURNED_ON.discard("deterministic")
+
+
+_TURNED_ON: set[str] = set()  # process-wide settings charnn changed, so it can undo just those
+
+
+@contextmanager
+def nondeterministic_allowed() -> Iterator[None]:
+    """Lift `torch.use_deterministic_algorithms` inside the block (restored afterwards)."""
+    if not torch.are_deterministic_algorithms_enabled():
+        yield
+        return
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+
+
+# Pieces of the messages of device failures a user can fix by choosing another precision or device.
+UNSUPPORTED = ("no kernel image is available", "not implemented for 'bfloat16'", "not implemented for 'half'",
+               "cudnn_status_not_supported", "cudnn_status_arch_mismatch", "not currently implemented for the mps",
+               "not supported on mps", "unsupported gpu architecture", "is not supported on this device")
+
+
+def user_device_error(err: BaseException) -> CharnnError | None:
+    """The CharnnError for a device failure the user can fix (out of memory, a precision or kernel the device
+    lacks), or None for anything else, which is a bug and keeps its traceback."""
+    if not isinstance(err, (RuntimeError, NotImplementedError)):
+        return None
+    text = first_line(err)
+    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in text.lower():
+        return OutOfMemoryError(f"out of memory ({text}); use fewer streams (--batch-size, --num-samples), a "
+                                f"shorter --seq-len or a smaller model, or --device cpu")
+    if any(piece in str(err).lower() for piece in UNSUPPORTED):
+        return DeviceError(f"this device cannot run it ({text}); try --precision fp32 or --device cpu")
+    return None
 
 
 @contextmanager
@@ -82,8 +210,11 @@ def ieee_rnn(device: torch.device) -> Iterator[None]:
 
 def hardware(device: torch.device) -> Hardware:
     """The facts about `device` the training plan reads."""
-    return Hardware(device.type, cores=torch.get_num_threads(),
-                    native_bf16=device.type == "cuda" or (device.type == "cpu" and native_bf16_cpu()))
+    if device.type == "cuda":
+        bf16 = cuda_fast_dtypes(device)[0]
+    else:
+        bf16 = device.type == "cpu" and native_bf16_cpu()
+    return Hardware(device.type, cores=torch.get_num_threads(), native_bf16=bf16)
 
 
 def set_threads(threads: int | None) -> None:

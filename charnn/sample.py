@@ -20,7 +20,7 @@ from charnn.config import SampleConfig
 from charnn.data import Vocab
 from charnn.errors import ConfigError, SamplingError, VocabularyError
 from charnn.model import CharRNN, Hidden
-from charnn.runtime import autocast, ieee_rnn
+from charnn.runtime import autocast, autocast_dtype, ieee_rnn, nondeterministic_allowed
 from charnn.stepper import MEASURED, FastStepper, GraphStep, Tuning, few_threads
 
 UNIFORM_BLOCK = 4096  # uniforms are drawn this many steps at a time, the same way on every path
@@ -55,7 +55,13 @@ def _filtered_cdf(logits: torch.Tensor, cfg: SampleConfig) -> tuple[torch.Tensor
         sorted_p, order = probs.sort(dim=-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p >= cfg.top_p  # keep the smallest set reaching top_p
         probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-    cdf = probs.cumsum_(dim=-1)  # (B, V), in place: probs is ours
+    if probs.is_cuda and torch.are_deterministic_algorithms_enabled():
+        # --deterministic: PyTorch flags CUDA's floating-point cumsum (pytorch#75240), which would stop a
+        # training run at its first sample; the draw's same-text tests (tests/test_gpu.py) cover it
+        with nondeterministic_allowed():
+            cdf = probs.cumsum_(dim=-1)
+    else:
+        cdf = probs.cumsum_(dim=-1)  # (B, V), in place: probs is ours
     return cdf, cdf[:, -1:]
 
 
@@ -112,6 +118,7 @@ def generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fa
         raise ConfigError("a beam search is charnn.beam.beam_search, not a sampler")
     model.eval()
     device = model.head.weight.device
+    autocast_dtype(device, cfg.precision)  # bf16 on a GPU without it: one clear error now, not mid-stream
     ids, echo = prime_ids(vocab, cfg.prime)
     B = cfg.num_samples
     x = torch.tensor(ids, device=device).expand(B, -1)  # (B, P)
@@ -132,8 +139,7 @@ def _steps(model: CharRNN, cfg: SampleConfig, logits: torch.Tensor, hidden: Hidd
         if path == "fast":
             stepper = FastStepper(model, cfg.temperature, batch_size=B, precision=cfg.precision, tuning=tuning)
             stepper.load(hidden)
-        use_graph = tuning.cuda_graphs and stepper is not None and device.type == "cuda"
-        graph = GraphStep(stepper, partial(_graph_draw, cfg)) if use_graph else None
+        graph = GraphStep(stepper, partial(_graph_draw, cfg)) if _uses_graph(device, tuning, stepper) else None
         state = hidden
         done = 0
         while done < cfg.length:
@@ -161,6 +167,11 @@ def _steps(model: CharRNN, cfg: SampleConfig, logits: torch.Tensor, hidden: Hidd
             if graph is not None:
                 graph.check()
             done += block
+
+
+def _uses_graph(device: torch.device, tuning: Tuning, stepper: FastStepper | None) -> bool:
+    """CUDA graphs for the fast path on CUDA (GraphStep falls back to eager steps if they fail)."""
+    return tuning.cuda_graphs and stepper is not None and device.type == "cuda"
 
 
 def sample_text(model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fast",

@@ -43,7 +43,7 @@ from charnn.rundir import (
     resume_configs,
     write_run_files,
 )
-from charnn.runtime import hardware, pick_device, seed_everything, set_rng_state, set_threads
+from charnn.runtime import hardware, pick_device, seed_everything, set_deterministic, set_rng_state, set_threads
 from charnn.schedule import default_run_dir, is_sample_step, learning_rate, total_steps
 from charnn.trainloop import (
     LoopState,
@@ -61,7 +61,7 @@ from charnn.trainloop import (
     stop_if_asked,
     train_step,
 )
-from charnn.trainstep import StepStats, host_sync_every, load_optimizer_state, make_optimizer, set_lr
+from charnn.trainstep import StepStats, host_sync_every, load_optimizer_state, make_optimizer, make_scaler, set_lr
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ class Configs:
         """The device and thread options, which are needed before the corpus is read (and planned for)."""
         if self.train is not None:
             return self.train
-        return TrainConfig(**{k: self.request.train[k] for k in ("device", "threads")
+        return TrainConfig(**{k: self.request.train[k] for k in ("device", "threads", "deterministic")
                               if self.request.train.get(k) is not None})
 
     def settle(self, data: Corpus, device: torch.device) -> tuple[ModelConfig, TrainConfig, Plan | None]:
@@ -202,6 +202,7 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
         raise ConfigError("--init-from starts a new run; --resume continues one from its own weights")
     start = load_start(init_from) if init_from is not None else None  # before seeding: loading builds a model
     early = configs.early()
+    set_deterministic(early.deterministic)  # before anything starts cuBLAS (it reads its workspace setting once)
     device = pick_device(early.device)
     dist = setup_distributed(device_type=device.type)
     if dist.enabled and device.type == "cuda":
@@ -225,8 +226,9 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
     if start is not None:
         start_weights(model, start)
     optimizer = make_optimizer(model, cfg, device)
+    scaler = make_scaler(cfg, device)
     if resume:
-        s = _resume(run_dir, model, optimizer, cfg=cfg, data=data, dist=dist, device=device)
+        s = _resume(run_dir, model, optimizer, cfg=cfg, data=data, dist=dist, device=device, scaler=scaler)
     else:
         s = LoopState()
         new_run_dir(run_dir, dist)
@@ -240,7 +242,7 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
               batcher=batcher, total_steps=steps, run_dir=run_dir, cache_dir=cache_dir, model=model, net=net,
               optimizer=optimizer, metrics=metrics, samples=samples, report=report,
               should_stop=should_stop or (lambda: None), sync_every=host_sync_every(cfg, device), plan=chosen,
-              start=start)
+              start=start, scaler=scaler)
     return run, s
 
 
@@ -265,7 +267,7 @@ def _check_splits(data: Corpus, val_ids, cfg: TrainConfig) -> None:
 
 
 def _resume(run_dir: Path, model: CharRNN, optimizer: torch.optim.Optimizer, *, cfg: TrainConfig, data: Corpus,
-            dist: DistInfo, device: torch.device) -> LoopState:
+            dist: DistInfo, device: torch.device, scaler: torch.amp.GradScaler | None = None) -> LoopState:
     """Load the newest resumable checkpoint into `model` and `optimizer`; the loop state it saved."""
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: no such run directory to resume")
@@ -276,6 +278,8 @@ def _resume(run_dir: Path, model: CharRNN, optimizer: torch.optim.Optimizer, *, 
     model.load_state_dict(loaded.model.state_dict())
     load_optimizer_state(optimizer, state["optimizer"])
     set_lr(optimizer, cfg.lr)  # the new peak lr may differ; the schedule sets each step's value
+    if scaler is not None and state.get("scaler"):  # fp16: carry on at the loss scale it had reached
+        scaler.load_state_dict(state["scaler"])
     hidden = state.get("hidden")
     if hidden is not None:
         # fp32 on disk and here: a resume may change --precision or the device (bf16 -> fp32 is exact)

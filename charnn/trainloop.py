@@ -74,6 +74,7 @@ class Run:
     sync_every: int  # steps between reads of device values on the host
     plan: Plan | None = None  # the training plan, when it chose the configs
     start: Start | None = None  # the trained model the run started from (fine-tuning)
+    scaler: torch.amp.GradScaler | None = None  # fp16's loss scaler (CUDA cards without bf16)
 
 
 @dataclass
@@ -143,7 +144,7 @@ def train_step(run: Run, s: LoopState, lr: float) -> bool:
     if k == 0:
         s.hidden = None  # a new epoch starts the streams afresh (at a new offset)
     taken, s.hidden = optimisation_step(run.net, run.optimizer, run.batcher.batch(s.step), s.hidden, s.stats,
-                                        cfg=run.cfg, device=run.device, step=s.step)
+                                        cfg=run.cfg, device=run.device, step=s.step, scaler=run.scaler)
     if not taken:
         run.report(Progress("warning", s.step, run.total_steps, s.elapsed(), text="non-finite loss; step skipped"))
     s.step += 1
@@ -187,7 +188,7 @@ def _evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
 def write_checkpoint(run: Run, s: LoopState, val: float | None) -> Path | None:
     """Save the weights and the training state; rank 0 writes, every rank sends its streams' hidden state."""
     state = _training_state(s.step, s.elapsed(), s.best_val, run.optimizer, gather_rows(s.hidden, run.dist),
-                            run.cfg, s.evals_since_best, s.best_step)
+                            run.cfg, s.evals_since_best, s.best_step, run.scaler)
     path = None
     if run.dist.is_main:
         data, cfg, cache_dir = run.data, run.cfg, run.cache_dir
@@ -259,7 +260,8 @@ def emit(run: Run, s: LoopState, kind: str, **fields: Any) -> None:
 
 
 def _training_state(step: int, elapsed: float, best_val: float, optimizer: torch.optim.Optimizer, hidden,
-                    cfg: TrainConfig, evals_since_best: int = 0, best_step: int | None = None) -> dict[str, Any]:
+                    cfg: TrainConfig, evals_since_best: int = 0, best_step: int | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
     """Everything besides the weights that an exact resume needs: tensors and primitives only."""
     if isinstance(hidden, tuple):
         hidden = [h.detach().float().cpu() for h in hidden]
@@ -267,4 +269,4 @@ def _training_state(step: int, elapsed: float, best_val: float, optimizer: torch
         hidden = hidden.detach().float().cpu()
     return {"step": step, "elapsed": elapsed, "best_val": best_val, "optimizer": optimizer.state_dict(),
             "rng": rng_state(), "hidden": hidden, "train_config": to_dict(cfg), "evals_since_best": evals_since_best,
-            "best_step": best_step}
+            "best_step": best_step, "scaler": scaler.state_dict() if scaler is not None else None}

@@ -1,6 +1,6 @@
 """One optimisation step of the training loop: the optimizer (AdamW, decay on matrices only), its learning rate,
-forward and backward over one batch of truncated BPTT, gradient clipping, the guard that keeps steps with a
-non-finite loss or gradient out of the weights, and the device-side sums behind each log line.
+forward and backward over one batch of truncated BPTT, loss scaling for fp16, gradient clipping, the guard that
+keeps steps with a non-finite loss or gradient out of the weights, and the device-side sums behind each log line.
 
 Not the loop itself (`charnn.train`) nor its schedule (`charnn.schedule`).
 """
@@ -18,7 +18,7 @@ from charnn.config import TrainConfig
 from charnn.distributed import DistInfo, all_sum
 from charnn.errors import CheckpointError, NonFiniteLossError, OutOfMemoryError
 from charnn.model import CharRNN, Hidden, detach_hidden, lm_loss
-from charnn.runtime import autocast
+from charnn.runtime import autocast, autocast_dtype, user_device_error
 
 
 def make_optimizer(model: CharRNN, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -30,6 +30,14 @@ def make_optimizer(model: CharRNN, cfg: TrainConfig, device: torch.device) -> to
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = device.type == "cuda"  # one kernel for the whole update; foreach on the CPU
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=fused)
+
+
+def make_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
+    """A loss scaler where training runs in fp16 (CUDA cards without bf16): fp16 gradients underflow to zero
+    unless the loss is scaled up before backward. None for bf16 and fp32, which need none."""
+    if device.type != "cuda" or autocast_dtype(device, cfg.precision, training=True) != torch.float16:
+        return None
+    return torch.amp.GradScaler("cuda")
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
@@ -55,9 +63,10 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def host_sync_every(cfg: TrainConfig, device: torch.device) -> int:
-    """How often the loop reads device values on the host: every step on the CPU, where it costs nothing;
-    every log line on CUDA, where each read would make the host wait for the GPU."""
-    return 1 if device.type == "cpu" else cfg.log_every
+    """How often the loop reads device values on the host: every log line on CUDA, where each read would make
+    the host wait for the GPU; every step elsewhere (free on the CPU; on MPS the guard needs it, see
+    `_guarded_update`)."""
+    return cfg.log_every if device.type == "cuda" else 1
 
 
 @dataclass
@@ -98,28 +107,42 @@ class StepStats:
 
 def optimisation_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer,
                       batch: tuple[torch.Tensor, torch.Tensor], hidden: Hidden | None, stats: StepStats, *,
-                      cfg: TrainConfig, device: torch.device, step: int) -> tuple[bool, Hidden | None]:
+                      cfg: TrainConfig, device: torch.device, step: int,
+                      scaler: torch.amp.GradScaler | None = None) -> tuple[bool, Hidden | None]:
     """Forward and backward over one batch (x, y: (B, T)), clip, update. Returns whether the step was taken
-    (False: skipped as non-finite, on the CPU) and the hidden state to carry into the next batch."""
-    x, y = batch
+    (False: skipped as non-finite, on the CPU) and the hidden state to carry into the next batch. A device
+    failure the user can fix (out of memory, a precision the GPU lacks) is raised as a CharnnError."""
     try:
-        with autocast(device, cfg.precision, training=True):
-            logits, hidden = net(x, hidden)  # (B, T, V)
-            loss = lm_loss(logits, y)
-        # Truncated BPTT: the state's values carry into the next batch, but its graph must not,
-        # or backward would reach through every earlier batch.
-        hidden = detach_hidden(hidden)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-    except torch.OutOfMemoryError:
-        raise OutOfMemoryError(
-            f"out of memory on {device} with batch size {cfg.batch_size} and sequence length "
-            f"{cfg.seq_len}; lower --batch-size or --seq-len (or --hidden)") from None
+        return _step(net, optimizer, batch, hidden, stats, cfg=cfg, device=device, step=step, scaler=scaler)
+    except (RuntimeError, NotImplementedError) as err:
+        if isinstance(err, torch.OutOfMemoryError):
+            raise OutOfMemoryError(
+                f"out of memory on {device} with batch size {cfg.batch_size} and sequence length "
+                f"{cfg.seq_len}; lower --batch-size or --seq-len (or --hidden)") from None
+        user = user_device_error(err)
+        if user is None:
+            raise
+        raise user from None
+
+
+def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, torch.Tensor],
+          hidden: Hidden | None, stats: StepStats, *, cfg: TrainConfig, device: torch.device, step: int,
+          scaler: torch.amp.GradScaler | None) -> tuple[bool, Hidden | None]:
+    x, y = batch
+    with autocast(device, cfg.precision, training=True):
+        logits, hidden = net(x, hidden)  # (B, T, V)
+        loss = lm_loss(logits, y)
+    # Truncated BPTT: the state's values carry into the next batch, but its graph must not,
+    # or backward would reach through every earlier batch.
+    hidden = detach_hidden(hidden)
+    optimizer.zero_grad(set_to_none=True)
+    scaled_backward(loss, optimizer, scaler)
     # Clip the global norm: one exploding window must not wreck the weights (Pascanu et al. 2013).
     stats.grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(),
                                                      cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
     finite = torch.isfinite(loss.detach()) & torch.isfinite(stats.grad_norm)
-    taken, hidden = _guarded_update(optimizer, finite, hidden, stats, cfg=cfg, device=device, step=step)
+    taken, hidden = _guarded_update(optimizer, finite, hidden, stats, cfg=cfg, device=device, step=step,
+                                    scaler=scaler)
     if taken:
         stats.loss += torch.where(finite, loss.detach().double(), 0.0)
         stats.finite += finite.float()
@@ -129,9 +152,21 @@ def optimisation_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer,
     return taken, hidden
 
 
+def scaled_backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler | None) -> None:
+    """loss.backward(); with a scaler, backward of the scaled loss, then the gradients divided back in place
+    (`unscale_`), so clipping and the guard see their true size. An overflow leaves inf or NaN gradients: the
+    guard's gradient norm is then not finite and the step is skipped, as any non-finite step is."""
+    if scaler is None:
+        loss.backward()
+        return
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+
+
 def _guarded_update(optimizer: torch.optim.Optimizer, finite: torch.Tensor, hidden: Hidden | None,
-                    stats: StepStats, *, cfg: TrainConfig, device: torch.device, step: int
-                    ) -> tuple[bool, Hidden | None]:
+                    stats: StepStats, *, cfg: TrainConfig, device: torch.device, step: int,
+                    scaler: torch.amp.GradScaler | None = None) -> tuple[bool, Hidden | None]:
     """Update the weights unless this step's loss or gradient norm is not finite; after `max_bad_steps` such
     steps in a row, raise NonFiniteLossError (the checkpoints on disk are left as they are).
 
@@ -156,6 +191,8 @@ def _guarded_update(optimizer: torch.optim.Optimizer, finite: torch.Tensor, hidd
     optimizer.found_inf = (~finite).float()
     optimizer.grad_scale = None
     optimizer.step()
+    if scaler is not None:
+        scaler.update()
     stats.bad_run = torch.where(finite, torch.zeros_like(stats.bad_run), stats.bad_run + 1)
     stats.bad_max = torch.maximum(stats.bad_max, stats.bad_run)
     steps_done = step + 1  # counting this one

@@ -18,6 +18,9 @@ from charnn.config import DataConfig, ModelConfig, TrainConfig
 torch.set_num_threads(1)  # tiny models: threads only add contention
 
 REPO = Path(__file__).resolve().parents[1]
+# Where the `device`-marked tests run: the CPU, unless CHARNN_TEST_DEVICE names another device (cuda on the GPU
+# machine: benchmarks/gpu_check.py sets it).
+TEST_DEVICE = os.environ.get("CHARNN_TEST_DEVICE", "cpu")
 TINY_TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
              "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 20
 
@@ -46,6 +49,14 @@ def tiny_run(tmp_path: Path, tiny_corpus: Path) -> Path:
     out = tmp_path / "run"
     train(tiny_corpus, model_cfg=model, train_cfg=cfg, data_cfg=data, out_dir=out)
     return out
+
+
+@pytest.fixture
+def device() -> str:
+    """CHARNN_TEST_DEVICE (default cpu); the test skips when that device is not here."""
+    if TEST_DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip(f"CHARNN_TEST_DEVICE={TEST_DEVICE}, but there is no CUDA here")
+    return TEST_DEVICE
 
 
 def cli_env() -> dict[str, str]:

@@ -103,3 +103,21 @@ def test_fit_benchmark_quick_runs_the_default_and_the_sweep():
                                                         ("quick-a", "2x256 d0.5"), ("quick-b", "2x256 d0.5")}
     assert all(r["val"] > 0 and r["steps"] == 12 for r in runs)
     assert "| quick-a | 10,800 |" in done.stdout  # the table, with the training split's size
+
+
+def test_gpu_check_dry_run_runs_every_part_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.py --dry-run: the GPU window's script, every part on the CPU at tiny sizes."""
+    out = tmp_path / "gpu_check.json"
+    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
+                          env=cli_env(), capture_output=True, text=True, timeout=600)
+    report = json.loads(out.read_text())
+    parts = report["parts"]
+    assert list(parts) == ["machine", "tests", "sampling", "ddp", "speed", "quality"]
+    assert done.returncode == 0, {name: p["error"] for name, p in parts.items()}
+    assert parts["tests"]["result"]["passed"] >= 1 and parts["tests"]["result"]["failed"] == 0
+    assert parts["sampling"]["result"]["all_same_text"] is True
+    assert parts["ddp"]["result"]["steps"] == 4
+    assert {r["precision"] for r in parts["speed"]["result"]["rows"] if "ratio" in r} == {"bf16", "fp32"}
+    assert parts["quality"]["result"]["val_nats_per_char"] > 0
+    table = done.stdout[done.stdout.index("gpu_check (dry-run)"):]
+    assert all(name in table for name in parts) and "charnn c/s" in table

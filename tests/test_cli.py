@@ -162,7 +162,7 @@ def test_help_is_short_grouped_and_uppercase():
 
 def test_every_command_defaults_to_the_same_device():
     for command in ("train", "sample", "eval"):
-        assert re.search(r"--device +DEVICE +Where to run: auto, cpu, cuda or cuda:N\. \[default: auto\]",
+        assert re.search(r"--device +DEVICE +Where to run: auto, cpu, cuda, cuda:N or mps\. \[default: auto\]",
                          help_of(command)), command
 
 

@@ -198,3 +198,27 @@ def test_the_auto_backend_follows_the_models_device():
     assert auto_backend("cpu") == "gloo"
     assert auto_backend("cuda") == "nccl"
     assert auto_backend(None) == ("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def test_torchrun_with_one_process_joins_a_group_of_one(monkeypatch):
+    """`torchrun --nproc_per_node=1` runs DDP and its collectives end to end (benchmarks/gpu_check.py checks
+    NCCL that way on one GPU); WORLD_SIZE=1 outside torchrun stays a plain single process."""
+    import socket
+
+    from charnn.distributed import all_max, setup_distributed, teardown_distributed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert not setup_distributed("gloo").enabled
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "one")
+    info = setup_distributed("gloo")
+    try:
+        assert info.enabled and info.world == 1 and torch.distributed.is_initialized()
+        assert all_max(info, 3) == 3
+    finally:
+        teardown_distributed()

@@ -8,8 +8,8 @@ from pathlib import Path
 from tests.conftest import PYTHON, cli_env
 
 # A package (report/) is one entry: its modules may import each other.
-ORDER = ["version", "errors", "files", "config", "planning", "runtime", "distributed", "data", "batches",
-         "corpus_cache", "model", "meta", "checkpoint", "rundir", "finetune", "stepper", "sample", "beam",
+ORDER = ["version", "errors", "files", "config", "planning", "devicecheck", "runtime", "distributed", "data",
+         "batches", "corpus_cache", "model", "meta", "checkpoint", "rundir", "finetune", "stepper", "sample", "beam",
          "evaluate", "inspect", "memory", "schedule", "trainstep", "trainloop", "train", "progress", "report",
          "export", "cli_run", "cli_options", "cli_output", "cli", "cli_docs", "__main__"]
 PKG = Path(__file__).resolve().parents[1] / "charnn"
