@@ -19,9 +19,10 @@ import torch
 from charnn.config import SampleConfig
 from charnn.data import Vocab
 from charnn.errors import ConfigError, SamplingError, VocabularyError
+from charnn.graphstep import GraphStep
 from charnn.model import CharRNN, Hidden
 from charnn.runtime import autocast, autocast_dtype, ieee_rnn, nondeterministic_allowed
-from charnn.stepper import MEASURED, FastStepper, GraphStep, Tuning, few_threads
+from charnn.stepper import MEASURED, FastStepper, Tuning, few_threads
 
 UNIFORM_BLOCK = 4096  # uniforms are drawn this many steps at a time, the same way on every path
 

@@ -17,6 +17,7 @@ from charnn.cli import app
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.devicecheck import reference_outputs, self_check
 from charnn.errors import CharnnWarning, ConfigError, DeviceError, OutOfMemoryError
+from charnn.graphstep import GraphStep
 from charnn.model import CharRNN
 from charnn.rundir import load_run
 from charnn.runtime import (
@@ -27,7 +28,7 @@ from charnn.runtime import (
     set_deterministic,
     user_device_error,
 )
-from charnn.stepper import GraphStep, Tuning
+from charnn.stepper import Tuning
 from charnn.trainstep import StepStats, make_optimizer, make_scaler, optimisation_step
 
 runner = CliRunner()
