@@ -1,8 +1,13 @@
-"""Shared fixtures: tiny corpora and tiny trained runs, all under tmp_path, CPU only."""
+"""Shared fixtures and helpers: tiny corpora and tiny trained runs, all under tmp_path, CPU only; the CLI run
+in-process and its one-line errors. Test files import helpers as `from tests.conftest import ...`."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_DEVICE = os.environ.get("CHARNN_TEST_DEVICE", "cpu")
 TINY_TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
              "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 20
+PYTHON = sys.executable
 
 
 @pytest.fixture
@@ -59,12 +65,99 @@ def device() -> str:
     return TEST_DEVICE
 
 
+# --- a smaller run, trained once and copied per test ---------------------------------------------------
+
+SMALL_MODEL = ModelConfig(model="lstm", layers=1, hidden=16, embed=8)
+
+
+def small_train(**over) -> TrainConfig:
+    cfg = dict(batch_size=4, seq_len=16, lr=1e-2, warmup_iters=0, max_iters=20, eval_every=10,
+               sample_every=None, sample_length=0, log_every=1, device="cpu", seed=7, threads=1)
+    cfg.update(over)
+    return TrainConfig(**cfg)
+
+
+@pytest.fixture(scope="session")
+def base_run(tmp_path_factory) -> Path:
+    """One finished 20-step run (checkpoints at 10 and 20), trained once per session; copy it before changing it."""
+    from charnn.train import train
+
+    root = tmp_path_factory.mktemp("base")
+    corpus = root / "tiny.txt"
+    corpus.write_text(TINY_TEXT, encoding="utf-8")
+    train(corpus, model_cfg=SMALL_MODEL, train_cfg=small_train(), data_cfg=DataConfig(), out_dir=root / "run")
+    return root / "run"
+
+
+@pytest.fixture
+def run_dir(base_run: Path, tmp_path: Path) -> Path:
+    """A copy of `base_run` this test may change."""
+    dst = tmp_path / "run"
+    shutil.copytree(base_run, dst)
+    return dst
+
+
+def corpus_of(run: Path) -> Path:
+    return Path(json.loads((run / "config.json").read_text())["corpus"]["path"])
+
+
+def snapshot(run: Path) -> dict[str, str]:
+    """name -> sha256 of every checkpoint file in a run directory."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run.iterdir()) if ".safetensors" in p.name or p.name.endswith(".pt")}
+
+
+def weights_of(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a model file."""
+    from charnn.checkpoint import load_model
+
+    return load_model(path).model.state_dict()
+
+
+def flip_data_byte(path: Path, where: float = 0.5) -> None:
+    """Flip one bit of a model file's tensor data, `where` of the way through it."""
+    from charnn.checkpoint import read_header
+
+    _, _, start, size = read_header(path)
+    blob = bytearray(path.read_bytes())
+    blob[start + int((size - start) * where)] ^= 0x01
+    path.write_bytes(bytes(blob))
+
+
+def torch_save_bytes(obj) -> bytes:
+    """What torch.save writes for `obj`: a pickle, which loading must never unpickle."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+# --- the CLI -------------------------------------------------------------------------------------------
+
+def invoke(*args):
+    """Run the CLI in-process on a wide terminal (Rich does not wrap); stdout and stderr apart."""
+    from typer.testing import CliRunner
+
+    from charnn.cli import app
+
+    return CliRunner().invoke(app, list(map(str, args)), env={"COLUMNS": "200"})
+
+
+def one_error_line(result, code: int | None = 2, *, alone: bool = True) -> str:
+    """The single `error: ...` line, last on stderr, with exit `code` (None: any); `alone`: nothing else on
+    stderr (training's progress lines may precede it)."""
+    if code is not None:
+        assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    assert not alone or len(lines) == 1, result.stderr
+    return errors[0]
+
+
 def cli_env() -> dict[str, str]:
     """Environment for running `python -m charnn` in a subprocess from the repo."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["COLUMNS"] = "200"
     return env
-
-
-PYTHON = sys.executable

@@ -7,10 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from charnn.beam import beam_search
-from charnn.cli import app
 from charnn.config import ModelConfig, SampleConfig
 from charnn.data import Vocab
 from charnn.errors import ConfigError
@@ -18,8 +16,7 @@ from charnn.evaluate import evaluate_ids
 from charnn.model import CharRNN
 from charnn.rundir import load_run
 from charnn.sample import sample_text
-
-runner = CliRunner()
+from tests.conftest import invoke
 
 # P(next | current) over the symbols a, b, c. From "a", greedy takes "b" (0.5499), whose next symbol is a near
 # coin toss (best 0.34): "aba" has probability 0.187. "c" (0.45) is followed by "c" with 0.9: "acc" has 0.405.
@@ -93,10 +90,6 @@ def test_no_prime_and_zero_length(tiny_run):
     assert empty.text == "First" and empty.logprob == 0.0
     (beam,) = beam_search(loaded.model, loaded.vocab, None, 1, 10)[:1]
     assert len(beam.text) == 10 and beam.prime == ()  # the start symbol is not echoed
-
-
-def invoke(*args):
-    return runner.invoke(app, list(map(str, args)), env={"COLUMNS": "200"})
 
 
 def test_cli_beam_one_is_greedy_and_scores_go_to_stderr(tiny_run):

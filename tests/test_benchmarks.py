@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 import torch
-from conftest import PYTHON, REPO, cli_env
+
+from tests.conftest import PYTHON, REPO, cli_env
 
 FIELDS = {
     "train_speed.py": {"charnn_chars_per_s", "bare_chars_per_s", "ratio_loop", "ratio_amortised",

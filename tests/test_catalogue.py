@@ -1,4 +1,4 @@
-"""The catalogue of bad inputs (issues 2 and 3): every one gets its exit code, exactly one `error: ...` line on
+"""The catalogue of bad inputs: every one gets its exit code, exactly one `error: ...` line on
 stderr, nothing on stdout, and no traceback. In-process through CliRunner; a few also through `python -m charnn`.
 """
 
@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHON, TINY_TEXT, cli_env
 from safetensors.torch import save as st_save
-from typer.testing import CliRunner
 
 from charnn.config import ModelConfig, TrainConfig
 from charnn.train import train
+from tests.conftest import PYTHON, TINY_TEXT, cli_env, invoke, torch_save_bytes
 
 SEQ = 16  # --seq-len of the "too short" cases (with --batch-size 1)
 
@@ -56,22 +55,14 @@ def world(tmp_path_factory) -> Path:
     blob[-100] ^= 0x10
     (w / "corrupt.safetensors").write_bytes(bytes(blob))
     (w / "truncated.safetensors").write_bytes(good.read_bytes()[:-50])
-    (w / "pickled.safetensors").write_bytes(_torch_save({"model": torch.zeros(3)}))
+    (w / "pickled.safetensors").write_bytes(torch_save_bytes({"model": torch.zeros(3)}))
     (w / "payload.safetensors").write_bytes(pickle.dumps(Payload(w / "PWNED")))
-    (w / "payload_torch.pt").write_bytes(_torch_save({"x": Payload(w / "PWNED")}))
+    (w / "payload_torch.pt").write_bytes(torch_save_bytes({"x": Payload(w / "PWNED")}))
     (w / "foreign.safetensors").write_bytes(st_save({"w": torch.zeros(2)}, metadata={"format": "pt"}))
     (w / "norun").mkdir()
     (w / "not_a_run").mkdir()
     shutil.copy(good, w / "not_a_run" / "step-00000010.safetensors")  # checkpoints but no config.json
     return w
-
-
-def _torch_save(obj) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
 
 
 T = ["train", "--quiet", "--device", "cpu"]
@@ -187,10 +178,8 @@ def check_one_error(exit_code: int, stdout: str, stderr: str, expected_code: int
 @pytest.mark.parametrize("name,args,code,fragment", [*CATALOGUE, *KNOWN_BUGS],
                          ids=[c[0] for c in CATALOGUE] + [p.values[0] for p in KNOWN_BUGS])
 def test_bad_input(world: Path, name: str, args: list[str], code: int, fragment: str):
-    from charnn.cli import app
-
     before = sorted(p.name for p in (world / "run").iterdir())
-    result = CliRunner().invoke(app, _argv(args, world), env={"COLUMNS": "200"})
+    result = invoke(*_argv(args, world))
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     check_one_error(result.exit_code, result.stdout, result.stderr, code, fragment)
     assert not (world / "PWNED").exists()

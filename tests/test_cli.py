@@ -1,23 +1,26 @@
-"""The CLI end to end on a tiny corpus, and its one-line errors."""
+"""The CLI end to end on a tiny corpus, and its one-line errors; on a terminal, sampled control characters
+are escaped unless --raw."""
 
 import json
+import os
+import pty
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+import torch
 
-from charnn.cli import app
-from tests.conftest import PYTHON, REPO, cli_env
+from charnn.checkpoint import model_bytes
+from charnn.config import DataConfig
+from charnn.data import Vocab
+from charnn.model import CharRNN
+from tests.conftest import PYTHON, REPO, SMALL_MODEL, cli_env, invoke, one_error_line
 
-runner = CliRunner()
 TINY = ["--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
         "--max-iters", "12", "--eval-every", "6", "--sample-every", "6", "--sample-length", "10", "--quiet",
         "--device", "cpu"]
-
-
-def invoke(*args):
-    return runner.invoke(app, list(map(str, args)), env={"COLUMNS": "200"})
 
 
 def test_train_sample_eval_end_to_end(tmp_path, tiny_corpus):
@@ -76,14 +79,6 @@ def test_model_options_reach_the_run_and_survive_resume(tmp_path, tiny_corpus):
     res = invoke("train", "--resume", run, *more)
     assert res.exit_code == 0, res.output
     assert load_run(run, which="latest").model_cfg == loaded.model_cfg
-
-
-def one_error_line(res, code=2):
-    assert res.exit_code == code, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    assert "Traceback" not in res.output
-    return lines[0]
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -201,3 +196,56 @@ def test_planned_options_show_the_plan_as_their_default():
     assert re.search(r"--hidden +INT +Hidden units per layer\. \[default: plan\]", train)
     assert re.search(r"--layer-norm +--no-layer-norm .*\[default: plan\]", train)
     assert train.count("[default: plan]") == len(PLANNED)
+
+
+# --- sampled text on a terminal ------------------------------------------------------------------------
+
+def _tty_sample(args: list[str]) -> bytes:
+    """Run `charnn sample` in-process with stdout on a pseudo-terminal; returns what the terminal got."""
+    from charnn.cli import app
+
+    master, slave = pty.openpty()
+    import termios
+
+    attrs = termios.tcgetattr(slave)
+    attrs[1] &= ~termios.OPOST  # no \n -> \r\n: read back exactly what was written
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    old = sys.stdout
+    sys.stdout = open(slave, "w", encoding="utf-8", closefd=False)
+    try:
+        assert sys.stdout.isatty()
+        code = app(["sample", *args], standalone_mode=False)
+        sys.stdout.flush()
+    finally:
+        sys.stdout.close()
+        sys.stdout = old
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert code in (0, None)
+    return out
+
+
+def test_control_characters_escaped_on_a_terminal_unless_raw(tmp_path: Path):
+    vocab = Vocab((9, 10, 27, 97))  # tab, newline, ESC, 'a'
+    model = CharRNN(SMALL_MODEL, len(vocab))
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0.0, 0.0, 3.0, 1.0]))  # mostly ESC
+    path = tmp_path / "step-00000001.safetensors"
+    path.write_bytes(model_bytes(model, vocab, DataConfig(), step=1, val_loss=None, corpus_sha256=""))
+    escaped = _tty_sample([str(path), "--length", "40", "--seed", "3"])
+    assert b"\x1b" not in escaped and b"\\x1b" in escaped
+    raw = _tty_sample([str(path), "--length", "40", "--seed", "3", "--raw"])
+    assert raw.count(b"\x1b") == escaped.count(b"\\x1b") > 0
+    assert raw.replace(b"\x1b", b"\\x1b") == escaped  # only the control characters differ; \n and \t pass
+    res = invoke("sample", str(path), "--length", "40", "--seed", "3")  # not a terminal: bytes as they are
+    assert res.stdout.encode() == raw

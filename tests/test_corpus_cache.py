@@ -143,9 +143,8 @@ def test_progress_reports_every_pass_to_the_total(tmp_path, monkeypatch):
 
 
 def test_training_reads_the_memory_map(tmp_path, tiny_corpus):
-    from conftest import tiny_configs
-
     from charnn.train import train
+    from tests.conftest import tiny_configs
 
     model, cfg, data_cfg = tiny_configs(max_iters=4, eval_every=4, sample_length=0)
     a = train(tiny_corpus, model_cfg=model, train_cfg=cfg, data_cfg=data_cfg, out_dir=tmp_path / "a",

@@ -1,4 +1,8 @@
-"""Reading, vocabulary, split and the truncated-BPTT layout."""
+"""Reading, vocabulary, split and the truncated-BPTT layout; text input reads the same whatever its newlines
+(LF, CRLF, CR, even split across chunks) or byte-order mark, and a corpus too short to train names the counts."""
+
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +13,8 @@ from charnn.batches import StreamBatcher
 from charnn.config import DataConfig
 from charnn.data import Vocab, encode_file, id_dtype, read_ids, unknown_symbols
 from charnn.errors import DataError, VocabularyError
+from charnn.train import train
+from tests.conftest import SMALL_MODEL, small_train
 
 
 def test_vocab_is_sorted_set_and_roundtrips(tmp_path):
@@ -160,3 +166,53 @@ def test_too_short_for_one_batch():
     with pytest.raises(DataError, match=r"4 x 9 = 36"):
         StreamBatcher(np.zeros(35, dtype=np.uint8), batch_size=4, seq_len=8, seed=0)
     StreamBatcher(np.zeros(36, dtype=np.uint8), batch_size=4, seq_len=8, seed=0)
+
+
+# --- text input ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunk", [None, 1, 2, 3])
+def test_lf_crlf_cr_encode_identically(tmp_path: Path, monkeypatch, chunk):
+    if chunk:
+        monkeypatch.setattr(data_mod, "CHUNK_BYTES", chunk)  # a CR at a chunk end must wait for its LF
+    text = "ab\ncd\n\nx\u00e9\n"
+    encoded = []
+    for nl in ("\n", "\r\n", "\r"):
+        path = tmp_path / f"nl{len(encoded)}.txt"
+        path.write_bytes(text.replace("\n", nl).encode("utf-8"))
+        corpus = encode_file(path, DataConfig())
+        encoded.append((corpus.vocab, corpus.ids.tolist()))
+    assert encoded[0] == encoded[1] == encoded[2]
+    assert 13 not in encoded[0][0].symbols
+    kept = encode_file(tmp_path / "nl1.txt", DataConfig(keep_newlines=True))
+    assert 13 in kept.vocab.symbols
+
+
+def test_bom_is_never_in_the_vocabulary(tmp_path: Path, monkeypatch):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + b"hello\r\nworld\n")
+    for chunk in (None, 1, 2):
+        if chunk:
+            monkeypatch.setattr(data_mod, "CHUNK_BYTES", chunk)
+        corpus = encode_file(path, DataConfig())
+        assert 0xFEFF not in corpus.vocab.symbols
+        assert corpus.vocab.decode(corpus.ids.tolist()) == "hello\nworld\n"
+    path.write_bytes("\ufeff".encode("utf-16-le") + "hi there\n".encode("utf-16-le"))
+    assert 0xFEFF not in encode_file(path, DataConfig(encoding="utf-16-le")).vocab.symbols
+
+
+@pytest.mark.parametrize("size", [0, 1, 16, 17])
+def test_too_short_corpus_names_the_counts(tmp_path: Path, size: int):
+    path = tmp_path / "short.txt"
+    path.write_text(("abcdefgh" * 10)[:size], encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        train(path, model_cfg=SMALL_MODEL, train_cfg=small_train(batch_size=1, seq_len=16), out_dir=tmp_path / "r")
+    assert re.search(r"\d", str(err.value))
+    assert "empty" in str(err.value) if size == 0 else "character" in str(err.value)
+
+
+def test_smallest_corpus_that_fits_one_window_trains(tmp_path: Path):
+    path = tmp_path / "fits.txt"
+    path.write_text(("abcdefgh" * 10)[:17], encoding="utf-8")
+    result = train(path, model_cfg=SMALL_MODEL, data_cfg=DataConfig(val_frac=0.0),
+                   train_cfg=small_train(batch_size=1, seq_len=16, max_iters=2), out_dir=tmp_path / "r")
+    assert result.steps == 2

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TEXT, cli_env, tiny_configs
 
 from charnn.config import DataConfig
+from tests.conftest import TINY_TEXT, cli_env, tiny_configs, weights_of
 
 pytestmark = pytest.mark.slow
 
@@ -103,12 +103,6 @@ def ddp_runs(tmp_path_factory) -> Path:
     return root
 
 
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    from charnn.checkpoint import load_model
-
-    return load_model(path).model.state_dict()
-
-
 def test_ddp_gradients_equal_one_process_on_the_concatenated_batch(ddp_runs: Path):
     from charnn.batches import StreamBatcher
     from charnn.data import encode_file
@@ -134,8 +128,8 @@ def test_one_ddp_step_equals_one_process_on_the_whole_batch(ddp_runs: Path, tmp_
     # are compared to 1e-6 above, the weights to lr here.
     model, cfg = _model_and_train(max_iters=1, eval_every=1, lr=1e-3)
     train(ddp_runs / "tiny.txt", model_cfg=model, train_cfg=cfg, out_dir=tmp_path / "single")
-    ddp = _weights(ddp_runs / "one" / "step-00000001.safetensors")
-    single = _weights(tmp_path / "single" / "step-00000001.safetensors")
+    ddp = weights_of(ddp_runs / "one" / "step-00000001.safetensors")
+    single = weights_of(tmp_path / "single" / "step-00000001.safetensors")
     for name, value in single.items():
         torch.testing.assert_close(ddp[name], value, rtol=0, atol=1e-3)
     loss = lambda run: [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").open()  # noqa: E731
@@ -164,8 +158,8 @@ def test_signal_on_one_rank_stops_both_at_the_same_step_with_one_checkpoint(ddp_
 
 
 def test_interrupted_and_resumed_ddp_run_equals_the_uninterrupted_one(ddp_runs: Path):
-    full = _weights(ddp_runs / "full" / "step-00000008.safetensors")
-    cut = _weights(ddp_runs / "cut" / "step-00000008.safetensors")
+    full = weights_of(ddp_runs / "full" / "step-00000008.safetensors")
+    cut = weights_of(ddp_runs / "cut" / "step-00000008.safetensors")
     for name, value in full.items():
         torch.testing.assert_close(cut[name], value, rtol=0, atol=1e-6, msg=name)
 

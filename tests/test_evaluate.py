@@ -1,14 +1,20 @@
-"""Evaluation: exact figures on analytic cases, independence from the batch size."""
+"""Evaluation: exact figures on analytic cases (a three-character text worked by hand), independence from the
+batch size (library and CLI), and characters outside the vocabulary counted or refused."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from charnn.config import ModelConfig
+from charnn.checkpoint import load_model
+from charnn.config import DataConfig, ModelConfig
+from charnn.data import encode_file
 from charnn.evaluate import _Scorer, evaluate_ids
 from charnn.model import CharRNN
+from tests.conftest import TINY_TEXT, corpus_of, invoke, one_error_line
 
 
 def test_uniform_model_has_perplexity_equal_to_vocab_size():
@@ -85,3 +91,54 @@ def test_scoring_leaves_the_global_rng_alone():
     torch.manual_seed(1)
     evaluate_ids(model, np.arange(200) % 5, segment=50)
     assert torch.equal(torch.rand(3), want)
+
+
+def test_eval_batch_size_does_not_change_the_numbers(run_dir: Path, tmp_path: Path):
+    loaded = load_model(run_dir / "step-00000020.safetensors")
+    ids = encode_file(corpus_of(run_dir), DataConfig()).ids[:1000]
+    one = evaluate_ids(loaded.model, ids, segment=37, batch_size=1)
+    seven = evaluate_ids(loaded.model, ids, segment=37, batch_size=7)
+    assert one.chars == seven.chars == 999
+    assert abs(one.loss - seven.loss) < 1e-6
+    held = tmp_path / "held.txt"
+    held.write_text(TINY_TEXT[:500], encoding="utf-8")
+    rows = [json.loads(invoke("eval", str(run_dir), str(held), "--json", "--device", "cpu", "--segment", "50",
+                              "--batch-size", b).stdout) for b in ("1", "7")]
+    assert abs(rows[0]["nats_per_char"] - rows[1]["nats_per_char"]) < 1e-6
+
+
+def test_eval_three_characters_by_hand():
+    """A 1-unit Elman RNN on "aba", computed with pencil and paper (and math.tanh), one character per chunk."""
+    model = CharRNN(ModelConfig(model="rnn", layers=1, hidden=1, embed=1), 2)
+    with torch.no_grad():
+        model.embed.weight.copy_(torch.tensor([[1.0], [-2.0]]))  # a -> 1, b -> -2
+        model.rnn.weight_ih_l0.fill_(0.5)
+        model.rnn.weight_hh_l0.fill_(0.8)
+        model.rnn.bias_ih_l0.fill_(0.1)
+        model.rnn.bias_hh_l0.fill_(0.0)
+        model.head.weight.copy_(torch.tensor([[2.0], [-1.0]]))
+        model.head.bias.copy_(torch.tensor([0.0, 0.3]))
+
+    def nll(h, target):
+        logits = [2.0 * h, -1.0 * h + 0.3]
+        return math.log(sum(math.exp(z) for z in logits)) - logits[target]
+
+    h1 = math.tanh(0.5 * 1 + 0.1)  # after "a"
+    h2 = math.tanh(0.5 * -2 + 0.1 + 0.8 * h1)  # after "ab"
+    expected = (nll(h1, 1) + nll(h2, 0)) / 2  # predict "b" from "a", then "a" from "ab"
+    ids = np.array([0, 1, 0])
+    for chunk, batch in ((1, 1), (256, 7)):
+        res = evaluate_ids(model, ids, segment=4096, batch_size=batch, chunk=chunk)
+        assert res.chars == 2
+        assert abs(res.loss - expected) < 1e-6
+
+
+def test_eval_counts_unknown_characters(run_dir: Path, tmp_path: Path):
+    held = tmp_path / "held.txt"
+    held.write_text("First \u00e9\u00e9 Citizen\u2603", encoding="utf-8")
+    res = invoke("eval", str(run_dir), str(held), "--device", "cpu")
+    assert res.exit_code == 2 and "3 character(s) not in the model's vocabulary" in one_error_line(res)
+    res = invoke("eval", str(run_dir), str(held), "--device", "cpu", "--skip-unknown", "--json")
+    assert res.exit_code == 0
+    assert json.loads(res.stdout)["unknown_chars"] == 3
+    assert "skipped 3 unknown" in res.stderr

@@ -14,16 +14,14 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from charnn.cli import app
 from charnn.config import DataConfig, ModelConfig
 from charnn.data import Vocab
 from charnn.export import CELL_LAYOUT, build_page, export_html, export_onnx
 from charnn.export.spec import STATE_NAMES
 from charnn.model import CELLS
 from charnn.rundir import load_run
-from tests.conftest import PYTHON, REPO, TINY_TEXT, tiny_configs
+from tests.conftest import PYTHON, REPO, TINY_TEXT, invoke, tiny_configs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless browser test needs Debian's `chromium` "
@@ -46,7 +44,6 @@ VARIANTS = {  # name: (model, data)
              DataConfig()),
     "bytes": (ModelConfig(model="gru", layers=2, hidden=24, embed=8), DataConfig(bytes_mode=True)),
 }
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +62,6 @@ def trained(tmp_path_factory):
         train(corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data_cfg, out_dir=root / name)
         return root / name
     return get
-
-
-def invoke(*args):
-    return runner.invoke(app, list(map(str, args)), env={"COLUMNS": "200"})
 
 
 def open_page(page: Path, profile: Path, probe: str = "", **params) -> dict:

@@ -7,9 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from charnn.cli import app
 from charnn.config import ModelConfig, SampleConfig
 from charnn.data import Vocab, encode_file, extend_vocab
 from charnn.errors import ConfigError, VocabularyError
@@ -21,9 +19,8 @@ from charnn.report.sections import config_tables
 from charnn.rundir import load_run
 from charnn.sample import sample_text
 from charnn.train import train
-from tests.conftest import TINY_TEXT, tiny_configs
+from tests.conftest import TINY_TEXT, invoke, tiny_configs
 
-runner = CliRunner()
 CPU = Hardware("cpu", cores=2)
 BASE = ModelConfig(model="lstm", layers=2, hidden=32, embed=16)
 NEW_TEXT = ("Élan vital? Qué tal?\n" + TINY_TEXT[:400]) * 8  # 'Q', 'É' and 'é' are not in TINY_TEXT
@@ -34,10 +31,6 @@ def new_corpus(tmp_path):
     path = tmp_path / "new.txt"
     path.write_text(NEW_TEXT, encoding="utf-8")
     return path
-
-
-def invoke(*args):
-    return runner.invoke(app, list(map(str, args)), env={"COLUMNS": "200"})
 
 
 # --- the vocabulary --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Fuzzing the model-file loader (issue 3): truncations, bit flips and header/metadata edits of a valid file of a
+"""Fuzzing the model-file loader: truncations, bit flips and header/metadata edits of a valid file of a
 few KB either load (the edit happened to keep the file valid) or raise `CheckpointError`; never another
 exception, never a hang, never a huge allocation. A slice of the cases also goes through `charnn sample`.
 """
@@ -15,13 +15,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from charnn.checkpoint import load_model, model_bytes
 from charnn.config import DataConfig, ModelConfig
 from charnn.data import Vocab
 from charnn.errors import CheckpointError
 from charnn.model import CharRNN
+from tests.conftest import invoke
 
 CASES = {"truncate": 80, "flip": 120, "header": 100, "metadata": 80, "cli": 40}  # 420 cases per run
 
@@ -188,14 +188,12 @@ def test_metadata_edits(workdir: Path, data):
 @fuzz("cli")
 @given(how=st.sampled_from(["truncate", "flip"]), pos=st.integers(0, len(VALID) - 1), bit=st.integers(0, 7))
 def test_cli_answers_every_broken_file_in_one_line(workdir: Path, how: str, pos: int, bit: int):
-    from charnn.cli import app
-
     RAN["cli"] += 1
     blob = bytearray(VALID[:pos] if how == "truncate" else VALID)
     if how == "flip":
         blob[pos] ^= 1 << bit
     path = _write(workdir, bytes(blob))
-    res = CliRunner().invoke(app, ["sample", str(path), "--length", "5", "--seed", "1"], env={"COLUMNS": "200"})
+    res = invoke("sample", path, "--length", "5", "--seed", "1")
     assert res.exit_code in (0, 2), res.output
     assert "Traceback" not in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
@@ -205,7 +203,7 @@ def test_cli_answers_every_broken_file_in_one_line(workdir: Path, how: str, pos:
 
 
 def test_zz_report_how_many_cases_ran():
-    """Runs last in this file: the figure for the issue's note (visible with -rA or -s)."""
+    """Runs last in this file: how many cases ran (visible with -rA or -s), at least 300 when the whole file ran."""
     total = sum(RAN.values())
     print(f"fuzz cases run: {total} {RAN}")
     if all(RAN[k] for k in CASES):  # the whole file ran (not a -k selection)

@@ -10,9 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from charnn.cli import app
 from charnn.config import ModelConfig
 from charnn.errors import CharnnWarning
 from charnn.evaluate import evaluate_ids
@@ -22,7 +20,7 @@ from charnn.report import build_report, page_json, passage_ids, write_report
 from charnn.report.page import asset
 from charnn.report.svg import MAX_CURVE_POINTS, thin, ticks
 from charnn.rundir import load_run
-from tests.conftest import REPO, TINY_TEXT
+from tests.conftest import REPO, TINY_TEXT, invoke
 
 N, T, E, H, V = 2, 150, 6, 8, 11  # layers, characters, embedding, hidden units, vocabulary
 
@@ -69,7 +67,7 @@ def test_surprise_is_evaluates_per_char_loss():
 def test_report_surprise_equals_charnn_eval_on_the_same_text(tiny_run, tmp_path):
     text = tmp_path / "passage.txt"
     text.write_text(TINY_TEXT[:1500], encoding="utf-8")
-    out = CliRunner().invoke(app, ["eval", str(tiny_run), str(text), "--json", "--device", "cpu"])
+    out = invoke("eval", str(tiny_run), str(text), "--json", "--device", "cpu")
     assert out.exit_code == 0, out.output
     expected = json.loads(out.stdout.strip().splitlines()[-1])["nats_per_char"]
     loaded = load_run(tiny_run)
@@ -222,13 +220,13 @@ def test_report_without_the_corpus_still_has_the_curves(tiny_run, tiny_corpus):
 
 def test_cli_report_writes_the_page_and_maps_errors(tiny_run, tmp_path):
     out = tmp_path / "r.html"
-    res = CliRunner().invoke(app, ["report", str(tiny_run), "-o", str(out), "--chars", "300"])
+    res = invoke("report", str(tiny_run), "-o", str(out), "--chars", "300")
     assert res.exit_code == 0, res.output
     assert out.read_text().startswith("<!DOCTYPE html>") and res.stdout == ""
-    res = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    res = invoke("report", str(tmp_path / "nope"))
     assert res.exit_code == 2
     assert res.stderr.strip() == f"error: {tmp_path / 'nope'}: no such run directory or checkpoint file"
-    res = CliRunner().invoke(app, ["report", str(tiny_run), "--text", str(tmp_path / "missing.txt")])
+    res = invoke("report", str(tiny_run), "--text", str(tmp_path / "missing.txt"))
     assert res.exit_code == 2 and res.stderr.startswith("error: ")
 
 
@@ -238,12 +236,12 @@ def test_train_report_flag_writes_report_at_each_evaluation(tiny_corpus, tmp_pat
     args = ["train", str(tiny_corpus), "--out", str(out), "--layers", "1", "--hidden", "16", "--embed", "8",
             "--batch-size", "4", "--seq-len", "16", "--max-iters", "10", "--eval-every", "5",
             "--device", "cpu", "--sample-every", "5", "--sample-length", "20", "-q"]
-    res = CliRunner().invoke(app, args + ["--report"])
+    res = invoke(*args, "--report")
     assert res.exit_code == 0, res.output
     page = (out / "report.html").read_text()
     assert "step-00000010" in page and page.count('<li><div class="meta"><b>iteration') == 2
     assert f"report: {out / 'report.html'}" in res.stderr
-    res = CliRunner().invoke(app, args[:3] + [str(tmp_path / "plain")] + args[4:])
+    res = invoke(*args[:3], tmp_path / "plain", *args[4:])
     assert res.exit_code == 0 and not (tmp_path / "plain" / "report.html").exists()  # off by default
 
 

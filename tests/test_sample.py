@@ -1,14 +1,19 @@
-"""Sampling: determinism, greedy, prime, both stepping paths."""
+"""Sampling: determinism, greedy, prime, both stepping paths; a vocabulary without space or newline samples
+unprimed."""
+
+from pathlib import Path
 
 import pytest
 import torch
 
-from charnn.config import ModelConfig, SampleConfig
+from charnn.checkpoint import model_bytes
+from charnn.config import DataConfig, ModelConfig, SampleConfig
 from charnn.data import Vocab
 from charnn.errors import ConfigError, VocabularyError
 from charnn.model import CharRNN
 from charnn.sample import sample_text
 from charnn.stepper import MEASURED, FastStepper, Tuning, _pack
+from tests.conftest import SMALL_MODEL, invoke
 
 VOCAB = Vocab(tuple(map(ord, "\n abcdefgh")))
 
@@ -220,3 +225,14 @@ def test_a_stepper_refuses_a_batch_of_another_size():
 def test_packing_follows_the_onednn_switch(monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
     assert _pack(torch.randn(64, 64), 8, PACK_ALL).packed is None
+
+
+def test_vocabulary_without_space_or_newline_samples_unprimed(tmp_path: Path):
+    vocab = Vocab(tuple(map(ord, "abc")))
+    model = CharRNN(SMALL_MODEL, len(vocab))
+    text = sample_text(model, vocab, SampleConfig(length=30, seed=1))[0]
+    assert len(text) == 30 and set(text) <= set("abc")
+    path = tmp_path / "step-00000001.safetensors"
+    path.write_bytes(model_bytes(model, vocab, DataConfig(), step=1, val_loss=None, corpus_sha256=""))
+    res = invoke("sample", str(path), "--length", "30", "--seed", "1")
+    assert res.exit_code == 0 and res.stdout == text + "\n"

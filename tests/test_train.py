@@ -1,7 +1,11 @@
-"""Training: it learns, it logs, it checkpoints, it resumes exactly."""
+"""Training: it learns, it logs, it checkpoints, it resumes exactly; a non-finite loss skips the step (and
+ten in a row stop the run, exit 3) and running out of memory exits 5, both leaving the checkpoints as
+they were."""
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +19,19 @@ from charnn.rundir import list_checkpoints, load_run
 from charnn.sample import sample_text
 from charnn.train import learning_rate, resume_configs, train
 from charnn.trainstep import load_optimizer_state, make_optimizer
-from tests.conftest import tiny_configs
+from tests.conftest import (
+    SMALL_MODEL,
+    corpus_of,
+    invoke,
+    one_error_line,
+    small_train,
+    snapshot,
+    tiny_configs,
+    weights_of,
+)
+
+train_mod = sys.modules["charnn.train"]  # `charnn.train` the attribute is the function
+step_mod = sys.modules["charnn.trainstep"]  # where the training step calls lm_loss
 
 
 def test_learns_a_periodic_text_and_greedy_sampling_reproduces_it(tmp_path):
@@ -209,3 +225,72 @@ def test_the_cuda_guard_skips_bad_steps_on_the_device_and_stops_at_a_log_line():
     step(2, False)  # two bad steps in a row: read at the next log line (4 steps done), not before
     with pytest.raises(NonFiniteLossError, match="2 steps in a row before step 4"):
         step(3, True)
+
+
+# --- failures at run time ------------------------------------------------------------------------------
+
+def test_nan_loss_skips_steps_then_exits_3_leaving_checkpoints(run_dir: Path, monkeypatch):
+    before = snapshot(run_dir)
+    weights_before = weights_of(run_dir / "step-00000020.safetensors")
+    calls = []
+    real = step_mod.lm_loss
+
+    def nan_loss(logits, targets, **kw):
+        calls.append(1)
+        return real(logits, targets, **kw) * float("nan")
+
+    monkeypatch.setattr(step_mod, "lm_loss", nan_loss)
+    res = invoke("train", "--resume", str(run_dir), "--max-iters", "100", "--eval-every", "5")
+    assert res.exit_code == 3
+    line = one_error_line(res, 3, alone=False)
+    assert "not finite for 10 steps" in line
+    assert len(calls) == 10  # ten skipped steps, then the stop
+    assert snapshot(run_dir) == before  # no new checkpoint, none rewritten
+    after = weights_of(run_dir / "step-00000020.safetensors")
+    assert all(torch.equal(after[k], weights_before[k]) for k in after)
+
+
+def test_a_few_nan_losses_are_skipped_without_touching_the_weights(run_dir: Path, monkeypatch):
+    real = step_mod.lm_loss
+    calls = []
+
+    def some_nan(logits, targets, **kw):
+        calls.append(1)
+        loss = real(logits, targets, **kw)
+        return loss * float("nan") if len(calls) <= 3 else loss
+
+    seen = []
+
+    def record(p):
+        if p.kind == "warning":
+            seen.append(p.step)
+
+    monkeypatch.setattr(step_mod, "lm_loss", some_nan)
+    stepped_after = []  # how many losses had been computed when the optimizer stepped
+    real_make = train_mod.make_optimizer
+
+    def counting_optimizer(*a, **k):
+        opt = real_make(*a, **k)
+        real_step = opt.step
+        opt.step = lambda *sa, **sk: (stepped_after.append(len(calls)), real_step(*sa, **sk))[1]
+        return opt
+
+    monkeypatch.setattr(train_mod, "make_optimizer", counting_optimizer)
+    train(corpus_of(run_dir), model_cfg=SMALL_MODEL, train_cfg=small_train(max_iters=25), out_dir=run_dir,
+          resume=True, on_progress=record)
+    assert seen == [20, 21, 22]
+    assert stepped_after == [4, 5]  # the optimizer never stepped on a NaN loss
+
+
+def test_out_of_memory_exits_5_with_the_batch_shape(run_dir: Path, monkeypatch):
+    before = snapshot(run_dir)
+
+    def oom(self, x, hidden=None):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(CharRNN, "forward", oom)
+    res = invoke("train", "--resume", str(run_dir), "--max-iters", "30")
+    assert res.exit_code == 5
+    line = one_error_line(res, 5, alone=False)
+    assert "batch size 4" in line and "sequence length 16" in line and "lower --batch-size" in line
+    assert snapshot(run_dir) == before
