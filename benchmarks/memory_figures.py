@@ -1,7 +1,7 @@
 """Draw the figures of docs/memory.md: the report's "How far back does it look?" curves of several runs, as
 standalone SVG files (the report's own chart code and style). Not part of the package.
 
-    python3 docs/memory_figures.py /tmp/mem-rnn /tmp/mem-gru /tmp/mem-lstm --out docs
+    python3 benchmarks/memory_figures.py /tmp/mem-rnn /tmp/mem-gru /tmp/mem-lstm --out docs
 """
 
 from __future__ import annotations
