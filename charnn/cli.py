@@ -286,5 +286,41 @@ def report_cmd(
     run_command(body)
 
 
+@app.command("serve", cls=Command)
+@with_options(*DEVICE)
+def serve_cmd(
+    run: RunPath,
+    *,
+    which: WhichOption = Which.best,
+    host: Annotated[str, typer.Option(
+        metavar="ADDR", help="Address to listen on; 0.0.0.0 lets the whole network in.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, metavar="INT", help="Port to listen on.")] = 8000,
+    max_batch: Annotated[int, typer.Option(
+        min=1, max=4096, metavar="INT", help="Streams generated together; more requests wait in a queue.")] = 64,
+    max_length: Annotated[int, typer.Option(
+        min=1, metavar="INT", help="Most characters a request may generate, prime or score.")] = 10_000,
+    **options: Any,
+) -> None:
+    """Serve a model over HTTP: generate (streamed), score, next characters; a playground at /.
+
+    Needs FastAPI and uvicorn (the serve extra). API reference at /docs; more in docs/serve.md.
+
+    Examples:
+    charnn serve checkpoints/shakespeare
+    charnn serve checkpoints/shakespeare --port 8080 --max-batch 128
+    charnn serve checkpoints/shakespeare --host 0.0.0.0 --max-length 2000
+    """
+    def body():
+        from charnn.rundir import load_run
+        from charnn.runtime import pick_device
+        from charnn.serve import require_server, serve
+
+        require_server()  # before loading the model: the missing extra is the first thing to hear about
+        loaded = load_run(run, which=which.value, device=pick_device(options["device"]))
+        serve(loaded, host=host, port=port, max_batch=max_batch, max_length=max_length)
+
+    run_command(body)
+
+
 def main() -> None:
     app()

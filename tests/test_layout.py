@@ -7,10 +7,11 @@ from pathlib import Path
 
 from tests.conftest import PYTHON, cli_env
 
-# A package (report/) is one entry: its modules may import each other.
+# A package (report/, serve/) is one entry: its modules may import each other.
 ORDER = ["version", "errors", "files", "config", "planning", "runtime", "distributed", "data", "corpus_cache", "model",
-         "checkpoint", "rundir", "stepper", "sample", "evaluate", "inspect", "schedule", "trainstep", "trainloop",
-         "train", "progress", "report", "cli_run", "cli_options", "cli_output", "cli", "cli_docs", "__main__"]
+         "checkpoint", "rundir", "stepper", "sample", "evaluate", "serve", "inspect", "schedule", "trainstep",
+         "trainloop", "train", "progress", "report", "cli_run", "cli_options", "cli_output", "cli", "cli_docs",
+         "__main__"]
 PKG = Path(__file__).resolve().parents[1] / "charnn"
 ROOT = "__init__"  # the package itself: lazy, it imports nothing of charnn when imported
 
@@ -103,11 +104,11 @@ def _modules_after(code: str) -> set[str]:
 
 def test_importing_charnn_imports_no_torch_typer_or_rich():
     loaded = _modules_after("import charnn; charnn.__version__; charnn.ModelConfig")
-    assert not loaded & {"torch", "numpy", "typer", "rich", "click", "tqdm"}, loaded
+    assert not loaded & {"torch", "numpy", "typer", "rich", "click", "tqdm", "fastapi", "uvicorn"}, loaded
 
 
 def test_help_imports_no_torch():
-    for args in ([], ["train"], ["sample"], ["eval"], ["report"]):
+    for args in ([], ["train"], ["sample"], ["eval"], ["report"], ["serve"]):
         code = (f"import sys\nsys.argv = ['charnn', *{args!r}, '--help']\nfrom charnn.cli import main\n"
                 "try:\n    main()\nexcept SystemExit:\n    pass")
         loaded = _modules_after(code)
