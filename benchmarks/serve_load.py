@@ -192,9 +192,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model, checkpoint = save_model(args, Path(tmp))
         bare = [bare_rate(model, top, args.length, threads)]
+        bare_one = bare_rate(model, 1, args.length, threads)
         layout = {"engine_1_stream_follow": engine_rate(model, 1, args.length, None, threads),
                   "engine_1_stream_fixed": engine_rate(model, 1, args.length, (top,), threads),
                   f"engine_{top}_streams_follow": engine_rate(model, top, args.length, None, threads)}
+        print(f"bare stepper, chars/s: {top} streams {bare[0]:,.0f}, 1 stream {bare_one:,.0f}", flush=True)
         print("engine alone, chars/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in layout.items()), flush=True)
         server = Server(checkpoint, Path(tmp) / "server.log", "--max-batch", str(top))
         loads = []
@@ -215,6 +217,7 @@ def main() -> None:
     at_top = loads[-1]["chars_per_s"]
     result = {
         "loads": loads, "bare_stepper_chars_per_s": round(bare_median), "bare_runs": [round(b) for b in bare],
+        "bare_1_stream_chars_per_s": round(bare_one),
         "server_vs_bare_ratio": round(at_top / bare_median, 2),
         "one_at_a_time_chars_per_s": serial["chars_per_s"], "one_at_a_time_all_complete": serial["all_complete"],
         "batched_vs_one_at_a_time": round(at_top / serial["chars_per_s"], 1),

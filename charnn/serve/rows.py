@@ -23,8 +23,8 @@ def serving_threads() -> int:
 class RowBatch:
     """`used` streams in rows 0..used-1 of the current stepper; rows past them are stepped and ignored.
 
-    Each size's stepper is built on first use and kept (its own copy of the weights laid out for that batch
-    size: `FastStepper` picks its kernels by batch size). Temperature 1: the engine scales each row's logits.
+    Each size has its own stepper (its own copy of the weights laid out for that batch size: `FastStepper`
+    picks its kernels by batch size). Temperature 1: the engine scales each row's logits.
     """
 
     def __init__(self, model: CharRNN, sizes: tuple[int, ...], *, tuning: Tuning, threads: int | None = None) -> None:
@@ -33,15 +33,13 @@ class RowBatch:
         self.hidden = model.cfg.hidden
         self.default_threads = threads or serving_threads()
         self._threads: int | None = None  # set on the worker thread (OpenMP's setting is per thread)
-        self._steppers: dict[int, tuple[FastStepper, torch.Tensor]] = {}
+        # built now, not when the load first reaches a size: that took ~100 ms a size here, paid by the
+        # requests that happened to arrive then
+        with torch.no_grad():
+            self._steppers = {size: (FastStepper(model, 1.0, batch_size=size, tuning=tuning),
+                                     torch.zeros(size, dtype=torch.long, device=self.device)) for size in self.sizes}
         self.used = 0
-        self.stepper, self.ids = self._stepper(self.sizes[0])
-
-    def _stepper(self, size: int) -> tuple[FastStepper, torch.Tensor]:
-        if size not in self._steppers:
-            stepper = FastStepper(self.model, 1.0, batch_size=size, tuning=self.tuning)
-            self._steppers[size] = stepper, torch.zeros(size, dtype=torch.long, device=self.device)
-        return self._steppers[size]
+        self.stepper, self.ids = self._steppers[self.sizes[0]]
 
     @staticmethod
     def _state(stepper: FastStepper) -> list[torch.Tensor]:
@@ -53,7 +51,7 @@ class RowBatch:
         size = next((s for s in self.sizes if s >= needed), self.sizes[-1])
         if size == self.stepper.batch_size:
             return
-        stepper, ids = self._stepper(size)
+        stepper, ids = self._steppers[size]
         n = self.used
         for old, new in zip(self._state(self.stepper), self._state(stepper), strict=True):
             new[:n] = old[:n]

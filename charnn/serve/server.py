@@ -11,7 +11,6 @@ import ipaddress
 import logging
 import signal
 import socket
-import sys
 import warnings
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +22,6 @@ from charnn.errors import CharnnError, CharnnWarning
 from charnn.serve.app import create_app
 
 GRACE_S = 5.0  # after a stop signal, connections still open this long are closed
-SWITCH_INTERVAL_S = 0.001  # the interpreter's thread switch interval while serving (Python's default: 5 ms)
 
 
 class _Server(uvicorn.Server):
@@ -91,9 +89,6 @@ def serve(loaded: LoadedModel, *, host: str = "127.0.0.1", port: int = 8000, max
     if not _is_loopback(host):
         warnings.warn(CharnnWarning(f"--host {host}: anyone who can reach this machine on port {port} can use "
                                     f"the model (there is no authentication)"), stacklevel=2)
-    # The engine thread drops the interpreter lock in every torch op and waits for it back while the event
-    # loop runs Python; at the default 5 ms switch interval that wait throttled stepping 2-3x (docs/serve.md).
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     app = create_app(loaded, max_batch=max_batch, max_length=max_length, **engine_options)
     sock = bind(host, port)
     logging_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
