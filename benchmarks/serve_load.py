@@ -203,11 +203,15 @@ def main() -> None:
         for n in args.clients:
             loads.append(asyncio.run(clients(server.url, n, args.length)))
             print(f"{n} client(s): {loads[-1]}", flush=True)
-        rss_before = server.rss_mb()
+        rss = [server.rss_mb()]  # before, then after each quarter of the requests
         t0 = time.perf_counter()
-        requests_ok = asyncio.run(many_requests(server.url, args.requests))
+        requests_ok = True
+        for quarter in range(4):
+            count = args.requests // 4 + (quarter < args.requests % 4)
+            requests_ok &= asyncio.run(many_requests(server.url, count))
+            rss.append(server.rss_mb())
         requests_s = time.perf_counter() - t0
-        rss_after = server.rss_mb()
+        rss_before, rss_after = rss[0], rss[-1]
         exit_code = server.stop()
         serial_server = Server(checkpoint, Path(tmp) / "serial.log", "--max-batch", "1")
         serial = asyncio.run(clients(serial_server.url, top, args.length))
@@ -224,6 +228,7 @@ def main() -> None:
         **{k: round(v) for k, v in layout.items()},
         "requests": args.requests, "requests_all_complete": requests_ok, "requests_s": round(requests_s, 1),
         "rss_mb_before": round(rss_before, 1), "rss_mb_after": round(rss_after, 1),
+        "rss_mb_by_quarter": [round(r, 1) for r in rss],
         "exit_codes": [exit_code, serial_exit], "threads": threads, "load_average": round(os.getloadavg()[0], 2),
     }
     print(f"{top} clients: server {at_top:,} chars/s vs bare batched stepper {bare_median:,.0f} (runs "
@@ -231,7 +236,8 @@ def main() -> None:
     print(f"{top} clients: batched {at_top:,} vs one request at a time {serial['chars_per_s']:,} chars/s: "
           f"{result['batched_vs_one_at_a_time']}x")
     print(f"memory: RSS {rss_before:.1f} MB before, {rss_after:.1f} MB after {args.requests} more requests "
-          f"({'all complete' if requests_ok else 'SOME FAILED'}, {requests_s:.1f}s)")
+          f"({'all complete' if requests_ok else 'SOME FAILED'}, {requests_s:.1f}s); by quarter "
+          + ", ".join(f"{r:.1f}" for r in rss))
     print(json.dumps(result))
 
 

@@ -95,6 +95,17 @@ def test_concurrent_jobs_get_charnn_sample_text(kind):
         assert sink.texts[id(job)] == want and sink.ends[id(job)] == "complete", cfg
 
 
+def test_a_byte_level_model_streams_utf8_text():
+    vocab = Vocab(tuple(range(256)), bytes_mode=True)
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(model="gru", layers=1, hidden=16, embed=8), len(vocab)).eval()
+    cfg = SampleConfig(length=400, seed=2, temperature=1.0)
+    sink = Collector()
+    job = Job(cfg, prime_ids(vocab, None)[0], handle=threading.Event())
+    run_jobs(Engine(model, vocab, sink, max_batch=2, flush_every=0.0), [job])  # many outputs: split bytes
+    assert sink.texts[id(job)] == [sample_text(model, vocab, cfg)[0].decode("utf-8", "replace")]
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_logits_batched_with_others_equal_logits_alone(kind):
     """One request's logits at every position, alone and while others join and leave around it (the batch
@@ -224,7 +235,7 @@ BAD = [
 
 
 @needs_http
-@pytest.mark.parametrize(("body", "status", "error"), BAD)
+@pytest.mark.parametrize(("body", "status", "error"), BAD, ids=[f"{s}-{e.split(':')[0]}" for _, s, e in BAD])
 def test_bad_generate_requests_get_one_line_errors(client, body, status, error):
     """Each is a 4xx with one line; pydantic's own wording may change between versions: its start is checked."""
     answer = client.post("/v1/generate", content=body, headers={"Content-Type": "application/json"})

@@ -186,15 +186,12 @@ class Engine:
     def _step(self) -> None:
         """Every active stream one symbol further; finished and cancelled jobs leave their rows."""
         logits = self.rows.step()  # (used, V)
-        ids = torch.zeros(self.rows.used, dtype=torch.long)  # rows whose draw failed leave after this step
+        ids = torch.zeros(self.rows.used, dtype=torch.long, device=logits.device)  # failed draws: rows leave
         for key, members, index in self._groups:
-            part = logits if index is None else logits.index_select(0, index)
-            drawn = self._draw(key, members, part)
-            if drawn is None:
-                continue
-            if index is None:
+            drawn = self._draw(key, members, logits if index is None else logits.index_select(0, index))
+            if drawn is not None and index is None:
                 ids = drawn
-            else:
+            elif drawn is not None:
                 ids.index_copy_(0, index, drawn)
         self.rows.feed(ids)
         flat = ids.tolist()
@@ -214,7 +211,7 @@ class Engine:
         logits (m, V); None when the draw failed and the members were ended."""
         temperature = key[0]
         scaled = logits if temperature == 1.0 else logits / temperature
-        uniform = torch.tensor([u for m in members for u in m.uniforms()]).unsqueeze(1)  # (m, 1)
+        uniform = torch.tensor([u for m in members for u in m.uniforms()], device=logits.device)[:, None]  # (m, 1)
         try:
             return _choose(scaled, uniform, members[0].job.cfg).squeeze(1)
         except CharnnError as err:  # non-finite probabilities: the model's outputs overflow

@@ -38,6 +38,9 @@ class RowBatch:
         with torch.no_grad():
             self._steppers = {size: (FastStepper(model, 1.0, batch_size=size, tuning=tuning),
                                      torch.zeros(size, dtype=torch.long, device=self.device)) for size in self.sizes}
+        cpu = self.device.type == "cpu"
+        self._step_threads = {size: 1 if cpu and size * self.hidden <= tuning.small_step_work else
+                              self.default_threads for size in self.sizes}
         self.used = 0
         self.stepper, self.ids = self._steppers[self.sizes[0]]
 
@@ -88,7 +91,8 @@ class RowBatch:
     def step(self) -> torch.Tensor:
         """Unscaled logits (used, V) of every used row after one step on its id: a view the next step
         overwrites."""
-        self.threads(self.stepper.batch_size)
+        if self._threads != self._step_threads[self.stepper.batch_size]:
+            self.threads(self.stepper.batch_size)
         return self.stepper.step(self.ids)[:self.used]
 
     def feed(self, ids: torch.Tensor) -> None:
@@ -98,9 +102,7 @@ class RowBatch:
     def threads(self, batch: int | None) -> None:
         """One CPU thread for small steps (`charnn.stepper.few_threads`' rule); all of them for model calls
         and large batches (`batch` None: a model call)."""
-        small = (batch is not None and self.device.type == "cpu"
-                 and batch * self.hidden <= self.tuning.small_step_work)
-        want = 1 if small else self.default_threads
+        want = self.default_threads if batch is None else self._step_threads[batch]
         if want != self._threads:
             torch.set_num_threads(want)
             self._threads = want
