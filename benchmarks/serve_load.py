@@ -170,7 +170,7 @@ async def many_requests(url: str, count: int, concurrency: int = 16) -> bool:
     return len(ok) == count and all(ok)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="lstm", choices=("lstm", "gru", "rnn"))
     ap.add_argument("--layers", type=int, default=2)
@@ -178,64 +178,78 @@ def main() -> None:
     ap.add_argument("--embed", type=int, default=128)
     ap.add_argument("--length", type=int, default=2000, help="characters each client generates")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--repeats", type=int, default=3, help="alternations of bare stepper and server at the most "
+                                                           "clients (the ratio is their median)")
     ap.add_argument("--requests", type=int, default=1000, help="short requests for the memory check")
     ap.add_argument("--quick", action="store_true", help="tiny model, few characters: checks that it runs")
     args = ap.parse_args()
     if args.quick:
-        args.hidden, args.embed, args.length, args.clients, args.requests = 32, 16, 200, [1, 4], 40
-    top = max(args.clients)
-    threads = serving_threads()
+        args.hidden, args.embed, args.length, args.clients, args.requests, args.repeats = 32, 16, 200, [1, 4], 40, 1
+    return args
+
+
+def engine_figures(model: CharRNN, args: argparse.Namespace, top: int, threads: int) -> dict:
+    """The engine's row layouts without HTTP, and the bare stepper's one stream, chars/s."""
+    figures = {"bare_1_stream": bare_rate(model, 1, args.length, threads),
+               "engine_1_stream_follow": engine_rate(model, 1, args.length, None, threads),
+               "engine_1_stream_fixed": engine_rate(model, 1, args.length, (top,), threads),
+               f"engine_{top}_streams_follow": engine_rate(model, top, args.length, None, threads)}
+    print("chars/s without HTTP: " + ", ".join(f"{k} {v:,.0f}" for k, v in figures.items()), flush=True)
+    return {k: round(v) for k, v in figures.items()}
+
+
+def memory(server: Server, count: int) -> tuple[bool, list[float], float]:
+    """`count` more requests: all complete?, RSS before and after each quarter (MB), seconds."""
+    rss = [server.rss_mb()]
+    t0 = time.perf_counter()
+    ok = True
+    for quarter in range(4):
+        ok &= asyncio.run(many_requests(server.url, count // 4 + (quarter < count % 4)))
+        rss.append(server.rss_mb())
+    return ok, rss, time.perf_counter() - t0
+
+
+def main() -> None:
+    args = parse_args()
+    top, threads = max(args.clients), serving_threads()
     print(f"machine: {os.cpu_count()} cpus, torch {torch.__version__}, {threads} torch thread(s) in the server "
           f"and the bare figures, load average {os.getloadavg()[0]:.2f}", flush=True)
     print(f"model: {args.layers}x{args.hidden} {args.model}, embed {args.embed}; {args.length} chars per client",
           flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         model, checkpoint = save_model(args, Path(tmp))
-        bare = [bare_rate(model, top, args.length, threads)]
-        bare_one = bare_rate(model, 1, args.length, threads)
-        layout = {"engine_1_stream_follow": engine_rate(model, 1, args.length, None, threads),
-                  "engine_1_stream_fixed": engine_rate(model, 1, args.length, (top,), threads),
-                  f"engine_{top}_streams_follow": engine_rate(model, top, args.length, None, threads)}
-        print(f"bare stepper, chars/s: {top} streams {bare[0]:,.0f}, 1 stream {bare_one:,.0f}", flush=True)
-        print("engine alone, chars/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in layout.items()), flush=True)
+        engine = engine_figures(model, args, top, threads)
         server = Server(checkpoint, Path(tmp) / "server.log", "--max-batch", str(top))
-        loads = []
-        for n in args.clients:
-            loads.append(asyncio.run(clients(server.url, n, args.length)))
-            print(f"{n} client(s): {loads[-1]}", flush=True)
-        rss = [server.rss_mb()]  # before, then after each quarter of the requests
-        t0 = time.perf_counter()
-        requests_ok = True
-        for quarter in range(4):
-            count = args.requests // 4 + (quarter < args.requests % 4)
-            requests_ok &= asyncio.run(many_requests(server.url, count))
-            rss.append(server.rss_mb())
-        requests_s = time.perf_counter() - t0
-        rss_before, rss_after = rss[0], rss[-1]
+        loads = [asyncio.run(clients(server.url, n, args.length)) for n in args.clients]
+        for load in loads:
+            print(f"{load['clients']} client(s): {load}", flush=True)
+        pairs = []  # (bare stepper, server) at `top` streams, alternating
+        for _ in range(args.repeats):
+            pairs.append((bare_rate(model, top, args.length, threads),
+                          asyncio.run(clients(server.url, top, args.length))["chars_per_s"]))
+            print(f"{top} streams: bare {pairs[-1][0]:,.0f}, server {pairs[-1][1]:,} chars/s", flush=True)
+        requests_ok, rss, requests_s = memory(server, args.requests)
         exit_code = server.stop()
         serial_server = Server(checkpoint, Path(tmp) / "serial.log", "--max-batch", "1")
         serial = asyncio.run(clients(serial_server.url, top, args.length))
         serial_exit = serial_server.stop()
-        bare.append(bare_rate(model, top, args.length, threads))
-    bare_median = statistics.median(bare)
-    at_top = loads[-1]["chars_per_s"]
+    ratio = statistics.median(s / b for b, s in pairs)
+    batched = statistics.median(s for _, s in pairs)
     result = {
-        "loads": loads, "bare_stepper_chars_per_s": round(bare_median), "bare_runs": [round(b) for b in bare],
-        "bare_1_stream_chars_per_s": round(bare_one),
-        "server_vs_bare_ratio": round(at_top / bare_median, 2),
+        "loads": loads, "pairs": [[round(b), s] for b, s in pairs], "server_vs_bare_ratio": round(ratio, 2),
+        "bare_stepper_chars_per_s": round(statistics.median(b for b, _ in pairs)),
         "one_at_a_time_chars_per_s": serial["chars_per_s"], "one_at_a_time_all_complete": serial["all_complete"],
-        "batched_vs_one_at_a_time": round(at_top / serial["chars_per_s"], 1),
-        **{k: round(v) for k, v in layout.items()},
+        "batched_vs_one_at_a_time": round(batched / serial["chars_per_s"], 1), **engine,
         "requests": args.requests, "requests_all_complete": requests_ok, "requests_s": round(requests_s, 1),
-        "rss_mb_before": round(rss_before, 1), "rss_mb_after": round(rss_after, 1),
+        "rss_mb_before": round(rss[0], 1), "rss_mb_after": round(rss[-1], 1),
         "rss_mb_by_quarter": [round(r, 1) for r in rss],
         "exit_codes": [exit_code, serial_exit], "threads": threads, "load_average": round(os.getloadavg()[0], 2),
     }
-    print(f"{top} clients: server {at_top:,} chars/s vs bare batched stepper {bare_median:,.0f} (runs "
-          f"{', '.join(f'{b:,.0f}' for b in bare)}): ratio {result['server_vs_bare_ratio']:.2f} (target >= 0.7)")
-    print(f"{top} clients: batched {at_top:,} vs one request at a time {serial['chars_per_s']:,} chars/s: "
+    print(f"{top} clients: server / bare batched stepper, median of {len(pairs)} alternations: ratio {ratio:.2f} "
+          f"(target >= 0.7)")
+    print(f"{top} clients: batched {batched:,.0f} vs one request at a time {serial['chars_per_s']:,} chars/s: "
           f"{result['batched_vs_one_at_a_time']}x")
-    print(f"memory: RSS {rss_before:.1f} MB before, {rss_after:.1f} MB after {args.requests} more requests "
+    print(f"memory: RSS {rss[0]:.1f} MB before, {rss[-1]:.1f} MB after {args.requests} more requests "
           f"({'all complete' if requests_ok else 'SOME FAILED'}, {requests_s:.1f}s); by quarter "
           + ", ".join(f"{r:.1f}" for r in rss))
     print(json.dumps(result))

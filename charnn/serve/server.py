@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import signal
 import socket
+import threading
 import warnings
 from contextlib import contextmanager
 from typing import Any
@@ -39,6 +40,9 @@ class _Server(uvicorn.Server):
 
     @contextmanager
     def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may (uvicorn too)
+            yield
+            return
         handled = (signal.SIGINT, signal.SIGTERM)
         before = {sig: signal.signal(sig, self._stop) for sig in handled}
         try:
