@@ -16,51 +16,20 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from charnn.cli_app import DEVICE, Backend, PresetName, RunPath, Which, WhichOption, app
 from charnn.cli_options import (
     TRAIN_CONFIGS,
-    choice,
     config_options,
     plain,
     train_configs,
     with_default,
     with_options,
 )
-from charnn.cli_run import Command, OneLineErrors, StopFlag, run_command, say
-from charnn.config import BACKENDS, PRESETS, SampleConfig, TrainConfig
+from charnn.cli_run import Command, StopFlag, run_command, say
+from charnn.config import SampleConfig
 from charnn.errors import CharnnError
-from charnn.version import __version__
 
 _StopFlag = StopFlag  # the name tests and older callers know
-
-app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
-                  context_settings={"help_option_names": ["-h", "--help"]}, pretty_exceptions_enable=False,
-                  help="Train, sample and evaluate character-level LSTM/GRU/RNN language models.")
-
-PresetName = choice("PresetName", [*PRESETS, "auto"])
-Backend = choice("Backend", BACKENDS)
-Which = choice("Which", ("best", "latest"))
-
-# Options several commands share, written once.
-RunPath = Annotated[Path, typer.Argument(metavar="RUN", help="Run directory or checkpoint file.", show_default=False)]
-WhichOption = Annotated[Which, typer.Option(
-    metavar="WHICH", show_default=False, rich_help_panel="Run",
-    help=with_default("Checkpoint of a run: best (by validation loss) or latest.", "best"))]
-DEVICE = config_options(TrainConfig, only="device")
-
-
-def _version(value: bool) -> None:
-    if value:
-        import torch
-
-        typer.echo(f"charnn {__version__} (torch {torch.__version__})")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Show the version and exit.")] = False) -> None:
-    """Train, sample and evaluate character-level LSTM/GRU/RNN language models."""
-
 
 @app.command("train", cls=Command)
 @with_options(*config_options(*TRAIN_CONFIGS, planned=True))
@@ -265,80 +234,9 @@ def _show_eval(name: str, res, loaded, *, as_json: bool) -> None:
         say(f"warning: {name}: skipped {sum(res.unknown.values())} unknown character(s): {shown}")
 
 
-@app.command("report", cls=Command)
-def report_cmd(
-    run: RunPath,
-    *,
-    text: Annotated[Optional[Path], typer.Option(
-        metavar="FILE", help=with_default("Text file to analyse.", "the run's validation split"))] = None,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", metavar="FILE", help=with_default("HTML file to write.", "RUN/report.html"))] = None,
-    chars: Annotated[int, typer.Option(
-        min=2, max=1_000_000, metavar="INT", show_default=False,
-        help=with_default("Characters of the passage to analyse.", "5000"))] = 5000,
-    which: WhichOption = Which.best,
-) -> None:
-    """Write one self-contained HTML page: curves, samples, surprise heatmap, neuron explorer, gates.
-
-    Examples:
-    charnn report checkpoints/shakespeare
-    charnn report checkpoints/shakespeare --text heldout.txt --chars 2000
-    charnn report checkpoints/shakespeare --which latest -o latest.html
-    """
-    def body():
-        import time
-
-        from charnn.report import write_report
-
-        start = time.perf_counter()
-        path = write_report(run, output, text=text, max_chars=chars, which=which.value)
-        say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.1f}s")
-
-    run_command(body)
+# report, export and serve register after train, sample and eval: `charnn --help` lists them in that order
+from charnn import cli_tools  # noqa: E402, F401
 
 
 def main() -> None:
     app()
-
-
-ExportFormat = choice("ExportFormat", ("html", "onnx"))
-ExportPrecision = choice("ExportPrecision", ("fp32", "fp16"))
-
-
-@app.command("export", cls=Command)
-def export_cmd(
-    run: RunPath,
-    *,
-    output: Annotated[Path, typer.Option(
-        "--output", "-o", metavar="FILE", show_default=False, help="File to write (model.html or model.onnx).")],
-    fmt: Annotated[ExportFormat, typer.Option(
-        "--format", metavar="FORMAT", show_default=False,
-        help=with_default("html (an offline playground page) or onnx (a step model).", "html"))] = ExportFormat.html,
-    which: WhichOption = Which.best,
-    precision: Annotated[ExportPrecision, typer.Option(
-        metavar="PRECISION", show_default=False,
-        help=with_default("Weights in the page: fp32, or fp16 for half the size.", "fp32"))] = ExportPrecision.fp32,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")] = False,
-) -> None:
-    """Take a model out of Python: a self-contained HTML playground page, or an ONNX step model.
-
-    Examples:
-    charnn export checkpoints/shakespeare -o shakespeare.html
-    charnn export checkpoints/shakespeare -o small.html --precision fp16 --force
-    charnn export checkpoints/shakespeare --format onnx -o shakespeare.onnx
-    """
-    def body():
-        from charnn.errors import ConfigError
-        from charnn.export import export_html, export_onnx
-        from charnn.rundir import load_run
-
-        if fmt is ExportFormat.onnx and precision is not ExportPrecision.fp32:
-            raise ConfigError("--precision applies to --format html; ONNX weights are fp32")
-        loaded = load_run(run, which=which.value, device="cpu")
-        if fmt is ExportFormat.onnx:
-            path = export_onnx(loaded, output, force=force)
-        else:
-            path = export_html(loaded, output, precision=precision.value, force=force)
-        say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) from {loaded.path.name}")
-
-    run_command(body)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from importlib.util import find_spec
 
 import pytest
 import torch
 
 from tests.conftest import PYTHON, REPO, cli_env
 
+SERVE = all(find_spec(name) for name in ("fastapi", "uvicorn", "httpx"))
 FIELDS = {
     "train_speed.py": {"charnn_chars_per_s", "bare_chars_per_s", "ratio_loop", "ratio_amortised",
                        "peak_rss_mb_charnn", "peak_rss_mb_plain", "rss_ratio"},
@@ -19,23 +21,32 @@ FIELDS = {
                         "fast_and_module_same_text"},
     "eval_speed.py": {"charnn_chars_per_s", "bare_chars_per_s", "ratio", "cli_eval_seconds"},
     "step_speed.py": {"rows", "median_ratio"},
+    "serve_load.py": {"loads", "bare_stepper_chars_per_s", "server_vs_bare_ratio", "one_at_a_time_chars_per_s",
+                      "batched_vs_one_at_a_time", "rss_mb_before", "rss_mb_after", "requests_all_complete"},
 }
 
 
 @pytest.mark.parametrize("script", sorted(FIELDS))
 def test_benchmark_runs_quick_and_prints_its_fields(script):
+    if script == "serve_load.py" and not SERVE:
+        pytest.skip("needs fastapi, uvicorn and httpx")
     done = subprocess.run([PYTHON, str(REPO / "benchmarks" / script), "--quick"], env=cli_env(),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert FIELDS[script] <= set(result)
     assert "ratio" in done.stdout and "machine:" in done.stdout
+    if script == "serve_load.py":  # every response complete, the servers stopped cleanly
+        assert all(load["all_complete"] for load in result["loads"]) and result["requests_all_complete"]
+        assert result["exit_codes"] == [0, 0]
     if script == "step_speed.py" and torch.backends.mkldnn.is_available():
         assert result["median_ratio"] is not None  # --quick forces the packed path, so there is a ratio
 
 
 @pytest.mark.parametrize("script", sorted(FIELDS))
 def test_benchmark_help(script):
+    if script == "serve_load.py" and not SERVE:
+        pytest.skip("needs fastapi, uvicorn and httpx")
     done = subprocess.run([PYTHON, str(REPO / "benchmarks" / script), "--help"], env=cli_env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--quick" in done.stdout

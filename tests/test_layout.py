@@ -7,11 +7,12 @@ from pathlib import Path
 
 from tests.conftest import PYTHON, cli_env
 
-# A package (report/) is one entry: its modules may import each other.
+# A package (report/, serve/) is one entry: its modules may import each other.
 ORDER = ["version", "errors", "files", "config", "planning", "devicecheck", "runtime", "distributed", "data",
          "batches", "corpus_cache", "model", "meta", "checkpoint", "rundir", "finetune", "stepper", "graphstep",
-         "sample", "beam", "evaluate", "inspect", "memory", "schedule", "trainstep", "trainloop", "train",
-         "progress", "report", "export", "cli_run", "cli_options", "cli_output", "cli", "cli_docs", "__main__"]
+         "sample", "beam", "evaluate", "serve", "inspect", "memory", "schedule", "trainstep", "trainloop", "train",
+         "progress", "report", "export", "cli_run", "cli_options", "cli_output", "cli_app", "cli_tools", "cli",
+         "cli_docs", "__main__"]
 PKG = Path(__file__).resolve().parents[1] / "charnn"
 ROOT = "__init__"  # the package itself: lazy, it imports nothing of charnn when imported
 
@@ -104,11 +105,11 @@ def _modules_after(code: str) -> set[str]:
 
 def test_importing_charnn_imports_no_torch_typer_or_rich():
     loaded = _modules_after("import charnn; charnn.__version__; charnn.ModelConfig")
-    assert not loaded & {"torch", "numpy", "typer", "rich", "click", "tqdm"}, loaded
+    assert not loaded & {"torch", "numpy", "typer", "rich", "click", "tqdm", "fastapi", "uvicorn"}, loaded
 
 
 def test_help_imports_no_torch():
-    for args in ([], ["train"], ["sample"], ["eval"], ["report"]):
+    for args in ([], ["train"], ["sample"], ["eval"], ["report"], ["serve"]):
         code = (f"import sys\nsys.argv = ['charnn', *{args!r}, '--help']\nfrom charnn.cli import main\n"
                 "try:\n    main()\nexcept SystemExit:\n    pass")
         loaded = _modules_after(code)

@@ -1,0 +1,40 @@
+"""`charnn serve`: a loaded model behind an HTTP API (FastAPI + uvicorn, the optional `serve` extra), with
+concurrent generation requests batched into one recurrent step (continuous batching, charnn.serve.engine).
+
+Importing this package imports neither FastAPI nor torch; `serve` and `create_app` need the extra installed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from charnn.errors import CharnnError
+
+MISSING = "charnn serve needs FastAPI and uvicorn: pip install 'charnn[serve]'"
+
+
+def require_server() -> None:
+    """A CharnnError with the install command when FastAPI or uvicorn is missing."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise CharnnError(MISSING) from None
+
+
+def create_app(loaded: Any, *, max_batch: int = 64, max_length: int = 10_000, **options: Any) -> Any:
+    """The FastAPI app serving `loaded` (a `charnn.checkpoint.LoadedModel`); run it with any ASGI server,
+    or use FastAPI's TestClient. Options: charnn.serve.app.create_app."""
+    require_server()
+    from charnn.serve.app import create_app as build
+
+    return build(loaded, max_batch=max_batch, max_length=max_length, **options)
+
+
+def serve(loaded: Any, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64,
+          max_length: int = 10_000, **options: Any) -> None:
+    """Serve `loaded` on http://host:port until SIGINT or SIGTERM, then return (charnn.serve.server.serve)."""
+    require_server()
+    from charnn.serve.server import serve as run
+
+    run(loaded, host=host, port=port, max_batch=max_batch, max_length=max_length, **options)

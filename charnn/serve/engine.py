@@ -1,0 +1,295 @@
+"""Continuous batching for `charnn serve`: concurrent generation requests share one batched recurrent step
+(`charnn.stepper.FastStepper`), each stream one row with its own state, sampling options and seeded generator.
+A request joins the running batch at the next step and leaves when it is done; the rest wait in a queue.
+One worker thread runs every model call; the web layer (charnn.serve.app) gets characters back through the
+`sink` callback. Not HTTP: nothing here imports FastAPI.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from charnn.data import Vocab
+from charnn.errors import CharnnError
+from charnn.model import CharRNN, Hidden
+from charnn.sample import _choose  # the draw `charnn sample` makes: one definition of it
+from charnn.serve.jobs import Job, Output, Running, ServerBusy
+from charnn.serve.rows import RowBatch, powers_of_two, rows_of, same_length, warm
+from charnn.stepper import MEASURED, Tuning
+
+log = logging.getLogger("charnn.serve")
+
+
+class Engine:
+    """The worker thread: admits waiting jobs, steps every active stream once, draws, hands text to `sink`.
+
+    `sizes` are the batch sizes the streams are packed into: the smallest that holds them all runs each step
+    (powers of two up to `max_batch` by default; one size steps free rows too). `sink(outputs)` is called on
+    the worker thread at once for a job's first text or its end, and otherwise every `flush_every` seconds
+    up to 16 streamed jobs, less often with more (5x at 80): each output is work for the event loop, which
+    shares the interpreter lock with this thread (docs/serve.md). `threads`: torch threads for
+    steps (`charnn.serve.rows.serving_threads` by default).
+    """
+
+    def __init__(self, model: CharRNN, vocab: Vocab, sink: Callable[[list[Output]], None], *, max_batch: int = 64,
+                 sizes: tuple[int, ...] | None = None, max_waiting: int = 1024, flush_every: float = 0.02,
+                 tuning: Tuning = MEASURED, threads: int | None = None) -> None:
+        self.model, self.vocab, self.sink = model.eval(), vocab, sink
+        self.max_batch, self.max_waiting, self.flush_every = max_batch, max_waiting, flush_every
+        self.rows = RowBatch(model, sizes or powers_of_two(max_batch), tuning=tuning, threads=threads)
+        self._cond = threading.Condition()
+        self._inbox: deque[Job] = deque()  # submitted, guarded by _cond
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
+        self._closing = False
+        self._waiting: deque[Job] = deque()  # worker thread only, from here down
+        self._active: list[Running] = []  # in row order: job k holds rows starts[k] .. starts[k] + n
+        self._groups: list[tuple[tuple, list[Running], torch.Tensor | None]] = []
+        self._ended: list[Output] = []
+        self._last_flush = 0.0
+        self._thread = threading.Thread(target=self._run, name="charnn-serve-engine", daemon=True)
+
+    # --- the web layer's side (any thread) -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; ServerBusy when too many wait or the engine is closing."""
+        if job.cfg.num_samples > self.max_batch:
+            raise ServerBusy(f"num_samples {job.cfg.num_samples} is more than this server's --max-batch "
+                             f"{self.max_batch}")
+        with self._cond:
+            if self._closing:
+                raise ServerBusy("the server is shutting down")
+            if len(self._inbox) + len(self._waiting) >= self.max_waiting:
+                raise ServerBusy(f"too many requests waiting ({self.max_waiting}); try again later")
+            self._inbox.append(job)
+            self._cond.notify()
+
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run `fn()` on the worker thread between two steps (scoring, next-character probabilities)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._closing:
+                raise ServerBusy("the server is shutting down")
+            self._calls.append((fn, future))
+            self._cond.notify()
+        return future
+
+    def close(self) -> None:
+        """Stop taking work; the worker ends every open and waiting job with "shutdown", then exits."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def streams(self) -> int:
+        """Rows in use now (read from any thread: a snapshot)."""
+        return self.rows.used
+
+    @property
+    def waiting(self) -> int:
+        return len(self._inbox) + len(self._waiting)
+
+    # --- the worker thread -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():  # thread-local: entered once, on this thread
+                while self._cycle():
+                    pass
+        except BaseException:  # a bug in the loop itself: say so, and end every request rather than hang it
+            log.exception("the generation engine failed")
+            raise
+        finally:
+            self._end_everything("shutdown", "the server is shutting down")
+
+    def _cycle(self) -> bool:
+        """One round: take new work (sleeping while there is none), run model calls, admit, step, deliver."""
+        with self._cond:
+            while not (self._inbox or self._calls or self._active or self._waiting or self._closing):
+                self._cond.wait()
+            if self._closing:
+                return False
+            self._waiting.extend(self._inbox)
+            self._inbox.clear()
+            calls = list(self._calls)
+            self._calls.clear()
+        for fn, future in calls:
+            if future.set_running_or_notify_cancel():
+                self._call(fn, future)
+        try:
+            self._admit()
+            if self._active:
+                self._step()
+        except Exception:  # a bug: the rows' state is unknown, so every open stream ends with an error
+            log.exception("generation step failed")
+            self._end_active("error", "internal error while generating (see the server log)")
+        self._flush()
+        return True
+
+    def _call(self, fn: Callable[[], Any], future: concurrent.futures.Future) -> None:
+        self.rows.threads(None)
+        try:
+            future.set_result(fn())
+        except BaseException as err:  # handed to the caller, who maps it (a user error or a logged 500)
+            future.set_exception(err)
+
+    def _admit(self) -> None:
+        """Start the waiting jobs that fit, in order: their primes warmed in few passes (`rows.warm`), each job's
+        state copied into its rows, and its first symbol drawn from its prime's last logits."""
+        joining: list[Running] = []
+        free = self.max_batch - self.rows.used
+        while self._waiting and (self._waiting[0].cancelled or self._waiting[0].cfg.num_samples <= free):
+            job = self._waiting.popleft()
+            if job.cancelled:
+                continue
+            if job.cfg.length == 0:
+                self._ended.append(Output(job, ("",) * job.cfg.num_samples, "complete"))
+                continue
+            joining.append(Running(job, self.vocab))
+            free -= job.cfg.num_samples
+        if not joining:
+            return
+        self.rows.threads(None)
+        for group in same_length(joining, self.model.cfg.hidden):
+            logits, hidden = warm(self.model, [a.job.prime for a in group])  # (J, V), rows (L, J, H)
+            for j, active in enumerate(group):
+                self._start(active, logits[j:j + 1].expand(active.n, -1), rows_of(hidden, j, active.n))
+        self._regroup()
+
+    def _start(self, active: Running, first: torch.Tensor, hidden: Hidden) -> None:
+        """A warmed job: its first symbols (drawn from `first`, (n, V)), then its rows, unless it is done."""
+        if active.job.keep_logits:
+            active.job.logits.append(first.clone())
+        ids = self._draw(active.key, [active], first)
+        if ids is None:
+            return
+        active.take(ids.tolist())
+        if active.done == active.length:
+            self._end(active, "complete")
+            return
+        self.rows.add(hidden, ids)
+        self._active.append(active)
+
+    def _step(self) -> None:
+        """Every active stream one symbol further; finished and cancelled jobs leave their rows."""
+        logits = self.rows.step()  # (used, V)
+        ids = torch.zeros(self.rows.used, dtype=torch.long, device=logits.device)  # failed draws: rows leave
+        for key, members, index in self._groups:
+            drawn = self._draw(key, members, logits if index is None else logits.index_select(0, index))
+            if drawn is not None and index is None:
+                ids = drawn
+            elif drawn is not None:
+                ids.index_copy_(0, index, drawn)
+        self.rows.feed(ids)
+        flat = ids.tolist()
+        start = 0
+        for active in self._active:
+            if not active.left:
+                if active.job.keep_logits:
+                    active.job.logits.append(logits[start:start + active.n].clone())
+                active.take(flat[start:start + active.n])
+                if active.done == active.length:
+                    self._end(active, "complete")
+            start += active.n
+        self._drop_left()
+
+    def _draw(self, key: tuple, members: list[Running], logits: torch.Tensor) -> torch.Tensor | None:
+        """Next ids (m,) of the rows of `members` (which share the sampling options `key`) from their unscaled
+        logits (m, V); None when the draw failed and the members were ended."""
+        temperature = key[0]
+        scaled = logits if temperature == 1.0 else logits / temperature
+        uniform = torch.tensor([u for m in members for u in m.uniforms()], device=logits.device)[:, None]  # (m, 1)
+        try:
+            return _choose(scaled, uniform, members[0].job.cfg).squeeze(1)
+        except CharnnError as err:  # non-finite probabilities: the model's outputs overflow
+            for m in members:
+                self._end(m, "error", str(err))
+            return None
+
+    def _end(self, active: Running, end: str, message: str = "") -> None:
+        self._ended.append(active.output(end, message))
+        active.left = True
+
+    def _drop_left(self) -> None:
+        """Free the rows of jobs that ended or were cancelled; the rest keep their order."""
+        keep, rows, start = [], [], 0
+        for active in self._active:
+            if active.job.cancelled and not active.left:
+                self._end(active, "cancelled")
+            if not active.left:
+                keep.append(active)
+                rows.extend(range(start, start + active.n))
+            start += active.n
+        if len(keep) != len(self._active):
+            self._active = keep
+            self.rows.keep(rows)
+            self._regroup()
+
+    def _regroup(self) -> None:
+        """Rows with the same sampling options are drawn together: one draw when all share them."""
+        by_key: dict[tuple, tuple[list[Running], list[int]]] = {}
+        start = 0
+        for active in self._active:
+            members, rows = by_key.setdefault(active.key, ([], []))
+            members.append(active)
+            rows.extend(range(start, start + active.n))
+            start += active.n
+        if len(by_key) == 1:
+            key, (members, _) = next(iter(by_key.items()))
+            self._groups = [(key, members, None)]
+        else:
+            self._groups = [(k, m, torch.tensor(r)) for k, (m, r) in by_key.items()]
+
+    def _flush(self) -> None:
+        """Hand new text to the sink: at once for first text and ends, else when due (see `Engine`)."""
+        now = time.monotonic()
+        streamed = sum(a.job.stream for a in self._active)
+        every = self.flush_every * min(5, max(1, streamed / 16))  # 20 ms up to 16 streams, 100 ms from 80
+        due = now - self._last_flush >= every
+        outputs = [a.output() for a in self._active
+                   if a.job.stream and (due or a.fresh) and a.pending[0]]
+        outputs += self._ended
+        self._ended = []
+        if due:
+            self._last_flush = now
+        if outputs:
+            self.sink(outputs)
+
+    def _end_active(self, end: str, message: str) -> None:
+        for active in self._active:
+            if not active.left:
+                self._end(active, end, message)
+        self._active = []
+        self.rows.keep([])
+        self._groups = []
+
+    def _end_everything(self, end: str, message: str) -> None:
+        """At close: every open and waiting job ends; model calls still queued fail."""
+        with self._cond:
+            self._closing = True
+            self._waiting.extend(self._inbox)
+            self._inbox.clear()
+            calls = list(self._calls)
+            self._calls.clear()
+        for _, future in calls:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(ServerBusy(message))
+        self._end_active(end, message)
+        self._ended += [Output(job, ("",) * job.cfg.num_samples, end, message) for job in self._waiting]
+        self._waiting.clear()
+        outputs, self._ended = self._ended, []
+        if outputs:
+            self.sink(outputs)

@@ -1,0 +1,96 @@
+"""What the serving engine works on: a generation request (`Job`), the text it hands back (`Output`), and its
+running side (`Running`: the seeded generator, the uniforms it draws from, the symbols not yet delivered).
+Not the scheduling: charnn.serve.engine.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from charnn.config import SampleConfig
+from charnn.data import Vocab
+from charnn.errors import CharnnError
+from charnn.sample import UNIFORM_BLOCK
+
+
+class ServerBusy(CharnnError):
+    """The queue of waiting requests is full, or the server is shutting down."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation request: `cfg.num_samples` streams of `cfg.length` symbols after warming on `prime`.
+
+    A `stream` job gets its text as it comes (every few steps: `Engine`), another one only at its end. The
+    web layer sets `cancelled` when its client is gone (the engine then drops the job at its next step) and
+    keeps what it needs in `handle`. `keep_logits` records each drawn position's unscaled logits (n, V)."""
+
+    cfg: SampleConfig
+    prime: list[int]
+    stream: bool = True
+    handle: Any = None
+    keep_logits: bool = False
+    cancelled: bool = False
+    logits: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Output:
+    """New text of each of a job's streams since its last output; `end` is None while more is to come, else
+    "complete", "cancelled", "shutdown" or "error" (with `message`)."""
+
+    job: Job
+    texts: tuple[str, ...]
+    end: str | None = None
+    message: str = ""
+
+
+class Running:
+    """The engine's side of an admitted job: its generator, the block of uniforms it draws from (the same
+    blocks as `charnn.sample.generate`, so a seed gives `charnn sample`'s text), and undelivered symbols."""
+
+    def __init__(self, job: Job, vocab: Vocab) -> None:
+        self.job, self.n, self.length, self.vocab = job, job.cfg.num_samples, job.cfg.length, vocab
+        seed = job.cfg.seed if job.cfg.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+        self.done = 0  # symbols drawn per stream
+        self.left = False  # ended or cancelled: its rows are freed after this step
+        self.block: list[float] = []  # (size, n) uniforms, row-major
+        self.pending: list[list[int]] = [[] for _ in range(self.n)]
+        self.fresh = True  # nothing delivered yet: deliver at once (time to first character)
+        self.decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(self.n)] \
+            if vocab.bytes_mode else None
+        self.key = (job.cfg.temperature, job.cfg.top_k, job.cfg.top_p, job.cfg.greedy)
+
+    def uniforms(self) -> list[float]:
+        """The n uniforms for the symbol about to be drawn (unused when greedy, but drawn all the same)."""
+        at = self.done % UNIFORM_BLOCK
+        if at == 0:
+            size = min(UNIFORM_BLOCK, self.length - self.done)
+            # flat: a nested tolist() took 3 ms for 2,000 x 1 (every joining request paid it), a flat one 60 us
+            self.block = torch.rand(size, self.n, generator=self.gen).view(-1).tolist()
+        return self.block[at * self.n:(at + 1) * self.n]
+
+    def take(self, ids: list[int]) -> None:
+        """The symbols just drawn, one per stream."""
+        for row, i in zip(self.pending, ids, strict=True):
+            row.append(i)
+        self.done += 1
+
+    def output(self, end: str | None = None, message: str = "") -> Output:
+        """The undelivered symbols as text, one string per stream (a byte-level model's bytes decoded as UTF-8,
+        a character split across outputs kept for the next); `end` flushes the decoders."""
+        texts = []
+        for k, ids in enumerate(self.pending):
+            if self.decoders is None:
+                texts.append("".join([chr(self.vocab.symbols[i]) for i in ids]))
+            else:
+                texts.append(self.decoders[k].decode(bytes(self.vocab.symbols[i] for i in ids), end is not None))
+            ids.clear()
+        self.fresh = False
+        return Output(self.job, tuple(texts), end, message)

@@ -1,0 +1,107 @@
+"""What the HTTP API accepts: the request bodies (pydantic models, strict types, no unknown fields), with the
+bounds and help of the sampling options read from `SampleConfig`'s fields, and text turned into symbol ids as
+`charnn sample` (a prime) and `charnn eval` (a scored text) read them. Not the routes: charnn.serve.app.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from charnn.config import DataConfig, SampleConfig, default_of
+from charnn.data import Vocab
+from charnn.errors import VocabularyError
+
+
+def _sampling(name: str, **extra: Any) -> Any:
+    """A request field with `SampleConfig.<name>`'s default, bounds and help: one definition of each."""
+    meta = next(f for f in dataclasses.fields(SampleConfig) if f.name == name).metadata
+    return Field(default_of(SampleConfig, name), description=meta["help"], ge=meta["min"], le=meta["max"],
+                 gt=meta["gt"], **extra)
+
+
+class Strict(BaseModel):
+    """Types as JSON has them ("5" is not a number, 1 is not true) and no unknown fields (a typo is an error,
+    not an option silently ignored)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class GenerateRequest(Strict):
+    prime: str | None = Field(None, description="Text to warm the state on (not repeated in the answer); "
+                                                 "none: a newline.")
+    length: int = _sampling("length")
+    temperature: float = _sampling("temperature")
+    top_k: int | None = _sampling("top_k")
+    top_p: float | None = _sampling("top_p")
+    greedy: bool = _sampling("greedy")
+    seed: int | None = _sampling("seed")
+    num_samples: int = _sampling("num_samples")
+    stream: bool = Field(False, description="Server-Sent Events: one event per few characters, then `done`.")
+
+    def config(self) -> SampleConfig:
+        return SampleConfig(length=self.length, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                            greedy=self.greedy, prime=self.prime, seed=self.seed, num_samples=self.num_samples)
+
+
+class ScoreRequest(Strict):
+    text: str = Field(description="Text to score, as `charnn eval` scores a file holding it.")
+    skip_unknown: bool = Field(False, description="Drop characters outside the vocabulary (counted) instead "
+                                                  "of refusing the text.")
+
+
+class NextRequest(Strict):
+    text: str = Field("", description="The text so far; empty: the start of a text.")
+    k: int = Field(5, ge=1, description="How many of the most likely next characters to return.")
+
+
+class GenerateResponse(BaseModel):
+    texts: list[str]
+    chars: int
+
+
+class ScoreResponse(BaseModel):
+    chars: int
+    nats_per_char: float | None
+    bits_per_char: float | None
+    perplexity: float | None
+    unknown_chars: int
+
+
+class NextChar(BaseModel):
+    char: str
+    symbol: int
+    prob: float
+
+
+class NextResponse(BaseModel):
+    next: list[NextChar]
+
+
+def symbols_of(text: str, vocab: Vocab) -> np.ndarray:
+    """Code points of `text` (or its UTF-8 bytes for a byte-level model), as uint32."""
+    if vocab.bytes_mode:
+        return np.frombuffer(text.encode("utf-8", "surrogateescape"), dtype=np.uint8).astype(np.uint32)
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def text_ids(text: str, vocab: Vocab, *, what: str, skip_unknown: bool = False) -> tuple[np.ndarray, int]:
+    """Ids of `text` and how many unknown characters were dropped; a VocabularyError naming the field `what`
+    (charnn.data's message) when there are some and `skip_unknown` is off."""
+    try:
+        ids, unknown = vocab.map_symbols(symbols_of(text, vocab), skip_unknown=skip_unknown)
+    except VocabularyError as err:
+        raise VocabularyError(f"{what}: {err}") from None
+    return ids, sum(unknown.values())
+
+
+def as_file_text(text: str, data_cfg: DataConfig) -> str:
+    """`text` as `charnn eval` would read it from a file: no leading BOM, CRLF and CR as LF (unless the
+    model keeps line endings). A byte-level model reads the bytes as they are."""
+    if data_cfg.bytes_mode:
+        return text
+    text = text.removeprefix("\ufeff")
+    return text if data_cfg.keep_newlines else text.replace("\r\n", "\n").replace("\r", "\n")

@@ -1,0 +1,109 @@
+"""The `charnn serve` process: uvicorn on a socket bound here (a port in use is a one-line error), and
+SIGINT/SIGTERM as a clean stop: no new requests, open streams ended with a final event, exit status 0.
+Not the API: charnn.serve.app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import ipaddress
+import logging
+import signal
+import socket
+import threading
+import warnings
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+
+from charnn.checkpoint import LoadedModel
+from charnn.errors import CharnnError, CharnnWarning
+from charnn.serve.app import create_app
+
+GRACE_S = 5.0  # after a stop signal, connections still open this long are closed
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, except that a stop signal first ends the engine's streams (uvicorn would wait for them to
+    finish) and is not re-raised after the shutdown (the process exits 0: stopping is the normal end)."""
+
+    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+        super().__init__(config)
+        self.api = app
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    @contextmanager
+    def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may (uvicorn too)
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        before = {sig: signal.signal(sig, self._stop) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        if self.should_exit and signum == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: do not wait for anything
+        self.should_exit = True
+        if self.loop is not None:  # on the loop, not in the handler: the engine's lock may be held right here
+            self.loop.call_soon_threadsafe(self._close_engine)
+
+    def _close_engine(self) -> None:
+        engine = getattr(self.api.state, "engine", None)
+        if engine is not None:
+            engine.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or a CharnnError saying why not (port in use, no such address)."""
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+        sock.listen(2048)
+    except OSError as err:
+        raise CharnnError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(loaded: LoadedModel, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64,
+          max_length: int = 10_000, log_level: str = "info", **engine_options: Any) -> None:
+    """Serve `loaded` over HTTP until SIGINT/SIGTERM; returns after a clean stop."""
+    if not _is_loopback(host):
+        warnings.warn(CharnnWarning(f"--host {host}: anyone who can reach this machine on port {port} can use "
+                                    f"the model (there is no authentication)"), stacklevel=2)
+    app = create_app(loaded, max_batch=max_batch, max_length=max_length, **engine_options)
+    sock = bind(host, port)
+    logging_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    logging_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout stays clean: all logs on stderr
+    config = uvicorn.Config(app, log_level=log_level, log_config=logging_config, lifespan="on",
+                            timeout_graceful_shutdown=int(GRACE_S))
+    server = _Server(config, app)
+    shown = f"[{host}]" if ":" in host else host
+    logging.getLogger("uvicorn.error").info("charnn serve: http://%s:%d (API reference at /docs)", shown,
+                                            sock.getsockname()[1])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
