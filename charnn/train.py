@@ -103,16 +103,10 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
     run, s = _prepare(corpus, Configs(model_cfg, train_cfg, request or PlanRequest()), data_cfg, out_dir=out_dir,
                       resume=resume, cache_dir=cache_dir, on_encode=on_encode, on_progress=on_progress,
                       should_stop=should_stop, init_from=init_from)
-    cfg, model_cfg = run.cfg, run.model.cfg
+    cfg = run.cfg
     try:
         s.t_start = time.perf_counter() - s.elapsed_before
-        vocab = run.data.vocab
-        if run.plan is not None:
-            emit(run, s, "plan", text="\n".join(run.plan.lines))
-        if run.start is not None:
-            emit(run, s, "plan", text=run.start.describe(run.data))
-        emit(run, s, "start", text=f"{run.run_dir} | {num_parameters(model_cfg, len(vocab)):,} parameters | "
-                                   f"vocabulary {len(vocab)} | train {run.train_chars:,} chars | device {run.device}")
+        _announce(run, s)
         run.model.train()
         s.stats = StepStats.on(run.device)
         while True:
@@ -141,6 +135,21 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
         run.metrics.close()
         run.samples.close()
     emit(run, s, "end", val_loss=s.last_val, text=str(s.latest))
+    return _result(run, s)
+
+
+def _announce(run: Run, s: LoopState) -> None:
+    """The first events: the plan (and where a fine-tuned run starts from), then the run's shape."""
+    if run.plan is not None:
+        emit(run, s, "plan", text="\n".join(run.plan.lines))
+    if run.start is not None:
+        emit(run, s, "plan", text=run.start.describe(run.data))
+    vocab = len(run.data.vocab)
+    emit(run, s, "start", text=f"{run.run_dir} | {num_parameters(run.model.cfg, vocab):,} parameters | "
+                               f"vocabulary {vocab} | train {run.train_chars:,} chars | device {run.device}")
+
+
+def _result(run: Run, s: LoopState) -> TrainResult:
     best = s.best_val if math.isfinite(s.best_val) else None
     ran = s.elapsed() - s.elapsed_before
     return TrainResult(run.run_dir, s.step, s.elapsed(), s.last_val, best, s.latest, s.stopped_early,

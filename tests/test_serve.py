@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHON, REPO, TINY_TEXT, cli_env
 
 from charnn.config import DataConfig, ModelConfig, SampleConfig
 from charnn.data import Vocab
@@ -24,6 +23,7 @@ from charnn.sample import prime_ids, sample_text
 from charnn.serve.engine import Engine
 from charnn.serve.jobs import Job, ServerBusy
 from charnn.stepper import Tuning
+from tests.conftest import PYTHON, REPO, TINY_TEXT, cli_env
 
 HTTP = find_spec("fastapi") is not None and find_spec("uvicorn") is not None and find_spec("httpx") is not None
 needs_http = pytest.mark.skipif(not HTTP, reason="needs fastapi, uvicorn and httpx (pip install 'charnn[test]')")
