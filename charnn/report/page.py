@@ -17,6 +17,7 @@ from typing import Any
 
 from charnn.checkpoint import LoadedModel
 from charnn.errors import CharnnError, CharnnWarning, CheckpointWriteError, DataError
+from charnn.files import atomic_file
 from charnn.report.analysis import (
     MAX_CHARS,
     Analysis,
@@ -120,12 +121,10 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     path = Path(out) if out is not None else (run.parent if run.is_file() else run) / "report.html"
     if path.is_dir():
         path = path / "report.html"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_file(path) as f:
+            f.write(page.encode("utf-8"))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise CheckpointWriteError(f"cannot write the report {path}: {err.strerror or err}") from None
     return path
 
