@@ -109,11 +109,16 @@ def tier_of(train_chars: int) -> tuple[str, float]:
 def batch_shape(train_chars: int, batch_size: int, seq_len: int) -> tuple[int, int]:
     """The largest shape at most (batch_size, seq_len) that gives at least 4 batches per epoch: halve the
     batch first (keeping the context), then the sequence, never below 1 x 8."""
-    while batch_size > 1 and train_chars // batch_size - 1 < 4 * seq_len:
+    while batch_size > 1 and steps_per_epoch(train_chars, batch_size, seq_len) < 4:
         batch_size //= 2
-    while seq_len > 8 and train_chars // batch_size - 1 < 4 * seq_len:
+    while seq_len > 8 and steps_per_epoch(train_chars, batch_size, seq_len) < 4:
         seq_len //= 2
     return batch_size, seq_len
+
+
+def steps_per_epoch(train_chars: int, batch_size: int, seq_len: int) -> int:
+    """Optimisation steps in one pass over the training split (charnn.batches.StreamBatcher's rows), at least 1."""
+    return max(1, (train_chars // batch_size - 1) // seq_len)
 
 
 def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | None = None) -> Plan:
@@ -181,7 +186,7 @@ def _schedule(facts: CorpusFacts, gpu: bool, given: dict[str, Any], *, finetune:
     """The training options the plan chooses: batch shape, learning rate, length, cadence, patience."""
     batch, seq = GPU_BATCH if gpu else CPU_BATCH
     batch, seq = batch_shape(facts.train_chars, given.get("batch_size", batch), given.get("seq_len", seq))
-    per_epoch = max(1, (facts.train_chars // batch - 1) // seq)
+    per_epoch = steps_per_epoch(facts.train_chars, batch, seq)
     max_steps = GPU_MAX_STEPS if gpu else CPU_MAX_STEPS
     steps = min(max_steps, (FINETUNE_EPOCHS if finetune else MAX_EPOCHS) * per_epoch)
     least = min(GPU_MIN_EVAL_EVERY, max(2 * per_epoch, MIN_EVAL_EVERY)) if gpu else MIN_EVAL_EVERY
@@ -213,7 +218,7 @@ def eval_share(val_chars: int, eval_every: int, segment: int, *, rows: int = 64)
 def _explain(facts: CorpusFacts, hardware: Hardware, tier: str, model: ModelConfig, cfg: TrainConfig,
              request: PlanRequest, chosen: tuple[str, ...]) -> tuple[str, ...]:
     """A few lines: what was chosen and why, naming the options that came from the user or a preset."""
-    per_epoch = max(1, (facts.train_chars // cfg.batch_size - 1) // cfg.seq_len)
+    per_epoch = steps_per_epoch(facts.train_chars, cfg.batch_size, cfg.seq_len)
     source = f"preset {request.preset}" if request.preset else "plan"
     kind = f"{model.model.upper()} {model.layers}x{model.hidden}" + (" with layer norm" if model.layer_norm else "")
     if request.init_model is not None:

@@ -122,10 +122,7 @@ class Engine:
                 self._cond.wait()
             if self._closing:
                 return False
-            self._waiting.extend(self._inbox)
-            self._inbox.clear()
-            calls = list(self._calls)
-            self._calls.clear()
+            calls = self._take_inbox()
         for fn, future in calls:
             if future.set_running_or_notify_cancel():
                 self._call(fn, future)
@@ -276,14 +273,19 @@ class Engine:
         self.rows.keep([])
         self._groups = []
 
+    def _take_inbox(self) -> list:
+        """Under the lock: new jobs join the waiting queue; the queued model calls are handed back to run."""
+        self._waiting.extend(self._inbox)
+        self._inbox.clear()
+        calls = list(self._calls)
+        self._calls.clear()
+        return calls
+
     def _end_everything(self, end: str, message: str) -> None:
         """At close: every open and waiting job ends; model calls still queued fail."""
         with self._cond:
             self._closing = True
-            self._waiting.extend(self._inbox)
-            self._inbox.clear()
-            calls = list(self._calls)
-            self._calls.clear()
+            calls = self._take_inbox()
         for _, future in calls:
             if future.set_running_or_notify_cancel():
                 future.set_exception(ServerBusy(message))
