@@ -214,4 +214,51 @@ def load_state(path: str | os.PathLike, expected_sha256: str | None = None) -> d
         raise CheckpointError(f"{path}: unreadable training state ({type(err).__name__})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: training state is not a dictionary")
+    problem = _state_problem(state)
+    if problem:
+        raise CheckpointError(f"{path}: unusable training state ({problem})")
     return state
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _state_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with the structure of a training state (None: nothing), checked before any of it is applied:
+    a state whose checksum matches can still have been written by hand or by another program. Whether its
+    tensors fit the model is checked where they are applied (`charnn.train`)."""
+    for key in ("step", "elapsed", "optimizer", "rng"):
+        if key not in state:
+            return f"no {key!r}"
+    if not _count(state["step"]):
+        return f"step {state['step']!r} is not a step number"
+    for key in ("elapsed", "best_val"):
+        if key in state and not (_real(state[key]) and not math.isnan(state[key]) and state[key] >= 0):
+            return f"{key} {state[key]!r} is not a number of seconds or nats"
+    if "evals_since_best" in state and not _count(state["evals_since_best"]):
+        return f"evals_since_best {state['evals_since_best']!r} is not a count"
+    if state.get("best_step") is not None and not _count(state["best_step"]):
+        return f"best_step {state['best_step']!r} is not a step number"
+    optimizer = state["optimizer"]
+    if (not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict)
+            or not isinstance(optimizer.get("param_groups"), list)
+            or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in optimizer["param_groups"])):
+        return "the optimizer state is not an optimizer's"
+    rng = state["rng"]
+    python = rng.get("python") if isinstance(rng, dict) else None
+    if (not isinstance(python, (list, tuple)) or len(python) != 3 or not isinstance(python[1], (list, tuple))
+            or not torch.is_tensor(rng.get("torch")) or rng["torch"].dtype != torch.uint8):
+        return "the RNG state is not charnn's"
+    hidden = state.get("hidden")
+    tensors = list(hidden) if isinstance(hidden, (list, tuple)) else [] if hidden is None else [hidden]
+    if not all(torch.is_tensor(t) and t.is_floating_point() and t.dim() == 3 for t in tensors):
+        return "the hidden state is not (layers, streams, hidden) tensors"
+    for key in ("train_config", "scaler"):
+        if state.get(key) is not None and not isinstance(state[key], dict):
+            return f"{key} is not a dictionary"
+    return None

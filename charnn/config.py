@@ -7,7 +7,10 @@ Defaults, bounds and help text are defined once here; the CLI reads them. Valida
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,25 +42,61 @@ def _validate(obj: Any) -> None:
     check_fields(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
 
 
-def check_fields(cls: type, values: dict[str, Any]) -> None:
-    """Each value against its field's choices and bounds (those of `cls`), before any config is built."""
+def check_fields(cls: type, values: dict[str, Any], *, where: str | None = None) -> None:
+    """Each value (None: not given) against its field's type, choices and bounds (those of `cls`), before any
+    config is built. Errors name the command-line flag, or `where.field` when `where` is given (a file's
+    section)."""
     for f in dataclasses.fields(cls):
         value = values.get(f.name)
-        meta = f.metadata
-        if value is None or not meta:
+        if value is None:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        label = f"{where}.{f.name}" if where else "--" + f.name.replace("_", "-")
+        _check_type(cls, f.name, value, label)
+        meta = f.metadata
+        if not meta:
+            continue
         if meta.get("choices") and value not in meta["choices"]:
-            raise ConfigError(f"{flag} must be one of {', '.join(meta['choices'])}, not {value!r}")
+            raise ConfigError(f"{label} must be one of {', '.join(meta['choices'])}, not {value!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{flag} must be a finite number, not {value}")
+                raise ConfigError(f"{label} must be a finite number, not {value}")
             if meta.get("min") is not None and value < meta["min"]:
-                raise ConfigError(f"{flag} must be at least {meta['min']}, not {value}")
+                raise ConfigError(f"{label} must be at least {meta['min']}, not {value}")
             if meta.get("max") is not None and value > meta["max"]:
-                raise ConfigError(f"{flag} must be at most {meta['max']}, not {value}")
+                raise ConfigError(f"{label} must be at most {meta['max']}, not {value}")
             if meta.get("gt") is not None and value <= meta["gt"]:
-                raise ConfigError(f"{flag} must be greater than {meta['gt']}, not {value}")
+                raise ConfigError(f"{label} must be greater than {meta['gt']}, not {value}")
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """Each field's accepted types, from its annotation: `int | None` -> (int, NoneType)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) or (hints[f.name],) for f in dataclasses.fields(cls)}
+
+
+def _check_type(cls: type, name: str, value: Any, label: str) -> None:
+    """The value has its field's type exactly: a bool is not an int (nor a number), "32" is not an int, and
+    neither is 32.0 (strict: a hand-edited file is refused rather than guessed at). An int is a float."""
+    types = _field_types(cls)[name]
+    if not any(_is(value, t) for t in types):
+        kinds = " or ".join(_KINDS.get(t, "null" if t is type(None) else t.__name__) for t in types)
+        raise ConfigError(f"{label} must be {kinds}, not {json.dumps(value, default=repr)}")
+
+
+def _is(value: Any, t: type) -> bool:
+    if t is type(None):
+        return value is None
+    if t is bool:
+        return isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return not isinstance(t, type) or isinstance(value, t)  # a generic (dict[str, Any]): not checked here
 
 
 def default_of(cls: type, name: str) -> Any:
@@ -68,15 +107,28 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build `cls` from a dict, ignoring unknown keys (older/newer files) and validating the rest."""
+def from_dict(cls: type, data: Any, *, where: str | None = None) -> Any:
+    """Build `cls` from parsed JSON: unknown keys are ignored (older and newer files), missing ones take their
+    defaults, and each value must have its field's type exactly (see `_check_type`; null only where the field
+    may be None) and pass the command line's bounds. ConfigError names `where.field` (default: the class)."""
+    where = where or cls.__name__
     if not isinstance(data, dict):
-        raise ConfigError(f"{cls.__name__} must be a JSON object")
-    names = {f.name for f in dataclasses.fields(cls)}
+        raise ConfigError(f"{where} must be a JSON object, not {type(data).__name__ if data is not None else 'null'}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if value is None and type(None) not in _field_types(cls)[f.name]:
+            raise ConfigError(f"{where}.{f.name} must not be null")
+        if isinstance(value, int) and not isinstance(value, bool) and float in _field_types(cls)[f.name]:
+            value = float(value)  # JSON writes 1.0 as 1
+        values[f.name] = value
+    check_fields(cls, values, where=where)
     try:
-        return cls(**{k: v for k, v in data.items() if k in names})
-    except TypeError as err:
-        raise ConfigError(f"bad {cls.__name__}: {err}") from None
+        return cls(**values)
+    except ConfigError as err:  # a rule between fields (e.g. --min-lr above --lr)
+        raise ConfigError(f"{where}: {err}") from None
 
 
 @dataclass(frozen=True)

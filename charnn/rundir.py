@@ -216,6 +216,8 @@ def _first_usable(paths: list[Path], load: Callable[[Path], T], *, then: str, st
     for path in paths:
         try:
             return load(path), errors
+        except ResumeMismatchError:  # another run's corpus or model: an older checkpoint differs the same way
+            raise
         except CheckpointError as err:
             errors.append(str(err))
             warnings.warn(f"{err}; {then}", CharnnWarning, stacklevel=stacklevel + 1)
@@ -242,32 +244,56 @@ def resume_configs(run_dir: str | os.PathLike, *, model_overrides: dict[str, Any
                    ) -> tuple[ModelConfig, TrainConfig, DataConfig, str]:
     """The configs a resumed run continues with: the run's own (config.json), with training options the
     user changed. A changed model or data option is refused (it would silently train something else).
+    A hand-edited or damaged config.json is refused with one ConfigError naming the file and the field.
     """
-    run_dir = Path(run_dir)
+    path = Path(run_dir) / "config.json"
     try:
-        saved = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         raise CheckpointError(f"{run_dir}: not a charnn run directory (config.json missing or unreadable)") from None
-    model_cfg = from_dict(ModelConfig, saved.get("model", {}))
-    data_cfg = from_dict(DataConfig, saved.get("data", {}))
-    for cfg, overrides, what in ((model_cfg, model_overrides, "model"), (data_cfg, data_overrides, "data")):
-        for key, value in overrides.items():
-            if value is not None and getattr(cfg, key) != value:
-                raise ResumeMismatchError(
-                    f"--resume: this run was trained with {key}={getattr(cfg, key)!r}, not {value!r}; "
-                    f"{what} options cannot change on resume (start a new run instead)")
-    train_dict = overlay_train(saved.get("train", {}), train_overrides)
-    return model_cfg, from_dict(TrainConfig, train_dict), data_cfg, saved.get("corpus", {}).get("path", "")
+    try:
+        model_cfg, data_cfg, train_dict, corpus = _saved_sections(saved)
+        for cfg, overrides, what in ((model_cfg, model_overrides, "model"), (data_cfg, data_overrides, "data")):
+            for key, value in overrides.items():
+                if value is not None and getattr(cfg, key) != value:
+                    raise ResumeMismatchError(
+                        f"--resume: this run was trained with {key}={getattr(cfg, key)!r}, not {value!r}; "
+                        f"{what} options cannot change on resume (start a new run instead)")
+        train_cfg = from_dict(TrainConfig, overlay_train(train_dict, train_overrides), where="train")
+    except ResumeMismatchError:
+        raise
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err} (the file was edited or damaged)") from None
+    return model_cfg, train_cfg, data_cfg, corpus
 
 
-def latest_resumable(run_dir: Path) -> tuple[LoadedModel, dict[str, Any]]:
-    """The newest checkpoint whose model and state both verify; older ones are tried with a warning."""
+def _saved_sections(saved: Any) -> tuple[ModelConfig, DataConfig, dict[str, Any], str]:
+    """config.json's model and data configs, its training options and its corpus path, each checked."""
+    if not isinstance(saved, dict):
+        raise ConfigError("not a JSON object")
+    for section in ("model", "train", "data", "corpus"):
+        if not isinstance(saved.get(section), dict):
+            raise ConfigError(f"{section} must be a JSON object, not {json.dumps(saved.get(section))[:40]}")
+    corpus = saved["corpus"].get("path")
+    if not isinstance(corpus, str) or not corpus:
+        raise ConfigError(f"corpus.path must be the corpus file's path, not {json.dumps(corpus)[:40]}")
+    return (from_dict(ModelConfig, saved["model"], where="model"), from_dict(DataConfig, saved["data"], where="data"),
+            saved["train"], corpus)
 
-    def load(path: Path) -> tuple[LoadedModel, dict[str, Any]]:
+
+def _pair(loaded: LoadedModel, state: dict[str, Any]) -> tuple[LoadedModel, dict[str, Any]]:
+    return loaded, state
+
+
+def latest_resumable(run_dir: Path, apply: Callable[[LoadedModel, dict[str, Any]], T] = _pair) -> T:
+    """`apply(model, state)` of the newest checkpoint whose model and state both verify and whose `apply` raises
+    no CheckpointError (by default the pair itself); older ones are tried with a warning."""
+
+    def load(path: Path) -> T:
         loaded = load_model(path)
         if loaded.meta.state_sha256 is None:
             raise CheckpointError(f"{path}: has no training state to resume from")
-        return loaded, load_state(state_path(path), loaded.meta.state_sha256)
+        return apply(loaded, load_state(state_path(path), loaded.meta.state_sha256))
 
     found, errors = _first_usable(list_checkpoints(run_dir)[::-1], load,
                                   then="falling back to an earlier checkpoint", stacklevel=5)

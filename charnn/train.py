@@ -26,24 +26,22 @@ from charnn.distributed import (
     broadcast_object,
     check_same_corpus,
     local_rank_zero_first,
-    rank_rows,
     setup_distributed,
     wrap_ddp,
 )
-from charnn.errors import CheckpointError, ConfigError, DataError
-from charnn.files import remove_stale_temps
+from charnn.errors import ConfigError, DataError
 from charnn.finetune import load_start, start_corpus, start_request, start_weights, training_corpus
+from charnn.meta import MAX_EVAL_SEGMENT
 from charnn.model import CharRNN, num_parameters
 from charnn.planning import CorpusFacts, Plan, PlanRequest, make_plan
+from charnn.resume import resume as resume_run
 from charnn.rundir import (
-    check_same_run,
-    latest_resumable,
     new_run_dir,
     open_logs,
     resume_configs,
     write_run_files,
 )
-from charnn.runtime import hardware, pick_device, seed_everything, set_deterministic, set_rng_state, set_threads
+from charnn.runtime import hardware, pick_device, seed_everything, set_deterministic, set_threads
 from charnn.schedule import default_run_dir, is_sample_step, learning_rate, total_steps
 from charnn.trainloop import (
     LoopState,
@@ -61,7 +59,7 @@ from charnn.trainloop import (
     stop_if_asked,
     train_step,
 )
-from charnn.trainstep import StepStats, host_sync_every, load_optimizer_state, make_optimizer, make_scaler, set_lr
+from charnn.trainstep import StepStats, host_sync_every, make_optimizer, make_scaler
 
 
 @dataclass(frozen=True)
@@ -237,7 +235,7 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
     optimizer = make_optimizer(model, cfg, device)
     scaler = make_scaler(cfg, device)
     if resume:
-        s = _resume(run_dir, model, optimizer, cfg=cfg, data=data, dist=dist, device=device, scaler=scaler)
+        s = resume_run(run_dir, model, optimizer, cfg=cfg, data=data, dist=dist, device=device, scaler=scaler)
     else:
         s = LoopState()
         new_run_dir(run_dir, dist)
@@ -268,43 +266,14 @@ def _load_corpus(path: str | os.PathLike, data_cfg: DataConfig, cache_dir, on_en
 
 
 def _check_splits(data: Corpus, val_ids, cfg: TrainConfig) -> None:
+    if cfg.eval_segment > MAX_EVAL_SEGMENT:  # scoring allocates a row of this many ids (a hand-edited config.json)
+        raise ConfigError(f"eval_segment {cfg.eval_segment} is above the {MAX_EVAL_SEGMENT:,} characters "
+                          f"validation scores in one segment")
     if cfg.patience and data.data.val_frac == 0:
         raise ConfigError("--patience needs a validation split to watch (--val-frac > 0)")
     if data.data.val_frac > 0 and len(val_ids) < 2:
         raise DataError(f"{data.path}: validation split has {len(val_ids)} characters; need at least 2 "
                         f"(raise --val-frac or use more text)")
-
-
-def _resume(run_dir: Path, model: CharRNN, optimizer: torch.optim.Optimizer, *, cfg: TrainConfig, data: Corpus,
-            dist: DistInfo, device: torch.device, scaler: torch.amp.GradScaler | None = None) -> LoopState:
-    """Load the newest resumable checkpoint into `model` and `optimizer`; the loop state it saved."""
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: no such run directory to resume")
-    if dist.is_main:  # another rank's cleanup could delete rank 0's file mid-write
-        remove_stale_temps(run_dir)
-    loaded, state = latest_resumable(run_dir)
-    check_same_run(loaded, model.cfg, data.vocab, data.sha256)
-    model.load_state_dict(loaded.model.state_dict())
-    load_optimizer_state(optimizer, state["optimizer"])
-    set_lr(optimizer, cfg.lr)  # the new peak lr may differ; the schedule sets each step's value
-    if scaler is not None and state.get("scaler"):  # fp16: carry on at the loss scale it had reached
-        scaler.load_state_dict(state["scaler"])
-    hidden = state.get("hidden")
-    if hidden is not None:
-        # fp32 on disk and here: a resume may change --precision or the device (bf16 -> fp32 is exact)
-        hidden = (tuple(h.to(device, torch.float32) for h in hidden) if isinstance(hidden, (list, tuple))
-                  else hidden.to(device, torch.float32))
-        hidden = rank_rows(hidden, dist)  # the saved state holds every stream; take this rank's
-    set_rng_state(state["rng"])
-    return LoopState(step=int(state["step"]), elapsed_before=float(state["elapsed"]),
-                     best_val=float(state.get("best_val", math.inf)),
-                     evals_since_best=int(state.get("evals_since_best", 0)), hidden=hidden,
-                     best_step=state.get("best_step"))
-
-
-
-
-
 
 
 __all__ = ["Progress", "TrainResult", "train", "plan", "resume_configs", "learning_rate"]

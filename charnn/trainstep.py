@@ -54,7 +54,17 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     saved = {**saved, "param_groups": [
         {**group, **{k: mine[k] for k in ("fused", "foreach", "capturable") if k in mine}}
         for group, mine in zip(saved["param_groups"], optimizer.param_groups, strict=True)]}
-    optimizer.load_state_dict(saved)
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+        raise CheckpointError(f"the saved optimizer state does not fit this model ({err})") from None
+    for group in optimizer.param_groups:  # load_state_dict checks the counts; a moment's shape must be its weight's
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if (not torch.is_tensor(value) or not value.is_floating_point()
+                        or (value.dim() and value.shape != p.shape)):
+                    raise CheckpointError(f"the saved optimizer state does not fit this model ({key} of shape "
+                                          f"{tuple(getattr(value, 'shape', ()))} for a weight of {tuple(p.shape)})")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

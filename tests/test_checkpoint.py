@@ -136,10 +136,10 @@ def test_file_without_the_optional_keys_reads_with_defaults(tmp_path):
 
 
 @pytest.mark.parametrize("train_config, message", [
-    ('{"eval_segment": 1e11}', r"TrainConfig\.eval_segment = 1"),
-    ('{"eval_segment": "x"}', r"TrainConfig\.eval_segment = 'x'"),
-    ('{"eval_segment": 0}', "invalid checkpoint metadata .*eval-segment must be at least 2"),
-    ('{"lr": true}', r"TrainConfig\.lr = True"),
+    ('{"eval_segment": 1e11}', r"TrainConfig\.eval_segment must be an integer, not 1"),
+    ('{"eval_segment": "x"}', r'TrainConfig\.eval_segment must be an integer, not "x"'),
+    ('{"eval_segment": 0}', "invalid checkpoint metadata .*eval_segment must be at least 2"),
+    ('{"lr": true}', r"TrainConfig\.lr must be a number, not true"),
     ("[1]", "unreadable train_config in the checkpoint metadata"),
     ("not json", "unreadable train_config in the checkpoint metadata"),
 ])
@@ -163,7 +163,7 @@ def test_implausible_eval_segment_is_refused_where_it_is_used(tmp_path):
     ("step", "five", "invalid checkpoint metadata"),
     ("val_loss", "low", "invalid checkpoint metadata"),
     ("model_config", "{", "'model_config' is missing or unreadable"),
-    ("data_config", '{"encoding": 5}', r"DataConfig\.encoding = 5"),
+    ("data_config", '{"encoding": 5}', r"DataConfig\.encoding must be a string, not 5"),
     ("vocab", "[]", "invalid checkpoint metadata"),
 ])
 def test_crafted_metadata_is_refused(key, value, message):

@@ -36,7 +36,9 @@ def _save_loop(run: Path) -> None:
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.01)
-        state = {"step": step, "optimizer": {"m": torch.randn(200_000)}, "rng": {"torch": torch.get_rng_state()}}
+        state = {"step": step, "elapsed": 0.0,
+                 "optimizer": {"state": {0: {"m": torch.randn(200_000)}}, "param_groups": []},
+                 "rng": {"python": [3, [0] * 625, None], "torch": torch.get_rng_state()}}
         save_checkpoint(run, model, vocab, DataConfig(), step=step, val_loss=1.0 / step, corpus_sha256="x",
                         state=state, keep_last=2)
 

@@ -34,6 +34,7 @@ from tests.conftest import (
 )
 
 train_mod = sys.modules["charnn.train"]  # `charnn.train` the attribute is the function
+resume_mod = sys.modules["charnn.resume"]
 
 RESUME_MODEL = ModelConfig(model="lstm", layers=2, hidden=16, embed=8, dropout=0.2)  # dropout: RNG matters
 
@@ -94,7 +95,7 @@ def test_resume_in_process_is_bit_exact(straight_run: Path, tmp_path: Path):
 
 def test_dropping_rng_restore_breaks_exact_resume(straight_run: Path, tmp_path: Path, monkeypatch):
     """The resume test is sensitive: without the RNG restore (dropout draws differ) it fails."""
-    monkeypatch.setattr(train_mod, "set_rng_state", lambda state: None)
+    monkeypatch.setattr(resume_mod, "set_rng_state", lambda state: None)
     assert not _same_run(_split_run_in_process(tmp_path, straight_run), straight_run)
 
 
