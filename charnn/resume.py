@@ -86,9 +86,10 @@ def carried_hidden(state: dict[str, Any], model_cfg: ModelConfig, cfg: TrainConf
     before = {"batch_size": tensors[0].shape[1], **(state.get("train_config") or {})}  # older states: the shape
     streams = before["batch_size"]
     shape = (model_cfg.layers, streams, model_cfg.hidden)
-    if len(tensors) != (2 if model_cfg.model == "lstm" else 1) or any(tuple(t.shape) != shape for t in tensors):
+    count = 2 if model_cfg.model == "lstm" else 1  # an LSTM carries (h, c)
+    if len(tensors) != count or any(tuple(t.shape) != shape for t in tensors):
         raise CheckpointError(f"the saved hidden state {[tuple(t.shape) for t in tensors]} does not fit this "
-                              f"{model_cfg.model} of {streams} streams ({len(tensors)} x {shape} expected)")
+                              f"{model_cfg.model} of {streams!r} streams ({count} x {shape} expected)")
     changed = [f"--{k.replace('_', '-')} {before[k]} -> {getattr(cfg, k)}" for k in LAYOUT
                if k in before and before[k] != getattr(cfg, k)]
     if changed:

@@ -4,18 +4,23 @@ stderr, nothing on stdout, and no traceback. In-process through CliRunner; a few
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import pickle
 import shutil
 import subprocess
+from collections.abc import Callable
+from hashlib import sha256 as _sha256
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save as st_save
 
+from charnn.checkpoint import load_state, read_header
 from charnn.config import ModelConfig, TrainConfig
 from charnn.train import train
-from tests.conftest import PYTHON, TINY_TEXT, cli_env, invoke, torch_save_bytes
+from tests.conftest import PYTHON, TINY_TEXT, cli_env, invoke, one_error_line, torch_save_bytes
 
 SEQ = 16  # --seq-len of the "too short" cases (with --batch-size 1)
 
@@ -202,3 +207,187 @@ def test_bad_input_through_python_m_charnn(world: Path, name: str):
                           text=True, timeout=120)
     check_one_error(proc.returncode, proc.stdout, proc.stderr, code, fragment)
     assert not (world / "PWNED").exists()
+
+
+# resume and run files: training options that may change on resume, a hand-edited config.json, a crafted
+# training state (each resume below starts from a copy of the session's 20-step run, checkpoints at 10 and 20)
+
+# Every training option of `charnn train` with a value other than the run's: each may change on resume.
+RESUME_CHANGES = {
+    "batch_size": "8", "seq_len": "8", "lr": "0.005", "min_lr": "0.001", "warmup_iters": "2", "weight_decay": "0.1",
+    "grad_clip": "0", "max_iters": "22", "epochs": "3", "time_budget": "60", "seed": "3", "eval_every": "1",
+    "sample_every": "1", "sample_length": "5", "log_every": "2", "keep_last": "1", "patience": "3", "device": "cpu",
+    "precision": "fp32", "deterministic": None, "threads": "1",
+}
+
+
+def test_every_training_option_is_tried_on_resume():
+    from charnn.cli_options import TRAIN_CONFIGS
+
+    options = {f.name for cls in TRAIN_CONFIGS if cls is TrainConfig for f in dataclasses.fields(cls)
+               if f.metadata.get("panel")}
+    assert options == set(RESUME_CHANGES)
+
+
+@pytest.mark.parametrize("name", RESUME_CHANGES)
+def test_a_training_option_may_change_on_resume(run_dir: Path, name: str):
+    value = RESUME_CHANGES[name]
+    flag = "--" + name.replace("_", "-")
+    stop = [] if name in ("max_iters", "epochs", "time_budget") else ["--max-iters", "22"]
+    result = invoke("train", "--quiet", "--resume", run_dir, flag, *([value] if value else []), *stop)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "error:" not in result.stderr
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) > 20  # it trained on from step 20
+    laid_out_anew = "start from a zero state" in result.stderr
+    assert laid_out_anew == (name in ("batch_size", "seq_len", "seed")), result.stderr
+
+
+def test_a_new_batch_size_carries_a_state_of_the_new_shape(run_dir: Path):
+    """The carried state is re-laid, not reused: after a resume with 8 streams instead of 4, the next
+    checkpoint's streams are 8 rows of the model's state."""
+    result = invoke("train", "--quiet", "--resume", run_dir, "--batch-size", "8", "--max-iters", "21")
+    assert result.exit_code == 0, result.output
+    state = load_state(run_dir / "step-00000021.state.pt")
+    assert [tuple(h.shape) for h in state["hidden"]] == [(1, 8, 16), (1, 8, 16)]
+    assert state["train_config"]["batch_size"] == 8
+
+
+def _edit(key: str, value) -> Callable[[dict], object]:
+    section, _, name = key.partition(".")
+
+    def edit(saved: dict) -> dict:
+        if name:
+            saved[section][name] = value
+        elif value is _DROP:
+            del saved[section]
+        else:
+            saved[section] = value
+        return saved
+    return edit
+
+
+_DROP = object()
+CONFIG_EDITS = [  # (id, edit of config.json, a piece of the one error line)
+    ("hidden '32'", _edit("model.hidden", "32"), 'model.hidden must be an integer, not "32"'),
+    ("hidden 32.0", _edit("model.hidden", 32.0), "model.hidden must be an integer, not 32.0"),
+    ("layers true", _edit("model.layers", True), "model.layers must be an integer, not true"),
+    ("hidden null", _edit("model.hidden", None), "model.hidden must not be null"),
+    ("dropout 2", _edit("model.dropout", 2), "model.dropout must be at most 0.9"),
+    ("batch_size '8'", _edit("train.batch_size", "8"), "train.batch_size must be an integer"),
+    ("lr '0.01'", _edit("train.lr", "0.01"), "train.lr must be a number"),
+    ("lr NaN", _edit("train.lr", float("nan")), "train.lr must be a finite number"),
+    ("eval_segment 100.5", _edit("train.eval_segment", 100.5), "train.eval_segment must be an integer"),
+    ("max_iters '5'", _edit("train.max_iters", "5"), "train.max_iters must be an integer or null"),
+    ("min_lr above lr", _edit("train.min_lr", 5.0), "--min-lr (5.0) must not exceed --lr"),
+    ("precision fp8", _edit("train.precision", "fp8"), "train.precision must be one of"),
+    ("encoding 5", _edit("data.encoding", 5), "data.encoding must be a string, not 5"),
+    ("keep_newlines 1", _edit("data.keep_newlines", 1), "data.keep_newlines must be true or false"),
+    ("train null", _edit("train", None), "train must be a JSON object, not null"),
+    ("no train", _edit("train", _DROP), "train must be a JSON object"),
+    ("model a list", _edit("model", []), "model must be a JSON object, not []"),
+    ("the file []", lambda saved: [], "config.json: not a JSON object"),
+    ("corpus 'x'", _edit("corpus", "x"), 'corpus must be a JSON object, not "x"'),
+    ("no corpus", _edit("corpus", _DROP), "corpus must be a JSON object"),
+    ("corpus path 5", _edit("corpus.path", 5), "corpus.path must be the corpus file's path"),
+]
+
+
+@pytest.mark.parametrize("name,edit,fragment", CONFIG_EDITS, ids=[c[0] for c in CONFIG_EDITS])
+def test_hand_edited_config_json_is_one_error_line(run_dir: Path, name: str, edit, fragment: str):
+    config = run_dir / "config.json"
+    config.write_text(json.dumps(edit(json.loads(config.read_text()))))
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    result = invoke("train", "--quiet", "--device", "cpu", "--resume", run_dir)
+    check_one_error(result.exit_code, result.stdout, result.stderr, 2, fragment)
+    assert f"{config}: " in result.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before  # nothing written
+
+
+def test_an_eval_segment_scoring_cannot_allocate_is_refused_before_training(run_dir: Path):
+    config = run_dir / "config.json"
+    config.write_text(json.dumps(_edit("train.eval_segment", 10**12)(json.loads(config.read_text()))))
+    result = invoke("train", "--quiet", "--device", "cpu", "--resume", run_dir, "--max-iters", "21")
+    check_one_error(result.exit_code, result.stdout, result.stderr, 2, "eval_segment 1000000000000 is above")
+
+
+def _rehash_state(run: Path, step: int, change: Callable[[dict], None]) -> None:
+    """Rewrite a checkpoint's training state with `change` applied, and its model file with the new sha256:
+    a state that verifies, whatever it holds."""
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save_meta
+
+    model = run / f"step-{step:08d}.safetensors"
+    path = model.with_name(model.stem + ".state.pt")
+    state = torch.load(path, weights_only=True)
+    change(state)
+    blob = torch_save_bytes(state)
+    path.write_bytes(blob)
+    _, meta, _, _ = read_header(model)
+    meta = {**meta, "state_sha256": _sha256(blob).hexdigest()}
+    model.write_bytes(st_save_meta(st_load(model.read_bytes()), metadata=meta))
+
+
+def _set(path: str, value) -> Callable[[dict], None]:
+    *keys, last = path.split("/")
+
+    def change(state: dict) -> None:
+        target = state
+        for k in keys:
+            target = target[int(k) if k.isdigit() else k]
+        if value is _DROP:
+            del target[last]
+        else:
+            target[int(last) if last.isdigit() else last] = value
+    return change
+
+
+STATE_CHANGES = [  # (id, change of the training state, a piece of the warning)
+    ("no optimizer", _set("optimizer", _DROP), "no 'optimizer'"),
+    ("no rng", _set("rng", _DROP), "no 'rng'"),
+    ("step 'abc'", _set("step", "abc"), "step 'abc' is not a step number"),
+    ("elapsed NaN", _set("elapsed", float("nan")), "elapsed nan"),
+    ("best_step -1", _set("best_step", -1), "best_step -1"),
+    ("optimizer a list", _set("optimizer", [1, 2]), "not an optimizer's"),
+    ("rng torch a float", _set("rng/torch", torch.zeros(3)), "RNG state is not charnn's"),
+    ("rng torch short", _set("rng/torch", torch.zeros(3, dtype=torch.uint8)), "unusable RNG"),
+    ("rng python short", _set("rng/python", [3, [1, 2], None]), "unusable RNG"),
+    ("hidden of 2 streams", lambda s: s.__setitem__("hidden", [h[:, :2] for h in s["hidden"]]),
+     "does not fit this lstm of 4 streams"),
+    ("hidden one tensor", lambda s: s.__setitem__("hidden", s["hidden"][0]), "does not fit this lstm"),
+    ("hidden 2-d", lambda s: s.__setitem__("hidden", [h[0] for h in s["hidden"]]), "hidden state is not"),
+    ("train_config batch '4'", _set("train_config/batch_size", "4"), "does not fit"),
+    ("optimizer moment of another shape", _set("optimizer/state/0/exp_avg", torch.zeros(3)),
+     "optimizer state does not fit this model"),
+    ("optimizer one parameter", _set("optimizer/param_groups/0/params", [0]),
+     "optimizer state does not fit this model"),
+    ("optimizer one group", lambda s: s["optimizer"]["param_groups"].pop(), "parameter groups"),
+    ("scaler 5", _set("scaler", 5), "scaler is not a dictionary"),
+]
+
+
+@pytest.mark.parametrize("name,change,fragment", STATE_CHANGES, ids=[c[0] for c in STATE_CHANGES])
+def test_a_crafted_training_state_falls_back_with_a_warning(run_dir: Path, name: str, change, fragment: str):
+    _rehash_state(run_dir, 20, change)
+    result = invoke("train", "--quiet", "--device", "cpu", "--resume", run_dir, "--max-iters", "11")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    warning, = (line for line in result.stderr.splitlines() if line.startswith("warning: "))
+    assert warning.startswith(f"warning: {run_dir}/step-00000020.state.pt: ") and fragment in warning, warning
+    assert "falling back to an earlier checkpoint" in warning
+
+
+def test_crafted_training_states_everywhere_are_one_error_line(run_dir: Path):
+    for step in (10, 20):
+        _rehash_state(run_dir, step, _set("step", "abc"))
+    result = invoke("train", "--quiet", "--device", "cpu", "--resume", run_dir, "--max-iters", "21")
+    line = one_error_line(result, 2, alone=False)
+    assert "no checkpoint to resume from" in line and "step 'abc' is not a step number" in line
+    assert all(x.startswith("warning: ") for x in result.stderr.strip().splitlines()[:-1])
+
+
+def test_a_changed_corpus_is_refused_at_once_not_fallen_back_from(run_dir: Path, tmp_path: Path):
+    other = tmp_path / "other.txt"
+    other.write_text(TINY_TEXT.replace("First", "Frist"), encoding="utf-8")
+    result = invoke("train", "--quiet", "--device", "cpu", other, "--resume", run_dir, "--max-iters", "21")
+    assert "corpus differs" in one_error_line(result, 2)
