@@ -391,3 +391,53 @@ def test_a_changed_corpus_is_refused_at_once_not_fallen_back_from(run_dir: Path,
     other.write_text(TINY_TEXT.replace("First", "Frist"), encoding="utf-8")
     result = invoke("train", "--quiet", "--device", "cpu", other, "--resume", run_dir, "--max-iters", "21")
     assert "corpus differs" in one_error_line(result, 2)
+
+
+def _line(**fields) -> str:
+    return json.dumps({"kind": "train", "step": 21, "elapsed": 1.0, "train_loss": 3.0, "lr": 0.01,
+                       "grad_norm": 1.0, "clip_frac": 0.0, "chars_per_s": 100.0} | fields)
+
+
+SIDE_FILES = [  # (id, file, line appended or edit of config.json, the warning expected (None: none))
+    ("loss NaN", "metrics.jsonl", _line(train_loss=float("nan")), None),
+    ("loss a string", "metrics.jsonl", _line(train_loss="3"), "skipped 1 record(s) without a step or a loss"),
+    ("step of 400 digits", "metrics.jsonl", _line(step=10**400), "skipped 1 record(s) without a step"),
+    ("step -5", "metrics.jsonl", _line(step=-5), "skipped 1 record(s) without a step"),
+    ("elapsed Infinity", "metrics.jsonl", _line(elapsed=float("inf")), None),
+    ("elapsed NaN", "metrics.jsonl", _line(elapsed=float("nan")), None),
+    ("elapsed of 400 digits", "metrics.jsonl", _line(elapsed=10**400), None),
+    ("val_loss Infinity", "metrics.jsonl", _line(kind="eval", val_loss=float("inf")), None),
+    ("a line nested 100,000 deep", "metrics.jsonl", "[" * 100_000, "skipped 1 unreadable line(s)"),
+    ("sample step 'x'", "samples.jsonl", json.dumps({"step": "x", "text": "a"}), "skipped 1 record(s)"),
+    ("sample step Infinity", "samples.jsonl", json.dumps({"step": float("inf"), "text": "a"}), "skipped 1 record"),
+    ("sample elapsed 'x'", "samples.jsonl", json.dumps({"step": 3, "elapsed": "x", "val_loss": True, "text": 5}),
+     None),
+    ("config train [1]", "config.json", _edit("train", [1]), "section(s) that are not objects (train)"),
+    ("config init_from 5", "config.json", _edit("init_from", 5), "section(s) that are not objects (init_from)"),
+    ("config grad_clip Infinity", "config.json", _edit("train.grad_clip", float("inf")), None),
+    ("config the file []", "config.json", lambda saved: [], "file: not a JSON object"),
+]
+
+
+@pytest.mark.parametrize("name,file,change,warning", SIDE_FILES, ids=[c[0] for c in SIDE_FILES])
+def test_report_reads_damaged_side_files_with_a_warning(run_dir: Path, tmp_path: Path, name: str, file: str,
+                                                        change, warning: str | None):
+    """metrics.jsonl, samples.jsonl and config.json are the run's readable record, not its checkpoints: a line
+    or a section that is not what training writes is left out of the page with one warning, never a traceback
+    (a number a chart cannot place, NaN, infinite or of 400 digits, is left off its axis)."""
+    path = run_dir / file
+    if callable(change):
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    else:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(change + "\n")
+    page = tmp_path / "page.html"
+    result = invoke("report", run_dir, "-o", page)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "error:" not in result.stderr
+    warnings_seen = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    if warning is None:
+        assert warnings_seen == []
+    else:
+        assert len(warnings_seen) == 1 and f"{path}: " in warnings_seen[0] and warning in warnings_seen[0]
+    assert 'id="loss-steps"' in page.read_text(encoding="utf-8")

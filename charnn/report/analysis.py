@@ -38,51 +38,108 @@ LN2 = math.log(2)
 
 # --- the run directory ----------------------------------------------------------------------------------
 
+MAX_STEP = 2**53  # the largest step a float (a chart's x) holds exactly; a larger one is no run's
+SECTIONS = ("model", "train", "data", "corpus", "init_from", "plan")  # config.json's objects
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a .jsonl file; a missing file is empty; a torn line (a crash mid-write) is skipped."""
+    """Records of a .jsonl file; a missing file is empty. A line that is not a JSON object (torn by a crash
+    mid-write, or edited) is skipped, with one warning for the file."""
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return []
-    out = []
+    out, skipped = [], 0
     for line in lines:
         try:
             record = json.loads(line)
-        except ValueError:
-            continue
+        except (ValueError, RecursionError):
+            record = None
         if isinstance(record, dict):
             out.append(record)
+        else:
+            skipped += line.strip() != ""
+    _skipped(path, skipped, "unreadable line(s)")
     return out
 
 
+def _skipped(path: Path, count: int, what: str) -> None:
+    if count:
+        warnings.warn(f"{path}: skipped {count} {what}", CharnnWarning, stacklevel=3)
+
+
+def real(value: Any) -> bool:
+    """A JSON number a float can hold (NaN and infinities included), not a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        float(value)
+    except OverflowError:  # an int of 400 digits
+        return False
+    return True
+
+
 def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number: what a chart can place on an axis."""
+    return real(value) and math.isfinite(value)
 
 
 def number(record: dict, key: str) -> float:
-    """`record[key]` as a float; NaN when it is missing or not a number."""
+    """`record[key]` as a float (NaN and infinities as they are); NaN when it is missing or not a number."""
     value = record.get(key)
-    return float(value) if is_number(value) else math.nan
+    return float(value) if real(value) else math.nan
+
+
+def is_step(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_STEP
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(train records, eval records), each by step; a resumed run's repeated steps keep their last record."""
+    """(train records, eval records), each by step; a resumed run's repeated steps keep their last record.
+    A record without a step or without its loss (a number, NaN allowed: a diverged run logs one) is skipped."""
     by_kind: dict[str, dict[int, dict]] = {"train": {}, "eval": {}}
     needs = {"train": "train_loss", "eval": "val_loss"}
-    for rec in read_jsonl(run_dir / "metrics.jsonl"):
+    path = run_dir / "metrics.jsonl"
+    skipped = 0
+    for rec in read_jsonl(path):
         kind = rec.get("kind")
-        if kind in by_kind and isinstance(rec.get("step"), int) and is_number(rec.get(needs[kind])):
-            by_kind[kind][rec["step"]] = rec
+        if kind not in by_kind:
+            continue  # "stop" records, and kinds of later versions
+        if is_step(rec.get("step")) and real(rec.get(needs[kind])):
+            by_kind[kind][rec["step"]] = {**rec, needs[kind]: float(rec[needs[kind]])}
+        else:
+            skipped += 1
+    _skipped(path, skipped, "record(s) without a step or a loss")
     return ([by_kind["train"][s] for s in sorted(by_kind["train"])],
             [by_kind["eval"][s] for s in sorted(by_kind["eval"])])
 
 
+def read_samples(run_dir: Path) -> list[dict[str, Any]]:
+    """samples.jsonl's records with a step, each field of the type the timeline shows (None: not known)."""
+    path = run_dir / "samples.jsonl"
+    records = read_jsonl(path)
+    out = [{"step": r["step"], "elapsed": number(r, "elapsed"),
+            "val_loss": number(r, "val_loss") if real(r.get("val_loss")) else None,
+            "temperature": r["temperature"] if real(r.get("temperature")) else "?",
+            "text": r.get("text") if isinstance(r.get("text"), str) else ""}
+           for r in records if is_step(r.get("step"))]
+    _skipped(path, len(records) - len(out), "record(s) without a step")
+    return out
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
+    """config.json, {} when missing or unreadable; a section that is not an object is dropped (with a warning)."""
+    path = run_dir / "config.json"
     try:
-        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return {}
-    return config if isinstance(config, dict) else {}
+    if not isinstance(config, dict):
+        _skipped(path, 1, "file: not a JSON object")
+        return {}
+    bad = [k for k in SECTIONS if k in config and not isinstance(config[k], dict)]
+    _skipped(path, len(bad), f"section(s) that are not objects ({', '.join(bad)})")
+    return {k: v for k, v in config.items() if k not in bad}
 
 
 @dataclass(frozen=True)
@@ -97,7 +154,7 @@ class RunLog:
 
 def read_run_log(run_dir: Path) -> RunLog:
     train, evals = read_metrics(run_dir)
-    return RunLog(read_config(run_dir), train, evals, read_jsonl(run_dir / "samples.jsonl"))
+    return RunLog(read_config(run_dir), train, evals, read_samples(run_dir))
 
 
 # --- the passage ------------------------------------------------------------------------------------------
