@@ -248,6 +248,8 @@ def resume_configs(run_dir: str | os.PathLike, *, model_overrides: dict[str, Any
     """
     path = Path(run_dir) / "config.json"
     try:
+        if not path.is_file():  # a FIFO would block the read, a device would never end it
+            raise OSError
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         raise CheckpointError(f"{run_dir}: not a charnn run directory (config.json missing or unreadable)") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -415,7 +416,7 @@ SIDE_FILES = [  # (id, file, line appended or edit of config.json, the warning e
     ("config train [1]", "config.json", _edit("train", [1]), "section(s) that are not objects (train)"),
     ("config init_from 5", "config.json", _edit("init_from", 5), "section(s) that are not objects (init_from)"),
     ("config grad_clip Infinity", "config.json", _edit("train.grad_clip", float("inf")), None),
-    ("config the file []", "config.json", lambda saved: [], "file: not a JSON object"),
+    ("config the file []", "config.json", lambda saved: [], "not a JSON object; left out of the report"),
 ]
 
 
@@ -441,3 +442,17 @@ def test_report_reads_damaged_side_files_with_a_warning(run_dir: Path, tmp_path:
     else:
         assert len(warnings_seen) == 1 and f"{path}: " in warnings_seen[0] and warning in warnings_seen[0]
     assert 'id="loss-steps"' in page.read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_side_files_that_are_fifos_never_block(run_dir: Path, tmp_path: Path):
+    """A FIFO in place of config.json or metrics.jsonl would block a read forever: resume refuses the run,
+    the report leaves the file out with a warning."""
+    for name in ("config.json", "metrics.jsonl"):
+        (run_dir / name).unlink()
+        os.mkfifo(run_dir / name)
+    result = invoke("report", run_dir, "-o", tmp_path / "page.html")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("not a regular file; left out of the report") == 2
+    result = invoke("train", "--quiet", "--device", "cpu", "--resume", run_dir)
+    assert "config.json missing or unreadable" in one_error_line(result, 2)

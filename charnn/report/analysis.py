@@ -45,6 +45,8 @@ SECTIONS = ("model", "train", "data", "corpus", "init_from", "plan")  # config.j
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Records of a .jsonl file; a missing file is empty. A line that is not a JSON object (torn by a crash
     mid-write, or edited) is skipped, with one warning for the file."""
+    if not _regular(path):
+        return []
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
@@ -63,9 +65,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _regular(path: Path) -> bool:
+    """A file to read: not a FIFO (the read would block) nor a device; one that is there but is neither is
+    skipped with a warning."""
+    if path.is_file() or not path.exists():
+        return path.is_file()
+    _warn(path, "not a regular file; left out of the report")
+    return False
+
+
 def _skipped(path: Path, count: int, what: str) -> None:
     if count:
-        warnings.warn(f"{path}: skipped {count} {what}", CharnnWarning, stacklevel=3)
+        _warn(path, f"skipped {count} {what}")
+
+
+def _warn(path: Path, text: str) -> None:
+    warnings.warn(f"{path}: {text}", CharnnWarning, stacklevel=4)
 
 
 def real(value: Any) -> bool:
@@ -130,12 +145,14 @@ def read_samples(run_dir: Path) -> list[dict[str, Any]]:
 def read_config(run_dir: Path) -> dict[str, Any]:
     """config.json, {} when missing or unreadable; a section that is not an object is dropped (with a warning)."""
     path = run_dir / "config.json"
+    if not _regular(path):
+        return {}
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(config, dict):
-        _skipped(path, 1, "file: not a JSON object")
+        _warn(path, "not a JSON object; left out of the report")
         return {}
     bad = [k for k in SECTIONS if k in config and not isinstance(config[k], dict)]
     _skipped(path, len(bad), f"section(s) that are not objects ({', '.join(bad)})")
