@@ -122,7 +122,10 @@ def from_dict(cls: type, data: Any, *, where: str | None = None) -> Any:
         if value is None and type(None) not in _field_types(cls)[f.name]:
             raise ConfigError(f"{where}.{f.name} must not be null")
         if isinstance(value, int) and not isinstance(value, bool) and float in _field_types(cls)[f.name]:
-            value = float(value)  # JSON writes 1.0 as 1
+            try:
+                value = float(value)  # a hand-written 1 for 1.0
+            except OverflowError:  # 400 digits
+                raise ConfigError(f"{where}.{f.name} must be a finite number, not {len(str(value))} digits") from None
         values[f.name] = value
     check_fields(cls, values, where=where)
     try:
