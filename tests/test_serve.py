@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 import signal
 import socket
@@ -295,6 +296,9 @@ def test_score_is_charnn_eval_of_the_same_text(client, tmp_path):
     skipped = client.post("/v1/score", json={"text": "Fir\u00e9st", "skip_unknown": True}).json()
     assert skipped["unknown_chars"] == 1 and skipped["chars"] == 4
     assert client.post("/v1/score", json={"text": "F"}).json()["nats_per_char"] is None  # nothing to score
+    bits = client.post("/v1/score", json={"text": text, "per_char": True}).json()["bits"]  # each after the first
+    assert len(bits) == 399 and sum(bits) / 399 * math.log(2) == pytest.approx(want["nats_per_char"], rel=1e-5)
+    assert client.post("/v1/score", json={"text": "F", "per_char": True}).json()["bits"] == []
 
 
 @needs_http
