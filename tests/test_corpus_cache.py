@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import charnn.data as data
+import charnn.textfile as textfile
 from charnn.config import DataConfig
 from charnn.corpus_cache import EncodeProgress, cache_key, load_corpus
 from charnn.errors import CheckpointWriteError, DataError
@@ -28,7 +29,7 @@ def _same_as_encode_file(path: Path, cfg: DataConfig, cache: Path) -> None:
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7])
 def test_chunk_boundaries_inside_4_byte_characters(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(data, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(textfile, "CHUNK_BYTES", chunk)
     path = tmp_path / "c.txt"
     path.write_text("a😀b𝄞\n" * 5 + "日é", encoding="utf-8")  # 😀 at byte 1: chunk 2 splits it 1+3
     _same_as_encode_file(path, DataConfig(), tmp_path / "cache")
@@ -44,7 +45,7 @@ def test_random_texts_and_options_match_the_exact_decoder(tmp_path, monkeypatch)
             text += "\r\nx\r"  # CR: the fast path hands over to charnn.data
         path = tmp_path / f"t{trial}.txt"
         path.write_text(text, encoding="utf-8", newline="")
-        monkeypatch.setattr(data, "CHUNK_BYTES", rng.choice([1, 2, 3, 4, 6, 1 << 16]))
+        monkeypatch.setattr(textfile, "CHUNK_BYTES", rng.choice([1, 2, 3, 4, 6, 1 << 16]))
         cfg = DataConfig(keep_newlines=trial % 3 == 0)
         _same_as_encode_file(path, cfg, tmp_path / "cache")
 
@@ -132,7 +133,7 @@ def test_a_truncated_entry_is_rebuilt(tmp_path):
 
 
 def test_progress_reports_every_pass_to_the_total(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(textfile, "CHUNK_BYTES", 64)
     path = tmp_path / "c.txt"
     path.write_text("x" * 1000)
     events: list[EncodeProgress] = []

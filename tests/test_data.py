@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from charnn import data as data_mod
+from charnn import textfile
 from charnn.batches import StreamBatcher
 from charnn.config import DataConfig
 from charnn.data import Vocab, encode_file, id_dtype, read_ids, unknown_symbols
@@ -51,7 +51,7 @@ def test_bom_stripped_and_newlines_normalised(tmp_path):
 def test_crlf_split_across_chunks(tmp_path, monkeypatch):
     p = tmp_path / "t.txt"
     p.write_bytes(b"ab\r\ncd\r\nef")
-    monkeypatch.setattr(data_mod, "CHUNK_BYTES", 3)  # "ab\r" | "\ncd" | ...
+    monkeypatch.setattr(textfile, "CHUNK_BYTES", 3)  # "ab\r" | "\ncd" | ...
     corpus = encode_file(p, DataConfig())
     assert corpus.vocab.decode(corpus.ids) == "ab\ncd\nef"
 
@@ -61,7 +61,7 @@ def test_multibyte_character_split_across_chunks(tmp_path, monkeypatch):
     p = tmp_path / "t.txt"
     p.write_text(text, encoding="utf-8")
     for size in (1, 2, 3, 5):
-        monkeypatch.setattr(data_mod, "CHUNK_BYTES", size)
+        monkeypatch.setattr(textfile, "CHUNK_BYTES", size)
         corpus = encode_file(p, DataConfig())
         assert corpus.vocab.decode(corpus.ids) == text
 
@@ -69,7 +69,7 @@ def test_multibyte_character_split_across_chunks(tmp_path, monkeypatch):
 def test_invalid_utf8_names_the_byte_offset(tmp_path, monkeypatch):
     p = tmp_path / "bad.txt"
     p.write_bytes(b"hello world" + b"\xff" + b"more")
-    monkeypatch.setattr(data_mod, "CHUNK_BYTES", 4)
+    monkeypatch.setattr(textfile, "CHUNK_BYTES", 4)
     with pytest.raises(DataError, match=r"at byte 11\b.*--encoding"):
         encode_file(p, DataConfig())
     assert encode_file(p, DataConfig(encoding="latin-1")).vocab.decode(encode_file(
@@ -173,7 +173,7 @@ def test_too_short_for_one_batch():
 @pytest.mark.parametrize("chunk", [None, 1, 2, 3])
 def test_lf_crlf_cr_encode_identically(tmp_path: Path, monkeypatch, chunk):
     if chunk:
-        monkeypatch.setattr(data_mod, "CHUNK_BYTES", chunk)  # a CR at a chunk end must wait for its LF
+        monkeypatch.setattr(textfile, "CHUNK_BYTES", chunk)  # a CR at a chunk end must wait for its LF
     text = "ab\ncd\n\nx\u00e9\n"
     encoded = []
     for nl in ("\n", "\r\n", "\r"):
@@ -192,7 +192,7 @@ def test_bom_is_never_in_the_vocabulary(tmp_path: Path, monkeypatch):
     path.write_bytes(b"\xef\xbb\xbf" + b"hello\r\nworld\n")
     for chunk in (None, 1, 2):
         if chunk:
-            monkeypatch.setattr(data_mod, "CHUNK_BYTES", chunk)
+            monkeypatch.setattr(textfile, "CHUNK_BYTES", chunk)
         corpus = encode_file(path, DataConfig())
         assert 0xFEFF not in corpus.vocab.symbols
         assert corpus.vocab.decode(corpus.ids.tolist()) == "hello\nworld\n"
