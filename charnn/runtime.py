@@ -205,8 +205,8 @@ def check_ram(need: int, what: str, *, fix: str = _SMALLER) -> None:
     such allocations and faults the pages in later, and then its OOM killer ends the process without a word."""
     have = available_ram()
     if have is not None and need > have:
-        raise OutOfMemoryError(f"{what} need about {need / 1e9:.1f} GB, more than the {have / 1e9:.1f} GB of RAM "
-                               f"free here; {fix}")
+        raise OutOfMemoryError(f"out of memory: {what} need about {need / 1e9:.1f} GB, more than the "
+                               f"{have / 1e9:.1f} GB of RAM free here; {fix}")
 
 
 def available_ram() -> int | None:
