@@ -381,3 +381,15 @@ def test_dev_stdin_as_a_pipe_is_refused(world: Path):
 
 def _run(result) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
+
+
+def test_cpu_allocation_failures_are_out_of_memory():
+    from charnn.errors import OutOfMemoryError
+    from charnn.runtime import user_device_error
+
+    torch_cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                             "memory: you tried to allocate 22716547072 bytes. Error code 12 (Cannot allocate memory)")
+    err = user_device_error(torch_cpu)
+    assert isinstance(err, OutOfMemoryError) and "22.7 GB in RAM" in str(err) and "alloc_cpu" not in str(err)
+    assert isinstance(user_device_error(MemoryError()), OutOfMemoryError)
+    assert user_device_error(RuntimeError("expected scalar type Float")) is None

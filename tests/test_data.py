@@ -1,6 +1,7 @@
 """Reading, vocabulary, split and the truncated-BPTT layout; text input reads the same whatever its newlines
 (LF, CRLF, CR, even split across chunks) or byte-order mark, and a corpus too short to train names the counts."""
 
+import os
 import re
 from pathlib import Path
 
@@ -216,3 +217,48 @@ def test_smallest_corpus_that_fits_one_window_trains(tmp_path: Path):
     result = train(path, model_cfg=SMALL_MODEL, data_cfg=DataConfig(val_frac=0.0),
                    train_cfg=small_train(batch_size=1, seq_len=16, max_iters=2), out_dir=tmp_path / "r")
     assert result.steps == 2
+
+
+@pytest.mark.parametrize("change", ["append", "rewrite", "truncate", "vanish"])
+def test_a_file_changing_between_the_two_passes(tmp_path: Path, monkeypatch, change: str):
+    """encode_file's passes read the bytes the file held when the first began: appended text is left out,
+    and a rewrite, truncation or removal before the second pass is a DataError, never ids of two versions."""
+    import charnn.data
+
+    path = tmp_path / "c.txt"
+    text = "hello world\n" * 100
+    path.write_text(text)
+    real = charnn.data.iter_symbols
+
+    def changing(p, cfg, **kw):
+        if kw.get("sha256"):
+            if change == "vanish":
+                path.unlink()
+            else:
+                with open(path, "ab" if change == "append" else "r+b") as f:
+                    f.write("é".encode() * 20)  # a symbol the scan never saw
+                    if change == "truncate":
+                        f.truncate(200)
+        return real(p, cfg, **kw)
+
+    monkeypatch.setattr(textfile, "CHUNK_BYTES", 50)
+    monkeypatch.setattr(charnn.data, "iter_symbols", changing)
+    if change == "append":
+        corpus = encode_file(path, DataConfig())
+        assert corpus.vocab.decode(corpus.ids) == text
+        return
+    with pytest.raises(DataError, match="no such file" if change == "vanish" else "changed while it was being read"):
+        encode_file(path, DataConfig())
+
+
+@pytest.mark.parametrize("target, message", [
+    ("fifo", "pipe (FIFO)"), ("/dev/zero", "character device"), ("/dev/null", "character device"),
+    ("dir", "is a directory")])
+def test_only_regular_files_are_read(tmp_path: Path, target: str, message: str):
+    """Refused when opened, before a byte is read: a FIFO without a writer must not wait forever."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    path = target if target.startswith("/") else tmp_path / target
+    for read in (lambda: encode_file(path, DataConfig()), lambda: read_ids(path, Vocab((97,)), DataConfig())):
+        with pytest.raises(DataError, match=re.escape(message)):
+            read()
