@@ -193,17 +193,24 @@ def validation_ids(loaded, run_dir: str | os.PathLike | None = None) -> np.ndarr
 
 def _run_corpus(run_dir: Path) -> str:
     """The corpus path a run directory's config.json records; a DataError when there is none to read."""
-    try:
-        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    from charnn.textfile import open_input
+
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
         raise DataError(f"{run_dir} is not a run directory (no config.json): only a run's own validation split "
-                        f"can be scored; pass a FILE to score") from None
+                        f"can be scored; pass a FILE to score")
+    try:
+        f, _ = open_input(config_path)  # a regular file: a FIFO planted there must not hang eval
+        with f:
+            config = json.loads(f.read().decode("utf-8"))
+    except DataError as err:
+        raise DataError(f"{err}; pass a FILE to score") from None
     except (OSError, ValueError, RecursionError) as err:
-        raise DataError(f"{run_dir}/config.json is unreadable ({first_line(err)}); pass a FILE to score") from None
+        raise DataError(f"{config_path} is unreadable ({first_line(err)}); pass a FILE to score") from None
     corpus = config.get("corpus") if isinstance(config, dict) else None
     path = corpus.get("path") if isinstance(corpus, dict) else None
     if not isinstance(path, str) or not path:
-        raise DataError(f"{run_dir}/config.json records no corpus path; pass a FILE to score")
+        raise DataError(f"{config_path} records no corpus path; pass a FILE to score")
     return path
 
 
