@@ -95,7 +95,7 @@ def run_command(body: Callable[[], Any]) -> Any:
     except CharnnError as err:
         say(f"error: {err}")
         raise typer.Exit(err.exit_code) from None
-    except (RuntimeError, NotImplementedError) as err:  # out of memory, a precision or kernel the GPU lacks
+    except (RuntimeError, NotImplementedError, MemoryError) as err:  # out of memory, a precision the GPU lacks
         user = _device_error(err)
         if user is None:
             raise

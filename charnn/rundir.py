@@ -196,6 +196,8 @@ def candidates(target: str | os.PathLike | None, which: str = "best") -> list[Pa
         raise CheckpointError(f"{target}: no such run directory or checkpoint file")
     if target.is_file():
         return [target]
+    if not target.is_dir():  # a FIFO or a device: never opened (a FIFO without a writer would wait forever)
+        raise CheckpointError(f"{target}: not a run directory or a checkpoint file")
     ckpts = list_checkpoints(target)
     if not ckpts:
         raise CheckpointError(f"{target}: no checkpoints in this directory (is it a charnn run?)")

@@ -43,7 +43,15 @@ from charnn.rundir import (
     resume_configs,
     write_run_files,
 )
-from charnn.runtime import hardware, pick_device, seed_everything, set_deterministic, set_rng_state, set_threads
+from charnn.runtime import (
+    check_ram,
+    hardware,
+    pick_device,
+    seed_everything,
+    set_deterministic,
+    set_rng_state,
+    set_threads,
+)
 from charnn.schedule import default_run_dir, is_sample_step, learning_rate, total_steps
 from charnn.trainloop import (
     LoopState,
@@ -231,6 +239,11 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
 
     run_dir = broadcast_object(dist, Path(out_dir) if out_dir else default_run_dir(data.path))
     seed_everything(cfg.seed)
+    # built in RAM whatever the device; training on the CPU adds gradients and Adam's two moments
+    on_cpu = device.type == "cpu"
+    check_ram(num_parameters(model_cfg, len(data.vocab)) * 4 * (4 if on_cpu else 1),
+              "this model's weights" + (", gradients and optimizer state" if on_cpu else ""),
+              fix="use a smaller model (--hidden, --layers)")
     model = CharRNN(model_cfg, len(data.vocab)).to(device)
     if start is not None:
         start_weights(model, start)

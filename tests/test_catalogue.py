@@ -4,7 +4,10 @@ stderr, nothing on stdout, and no traceback. In-process through CliRunner; a few
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import resource
 import shutil
 import subprocess
 from pathlib import Path
@@ -62,6 +65,7 @@ def world(tmp_path_factory) -> Path:
     (w / "norun").mkdir()
     (w / "not_a_run").mkdir()
     shutil.copy(good, w / "not_a_run" / "step-00000010.safetensors")  # checkpoints but no config.json
+    os.mkfifo(w / "fifo")  # no writer ever opens it: reading it would wait forever
     return w
 
 
@@ -157,6 +161,15 @@ CATALOGUE = [
     ("eval: --batch-size 0", ["eval", "{w}/run", "{w}/tiny.txt", "--batch-size", "0"], 2, "--batch-size"),
     ("eval: --segment 1", ["eval", "{w}/run", "{w}/tiny.txt", "--segment", "1"], 2, "--segment"),
     ("eval: --device tpu", ["eval", "{w}/run", "{w}/tiny.txt", "--device", "tpu"], 2, "--device"),
+    # data and eval: special files as input are refused before they are read, and a model file outside its
+    # run directory has no validation split to score
+    ("corpus: FIFO without a writer", [*T, "{w}/fifo"], 2, "is a pipe (FIFO), not a regular file"),
+    ("corpus: /dev/zero", [*T, "/dev/zero"], 2, "is a character device"),
+    ("resume: corpus is /dev/urandom", [*T, "/dev/urandom", "--resume", "{w}/run"], 2, "character device"),
+    ("eval: FIFO", ["eval", "{w}/run", "{w}/fifo"], 2, "is a pipe (FIFO)"),
+    ("eval: /dev/urandom", ["eval", "{w}/run", "/dev/urandom"], 2, "is a character device"),
+    ("eval: model file outside a run, no FILE", ["eval", "{w}/not_a_run/step-00000010.safetensors"], 2,
+     "pass a FILE to score"),
 ]
 
 KNOWN_BUGS: list = []  # strict xfail cases: when one is fixed, the test turns red and it moves up
@@ -202,3 +215,181 @@ def test_bad_input_through_python_m_charnn(world: Path, name: str):
                           text=True, timeout=120)
     check_one_error(proc.returncode, proc.stdout, proc.stderr, code, fragment)
     assert not (world / "PWNED").exists()
+
+
+# --- data and eval: what a model file may not choose, damaged caches, files that change, memory ------------
+
+def _crafted_model(src: Path, dst: Path, **meta) -> Path:
+    """`src` re-saved with metadata fields replaced (a valid file: the tensor checksums still hold)."""
+    from charnn.checkpoint import load_model, model_bytes
+
+    m = load_model(src)
+    fields = dict(step=m.step, val_loss=m.val_loss, corpus_sha256=m.corpus_sha256, train_cfg=m.meta.train_cfg)
+    dst.write_bytes(model_bytes(m.model, m.vocab, m.data_cfg, **{**fields, **meta}))
+    return dst
+
+
+def test_a_model_file_never_chooses_what_eval_reads_or_writes(world: Path, tmp_path: Path):
+    secret, leak = tmp_path / "secret.txt", tmp_path / "leak"
+    secret.write_text(TINY_TEXT)  # readable, and even the corpus's own bytes: the model's sha256 matches it
+    good = world / "run" / "step-00000010.safetensors"
+    (tmp_path / "bare").mkdir()
+    bare = _crafted_model(good, tmp_path / "bare" / "m.safetensors", corpus_path=str(secret), corpus_cache=str(leak))
+    check_one_error(*_run(invoke("eval", bare)), 2, "pass a FILE to score")
+    # inside a run directory the run's config.json names the corpus; the metadata's paths are ignored
+    run = tmp_path / "run"
+    shutil.copytree(world / "run", run)
+    inside = _crafted_model(good, run / "step-00000011.safetensors", corpus_path="/etc/passwd",
+                            corpus_cache=str(leak))
+    result = invoke("eval", inside, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["chars"] > 0
+    assert not leak.exists() and not (tmp_path / ".cache").exists() and not (world / ".cache").exists()
+
+
+def test_eval_uses_a_sound_cache_read_only_and_scores_past_a_damaged_one(tmp_path: Path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TINY_TEXT)
+    out, cache = tmp_path / "checkpoints" / "run", tmp_path / "checkpoints" / ".cache"
+    train(corpus, model_cfg=ModelConfig(model="gru", layers=1, hidden=16, embed=8), cache_dir=cache, out_dir=out,
+          train_cfg=TrainConfig(batch_size=4, seq_len=16, max_iters=10, eval_every=10, sample_length=0,
+                                warmup_iters=0, device="cpu", seed=1))
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    want = next(r["val_loss"] for r in logged if r.get("val_loss") is not None)
+    ids = next(cache.glob("*.ids"))
+    stamp = sorted((p.name, p.stat().st_mtime_ns) for p in cache.iterdir())
+    sound = json.loads(invoke("eval", out, "--json").stdout)
+    assert sound["nats_per_char"] == pytest.approx(want, rel=1e-5)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in cache.iterdir()) == stamp  # read, never written
+    blob = bytearray(ids.read_bytes())
+    blob[-3:] = bytes(b ^ 1 for b in blob[-3:])  # the tail changed, the size kept
+    ids.write_bytes(bytes(blob))
+    result = invoke("eval", out, "--json")
+    assert result.exit_code == 0 and "damaged" in result.stderr, result.output
+    assert json.loads(result.stdout)["nats_per_char"] == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("change,code", [("append", 0), ("rewrite", 2)])
+def test_corpus_changing_while_it_is_encoded(world: Path, tmp_path: Path, monkeypatch, change: str, code: int):
+    """`train --no-cache`: text appended during encoding is left out (both passes read the bytes the file held
+    when the first began); a rewrite in place between the passes is one error line, never a traceback."""
+    import charnn.data
+    import charnn.textfile
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TINY_TEXT)
+    real = charnn.data.iter_symbols
+
+    def changing(path, cfg, **kw):
+        if kw.get("sha256"):  # the encode pass, after the scan: the file changes under it
+            with open(corpus, "r+b" if change == "rewrite" else "ab") as g:
+                g.write(b"Z" * 40)
+        return real(path, cfg, **kw)
+
+    monkeypatch.setattr(charnn.textfile, "CHUNK_BYTES", 256)
+    monkeypatch.setattr(charnn.data, "iter_symbols", changing)
+    result = invoke(*T, corpus, "--no-cache", *SHORT, "--max-iters", "2", "--out", tmp_path / "r")
+    if code:
+        check_one_error(result.exit_code, result.stdout, result.stderr, code, "changed while it was being read")
+    else:
+        assert result.exit_code == 0, result.output
+        config = json.loads((tmp_path / "r" / "config.json").read_text())
+        assert config["corpus"]["chars"] == len(TINY_TEXT)
+
+
+def test_eval_segment_and_batch_size_have_no_memory_cliff(world: Path):
+    """`--segment` far past the text scores it as one stream, `--batch-size` far past memory runs in turns:
+    the figures of the sensible values, not a 24 GB allocation."""
+    text = world / "tiny.txt"
+    figures = {}
+    for args in (["--segment", str(len(TINY_TEXT))], ["--segment", "1000000000000"],
+                 ["--segment", "64"], ["--segment", "64", "--batch-size", "1000000000"]):
+        result = invoke("eval", world / "run", text, "--json", *args)
+        assert result.exit_code == 0, result.output
+        figures[tuple(args)] = json.loads(result.stdout)["nats_per_char"]
+    values = list(figures.values())
+    assert values[0] == pytest.approx(values[1], rel=1e-6) and values[2] == pytest.approx(values[3], rel=1e-6)
+
+
+def test_memory_error_exits_5(world: Path, monkeypatch):
+    import charnn.evaluate
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(charnn.evaluate, "evaluate_file", exhausted)
+    check_one_error(*_run(invoke("eval", world / "run", world / "tiny.txt")), 5, "out of memory")
+
+
+def test_a_model_larger_than_the_free_ram_is_refused_before_it_is_built(world: Path):
+    from charnn.runtime import available_ram
+
+    if available_ram() is None:
+        pytest.skip("no /proc/meminfo here")
+    result = invoke(*T, world / "tiny.txt", "--hidden", "16384", "--layers", "16", "--out", world / "big")
+    check_one_error(*_run(result), 5, "RAM free here")
+    assert not (world / "big").exists()
+
+
+def test_cpu_allocation_failure_exits_5(world: Path, tmp_path: Path):
+    """Under `ulimit -v` the CPU allocator fails (no OOM killer): exit 5 and one line, not its traceback."""
+    limit = 3 << 30  # room for torch's libraries; a 16384-wide layer's 4 GB weight matrix cannot fit
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    proc = subprocess.run([PYTHON, "-m", "charnn", *T, str(world / "tiny.txt"), "--hidden", "16384", "--layers", "1",
+                           "--out", str(tmp_path / "r")], env=cli_env(), capture_output=True, text=True,
+                          timeout=120, preexec_fn=cap)
+    check_one_error(proc.returncode, proc.stdout, proc.stderr, 5, "out of memory")
+
+
+def test_unreadable_and_vanishing_inputs(world: Path, tmp_path: Path, monkeypatch):
+    """Permissions cannot stop root, so the refusal is simulated at the one place inputs are opened."""
+    import charnn.textfile as textfile
+
+    text = tmp_path / "t.txt"
+    text.write_text(TINY_TEXT)
+    real = os.open
+
+    def denied(path, flags, *args, **kwargs):
+        if Path(path) == text:
+            raise PermissionError(13, "Permission denied")
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(textfile.os, "open", denied)
+    check_one_error(*_run(invoke("eval", world / "run", text)), 2, "cannot read (Permission denied)")
+    monkeypatch.setattr(textfile.os, "open", real)
+    real_open, calls = textfile.open_input, []
+
+    def vanishing(path):
+        calls.append(path)
+        if len(calls) == 2:  # after readable_file looked: gone before it is read
+            text.unlink(missing_ok=True)
+        return real_open(path)
+
+    monkeypatch.setattr(textfile, "open_input", vanishing)
+    check_one_error(*_run(invoke("eval", world / "run", text)), 2, "no such file")
+
+
+@pytest.mark.slow
+def test_dev_stdin_as_a_pipe_is_refused(world: Path):
+    proc = subprocess.run([PYTHON, "-m", "charnn", "eval", str(world / "run"), "/dev/stdin"], env=cli_env(),
+                          input="First Citizen:\n", capture_output=True, text=True, timeout=120)
+    check_one_error(proc.returncode, proc.stdout, proc.stderr, 2, "pipe (FIFO)")
+
+
+def _run(result) -> tuple[int, str, str]:
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_cpu_allocation_failures_are_out_of_memory():
+    from charnn.errors import OutOfMemoryError
+    from charnn.runtime import user_device_error
+
+    torch_cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                             "memory: you tried to allocate 22716547072 bytes. Error code 12 (Cannot allocate memory)")
+    err = user_device_error(torch_cpu)
+    assert isinstance(err, OutOfMemoryError) and "22.7 GB in RAM" in str(err) and "alloc_cpu" not in str(err)
+    assert isinstance(user_device_error(MemoryError()), OutOfMemoryError)
+    assert user_device_error(RuntimeError("expected scalar type Float")) is None
