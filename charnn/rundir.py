@@ -245,8 +245,7 @@ def load_run(target: str | os.PathLike | None = None, *, which: str = "best",
         except CheckpointError as err:
             if attempt < 2 and _vanished(path):
                 continue
-            what = "best" if which == "best" else "latest"
-            raise CheckpointError(f"{err}; it is the run's {what} checkpoint; "
+            raise CheckpointError(f"{err}; it is the run's {which} checkpoint; "
                                   f"{_instead(path, list_checkpoints(target), which, which_flag)}") from None
 
 

@@ -27,16 +27,21 @@ def is_run_file(name: str) -> bool:
 
 
 def _foreign_file(run_dir: Path) -> str | None:
-    """The first entry of `run_dir` that charnn did not write (a config.json not of a run counts), or None."""
-    for entry in sorted(run_dir.iterdir()):
-        temp = TEMP_RE.match(entry.name)
-        if not is_run_file(temp.group(1) if temp else entry.name):
-            return entry.name
+    """The first entry of `run_dir` that charnn did not write, or None. A run's files count only beside the
+    config.json of a charnn run (someone's own vocab.json is not a run); the lock and temp files alone do."""
+    names = sorted(p.name for p in run_dir.iterdir())
+    for name in names:
+        temp = TEMP_RE.match(name)
+        if not is_run_file(temp.group(1) if temp else name):
+            return name
+    written = [name for name in names if name != ".lock" and not TEMP_RE.match(name)]
+    if not written:
+        return None
     try:
-        config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+        config = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
-        return "config.json"
-    return None if isinstance(config, dict) and (not config or "charnn_version" in config) else "config.json"
+        config = None
+    return None if isinstance(config, dict) and "charnn_version" in config else min(written)
 
 
 def new_run_dir(run_dir: Path, dist: DistInfo, held: ExitStack) -> None:

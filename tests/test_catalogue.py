@@ -451,10 +451,17 @@ def test_runs_user_files_are_never_touched(world: Path, run_dir: Path, tmp_path:
 
 
 def test_runs_out_may_be_a_run_that_never_saved(tmp_path: Path, world: Path):
-    """A training stopped before its first checkpoint leaves only charnn's files: the same --out is taken."""
+    """A training stopped before its first checkpoint leaves only charnn's files: the same --out is taken. A
+    run's file names without a charnn config.json beside them are someone else's."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text('{"charnn_version": "0"}')
-    (run / "metrics.jsonl").write_text("")
     (run / ".lock").write_text("1\n")
+    (run / ".config.json.5.tmp").write_text("half")
     assert invoke(*T, world / "tiny.txt", "--out", run, *SHORT, "--max-iters", "2").exit_code == 0
+    for sidecar in ("vocab.json", "metrics.jsonl", "report.html"):
+        theirs = tmp_path / sidecar
+        theirs.mkdir()
+        (theirs / sidecar).write_text("theirs")
+        line = one_error_line(invoke(*T, world / "tiny.txt", "--out", theirs, *SHORT), 2)
+        assert f"holds {sidecar}, which is not a charnn run's" in line
+        assert [p.name for p in theirs.iterdir()] == [sidecar]
