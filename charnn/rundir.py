@@ -13,6 +13,7 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,7 +49,10 @@ def state_path(model_path: Path) -> Path:
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """Checkpoint files of a run, oldest step first (temp files never match)."""
     run_dir = Path(run_dir)
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := CKPT_RE.match(p.name))]
+    try:
+        found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := CKPT_RE.match(p.name))]
+    except OSError as err:
+        raise CheckpointError(f"{run_dir}: cannot list the run directory ({err.strerror})") from None
     return [p for _, p in sorted(found)]
 
 
@@ -147,14 +151,22 @@ def check_same_run(loaded: LoadedModel, model_cfg: ModelConfig, vocab, corpus_sh
 
 # --- finding and choosing -----------------------------------------------------------------------------------
 
-def best_checkpoint(ckpts: list[Path]) -> Path | None:
-    """The checkpoint with the lowest finite validation loss; files whose label cannot be read are passed over
-    (pruning's view; a command choosing the checkpoint it answers for uses `choose_checkpoint`)."""
+def _vanished(path: Path) -> bool:
+    """Pruned by a training since it was listed: gone, which is not damaged."""
+    return not os.path.lexists(path)
+
+
+def best_checkpoint(ckpts: list[Path], *, unreadable: Callable[[Path, CheckpointError], None] | None = None
+                    ) -> Path | None:
+    """The checkpoint with the lowest finite validation loss. A file whose label cannot be read is passed over
+    (pruning's view), or handed to `unreadable` (it could have been the best) unless it vanished meanwhile."""
     best, best_val = None, math.inf
     for p in ckpts:
         try:
             val = read_meta(p).val_loss
-        except CheckpointError:
+        except CheckpointError as err:
+            if unreadable is not None and not _vanished(p):
+                unreadable(p, err)
             continue
         if val is not None and math.isfinite(val) and val < best_val:
             best, best_val = p, val
@@ -168,12 +180,19 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+def _listed(run_dir: Path) -> list[Path]:
+    try:
+        return list_checkpoints(run_dir)
+    except CheckpointError:  # a directory we may not read is no run to choose
+        return []
+
+
 def find_runs(root: str | os.PathLike = "checkpoints") -> list[Path]:
     """Run directories under `root`, most recently written first."""
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = [(d, ckpts) for d in root.iterdir() if d.is_dir() and (ckpts := list_checkpoints(d))]
+    runs = [(d, ckpts) for d in root.iterdir() if d.is_dir() and (ckpts := _listed(d))]
     runs.sort(key=lambda run: max(_mtime(p) for p in run[1]), reverse=True)
     return [d for d, _ in runs]
 
@@ -187,12 +206,9 @@ def _run_target(target: str | os.PathLike | None) -> Path:
     target = Path(target)
     if not target.exists():
         raise CheckpointError(f"{target}: no such run directory or checkpoint file")
+    if not target.is_dir() and not target.is_file():  # reading a pipe or a device could wait forever
+        raise CheckpointError(f"{target}: not a run directory or checkpoint file (a device, pipe or socket)")
     return target
-
-
-def _vanished(path: Path) -> bool:
-    """Pruned by a training since it was listed: gone, which is not damaged."""
-    return not os.path.lexists(path)
 
 
 def choose_checkpoint(run_dir: Path, which: str = "best", *, which_flag: bool = True) -> Path:
@@ -205,17 +221,12 @@ def choose_checkpoint(run_dir: Path, which: str = "best", *, which_flag: bool = 
         raise CheckpointError(f"{run_dir}: no checkpoints in this directory (is it a charnn run?)")
     if which == "latest":
         return ckpts[-1]
-    best, best_val = None, math.inf
-    for p in ckpts:
-        try:
-            val = read_meta(p).val_loss
-        except CheckpointError as err:
-            if _vanished(p):
-                continue
-            raise CheckpointError(f"{err}; without its validation loss the best checkpoint is unknown; "
-                                  f"{_instead(p, ckpts, 'best', which_flag)}") from None
-        if val is not None and math.isfinite(val) and val < best_val:
-            best, best_val = p, val
+
+    def unknown(path: Path, err: CheckpointError) -> None:
+        raise CheckpointError(f"{err}; without its validation loss the best checkpoint is unknown; "
+                              f"{_instead(path, ckpts, 'best', which_flag)}") from None
+
+    best = best_checkpoint(ckpts, unreadable=unknown)
     return best or next((p for p in reversed(ckpts) if not _vanished(p)), ckpts[-1])
 
 

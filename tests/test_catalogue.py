@@ -75,6 +75,7 @@ def world(tmp_path_factory) -> Path:
     (w / "not_a_run").mkdir()
     shutil.copy(good, w / "not_a_run" / "step-00000010.safetensors")  # checkpoints but no config.json
     user_files(w / "userdir")
+    os.mkfifo(w / "fifo")  # reading it would wait for a writer forever
     return w
 
 
@@ -187,6 +188,10 @@ CATALOGUE = [
     ("--init-from empty", [*T, "{w}/tiny.txt", "--init-from", " "], 2, "'--init-from': is empty"),
     ("--cache-dir empty", [*T, "{w}/tiny.txt", "--cache-dir", ""], 2, "'--cache-dir': is empty"),
     ("--resume A --out B", [*T, "--resume", "{w}/run", "--out", "{w}/elsewhere"], 2, "drop --out"),
+    ("sample: a device as RUN", ["sample", "/dev/null"], 2, "not a run directory or checkpoint file"),
+    ("eval: a pipe as RUN", ["eval", "{w}/fifo"], 2, "not a run directory or checkpoint file"),
+    ("--init-from a pipe", [*T, "{w}/tiny.txt", "--init-from", "{w}/fifo"], 2, "not a run directory"),
+    ("--out a device", [*T, "{w}/tiny.txt", "--out", "/dev/null"], 2, "not a run directory"),
 ]
 
 KNOWN_BUGS: list = []  # strict xfail cases: when one is fixed, the test turns red and it moves up
