@@ -248,6 +248,8 @@ def load_run(target: str | os.PathLike | None = None, *, which: str = "best",
     """
     target = _run_target(target)
     if target.is_file():
+        if which == "latest":  # it would be silently ignored: the file is the choice
+            raise CheckpointError(f"--which latest chooses within a run directory; {target} is one checkpoint file")
         return load_model(target, device=device)
     for attempt in range(3):  # a training pruning the run meanwhile: choose again
         path = choose_checkpoint(target, which, which_flag=which_flag)

@@ -188,6 +188,8 @@ CATALOGUE = [
     ("--init-from empty", [*T, "{w}/tiny.txt", "--init-from", " "], 2, "'--init-from': is empty"),
     ("--cache-dir empty", [*T, "{w}/tiny.txt", "--cache-dir", ""], 2, "'--cache-dir': is empty"),
     ("--resume A --out B", [*T, "--resume", "{w}/run", "--out", "{w}/elsewhere"], 2, "drop --out"),
+    ("sample: a file with --which latest", ["sample", "{w}/run/step-00000010.safetensors", "--which", "latest"], 2,
+     "--which latest chooses within a run directory"),
     ("sample: a device as RUN", ["sample", "/dev/null"], 2, "not a run directory or checkpoint file"),
     ("eval: a pipe as RUN", ["eval", "{w}/fifo"], 2, "not a run directory or checkpoint file"),
     ("--init-from a pipe", [*T, "{w}/tiny.txt", "--init-from", "{w}/fifo"], 2, "not a run directory"),
