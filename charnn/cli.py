@@ -31,6 +31,14 @@ from charnn.errors import CharnnError
 
 _StopFlag = StopFlag  # the name tests and older callers know
 
+
+def _given_path(value: str) -> Path:
+    """A path option's value; an empty one would mean the current directory (`--out ""` trained into it)."""
+    if not value.strip():
+        raise typer.BadParameter("is empty; give a directory")
+    return Path(value)
+
+
 @app.command("train", cls=Command)
 @with_options(*config_options(*TRAIN_CONFIGS, planned=True))
 def train_cmd(
@@ -45,12 +53,13 @@ def train_cmd(
         "--plan", rich_help_panel="Run", help="Print the training plan and exit.")
     ] = False,
     out: Annotated[Optional[Path], typer.Option(
-        metavar="DIR", rich_help_panel="Run",
+        metavar="DIR", rich_help_panel="Run", parser=_given_path,
         help=with_default("Run directory for checkpoints and logs.", "checkpoints/CORPUS-TIME"))] = None,
     resume: Annotated[Optional[Path], typer.Option(
-        metavar="RUN", rich_help_panel="Run", help="Continue this run exactly where it stopped.")] = None,
+        metavar="RUN", rich_help_panel="Run", parser=_given_path,
+        help="Continue this run exactly where it stopped.")] = None,
     init_from: Annotated[Optional[Path], typer.Option(
-        metavar="RUN", rich_help_panel="Run",
+        metavar="RUN", rich_help_panel="Run", parser=_given_path,
         help="Start from this run's best model (fine-tune).")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", rich_help_panel="Evaluation & output",
@@ -59,7 +68,7 @@ def train_cmd(
         "--report", rich_help_panel="Evaluation & output",
         help="Write RUN/report.html at each evaluation (see charnn report).")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(
-        metavar="DIR", rich_help_panel="Data",
+        metavar="DIR", rich_help_panel="Data", parser=_given_path,
         help=with_default("Where the encoded corpus is cached, memory-mapped.", "checkpoints/.cache"))] = None,
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", rich_help_panel="Data", help="Encode the corpus in memory; write no cache.")
@@ -99,6 +108,9 @@ def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, 
     from charnn.runtime import pick_device
     from charnn.train import plan, train
 
+    if resume is not None and out is not None and out.resolve() != resume.resolve():
+        raise CharnnError(f"--out {out} with --resume {resume}: a resumed run continues in its own directory; "
+                          f"drop --out (or start a new run with --out alone)")
     setup, source, out_dir = train_configs(corpus, options, preset=preset, resume=resume, out=out)
     if show_plan:
         if setup.request is None:

@@ -6,7 +6,8 @@ Nothing here knows what the files hold.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -25,6 +26,9 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+TEMP_RE = re.compile(r"^\.(.+)\.(\d+)\.tmp$")  # what _temp_path makes: the target's name, then a pid
 
 
 def _temp_path(path: Path) -> Path:
@@ -69,10 +73,15 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, what: str = "checkpoin
             f"{what} write failed (disk full?): {path}: {err.strerror or err}") from None
 
 
-def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """Delete temp files left by an interrupted write; they are never taken as checkpoints."""
+def remove_stale_temps(directory: str | os.PathLike, *, owned: Callable[[str], bool] | None = None) -> list[Path]:
+    """Delete temp files left by an interrupted write (they are never taken for the files they replace): only
+    names `_temp_path` makes, `.{name}.{pid}.tmp`, and of those only the ones whose `name` is `owned` when
+    given; a user's `.notes.tmp` is not ours to delete."""
     removed = []
     for tmp in Path(directory).glob(".*.tmp"):
+        match = TEMP_RE.match(tmp.name)
+        if match is None or (owned is not None and not owned(match.group(1))):
+            continue
         try:
             tmp.unlink()
             removed.append(tmp)

@@ -12,6 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,19 +31,18 @@ from charnn.distributed import (
     setup_distributed,
     wrap_ddp,
 )
-from charnn.errors import CheckpointError, ConfigError, DataError
-from charnn.files import remove_stale_temps
+from charnn.errors import ConfigError, DataError
 from charnn.finetune import load_start, start_corpus, start_request, start_weights, training_corpus
 from charnn.model import CharRNN, num_parameters
 from charnn.planning import CorpusFacts, Plan, PlanRequest, make_plan
 from charnn.rundir import (
     check_same_run,
     latest_resumable,
-    new_run_dir,
     open_logs,
     resume_configs,
     write_run_files,
 )
+from charnn.runlock import claim_run, new_run_dir
 from charnn.runtime import (
     check_ram,
     hardware,
@@ -108,9 +108,17 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
     chooses a fine-tuning schedule; config.json records where it started.
     """
     data_cfg = data_cfg or (corpus.data if isinstance(corpus, Corpus) else DataConfig())
-    run, s = _prepare(corpus, Configs(model_cfg, train_cfg, request or PlanRequest()), data_cfg, out_dir=out_dir,
-                      resume=resume, cache_dir=cache_dir, on_encode=on_encode, on_progress=on_progress,
-                      should_stop=should_stop, init_from=init_from)
+    with ExitStack() as held:  # the run's lock, for as long as this training writes it
+        run, s = _prepare(corpus, Configs(model_cfg, train_cfg, request or PlanRequest()), data_cfg, held,
+                          out_dir=out_dir, resume=resume, cache_dir=cache_dir, on_encode=on_encode,
+                          on_progress=on_progress, should_stop=should_stop, init_from=init_from)
+        _loop(run, s)
+        emit(run, s, "end", val_loss=s.last_val, text=str(s.latest))
+    return _result(run, s)
+
+
+def _loop(run: Run, s: LoopState) -> None:
+    """Step until a stopping rule, evaluating, checkpointing and sampling on schedule."""
     cfg = run.cfg
     try:
         s.t_start = time.perf_counter() - s.elapsed_before
@@ -142,8 +150,6 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
     finally:
         run.metrics.close()
         run.samples.close()
-    emit(run, s, "end", val_loss=s.last_val, text=str(s.latest))
-    return _result(run, s)
 
 
 def _announce(run: Run, s: LoopState) -> None:
@@ -211,10 +217,11 @@ def plan(corpus: str | os.PathLike | Corpus, *, request: PlanRequest | None = No
 # --- preparing a run -------------------------------------------------------------------------------------
 
 # long: one straight line of set-up steps, each a call; splitting it would only pass its locals around
-def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: DataConfig,
+def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: DataConfig, held: ExitStack,
              *, out_dir, resume: bool, cache_dir, on_encode, on_progress, should_stop, init_from
              ) -> tuple[Run, LoopState]:
-    """Processes, corpus, the plan, model and optimizer, the run directory, and the state to start from."""
+    """Processes, corpus, the plan, model and optimizer, the run directory (locked while `held` lasts), and the
+    state to start from."""
     if resume and init_from is not None:
         raise ConfigError("--init-from starts a new run; --resume continues one from its own weights")
     start = load_start(init_from) if init_from is not None else None  # before seeding: loading builds a model
@@ -250,10 +257,11 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
     optimizer = make_optimizer(model, cfg, device)
     scaler = make_scaler(cfg, device)
     if resume:
+        claim_run(run_dir, dist, held)
         s = _resume(run_dir, model, optimizer, cfg=cfg, data=data, dist=dist, device=device, scaler=scaler)
     else:
         s = LoopState()
-        new_run_dir(run_dir, dist)
+        new_run_dir(run_dir, dist, held)
     if dist.is_main:
         write_run_files(run_dir, data, model_cfg, cfg, plan=chosen.as_dict() if chosen else None,
                         init_from=start.record() if start else None)
@@ -291,10 +299,6 @@ def _check_splits(data: Corpus, val_ids, cfg: TrainConfig) -> None:
 def _resume(run_dir: Path, model: CharRNN, optimizer: torch.optim.Optimizer, *, cfg: TrainConfig, data: Corpus,
             dist: DistInfo, device: torch.device, scaler: torch.amp.GradScaler | None = None) -> LoopState:
     """Load the newest resumable checkpoint into `model` and `optimizer`; the loop state it saved."""
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: no such run directory to resume")
-    if dist.is_main:  # another rank's cleanup could delete rank 0's file mid-write
-        remove_stale_temps(run_dir)
     loaded, state = latest_resumable(run_dir)
     check_same_run(loaded, model.cfg, data.vocab, data.sha256)
     model.load_state_dict(loaded.model.state_dict())
@@ -312,7 +316,7 @@ def _resume(run_dir: Path, model: CharRNN, optimizer: torch.optim.Optimizer, *, 
     return LoopState(step=int(state["step"]), elapsed_before=float(state["elapsed"]),
                      best_val=float(state.get("best_val", math.inf)),
                      evals_since_best=int(state.get("evals_since_best", 0)), hidden=hidden,
-                     best_step=state.get("best_step"))
+                     best_step=state.get("best_step"), saved_step=int(state["step"]), latest=loaded.path)
 
 
 

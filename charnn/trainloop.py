@@ -132,7 +132,9 @@ def stop_if_asked(run: Run, s: LoopState) -> None:
     if run.dist.enabled and s.step % run.sync_every == 0:
         signum = all_max(run.dist, signum or 0) or None  # one rank's signal stops every rank here
     if signum:
-        latest = write_checkpoint(run, s, None)
+        # A checkpoint of this very step (one the signal came during, its validation included) is kept as
+        # written: rewriting it unevaluated would take the validation loss that makes it the best away.
+        latest = s.latest if s.saved_step == s.step else write_checkpoint(run, s, None)
         raise Interrupted(f"interrupted at step {s.step}; saved {latest}; continue with "
                           f"--resume {run.run_dir}", exit_code=128 + signum)
 

@@ -18,7 +18,18 @@ from safetensors.torch import save as st_save
 
 from charnn.config import ModelConfig, TrainConfig
 from charnn.train import train
-from tests.conftest import PYTHON, TINY_TEXT, cli_env, invoke, torch_save_bytes
+from tests.conftest import (
+    PYTHON,
+    SMALL_MODEL,
+    TINY_TEXT,
+    cli_env,
+    corpus_of,
+    invoke,
+    one_error_line,
+    small_train,
+    snapshot,
+    torch_save_bytes,
+)
 
 SEQ = 16  # --seq-len of the "too short" cases (with --batch-size 1)
 
@@ -65,8 +76,19 @@ def world(tmp_path_factory) -> Path:
     (w / "norun").mkdir()
     (w / "not_a_run").mkdir()
     shutil.copy(good, w / "not_a_run" / "step-00000010.safetensors")  # checkpoints but no config.json
-    os.mkfifo(w / "fifo")  # no writer ever opens it: reading it would wait forever
+    user_files(w / "userdir")
+    os.mkfifo(w / "fifo")  # reading it would wait for a writer forever
     return w
+
+
+def user_files(d: Path) -> dict[str, bytes]:
+    """A directory of someone's own files, some with the names a run uses; what it holds."""
+    d.mkdir()
+    files = {"notes.txt": b"mine\n", "config.json": b'{"theme": "dark"}\n', "vocab.json": b"[1, 2]\n",
+             ".important.tmp": b"keep me\n"}
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    return files
 
 
 T = ["train", "--quiet", "--device", "cpu"]
@@ -170,6 +192,19 @@ CATALOGUE = [
     ("eval: /dev/urandom", ["eval", "{w}/run", "/dev/urandom"], 2, "is a character device"),
     ("eval: model file outside a run, no FILE", ["eval", "{w}/not_a_run/step-00000010.safetensors"], 2,
      "pass a FILE to score"),
+    # runs: where a training writes, and which run it continues
+    ("--out of a user's files", [*T, "{w}/tiny.txt", "--out", "{w}/userdir", *SHORT], 2, "not a charnn run's"),
+    ("--out empty", [*T, "{w}/tiny.txt", "--out", ""], 2, "'--out': is empty"),
+    ("--resume empty", [*T, "--resume", ""], 2, "'--resume': is empty"),
+    ("--init-from empty", [*T, "{w}/tiny.txt", "--init-from", " "], 2, "'--init-from': is empty"),
+    ("--cache-dir empty", [*T, "{w}/tiny.txt", "--cache-dir", ""], 2, "'--cache-dir': is empty"),
+    ("--resume A --out B", [*T, "--resume", "{w}/run", "--out", "{w}/elsewhere"], 2, "drop --out"),
+    ("sample: a file with --which latest", ["sample", "{w}/run/step-00000010.safetensors", "--which", "latest"], 2,
+     "--which latest chooses within a run directory"),
+    ("sample: a device as RUN", ["sample", "/dev/null"], 2, "not a run directory or checkpoint file"),
+    ("eval: a pipe as RUN", ["eval", "{w}/fifo"], 2, "not a run directory or checkpoint file"),
+    ("--init-from a pipe", [*T, "{w}/tiny.txt", "--init-from", "{w}/fifo"], 2, "not a run directory"),
+    ("--out a device", [*T, "{w}/tiny.txt", "--out", "/dev/null"], 2, "not a run directory"),
 ]
 
 KNOWN_BUGS: list = []  # strict xfail cases: when one is fixed, the test turns red and it moves up
@@ -393,3 +428,234 @@ def test_cpu_allocation_failures_are_out_of_memory():
     assert isinstance(err, OutOfMemoryError) and "22.7 GB in RAM" in str(err) and "alloc_cpu" not in str(err)
     assert isinstance(user_device_error(MemoryError()), OutOfMemoryError)
     assert user_device_error(RuntimeError("expected scalar type Float")) is None
+# --- runs: damaged checkpoints, interrupts, the lock, what --out may touch -----------------------------------
+
+def relabel(path: Path, val_loss: float | None) -> None:
+    """Rewrite a model file's validation loss, everything else as it was (a valid, verifiable file)."""
+    from charnn.checkpoint import load_model, model_bytes
+
+    loaded = load_model(path)
+    m = loaded.meta
+    path.write_bytes(model_bytes(loaded.model, m.vocab, m.data_cfg, step=m.step, val_loss=val_loss,
+                                 corpus_sha256=m.corpus_sha256, corpus_path=m.corpus_path,
+                                 corpus_cache=m.corpus_cache, train_cfg=m.train_cfg, state_sha256=m.state_sha256))
+
+
+def answering_commands(run: Path, tmp: Path, *which: str) -> dict[str, list[str]]:
+    """Every command whose answer belongs to one checkpoint of `run`."""
+    return {"sample": ["sample", str(run), "--length", "5", *which],
+            "eval": ["eval", str(run), *which],
+            "report": ["report", str(run), "-o", str(tmp / "r.html"), *which],
+            "export": ["export", str(run), "-o", str(tmp / "m.html"), *which],
+            "serve": ["serve", str(run), "--port", "0", *which],
+            "train --init-from": [*T, str(corpus_of(run)), "--init-from", str(run), "--out", str(tmp / "ft")]}
+
+
+def test_runs_a_damaged_best_is_named_never_replaced(run_dir: Path, tmp_path: Path):
+    """Each command refuses (exit 2, one line naming the file and another way) rather than answer for an older
+    checkpoint; only the commands with --which are told of it."""
+    from tests.conftest import flip_data_byte
+
+    relabel(run_dir / "step-00000010.safetensors", 0.01)  # the best is not the newest
+    flip_data_byte(run_dir / "step-00000010.safetensors")
+    before = snapshot(run_dir)
+    for name, args in answering_commands(run_dir, tmp_path).items():
+        result = invoke(*args)
+        line = one_error_line(result, 2)
+        assert "step-00000010.safetensors: checksum mismatch" in line and "best checkpoint" in line, name
+        assert str(run_dir / "step-00000020.safetensors") in line, name
+        assert ("--which latest" in line) == (name != "train --init-from"), name
+        assert result.stdout == "" and snapshot(run_dir) == before, name
+    assert not list(tmp_path.glob("*.html")) and not (tmp_path / "ft").exists()
+    assert invoke("sample", run_dir, "--length", "5", "--which", "latest").exit_code == 0
+
+
+def test_runs_a_damaged_latest_is_named_with_which_latest(run_dir: Path, tmp_path: Path):
+    from tests.conftest import flip_data_byte
+
+    flip_data_byte(run_dir / "step-00000020.safetensors")
+    for name, args in answering_commands(run_dir, tmp_path, "--which", "latest").items():
+        if name == "train --init-from":
+            continue
+        line = one_error_line(invoke(*args), 2)
+        assert "step-00000020.safetensors: checksum mismatch" in line and "latest checkpoint" in line, name
+        assert "--which latest" not in line and "step-00000010.safetensors" in line, name
+
+
+def test_runs_an_unreadable_label_does_not_silently_change_the_best(run_dir: Path):
+    """A file whose metadata cannot be read may have been the best: `best` names it rather than pick another."""
+    from charnn.errors import CheckpointError
+    from charnn.rundir import load_run
+
+    relabel(run_dir / "step-00000010.safetensors", 0.01)
+    path = run_dir / "step-00000010.safetensors"
+    path.write_bytes(path.read_bytes()[:6])  # the header is gone with its validation loss
+    with pytest.raises(CheckpointError, match=r"step-00000010.safetensors: not a charnn checkpoint.*best "
+                                              r"checkpoint is unknown.*--which latest"):
+        load_run(run_dir)
+    assert load_run(run_dir, which="latest").step == 20
+    line = one_error_line(invoke("eval", run_dir), 2)
+    assert "step-00000010" in line and "--which latest" in line
+
+
+def test_runs_resume_still_falls_back_past_a_damaged_newest(run_dir: Path):
+    """Continuing is the point of --resume: it alone takes an older checkpoint (with a warning)."""
+    from tests.conftest import flip_data_byte
+
+    flip_data_byte(run_dir / "step-00000020.safetensors")
+    result = invoke(*T, "--resume", run_dir, "--max-iters", "12")
+    assert result.exit_code == 0, result.output
+    assert "checksum mismatch" in result.stderr and "falling back" in result.stderr
+
+
+def test_runs_a_checkpoint_pruned_while_read_is_chosen_again(run_dir: Path, monkeypatch):
+    """A training pruning the run between the listing and the load: the file vanished, it is not damaged."""
+    import charnn.rundir as rundir
+
+    relabel(run_dir / "step-00000010.safetensors", 5.0)
+    relabel(run_dir / "step-00000020.safetensors", 1.0)
+    real_load, real_meta = rundir.load_model, rundir.read_meta
+    gone = []
+
+    def pruned_then_load(path, **kw):  # the chosen file is pruned just before it is opened
+        if not gone:
+            gone.append(path.name)
+            path.unlink()
+        return real_load(path, **kw)
+
+    monkeypatch.setattr(rundir, "load_model", pruned_then_load)
+    assert rundir.load_run(run_dir).step == 10 and gone == ["step-00000020.safetensors"]
+    monkeypatch.setattr(rundir, "load_model", real_load)
+
+    shutil.copy(run_dir / "step-00000010.safetensors", run_dir / "step-00000030.safetensors")
+
+    def pruned_then_meta(path):  # pruned while the labels are read
+        if path.name == "step-00000010.safetensors":
+            path.unlink()
+        return real_meta(path)
+
+    monkeypatch.setattr(rundir, "read_meta", pruned_then_meta)
+    assert rundir.choose_checkpoint(run_dir).name == "step-00000030.safetensors"
+
+
+def test_runs_an_interrupt_during_validation_keeps_the_best_label(run_dir: Path):
+    """SIGINT/SIGTERM during a validation pass (or the checkpoint write after it) stops at the next poll; the
+    checkpoint of that step keeps its validation loss; a resumed run interrupted at once rewrites nothing."""
+    from charnn.checkpoint import read_meta
+    from charnn.errors import Interrupted
+    from charnn.train import train
+
+    for during in ("eval", "checkpoint"):
+        seen = []
+        with pytest.raises(Interrupted) as err:
+            train(corpus_of(run_dir), model_cfg=SMALL_MODEL, train_cfg=small_train(max_iters=60), out_dir=run_dir,
+                  resume=True, on_progress=lambda p, seen=seen: seen.append(p),
+                  should_stop=lambda seen=seen, during=during: 15 if any(p.kind == during for p in seen) else None)
+        evals = [p for p in seen if p.kind == "eval"]
+        assert err.value.exit_code == 143 and len(evals) == 1
+        assert read_meta(run_dir / f"step-{evals[0].step:08d}.safetensors").val_loss == evals[0].val_loss
+    before = snapshot(run_dir)
+    with pytest.raises(Interrupted, match="interrupted at step 40"):
+        train(corpus_of(run_dir), model_cfg=SMALL_MODEL, train_cfg=small_train(max_iters=60), out_dir=run_dir,
+              resume=True, should_stop=lambda: 2)
+    assert snapshot(run_dir) == before
+
+
+def test_runs_sighup_stops_like_sigterm():
+    """Closing the terminal: the flag is set (the loop saves and exits 128 + 1), in a forked child."""
+    import os
+    import signal
+
+    from charnn.cli_run import StopFlag
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            with StopFlag() as stop:
+                os.kill(os.getpid(), signal.SIGHUP)
+                code = 0 if stop() == signal.SIGHUP else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.slow
+def test_runs_sighup_saves_a_checkpoint_and_exits_129(tmp_path: Path):
+    import signal
+    import time
+
+    from charnn.rundir import latest_resumable, list_checkpoints
+
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(TINY_TEXT, encoding="utf-8")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([PYTHON, "-m", "charnn", *T, str(corpus), "--out", str(run), *SHORT, "--max-iters",
+                             "1000000", "--eval-every", "1000000", "--log-every", "1"], env=cli_env(),
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not ((run / "metrics.jsonl").exists()
+                                               and (run / "metrics.jsonl").read_text().count("\n") >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: interrupted at step")
+    assert len(list_checkpoints(run)) == 1 and latest_resumable(run)[0].step >= 3
+
+
+def test_runs_a_locked_run_is_refused(run_dir: Path, tmp_path: Path):
+    """A training holds RUN/.lock: a second `--resume RUN`, or a new run into the same --out, is refused."""
+    from charnn.runlock import lock_run
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with lock_run(run_dir), lock_run(fresh):
+        before = snapshot(run_dir)
+        line = one_error_line(invoke(*T, "--resume", run_dir, "--max-iters", "25"), 2)
+        assert "being trained by another process" in line and str(os.getpid()) in line
+        assert snapshot(run_dir) == before and (run_dir / "metrics.jsonl").read_text().count("\n") > 0
+        line = one_error_line(invoke(*T, corpus_of(run_dir), "--out", fresh, *SHORT), 2)
+        assert "being trained by another process" in line and not list_names(fresh, "step-")
+    result = invoke(*T, "--resume", run_dir, "--out", run_dir, "--max-iters", "22")  # released; --out the same
+    assert result.exit_code == 0, result.output
+
+
+def list_names(d: Path, prefix: str) -> list[str]:
+    return [p.name for p in d.iterdir() if p.name.startswith(prefix)]
+
+
+def test_runs_user_files_are_never_touched(world: Path, run_dir: Path, tmp_path: Path):
+    """--out of someone's directory is refused whole; a resume removes only charnn's own temp names."""
+    from charnn.files import remove_stale_temps
+
+    d = tmp_path / "mine"
+    files = user_files(d)
+    one_error_line(invoke(*T, world / "tiny.txt", "--out", d, *SHORT), 2)
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == files
+    (run_dir / ".important.tmp").write_bytes(b"x")
+    (run_dir / ".notes.txt.12.tmp").write_bytes(b"x")  # charnn's pattern, a name charnn never writes here
+    (run_dir / ".step-00000030.safetensors.999.tmp").write_bytes(b"half")
+    (run_dir / ".config.json.7.tmp").write_bytes(b"half")
+    result = invoke(*T, "--resume", run_dir, "--max-iters", "21")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in run_dir.glob(".*.tmp")) == [".important.tmp", ".notes.txt.12.tmp"]
+    assert remove_stale_temps(run_dir) == [run_dir / ".notes.txt.12.tmp"]  # the pattern alone, with no owner
+
+
+def test_runs_out_may_be_a_run_that_never_saved(tmp_path: Path, world: Path):
+    """A training stopped before its first checkpoint leaves only charnn's files: the same --out is taken. A
+    run's file names without a charnn config.json beside them are someone else's."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text("1\n")
+    (run / ".config.json.5.tmp").write_text("half")
+    assert invoke(*T, world / "tiny.txt", "--out", run, *SHORT, "--max-iters", "2").exit_code == 0
+    for sidecar in ("vocab.json", "metrics.jsonl", "report.html"):
+        theirs = tmp_path / sidecar
+        theirs.mkdir()
+        (theirs / sidecar).write_text("theirs")
+        line = one_error_line(invoke(*T, world / "tiny.txt", "--out", theirs, *SHORT), 2)
+        assert f"holds {sidecar}, which is not a charnn run's" in line
+        assert [p.name for p in theirs.iterdir()] == [sidecar]
