@@ -15,7 +15,7 @@ import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -30,7 +30,7 @@ from charnn.errors import (
     ConfigError,
     ResumeMismatchError,
 )
-from charnn.files import atomic_write, remove_stale_temps
+from charnn.files import LineLog, atomic_write, remove_stale_temps
 from charnn.model import CharRNN
 from charnn.version import __version__
 
@@ -141,13 +141,14 @@ def new_run_dir(run_dir: Path, dist: DistInfo) -> None:
         remove_stale_temps(run_dir)
 
 
-def open_logs(run_dir: Path, dist: DistInfo) -> tuple[IO[str], IO[str]]:
-    """metrics.jsonl and samples.jsonl, appended to; rank 0 alone writes them."""
+def open_logs(run_dir: Path, dist: DistInfo) -> tuple[LineLog, LineLog]:
+    """metrics.jsonl and samples.jsonl, appended to whole lines at a time; rank 0 alone writes them."""
+    metrics = LineLog(run_dir / "metrics.jsonl" if dist.is_main else None, what="metrics log")
     try:
-        metrics = open(run_dir / "metrics.jsonl" if dist.is_main else os.devnull, "a", encoding="utf-8")
-        samples = open(run_dir / "samples.jsonl" if dist.is_main else os.devnull, "a", encoding="utf-8")
-    except OSError as err:
-        raise CheckpointWriteError(f"cannot write logs in {run_dir}: {err.strerror}") from None
+        samples = LineLog(run_dir / "samples.jsonl" if dist.is_main else None, what="samples log")
+    except BaseException:
+        metrics.close()
+        raise
     return metrics, samples
 
 
