@@ -75,9 +75,14 @@ def save_checkpoint(run_dir: str | os.PathLike, model: CharRNN, vocab: Vocab, da
         blob = state_bytes(state)
         atomic_write(state_path(path), blob)
         state_sha256 = hashlib.sha256(blob).hexdigest()
-    atomic_write(path, model_bytes(model, vocab, data_cfg, step=step, val_loss=val_loss, corpus_sha256=corpus_sha256,
-                                   corpus_path=corpus_path, corpus_cache=corpus_cache, train_cfg=train_cfg,
-                                   state_sha256=state_sha256))
+    try:
+        atomic_write(path, model_bytes(model, vocab, data_cfg, step=step, val_loss=val_loss,
+                                       corpus_sha256=corpus_sha256, corpus_path=corpus_path,
+                                       corpus_cache=corpus_cache, train_cfg=train_cfg, state_sha256=state_sha256))
+    except CheckpointWriteError:
+        if state is not None:  # a state without its model file is no checkpoint: give the full disk its space back
+            state_path(path).unlink(missing_ok=True)
+        raise
     prune(run_dir, keep_last=keep_last)
     return path
 

@@ -309,6 +309,28 @@ def test_output_log_full_disk_through_python_m_charnn(world: Path, tmp_path: Pat
     assert (run / "step-00000010.safetensors").read_bytes() == checkpoint
 
 
+def test_output_failed_model_write_leaves_no_orphan_state(world: Path, tmp_path: Path, monkeypatch):
+    """The disk fills between a checkpoint's state file and its model file: the state goes too (no half
+    checkpoint using the space), the earlier checkpoint stays."""
+    from charnn import rundir
+    from charnn.errors import CheckpointWriteError
+
+    real = rundir.atomic_write
+
+    def model_write_fails(path, data, **kw):
+        if str(path).endswith("00000020.safetensors"):
+            raise CheckpointWriteError(f"checkpoint write failed (disk full?): {path}: No space left on device")
+        real(path, data, **kw)
+
+    monkeypatch.setattr(rundir, "atomic_write", model_write_fails)
+    with pytest.raises(CheckpointWriteError):
+        train(world / "tiny.txt", model_cfg=ModelConfig(model="gru", layers=1, hidden=8, embed=4),
+              train_cfg=TrainConfig(batch_size=2, seq_len=8, max_iters=20, eval_every=10, sample_length=0,
+                                    warmup_iters=0, device="cpu", seed=1), out_dir=tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").glob("step-*")) == [
+        "step-00000010.safetensors", "step-00000010.state.pt"]
+
+
 # output: stdout that cannot be written or encoded -------------------------------------------------------------
 
 @pytest.mark.slow
