@@ -163,6 +163,7 @@ CATALOGUE = [
     # output: an output path that is not a regular file is refused, never replaced (more below the table)
     ("output: report -o FIFO", ["report", "{w}/run", "-o", "{w}/fifo"], 2, "is a FIFO"),
     ("output: report -o link to FIFO", ["report", "{w}/run", "-o", "{w}/fifo_link"], 2, "a link to"),
+    ("output: export -o FIFO", ["export", "{w}/run", "-o", "{w}/fifo"], 2, "is a FIFO"),
     ("output: export -o FIFO --force", ["export", "{w}/run", "-o", "{w}/fifo", "--force"], 2, "is a FIFO"),
     ("output: export onnx -o FIFO", ["export", "{w}/run", "--format", "onnx", "-o", "{w}/fifo_link", "--force"], 2,
      "is a FIFO"),
