@@ -13,29 +13,33 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from charnn.errors import CheckpointWriteError, ConfigError
+from charnn.errors import CharnnError, CheckpointWriteError, ConfigError
 from charnn.terminal import for_terminal
 
 SEPARATOR = "\n---------------\n"  # between the samples of --num-samples N
 
 
+def stdout_error(err: OSError | UnicodeError) -> CharnnError:
+    """The one-line error for a failed write to stdout: a full or failing device is a failed write (exit 4), an
+    encoding that cannot carry the text a user error (exit 2). What is still buffered is discarded."""
+    _discard_stdout()
+    if isinstance(err, UnicodeEncodeError):
+        bad = err.object[err.start]
+        return ConfigError(f"stdout's encoding ({err.encoding}) cannot write {bad!r} (U+{ord(bad):04X}); set "
+                           f"PYTHONIOENCODING=utf-8")
+    return CheckpointWriteError(f"cannot write to stdout: {getattr(err, 'strerror', None) or err}")
+
+
 @contextmanager
 def stdout_errors() -> Iterator[None]:
-    """Writes to stdout that fail become one error line: a full or failing device is a failed write (exit 4), an
-    encoding that cannot carry the text a user error (exit 2). A reader that left (BrokenPipeError) is not an
+    """Writes to stdout that fail raise `stdout_error`'s one line. A reader that left (BrokenPipeError) is not an
     error and passes through."""
     try:
         yield
     except BrokenPipeError:
         raise
-    except UnicodeEncodeError as err:
-        _discard_stdout()
-        bad = err.object[err.start]
-        raise ConfigError(f"stdout's encoding ({err.encoding}) cannot write {bad!r} (U+{ord(bad):04X}); set "
-                          f"PYTHONIOENCODING=utf-8") from None
-    except OSError as err:
-        _discard_stdout()
-        raise CheckpointWriteError(f"cannot write to stdout: {err.strerror or err}") from None
+    except (OSError, UnicodeEncodeError) as err:
+        raise stdout_error(err) from None
 
 
 def _discard_stdout() -> None:
@@ -91,13 +95,17 @@ class SampleWriter:
         elif self.decoder is not None:
             self.write_text(self.decoder.decode(bytes(self.vocab.decode_symbols(ids))))
         else:
-            with stdout_errors():
+            try:  # try/except rather than `with stdout_errors()`: this runs once per sampled step
                 self.out.buffer.write(bytes(self.vocab.decode_symbols(ids)))
                 if self.tty:
                     self.out.buffer.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as err:
+                raise stdout_error(err) from None
 
     def write_text(self, text: str) -> None:
-        with stdout_errors():
+        try:
             if self.escape:
                 self.out.buffer.write(for_terminal(text).encode(self.out.encoding or "utf-8", "backslashreplace"))
             elif self.vocab.bytes_mode:
@@ -106,6 +114,10 @@ class SampleWriter:
                 self.out.write(text)
             if self.tty:
                 self.out.flush()
+        except BrokenPipeError:
+            raise
+        except (OSError, UnicodeEncodeError) as err:
+            raise stdout_error(err) from None
 
     def flush(self) -> None:
         if self.decoder is not None:
