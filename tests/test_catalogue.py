@@ -336,14 +336,32 @@ def test_output_failed_model_write_leaves_no_orphan_state(world: Path, tmp_path:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-@pytest.mark.parametrize("command", [["sample", "--length", "20000"], ["eval", "--json"], ["sample", "closed"]])
-def test_output_stdout_full_or_closed(world: Path, command: list[str]):
-    closed = command[-1] == "closed"
-    args = [command[0], str(world / "run"), *([] if closed else command[1:])]
+@pytest.mark.parametrize("command,closed", [(["sample", "--length", "20000"], False), (["eval", "--json"], True)])
+def test_output_stdout_full_or_closed(world: Path, command: list[str], closed: bool):
+    """`charnn sample RUN > /dev/full` and `charnn eval RUN >&-`: exit 4 and one line, nothing at exit."""
+    args = [command[0], str(world / "run"), *command[1:]]
     with open("/dev/full", "w") as full:
         proc = subprocess.run([PYTHON, "-m", "charnn", *args], env=cli_env(), stdout=full, stderr=subprocess.PIPE,
                               text=True, timeout=120, preexec_fn=(lambda: os.close(1)) if closed else None)
     check_one_error(proc.returncode, "", proc.stderr, 4, "it is closed" if closed else "no space left")
+
+
+def test_output_stdout_full_in_process(monkeypatch):
+    import errno
+    import io
+    import sys
+
+    from charnn.cli_output import echo
+    from charnn.errors import CheckpointWriteError
+
+    class Full(io.StringIO):
+        def flush(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(sys, "stdout", Full())
+    with pytest.raises(CheckpointWriteError, match="cannot write to stdout: No space left on device") as info:
+        echo('{"file": "x"}')
+    assert info.value.exit_code == 4
 
 
 def test_output_stdout_encoding_is_one_error_line(monkeypatch):
