@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -115,7 +114,9 @@ def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, 
     if show_plan:
         if setup.request is None:
             raise CharnnError("--plan shows the plan of a new run; a resumed run keeps its configs")
-        typer.echo("\n".join(plan(source, request=setup.request, data_cfg=setup.data_cfg, init_from=init_from).lines))
+        from charnn.cli_output import echo
+
+        echo("\n".join(plan(source, request=setup.request, data_cfg=setup.data_cfg, init_from=init_from).lines))
         return
     info = setup_distributed(backend, device_type=pick_device(setup.device).type)
     try:
@@ -167,7 +168,7 @@ def sample_cmd(
     """
     def body():
         from charnn.beam import beam_search
-        from charnn.cli_output import SampleWriter, write_beams, write_generation
+        from charnn.cli_output import SampleWriter, stdout_is_terminal, write_beams, write_generation
         from charnn.rundir import load_run
         from charnn.runtime import pick_device
         from charnn.sample import generate
@@ -176,7 +177,7 @@ def sample_cmd(
         device = values.pop("device")
         cfg = SampleConfig(**{**values, "prime": values["prime"] or None})
         loaded = load_run(run, which=which.value, device=pick_device(device))
-        out = SampleWriter(loaded.vocab, escape=sys.stdout.isatty() and not raw)
+        out = SampleWriter(loaded.vocab, escape=not raw and stdout_is_terminal())
         if cfg.beam is not None:  # the log-probabilities go to stderr: stdout is the text alone
             beams = beam_search(loaded.model, loaded.vocab, cfg.prime, cfg.beam, cfg.length, precision=cfg.precision)
             write_beams(beams[: cfg.num_samples], out, say=say)
@@ -234,12 +235,14 @@ def eval_cmd(
 
 
 def _show_eval(name: str, res, loaded, *, as_json: bool) -> None:
+    from charnn.cli_output import echo
+
     row = {"file": name, "checkpoint": str(loaded.path), "step": loaded.step, **res.as_dict()}
     if as_json:
-        typer.echo(json.dumps(row))
+        echo(json.dumps(row))
     else:
         unk = f"  ({row['unknown_chars']} unknown skipped)" if row["unknown_chars"] else ""
-        typer.echo(f"{name}: {res.chars} chars  {res.loss:.4f} nats/char  {res.bpc:.4f} bits/char  "
+        echo(f"{name}: {res.chars} chars  {res.loss:.4f} nats/char  {res.bpc:.4f} bits/char  "
                    f"perplexity {res.perplexity:.3f}{unk}")
     if res.unknown:
         shown = ", ".join(loaded.vocab.symbol_str(s) for s in list(res.unknown)[:10])

@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from charnn.errors import CharnnError
+from charnn.terminal import for_terminal
 
 # Typer vendors click in newer releases and uses click itself in older ones: find the classes either way.
 _CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -80,8 +81,9 @@ class OneLineErrors(_PlainRows, TyperGroup):
 
 
 def say(message: str) -> None:
-    """One line on stderr (stdout carries only the product)."""
-    typer.echo(message, err=True)
+    """One line on stderr (stdout carries only the product); control characters in it (a file name's newline
+    or ESC) are escaped, so it stays one line and cannot drive the terminal."""
+    typer.echo(for_terminal(message, keep="\t"), err=True)
 
 
 def run_command(body: Callable[[], Any]) -> Any:

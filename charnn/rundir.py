@@ -15,7 +15,7 @@ import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
@@ -29,7 +29,7 @@ from charnn.errors import (
     CheckpointWriteError,
     ResumeMismatchError,
 )
-from charnn.files import atomic_write
+from charnn.files import LineLog, atomic_write
 from charnn.model import CharRNN
 from charnn.version import __version__
 
@@ -76,9 +76,14 @@ def save_checkpoint(run_dir: str | os.PathLike, model: CharRNN, vocab: Vocab, da
         blob = state_bytes(state)
         atomic_write(state_path(path), blob)
         state_sha256 = hashlib.sha256(blob).hexdigest()
-    atomic_write(path, model_bytes(model, vocab, data_cfg, step=step, val_loss=val_loss, corpus_sha256=corpus_sha256,
-                                   corpus_path=corpus_path, corpus_cache=corpus_cache, train_cfg=train_cfg,
-                                   state_sha256=state_sha256))
+    try:
+        atomic_write(path, model_bytes(model, vocab, data_cfg, step=step, val_loss=val_loss,
+                                       corpus_sha256=corpus_sha256, corpus_path=corpus_path,
+                                       corpus_cache=corpus_cache, train_cfg=train_cfg, state_sha256=state_sha256))
+    except CheckpointWriteError:
+        if state is not None:  # a state without its model file is no checkpoint: give the full disk its space back
+            state_path(path).unlink(missing_ok=True)
+        raise
     prune(run_dir, keep_last=keep_last)
     return path
 
@@ -129,13 +134,14 @@ def write_run_files(run_dir: Path, data: Corpus, model_cfg: ModelConfig, cfg: Tr
     atomic_write(run_dir / "vocab.json", (data.vocab.to_json() + "\n").encode())
 
 
-def open_logs(run_dir: Path, dist: DistInfo) -> tuple[IO[str], IO[str]]:
-    """metrics.jsonl and samples.jsonl, appended to; rank 0 alone writes them."""
+def open_logs(run_dir: Path, dist: DistInfo) -> tuple[LineLog, LineLog]:
+    """metrics.jsonl and samples.jsonl, appended to whole lines at a time; rank 0 alone writes them."""
+    metrics = LineLog(run_dir / "metrics.jsonl" if dist.is_main else None, what="metrics log")
     try:
-        metrics = open(run_dir / "metrics.jsonl" if dist.is_main else os.devnull, "a", encoding="utf-8")
-        samples = open(run_dir / "samples.jsonl" if dist.is_main else os.devnull, "a", encoding="utf-8")
-    except OSError as err:
-        raise CheckpointWriteError(f"cannot write logs in {run_dir}: {err.strerror}") from None
+        samples = LineLog(run_dir / "samples.jsonl" if dist.is_main else None, what="samples log")
+    except BaseException:
+        metrics.close()
+        raise
     return metrics, samples
 
 

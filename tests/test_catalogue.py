@@ -78,6 +78,7 @@ def world(tmp_path_factory) -> Path:
     shutil.copy(good, w / "not_a_run" / "step-00000010.safetensors")  # checkpoints but no config.json
     user_files(w / "userdir")
     os.mkfifo(w / "fifo")  # reading it would wait for a writer forever
+    (w / "fifo_link").symlink_to(w / "fifo")
     return w
 
 
@@ -205,6 +206,15 @@ CATALOGUE = [
     ("eval: a pipe as RUN", ["eval", "{w}/fifo"], 2, "not a run directory or checkpoint file"),
     ("--init-from a pipe", [*T, "{w}/tiny.txt", "--init-from", "{w}/fifo"], 2, "not a run directory"),
     ("--out a device", [*T, "{w}/tiny.txt", "--out", "/dev/null"], 2, "not a run directory"),
+    # output: an output path that is not a regular file is refused, never replaced (more below the table)
+    ("output: report -o FIFO", ["report", "{w}/run", "-o", "{w}/fifo"], 2, "is a FIFO"),
+    ("output: report -o link to FIFO", ["report", "{w}/run", "-o", "{w}/fifo_link"], 2, "a link to"),
+    ("output: export -o FIFO", ["export", "{w}/run", "-o", "{w}/fifo"], 2, "is a FIFO"),
+    ("output: export -o FIFO --force", ["export", "{w}/run", "-o", "{w}/fifo", "--force"], 2, "is a FIFO"),
+    ("output: export onnx -o FIFO", ["export", "{w}/run", "--format", "onnx", "-o", "{w}/fifo_link", "--force"], 2,
+     "is a FIFO"),
+    # output: text echoed on stderr (a file name) has its control characters escaped: still one line
+    ("output: file name with newline and ESC", ["eval", "{w}/run", "{w}/a\nb\x1b[2J.txt"], 2, "a\\nb\\x1b[2j"),
 ]
 
 KNOWN_BUGS: list = []  # strict xfail cases: when one is fixed, the test turns red and it moves up
@@ -659,3 +669,256 @@ def test_runs_out_may_be_a_run_that_never_saved(tmp_path: Path, world: Path):
         line = one_error_line(invoke(*T, world / "tiny.txt", "--out", theirs, *SHORT), 2)
         assert f"holds {sidecar}, which is not a charnn run's" in line
         assert [p.name for p in theirs.iterdir()] == [sidecar]
+# output: special files are never replaced -------------------------------------------------------------------
+
+def test_output_special_files_survive(world: Path):
+    """The refused writes above left the FIFO a FIFO and no temp file beside it."""
+    import stat
+
+    for name in ("output: report -o FIFO", "output: export -o FIFO --force", "output: export onnx -o FIFO"):
+        args = next(c[1] for c in CATALOGUE if c[0] == name)
+        invoke(*_argv(args, world))
+    assert stat.S_ISFIFO(os.stat(world / "fifo").st_mode) and (world / "fifo_link").is_symlink()
+    assert not list(world.glob(".*.tmp"))
+
+
+def test_output_target_names_a_device_without_writing():
+    """/dev/null is only examined (os.stat): it is never a write target here, as root it could be replaced."""
+    from charnn.errors import OutputPathError
+    from charnn.files import output_target
+
+    with pytest.raises(OutputPathError, match="/dev/null is a character device"):
+        output_target("/dev/null")
+
+
+def test_output_atomic_write_refuses_fifo_and_directory_and_writes_through_links(tmp_path: Path):
+    from charnn.errors import CheckpointWriteError, OutputPathError
+    from charnn.files import LineLog, atomic_write
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    for target in ("fifo", "dir"):
+        with pytest.raises(OutputPathError) as info:  # exit 2, and still a CheckpointWriteError for its callers
+            atomic_write(tmp_path / target, b"x")
+        assert info.value.exit_code == 2 and isinstance(info.value, CheckpointWriteError)
+    with pytest.raises(OutputPathError, match="FIFO"):
+        LineLog(tmp_path / "fifo", what="metrics log")  # refused at once: opening a FIFO would wait for a reader
+    (tmp_path / "real.json").write_text("old")
+    (tmp_path / "link.json").symlink_to(tmp_path / "real.json")
+    atomic_write(tmp_path / "link.json", b"new")  # a link to a regular file: written through, stays a link
+    assert (tmp_path / "link.json").is_symlink() and (tmp_path / "real.json").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "fifo", "link.json", "real.json"]
+
+
+# output: disk full while logging ------------------------------------------------------------------------------
+
+def test_output_log_write_failure_cuts_the_torn_line_back(tmp_path: Path, monkeypatch):
+    """A write that gets half a line out and then meets a full disk leaves the file as it was."""
+    import errno
+
+    from charnn import files
+    from charnn.errors import CheckpointWriteError
+
+    log = files.LineLog(tmp_path / "metrics.jsonl", what="metrics log")
+    log.write('{"step": 1}\n')
+    real_write = os.write
+
+    def full_disk(fd, data):
+        if len(data) > 4:
+            return real_write(fd, bytes(data[:4]))  # a partial write, as at the edge of a file-size limit
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "write", full_disk)
+    with pytest.raises(CheckpointWriteError, match="metrics log write failed.*No space left") as info:
+        log.write('{"step": 2}\n')
+    assert info.value.exit_code == 4
+    monkeypatch.undo()
+    log.write('{"step": 3}\n')
+    log.close()
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n{"step": 3}\n'
+
+
+@pytest.mark.slow
+def test_output_log_full_disk_through_python_m_charnn(world: Path, tmp_path: Path):
+    """`--log-every 1` into a file-size limit (a disk filling up): exit 4, one error line, every logged line whole,
+    the run's checkpoint intact."""
+    import json
+    import resource
+
+    run = tmp_path / "run"
+    shutil.copytree(world / "run", run)
+    checkpoint = (run / "step-00000010.safetensors").read_bytes()
+    limit = (run / "metrics.jsonl").stat().st_size + 3000  # about 15 more lines; the checkpoints are larger
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    args = ["train", "--quiet", "--device", "cpu", "--resume", str(run), "--log-every", "1", "--max-iters", "200",
+            "--eval-every", "1000"]
+    proc = subprocess.run([PYTHON, "-m", "charnn", *args], env=cli_env(), capture_output=True, text=True,
+                          timeout=120, preexec_fn=cap)
+    check_one_error(proc.returncode, proc.stdout, proc.stderr, 4, "metrics log write failed")
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert len(lines) > 10 and all(line.endswith("\n") and json.loads(line) for line in lines)
+    assert (run / "step-00000010.safetensors").read_bytes() == checkpoint
+
+
+def test_output_failed_model_write_leaves_no_orphan_state(world: Path, tmp_path: Path, monkeypatch):
+    """The disk fills between a checkpoint's state file and its model file: the state goes too (no half
+    checkpoint using the space), the earlier checkpoint stays."""
+    from charnn import rundir
+    from charnn.errors import CheckpointWriteError
+
+    real = rundir.atomic_write
+
+    def model_write_fails(path, data, **kw):
+        if str(path).endswith("00000020.safetensors"):
+            raise CheckpointWriteError(f"checkpoint write failed (disk full?): {path}: No space left on device")
+        real(path, data, **kw)
+
+    monkeypatch.setattr(rundir, "atomic_write", model_write_fails)
+    with pytest.raises(CheckpointWriteError):
+        train(world / "tiny.txt", model_cfg=ModelConfig(model="gru", layers=1, hidden=8, embed=4),
+              train_cfg=TrainConfig(batch_size=2, seq_len=8, max_iters=20, eval_every=10, sample_length=0,
+                                    warmup_iters=0, device="cpu", seed=1), out_dir=tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").glob("step-*")) == [
+        "step-00000010.safetensors", "step-00000010.state.pt"]
+
+
+# output: stdout that cannot be written or encoded -------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command,closed", [(["sample", "--length", "20000"], False), (["eval", "--json"], True)])
+def test_output_stdout_full_or_closed(world: Path, command: list[str], closed: bool):
+    """`charnn sample RUN > /dev/full` and `charnn eval RUN >&-`: exit 4 and one line, nothing at exit."""
+    args = [command[0], str(world / "run"), *command[1:]]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([PYTHON, "-m", "charnn", *args], env=cli_env(), stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120, preexec_fn=(lambda: os.close(1)) if closed else None)
+    check_one_error(proc.returncode, "", proc.stderr, 4, "it is closed" if closed else "no space left")
+
+
+def test_output_stdout_full_in_process(monkeypatch):
+    import errno
+    import io
+    import sys
+
+    from charnn.cli_output import echo
+    from charnn.errors import CheckpointWriteError
+
+    class Full(io.StringIO):
+        def flush(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(sys, "stdout", Full())
+    with pytest.raises(CheckpointWriteError, match="cannot write to stdout: No space left on device") as info:
+        echo('{"file": "x"}')
+    assert info.value.exit_code == 4
+
+
+def test_output_stdout_encoding_is_one_error_line(monkeypatch):
+    import io
+    import sys
+
+    from charnn.cli_output import echo
+    from charnn.errors import ConfigError
+
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="ascii"))
+    with pytest.raises(ConfigError, match=r"encoding \(ascii\) cannot write 'é' \(U\+00E9\).*PYTHONIOENCODING"):
+        echo("caf\u00e9")
+
+
+# output: samples on a terminal are escaped, to a file exact -----------------------------------------------------
+
+class _Terminal:
+    """A stdout that says it is a terminal and keeps what is written to it."""
+
+    def __init__(self, encoding="utf-8"):
+        import io
+
+        self.buffer, self.encoding = io.BytesIO(), encoding
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.buffer.write(text.encode(self.encoding))
+
+    def flush(self):
+        pass
+
+
+def test_output_terminal_escapes_bytes_and_controls(monkeypatch):
+    import sys
+
+    from charnn.cli_output import SampleWriter
+    from charnn.data import Vocab
+
+    vocab = Vocab(tuple(range(256)), bytes_mode=True)
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stdout", term)
+    out = SampleWriter(vocab, escape=True)
+    for b in b"a\x1b[2J\x00b\xff\tc\xc3":  # one byte per step; the last starts a two-byte character
+        out.write([b])
+    out.write([0xA9])  # ... finished in the next step: shown as the character, not two escapes
+    out.write_text("\n")
+    out.flush()
+    assert term.buffer.getvalue().decode() == "a\\x1b[2J\\x00b\\xff\tc\u00e9\n"
+
+    text = Vocab(tuple(map(ord, "ab\x1b\r\u202e\u00e9\n")))
+    ascii_term = _Terminal("ascii")
+    monkeypatch.setattr(sys, "stdout", ascii_term)
+    out = SampleWriter(text, escape=True)
+    out.write(list(range(len(text))))
+    out.flush()
+    assert ascii_term.buffer.getvalue() == b"ab\\x1b\\r\\u202e\\xe9\n"  # a terminal that cannot show 'é'
+
+
+def test_output_training_display_escapes_samples(capsys):
+    from charnn.progress import TrainDisplay
+    from charnn.trainloop import Progress
+
+    TrainDisplay()(Progress("sample", 5, 10, 1.0, text="x\x1b]0;pwned\x07\x00y\nz"))
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x00" not in err and "x\\x1b]0;pwned\\x07\\x00y\nz" in err
+
+
+@pytest.mark.slow
+def test_output_bytes_sample_on_a_pty_escaped_and_in_a_file_exact(tmp_path: Path):
+    """`charnn sample BYTES_RUN` on a real terminal (a pty) shows no ESC or NUL; redirected, the bytes are exact."""
+    import pty
+    import select
+
+    corpus = tmp_path / "esc.bin"
+    corpus.write_bytes(b"".join(bytes([65 + i % 26, (0x1B, 0x00, 0xFF, 0x07)[i % 4]]) for i in range(3000)))
+    train(corpus, model_cfg=ModelConfig(model="gru", layers=1, hidden=16, embed=8),
+          train_cfg=TrainConfig(batch_size=4, seq_len=16, max_iters=5, eval_every=5, sample_length=0,
+                                warmup_iters=0, device="cpu", seed=1), out_dir=tmp_path / "run",
+          data_cfg=_bytes_data())
+    args = [PYTHON, "-m", "charnn", "sample", str(tmp_path / "run"), "--length", "2000", "--seed", "1"]
+    exact = subprocess.run(args, env=cli_env(), capture_output=True, timeout=120).stdout
+    assert b"\x1b" in exact and b"\x00" in exact  # the product: the model's bytes as they are
+    main, sub = pty.openpty()
+    proc = subprocess.Popen(args, env=cli_env(), stdout=sub, stderr=subprocess.DEVNULL)
+    os.close(sub)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([main], [], [], 120)
+        try:
+            chunk = os.read(main, 65536) if ready else b""
+        except OSError:  # the child closed the terminal
+            chunk = b""
+        if not chunk:
+            break
+        seen += chunk
+    proc.wait(timeout=60)
+    os.close(main)
+    assert proc.returncode == 0 and len(seen) > 2000
+    assert b"\x1b" not in seen and b"\x00" not in seen and b"\\x1b" in seen
+
+
+def _bytes_data():
+    from charnn.config import DataConfig
+
+    return DataConfig(bytes_mode=True)
