@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.conftest import PYTHON, cli_env
 
 # A package (report/, serve/) is one entry: its modules may import each other.
-ORDER = ["version", "errors", "files", "config", "planning", "devicecheck", "runtime", "distributed", "data",
+ORDER = ["version", "errors", "files", "config", "planning", "devicecheck", "threads", "runtime", "distributed", "data",
          "batches", "corpus_cache", "model", "meta", "checkpoint", "rundir", "finetune", "stepper", "graphstep",
          "sample", "beam", "evaluate", "serve", "inspect", "memory", "schedule", "trainstep", "trainloop", "train",
          "progress", "report", "export", "cli_run", "cli_options", "cli_output", "cli_app", "cli_tools", "cli",
