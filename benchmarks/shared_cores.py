@@ -9,6 +9,7 @@ one stream, process start excluded) on the small preset's model trained first. T
 preset with the same thread setting; each figure's ratio is against its own quiet figure from the same run.
 
     python benchmarks/shared_cores.py            # about 5 minutes on 2 cores
+    python benchmarks/shared_cores.py --settings charnn,1,2   # also --threads 2, torch's choice before
     python benchmarks/shared_cores.py --quick    # the smoke test: a small shape, sampling alone, charnn's threads
 """
 
@@ -38,7 +39,7 @@ QUICK = {
     "tiny": (["--layers", "1", "--hidden", "64", "--embed", "32", "--batch-size", "8", "--seq-len", "32"], 30, 5),
     "sample": ([], 300, 0),
 }
-BUDGET = 60  # seconds at most per training figure: a collapsed run is reported from what it managed
+BUDGET = 60  # seconds at most per training figure (start-up included): a collapsed run is reported from what it managed
 
 CHILD_SAMPLE = r"""
 import statistics, sys, time
@@ -133,10 +134,12 @@ def measure(name: str, spec, condition: str, threads: str, *, corpus: Path, tmp:
 def main() -> None:
     ap = parser(__doc__, "a small training shape, sampling alone, charnn's thread choice only (a smoke test)")
     ap.add_argument("--corpus", type=Path, default=CORPUS)
+    ap.add_argument("--settings", default="charnn,1",
+                    help="thread settings, comma-separated: charnn (no --threads) or a count (2: torch's old default)")
     args = ap.parse_args()
     workloads = QUICK if args.quick else WORKLOADS
-    settings = ("charnn",) if args.quick else ("charnn", "1")
-    machine(threads=None, settings="charnn's choice and --threads 1" if not args.quick else "charnn's choice")
+    settings = ("charnn",) if args.quick else tuple(args.settings.split(","))
+    machine(threads=None, settings=",".join(settings))
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

@@ -158,3 +158,14 @@ def test_training_reports_its_threads_and_restores_the_count(tiny_corpus, tmp_pa
     lines = [e.text for e in events if e.kind == "plan"]
     assert len(lines) == 1 and lines[0].startswith("threads: ") and "cores busy" in lines[0]
     assert torch.get_num_threads() == 2
+
+
+def test_cli_threads_flag_overrides_the_rule(tiny_corpus, tmp_path, two_threads):
+    from tests.conftest import invoke
+
+    res = invoke("train", tiny_corpus, "--out", tmp_path / "run", "--layers", "1", "--hidden", "16", "--embed", "8",
+                 "--batch-size", "4", "--seq-len", "16", "--max-iters", "3", "--eval-every", "3",
+                 "--sample-length", "0", "--device", "cpu", "--threads", "1")
+    assert res.exit_code == 0, res.output
+    assert "plan: threads: 1 (--threads)" in res.stderr.splitlines()
+    assert torch.get_num_threads() == 2
