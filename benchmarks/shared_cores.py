@@ -115,6 +115,8 @@ def beside(condition: str, *, corpus: Path, tmp: Path, threads: str, cache: Path
         while condition != "busy loop" and not read_metrics(out) and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(0.5)
+        if proc.poll() is not None:
+            sys.exit(f"the {condition} beside the measured run ended early: {' '.join(cmd)}")
         yield
     finally:
         proc.kill()

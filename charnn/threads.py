@@ -157,7 +157,8 @@ class ThreadGovernor:
             return f"threads: {self.threads} (torch's choice)" if self.device_type == "cpu" else ""
         if self.elsewhere is None:
             return f"threads: {self.threads} (torch's choice; the other programs' load is not readable here)"
-        held = f"other programs keep {self.elsewhere:.1f} cores busy; looked at again every {self.every:g} s"
+        held = (f"other programs keep {min(self.elsewhere, self.cores):.1f} cores busy; looked at again every "
+                f"{self.every:g} s")
         if self.threads < self.before:
             return f"threads: {self.threads} of {self.before} ({held})"
         return f"threads: {self.threads} (torch's choice; {held})"
