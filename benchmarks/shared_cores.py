@@ -8,7 +8,7 @@ second thread helps most on a quiet machine). Sampling is the library's loop (`c
 one stream, process start excluded) on the small preset's model trained first. The neighbour training is the tiny
 preset with the same thread setting; each figure's ratio is against its own quiet figure from the same run.
 
-    python benchmarks/shared_cores.py            # about 5 minutes on 2 cores
+    python benchmarks/shared_cores.py            # sized for about 5 minutes on a quiet 2-core machine
     python benchmarks/shared_cores.py --settings charnn,1,2   # also --threads 2, torch's choice before
     python benchmarks/shared_cores.py --quick    # the smoke test: a small shape, sampling alone, charnn's threads
 """
