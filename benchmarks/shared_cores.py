@@ -64,25 +64,28 @@ print(statistics.median(rates))
 def train_command(flags: list[str], corpus: Path, out: Path, steps: int, log_every: int, threads: str,
                   cache: Path) -> list[str]:
     cmd = [sys.executable, "-m", "charnn", "train", str(corpus), *flags, "--max-iters", str(steps),
-           "--log-every", str(log_every), "--eval-every", str(10**6), "--sample-length", "0", "--quiet",
+           "--log-every", str(log_every), "--eval-every", str(10**6), "--sample-length", "0",
            "--out", str(out), "--cache-dir", str(cache), "--device", "cpu",
            "--val-frac", "0.01"]  # the run's closing validation pass kept short: it is not measured
     return cmd if threads == "charnn" else [*cmd, "--threads", threads]
 
 
-def train_rate(cmd: list[str], out: Path) -> float:
-    """Median chars/s of the run's metrics windows after the first (all of them when there are fewer than 3)."""
+def train_rate(cmd: list[str], out: Path) -> tuple[float, str]:
+    """Median chars/s of the run's metrics windows after the first (all of them when there are fewer than 3),
+    and the thread counts the run chose (its `plan: threads:` lines, the first and each change)."""
     try:
         done = subprocess.run(cmd, env=repo_env(), timeout=BUDGET, capture_output=True, text=True)
-    except subprocess.TimeoutExpired:
-        pass  # collapsed: the windows it logged say how fast it went
+        stderr = done.stderr
+    except subprocess.TimeoutExpired as stopped:  # collapsed: the windows it logged say how fast it went
+        stderr = stopped.stderr.decode(errors="replace") if isinstance(stopped.stderr, bytes) else stopped.stderr
     else:
         if done.returncode != 0:
-            sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+            sys.exit(f"{' '.join(cmd)} failed:\n{stderr[-2000:]}")
+    chosen = [line.split("plan: threads: ", 1)[1].split(" ", 1)[0] for line in (stderr or "").splitlines()
+              if "plan: threads: " in line]
     rates = [row["chars_per_s"] for row in read_metrics(out) if row.get("kind") == "train"]
-    if not rates:
-        return 0.0
-    return median(rates[1:] if len(rates) >= 3 else rates)
+    rate = median(rates[1:] if len(rates) >= 3 else rates) if rates else 0.0
+    return rate, "->".join(chosen)
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -124,11 +127,12 @@ def beside(condition: str, *, corpus: Path, tmp: Path, threads: str, cache: Path
 
 
 def measure(name: str, spec, condition: str, threads: str, *, corpus: Path, tmp: Path, cache: Path,
-            sample_run: Path | None, neighbour: list[str]) -> float:
+            sample_run: Path | None, neighbour: list[str]) -> tuple[float, str]:
+    """chars/s, and the thread counts a training chose ("" for sampling)."""
     flags, steps, log_every = spec
     with beside(condition, corpus=corpus, tmp=tmp, threads=threads, cache=cache, flags=neighbour):
         if name == "sample":
-            return sample_rate(sample_run, steps, threads)
+            return sample_rate(sample_run, steps, threads), ""
         out = tmp / f"{name.replace(' ', '-')}-{threads}-{condition.replace(' ', '-')}"
         return train_rate(train_command(flags, corpus, out, steps, log_every, threads, cache), out)
 
@@ -151,18 +155,19 @@ def main() -> None:
             corpus.write_text(args.corpus.read_text(encoding="utf-8")[:200_000], encoding="utf-8")
         neighbour = QUICK["tiny"][0] if args.quick else WORKLOADS["tiny"][0]
         sampled = "tiny" if args.quick else "small"  # the default plan's 2x256 shape: its run, trained alone
-        sample_run = tmp / f"{sampled}-charnn-alone"
+        sample_run = tmp / f"{sampled}-{settings[0]}-alone"
         for name, spec in workloads.items():
             for threads in settings:
                 quiet = None
                 for condition in CONDITIONS if name != "sample" or not args.quick else CONDITIONS[:1]:
-                    rate = measure(name, spec, condition, threads, corpus=corpus, tmp=tmp, cache=cache,
+                    rate, chosen = measure(name, spec, condition, threads, corpus=corpus, tmp=tmp, cache=cache,
                                    sample_run=sample_run, neighbour=neighbour)
                     quiet = quiet or rate
                     rows.append({"workload": name, "threads": threads, "condition": condition,
-                                 "chars_per_s": round(rate), "ratio": round(rate / quiet, 3) if quiet else None})
+                                 "chars_per_s": round(rate), "ratio": round(rate / quiet, 3) if quiet else None,
+                                 "chose": chosen})
                     print(f"{name:>14} | threads {threads:>6} | {condition:>15} | {rate:>9,.0f} chars/s | "
-                          f"ratio {rows[-1]['ratio']}", flush=True)
+                          f"ratio {rows[-1]['ratio']} | took {chosen or '-'}", flush=True)
     table(rows, settings)
     busy = [r["ratio"] for r in rows if r["condition"] != "alone" and r["ratio"] is not None]
     print(json.dumps({"rows": rows, "worst_busy_ratio": min(busy, default=None),
