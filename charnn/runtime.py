@@ -1,8 +1,9 @@
 """Where and how computation runs: device choice (Apple's MPS only after a self-check), precision (bf16, fp16
-with loss scaling, fp32), deterministic algorithms, threads, seeding, RNG snapshots, and which device failures
+with loss scaling, fp32), deterministic algorithms, seeding, RNG snapshots, and which device failures
 are the user's to fix (`user_device_error`).
 
-Not the multi-process side: torchrun's process group and its collectives are in `charnn.distributed`.
+Not the multi-process side: torchrun's process group and its collectives are in `charnn.distributed`; not the
+CPU thread count: `charnn.threads`.
 """
 
 from __future__ import annotations
@@ -252,11 +253,6 @@ def hardware(device: torch.device) -> Hardware:
     else:
         bf16 = device.type == "cpu" and native_bf16_cpu()
     return Hardware(device.type, cores=torch.get_num_threads(), native_bf16=bf16)
-
-
-def set_threads(threads: int | None) -> None:
-    if threads is not None:
-        torch.set_num_threads(threads)
 
 
 def seed_everything(seed: int) -> None:

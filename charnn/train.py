@@ -50,9 +50,9 @@ from charnn.runtime import (
     seed_everything,
     set_deterministic,
     set_rng_state,
-    set_threads,
 )
 from charnn.schedule import default_run_dir, is_sample_step, learning_rate, total_steps
+from charnn.threads import ThreadGovernor
 from charnn.trainloop import (
     LoopState,
     Progress,
@@ -109,23 +109,26 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
     """
     data_cfg = data_cfg or (corpus.data if isinstance(corpus, Corpus) else DataConfig())
     with ExitStack() as held:  # the run's lock, for as long as this training writes it
-        run, s = _prepare(corpus, Configs(model_cfg, train_cfg, request or PlanRequest()), data_cfg, held,
-                          out_dir=out_dir, resume=resume, cache_dir=cache_dir, on_encode=on_encode,
-                          on_progress=on_progress, should_stop=should_stop, init_from=init_from)
-        _loop(run, s)
+        run, s, threads = _prepare(corpus, Configs(model_cfg, train_cfg, request or PlanRequest()), data_cfg, held,
+                                   out_dir=out_dir, resume=resume, cache_dir=cache_dir, on_encode=on_encode,
+                                   on_progress=on_progress, should_stop=should_stop, init_from=init_from)
+        _loop(run, s, threads)
         emit(run, s, "end", val_loss=s.last_val, text=str(s.latest))
     return _result(run, s)
 
 
-def _loop(run: Run, s: LoopState) -> None:
+def _loop(run: Run, s: LoopState, threads: ThreadGovernor) -> None:
     """Step until a stopping rule, evaluating, checkpointing and sampling on schedule."""
     cfg = run.cfg
     try:
         s.t_start = time.perf_counter() - s.elapsed_before
-        _announce(run, s)
+        threads.tick()  # the first look at the other programs' load, so the plan's lines can name the count
+        _announce(run, s, threads.describe())
         run.model.train()
         s.stats = StepStats.on(run.device)
         while True:
+            if threads.tick():  # other programs took or freed cores: a step's threads must not wait for one
+                emit(run, s, "plan", text=threads.describe())
             progress = progress_made(run, s)
             if reached_the_end(run, s, progress):
                 s.stop_reason = end_reason(run)
@@ -148,16 +151,20 @@ def _loop(run: Run, s: LoopState) -> None:
             if cfg.sample_length and run.dist.is_main:
                 draw_sample(run, s)
     finally:
+        threads.restore()
         run.metrics.close()
         run.samples.close()
 
 
-def _announce(run: Run, s: LoopState) -> None:
-    """The first events: the plan (and where a fine-tuned run starts from), then the run's shape."""
+def _announce(run: Run, s: LoopState, threads: str) -> None:
+    """The first events: the plan (and where a fine-tuned run starts from, and its CPU threads), then the run's
+    shape."""
     if run.plan is not None:
         emit(run, s, "plan", text="\n".join(run.plan.lines))
     if run.start is not None:
         emit(run, s, "plan", text=run.start.describe(run.data))
+    if threads:
+        emit(run, s, "plan", text=threads)
     vocab = len(run.data.vocab)
     emit(run, s, "start", text=f"{run.run_dir} | {num_parameters(run.model.cfg, vocab):,} parameters | "
                                f"vocabulary {vocab} | train {run.train_chars:,} chars | device {run.device}")
@@ -219,9 +226,9 @@ def plan(corpus: str | os.PathLike | Corpus, *, request: PlanRequest | None = No
 # long: one straight line of set-up steps, each a call; splitting it would only pass its locals around
 def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: DataConfig, held: ExitStack,
              *, out_dir, resume: bool, cache_dir, on_encode, on_progress, should_stop, init_from
-             ) -> tuple[Run, LoopState]:
-    """Processes, corpus, the plan, model and optimizer, the run directory (locked while `held` lasts), and the
-    state to start from."""
+             ) -> tuple[Run, LoopState, ThreadGovernor]:
+    """Processes, corpus, the plan, model and optimizer, the run directory (locked while `held` lasts), the
+    state to start from, and the CPU threads."""
     if resume and init_from is not None:
         raise ConfigError("--init-from starts a new run; --resume continues one from its own weights")
     start = load_start(init_from) if init_from is not None else None  # before seeding: loading builds a model
@@ -231,7 +238,7 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
     dist = setup_distributed(device_type=device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    set_threads(early.threads)
+    threads = ThreadGovernor(early.threads, device)  # --threads, else the count the other programs leave room for
     data = corpus if isinstance(corpus, Corpus) else _load_corpus(corpus, data_cfg, cache_dir, on_encode, dist)
     data = training_corpus(data, start=start, resume_dir=Path(out_dir) if resume and out_dir else None)
     configs = replace(configs, request=start_request(start, configs.request, configs.model))
@@ -273,7 +280,7 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
               optimizer=optimizer, metrics=metrics, samples=samples, report=report,
               should_stop=should_stop or (lambda: None), sync_every=host_sync_every(cfg, device), plan=chosen,
               start=start, scaler=scaler)
-    return run, s
+    return run, s, threads
 
 
 def _load_corpus(path: str | os.PathLike, data_cfg: DataConfig, cache_dir, on_encode, dist: DistInfo) -> Corpus:

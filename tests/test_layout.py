@@ -8,11 +8,11 @@ from pathlib import Path
 from tests.conftest import PYTHON, cli_env
 
 # A package (report/, serve/) is one entry: its modules may import each other.
-ORDER = ["version", "errors", "terminal", "files", "config", "planning", "devicecheck", "runtime", "distributed",
-         "textfile", "data", "batches", "corpus_cache", "model", "meta", "checkpoint", "rundir", "runlock",
-         "finetune", "stepper", "graphstep", "sample", "beam", "evaluate", "inspect", "memory", "schedule",
-         "trainstep", "trainloop", "train", "progress", "report", "export", "serve", "cli_run", "cli_options",
-         "cli_output", "cli_app", "cli_tools", "cli", "cli_docs", "__main__"]
+ORDER = ["version", "errors", "terminal", "files", "config", "planning", "devicecheck", "threads", "runtime",
+         "distributed", "textfile", "data", "batches", "corpus_cache", "model", "meta", "checkpoint", "rundir",
+         "runlock", "finetune", "stepper", "graphstep", "sample", "beam", "evaluate", "inspect", "memory",
+         "schedule", "trainstep", "trainloop", "train", "progress", "report", "export", "serve", "cli_run",
+         "cli_options", "cli_output", "cli_app", "cli_tools", "cli", "cli_docs", "__main__"]
 PKG = Path(__file__).resolve().parents[1] / "charnn"
 ROOT = "__init__"  # the package itself: lazy, it imports nothing of charnn when imported
 
