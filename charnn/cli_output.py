@@ -7,9 +7,11 @@ Not the sampling itself (charnn.sample); no torch import here.
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 SEPARATOR = "\n---------------\n"  # between the samples of --num-samples N
+STREAM_CHUNK, STREAM_WAIT = 1024, 0.05  # one stream is written every 1024 characters or 50 ms, whichever first
 
 
 class SampleWriter:
@@ -45,11 +47,10 @@ class SampleWriter:
 
 
 def write_generation(gen: Any, out: SampleWriter, *, num_samples: int) -> None:
-    """One sample streams step by step; several are collected and written one after the other."""
+    """One sample streams as it is drawn; several are collected and written one after the other."""
     if num_samples == 1:
         out.write(gen.prime)
-        for ids in gen.steps:
-            out.write(ids.tolist())
+        _stream(gen.steps, out)
     else:
         rows = [list(gen.prime) for _ in range(num_samples)]
         for ids in gen.steps:
@@ -61,6 +62,20 @@ def write_generation(gen: Any, out: SampleWriter, *, num_samples: int) -> None:
             out.write(row)
     out.write_text("\n")
     out.flush()
+
+
+def _stream(steps: Any, out: SampleWriter, *, most: int = STREAM_CHUNK, wait: float = STREAM_WAIT) -> None:
+    """One stream's ids written in pieces: at most `most` ids, or what `wait` seconds produced (decoding and
+    writing each character cost more than a tenth of a step of a small model)."""
+    pending: list[int] = []
+    due = time.monotonic() + wait
+    for ids in steps:
+        pending += ids.tolist()
+        if len(pending) >= most or time.monotonic() >= due:
+            out.write(pending)
+            pending = []
+            due = time.monotonic() + wait
+    out.write(pending)
 
 
 def write_beams(beams: list[Any], out: SampleWriter, *, say: Any) -> None:

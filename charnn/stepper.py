@@ -26,6 +26,10 @@ class Tuning:
     pack_min_weight: int = 1 << 18  # matmul weights of this many entries (an LSTM of 256 units) are packed...
     pack_min_rows: int = 4  # ...in fp32 only from this many streams (MKL's one-row fp32 path is as fast)
     cuda_graphs: bool = True  # on CUDA, replay one captured step (`GraphStep`)
+    # An LSTM/RNN's upper-layer weight [W_ih; W_hh] of this many fp32 entries (2x256 LSTM: 2 MiB, as much as
+    # this CPU's L2 per core) is multiplied as two halves, every other step in the order that finds one of them
+    # still cached: one stream of the 2x256 LSTM measured 0.77x the matmul time (docs/benchmarks.md)
+    split_min_weight: int = 1 << 19
 
 
 MEASURED = Tuning()
@@ -101,6 +105,12 @@ class FastStepper:
         self.low = precision == "bf16"
         self.wdtype = torch.bfloat16 if self.low else torch.float32  # of the matmul weights
         self.sig_tanh = batch_size * cfg.hidden >= tuning.sigmoid_tanh_work
+        # only where the halves stay unpacked fp32 (the packed kernel returns new tensors, not `out=`)
+        G = CELLS[cfg.model].count
+        self.split = (cfg.model != "gru" and cfg.layers > 1 and not self.low and batch_size < tuning.pack_min_rows
+                      and 2 * cfg.hidden * G * cfg.hidden >= tuning.split_min_weight
+                      and model.head.weight.device.type == "cpu")
+        self.parity = False  # which order the split layers take this step
         with torch.no_grad():
             self._load_layers(model, tuning)
             self._load_head(model, temperature)
@@ -121,12 +131,17 @@ class FastStepper:
                 # layer 0's input weights are in the table below: no step multiplies by them
                 w_in = self._pack(w_ih, tuning) if layer else None
                 self.w.append((w_in, self._pack(w_hh, tuning)))
+            elif self.split and layer:  # (H, G*H) each: W_ih, W_hh
+                self.b.append((b_ih + b_hh).contiguous())
+                self.b_hh.append(None)
+                self.w.append((self._pack(w_ih, tuning), self._pack(w_hh, tuning)))
             else:
                 self.b.append((b_ih + b_hh).contiguous())
                 self.b_hh.append(None)
                 self.w.append(self._pack(w_hh if layer == 0 else torch.cat([w_ih, w_hh]), tuning))  # (H or 2H, G*H)
             if layer == 0:  # (V, G*H): the embedding through layer 0's input weights, plus its bias
                 self.table = torch.addmm(self.b[0], model.embed.weight.float(), w_ih)
+                self.table_rows = list(self.table.split(1))  # (1, G*H) views, for an int id
         if self.low:  # biases of the matmuls (the table keeps its fp32 bias)
             self.b = [b.to(self.wdtype) for b in self.b]
             self.b_hh = [None if b is None else b.to(self.wdtype) for b in self.b_hh]
@@ -229,31 +244,59 @@ class FastStepper:
         """tanh in place of a pre-activation whose weights were scaled as `sig_tanh` says."""
         return x.sigmoid_().mul_(self.two).sub_(self.one) if self.sig_tanh else x.tanh_()
 
-    def step(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B,) -> scaled logits (B, V), a view of a buffer the next step overwrites."""
-        if ids.shape != (self.batch_size,):  # the packed kernel would not notice a wrong batch
+    def step(self, ids: torch.Tensor | int) -> torch.Tensor:
+        """ids (B,), or one stream's id as an int -> scaled logits (B, V), a view of a buffer the next step
+        overwrites. An int skips a tensor op: its row of layer 0's table is a view made once."""
+        if isinstance(ids, int):
+            if self.batch_size != 1:
+                raise ValueError(f"an int id is one stream; this stepper steps {self.batch_size}")
+        elif ids.shape != (self.batch_size,):  # the packed kernel would not notice a wrong batch
             raise ValueError(f"expected ids of shape ({self.batch_size},), got {tuple(ids.shape)}")
+        recurrent_first = self.split and self.parity
+        if recurrent_first:  # the upper layers' h @ W_hh first: their weights are the last the previous step read
+            for layer in range(self.layers - 1, 0, -1):
+                self._matmul(self.h_low[layer], self.w[layer][1], self.gates[layer], self.b[layer])
         for layer in range(self.layers):
             gates = self.gates[layer]
             if layer == 0:
-                torch.index_select(self.table, 0, ids, out=gates)  # (B, G*H)
+                gates = self._input(ids, gates)
+            elif self.kind != "gru":
+                gates = self._upper(layer, gates, recurrent_first)
             if self.kind == "gru":
                 self._gru(layer, gates)
+            elif self.kind == "lstm":
+                self._lstm(layer, gates)
             else:
-                if layer:
-                    gates = self._matmul(self.both_low[layer], self.w[layer], gates, self.b[layer])
-                else:
-                    gates = self._matmul(self.h_low[0], self.w[0], gates, None)
-                if self.kind == "lstm":
-                    self._lstm(layer, gates)
-                else:
-                    self.h[layer].copy_(self._tanh_(gates))
+                self.h[layer].copy_(self._tanh_(gates))
             if self.low:
                 self.h_low[layer].copy_(self.h[layer])
+        self.parity = not self.parity
         top = self.h[-1]
         if self.ln is not None:
-            top = torch.nn.functional.layer_norm(top, *self.ln)
+            top = torch.layer_norm(top, *self.ln)  # not F.layer_norm: its Python checks cost a step's microseconds
         return torch.addmm(self.b_out, top, self.w_out, out=self.logits)
+
+    def _input(self, ids: torch.Tensor | int, gates: torch.Tensor) -> torch.Tensor:
+        """Layer 0's pre-activations: the symbol's table row, plus h @ W_hh for an LSTM/RNN (a GRU keeps its
+        hidden projection apart)."""
+        if isinstance(ids, int) and not self.low:
+            row = self.table_rows[ids]  # (1, G*H)
+            if self.kind == "gru":
+                return gates.copy_(row)
+            return self._matmul(self.h_low[0], self.w[0], gates, row)
+        torch.index_select(self.table, 0, torch.as_tensor(ids, device=gates.device).view(-1), out=gates)
+        return gates if self.kind == "gru" else self._matmul(self.h_low[0], self.w[0], gates, None)
+
+    def _upper(self, layer: int, gates: torch.Tensor, recurrent_done: bool) -> torch.Tensor:
+        """An LSTM/RNN layer above the first: bias + [h_below, h] @ [W_ih; W_hh], in one matmul, or in two
+        (`split`) in the order that finds the most weights still in the cache."""
+        if not self.split:
+            return self._matmul(self.both_low[layer], self.w[layer], gates, self.b[layer])
+        w_ih, w_hh = self.w[layer]
+        if recurrent_done:
+            return self._matmul(self.h_low[layer - 1], w_ih, gates, None)
+        gates = self._matmul(self.h_low[layer - 1], w_ih, gates, self.b[layer])
+        return self._matmul(self.h_low[layer], w_hh, gates, None)
 
     def _gru(self, layer: int, gates: torch.Tensor) -> None:
         """`charnn.model.gru_cell` in place: h = (1 - z) n + z h, n = tanh(x_n + r h_n)."""

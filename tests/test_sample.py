@@ -236,3 +236,75 @@ def test_vocabulary_without_space_or_newline_samples_unprimed(tmp_path: Path):
     path.write_bytes(model_bytes(model, vocab, DataConfig(), step=1, val_loss=None, corpus_sha256=""))
     res = invoke("sample", str(path), "--length", "30", "--seed", "1")
     assert res.exit_code == 0 and res.stdout == text + "\n"
+
+
+# --- one stream on the CPU: the draw on the host, the split upper-layer matmuls, long primes ---------------
+
+SPLIT_ALL = Tuning(split_min_weight=0)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("options", [{}, {"top_k": 3}, {"top_p": 0.6}, {"greedy": True}])
+def test_one_stream_gives_the_module_paths_text(kind, options):
+    """One stream takes the host-side draw (`_one_stream`), the module path the tensor draw (`_choose`): the
+    same uniforms through the same inverse CDF give the same text, with the split matmuls or without."""
+    model = model_of(kind)
+    cfg = SampleConfig(length=400, seed=7, temperature=1.0, prime="ab", **options)
+    want = sample_text(model, VOCAB, cfg, path="module")
+    assert sample_text(model, VOCAB, cfg) == want
+    assert sample_text(model, VOCAB, cfg, tuning=SPLIT_ALL) == want
+    assert sample_text(model, VOCAB, cfg) == sample_text(model, VOCAB, cfg)  # the same seed, the same text
+
+
+def test_the_host_draw_follows_the_distribution():
+    """The host-side inverse CDF draws each symbol at its probability (a chi-square bound over 20,000 draws)."""
+    from charnn.sample import _one_stream
+
+    probs = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625])
+
+    class Constant:  # a stepper whose logits never change
+        def step(self, i):
+            return probs.log()[None]
+
+    gen = torch.Generator().manual_seed(0)
+    n = 20000
+    ids = [int(t) for t in _one_stream(Constant(), SampleConfig(length=n, temperature=1.0), probs.log()[None], gen)]
+    counts = torch.bincount(torch.tensor(ids), minlength=5).double()
+    chi2 = float(((counts - n * probs) ** 2 / (n * probs)).sum())
+    assert chi2 < 18.5  # p = 0.001 at 4 degrees of freedom
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_split_matmuls_and_int_ids_step_as_the_fused_kernel(kind):
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(model=kind, layers=3, hidden=24, embed=8, layer_norm=True), len(VOCAB)).eval()
+    ids = torch.randint(len(VOCAB), (50,))
+    fused, split = FastStepper(model), FastStepper(model, tuning=SPLIT_ALL)
+    assert split.split and not fused.split
+    with torch.no_grad():
+        for t in range(len(ids)):  # both orders of the split layers (they alternate), against the fused kernel
+            want = fused.step(ids[t:t + 1]).clone()
+            torch.testing.assert_close(split.step(int(ids[t])), want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one stream"):
+        FastStepper(model, batch_size=2).step(1)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_a_long_prime_warms_as_character_steps_do(kind):
+    """The chunked forward pass over a prime leaves the state that stepping it one character at a time does."""
+    from charnn.sample import warm
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(model=kind, layers=2, hidden=16, embed=8), len(VOCAB)).eval()
+    ids = torch.randint(len(VOCAB), (300,)).tolist()
+    logits, hidden = warm(model, ids, chunk=64)
+    whole_logits, whole = warm(model, ids)
+    with torch.no_grad():
+        state = None
+        for i in ids:
+            step_logits, state = model(torch.tensor([[i]]), state)
+    for got in (hidden, whole):
+        for a, b in zip(got if kind == "lstm" else [got], state if kind == "lstm" else [state], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, step_logits[:, -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(whole_logits, step_logits[:, -1], atol=1e-5, rtol=1e-5)
