@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from charnn.config import DataConfig, SampleConfig
-from charnn.data import Vocab, iter_symbols
-from charnn.errors import ConfigError, SamplingError, VocabularyError
+from charnn.data import Vocab, iter_symbols, readable_file
+from charnn.errors import ConfigError, DataError, SamplingError, VocabularyError
 from charnn.graphstep import GraphStep
 from charnn.model import CharRNN, Hidden
 from charnn.runtime import autocast, autocast_dtype, ieee_rnn, nondeterministic_allowed
@@ -29,6 +29,7 @@ from charnn.stepper import MEASURED, FastStepper, Tuning, few_threads
 
 UNIFORM_BLOCK = 4096  # uniforms are drawn this many steps at a time, the same way on every path
 PRIME_CHUNK = 4096  # a long prime runs through the model this many symbols at a time
+PRIME_FILE_MAX = 16 << 20  # bytes of a prime file: far more than any state remembers, read in a second
 
 
 def default_prime(vocab: Vocab) -> list[int]:
@@ -124,11 +125,17 @@ def warm(model: CharRNN, ids: list[int], streams: int = 1, *,
 
 
 def read_prime(path: str | os.PathLike, vocab: Vocab, data_cfg: DataConfig | None = None) -> str:
-    """A prime file's text as `SampleConfig.prime` takes it: read and checked as a corpus is (`--bytes` runs
-    take its bytes), its symbols checked against the model's vocabulary; a DataError or VocabularyError naming
-    the file otherwise. Newlines are normalised as the training corpus's were."""
-    cfg = DataConfig(bytes_mode=vocab.bytes_mode) if data_cfg is None else data_cfg  # the run's: as it trained
-    cps = np.concatenate([np.zeros(0, np.uint32), *iter_symbols(path, cfg)])
+    """A prime file's text as `SampleConfig.prime` takes it, read as the model's corpus was (`data_cfg`: its
+    encoding and newlines; `--bytes` models take the bytes) and checked against its vocabulary: a DataError or
+    VocabularyError naming the file otherwise."""
+    cfg = DataConfig(bytes_mode=vocab.bytes_mode) if data_cfg is None else data_cfg
+    _, size = readable_file(path)
+    if size > PRIME_FILE_MAX:
+        raise DataError(f"{path}: a prime of {size:,} bytes; at most {PRIME_FILE_MAX:,} are read")
+    try:
+        cps = np.concatenate([np.zeros(0, np.uint32), *iter_symbols(path, cfg)])
+    except DataError as err:  # its advice names training's flags (--encoding, --bytes): not the sampler's
+        raise DataError(str(err).split("; pass ")[0].split("; use --bytes")[0]) from None
     try:
         vocab.map_symbols(cps)
     except VocabularyError as err:

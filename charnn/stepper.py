@@ -330,15 +330,24 @@ class FastStepper:
 
 
 @contextmanager
-def few_threads(batch_size: int, hidden: int, device: torch.device, tuning: Tuning = MEASURED) -> Iterator[None]:
-    """One CPU thread while stepping small batches: each op is microseconds of work, and waking a second
-    thread costs more than it saves (it is ruinous when the other core is busy). Restored afterwards."""
+def one_thread() -> Iterator[None]:
+    """torch on one CPU thread inside, restored afterwards."""
     before = torch.get_num_threads()
-    small = device.type == "cpu" and batch_size * hidden <= tuning.small_step_work
-    if small and before > 1:
+    if before > 1:
         torch.set_num_threads(1)
     try:
         yield
     finally:
-        if small and before > 1:
+        if before > 1:
             torch.set_num_threads(before)
+
+
+@contextmanager
+def few_threads(batch_size: int, hidden: int, device: torch.device, tuning: Tuning = MEASURED) -> Iterator[None]:
+    """One CPU thread while stepping small batches: each op is microseconds of work, and waking a second
+    thread costs more than it saves (it is ruinous when the other core is busy). Restored afterwards."""
+    if device.type == "cpu" and batch_size * hidden <= tuning.small_step_work:
+        with one_thread():
+            yield
+    else:
+        yield

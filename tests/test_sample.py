@@ -308,3 +308,22 @@ def test_a_long_prime_warms_as_character_steps_do(kind):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logits, step_logits[:, -1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(whole_logits, step_logits[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_prime_file_samples_as_the_same_prime_given_inline(tmp_path: Path, tiny_run: Path):
+    """--prime-file FILE writes what --prime "$(cat FILE)" writes (CRLF read as the corpus was: LF); its
+    errors say nothing of training's --encoding or --bytes."""
+    from charnn.errors import DataError
+    from charnn.sample import read_prime
+
+    prime = tmp_path / "prime.txt"
+    prime.write_bytes(b"First Citizen:\r\nBefore we proceed")
+    inline = invoke("sample", tiny_run, "--prime", "First Citizen:\nBefore we proceed", "--length", "40",
+                    "--seed", "2")
+    from_file = invoke("sample", tiny_run, "--prime-file", prime, "--length", "40", "--seed", "2")
+    assert inline.exit_code == from_file.exit_code == 0
+    assert from_file.stdout == inline.stdout and from_file.stdout.startswith("First Citizen:\nBefore")
+    prime.write_bytes(b"ab\xffcd")
+    with pytest.raises(DataError, match="byte 2") as err:
+        read_prime(prime, VOCAB)
+    assert "--encoding" not in str(err.value)
