@@ -234,8 +234,8 @@ class FastStepper:
     def _input(self, ids: torch.Tensor | int, gates: torch.Tensor) -> torch.Tensor:
         """Layer 0's pre-activations: the symbol's table row, plus h @ W_hh for an LSTM/RNN (a GRU keeps its
         hidden projection apart)."""
-        if isinstance(ids, int) and not self.low:
-            row = self.table_rows[ids]  # (1, G*H)
+        if isinstance(ids, int) and not self.low and (self.kind == "gru" or self.w[0].packed is None):
+            row = self.table_rows[ids]  # (1, G*H); the packed kernel takes no such bias
             if self.kind == "gru":
                 return gates.copy_(row)
             return self._matmul(self.h_low[0], self.w[0], gates, row)

@@ -327,3 +327,18 @@ def test_prime_file_samples_as_the_same_prime_given_inline(tmp_path: Path, tiny_
     with pytest.raises(DataError, match="byte 2") as err:
         read_prime(prime, VOCAB)
     assert "--encoding" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("tuning", [MEASURED, PACK_ALL, Tuning(split_min_weight=0, sigmoid_tanh_work=0)])
+def test_an_int_id_steps_as_a_one_element_tensor(kind, precision, tuning):
+    """Every kernel variant takes one stream's id as an int (the list of calls, the table row as a bias, or
+    the general path where the packed kernel or bf16 cannot take that bias)."""
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(model=kind, layers=2, hidden=16, embed=8), len(VOCAB)).eval()
+    by_int = FastStepper(model, precision=precision, tuning=tuning)
+    by_tensor = FastStepper(model, precision=precision, tuning=tuning)
+    with torch.no_grad():
+        for i in (1, 4, 2, 7, 3, 3, 9):
+            torch.testing.assert_close(by_int.step(i), by_tensor.step(torch.tensor([i])), atol=1e-5, rtol=1e-5)
