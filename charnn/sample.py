@@ -156,7 +156,8 @@ class Generation:
 @torch.inference_mode()
 def generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fast",
              tuning: Tuning = MEASURED) -> Generation:
-    """Start sampling `cfg.num_samples` streams; `steps` yields one (B,) id tensor per generated character.
+    """Start sampling `cfg.num_samples` streams; `steps` yields one (B,) id tensor per generated character (read
+    it, do not write it: one stream on the CPU yields one shared tensor per symbol).
     `tuning` picks the fast path's kernels (its defaults were measured; the text is the same either way)."""
     if path not in ("fast", "module"):
         raise ConfigError(f"unknown stepping path {path!r}")
