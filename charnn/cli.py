@@ -8,6 +8,7 @@ imported until a command runs, so `--help` is fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -154,6 +155,9 @@ def sample_cmd(
         help=with_default("Run directory or checkpoint file.", "the newest run under checkpoints/"))] = None,
     *,
     which: WhichOption = Which.best,
+    prime_file: Annotated[Optional[Path], typer.Option(
+        metavar="FILE", rich_help_panel="Sampling", show_default=False,
+        help="Text file to warm the state on, as --prime (for long primes).")] = None,
     raw: Annotated[bool, typer.Option(
         "--raw", rich_help_panel="Output",
         help="Write control characters as they are, even to a terminal.")] = False,
@@ -167,18 +171,26 @@ def sample_cmd(
     charnn sample --num-samples 4 --length 200 > samples.txt
     """
     def body():
-        from charnn.beam import beam_search
+        # what the first character needs, and no more (beam search is imported for --beam alone)
         from charnn.cli_output import SampleWriter, stdout_is_terminal, write_beams, write_generation
         from charnn.rundir import load_run
         from charnn.runtime import pick_device
-        from charnn.sample import generate
+        from charnn.sample import generate, read_prime
+        from charnn.stepper import one_thread
 
         values = plain(options)
         device = values.pop("device")
         cfg = SampleConfig(**{**values, "prime": values["prime"] or None})
-        loaded = load_run(run, which=which.value, device=pick_device(device))
+        if prime_file is not None and cfg.prime is not None:
+            raise CharnnError("--prime and --prime-file: give one of them")
+        with one_thread():  # checking a model file is a few tensor ops: threads would only wait for each other
+            loaded = load_run(run, which=which.value, device=pick_device(device))
+        if prime_file is not None:
+            cfg = dataclasses.replace(cfg, prime=read_prime(prime_file, loaded.vocab, loaded.data_cfg))
         out = SampleWriter(loaded.vocab, escape=not raw and stdout_is_terminal())
         if cfg.beam is not None:  # the log-probabilities go to stderr: stdout is the text alone
+            from charnn.beam import beam_search
+
             beams = beam_search(loaded.model, loaded.vocab, cfg.prime, cfg.beam, cfg.length, precision=cfg.precision)
             write_beams(beams[: cfg.num_samples], out, say=say)
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from charnn.errors import CharnnError, CheckpointWriteError, ConfigError
 from charnn.terminal import for_terminal
 
 SEPARATOR = "\n---------------\n"  # between the samples of --num-samples N
+STREAM_CHUNK, STREAM_WAIT = 1024, 0.05  # one stream is written every 1024 characters or 50 ms, whichever first
 
 
 def stdout_error(err: OSError | UnicodeError) -> CharnnError:
@@ -129,11 +131,10 @@ class SampleWriter:
 
 
 def write_generation(gen: Any, out: SampleWriter, *, num_samples: int) -> None:
-    """One sample streams step by step; several are collected and written one after the other."""
+    """One sample streams as it is drawn; several are collected and written one after the other."""
     if num_samples == 1:
         out.write(gen.prime)
-        for ids in gen.steps:
-            out.write(ids.tolist())
+        _stream(gen.steps, out)
     else:
         rows = [list(gen.prime) for _ in range(num_samples)]
         for ids in gen.steps:
@@ -145,6 +146,20 @@ def write_generation(gen: Any, out: SampleWriter, *, num_samples: int) -> None:
             out.write(row)
     out.write_text("\n")
     out.flush()
+
+
+def _stream(steps: Any, out: SampleWriter, *, most: int = STREAM_CHUNK, wait: float = STREAM_WAIT) -> None:
+    """One stream's ids written in pieces: at most `most` ids, or what `wait` seconds produced (decoding and
+    writing each character cost more than a tenth of a step of a small model)."""
+    pending: list[int] = []
+    due = time.monotonic() + wait
+    for ids in steps:
+        pending += ids.tolist()
+        if len(pending) >= most or time.monotonic() >= due:
+            out.write(pending)
+            pending = []
+            due = time.monotonic() + wait
+    out.write(pending)
 
 
 def write_beams(beams: list[Any], out: SampleWriter, *, say: Any) -> None:

@@ -171,6 +171,17 @@ CATALOGUE = [
     ("sample: --which middle", ["sample", "{w}/run", "--which", "middle"], 2, "--which"),
     ("sample: --device tpu", ["sample", "{w}/run", "--device", "tpu"], 2, "--device"),
     ("sample: --temperature 1e-40", ["sample", "{w}/run", "-t", "1e-40", "--length", "5"], 2, "--temperature"),
+    # sampling: --prime-file (read as a corpus is, checked against the model's vocabulary)
+    ("sample: --prime-file missing", ["sample", "{w}/run", "--prime-file", "{w}/nope.txt"], 2, "no such file"),
+    ("sample: --prime-file directory", ["sample", "{w}/run", "--prime-file", "{w}/adir"], 2, "is a directory"),
+    ("sample: --prime-file empty", ["sample", "{w}/run", "--prime-file", "{w}/empty.txt"], 2, "empty (0 bytes)"),
+    ("sample: --prime-file binary", ["sample", "{w}/run", "--prime-file", "{w}/binary.bin"], 2, "binary file"),
+    ("sample: --prime-file invalid utf-8", ["sample", "{w}/run", "--prime-file", "{w}/bad_utf8.txt"], 2,
+     "not valid utf-8 at byte 6"),
+    ("sample: --prime-file unknown characters", ["sample", "{w}/run", "--prime-file", "{w}/unknown.txt"], 2,
+     "unknown.txt: 2 character(s) not in this model's vocabulary"),
+    ("sample: --prime-file and --prime", ["sample", "{w}/run", "--prime-file", "{w}/changed.txt", "--prime", "a"],
+     2, "--prime and --prime-file"),
     # eval
     ("eval: missing run", ["eval", "{w}/nope"], 2, "no such run"),
     ("eval: corrupt checkpoint", ["eval", "{w}/corrupt.safetensors", "{w}/tiny.txt"], 2, "checksum mismatch"),
