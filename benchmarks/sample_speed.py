@@ -4,7 +4,13 @@ and `--streams` streams at once, in one run, alternating for `--repeats` repeats
 
 The plain approach runs at 1 and at `--threads` threads and its faster figure is the baseline (the default of
 2 threads is what a user gets, but on a busy 2-core machine one thread is often faster). The model is a
-randomly initialised CharRNN: speed does not depend on what the weights are.
+randomly initialised CharRNN of the default preset's shape (2x256 LSTM, embed 128, layer norm): speed does not
+depend on what the weights are.
+
+Then the command line end to end, the model saved as a run: `python -m charnn sample RUN --length N > file`
+for N = --cli-length + 200 and N = 200, interleaved; the rate is the difference of characters over the
+difference of wall times (process start and loading cancel). Time to the first character is the wall time of
+`--length 1`, beside that of `python -c "import torch"` and of `charnn --help` (what start-up cannot avoid).
 
     python benchmarks/sample_speed.py            # 2x256 LSTM, 3000 chars x 1 stream, 400 chars x 64 streams
     python benchmarks/sample_speed.py --quick    # tiny, a few seconds (the CI smoke test)
@@ -12,14 +18,20 @@ randomly initialised CharRNN: speed does not depend on what the weights are.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
-from common import interleaved, load_average, machine, median, parser
+from common import interleaved, load_average, machine, median, parser, repo_env
 
-from charnn import CharRNN, ModelConfig, SampleConfig, Vocab, sample_text
+from charnn import CharRNN, DataConfig, SampleConfig, Vocab, sample_text
+from charnn.config import PRESETS
+from charnn.rundir import save_checkpoint
 
 VOCAB = Vocab(tuple(range(32, 97)))  # 65 symbols, like tiny shakespeare's
 
@@ -54,6 +66,34 @@ def charnn_sample(model: CharRNN, streams: int, length: int, path: str = "fast",
     return streams * length / (time.perf_counter() - t0), text
 
 
+def wall(argv: list[str]) -> float:
+    """Wall seconds of one process, its stdout to a file (as `> out.txt`), on this checkout's charnn."""
+    with tempfile.TemporaryFile() as out:
+        t0 = time.perf_counter()
+        subprocess.run(argv, stdout=out, stderr=subprocess.DEVNULL, env=repo_env(), check=True)
+        return time.perf_counter() - t0
+
+
+def cli_figures(model: CharRNN, length: int, repeats: int, *, quick: bool) -> dict[str, float | None]:
+    """`charnn sample` end to end: chars/s by the difference method, and the start-up walls (module docstring);
+    `quick` leaves out the walls of --help and of importing torch."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(tmp, model, VOCAB, DataConfig(), step=1, val_loss=None, corpus_sha256="0" * 64,
+                        state=None, keep_last=1)
+        sample = [sys.executable, "-m", "charnn", "sample", tmp, "--seed", "0", "--length"]
+        measures = {"long": lambda: wall([*sample, str(length + 200)]), "short": lambda: wall([*sample, "200"]),
+                    "first": lambda: wall([*sample, "1"])}
+        if not quick:
+            measures["help"] = lambda: wall([sys.executable, "-m", "charnn", "--help"])
+            measures["torch"] = lambda: wall([sys.executable, "-c", "import torch"])
+        got = interleaved(repeats, measures, on_repeat=print_repeat)
+    diff = median(a - b for a, b in zip(got["long"], got["short"], strict=True))
+    return {"cli_chars_per_s": round(length / diff) if diff > 0 else None,  # None: lost in the noise
+            "first_char_s": round(median(got["first"]), 2),
+            "help_s": round(median(got["help"]), 2) if not quick else None,
+            "import_torch_s": round(median(got["torch"]), 2) if not quick else None}
+
+
 def print_repeat(r: int, got: dict[str, list]) -> None:
     print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in got.items()), flush=True)
 
@@ -69,15 +109,17 @@ def main() -> None:
     ap.add_argument("--streams-length", type=int, default=400, help="characters per stream, many streams")
     ap.add_argument("--threads", type=int, default=None, help="torch threads [default: torch's]")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cli-length", type=int, default=10000, help="characters of the end-to-end figure")
     args = ap.parse_args()
     if args.quick:
         args.hidden, args.embed, args.length, args.repeats = 32, 16, 200, 1
-        args.streams, args.streams_length = 8, 50
+        args.streams, args.streams_length, args.cli_length = 8, 50, 500
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = CharRNN(ModelConfig(model=args.model, layers=args.layers, hidden=args.hidden, embed=args.embed),
-                    len(VOCAB))
+    shape = dataclasses.replace(PRESETS["small"].model, model=args.model, layers=args.layers, hidden=args.hidden,
+                                embed=args.embed)  # the default preset's, layer norm included
+    model = CharRNN(shape, len(VOCAB))
     machine(threads)
     print(f"model: {args.layers}x{args.hidden} {args.model}, embed {args.embed}", flush=True)
 
@@ -95,6 +137,7 @@ def main() -> None:
         "many_plain": lambda: plain_sample(model, args.streams, many // 2, threads),
     }, on_repeat=print_repeat)
     med = {k: median(v) for k, v in results.items()}
+    cli = cli_figures(model, args.cli_length, args.repeats, quick=args.quick)
     base_one = max(med["one_plain_1t"], med["one_plain"])
     base_many = max(med["many_plain_1t"], med["many_plain"])
     result = {
@@ -106,7 +149,7 @@ def main() -> None:
         "many_streams_ratio": round(med["many"] / base_many, 2),
         "many_streams_bf16_chars_per_s": round(med["many_bf16"]),
         "many_streams_bf16_ratio": round(med["many_bf16"] / base_many, 2),
-        "fast_and_module_same_text": fast_same, "threads": threads, "repeats": args.repeats,
+        "fast_and_module_same_text": fast_same, **cli, "threads": threads, "repeats": args.repeats,
         "load_average": load_average(),
     }
     print(f"one stream: charnn {med['one']:,.0f} chars/s vs plain {base_one:,.0f} chars/s: "
@@ -114,6 +157,10 @@ def main() -> None:
     print(f"{args.streams} streams: charnn {med['many']:,.0f} chars/s in total vs plain {base_many:,.0f}: "
           f"{result['many_streams_ratio']:.2f}x; with --precision bf16 {med['many_bf16']:,.0f} chars/s: "
           f"{result['many_streams_bf16_ratio']:.2f}x  (target >= 100,000 chars/s for 64 streams)")
+    print(f"command line, one stream: {cli['cli_chars_per_s']} chars/s (--length {args.cli_length + 200} minus "
+          f"--length 200; target >= 5,000 for 2x256)")
+    print(f"first character: {cli['first_char_s']:.2f} s (import torch alone {cli['import_torch_s']} s, "
+          f"charnn --help {cli['help_s']} s)")
     print(json.dumps(result))
 
 

@@ -8,9 +8,9 @@ imported until a command runs, so `--help` is fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -31,6 +31,14 @@ from charnn.errors import CharnnError
 
 _StopFlag = StopFlag  # the name tests and older callers know
 
+
+def _given_path(value: str) -> Path:
+    """A path option's value; an empty one would mean the current directory (`--out ""` trained into it)."""
+    if not value.strip():
+        raise typer.BadParameter("is empty; give a directory")
+    return Path(value)
+
+
 @app.command("train", cls=Command)
 @with_options(*config_options(*TRAIN_CONFIGS, planned=True))
 def train_cmd(
@@ -45,12 +53,13 @@ def train_cmd(
         "--plan", rich_help_panel="Run", help="Print the training plan and exit.")
     ] = False,
     out: Annotated[Optional[Path], typer.Option(
-        metavar="DIR", rich_help_panel="Run",
+        metavar="DIR", rich_help_panel="Run", parser=_given_path,
         help=with_default("Run directory for checkpoints and logs.", "checkpoints/CORPUS-TIME"))] = None,
     resume: Annotated[Optional[Path], typer.Option(
-        metavar="RUN", rich_help_panel="Run", help="Continue this run exactly where it stopped.")] = None,
+        metavar="RUN", rich_help_panel="Run", parser=_given_path,
+        help="Continue this run exactly where it stopped.")] = None,
     init_from: Annotated[Optional[Path], typer.Option(
-        metavar="RUN", rich_help_panel="Run",
+        metavar="RUN", rich_help_panel="Run", parser=_given_path,
         help="Start from this run's best model (fine-tune).")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", rich_help_panel="Evaluation & output",
@@ -59,7 +68,7 @@ def train_cmd(
         "--report", rich_help_panel="Evaluation & output",
         help="Write RUN/report.html at each evaluation (see charnn report).")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(
-        metavar="DIR", rich_help_panel="Data",
+        metavar="DIR", rich_help_panel="Data", parser=_given_path,
         help=with_default("Where the encoded corpus is cached, memory-mapped.", "checkpoints/.cache"))] = None,
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", rich_help_panel="Data", help="Encode the corpus in memory; write no cache.")
@@ -99,11 +108,16 @@ def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, 
     from charnn.runtime import pick_device
     from charnn.train import plan, train
 
+    if resume is not None and out is not None and out.resolve() != resume.resolve():
+        raise CharnnError(f"--out {out} with --resume {resume}: a resumed run continues in its own directory; "
+                          f"drop --out (or start a new run with --out alone)")
     setup, source, out_dir = train_configs(corpus, options, preset=preset, resume=resume, out=out)
     if show_plan:
         if setup.request is None:
             raise CharnnError("--plan shows the plan of a new run; a resumed run keeps its configs")
-        typer.echo("\n".join(plan(source, request=setup.request, data_cfg=setup.data_cfg, init_from=init_from).lines))
+        from charnn.cli_output import echo
+
+        echo("\n".join(plan(source, request=setup.request, data_cfg=setup.data_cfg, init_from=init_from).lines))
         return
     info = setup_distributed(backend, device_type=pick_device(setup.device).type)
     try:
@@ -141,6 +155,9 @@ def sample_cmd(
         help=with_default("Run directory or checkpoint file.", "the newest run under checkpoints/"))] = None,
     *,
     which: WhichOption = Which.best,
+    prime_file: Annotated[Optional[Path], typer.Option(
+        metavar="FILE", rich_help_panel="Sampling", show_default=False,
+        help="Text file to warm the state on, as --prime (for long primes).")] = None,
     raw: Annotated[bool, typer.Option(
         "--raw", rich_help_panel="Output",
         help="Write control characters as they are, even to a terminal.")] = False,
@@ -154,18 +171,26 @@ def sample_cmd(
     charnn sample --num-samples 4 --length 200 > samples.txt
     """
     def body():
-        from charnn.beam import beam_search
-        from charnn.cli_output import SampleWriter, write_beams, write_generation
+        # what the first character needs, and no more (beam search is imported for --beam alone)
+        from charnn.cli_output import SampleWriter, stdout_is_terminal, write_beams, write_generation
         from charnn.rundir import load_run
         from charnn.runtime import pick_device
-        from charnn.sample import generate
+        from charnn.sample import generate, read_prime
+        from charnn.stepper import one_thread
 
         values = plain(options)
         device = values.pop("device")
         cfg = SampleConfig(**{**values, "prime": values["prime"] or None})
-        loaded = load_run(run, which=which.value, device=pick_device(device))
-        out = SampleWriter(loaded.vocab, escape=sys.stdout.isatty() and not raw)
+        if prime_file is not None and cfg.prime is not None:
+            raise CharnnError("--prime and --prime-file: give one of them")
+        with one_thread():  # checking a model file is a few tensor ops: threads would only wait for each other
+            loaded = load_run(run, which=which.value, device=pick_device(device))
+        if prime_file is not None:
+            cfg = dataclasses.replace(cfg, prime=read_prime(prime_file, loaded.vocab, loaded.data_cfg))
+        out = SampleWriter(loaded.vocab, escape=not raw and stdout_is_terminal())
         if cfg.beam is not None:  # the log-probabilities go to stderr: stdout is the text alone
+            from charnn.beam import beam_search
+
             beams = beam_search(loaded.model, loaded.vocab, cfg.prime, cfg.beam, cfg.length, precision=cfg.precision)
             write_beams(beams[: cfg.num_samples], out, say=say)
             return
@@ -222,12 +247,14 @@ def eval_cmd(
 
 
 def _show_eval(name: str, res, loaded, *, as_json: bool) -> None:
+    from charnn.cli_output import echo
+
     row = {"file": name, "checkpoint": str(loaded.path), "step": loaded.step, **res.as_dict()}
     if as_json:
-        typer.echo(json.dumps(row))
+        echo(json.dumps(row))
     else:
         unk = f"  ({row['unknown_chars']} unknown skipped)" if row["unknown_chars"] else ""
-        typer.echo(f"{name}: {res.chars} chars  {res.loss:.4f} nats/char  {res.bpc:.4f} bits/char  "
+        echo(f"{name}: {res.chars} chars  {res.loss:.4f} nats/char  {res.bpc:.4f} bits/char  "
                    f"perplexity {res.perplexity:.3f}{unk}")
     if res.unknown:
         shown = ", ".join(loaded.vocab.symbol_str(s) for s in list(res.unknown)[:10])

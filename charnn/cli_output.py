@@ -1,55 +1,140 @@
-"""What `charnn sample` writes to stdout: the sampled text, streamed as it is drawn, or raw bytes for a
-byte-level model; control characters escaped on a terminal.
+"""What `charnn sample` and `eval` write to stdout: the sampled text, streamed as it is drawn, or raw bytes for a
+byte-level model; control characters escaped on a terminal; a failed write as one error line.
 
 Not the sampling itself (charnn.sample); no torch import here.
 """
 
 from __future__ import annotations
 
+import codecs
+import os
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from charnn.errors import CharnnError, CheckpointWriteError, ConfigError
+from charnn.terminal import for_terminal
+
 SEPARATOR = "\n---------------\n"  # between the samples of --num-samples N
+STREAM_CHUNK, STREAM_WAIT = 1024, 0.05  # one stream is written every 1024 characters or 50 ms, whichever first
+
+
+def stdout_error(err: OSError | UnicodeError) -> CharnnError:
+    """The one-line error for a failed write to stdout: a full or failing device is a failed write (exit 4), an
+    encoding that cannot carry the text a user error (exit 2). What is still buffered is discarded."""
+    _discard_stdout()
+    if isinstance(err, UnicodeEncodeError):
+        bad = err.object[err.start]
+        return ConfigError(f"stdout's encoding ({err.encoding}) cannot write {bad!r} (U+{ord(bad):04X}); set "
+                           f"PYTHONIOENCODING=utf-8")
+    return CheckpointWriteError(f"cannot write to stdout: {getattr(err, 'strerror', None) or err}")
+
+
+@contextmanager
+def stdout_errors() -> Iterator[None]:
+    """Writes to stdout that fail raise `stdout_error`'s one line. A reader that left (BrokenPipeError) is not an
+    error and passes through."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except (OSError, UnicodeEncodeError) as err:
+        raise stdout_error(err) from None
+
+
+def _discard_stdout() -> None:
+    """Point stdout at the null device, so that what is still buffered cannot fail again at exit (the idiom the
+    Python docs give for SIGPIPE)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no stdout, or not a file (a test's capture)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+
+
+def _stdout():
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
+        raise CheckpointWriteError("cannot write to stdout: it is closed")
+    return sys.stdout
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout is not None and sys.stdout.isatty()
+
+
+def echo(line: str) -> None:
+    """One line of a command's product on stdout (eval's scores, the plan): control characters escaped on a
+    terminal, failures as one error line."""
+    out = _stdout()
+    with stdout_errors():
+        if out.isatty():
+            out.buffer.write(for_terminal(line + "\n").encode(out.encoding or "utf-8", "backslashreplace"))
+        else:
+            out.write(line + "\n")
+        out.flush()
 
 
 class SampleWriter:
-    """Writes sampled ids to stdout: text (escaping control characters on a terminal) or raw bytes."""
+    """Writes sampled ids to stdout: the exact text or bytes, or on a terminal (`escape`) the text with control
+    characters and non-UTF-8 bytes escaped (charnn.terminal), never raw."""
 
     def __init__(self, vocab, *, escape: bool) -> None:
         self.vocab, self.escape = vocab, escape
-        self.tty = sys.stdout.isatty()
+        self.out = _stdout()
+        self.tty = self.out.isatty()
+        # bytes on a terminal: decoded as they stream (a character may span steps), undecodable ones escaped
+        self.decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape") if escape else None
 
     def write(self, ids) -> None:
         if not ids:
             return
-        if self.vocab.bytes_mode:
-            sys.stdout.buffer.write(bytes(self.vocab.decode_symbols(ids)))
-            if self.tty:
-                sys.stdout.buffer.flush()
-            return
-        self.write_text(self.vocab.decode(ids))
+        if not self.vocab.bytes_mode:
+            self.write_text(self.vocab.decode(ids))
+        elif self.decoder is not None:
+            self.write_text(self.decoder.decode(bytes(self.vocab.decode_symbols(ids))))
+        else:
+            try:  # try/except rather than `with stdout_errors()`: this runs once per sampled step
+                self.out.buffer.write(bytes(self.vocab.decode_symbols(ids)))
+                if self.tty:
+                    self.out.buffer.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as err:
+                raise stdout_error(err) from None
 
     def write_text(self, text: str) -> None:
-        if self.escape:
-            text = "".join(c if c in "\n\t" or c.isprintable() else c.encode("unicode_escape").decode()
-                           for c in text)
-        if self.vocab.bytes_mode:
-            sys.stdout.buffer.write(text.encode())
-        else:
-            sys.stdout.write(text)
-        if self.tty:
-            sys.stdout.flush()
+        try:
+            if self.escape:
+                self.out.buffer.write(for_terminal(text).encode(self.out.encoding or "utf-8", "backslashreplace"))
+            elif self.vocab.bytes_mode:
+                self.out.buffer.write(text.encode())
+            else:
+                self.out.write(text)
+            if self.tty:
+                self.out.flush()
+        except BrokenPipeError:
+            raise
+        except (OSError, UnicodeEncodeError) as err:
+            raise stdout_error(err) from None
 
     def flush(self) -> None:
-        sys.stdout.flush()
+        if self.decoder is not None:
+            tail = self.decoder.decode(b"", final=True)  # a character cut short at the end
+            if tail:
+                self.write_text(tail)
+        with stdout_errors():
+            self.out.flush()
 
 
 def write_generation(gen: Any, out: SampleWriter, *, num_samples: int) -> None:
-    """One sample streams step by step; several are collected and written one after the other."""
+    """One sample streams as it is drawn; several are collected and written one after the other."""
     if num_samples == 1:
         out.write(gen.prime)
-        for ids in gen.steps:
-            out.write(ids.tolist())
+        _stream(gen.steps, out)
     else:
         rows = [list(gen.prime) for _ in range(num_samples)]
         for ids in gen.steps:
@@ -61,6 +146,20 @@ def write_generation(gen: Any, out: SampleWriter, *, num_samples: int) -> None:
             out.write(row)
     out.write_text("\n")
     out.flush()
+
+
+def _stream(steps: Any, out: SampleWriter, *, most: int = STREAM_CHUNK, wait: float = STREAM_WAIT) -> None:
+    """One stream's ids written in pieces: at most `most` ids, or what `wait` seconds produced (decoding and
+    writing each character cost more than a tenth of a step of a small model)."""
+    pending: list[int] = []
+    due = time.monotonic() + wait
+    for ids in steps:
+        pending += ids.tolist()
+        if len(pending) >= most or time.monotonic() >= due:
+            out.write(pending)
+            pending = []
+            due = time.monotonic() + wait
+    out.write(pending)
 
 
 def write_beams(beams: list[Any], out: SampleWriter, *, say: Any) -> None:

@@ -1,5 +1,5 @@
 """How a `charnn` command runs as a process: user errors as one `error: ...` line and an exit code, warnings
-as `warning: ...` lines, and SIGINT/SIGTERM as a flag the training loop polls.
+as `warning: ...` lines, and SIGINT/SIGTERM/SIGHUP as a flag the training loop polls.
 
 Not the commands (charnn.cli). Anything that is not a `CharnnError` is a bug and keeps its traceback.
 """
@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from charnn.errors import CharnnError
+from charnn.terminal import for_terminal
 
 # Typer vendors click in newer releases and uses click itself in older ones: find the classes either way.
 _CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -80,8 +81,9 @@ class OneLineErrors(_PlainRows, TyperGroup):
 
 
 def say(message: str) -> None:
-    """One line on stderr (stdout carries only the product)."""
-    typer.echo(message, err=True)
+    """One line on stderr (stdout carries only the product); control characters in it (a file name's newline
+    or ESC) are escaped, so it stays one line and cannot drive the terminal."""
+    typer.echo(for_terminal(message, keep="\t"), err=True)
 
 
 def run_command(body: Callable[[], Any]) -> Any:
@@ -95,7 +97,7 @@ def run_command(body: Callable[[], Any]) -> Any:
     except CharnnError as err:
         say(f"error: {err}")
         raise typer.Exit(err.exit_code) from None
-    except (RuntimeError, NotImplementedError) as err:  # out of memory, a precision or kernel the GPU lacks
+    except (RuntimeError, NotImplementedError, MemoryError) as err:  # out of memory, a precision the GPU lacks
         user = _device_error(err)
         if user is None:
             raise
@@ -115,15 +117,34 @@ def _device_error(err: BaseException) -> CharnnError | None:
     return user_device_error(err)
 
 
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _quiet_terminal() -> None:
+    """Point stdout and stderr that were a closed terminal at /dev/null; a file or pipe is left as it is."""
+    import os
+
+    for fd in (1, 2):
+        try:
+            if os.isatty(fd):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+        except OSError:
+            pass
+
+
 class StopFlag:
-    """SIGINT/SIGTERM set a flag the training loop polls between steps; a second SIGINT exits at once."""
+    """SIGINT/SIGTERM/SIGHUP set a flag the training loop polls between steps (it saves a checkpoint and exits
+    128 + the signal's number); a second SIGINT exits at once. SIGHUP (the terminal closed) also stops the
+    writes to that terminal, which now fail."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._old = {}
 
     def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self._old[sig] = signal.signal(sig, self._handle)
         if hasattr(signal, "SIGXFSZ"):  # a file-size limit must fail the write (EFBIG), not kill us
             self._old[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -135,6 +156,8 @@ class StopFlag:
 
             os.write(2, b"error: interrupted again; exiting now (checkpoints on disk are intact)\n")
             os._exit(130)
+        if signum == getattr(signal, "SIGHUP", None):
+            _quiet_terminal()
         self.signum = signum
 
     def __call__(self) -> int | None:

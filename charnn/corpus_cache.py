@@ -11,7 +11,8 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -19,21 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from charnn.config import DataConfig
-from charnn.data import (
-    MAX_CODEPOINT,
-    Corpus,
-    Vocab,
-    corpus_vocab,
-    id_dtype,
-    iter_symbols,
-    read_chunks,
-    readable_file,
-    scan_file,
-)
-from charnn.errors import CheckpointWriteError, DataError
+from charnn.data import MAX_CODEPOINT, Corpus, Vocab, corpus_vocab, encode_table, id_dtype, scan_file
+from charnn.errors import CharnnWarning, CheckpointWriteError, DataError
 from charnn.files import atomic_file, atomic_write
+from charnn.textfile import changed_error, iter_symbols, read_chunks, readable_file
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the ids file's sha256 is recorded and checked at every load
 DEFAULT_CACHE_DIR = Path("checkpoints") / ".cache"
 _HIGH = bytes(range(0x80, 0x100))
 _BOM = b"\xef\xbb\xbf"
@@ -60,11 +52,11 @@ def cache_key(sha256: str, cfg: DataConfig) -> str:
     return f"{sha256[:32]}-{opts[:12]}"
 
 
-def hash_file(path: str | os.PathLike, *, on_bytes: Callable[[int], None] | None = None) -> str:
-    """sha256 of the raw bytes, streamed in CHUNK_BYTES pieces."""
+def hash_file(path: str | os.PathLike, size: int | None = None, *,
+              on_bytes: Callable[[int], None] | None = None) -> str:
+    """sha256 of the first `size` bytes (None: all), streamed in CHUNK_BYTES pieces."""
     hasher = hashlib.sha256()
-    for chunk in read_chunks(Path(path)):
-        hasher.update(chunk)
+    for chunk in read_chunks(Path(path), size, hasher=hasher):
         if on_bytes:
             on_bytes(len(chunk))
     return hasher.hexdigest()
@@ -72,38 +64,61 @@ def hash_file(path: str | os.PathLike, *, on_bytes: Callable[[int], None] | None
 
 def load_corpus(path: str | os.PathLike, cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None,
                 on_progress: Callable[[EncodeProgress], None] | None = None) -> Corpus:
-    """The corpus with memory-mapped ids, from the cache when a matching entry exists, else encoded now.
+    """The corpus with memory-mapped ids, from the cache when a sound matching entry exists, else encoded now
+    (over a damaged entry, with a warning).
 
-    Cost: one hashing pass on a hit; on a miss two more streaming passes (vocabulary, then ids written
-    straight to disk), so resident memory stays at a few chunks whatever the corpus size.
+    Cost: two hashing passes on a hit (the corpus, then the ids against the sha256 their entry records); on a
+    miss two more streaming passes (vocabulary, then ids written straight to disk, the corpus hashed again to
+    prove it did not change), so resident memory stays at a few chunks whatever the corpus size.
     """
     p, size = readable_file(path)
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
-    sha = hash_file(p, on_bytes=_meter("hash", size, on_progress))
+    sha = hash_file(p, size, on_bytes=_meter("hash", size, on_progress))
     key = cache_key(sha, cfg)
     meta_path, ids_path = cache / f"{key}.json", cache / f"{key}.ids"
-    hit = _open_entry(meta_path, ids_path, sha, cfg)
+    try:
+        hit = _open_entry(meta_path, ids_path, sha, cfg)
+    except DataError as err:
+        warnings.warn(f"{err}; encoding the corpus again", CharnnWarning, stacklevel=2)
+        hit = None
     if hit is not None:
-        ids, vocab = hit
-        return Corpus(ids, vocab, sha, str(p), cfg)
+        return Corpus(hit[0], hit[1], sha, str(p), cfg)
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise CheckpointWriteError(f"cannot create the corpus cache {cache}: {err.strerror or err}") from None
-    vocab, count = _build(p, cfg, ids_path, size, on_progress)
+    vocab, count, ids_sha = _build(p, cfg, ids_path, size, sha, on_progress)
     meta = {"version": CACHE_VERSION, "sha256": sha, "count": count, "dtype": id_dtype(len(vocab)).name,
             "vocab": json.loads(vocab.to_json()), "options": decoding_options(cfg), "source": str(p.resolve()),
-            "bytes": size}
+            "bytes": size, "ids_sha256": ids_sha}
     # written last: its presence marks a complete entry
     atomic_write(meta_path, (json.dumps(meta) + "\n").encode(), what="corpus cache")
-    ids, vocab = _open_entry(meta_path, ids_path, sha, cfg) or (None, None)
+    ids, vocab = _open_entry(meta_path, ids_path, sha, cfg, verify=False) or (None, None)
     if ids is None:
         raise DataError(f"{p}: the corpus cache entry {ids_path} did not verify right after writing it")
     return Corpus(ids, vocab, sha, str(p), cfg)
 
 
-def _open_entry(meta_path: Path, ids_path: Path, sha: str, cfg: DataConfig) -> tuple[np.ndarray, Vocab] | None:
-    """The cached ids and vocabulary, or None when the entry is missing, partial or from another version."""
+def cached_corpus(path: str | os.PathLike, sha256: str, cfg: DataConfig, cache_dirs: Iterable[Path]
+                  ) -> Corpus | None:
+    """The corpus whose bytes hash to `sha256`, from a sound entry in one of `cache_dirs`, read-only: nothing
+    is created or written. None when no directory holds one; a damaged entry is skipped with a warning."""
+    key = cache_key(sha256, cfg)
+    for cache in cache_dirs:
+        try:
+            hit = _open_entry(cache / f"{key}.json", cache / f"{key}.ids", sha256, cfg)
+        except DataError as err:
+            warnings.warn(f"{err}; reading the corpus itself instead", CharnnWarning, stacklevel=2)
+            continue
+        if hit is not None:
+            return Corpus(hit[0], hit[1], sha256, str(path), cfg)
+    return None
+
+
+def _open_entry(meta_path: Path, ids_path: Path, sha: str, cfg: DataConfig, *, verify: bool = True
+                ) -> tuple[np.ndarray, Vocab] | None:
+    """The cached ids and vocabulary; None when the entry is missing or from another version or decoding; a
+    DataError when its ids file is not the one its JSON records (size or sha256: a damaged disk, an edit)."""
     try:
         meta = json.loads(meta_path.read_text())
         if (meta.get("version") != CACHE_VERSION or meta.get("sha256") != sha
@@ -111,12 +126,16 @@ def _open_entry(meta_path: Path, ids_path: Path, sha: str, cfg: DataConfig) -> t
             return None
         vocab = Vocab(tuple(meta["vocab"]["symbols"]), bool(meta["vocab"]["bytes"]))
         dtype = np.dtype(meta["dtype"])
-        count = int(meta["count"])
-        if dtype != id_dtype(len(vocab)) or ids_path.stat().st_size != count * dtype.itemsize or count < 1:
+        count, ids_sha = int(meta["count"]), str(meta["ids_sha256"])
+        if dtype != id_dtype(len(vocab)) or count < 1:
             return None
-        return np.memmap(ids_path, dtype=dtype, mode="r", shape=(count,)), vocab
-    except (OSError, ValueError, KeyError, TypeError):
+        size = ids_path.stat().st_size
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    if size != count * dtype.itemsize or (verify and hash_file(ids_path) != ids_sha):
+        raise DataError(f"the corpus cache entry {ids_path} is damaged (its size or sha256 is not the one "
+                        f"recorded in {meta_path.name})")
+    return np.memmap(ids_path, dtype=dtype, mode="r", shape=(count,)), vocab
 
 
 def _meter(phase: str, total: int, on_progress: Callable[[EncodeProgress], None] | None):
@@ -131,31 +150,34 @@ def _meter(phase: str, total: int, on_progress: Callable[[EncodeProgress], None]
     return on_bytes
 
 
-def _build(p: Path, cfg: DataConfig, ids_path: Path, size: int,
-           on_progress: Callable[[EncodeProgress], None] | None) -> tuple[Vocab, int]:
-    """Scan for the vocabulary, then write the ids through a temp file renamed into place."""
+def _build(p: Path, cfg: DataConfig, ids_path: Path, size: int, sha: str,
+           on_progress: Callable[[EncodeProgress], None] | None) -> tuple[Vocab, int, str]:
+    """Scan for the vocabulary, then write the ids through a temp file renamed into place; the vocabulary,
+    the count and the ids' sha256. Both passes read the `size` bytes the hash pass read (`read_chunks`)."""
     fast = not cfg.bytes_mode and codecs.lookup(cfg.encoding).name == "utf-8"
-    scanned = _scan_utf8(p, cfg, _meter("scan", size, on_progress)) if fast else None
+    scanned = _scan_utf8(p, cfg, size, _meter("scan", size, on_progress)) if fast else None
     if scanned is None:  # not UTF-8, or something the fast path leaves to the exact decoder
         fast = False
-        scanned = scan_file(p, cfg, on_bytes=_meter("scan", size, on_progress))[:2]
+        scanned = scan_file(p, cfg, size=size, on_bytes=_meter("scan", size, on_progress))[:2]
     symbols, count = scanned
     vocab = corpus_vocab(p, symbols, count, cfg)
-    lut = vocab.lut.astype(id_dtype(len(vocab)))
-    written = 0
+    table = encode_table(vocab)
+    written, hasher = 0, hashlib.sha256()
     on_bytes = _meter("encode", size, on_progress)
     try:
         with atomic_file(ids_path) as f:
-            chunks = _encode_utf8(p, cfg, lut, on_bytes) if fast else (
-                lut[cps] for cps in iter_symbols(p, cfg, on_bytes=on_bytes))
+            chunks = _encode_utf8(p, cfg, table, size, sha, on_bytes) if fast else (
+                table[cps] for cps in iter_symbols(p, cfg, size=size, sha256=sha, on_bytes=on_bytes))
             for ids in chunks:
-                f.write(memoryview(np.ascontiguousarray(ids)).cast("B"))
+                view = memoryview(np.ascontiguousarray(ids)).cast("B")
+                f.write(view)
+                hasher.update(view)
                 written += len(ids)
             if written != count:
-                raise DataError(f"{p}: file changed while it was being read")
+                raise changed_error(p)
     except OSError as err:
         raise CheckpointWriteError(f"cannot write the corpus cache {ids_path}: {err.strerror or err}") from None
-    return vocab, count
+    return vocab, count, hasher.hexdigest()
 
 
 # --- the UTF-8 fast path ---------------------------------------------------------------------------------
@@ -173,9 +195,9 @@ class _Piece:
     cps: np.ndarray | None  # their code points (uint32)
 
 
-def _pieces(p: Path, cfg: DataConfig, on_bytes) -> Iterator[_Piece | None]:
+def _pieces(p: Path, cfg: DataConfig, size: int, sha: str | None, on_bytes) -> Iterator[_Piece | None]:
     carry, first = b"", True
-    for chunk in chain(read_chunks(p), [b""]):  # the empty chunk last: what is left over is flushed
+    for chunk in chain(read_chunks(p, size, sha256=sha), [b""]):  # the empty chunk last: what is left over is flushed
         buf = carry + chunk
         cut = _complete_prefix(buf) if chunk else len(buf)
         body, carry = buf[:cut], buf[cut:]
@@ -232,11 +254,11 @@ def _piece(body: bytes, cfg: DataConfig) -> _Piece | None:
     return _Piece(body, keep, lead_out, cps)
 
 
-def _scan_utf8(p: Path, cfg: DataConfig, on_bytes) -> tuple[np.ndarray, int] | None:
+def _scan_utf8(p: Path, cfg: DataConfig, size: int, on_bytes) -> tuple[np.ndarray, int] | None:
     present = np.zeros(MAX_CODEPOINT + 1, dtype=bool)
     seen = b""
     count = 0
-    for piece in _pieces(p, cfg, on_bytes):
+    for piece in _pieces(p, cfg, size, None, on_bytes):
         if piece is None:
             return None
         new = piece.body.translate(None, seen + _HIGH)  # ASCII bytes not met before: usually empty
@@ -253,18 +275,19 @@ def _scan_utf8(p: Path, cfg: DataConfig, on_bytes) -> tuple[np.ndarray, int] | N
     return np.flatnonzero(present), count
 
 
-def _encode_utf8(p: Path, cfg: DataConfig, lut: np.ndarray, on_bytes) -> Iterator[np.ndarray]:
-    ascii_lut = np.zeros(256, dtype=lut.dtype)
-    ascii_lut[: min(128, len(lut))] = lut[:128]
-    table = ascii_lut.astype(np.uint8).tobytes() if lut.dtype == np.uint8 else None
-    for piece in _pieces(p, cfg, on_bytes):
+def _encode_utf8(p: Path, cfg: DataConfig, table: np.ndarray, size: int, sha: str, on_bytes
+                 ) -> Iterator[np.ndarray]:
+    ascii_lut = np.zeros(256, dtype=table.dtype)
+    ascii_lut[:128] = table[:128]
+    byte_table = ascii_lut.tobytes() if table.dtype == np.uint8 else None
+    for piece in _pieces(p, cfg, size, sha, on_bytes):
         if piece is None:
-            raise DataError(f"{p}: file changed while it was being read")
-        if table is not None:
-            ids = np.frombuffer(piece.body.translate(table), dtype=np.uint8)
+            raise changed_error(p)
+        if byte_table is not None:
+            ids = np.frombuffer(piece.body.translate(byte_table), dtype=np.uint8)
         else:
             ids = ascii_lut[np.frombuffer(piece.body, dtype=np.uint8)]
         if piece.keep is not None:
             ids = ids[piece.keep]
-            ids[piece.lead_out] = lut[piece.cps]
+            ids[piece.lead_out] = table[piece.cps]
         yield ids

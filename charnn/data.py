@@ -1,110 +1,25 @@
-"""Text in, symbol ids out: reading a corpus safely, its vocabulary and the train/val/test split. The layout
-of the training split as parallel streams is `charnn.batches`.
+"""Text in, symbol ids out: a corpus's vocabulary, its ids and the train/val/test split. Reading and decoding
+a file is `charnn.textfile`; the layout of the training split as parallel streams is `charnn.batches`.
 
-Reading streams the file in chunks (so a corpus never has to fit in memory as Python text); nothing here
-caches or memory-maps: `charnn.corpus_cache` does that with `read_chunks`, `scan_file` and `corpus_vocab`.
+Nothing here caches or memory-maps: `charnn.corpus_cache` does that with `scan_file` and `corpus_vocab`.
 """
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import chain
-from pathlib import Path
 
 import numpy as np
 
 from charnn.config import DataConfig
 from charnn.errors import ConfigError, DataError, VocabularyError
+from charnn.textfile import changed_error, iter_symbols, readable_file
 
-CHUNK_BYTES = 1 << 24  # 16 MiB; tests monkeypatch this to split multi-byte characters across chunks
 MAX_CODEPOINT = 0x10FFFF
 _WHITESPACE = frozenset(ord(c) for c in " \t\n\r\x0b\x0c\u00a0\u2028\u2029\u3000\ufeff")
-
-
-def readable_file(path: str | os.PathLike) -> tuple[Path, int]:
-    """The path and byte size of a text file that exists, can be opened and is not empty; else a DataError."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file")
-    if p.is_dir():
-        raise DataError(f"{p}: is a directory, not a text file")
-    try:
-        size = p.stat().st_size
-        with p.open("rb"):
-            pass
-    except OSError as err:
-        raise DataError(f"{p}: cannot read ({err.strerror})") from None
-    if size == 0:
-        raise DataError(f"{p}: file is empty (0 bytes)")
-    return p, size
-
-
-def read_chunks(path: Path) -> Iterator[bytes]:
-    """The raw bytes of a file in CHUNK_BYTES pieces (read when called, so a test's monkeypatch applies)."""
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            yield chunk
-
-
-def iter_symbols(path: str | os.PathLike, cfg: DataConfig, *, hasher: hashlib._Hash | None = None,
-                 on_bytes: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
-    """Yield the file's symbols (Unicode code points, or byte values with `bytes_mode`) as uint32 chunks.
-
-    Strict decoding errors name the byte offset; NUL characters mean a binary file; a leading BOM is
-    dropped; CRLF and lone CR become LF unless `keep_newlines` (a CR that ends a chunk waits for the next).
-    """
-    p, _ = readable_file(path)
-    decoder = None if cfg.bytes_mode else codecs.getincrementaldecoder(cfg.encoding)(errors=cfg.errors)
-    offset = 0  # bytes consumed before the current chunk
-    first = True
-    pending_cr = ""
-    for chunk in chain(read_chunks(p), [b""]):  # the empty chunk last: the decoder's final call
-        final = not chunk
-        if hasher is not None and chunk:
-            hasher.update(chunk)
-        if decoder is None:
-            if final:
-                return
-            yield np.frombuffer(chunk, dtype=np.uint8).astype(np.uint32)
-            offset += len(chunk)
-            if on_bytes:
-                on_bytes(len(chunk))
-            continue
-        buffered = len(decoder.getstate()[0])
-        try:
-            text = decoder.decode(chunk, final)
-        except UnicodeDecodeError as err:
-            at = offset - buffered + err.start
-            raise DataError(
-                f"{p}: not valid {cfg.encoding} at byte {at} ({err.reason}); "
-                f"pass --encoding (e.g. latin-1) or --errors replace") from None
-        except (UnicodeError, ValueError) as err:  # e.g. utf-16 without a BOM: no offset to name
-            raise DataError(f"{p}: not valid {cfg.encoding} near byte {offset} ({err}); "
-                            f"pass another --encoding or --errors replace") from None
-        if first and text:
-            text = text.removeprefix("\ufeff")
-            first = False
-        if not cfg.keep_newlines:
-            text = pending_cr + text
-            pending_cr = ""
-            if text.endswith("\r") and not final:
-                text, pending_cr = text[:-1], "\r"
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
-        if text:
-            cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-            nul = np.flatnonzero(cps == 0)
-            if len(nul):
-                raise DataError(f"{p}: looks like a binary file (NUL character near byte "
-                                f"{offset + int(nul[0])}); use --bytes to model raw bytes")
-            yield cps
-        offset += len(chunk)
-        if on_bytes and chunk:
-            on_bytes(len(chunk))
 
 
 @dataclass(frozen=True)
@@ -251,7 +166,8 @@ class Corpus:
 
 
 def scan_file(path: str | os.PathLike, cfg: DataConfig, **kw) -> tuple[np.ndarray, int, str]:
-    """First pass: which symbols occur, how many there are, and the sha256 of the raw bytes."""
+    """First pass: which symbols occur, how many there are, and the sha256 of the raw bytes (`iter_symbols`'s
+    keywords: pass `size` for the first pass of several)."""
     hasher = hashlib.sha256()
     present = np.zeros(256 if cfg.bytes_mode else MAX_CODEPOINT + 1, dtype=bool)
     count = 0
@@ -271,21 +187,34 @@ def corpus_vocab(path: str | os.PathLike, symbols: np.ndarray, count: int, cfg: 
     return Vocab(tuple(int(s) for s in symbols), cfg.bytes_mode)
 
 
+def encode_table(vocab: Vocab) -> np.ndarray:
+    """Ids indexed by every symbol, in the ids' dtype, for the encoding pass after a scan: a symbol the scan did
+    not see (the file changed between the passes) maps to 0 instead of raising, and that pass's sha256 check
+    then refuses the whole result."""
+    table = np.zeros(256 if vocab.bytes_mode else MAX_CODEPOINT + 1, dtype=id_dtype(len(vocab)))
+    table[np.asarray(vocab.symbols)] = np.arange(len(vocab))
+    return table
+
+
 def encode_file(path: str | os.PathLike, cfg: DataConfig, *, on_bytes: Callable[[int], None] | None = None
                 ) -> Corpus:
     """Encode a corpus in memory in two streaming passes (vocabulary, then ids), in the smallest dtype that fits
-    (`charnn.corpus_cache` writes the same ids to a memory-mapped file instead)."""
-    symbols, count, sha = scan_file(path, cfg, on_bytes=on_bytes)
-    vocab = corpus_vocab(path, symbols, count, cfg)
-    dtype = id_dtype(len(vocab))
-    ids = np.empty(count, dtype=dtype)
-    lut = vocab.lut.astype(dtype)  # every symbol is in the vocabulary: no -1 to wrap
+    (`charnn.corpus_cache` writes the same ids to a memory-mapped file instead). Both passes read the bytes the
+    file held when the first began (`read_chunks`): text appended meanwhile is left out, any other change is
+    a DataError."""
+    p, size = readable_file(path)
+    symbols, count, sha = scan_file(p, cfg, size=size, on_bytes=on_bytes)
+    vocab = corpus_vocab(p, symbols, count, cfg)
+    table = encode_table(vocab)
+    ids = np.empty(count, dtype=table.dtype)
     pos = 0
-    for cps in iter_symbols(path, cfg, on_bytes=on_bytes):
-        ids[pos:pos + len(cps)] = lut[cps]
+    for cps in iter_symbols(p, cfg, size=size, sha256=sha, on_bytes=on_bytes):
+        if pos + len(cps) > count:
+            raise changed_error(p)
+        ids[pos:pos + len(cps)] = table[cps]
         pos += len(cps)
     if pos != count:
-        raise DataError(f"{path}: file changed while it was being read")
+        raise changed_error(p)
     return Corpus(ids, vocab, sha, str(path), cfg)
 
 

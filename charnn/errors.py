@@ -48,9 +48,17 @@ class NonFiniteLossError(CharnnError):
 
 
 class CheckpointWriteError(CharnnError):
-    """A checkpoint could not be written (disk full, file too large, permissions)."""
+    """A checkpoint or another output (a log, the report, an export, stdout) could not be written (disk full,
+    file too large, permissions)."""
 
     exit_code = 4
+
+
+class OutputPathError(CheckpointWriteError):
+    """An output path names something that is not a regular file (a device such as /dev/null, a FIFO, a socket,
+    a directory): charnn never replaces it. The path is the user's choice or doing, hence exit code 2."""
+
+    exit_code = 2
 
 
 class OutOfMemoryError(CharnnError):

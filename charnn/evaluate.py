@@ -11,15 +11,21 @@ embed 256 (1.2-1.3x faster scoring on the CPU: docs/benchmarks.md).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from charnn.errors import DataError, first_line
 from charnn.model import CharRNN, layer_weights, lm_loss, run_rnn, set_layer_weights
 from charnn.runtime import autocast
+
+EVAL_MEMORY = 2 << 30  # bytes of activations scoring may hold: an absurd --batch-size runs in turns instead
 
 
 @dataclass(frozen=True)
@@ -89,48 +95,60 @@ class _Scorer:
 
 @torch.inference_mode()
 def evaluate_ids(model: CharRNN, ids: np.ndarray, *, segment: int = 4096, batch_size: int = 64,
-                 chunk: int = 256, precision: str = "auto", per_char: bool = False) -> EvalResult:
-    """Score predictions of ids[1:] from their left context within each segment."""
+                 chunk: int = 256, precision: str = "auto", per_char: bool = False,
+                 max_bytes: int = EVAL_MEMORY) -> EvalResult:
+    """Score predictions of ids[1:] from their left context within each segment.
+
+    Memory follows the rows scored side by side times `chunk`, never the segment length: windows are cut
+    chunk by chunk, a segment longer than the text is the text as one stream, and `batch_size` is lowered to
+    what `max_bytes` holds (an estimate of the activations per row). None of these changes the result.
+    """
     n = len(ids) - 1  # predictions
     if n < 1:
         return EvalResult(0, 0.0)
+    segment = min(segment, n)  # one segment as long as the text scores it as a longer one would
+    chunk = min(chunk, segment)
+    n_seg = math.ceil(n / segment)
+    rows_per_pass = max(1, min(batch_size, n_seg, max_bytes // (chunk * _bytes_per_position(model))))
     was_training = model.training
     model.eval()
     device = model.head.weight.device
     score = _Scorer(model)
-    n_seg = math.ceil(n / segment)
-    cols = np.arange(segment + 1, dtype=np.int64)
     total = torch.zeros((), dtype=torch.float64, device=device)
     losses = []
     try:
-        for r0 in range(0, n_seg, batch_size):
-            rows = np.arange(r0, min(r0 + batch_size, n_seg), dtype=np.int64)
-            idx = rows[:, None] * segment + cols  # (B, S+1)
-            valid = idx <= n
-            window = torch.from_numpy(np.where(valid, np.asarray(ids[np.minimum(idx, n)]), 0).astype(np.int64))
-            window = window.to(device)
-            x = window[:, :-1]
-            y = window[:, 1:].masked_fill(torch.from_numpy(~valid[:, 1:]).to(device), -100)
+        for r0 in range(0, n_seg, rows_per_pass):
+            starts = np.arange(r0, min(r0 + rows_per_pass, n_seg), dtype=np.int64) * segment  # (B,)
             hidden = None
-            group = []
+            group, masks = [], []
             for c0 in range(0, segment, chunk):
-                yc = y[:, c0:c0 + chunk]
-                if not bool((yc >= 0).any()):
+                idx = starts[:, None] + c0 + np.arange(min(chunk, segment - c0) + 1)  # (B, t+1)
+                valid = idx <= n
+                if not valid[:, 1:].any():
                     break
+                window = torch.from_numpy(np.where(valid, np.asarray(ids[np.minimum(idx, n)]), 0).astype(np.int64))
+                window = window.to(device)
+                mask = torch.from_numpy(valid[:, 1:]).to(device)  # (B, t)
+                yc = window[:, 1:].masked_fill(~mask, -100)
                 with autocast(device, precision):
-                    logits, hidden = score(x[:, c0:c0 + chunk], hidden)  # (B, t, V)
+                    logits, hidden = score(window[:, :-1], hidden)  # (B, t, V)
                 nll = lm_loss(logits, yc, reduction="none").view(yc.shape)  # (B, t); 0 where ignored
                 total += nll.sum(dtype=torch.float64)
                 if per_char:
                     group.append(nll)
+                    masks.append(mask)
             if per_char:
-                scored = torch.cat(group, dim=1)
-                mask = y[:, : scored.shape[1]] >= 0
-                losses.append(scored[mask].cpu().numpy())  # row-major: text order
+                losses.append(torch.cat(group, dim=1)[torch.cat(masks, dim=1)].float().cpu().numpy())  # text order
     finally:
         model.train(was_training)
     per = np.concatenate(losses) if per_char else None
     return EvalResult(n, float(total.item()), per_char=per)
+
+
+def _bytes_per_position(model: CharRNN) -> int:
+    """About what scoring one position holds at once: logits and their log-softmax, and each layer's gates
+    and outputs, in fp32."""
+    return 4 * (3 * model.vocab_size + 6 * model.cfg.hidden * model.cfg.layers) + 64
 
 
 def evaluate_file(loaded, path, *, skip_unknown: bool = False, segment: int = 4096, batch_size: int = 64,
@@ -144,31 +162,56 @@ def evaluate_file(loaded, path, *, skip_unknown: bool = False, segment: int = 40
     return EvalResult(res.chars, res.total_nats, unknown, res.per_char)
 
 
-def validation_ids(loaded) -> np.ndarray:
-    """The validation split of the corpus a model was trained on (the file must still be there, unchanged)."""
-    from pathlib import Path
-
-    from charnn.corpus_cache import load_corpus
+def validation_ids(loaded, run_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """The validation split of the corpus a model was trained on, found through its run directory (`run_dir`,
+    by default the directory holding the model file): the corpus is the file RUN/config.json names, and it
+    must still hash to the model's corpus sha256. Its ids come from a sound corpus cache entry where one
+    exists (the run's sibling `.cache`, then `checkpoints/.cache`), else from encoding it in memory; nothing
+    is written. The model file's own metadata never chooses what is read: a crafted file could name any path.
+    """
+    from charnn.corpus_cache import DEFAULT_CACHE_DIR, cached_corpus, hash_file
     from charnn.data import encode_file, translate_ids
-    from charnn.errors import CheckpointWriteError, DataError
+    from charnn.textfile import readable_file
 
-    corpus_path, cache_dir = loaded.meta.corpus_path, loaded.meta.corpus_cache
-    if not corpus_path:
-        raise DataError("this checkpoint does not record its corpus; pass a FILE to score")
-    if not Path(corpus_path).is_file():  # also refuses a FIFO or device a crafted path could name
-        raise DataError(f"{corpus_path}: the run's corpus is no longer there; pass a FILE to score")
-    corpus = None
-    if cache_dir:  # the memory-mapped cache training used: a big corpus is never held in memory
-        try:
-            corpus = load_corpus(corpus_path, loaded.data_cfg, cache_dir=cache_dir)
-        except CheckpointWriteError:  # the cache cannot be (re)written here: encode in memory instead
-            pass
-    if corpus is None:
-        corpus = encode_file(corpus_path, loaded.data_cfg)
-    if corpus.sha256 != loaded.corpus_sha256:
-        raise DataError(f"{corpus_path} changed since training (sha256 differs); pass a FILE to score")
+    run_dir = Path(loaded.path).parent if run_dir is None else Path(run_dir)
+    corpus_path = _run_corpus(run_dir)
+    try:
+        path, size = readable_file(corpus_path)
+        sha = hash_file(path, size)
+    except DataError as err:
+        raise DataError(f"the corpus of run {run_dir}: {err}; pass a FILE to score") from None
+    if sha != loaded.corpus_sha256:
+        raise DataError(f"{corpus_path} is not the corpus this model was trained on (it changed since training: "
+                        f"sha256 differs); pass a FILE to score")
+    dirs = dict.fromkeys(d.resolve() for d in (run_dir.parent / ".cache", DEFAULT_CACHE_DIR) if d.is_dir())
+    corpus = cached_corpus(path, sha, loaded.data_cfg, dirs) or encode_file(path, loaded.data_cfg)
+    if corpus.sha256 != sha:
+        raise DataError(f"{corpus_path}: file changed while it was being read; run again once nothing writes to it")
     # the model's ids: a fine-tuned model's vocabulary extends another's and is not the corpus's own
-    return translate_ids(corpus.split()[1], corpus.vocab, loaded.vocab, what=corpus_path)
+    return translate_ids(corpus.split()[1], corpus.vocab, loaded.vocab, what=str(corpus_path))
+
+
+def _run_corpus(run_dir: Path) -> str:
+    """The corpus path a run directory's config.json records; a DataError when there is none to read."""
+    from charnn.textfile import open_input
+
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise DataError(f"{run_dir} is not a run directory (no config.json): only a run's own validation split "
+                        f"can be scored; pass a FILE to score")
+    try:
+        f, _ = open_input(config_path)  # a regular file: a FIFO planted there must not hang eval
+        with f:
+            config = json.loads(f.read().decode("utf-8"))
+    except DataError as err:
+        raise DataError(f"{err}; pass a FILE to score") from None
+    except (OSError, ValueError, RecursionError) as err:
+        raise DataError(f"{config_path} is unreadable ({first_line(err)}); pass a FILE to score") from None
+    corpus = config.get("corpus") if isinstance(config, dict) else None
+    path = corpus.get("path") if isinstance(corpus, dict) else None
+    if not isinstance(path, str) or not path:
+        raise DataError(f"{config_path} records no corpus path; pass a FILE to score")
+    return path
 
 
 def evaluate_validation(loaded, *, segment: int | None = None, batch_size: int = 64, precision: str = "auto",

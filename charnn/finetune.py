@@ -43,7 +43,7 @@ class Start:
 
 def load_start(init_from: str | os.PathLike) -> Start:
     """The best checkpoint of run `init_from` (or that model file itself), verified, on the CPU."""
-    loaded = load_run(init_from, which="best")
+    loaded = load_run(init_from, which="best", which_flag=False)  # a damaged best is named, never replaced
     try:
         sha256 = hashlib.sha256(loaded.path.read_bytes()).hexdigest()
     except OSError as err:

@@ -37,7 +37,9 @@ class CheckpointMeta:
     step: int = 0
     val_loss: float | None = None  # None: not evaluated (no validation split, or saved when interrupted)
     corpus_sha256: str = ""
-    corpus_path: str | None = None  # the training corpus, absolute: its validation split can be scored later
+    # Where training read and cached its corpus: provenance to show, never a path to open. Anyone can write a
+    # model file; what eval reads is chosen by the run directory and the user (`charnn.evaluate.validation_ids`).
+    corpus_path: str | None = None  # the training corpus, absolute
     corpus_cache: str | None = None  # the corpus cache directory training used ("": none)
     train_cfg: TrainConfig | None = None  # None in files saved without it: eval_segment takes its default
     state_sha256: str | None = None  # the resume state saved beside the file; None: nothing to resume from

@@ -1,5 +1,6 @@
 """The training display for the CLI: a tqdm bar on stderr with loss, chars/s and ETA, and the samples
-written through the bar as they arrive. It is a `Progress` callback; the library knows nothing of it.
+written through the bar as they arrive, control characters escaped (the exact text is in samples.jsonl). It is a
+`Progress` callback; the library knows nothing of it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import sys
 
 from tqdm import tqdm
 
+from charnn.terminal import for_terminal
 from charnn.train import Progress
 
 EVAL_LINE_EVERY = 10.0
@@ -47,8 +49,8 @@ class TrainDisplay:
                 self.bar = None
 
     def _write(self, text: str) -> None:
-        if not self.quiet:
-            tqdm.write(text, file=sys.stderr)
+        if not self.quiet:  # a display, never the product: a sample's ESC or NUL must not reach the terminal raw
+            tqdm.write(for_terminal(text), file=sys.stderr)
 
     def __call__(self, p: Progress) -> None:
         if p.kind == "plan":

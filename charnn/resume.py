@@ -17,7 +17,6 @@ from charnn.config import ModelConfig, TrainConfig
 from charnn.data import Corpus
 from charnn.distributed import DistInfo, rank_rows
 from charnn.errors import CharnnWarning, CheckpointError
-from charnn.files import remove_stale_temps
 from charnn.model import CharRNN
 from charnn.rundir import check_same_run, latest_resumable, state_path
 from charnn.runtime import set_rng_state
@@ -30,14 +29,10 @@ LAYOUT = ("batch_size", "seq_len", "seed")
 
 def resume(run_dir: Path, model: CharRNN, optimizer: torch.optim.Optimizer, *, cfg: TrainConfig, data: Corpus,
            dist: DistInfo, device: torch.device, scaler: torch.amp.GradScaler | None = None) -> LoopState:
-    """Load the newest resumable checkpoint into `model`, `optimizer` (and `scaler`); the loop state it saved.
+    """Load the newest resumable checkpoint of `run_dir` (claimed: `charnn.runlock.claim_run`) into `model`,
+    `optimizer` (and `scaler`); the loop state it saved.
     A checkpoint whose state does not fit (a damaged or hand-made file) is skipped with a warning, as one
     that fails to verify is; another corpus, vocabulary or model is refused at once."""
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: no such run directory to resume")
-    if dist.is_main:  # another rank's cleanup could delete rank 0's file mid-write
-        remove_stale_temps(run_dir)
-
     def apply(loaded: LoadedModel, state: dict[str, Any]) -> LoopState:
         check_same_run(loaded, model.cfg, data.vocab, data.sha256)
         try:
@@ -70,7 +65,7 @@ def _apply(loaded: LoadedModel, state: dict[str, Any], model: CharRNN, optimizer
     return LoopState(step=state["step"], elapsed_before=float(state["elapsed"]),
                      best_val=float(state.get("best_val", math.inf)),
                      evals_since_best=state.get("evals_since_best", 0), hidden=hidden,
-                     best_step=state.get("best_step"))
+                     best_step=state.get("best_step"), saved_step=state["step"], latest=loaded.path)
 
 
 def carried_hidden(state: dict[str, Any], model_cfg: ModelConfig, cfg: TrainConfig

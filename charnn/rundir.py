@@ -15,7 +15,7 @@ import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -28,10 +28,12 @@ from charnn.errors import (
     CheckpointError,
     CheckpointWriteError,
     ConfigError,
+    DataError,
     ResumeMismatchError,
 )
-from charnn.files import atomic_write, remove_stale_temps
+from charnn.files import LineLog, atomic_write
 from charnn.model import CharRNN
+from charnn.textfile import open_input
 from charnn.version import __version__
 
 CKPT_RE = re.compile(r"^step-(\d{8,})\.safetensors$")
@@ -51,7 +53,10 @@ def state_path(model_path: Path) -> Path:
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """Checkpoint files of a run, oldest step first (temp files never match)."""
     run_dir = Path(run_dir)
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := CKPT_RE.match(p.name))]
+    try:
+        found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := CKPT_RE.match(p.name))]
+    except OSError as err:
+        raise CheckpointError(f"{run_dir}: cannot list the run directory ({err.strerror})") from None
     return [p for _, p in sorted(found)]
 
 
@@ -75,9 +80,14 @@ def save_checkpoint(run_dir: str | os.PathLike, model: CharRNN, vocab: Vocab, da
         blob = state_bytes(state)
         atomic_write(state_path(path), blob)
         state_sha256 = hashlib.sha256(blob).hexdigest()
-    atomic_write(path, model_bytes(model, vocab, data_cfg, step=step, val_loss=val_loss, corpus_sha256=corpus_sha256,
-                                   corpus_path=corpus_path, corpus_cache=corpus_cache, train_cfg=train_cfg,
-                                   state_sha256=state_sha256))
+    try:
+        atomic_write(path, model_bytes(model, vocab, data_cfg, step=step, val_loss=val_loss,
+                                       corpus_sha256=corpus_sha256, corpus_path=corpus_path,
+                                       corpus_cache=corpus_cache, train_cfg=train_cfg, state_sha256=state_sha256))
+    except CheckpointWriteError:
+        if state is not None:  # a state without its model file is no checkpoint: give the full disk its space back
+            state_path(path).unlink(missing_ok=True)
+        raise
     prune(run_dir, keep_last=keep_last)
     return path
 
@@ -128,26 +138,14 @@ def write_run_files(run_dir: Path, data: Corpus, model_cfg: ModelConfig, cfg: Tr
     atomic_write(run_dir / "vocab.json", (data.vocab.to_json() + "\n").encode())
 
 
-def new_run_dir(run_dir: Path, dist: DistInfo) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file, not a run directory")
-    if run_dir.exists() and list_checkpoints(run_dir):
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} or choose another --out")
-    if dist.is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise CheckpointWriteError(f"cannot create the run directory {run_dir}: {err.strerror}") from None
-        remove_stale_temps(run_dir)
-
-
-def open_logs(run_dir: Path, dist: DistInfo) -> tuple[IO[str], IO[str]]:
-    """metrics.jsonl and samples.jsonl, appended to; rank 0 alone writes them."""
+def open_logs(run_dir: Path, dist: DistInfo) -> tuple[LineLog, LineLog]:
+    """metrics.jsonl and samples.jsonl, appended to whole lines at a time; rank 0 alone writes them."""
+    metrics = LineLog(run_dir / "metrics.jsonl" if dist.is_main else None, what="metrics log")
     try:
-        metrics = open(run_dir / "metrics.jsonl" if dist.is_main else os.devnull, "a", encoding="utf-8")
-        samples = open(run_dir / "samples.jsonl" if dist.is_main else os.devnull, "a", encoding="utf-8")
-    except OSError as err:
-        raise CheckpointWriteError(f"cannot write logs in {run_dir}: {err.strerror}") from None
+        samples = LineLog(run_dir / "samples.jsonl" if dist.is_main else None, what="samples log")
+    except BaseException:
+        metrics.close()
+        raise
     return metrics, samples
 
 
@@ -163,16 +161,40 @@ def check_same_run(loaded: LoadedModel, model_cfg: ModelConfig, vocab, corpus_sh
 
 # --- finding and choosing -----------------------------------------------------------------------------------
 
-def best_checkpoint(ckpts: list[Path]) -> Path | None:
+def _vanished(path: Path) -> bool:
+    """Pruned by a training since it was listed: gone, which is not damaged."""
+    return not os.path.lexists(path)
+
+
+def best_checkpoint(ckpts: list[Path], *, unreadable: Callable[[Path, CheckpointError], None] | None = None
+                    ) -> Path | None:
+    """The checkpoint with the lowest finite validation loss. A file whose label cannot be read is passed over
+    (pruning's view), or handed to `unreadable` (it could have been the best) unless it vanished meanwhile."""
     best, best_val = None, math.inf
     for p in ckpts:
         try:
             val = read_meta(p).val_loss
-        except CheckpointError:
+        except CheckpointError as err:
+            if unreadable is not None and not _vanished(p):
+                unreadable(p, err)
             continue
         if val is not None and math.isfinite(val) and val < best_val:
             best, best_val = p, val
     return best
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # pruned since it was listed
+        return 0.0
+
+
+def _listed(run_dir: Path) -> list[Path]:
+    try:
+        return list_checkpoints(run_dir)
+    except CheckpointError:  # a directory we may not read is no run to choose
+        return []
 
 
 def find_runs(root: str | os.PathLike = "checkpoints") -> list[Path]:
@@ -180,12 +202,12 @@ def find_runs(root: str | os.PathLike = "checkpoints") -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = [d for d in root.iterdir() if d.is_dir() and list_checkpoints(d)]
-    return sorted(runs, key=lambda d: max(p.stat().st_mtime for p in list_checkpoints(d)), reverse=True)
+    runs = [(d, ckpts) for d in root.iterdir() if d.is_dir() and (ckpts := _listed(d))]
+    runs.sort(key=lambda run: max(_mtime(p) for p in run[1]), reverse=True)
+    return [d for d, _ in runs]
 
 
-def candidates(target: str | os.PathLike | None, which: str = "best") -> list[Path]:
-    """Model files to try, in order of preference, for a run directory, a file, or (None) the newest run."""
+def _run_target(target: str | os.PathLike | None) -> Path:
     if target is None:
         runs = find_runs()
         if not runs:
@@ -194,47 +216,60 @@ def candidates(target: str | os.PathLike | None, which: str = "best") -> list[Pa
     target = Path(target)
     if not target.exists():
         raise CheckpointError(f"{target}: no such run directory or checkpoint file")
-    if target.is_file():
-        return [target]
-    ckpts = list_checkpoints(target)
-    if not ckpts:
-        raise CheckpointError(f"{target}: no checkpoints in this directory (is it a charnn run?)")
-    newest_first = ckpts[::-1]
-    if which == "latest":
-        return newest_first
-    if which != "best":
+    if not target.is_dir() and not target.is_file():  # reading a pipe or a device could wait forever
+        raise CheckpointError(f"{target}: not a run directory or checkpoint file (a device, pipe or socket)")
+    return target
+
+
+def choose_checkpoint(run_dir: Path, which: str = "best", *, which_flag: bool = True) -> Path:
+    """The one checkpoint a run's answer belongs to: the lowest validation loss (the newest when none has one),
+    or the newest. A file whose label cannot be read could be the best: it is named, not skipped."""
+    if which not in ("best", "latest"):
         raise CheckpointError(f"--which must be best or latest, not {which!r}")
-    best = best_checkpoint(ckpts)
-    return ([best] if best else []) + [p for p in newest_first if p != best]
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise CheckpointError(f"{run_dir}: no checkpoints in this directory (is it a charnn run?)")
+    if which == "latest":
+        return ckpts[-1]
+
+    def unknown(path: Path, err: CheckpointError) -> None:
+        raise CheckpointError(f"{err}; without its validation loss the best checkpoint is unknown; "
+                              f"{_instead(path, ckpts, 'best', which_flag)}") from None
+
+    best = best_checkpoint(ckpts, unreadable=unknown)
+    return best or next((p for p in reversed(ckpts) if not _vanished(p)), ckpts[-1])
 
 
-def _first_usable(paths: list[Path], load: Callable[[Path], T], *, then: str, stacklevel: int
-                  ) -> tuple[T | None, list[str]]:
-    """`load` of the first path that verifies, and the errors of those before it (each also a warning that
-    ends with `then`); None when none does."""
-    errors = []
-    for path in paths:
-        try:
-            return load(path), errors
-        except ResumeMismatchError:  # another run's corpus or model: an older checkpoint differs the same way
-            raise
-        except CheckpointError as err:
-            errors.append(str(err))
-            warnings.warn(f"{err}; {then}", CharnnWarning, stacklevel=stacklevel + 1)
-    return None, errors
+def _instead(damaged: Path, ckpts: list[Path], which: str, which_flag: bool) -> str:
+    """How to use another checkpoint than a damaged one: --which latest where that is another file, or a file."""
+    ways = ["pass --which latest"] if which_flag and which == "best" and damaged != ckpts[-1] else []
+    others = [p for p in ckpts if p != damaged and not _vanished(p)]
+    if others:
+        ways.append(f"name a checkpoint file such as {others[-1]}")
+    return "to use another checkpoint, " + " or ".join(ways) if ways else "the run has no other checkpoint"
 
 
 def load_run(target: str | os.PathLike | None = None, *, which: str = "best",
-             device: torch.device | str = "cpu") -> LoadedModel:
-    """Load the preferred checkpoint of a run; one that fails to verify is skipped with a warning."""
-    tried = candidates(target, which)
-    if len(tried) == 1:  # nothing to fall back to: its own error says most
-        return load_model(tried[0], device=device)
-    loaded, errors = _first_usable(tried, lambda p: load_model(p, device=device),
-                                   then="trying an earlier checkpoint", stacklevel=2)
-    if loaded is None:
-        raise CheckpointError(f"no usable checkpoint: {errors[-1] if errors else 'none found'}")
-    return loaded
+             device: torch.device | str = "cpu", which_flag: bool = True) -> LoadedModel:
+    """Load the checkpoint a run's answer belongs to (`choose_checkpoint`), verified; never another in its place.
+
+    A damaged choice raises CheckpointError naming the file and how to use another (`which_flag`: whether the
+    command has --which). A training that prunes the run meanwhile only makes the choice again.
+    """
+    target = _run_target(target)
+    if target.is_file():
+        if which == "latest":  # it would be silently ignored: the file is the choice
+            raise CheckpointError(f"--which latest chooses within a run directory; {target} is one checkpoint file")
+        return load_model(target, device=device)
+    for attempt in range(3):  # a training pruning the run meanwhile: choose again
+        path = choose_checkpoint(target, which, which_flag=which_flag)
+        try:
+            return load_model(path, device=device)
+        except CheckpointError as err:
+            if attempt < 2 and _vanished(path):
+                continue
+            raise CheckpointError(f"{err}; it is the run's {which} checkpoint; "
+                                  f"{_instead(path, list_checkpoints(target), which, which_flag)}") from None
 
 
 # --- resuming -------------------------------------------------------------------------------------------
@@ -248,10 +283,10 @@ def resume_configs(run_dir: str | os.PathLike, *, model_overrides: dict[str, Any
     """
     path = Path(run_dir) / "config.json"
     try:
-        if not path.is_file():  # a FIFO would block the read, a device would never end it
-            raise OSError
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        f, _ = open_input(path)  # a regular file only: a FIFO planted there must not hang the resume
+        with f:
+            saved = json.loads(f.read().decode("utf-8"))
+    except (DataError, OSError, ValueError, RecursionError):
         raise CheckpointError(f"{run_dir}: not a charnn run directory (config.json missing or unreadable)") from None
     try:
         model_cfg, data_cfg, train_dict, corpus = _saved_sections(saved)
@@ -297,9 +332,14 @@ def latest_resumable(run_dir: Path, apply: Callable[[LoadedModel, dict[str, Any]
             raise CheckpointError(f"{path}: has no training state to resume from")
         return apply(loaded, load_state(state_path(path), loaded.meta.state_sha256))
 
-    found, errors = _first_usable(list_checkpoints(run_dir)[::-1], load,
-                                  then="falling back to an earlier checkpoint", stacklevel=5)
-    if found is None:
-        reason = f" ({errors[-1]})" if errors else ""
-        raise CheckpointError(f"{run_dir}: no checkpoint to resume from{reason}")
-    return found
+    errors = []
+    for path in list_checkpoints(run_dir)[::-1]:  # continuing is the point: an older good one will do
+        try:
+            return load(path)
+        except ResumeMismatchError:  # another run's corpus or model: an older checkpoint differs the same way
+            raise
+        except CheckpointError as err:
+            errors.append(str(err))
+            warnings.warn(f"{err}; falling back to an earlier checkpoint", CharnnWarning, stacklevel=5)
+    reason = f" ({errors[-1]})" if errors else ""
+    raise CheckpointError(f"{run_dir}: no checkpoint to resume from{reason}")

@@ -1,8 +1,9 @@
 """Where and how computation runs: device choice (Apple's MPS only after a self-check), precision (bf16, fp16
-with loss scaling, fp32), deterministic algorithms, threads, seeding, RNG snapshots, and which device failures
+with loss scaling, fp32), deterministic algorithms, seeding, RNG snapshots, and which device failures
 are the user's to fix (`user_device_error`).
 
-Not the multi-process side: torchrun's process group and its collectives are in `charnn.distributed`.
+Not the multi-process side: torchrun's process group and its collectives are in `charnn.distributed`; not the
+CPU thread count: `charnn.threads`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -177,17 +179,53 @@ UNSUPPORTED = ("no kernel image is available", "not implemented for 'bfloat16'",
 
 
 def user_device_error(err: BaseException) -> CharnnError | None:
-    """The CharnnError for a device failure the user can fix (out of memory, a precision or kernel the device
-    lacks), or None for anything else, which is a bug and keeps its traceback."""
+    """The CharnnError for a device failure the user can fix (out of memory on the GPU or in the CPU's RAM, a
+    precision or kernel the device lacks), or None for anything else, which is a bug and keeps its traceback."""
+    if isinstance(err, MemoryError):  # Python's or numpy's allocation failure: not a RuntimeError
+        return OutOfMemoryError(f"out of memory ({first_line(err)}); {_SMALLER}")
     if not isinstance(err, (RuntimeError, NotImplementedError)):
         return None
     text = first_line(err)
     if isinstance(err, torch.OutOfMemoryError) or "out of memory" in text.lower():
-        return OutOfMemoryError(f"out of memory ({text}); use fewer streams (--batch-size, --num-samples), a "
-                                f"shorter --seq-len or a smaller model, or --device cpu")
+        return OutOfMemoryError(f"out of memory ({text}); {_SMALLER}, or --device cpu")
+    if any(piece in text.lower() for piece in CPU_OOM):  # torch's CPU allocator: RAM or `ulimit -v` exhausted
+        tried = re.search(r"allocate (\d+) bytes", text)
+        size = f" {int(tried.group(1)) / 1e9:.1f} GB" if tried else ""
+        return OutOfMemoryError(f"out of memory: could not allocate{size} in RAM; {_SMALLER}")
     if any(piece in str(err).lower() for piece in UNSUPPORTED):
         return DeviceError(f"this device cannot run it ({text}); try --precision fp32 or --device cpu")
     return None
+
+
+CPU_OOM = ("can't allocate memory", "cannot allocate memory", "not enough memory")
+_SMALLER = "use fewer streams (--batch-size, --num-samples), a shorter --seq-len or a smaller model"
+
+
+def check_ram(need: int, what: str, *, fix: str = _SMALLER) -> None:
+    """An OutOfMemoryError (exit 5) before allocating `need` bytes more than the RAM free here: Linux grants
+    such allocations and faults the pages in later, and then its OOM killer ends the process without a word."""
+    have = available_ram()
+    if have is not None and need > have:
+        raise OutOfMemoryError(f"out of memory: {what} need about {need / 1e9:.1f} GB, more than the "
+                               f"{have / 1e9:.1f} GB of RAM free here; {fix}")
+
+
+def available_ram() -> int | None:
+    """Bytes of RAM this process could still get: MemAvailable, or a cgroup's limit when lower; None unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            have = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    try:  # cgroup v2 (a container): its own limit, less what the group already uses
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f, \
+                open("/sys/fs/cgroup/memory.current", encoding="ascii") as g:
+            limit, used = f.read().strip(), g.read().strip()
+        if limit != "max":
+            have = min(have, int(limit) - int(used))
+    except (OSError, ValueError):
+        pass
+    return have
 
 
 @contextmanager
@@ -215,11 +253,6 @@ def hardware(device: torch.device) -> Hardware:
     else:
         bf16 = device.type == "cpu" and native_bf16_cpu()
     return Hardware(device.type, cores=torch.get_num_threads(), native_bf16=bf16)
-
-
-def set_threads(threads: int | None) -> None:
-    if threads is not None:
-        torch.set_num_threads(threads)
 
 
 def seed_everything(seed: int) -> None:

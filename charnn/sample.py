@@ -8,23 +8,28 @@ the kernel: this module is the sampling API (prime, filtering, the draw, the str
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
 
-from charnn.config import SampleConfig
-from charnn.data import Vocab
-from charnn.errors import ConfigError, SamplingError, VocabularyError
+from charnn.config import DataConfig, SampleConfig
+from charnn.data import Vocab, iter_symbols, readable_file
+from charnn.errors import ConfigError, DataError, SamplingError, VocabularyError
 from charnn.graphstep import GraphStep
 from charnn.model import CharRNN, Hidden
 from charnn.runtime import autocast, autocast_dtype, ieee_rnn, nondeterministic_allowed
 from charnn.stepper import MEASURED, FastStepper, Tuning, few_threads
 
 UNIFORM_BLOCK = 4096  # uniforms are drawn this many steps at a time, the same way on every path
+PRIME_CHUNK = 4096  # a long prime runs through the model this many symbols at a time
+PRIME_FILE_MAX = 16 << 20  # bytes of a prime file: far more than any state remembers, read in a second
 
 
 def default_prime(vocab: Vocab) -> list[int]:
@@ -48,6 +53,12 @@ def prime_ids(vocab: Vocab, prime: str | None) -> tuple[list[int], bool]:
 
 def _filtered_cdf(logits: torch.Tensor, cfg: SampleConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Cumulative probabilities (B, V) of scaled logits after top-k / top-p filtering, and their totals (B, 1)."""
+    cdf = _cdf(logits, cfg)
+    return cdf, cdf[:, -1:]
+
+
+def _cdf(logits: torch.Tensor, cfg: SampleConfig) -> torch.Tensor:
+    """`_filtered_cdf`'s cumulative probabilities (B, V) alone."""
     if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
         kth = logits.topk(cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -63,7 +74,7 @@ def _filtered_cdf(logits: torch.Tensor, cfg: SampleConfig) -> tuple[torch.Tensor
             cdf = probs.cumsum_(dim=-1)
     else:
         cdf = probs.cumsum_(dim=-1)  # (B, V), in place: probs is ours
-    return cdf, cdf[:, -1:]
+    return cdf
 
 
 def _choose(logits: torch.Tensor, uniform: torch.Tensor, cfg: SampleConfig, *,
@@ -100,6 +111,40 @@ def _graph_draw(cfg: SampleConfig, logits: torch.Tensor, uniform: torch.Tensor,
     return bad
 
 
+@torch.inference_mode()
+def warm(model: CharRNN, ids: list[int], streams: int = 1, *,
+         chunk: int = PRIME_CHUNK) -> tuple[torch.Tensor, Hidden]:
+    """The model's forward pass over the prime `ids` for `streams` streams: the logits (B, V) after its last
+    symbol, and the hidden state. A long prime runs in `chunk`-symbol pieces with the state carried (the same
+    recurrence: memory bounded by the chunk, not the prime)."""
+    x = torch.tensor(ids, device=model.head.weight.device).expand(streams, -1)  # (B, P)
+    hidden = None
+    for start in range(0, x.shape[1], chunk):
+        logits, hidden = model(x[:, start:start + chunk], hidden)  # (B, T, V)
+    return logits[:, -1], hidden
+
+
+def read_prime(path: str | os.PathLike, vocab: Vocab, data_cfg: DataConfig | None = None) -> str:
+    """A prime file's text as `SampleConfig.prime` takes it, read as the model's corpus was (`data_cfg`: its
+    encoding and newlines; `--bytes` models take the bytes) and checked against its vocabulary: a DataError or
+    VocabularyError naming the file otherwise."""
+    cfg = DataConfig(bytes_mode=vocab.bytes_mode) if data_cfg is None else data_cfg
+    _, size = readable_file(path)
+    if size > PRIME_FILE_MAX:
+        raise DataError(f"{path}: a prime of {size:,} bytes; at most {PRIME_FILE_MAX:,} are read")
+    try:
+        cps = np.concatenate([np.zeros(0, np.uint32), *iter_symbols(path, cfg)])
+    except DataError as err:  # its advice names training's flags (--encoding, --bytes): not the sampler's
+        raise DataError(str(err).split("; pass ")[0].split("; use --bytes")[0]) from None
+    try:
+        vocab.map_symbols(cps)
+    except VocabularyError as err:
+        raise VocabularyError(f"{path}: {err}") from None
+    if vocab.bytes_mode:
+        return cps.astype(np.uint8).tobytes().decode("utf-8", "surrogateescape")
+    return cps.tobytes().decode("utf-32-le", "surrogatepass")
+
+
 @dataclass(frozen=True)
 class Generation:
     """What `generate` is about to produce: the echoed prime per stream, then a stream of id rows."""
@@ -111,7 +156,8 @@ class Generation:
 @torch.inference_mode()
 def generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fast",
              tuning: Tuning = MEASURED) -> Generation:
-    """Start sampling `cfg.num_samples` streams; `steps` yields one (B,) id tensor per generated character.
+    """Start sampling `cfg.num_samples` streams; `steps` yields one (B,) id tensor per generated character (read
+    it, do not write it: one stream on the CPU yields one shared tensor per symbol).
     `tuning` picks the fast path's kernels (its defaults were measured; the text is the same either way)."""
     if path not in ("fast", "module"):
         raise ConfigError(f"unknown stepping path {path!r}")
@@ -122,9 +168,9 @@ def generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fa
     autocast_dtype(device, cfg.precision)  # bf16 on a GPU without it: one clear error now, not mid-stream
     ids, echo = prime_ids(vocab, cfg.prime)
     B = cfg.num_samples
-    x = torch.tensor(ids, device=device).expand(B, -1)  # (B, P)
-    logits, hidden = model(x)  # one pass over the prime
-    last = logits[:, -1].float() / cfg.temperature  # (B, V)
+    with few_threads(B, model.cfg.hidden, device, tuning):
+        logits, hidden = warm(model, ids, B)
+    last = logits.float() / cfg.temperature  # (B, V)
     gen = torch.Generator(device="cpu")
     # No seed: fresh entropy for this generator only (torch.seed() would reseed the global RNGs of a caller).
     gen.manual_seed(cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
@@ -141,6 +187,9 @@ def _steps(model: CharRNN, cfg: SampleConfig, logits: torch.Tensor, hidden: Hidd
             stepper = FastStepper(model, cfg.temperature, batch_size=B, precision=cfg.precision, tuning=tuning)
             stepper.load(hidden)
         graph = GraphStep(stepper, partial(_graph_draw, cfg)) if _uses_graph(device, tuning, stepper) else None
+        if stepper is not None and graph is None and B == 1 and device.type == "cpu":
+            yield from _one_stream(stepper, cfg, logits, gen)
+            return
         state = hidden
         done = 0
         while done < cfg.length:
@@ -168,6 +217,35 @@ def _steps(model: CharRNN, cfg: SampleConfig, logits: torch.Tensor, hidden: Hidd
             if graph is not None:
                 graph.check()
             done += block
+
+
+_F32 = struct.Struct("f")
+
+
+def _one_stream(stepper: FastStepper, cfg: SampleConfig, logits: torch.Tensor,
+                gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """One stream on the CPU, the id kept as a Python int: the same uniforms and inverse CDF as `_choose`
+    (the same text), with the search on the host and no tensor op per step but the model's and two of the draw
+    (a tensor op costs microseconds; at one stream they were a third of a step). Yields shared (1,) tensors."""
+    V = logits.shape[-1]
+    rows = [torch.tensor([i]) for i in range(V)]  # (1,) each, yielded: read them, do not write them
+    done = 0
+    while done < cfg.length:
+        block = min(UNIFORM_BLOCK, cfg.length - done)
+        for u in torch.rand(block, 1, generator=gen)[:, 0].tolist():
+            if cfg.greedy:
+                i = int(logits.argmax())
+            else:
+                cdf = _cdf(logits, cfg).tolist()[0]  # (V,) floats
+                if not math.isfinite(cdf[-1]):
+                    raise SamplingError("non-finite probabilities while sampling; the model's outputs overflow")
+                # u * total rounded to fp32 as the tensor path's product is, so both find the same symbol
+                i = min(bisect.bisect_right(cdf, _F32.unpack(_F32.pack(u * cdf[-1]))[0]), V - 1)
+            yield rows[i]
+            done += 1
+            if done == cfg.length:
+                return
+            logits = stepper.step(i)
 
 
 def _uses_graph(device: torch.device, tuning: Tuning, stepper: FastStepper | None) -> bool:

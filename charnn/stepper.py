@@ -6,70 +6,16 @@ tests hold the two paths to the same text. Not the sampling API (`charnn.sample`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from functools import partial
 
 import torch
 
 from charnn.errors import ConfigError
-from charnn.model import CELLS, CellLayout, CharRNN, Hidden, layer_weights
+from charnn.model import CELLS, CharRNN, Hidden, layer_weights
+from charnn.stepplan import MEASURED, Tuning, _layout, _pack, _Weight, few_threads, one_thread
 
-
-@dataclass(frozen=True)
-class Tuning:
-    """Where the fast stepper switches kernels, by "work" = batch x hidden. The defaults were measured on the
-    CPU (benchmarks/step_speed.py, docs/benchmarks.md); tests pass other values to reach every branch."""
-
-    small_step_work: int = 8 * 256  # up to this work the CPU steps on one thread (`few_threads`)
-    sigmoid_tanh_work: int = 16 * 256  # from this work tanh is computed from a sigmoid
-    pack_min_weight: int = 1 << 18  # matmul weights of this many entries (an LSTM of 256 units) are packed...
-    pack_min_rows: int = 4  # ...in fp32 only from this many streams (MKL's one-row fp32 path is as fast)
-    cuda_graphs: bool = True  # on CUDA, replay one captured step (`GraphStep`)
-
-
-MEASURED = Tuning()
-
-
-@dataclass(frozen=True)
-class _Weight:
-    """A step's matmul weight: (K, N) for addmm, and oneDNN's packed copy where that kernel is faster."""
-
-    t: torch.Tensor
-    packed: torch.Tensor | None
-
-
-def _pack(w: torch.Tensor, rows: int, tuning: Tuning = MEASURED) -> _Weight:
-    """Pack the (K, N) weight `w` for `rows` input rows where it pays (CPU, oneDNN present).
-
-    addmm goes to MKL, which re-packs the whole weight on every call, a large part of the cost of a step's few
-    rows; oneDNN's linear on weights packed once measured 1.1-2x faster in fp32 from 8 streams, 1.35-2.6x for
-    one bf16 stream. These are private ops (those torch.compile's CPU backend calls): anything unexpected falls
-    back to addmm.
-    """
-    few = w.dtype == torch.float32 and rows < tuning.pack_min_rows
-    onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-    if few or w.numel() < tuning.pack_min_weight or w.device.type != "cpu" or not onednn:
-        return _Weight(w, None)
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), rows)
-        torch.ops.mkldnn._linear_pointwise(torch.zeros(rows, w.shape[0], dtype=w.dtype), packed, None, "none",
-                                           [], "")
-    except (AttributeError, NotImplementedError, RuntimeError):
-        return _Weight(w, None)
-    return _Weight(w, packed)
-
-
-def _layout(cell: CellLayout, hidden: int, sig_tanh: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernel's order of a layer's G*H weight rows, and each row's scale.
-
-    The gates come first, then the candidate (an LSTM's i, f, g, o become i, f, o, g), so one sigmoid covers
-    all the gates; a candidate's rows are scaled by 2 when its tanh is computed as 2 sigmoid(2x) - 1.
-    """
-    blocks = [b for b in cell.blocks if b in cell.gates] + [b for b in cell.blocks if b not in cell.gates]
-    order = torch.cat([cell.blocks.index(b) * hidden + torch.arange(hidden, device=device) for b in blocks])
-    scale = [2.0 if sig_tanh and b not in cell.gates else 1.0 for b in blocks]
-    return order, torch.tensor(scale, dtype=torch.float32, device=device).repeat_interleave(hidden)  # (G*H,) each
+__all__ = ["MEASURED", "FastStepper", "Tuning", "_pack", "few_threads", "one_thread"]  # where callers find them
 
 
 class FastStepper:
@@ -101,10 +47,19 @@ class FastStepper:
         self.low = precision == "bf16"
         self.wdtype = torch.bfloat16 if self.low else torch.float32  # of the matmul weights
         self.sig_tanh = batch_size * cfg.hidden >= tuning.sigmoid_tanh_work
+        # only where the halves stay unpacked fp32 (the packed kernel returns new tensors, not `out=`)
+        G = CELLS[cfg.model].count
+        self.split = (cfg.model != "gru" and cfg.layers > 1 and not self.low and batch_size < tuning.pack_min_rows
+                      and 2 * cfg.hidden * G * cfg.hidden >= tuning.split_min_weight
+                      and model.head.weight.device.type == "cpu")
+        self.parity = False  # which order the split layers take this step
         with torch.no_grad():
             self._load_layers(model, tuning)
             self._load_head(model, temperature)
         self._allocate(model.head.weight.device, cfg.hidden)
+        self.cells: dict[int, list[Callable[[], object]]] = {}
+        plain = not self.low and self.kind != "gru" and all(w.packed is None for w in self.weights)
+        self.programs = (self._program(False), self._program(self.split)) if plain and batch_size == 1 else None
 
     def _load_layers(self, model: CharRNN, tuning: Tuning) -> None:
         """The recurrent weights in the kernel's row order and scale (`_layout`), and layer 0's input table."""
@@ -121,12 +76,17 @@ class FastStepper:
                 # layer 0's input weights are in the table below: no step multiplies by them
                 w_in = self._pack(w_ih, tuning) if layer else None
                 self.w.append((w_in, self._pack(w_hh, tuning)))
+            elif self.split and layer:  # (H, G*H) each: W_ih, W_hh
+                self.b.append((b_ih + b_hh).contiguous())
+                self.b_hh.append(None)
+                self.w.append((self._pack(w_ih, tuning), self._pack(w_hh, tuning)))
             else:
                 self.b.append((b_ih + b_hh).contiguous())
                 self.b_hh.append(None)
                 self.w.append(self._pack(w_hh if layer == 0 else torch.cat([w_ih, w_hh]), tuning))  # (H or 2H, G*H)
             if layer == 0:  # (V, G*H): the embedding through layer 0's input weights, plus its bias
                 self.table = torch.addmm(self.b[0], model.embed.weight.float(), w_ih)
+                self.table_rows = list(self.table.split(1))  # (1, G*H) views, for an int id
         if self.low:  # biases of the matmuls (the table keeps its fp32 bias)
             self.b = [b.to(self.wdtype) for b in self.b]
             self.b_hh = [None if b is None else b.to(self.wdtype) for b in self.b_hh]
@@ -229,31 +189,69 @@ class FastStepper:
         """tanh in place of a pre-activation whose weights were scaled as `sig_tanh` says."""
         return x.sigmoid_().mul_(self.two).sub_(self.one) if self.sig_tanh else x.tanh_()
 
-    def step(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B,) -> scaled logits (B, V), a view of a buffer the next step overwrites."""
-        if ids.shape != (self.batch_size,):  # the packed kernel would not notice a wrong batch
+    def step(self, ids: torch.Tensor | int) -> torch.Tensor:
+        """ids (B,), or one stream's id as an int -> scaled logits (B, V), a view of a buffer the next step
+        overwrites. An int skips a tensor op: its row of layer 0's table is a view made once."""
+        if isinstance(ids, int):
+            if self.batch_size != 1:
+                raise ValueError(f"an int id is one stream; this stepper steps {self.batch_size}")
+        elif ids.shape != (self.batch_size,):  # the packed kernel would not notice a wrong batch
             raise ValueError(f"expected ids of shape ({self.batch_size},), got {tuple(ids.shape)}")
+        if isinstance(ids, int) and self.programs is not None:
+            before, after = self.programs[self.parity]
+            for op in before:
+                op()
+            torch.addmm(self.table_rows[ids], self.h[0], self.w[0].t, out=self.gates[0])
+            for op in after:
+                op()
+            self.parity = not self.parity
+            return self._head()
+        recurrent_first = self.split and self.parity
+        if recurrent_first:  # the upper layers' h @ W_hh first: their weights are the last the previous step read
+            for layer in range(self.layers - 1, 0, -1):
+                self._matmul(self.h_low[layer], self.w[layer][1], self.gates[layer], self.b[layer])
         for layer in range(self.layers):
             gates = self.gates[layer]
             if layer == 0:
-                torch.index_select(self.table, 0, ids, out=gates)  # (B, G*H)
+                gates = self._input(ids, gates)
+            elif self.kind != "gru":
+                gates = self._upper(layer, gates, recurrent_first)
             if self.kind == "gru":
                 self._gru(layer, gates)
             else:
-                if layer:
-                    gates = self._matmul(self.both_low[layer], self.w[layer], gates, self.b[layer])
-                else:
-                    gates = self._matmul(self.h_low[0], self.w[0], gates, None)
-                if self.kind == "lstm":
-                    self._lstm(layer, gates)
-                else:
-                    self.h[layer].copy_(self._tanh_(gates))
+                self._lstm(layer, gates)
             if self.low:
                 self.h_low[layer].copy_(self.h[layer])
+        self.parity = not self.parity
+        return self._head()
+
+    def _head(self) -> torch.Tensor:
         top = self.h[-1]
         if self.ln is not None:
-            top = torch.nn.functional.layer_norm(top, *self.ln)
+            top = torch.layer_norm(top, *self.ln)  # not F.layer_norm: its Python checks cost a step's microseconds
         return torch.addmm(self.b_out, top, self.w_out, out=self.logits)
+
+    def _input(self, ids: torch.Tensor | int, gates: torch.Tensor) -> torch.Tensor:
+        """Layer 0's pre-activations: the symbol's table row, plus h @ W_hh for an LSTM/RNN (a GRU keeps its
+        hidden projection apart)."""
+        if isinstance(ids, int) and not self.low and (self.kind == "gru" or self.w[0].packed is None):
+            row = self.table_rows[ids]  # (1, G*H); the packed kernel takes no such bias
+            if self.kind == "gru":
+                return gates.copy_(row)
+            return self._matmul(self.h_low[0], self.w[0], gates, row)
+        torch.index_select(self.table, 0, torch.as_tensor(ids, device=gates.device).view(-1), out=gates)
+        return gates if self.kind == "gru" else self._matmul(self.h_low[0], self.w[0], gates, None)
+
+    def _upper(self, layer: int, gates: torch.Tensor, recurrent_done: bool) -> torch.Tensor:
+        """An LSTM/RNN layer above the first: bias + [h_below, h] @ [W_ih; W_hh], in one matmul, or in two
+        (`split`) in the order that finds the most weights still in the cache."""
+        if not self.split:
+            return self._matmul(self.both_low[layer], self.w[layer], gates, self.b[layer])
+        w_ih, w_hh = self.w[layer]
+        if recurrent_done:
+            return self._matmul(self.h_low[layer - 1], w_ih, gates, None)
+        gates = self._matmul(self.h_low[layer - 1], w_ih, gates, self.b[layer])
+        return self._matmul(self.h_low[layer], w_hh, gates, None)
 
     def _gru(self, layer: int, gates: torch.Tensor) -> None:
         """`charnn.model.gru_cell` in place: h = (1 - z) n + z h, n = tanh(x_n + r h_n)."""
@@ -269,33 +267,55 @@ class FastStepper:
         torch.addcmul(n, z, tmp, out=h)  # (1 - z) n + z h
 
     def _lstm(self, layer: int, gates: torch.Tensor) -> None:
-        """`charnn.model.lstm_cell` in place, on the summed pre-activations in the kernel's order i, f, o, g."""
-        h, tmp = self.h[layer], self.tmp
+        for op in self._cell(layer, gates):
+            op()
+
+    def _cell(self, layer: int, gates: torch.Tensor) -> list[Callable[[], object]]:
+        """An LSTM or RNN cell on layer `layer`'s pre-activations `gates`, as the in-place ops to call in turn
+        (made once per buffer: `_program`). LSTM: `charnn.model.lstm_cell` in the kernel's order i, f, o, g."""
+        if gates is not self.gates[layer] or layer not in self.cells:
+            ops = self._cell_ops(layer, gates)
+            if gates is not self.gates[layer]:
+                return ops
+            self.cells[layer] = ops
+        return self.cells[layer]
+
+    def _cell_ops(self, layer: int, gates: torch.Tensor) -> list[Callable[[], object]]:
+        h, tmp, two, one = self.h[layer], self.tmp, self.two, self.one
+        if self.kind == "rnn":
+            tanh = [gates.sigmoid_, partial(gates.mul_, two), partial(gates.sub_, one)] if self.sig_tanh else [
+                gates.tanh_]
+            return [*tanh, partial(h.copy_, gates)]
         i, f, o, g, _, ifo = self._views(gates, self.gates, self.gate_views, layer)
+        c = self.c[layer]
         if self.sig_tanh:  # one sigmoid for all four gates, g's turned into its tanh
-            gates.sigmoid_()
-            g.mul_(self.two).sub_(self.one)
+            ops = [gates.sigmoid_, partial(g.mul_, two), partial(g.sub_, one)]
         else:
-            ifo.sigmoid_()
-            g.tanh_()
-        c = self.c[layer].mul_(f).addcmul_(i, g)
+            ops = [ifo.sigmoid_, g.tanh_]
+        ops += [partial(c.mul_, f), partial(c.addcmul_, i, g)]  # c = f c + i g
         if self.sig_tanh:
-            torch.mul(c, self.two, out=tmp).sigmoid_().mul_(self.two).sub_(self.one)
+            ops += [partial(torch.mul, c, two, out=tmp), tmp.sigmoid_, partial(tmp.mul_, two), partial(tmp.sub_, one)]
         else:
-            torch.tanh(c, out=tmp)
-        torch.mul(o, tmp, out=h)
+            ops.append(partial(torch.tanh, c, out=tmp))
+        return [*ops, partial(torch.mul, o, tmp, out=h)]  # h = o tanh(c)
 
-
-@contextmanager
-def few_threads(batch_size: int, hidden: int, device: torch.device, tuning: Tuning = MEASURED) -> Iterator[None]:
-    """One CPU thread while stepping small batches: each op is microseconds of work, and waking a second
-    thread costs more than it saves (it is ruinous when the other core is busy). Restored afterwards."""
-    before = torch.get_num_threads()
-    small = device.type == "cpu" and batch_size * hidden <= tuning.small_step_work
-    if small and before > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if small and before > 1:
-            torch.set_num_threads(before)
+    def _program(self, recurrent_first: bool) -> tuple[list[Callable[[], object]], list[Callable[[], object]]]:
+        """One stream's step with plain fp32 matmuls (`step` with an int id) as two lists of calls with their
+        buffers bound, around layer 0's matmul: the same ops as the general path, without looking anything up
+        (at one stream that bookkeeping was a sixth of a step)."""
+        L = self.layers
+        addmm = torch.addmm
+        before = [partial(addmm, self.b[k], self.h[k], self.w[k][1].t, out=self.gates[k])
+                  for k in range(L - 1, 0, -1)] if recurrent_first else []
+        after = list(self._cell(0, self.gates[0]))
+        for k in range(1, L):
+            g = self.gates[k]
+            if not self.split:
+                after.append(partial(addmm, self.b[k], self.both_low[k], self.w[k].t, out=g))
+            elif recurrent_first:
+                after.append(partial(g.addmm_, self.h[k - 1], self.w[k][0].t))
+            else:
+                after += [partial(addmm, self.b[k], self.h[k - 1], self.w[k][0].t, out=g),
+                          partial(g.addmm_, self.h[k], self.w[k][1].t)]
+            after += self._cell(k, g)
+        return before, after

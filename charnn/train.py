@@ -12,6 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,18 +32,24 @@ from charnn.distributed import (
 )
 from charnn.errors import ConfigError, DataError
 from charnn.finetune import load_start, start_corpus, start_request, start_weights, training_corpus
-from charnn.meta import MAX_EVAL_SEGMENT
 from charnn.model import CharRNN, num_parameters
 from charnn.planning import CorpusFacts, Plan, PlanRequest, make_plan
 from charnn.resume import resume as resume_run
 from charnn.rundir import (
-    new_run_dir,
     open_logs,
     resume_configs,
     write_run_files,
 )
-from charnn.runtime import hardware, pick_device, seed_everything, set_deterministic, set_threads
+from charnn.runlock import claim_run, new_run_dir
+from charnn.runtime import (
+    check_ram,
+    hardware,
+    pick_device,
+    seed_everything,
+    set_deterministic,
+)
 from charnn.schedule import default_run_dir, is_sample_step, learning_rate, total_steps
+from charnn.threads import ThreadGovernor
 from charnn.trainloop import (
     LoopState,
     Progress,
@@ -98,16 +105,27 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
     chooses a fine-tuning schedule; config.json records where it started.
     """
     data_cfg = data_cfg or (corpus.data if isinstance(corpus, Corpus) else DataConfig())
-    run, s = _prepare(corpus, Configs(model_cfg, train_cfg, request or PlanRequest()), data_cfg, out_dir=out_dir,
-                      resume=resume, cache_dir=cache_dir, on_encode=on_encode, on_progress=on_progress,
-                      should_stop=should_stop, init_from=init_from)
+    with ExitStack() as held:  # the run's lock, for as long as this training writes it
+        run, s, threads = _prepare(corpus, Configs(model_cfg, train_cfg, request or PlanRequest()), data_cfg, held,
+                                   out_dir=out_dir, resume=resume, cache_dir=cache_dir, on_encode=on_encode,
+                                   on_progress=on_progress, should_stop=should_stop, init_from=init_from)
+        _loop(run, s, threads)
+        emit(run, s, "end", val_loss=s.last_val, text=str(s.latest))
+    return _result(run, s)
+
+
+def _loop(run: Run, s: LoopState, threads: ThreadGovernor) -> None:
+    """Step until a stopping rule, evaluating, checkpointing and sampling on schedule."""
     cfg = run.cfg
     try:
         s.t_start = time.perf_counter() - s.elapsed_before
-        _announce(run, s)
+        threads.tick()  # the first look at the other programs' load, so the plan's lines can name the count
+        _announce(run, s, threads.describe())
         run.model.train()
         s.stats = StepStats.on(run.device)
         while True:
+            if threads.tick():  # other programs took or freed cores: a step's threads must not wait for one
+                emit(run, s, "plan", text=threads.describe())
             progress = progress_made(run, s)
             if reached_the_end(run, s, progress):
                 s.stop_reason = end_reason(run)
@@ -130,18 +148,20 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
             if cfg.sample_length and run.dist.is_main:
                 draw_sample(run, s)
     finally:
+        threads.restore()
         run.metrics.close()
         run.samples.close()
-    emit(run, s, "end", val_loss=s.last_val, text=str(s.latest))
-    return _result(run, s)
 
 
-def _announce(run: Run, s: LoopState) -> None:
-    """The first events: the plan (and where a fine-tuned run starts from), then the run's shape."""
+def _announce(run: Run, s: LoopState, threads: str) -> None:
+    """The first events: the plan (and where a fine-tuned run starts from, and its CPU threads), then the run's
+    shape."""
     if run.plan is not None:
         emit(run, s, "plan", text="\n".join(run.plan.lines))
     if run.start is not None:
         emit(run, s, "plan", text=run.start.describe(run.data))
+    if threads:
+        emit(run, s, "plan", text=threads)
     vocab = len(run.data.vocab)
     emit(run, s, "start", text=f"{run.run_dir} | {num_parameters(run.model.cfg, vocab):,} parameters | "
                                f"vocabulary {vocab} | train {run.train_chars:,} chars | device {run.device}")
@@ -201,10 +221,11 @@ def plan(corpus: str | os.PathLike | Corpus, *, request: PlanRequest | None = No
 # --- preparing a run -------------------------------------------------------------------------------------
 
 # long: one straight line of set-up steps, each a call; splitting it would only pass its locals around
-def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: DataConfig,
+def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: DataConfig, held: ExitStack,
              *, out_dir, resume: bool, cache_dir, on_encode, on_progress, should_stop, init_from
-             ) -> tuple[Run, LoopState]:
-    """Processes, corpus, the plan, model and optimizer, the run directory, and the state to start from."""
+             ) -> tuple[Run, LoopState, ThreadGovernor]:
+    """Processes, corpus, the plan, model and optimizer, the run directory (locked while `held` lasts), the
+    state to start from, and the CPU threads."""
     if resume and init_from is not None:
         raise ConfigError("--init-from starts a new run; --resume continues one from its own weights")
     start = load_start(init_from) if init_from is not None else None  # before seeding: loading builds a model
@@ -214,7 +235,7 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
     dist = setup_distributed(device_type=device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    set_threads(early.threads)
+    threads = ThreadGovernor(early.threads, device)  # --threads, else the count the other programs leave room for
     data = corpus if isinstance(corpus, Corpus) else _load_corpus(corpus, data_cfg, cache_dir, on_encode, dist)
     data = training_corpus(data, start=start, resume_dir=Path(out_dir) if resume and out_dir else None)
     configs = replace(configs, request=start_request(start, configs.request, configs.model))
@@ -229,16 +250,22 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
 
     run_dir = broadcast_object(dist, Path(out_dir) if out_dir else default_run_dir(data.path))
     seed_everything(cfg.seed)
+    # built in RAM whatever the device; training on the CPU adds gradients and Adam's two moments
+    on_cpu = device.type == "cpu"
+    check_ram(num_parameters(model_cfg, len(data.vocab)) * 4 * (4 if on_cpu else 1),
+              "this model's weights" + (", gradients and optimizer state" if on_cpu else ""),
+              fix="use a smaller model (--hidden, --layers)")
     model = CharRNN(model_cfg, len(data.vocab)).to(device)
     if start is not None:
         start_weights(model, start)
     optimizer = make_optimizer(model, cfg, device)
     scaler = make_scaler(cfg, device)
     if resume:
+        claim_run(run_dir, dist, held)
         s = resume_run(run_dir, model, optimizer, cfg=cfg, data=data, dist=dist, device=device, scaler=scaler)
     else:
         s = LoopState()
-        new_run_dir(run_dir, dist)
+        new_run_dir(run_dir, dist, held)
     if dist.is_main:
         write_run_files(run_dir, data, model_cfg, cfg, plan=chosen.as_dict() if chosen else None,
                         init_from=start.record() if start else None)
@@ -250,7 +277,7 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
               optimizer=optimizer, metrics=metrics, samples=samples, report=report,
               should_stop=should_stop or (lambda: None), sync_every=host_sync_every(cfg, device), plan=chosen,
               start=start, scaler=scaler)
-    return run, s
+    return run, s, threads
 
 
 def _load_corpus(path: str | os.PathLike, data_cfg: DataConfig, cache_dir, on_encode, dist: DistInfo) -> Corpus:
@@ -266,9 +293,6 @@ def _load_corpus(path: str | os.PathLike, data_cfg: DataConfig, cache_dir, on_en
 
 
 def _check_splits(data: Corpus, val_ids, cfg: TrainConfig) -> None:
-    if cfg.eval_segment > MAX_EVAL_SEGMENT:  # scoring allocates a row of this many ids (a hand-edited config.json)
-        raise ConfigError(f"eval_segment {cfg.eval_segment} is above the {MAX_EVAL_SEGMENT:,} characters "
-                          f"validation scores in one segment")
     if cfg.patience and data.data.val_frac == 0:
         raise ConfigError("--patience needs a validation split to watch (--val-frac > 0)")
     if data.data.val_frac > 0 and len(val_ids) < 2:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from charnn.data import Corpus
 from charnn.distributed import DistInfo, all_max, barrier, gather_rows
 from charnn.errors import Interrupted
 from charnn.evaluate import evaluate_ids
+from charnn.files import LineLog
 from charnn.finetune import Start
 from charnn.model import CharRNN, Hidden
 from charnn.planning import Plan
@@ -67,8 +68,8 @@ class Run:
     model: CharRNN
     net: torch.nn.Module  # the model, wrapped for DDP under torchrun
     optimizer: torch.optim.AdamW
-    metrics: IO[str]  # metrics.jsonl (os.devnull on ranks other than 0)
-    samples: IO[str]  # samples.jsonl (likewise)
+    metrics: LineLog  # metrics.jsonl (discarded on ranks other than 0); a failed write raises CheckpointWriteError
+    samples: LineLog  # samples.jsonl (likewise)
     report: Callable[[Progress], None]  # does nothing on ranks other than 0
     should_stop: Callable[[], int | None]
     sync_every: int  # steps between reads of device values on the host
@@ -132,7 +133,9 @@ def stop_if_asked(run: Run, s: LoopState) -> None:
     if run.dist.enabled and s.step % run.sync_every == 0:
         signum = all_max(run.dist, signum or 0) or None  # one rank's signal stops every rank here
     if signum:
-        latest = write_checkpoint(run, s, None)
+        # A checkpoint of this very step (one the signal came during, its validation included) is kept as
+        # written: rewriting it unevaluated would take the validation loss that makes it the best away.
+        latest = s.latest if s.saved_step == s.step else write_checkpoint(run, s, None)
         raise Interrupted(f"interrupted at step {s.step}; saved {latest}; continue with "
                           f"--resume {run.run_dir}", exit_code=128 + signum)
 

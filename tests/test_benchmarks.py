@@ -17,10 +17,11 @@ FIELDS = {
                        "peak_rss_mb_charnn", "peak_rss_mb_plain", "rss_ratio"},
     "sample_speed.py": {"one_stream_chars_per_s", "one_stream_plain_chars_per_s", "one_stream_ratio",
                         "many_streams_chars_per_s", "many_streams_plain_chars_per_s", "many_streams_ratio",
-                        "many_streams_bf16_chars_per_s",
+                        "many_streams_bf16_chars_per_s", "cli_chars_per_s", "first_char_s",
                         "fast_and_module_same_text"},
     "eval_speed.py": {"charnn_chars_per_s", "bare_chars_per_s", "ratio", "cli_eval_seconds"},
     "step_speed.py": {"rows", "median_ratio"},
+    "shared_cores.py": {"rows", "worst_busy_ratio"},
     "serve_load.py": {"loads", "bare_stepper_chars_per_s", "server_vs_bare_ratio", "one_at_a_time_chars_per_s",
                       "batched_vs_one_at_a_time", "rss_mb_before", "rss_mb_after", "requests_all_complete"},
 }

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import charnn.data as data
+import charnn.textfile as textfile
 from charnn.config import DataConfig
-from charnn.corpus_cache import EncodeProgress, cache_key, load_corpus
-from charnn.errors import CheckpointWriteError, DataError
+from charnn.corpus_cache import EncodeProgress, cache_key, cached_corpus, load_corpus
+from charnn.errors import CharnnWarning, CheckpointWriteError, DataError
 
 ALPHABET = list("ab \n.") + ["é", "€", "日", "😀", "𝄞"]  # 1-, 2-, 3- and 4-byte UTF-8
 
@@ -28,7 +29,7 @@ def _same_as_encode_file(path: Path, cfg: DataConfig, cache: Path) -> None:
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7])
 def test_chunk_boundaries_inside_4_byte_characters(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(data, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(textfile, "CHUNK_BYTES", chunk)
     path = tmp_path / "c.txt"
     path.write_text("a😀b𝄞\n" * 5 + "日é", encoding="utf-8")  # 😀 at byte 1: chunk 2 splits it 1+3
     _same_as_encode_file(path, DataConfig(), tmp_path / "cache")
@@ -44,7 +45,7 @@ def test_random_texts_and_options_match_the_exact_decoder(tmp_path, monkeypatch)
             text += "\r\nx\r"  # CR: the fast path hands over to charnn.data
         path = tmp_path / f"t{trial}.txt"
         path.write_text(text, encoding="utf-8", newline="")
-        monkeypatch.setattr(data, "CHUNK_BYTES", rng.choice([1, 2, 3, 4, 6, 1 << 16]))
+        monkeypatch.setattr(textfile, "CHUNK_BYTES", rng.choice([1, 2, 3, 4, 6, 1 << 16]))
         cfg = DataConfig(keep_newlines=trial % 3 == 0)
         _same_as_encode_file(path, cfg, tmp_path / "cache")
 
@@ -127,12 +128,13 @@ def test_a_truncated_entry_is_rebuilt(tmp_path):
     entry = cache / f"{cache_key(first.sha256, DataConfig())}.ids"
     del first
     entry.write_bytes(entry.read_bytes()[:10])
-    again = load_corpus(path, DataConfig(), cache_dir=cache)
+    with pytest.warns(CharnnWarning, match="damaged"):
+        again = load_corpus(path, DataConfig(), cache_dir=cache)
     assert len(again.ids) == 140 and not list(cache.glob(".*.tmp"))
 
 
 def test_progress_reports_every_pass_to_the_total(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(textfile, "CHUNK_BYTES", 64)
     path = tmp_path / "c.txt"
     path.write_text("x" * 1000)
     events: list[EncodeProgress] = []
@@ -152,3 +154,57 @@ def test_training_reads_the_memory_map(tmp_path, tiny_corpus):
     b = train(tiny_corpus, model_cfg=model, train_cfg=cfg, data_cfg=data_cfg, out_dir=tmp_path / "b")
     assert a.final_val_loss == b.final_val_loss  # bit-for-bit the same run as the in-memory encoding
     assert list((tmp_path / "cache").glob("*.ids"))
+
+
+def test_ids_changed_in_place_are_caught_and_rebuilt(tmp_path):
+    """Same size, another tail: the sha256 recorded with the entry catches it; training rebuilds it, and the
+    read-only lookup (eval's) skips it, each with a warning."""
+    cache, path = tmp_path / "cache", tmp_path / "c.txt"
+    path.write_text("abcdef\n" * 20 + "xyz")
+    want = np.asarray(load_corpus(path, DataConfig(), cache_dir=cache).ids).copy()
+    entry = next(cache.glob("*.ids"))
+    entry.write_bytes(entry.read_bytes()[:-2] + bytes([0, 0]))
+    sha = data.encode_file(path, DataConfig()).sha256
+    with pytest.warns(CharnnWarning, match="damaged"):
+        assert cached_corpus(path, sha, DataConfig(), [cache]) is None
+    with pytest.warns(CharnnWarning, match="damaged"):
+        again = load_corpus(path, DataConfig(), cache_dir=cache)
+    np.testing.assert_array_equal(np.asarray(again.ids), want)
+    np.testing.assert_array_equal(np.asarray(cached_corpus(path, sha, DataConfig(), [cache]).ids), want)
+
+
+def test_the_read_only_lookup_creates_nothing(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("abc\n")
+    assert cached_corpus(path, "0" * 64, DataConfig(), [tmp_path / "nowhere"]) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
+
+
+@pytest.mark.parametrize("change", ["append", "rewrite", "truncate"])
+def test_a_corpus_changing_between_passes(tmp_path, monkeypatch, change):
+    """Every pass reads the bytes the hash pass read: appended text is left out of a consistent entry; a
+    rewrite or truncation is a DataError and leaves no entry."""
+    cache, path = tmp_path / "cache", tmp_path / "c.txt"
+    text = "abcdef\n" * 200
+    path.write_text(text)
+    real = textfile.read_chunks
+
+    def changing(p, size=None, **kw):
+        if kw.get("sha256"):  # the encode pass
+            with open(path, {"append": "ab", "rewrite": "r+b", "truncate": "r+b"}[change]) as f:
+                f.write(b"Z" * 30)
+                if change == "truncate":
+                    f.truncate(100)
+        return real(p, size, **kw)
+
+    monkeypatch.setattr(textfile, "CHUNK_BYTES", 64)
+    import charnn.corpus_cache as corpus_cache
+
+    monkeypatch.setattr(corpus_cache, "read_chunks", changing)
+    if change != "append":
+        with pytest.raises(DataError, match="changed while it was being read"):
+            load_corpus(path, DataConfig(), cache_dir=cache)
+        assert not list(cache.glob("*.json")) and not list(cache.glob(".*.tmp"))
+        return
+    got = load_corpus(path, DataConfig(), cache_dir=cache)
+    assert got.vocab.decode(np.asarray(got.ids)) == text

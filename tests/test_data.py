@@ -1,6 +1,7 @@
 """Reading, vocabulary, split and the truncated-BPTT layout; text input reads the same whatever its newlines
 (LF, CRLF, CR, even split across chunks) or byte-order mark, and a corpus too short to train names the counts."""
 
+import os
 import re
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from charnn import data as data_mod
+from charnn import textfile
 from charnn.batches import StreamBatcher
 from charnn.config import DataConfig
 from charnn.data import Vocab, encode_file, id_dtype, read_ids, unknown_symbols
@@ -51,7 +52,7 @@ def test_bom_stripped_and_newlines_normalised(tmp_path):
 def test_crlf_split_across_chunks(tmp_path, monkeypatch):
     p = tmp_path / "t.txt"
     p.write_bytes(b"ab\r\ncd\r\nef")
-    monkeypatch.setattr(data_mod, "CHUNK_BYTES", 3)  # "ab\r" | "\ncd" | ...
+    monkeypatch.setattr(textfile, "CHUNK_BYTES", 3)  # "ab\r" | "\ncd" | ...
     corpus = encode_file(p, DataConfig())
     assert corpus.vocab.decode(corpus.ids) == "ab\ncd\nef"
 
@@ -61,7 +62,7 @@ def test_multibyte_character_split_across_chunks(tmp_path, monkeypatch):
     p = tmp_path / "t.txt"
     p.write_text(text, encoding="utf-8")
     for size in (1, 2, 3, 5):
-        monkeypatch.setattr(data_mod, "CHUNK_BYTES", size)
+        monkeypatch.setattr(textfile, "CHUNK_BYTES", size)
         corpus = encode_file(p, DataConfig())
         assert corpus.vocab.decode(corpus.ids) == text
 
@@ -69,7 +70,7 @@ def test_multibyte_character_split_across_chunks(tmp_path, monkeypatch):
 def test_invalid_utf8_names_the_byte_offset(tmp_path, monkeypatch):
     p = tmp_path / "bad.txt"
     p.write_bytes(b"hello world" + b"\xff" + b"more")
-    monkeypatch.setattr(data_mod, "CHUNK_BYTES", 4)
+    monkeypatch.setattr(textfile, "CHUNK_BYTES", 4)
     with pytest.raises(DataError, match=r"at byte 11\b.*--encoding"):
         encode_file(p, DataConfig())
     assert encode_file(p, DataConfig(encoding="latin-1")).vocab.decode(encode_file(
@@ -173,7 +174,7 @@ def test_too_short_for_one_batch():
 @pytest.mark.parametrize("chunk", [None, 1, 2, 3])
 def test_lf_crlf_cr_encode_identically(tmp_path: Path, monkeypatch, chunk):
     if chunk:
-        monkeypatch.setattr(data_mod, "CHUNK_BYTES", chunk)  # a CR at a chunk end must wait for its LF
+        monkeypatch.setattr(textfile, "CHUNK_BYTES", chunk)  # a CR at a chunk end must wait for its LF
     text = "ab\ncd\n\nx\u00e9\n"
     encoded = []
     for nl in ("\n", "\r\n", "\r"):
@@ -192,7 +193,7 @@ def test_bom_is_never_in_the_vocabulary(tmp_path: Path, monkeypatch):
     path.write_bytes(b"\xef\xbb\xbf" + b"hello\r\nworld\n")
     for chunk in (None, 1, 2):
         if chunk:
-            monkeypatch.setattr(data_mod, "CHUNK_BYTES", chunk)
+            monkeypatch.setattr(textfile, "CHUNK_BYTES", chunk)
         corpus = encode_file(path, DataConfig())
         assert 0xFEFF not in corpus.vocab.symbols
         assert corpus.vocab.decode(corpus.ids.tolist()) == "hello\nworld\n"
@@ -216,3 +217,48 @@ def test_smallest_corpus_that_fits_one_window_trains(tmp_path: Path):
     result = train(path, model_cfg=SMALL_MODEL, data_cfg=DataConfig(val_frac=0.0),
                    train_cfg=small_train(batch_size=1, seq_len=16, max_iters=2), out_dir=tmp_path / "r")
     assert result.steps == 2
+
+
+@pytest.mark.parametrize("change", ["append", "rewrite", "truncate", "vanish"])
+def test_a_file_changing_between_the_two_passes(tmp_path: Path, monkeypatch, change: str):
+    """encode_file's passes read the bytes the file held when the first began: appended text is left out,
+    and a rewrite, truncation or removal before the second pass is a DataError, never ids of two versions."""
+    import charnn.data
+
+    path = tmp_path / "c.txt"
+    text = "hello world\n" * 100
+    path.write_text(text)
+    real = charnn.data.iter_symbols
+
+    def changing(p, cfg, **kw):
+        if kw.get("sha256"):
+            if change == "vanish":
+                path.unlink()
+            else:
+                with open(path, "ab" if change == "append" else "r+b") as f:
+                    f.write("é".encode() * 20)  # a symbol the scan never saw
+                    if change == "truncate":
+                        f.truncate(200)
+        return real(p, cfg, **kw)
+
+    monkeypatch.setattr(textfile, "CHUNK_BYTES", 50)
+    monkeypatch.setattr(charnn.data, "iter_symbols", changing)
+    if change == "append":
+        corpus = encode_file(path, DataConfig())
+        assert corpus.vocab.decode(corpus.ids) == text
+        return
+    with pytest.raises(DataError, match="no such file" if change == "vanish" else "changed while it was being read"):
+        encode_file(path, DataConfig())
+
+
+@pytest.mark.parametrize("target, message", [
+    ("fifo", "pipe (FIFO)"), ("/dev/zero", "character device"), ("/dev/null", "character device"),
+    ("dir", "is a directory")])
+def test_only_regular_files_are_read(tmp_path: Path, target: str, message: str):
+    """Refused when opened, before a byte is read: a FIFO without a writer must not wait forever."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    path = target if target.startswith("/") else tmp_path / target
+    for read in (lambda: encode_file(path, DataConfig()), lambda: read_ids(path, Vocab((97,)), DataConfig())):
+        with pytest.raises(DataError, match=re.escape(message)):
+            read()

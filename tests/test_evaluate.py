@@ -39,6 +39,22 @@ def test_result_does_not_depend_on_batch_size_or_chunk():
         assert res.chars == ref.chars and math.isclose(res.loss, ref.loss, rel_tol=1e-6)
 
 
+def test_memory_follows_the_chunk_not_the_segment_or_the_batch_size():
+    """A segment past the text (1e15: a (rows, segment) window would need petabytes) scores it as one stream;
+    a budget of one row per pass, or a batch of a billion rows, changes nothing but speed."""
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(hidden=16, embed=8), 9)
+    ids = np.random.default_rng(1).integers(0, 9, 1001)
+    whole = evaluate_ids(model, ids, segment=1000, per_char=True)
+    huge = evaluate_ids(model, ids, segment=10**15, per_char=True)
+    assert huge.chars == whole.chars and math.isclose(huge.loss, whole.loss, rel_tol=1e-9)
+    assert np.allclose(huge.per_char, whole.per_char)
+    ref = evaluate_ids(model, ids, segment=50, per_char=True)
+    for kw in ({"max_bytes": 1}, {"batch_size": 10**9}):
+        res = evaluate_ids(model, ids, segment=50, per_char=True, **kw)
+        assert math.isclose(res.loss, ref.loss, rel_tol=1e-6) and np.allclose(res.per_char, ref.per_char)
+
+
 def test_per_char_losses_match_a_direct_forward():
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(hidden=16, embed=8), 9).eval()

@@ -71,7 +71,12 @@ def open_page(page: Path, profile: Path, probe: str = "", **params) -> dict:
         probed = page.with_name("probed.html")
         probed.write_text(page.read_text(encoding="utf-8").replace("</body>", probe + "</body>"), encoding="utf-8")
         page = probed
-    url = page.as_uri() + "?" + "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
+    return open_url(page.as_uri(), profile, **params)
+
+
+def open_url(url: str, profile: Path, **params) -> dict:
+    """open_page for a page at `url` (a file, or a server's)."""
+    url += "?" + "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
     res = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
                           f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",

@@ -8,11 +8,11 @@ from pathlib import Path
 from tests.conftest import PYTHON, cli_env
 
 # A package (report/, serve/) is one entry: its modules may import each other.
-ORDER = ["version", "errors", "files", "config", "planning", "devicecheck", "runtime", "distributed", "data",
-         "batches", "corpus_cache", "model", "meta", "checkpoint", "rundir", "finetune", "stepper", "graphstep",
-         "sample", "beam", "evaluate", "serve", "inspect", "memory", "schedule", "trainstep", "trainloop", "resume",
-         "train", "progress", "report", "export", "cli_run", "cli_options", "cli_output", "cli_app", "cli_tools", "cli",
-         "cli_docs", "__main__"]
+ORDER = ["version", "errors", "terminal", "files", "config", "planning", "devicecheck", "threads", "runtime",
+         "distributed", "textfile", "data", "batches", "corpus_cache", "model", "meta", "checkpoint", "rundir",
+         "runlock", "finetune", "stepplan", "stepper", "graphstep", "sample", "beam", "evaluate", "inspect",
+         "memory", "schedule", "trainstep", "trainloop", "resume", "train", "progress", "report", "export", "serve",
+         "cli_run", "cli_options", "cli_output", "cli_app", "cli_tools", "cli", "cli_docs", "__main__"]
 PKG = Path(__file__).resolve().parents[1] / "charnn"
 ROOT = "__init__"  # the package itself: lazy, it imports nothing of charnn when imported
 
@@ -109,7 +109,7 @@ def test_importing_charnn_imports_no_torch_typer_or_rich():
 
 
 def test_help_imports_no_torch():
-    for args in ([], ["train"], ["sample"], ["eval"], ["report"], ["serve"]):
+    for args in ([], ["train"], ["sample"], ["eval"], ["report"], ["serve"], ["export"]):
         code = (f"import sys\nsys.argv = ['charnn', *{args!r}, '--help']\nfrom charnn.cli import main\n"
                 "try:\n    main()\nexcept SystemExit:\n    pass")
         loaded = _modules_after(code)

@@ -236,3 +236,109 @@ def test_vocabulary_without_space_or_newline_samples_unprimed(tmp_path: Path):
     path.write_bytes(model_bytes(model, vocab, DataConfig(), step=1, val_loss=None, corpus_sha256=""))
     res = invoke("sample", str(path), "--length", "30", "--seed", "1")
     assert res.exit_code == 0 and res.stdout == text + "\n"
+
+
+# --- one stream on the CPU: the draw on the host, the split upper-layer matmuls, long primes ---------------
+
+SPLIT_ALL = Tuning(split_min_weight=0)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("options", [{}, {"top_k": 3}, {"top_p": 0.6}, {"greedy": True}])
+def test_one_stream_gives_the_module_paths_text(kind, options):
+    """One stream takes the host-side draw (`_one_stream`), the module path the tensor draw (`_choose`): the
+    same uniforms through the same inverse CDF give the same text, with the split matmuls or without."""
+    model = model_of(kind)
+    cfg = SampleConfig(length=400, seed=7, temperature=1.0, prime="ab", **options)
+    want = sample_text(model, VOCAB, cfg, path="module")
+    assert sample_text(model, VOCAB, cfg) == want
+    assert sample_text(model, VOCAB, cfg, tuning=SPLIT_ALL) == want
+    assert sample_text(model, VOCAB, cfg) == sample_text(model, VOCAB, cfg)  # the same seed, the same text
+
+
+def test_the_host_draw_follows_the_distribution():
+    """The host-side inverse CDF draws each symbol at its probability (a chi-square bound over 20,000 draws)."""
+    from charnn.sample import _one_stream
+
+    probs = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625])
+
+    class Constant:  # a stepper whose logits never change
+        def step(self, i):
+            return probs.log()[None]
+
+    gen = torch.Generator().manual_seed(0)
+    n = 20000
+    ids = [int(t) for t in _one_stream(Constant(), SampleConfig(length=n, temperature=1.0), probs.log()[None], gen)]
+    counts = torch.bincount(torch.tensor(ids), minlength=5).double()
+    chi2 = float(((counts - n * probs) ** 2 / (n * probs)).sum())
+    assert chi2 < 18.5  # p = 0.001 at 4 degrees of freedom
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_split_matmuls_and_int_ids_step_as_the_fused_kernel(kind):
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(model=kind, layers=3, hidden=24, embed=8, layer_norm=True), len(VOCAB)).eval()
+    ids = torch.randint(len(VOCAB), (50,))
+    fused, split = FastStepper(model), FastStepper(model, tuning=SPLIT_ALL)
+    assert split.split and not fused.split
+    with torch.no_grad():
+        for t in range(len(ids)):  # both orders of the split layers (they alternate), against the fused kernel
+            want = fused.step(ids[t:t + 1]).clone()
+            torch.testing.assert_close(split.step(int(ids[t])), want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one stream"):
+        FastStepper(model, batch_size=2).step(1)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_a_long_prime_warms_as_character_steps_do(kind):
+    """The chunked forward pass over a prime leaves the state that stepping it one character at a time does."""
+    from charnn.sample import warm
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(model=kind, layers=2, hidden=16, embed=8), len(VOCAB)).eval()
+    ids = torch.randint(len(VOCAB), (300,)).tolist()
+    logits, hidden = warm(model, ids, chunk=64)
+    whole_logits, whole = warm(model, ids)
+    with torch.no_grad():
+        state = None
+        for i in ids:
+            step_logits, state = model(torch.tensor([[i]]), state)
+    for got in (hidden, whole):
+        for a, b in zip(got if kind == "lstm" else [got], state if kind == "lstm" else [state], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, step_logits[:, -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(whole_logits, step_logits[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_prime_file_samples_as_the_same_prime_given_inline(tmp_path: Path, tiny_run: Path):
+    """--prime-file FILE writes what --prime "$(cat FILE)" writes (CRLF read as the corpus was: LF); its
+    errors say nothing of training's --encoding or --bytes."""
+    from charnn.errors import DataError
+    from charnn.sample import read_prime
+
+    prime = tmp_path / "prime.txt"
+    prime.write_bytes(b"First Citizen:\r\nBefore we proceed")
+    inline = invoke("sample", tiny_run, "--prime", "First Citizen:\nBefore we proceed", "--length", "40",
+                    "--seed", "2")
+    from_file = invoke("sample", tiny_run, "--prime-file", prime, "--length", "40", "--seed", "2")
+    assert inline.exit_code == from_file.exit_code == 0
+    assert from_file.stdout == inline.stdout and from_file.stdout.startswith("First Citizen:\nBefore")
+    prime.write_bytes(b"ab\xffcd")
+    with pytest.raises(DataError, match="byte 2") as err:
+        read_prime(prime, VOCAB)
+    assert "--encoding" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("tuning", [MEASURED, PACK_ALL, Tuning(split_min_weight=0, sigmoid_tanh_work=0)])
+def test_an_int_id_steps_as_a_one_element_tensor(kind, precision, tuning):
+    """Every kernel variant takes one stream's id as an int (the list of calls, the table row as a bias, or
+    the general path where the packed kernel or bf16 cannot take that bias)."""
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(model=kind, layers=2, hidden=16, embed=8), len(VOCAB)).eval()
+    by_int = FastStepper(model, precision=precision, tuning=tuning)
+    by_tensor = FastStepper(model, precision=precision, tuning=tuning)
+    with torch.no_grad():
+        for i in (1, 4, 2, 7, 3, 3, 9):
+            torch.testing.assert_close(by_int.step(i), by_tensor.step(torch.tensor([i])), atol=1e-5, rtol=1e-5)

@@ -3,7 +3,9 @@ uvicorn server in a subprocess (streams, disconnects, signals). The HTTP tests s
 
 from __future__ import annotations
 
+import html
 import json
+import math
 import re
 import signal
 import socket
@@ -294,6 +296,9 @@ def test_score_is_charnn_eval_of_the_same_text(client, tmp_path):
     skipped = client.post("/v1/score", json={"text": "Fir\u00e9st", "skip_unknown": True}).json()
     assert skipped["unknown_chars"] == 1 and skipped["chars"] == 4
     assert client.post("/v1/score", json={"text": "F"}).json()["nats_per_char"] is None  # nothing to score
+    bits = client.post("/v1/score", json={"text": text, "per_char": True}).json()["bits"]  # each after the first
+    assert len(bits) == 399 and sum(bits) / 399 * math.log(2) == pytest.approx(want["nats_per_char"], rel=1e-5)
+    assert client.post("/v1/score", json={"text": "F", "per_char": True}).json()["bits"] == []
 
 
 @needs_http
@@ -436,3 +441,59 @@ def test_a_port_in_use_is_one_line(checkpoint):
                              capture_output=True, text=True, env=cli_env(), timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+# --- the playground page, served ------------------------------------------------------------------------
+
+@needs_http
+def test_served_playground_asks_the_server_and_writes_with_it(checkpoint, tmp_path):
+    """GET / is the export playground without weights: in a browser, its seeded text is `charnn sample`'s with
+    that seed, its Tab takes the likeliest character after the box's text, and it colours each by surprise."""
+    from tests.test_export import CHROMIUM, PROBE, open_url
+
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium")
+    import uvicorn
+    from fastapi.responses import HTMLResponse
+
+    from charnn.checkpoint import load_model
+    from charnn.serve import create_app
+
+    app = create_app(load_model(checkpoint), max_batch=4, max_length=500)
+
+    @app.get("/probed")
+    async def probed() -> HTMLResponse:  # the served page with the test's typing script
+        return HTMLResponse(app.state.page.replace("</body>", PROBE + "</body>"))
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: server.started, 20)
+        url = f"http://127.0.0.1:{port}"
+        import httpx
+
+        app.state.page = httpx.get(url + "/").text
+        assert '<script type="application/octet-stream" id="charnn-weights"></script>' in app.state.page
+        assert "connect-src 'self'" in app.state.page
+        got = open_url(url + "/", tmp_path / "profile", prime="First", length=80, seed=5, autorun=1)
+        want = sample_text(client_model(checkpoint), VOCAB, SampleConfig(length=80, seed=5, prime="First"))[0]
+        assert got["console"] == [] and 'data-done="1"' in got["attrs"] and "data-error" not in got["attrs"]
+        assert got["output"] == want
+
+        got = open_url(url + "/probed", tmp_path / "profile")
+        ids = torch.tensor([VOCAB.encode("\nFirst Citizen").tolist()])
+        with torch.no_grad():
+            best = int(client_model(checkpoint)(ids)[0][0, -1].argmax())
+        typed = json.loads(html.unescape(re.search(r'data-probed="([^"]*)"', got["dom"])[1]))
+        assert typed == "First Citizen" + chr(VOCAB.symbols[best])
+        predictions = re.search(r'<ol id="predictions"[^>]*>(.*?)</ol>', got["dom"], re.S)[1]
+        assert predictions.count("<li>") == 5 and "%" in predictions
+        view = re.search(r'<div id="surprise-view"[^>]*>(.*?)</div>', got["dom"], re.S)[1]
+        assert view.count("<span") == len(typed) and view.count("bits") == len(typed)
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -11,6 +11,7 @@ import os
 from importlib import resources
 from pathlib import Path
 from string import Template
+from typing import Any
 
 from charnn.checkpoint import LoadedModel
 from charnn.export.output import check_target, write_output
@@ -24,15 +25,21 @@ def asset(name: str) -> str:
     return resources.files("charnn.export").joinpath(name).read_text(encoding="utf-8")
 
 
-def build_page(loaded: LoadedModel, *, precision: str = "fp32") -> str:
-    """The playground page for a loaded model, as HTML text."""
-    weights = model_weights(loaded, precision)
-    spec = describe(loaded, weights)
+def build_page(loaded: LoadedModel, *, precision: str = "fp32", server: dict[str, Any] | None = None) -> str:
+    """The playground page for a loaded model, as HTML text.
+
+    With `server` (the serving limits, e.g. `{"max_length": 10000}`) it is the page `charnn serve` answers
+    `GET /` with: no weights; the server it came from runs the model (generation streamed from /v1/generate,
+    predictions from /v1/next, surprise from /v1/score), and its policy allows requests to that origin only.
+    """
+    weights = model_weights(loaded, precision) if server is None else None
+    spec = describe(loaded, weights) | ({"server": server} if server is not None else {})
     return Template(asset("playground.html")).substitute(
         title=html.escape(f"charnn playground · {spec['name']}"),
+        connect="" if server is None else "connect-src 'self'; ",
         css=asset("playground.css"),
         spec=page_json(spec),
-        weights=weights.base64(),  # base64 holds no `<`, `&` or quote
+        weights=weights.base64() if weights else "",  # base64 holds no `<`, `&` or quote
         model_js=asset("model.js"),
         page_js=asset("playground.js"),
     )

@@ -1,4 +1,5 @@
-"""Where an export goes: an existing file is kept unless `force`, and the new one is written atomically."""
+"""Where an export goes: an existing file is kept unless `force`, anything but a regular file (a device, a FIFO)
+is refused even with `force`, and the new one is written atomically."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 from pathlib import Path
 
 from charnn.errors import CharnnError
-from charnn.files import atomic_write
+from charnn.files import atomic_write, output_target
 
 
 class ExportTargetError(CharnnError):
@@ -19,6 +20,7 @@ def check_target(path: str | os.PathLike, *, force: bool) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ExportTargetError(f"{path} is a directory; give a file name")
+    output_target(path)  # /dev/null, a FIFO: refused before the work (OutputPathError), --force or not
     if path.exists() and not force:
         raise ExportTargetError(f"{path} exists; pass --force to overwrite it")
     if not path.parent.is_dir():

@@ -1,6 +1,7 @@
 /* The playground page's interface: the generator form and its automation parameters, the writing box (next-
    character predictions, Tab, Continue, surprise colours) and the model's description. The model is Charnn
-   (model.js). Text from the model or the user only ever enters the page as textContent, never as HTML. */
+   (model.js) in the page, or, on the page `charnn serve` serves (spec.server), the server's API. Text from the
+   model or the user only ever enters the page as textContent, never as HTML. */
 (function () {
   "use strict";
   const byId = function (id) { return document.getElementById(id); };
@@ -33,8 +34,9 @@
   function say(id, text) { const el = byId(id); el.hidden = !text; el.textContent = text || ""; }
 
   const spec = JSON.parse(byId("charnn-spec").textContent);
+  const served = spec.server || null;  // the page of `charnn serve`: its limits; the server runs the model
   const weights = byId("charnn-weights");
-  const model = new Charnn.Model(spec, Charnn.base64Bytes(weights.textContent));
+  const model = served ? null : new Charnn.Model(spec, Charnn.base64Bytes(weights.textContent));
   weights.textContent = "";  // the decoded tensors are kept; the base64 text can go
   const vocab = new Charnn.Vocab(spec.vocab);
   window.charnnDebug = {logits: [], openMs: performance.now()};
@@ -50,8 +52,10 @@
       " units, embedding " + c.embed + (extras.length ? ", " + extras.join(", ") : "") + "; " +
       spec.parameters.toLocaleString("en") + " parameters; " + loss;
     const rows = [["checkpoint", spec.checkpoint + " (step " + spec.step + ")"],
-                  ["vocabulary", model.V + (vocab.bytes ? " byte values (--bytes)" : " characters")],
-                  ["weights", spec.dtype + ", opened in " + (window.charnnDebug.openMs / 1000).toFixed(2) + " s"],
+                  ["vocabulary", vocab.symbols.length + (vocab.bytes ? " byte values (--bytes)" : " characters")],
+                  served ? ["runs on", "the server that sent this page (at most " +
+                            served.max_length.toLocaleString("en") + " characters a request)"]
+                    : ["weights", spec.dtype + ", opened in " + (window.charnnDebug.openMs / 1000).toFixed(2) + " s"],
                   ["trained with", spec.trained_with, true]];
     for (const r of rows) {
       const dt = document.createElement("dt"), dd = document.createElement("dd");
@@ -106,6 +110,87 @@
     (function next() { if (!job.tick(SLICE_STEPS)) later(next); })();
   };
 
+  Job.prototype.stop = function () { this.stopped = true; };
+
+  // --- the server, on the page it serves ------------------------------------------------------------------
+  // A POST to the API; a refusal throws its one-line message.
+  async function post(path, body, signal) {
+    const response = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json"},
+                                        body: body, signal: signal});
+    if (!response.ok) {
+      let message = "the server answered " + response.status;
+      try { message = (await response.json()).error || message; } catch (e) { /* not JSON */ }
+      throw new Error(message);
+    }
+    return response;
+  }
+
+  // The text before which generation and scoring start, as in the page: the start symbol (a newline) when it
+  // can be sent as text.
+  function startText() {
+    const s = vocab.symbols[vocab.startId()];
+    return !vocab.bytes || s < 0x80 ? String.fromCodePoint(s) : "";
+  }
+
+  // What of `text` the server can read: its characters whose symbols are all in the vocabulary, at most the
+  // last `limit` of them; `symbols` is the index in vocab.encode(text).ids of each symbol sent.
+  function readable(text, limit) {
+    const enc = vocab.encode(text), chars = [], symbols = [];
+    let k = 0;
+    for (const ch of text) {
+      const n = vocab.bytes ? vocab.encoder.encode(ch).length : 1, own = enc.ids.slice(k, k + n);
+      if (own.every(function (id) { return id >= 0; })) {
+        chars.push(ch);
+        for (let j = 0; j < n; j++) symbols.push(k + j);
+      }
+      k += n;
+    }
+    let from = Math.max(0, chars.length - limit), drop = 0;
+    for (let c = 0; c < from; c++) drop += vocab.bytes ? vocab.encoder.encode(chars[c]).length : 1;
+    return {text: chars.slice(from).join(""), symbols: symbols.slice(drop)};
+  }
+
+  // A generation streamed from /v1/generate (Server-Sent Events); the same interface as Job.
+  function ServerJob(o, prime, emit, end) {
+    this.o = o; this.prime = prime; this.emit = emit; this.end = end; this.error = null;
+    this.done = 0; this.stopped = false; this.started = performance.now(); this.controller = new AbortController();
+  }
+
+  ServerJob.prototype.stop = function () { this.stopped = true; this.controller.abort(); };
+
+  ServerJob.prototype.run = async function () {
+    const o = this.o, options = {prime: this.prime || null, length: o.length, temperature: o.temperature,
+                                 top_k: o.topK, top_p: o.topP, greedy: o.greedy, stream: true};
+    const body = '{"seed":' + o.seed + "," + JSON.stringify(options).slice(1);  // up to 2^63 - 1: not a double
+    try {
+      const response = await post("v1/generate", body, this.controller.signal);
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const part = await reader.read();
+        if (part.done) break;
+        buffer += part.value;
+        for (let cut; (cut = buffer.indexOf("\n\n")) >= 0; buffer = buffer.slice(cut + 2)) this.event(buffer.slice(0, cut));
+      }
+    } catch (err) {
+      if (err.name !== "AbortError") this.error = err.message;
+    }
+    this.end(this);
+  };
+
+  ServerJob.prototype.event = function (block) {
+    let name = "message", data = "";
+    for (const line of block.split("\n")) {
+      if (line.startsWith("event: ")) name = line.slice(7);
+      else if (line.startsWith("data: ")) data += line.slice(6);
+    }
+    if (!data) return;
+    const value = JSON.parse(data);
+    if (name === "message") { this.done += Array.from(value.text).length; this.emit(value.text); }
+    else if (name === "done" && !value.complete) this.stopped = true;
+    else if (name === "error") this.error = value.error;
+  };
+
   let generation = null;
   function recordDebug(logits) {
     if (window.charnnDebug.logits.length < DEBUG_STEPS) window.charnnDebug.logits.push(Array.from(logits));
@@ -116,6 +201,7 @@
     out.dataset.done = "1";
     generation = null;
     byId("run").disabled = false; byId("stop").disabled = true;
+    if (job && job.error) { say("message", job.error); out.dataset.error = "1"; }
     if (job) {
       const s = (performance.now() - job.started) / 1000, cps = s > 0 ? job.done / s : 0;
       out.dataset.cps = cps.toFixed(0);
@@ -128,7 +214,7 @@
   }
 
   function startGeneration(sync) {
-    if (generation) generation.stopped = true;
+    if (generation) generation.stop();
     const out = byId("output"), o = readOptions();
     out.dataset.done = "0"; delete out.dataset.error; out.textContent = ""; say("message", ""); say("speed", "");
     window.charnnDebug.logits = [];
@@ -140,19 +226,27 @@
       out.dataset.error = "1"; finishOutput(null); return;
     }
     const node = out.appendChild(document.createTextNode(o.prime));  // one text node: #output has no elements
+    const append = function (text) { node.appendData(text); };
+    byId("run").disabled = true; byId("stop").disabled = false;
+    if (served) {
+      generation = new ServerJob(o, o.prime, append, finishOutput);
+      generation.run();
+      return;
+    }
     const state = model.initialState();
     for (const id of enc.ids) recordDebug(model.step(state, id));  // the prime warms the state
-    byId("run").disabled = true; byId("stop").disabled = false;
-    generation = new Job(state, o, function (text) { node.appendData(text); }, finishOutput, recordDebug);
+    generation = new Job(state, o, append, finishOutput, recordDebug);
     generation.run(sync);
   }
 
   // --- the writing box ---------------------------------------------------------------------------------------
   const editor = byId("editor");
   const ed = {text: null, ids: [], at: [], unknown: [], bits: [], read: 0, saved: [], state: null, busy: false};
-  ed.state = model.initialState();
-  model.step(ed.state, vocab.startId());  // text in the box starts after a newline, as unprimed samples do
-  ed.saved = [model.copyState(ed.state)];
+  if (!served) {
+    ed.state = model.initialState();
+    model.step(ed.state, vocab.startId());  // text in the box starts after a newline, as unprimed samples do
+    ed.saved = [model.copyState(ed.state)];
+  }
 
   function surpriseBits(logits, id) {
     let max = -Infinity, total = 0;
@@ -203,8 +297,9 @@
     return !vocab.bytes ? String.fromCodePoint(s) : s < 0x80 ? String.fromCharCode(s) : null;  // a lone byte: none
   }
 
-  function showPredictions(state) {
-    const list = byId("predictions"), top = Charnn.topFive(state.logits);
+  // `top`: {top: the five likeliest ids, probs: id -> probability}
+  function showPredictions(top) {
+    const list = byId("predictions");
     list.replaceChildren();
     ed.top = top.top;
     for (const id of top.top) {
@@ -222,7 +317,7 @@
     view.replaceChildren();
     if (!byId("colour").checked) return;
     const bits = new Map();
-    ed.at.forEach(function (k, i) { bits.set(k, (bits.get(k) || 0) + ed.bits[i]); });
+    ed.at.forEach(function (k, i) { if (ed.bits[i] !== undefined) bits.set(k, (bits.get(k) || 0) + ed.bits[i]); });
     let k = 0;
     for (const ch of text) {
       if (k >= text.length - MAX_SHOWN) {
@@ -247,11 +342,41 @@
       ed.busy = true; later(editorWork); return;
     }
     say("write-message", ed.unknown.length ? "Not in the vocabulary, skipped: " + ed.unknown.map(shown).join(", ") : "");
-    showPredictions(stateAtCursor());
+    showPredictions(Charnn.topFive(stateAtCursor().logits));
     clearTimeout(renderTimer);
     renderTimer = setTimeout(renderSurprise, 150);
   }
-  function editorChanged() { if (!ed.busy) { ed.busy = true; later(editorWork); } }
+
+  // On the served page: the predictions at the cursor from /v1/next, the surprise of the text's last
+  // max_length characters from /v1/score; an answer that a newer edit overtook is dropped.
+  let asked = 0;
+  async function serverEditor() {
+    const ticket = ++asked, text = editor.value, limit = served.max_length - 1, enc = vocab.encode(text);
+    ed.text = text; ed.ids = enc.ids; ed.at = enc.at; ed.unknown = enc.unknown;
+    try {
+      const before = readable(text.slice(0, editor.selectionStart), limit).text;
+      const next = await (await post("v1/next", JSON.stringify({text: startText() + before, k: 5}))).json();
+      if (ticket !== asked) return;
+      const probs = new Float64Array(vocab.symbols.length), top = [];
+      for (const n of next.next) { const id = vocab.index.get(n.symbol); probs[id] = n.prob; top.push(id); }
+      showPredictions({top: top, probs: probs});
+      const sent = readable(text, limit);
+      const score = await (await post("v1/score", JSON.stringify({text: startText() + sent.text, per_char: true}))).json();
+      if (ticket !== asked) return;
+      ed.bits = enc.ids.map(function (id) { return id < 0 ? NaN : undefined; });
+      const got = score.bits.slice(-sent.symbols.length);  // without a start symbol, the first has none
+      sent.symbols.slice(sent.symbols.length - got.length).forEach(function (k, i) { ed.bits[k] = got[i]; });
+      say("write-message", ed.unknown.length ? "Not in the vocabulary, skipped: " + ed.unknown.map(shown).join(", ") : "");
+      clearTimeout(renderTimer);
+      renderTimer = setTimeout(renderSurprise, 150);
+    } catch (err) {
+      if (ticket === asked) say("write-message", err.message);
+    }
+  }
+  function editorChanged() {
+    if (served) { clearTimeout(ed.timer); ed.timer = setTimeout(serverEditor, 100); return; }  // a request per pause
+    if (!ed.busy) { ed.busy = true; later(editorWork); }
+  }
 
   function insert(text) {
     if (!text || editor.readOnly) return;
@@ -263,24 +388,30 @@
   function startContinue() {
     const o = readOptions();
     if (o.error) { say("write-message", o.error); return; }
-    editorSync();
-    while (!editorRead(SLICE_STEPS));  // caught up: the state at the cursor is at hand
     editor.readOnly = true; byId("continue").disabled = true; byId("continue-stop").disabled = false;
     let pos = editor.selectionStart;
     const emit = function (text) {
       editor.setRangeText(text, pos, pos, "end"); pos += text.length; editorChanged();
     };
-    continuing = new Job(stateAtCursor(), o, emit, function () {
+    const end = function (job) {
       continuing = null; editor.readOnly = false; byId("continue").disabled = false;
-      byId("continue-stop").disabled = true; editorChanged();
-    }, function () {});
+      byId("continue-stop").disabled = true; say("write-message", job.error || ""); editorChanged();
+    };
+    if (served) {
+      const before = readable(editor.value.slice(0, pos), served.max_length - 1).text;
+      continuing = new ServerJob(o, startText() + before, emit, end);
+    } else {
+      editorSync();
+      while (!editorRead(SLICE_STEPS));  // caught up: the state at the cursor is at hand
+      continuing = new Job(stateAtCursor(), o, emit, end, function () {});
+    }
     continuing.run(false);
   }
 
   function setUp() {
     describeModel();
     byId("gen-form").addEventListener("submit", function (e) { e.preventDefault(); startGeneration(false); });
-    byId("stop").addEventListener("click", function () { if (generation) generation.stopped = true; });
+    byId("stop").addEventListener("click", function () { if (generation) generation.stop(); });
     for (const ev of ["input", "click", "keyup", "select"]) editor.addEventListener(ev, editorChanged);
     editor.addEventListener("keydown", function (e) {
       if (e.key !== "Tab" || e.shiftKey || !ed.top || !ed.top.length || ed.busy) return;
@@ -288,7 +419,7 @@
       if (text) { e.preventDefault(); insert(text); }
     });
     byId("continue").addEventListener("click", startContinue);
-    byId("continue-stop").addEventListener("click", function () { if (continuing) continuing.stopped = true; });
+    byId("continue-stop").addEventListener("click", function () { if (continuing) continuing.stop(); });
     byId("colour").addEventListener("change", renderSurprise);
     const params = new URLSearchParams(location.search), fields = {prime: "prime", length: "length", seed: "seed",
       temperature: "temperature", top_k: "top-k", top_p: "top-p"};

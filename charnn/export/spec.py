@@ -96,8 +96,9 @@ def trained_with(loaded: LoadedModel) -> str:
     return shlex.join(args)
 
 
-def describe(loaded: LoadedModel, weights: Weights) -> dict[str, Any]:
-    """Everything the page needs besides the weight bytes: config, layout, vocabulary and provenance."""
+def describe(loaded: LoadedModel, weights: Weights | None) -> dict[str, Any]:
+    """Everything the page needs besides the weight bytes: config, layout, vocabulary and provenance (no
+    `tensors` without `weights`: a page that asks a server)."""
     cfg = loaded.model_cfg
     return {
         "name": loaded.path.parent.name or loaded.path.name,
@@ -111,6 +112,6 @@ def describe(loaded: LoadedModel, weights: Weights) -> dict[str, Any]:
         "vocab": {"symbols": list(loaded.vocab.symbols), "bytes": loaded.vocab.bytes_mode,
                   "names": symbol_names(loaded)},
         "trained_with": trained_with(loaded),
-        "tensors": weights.entries,
-        "dtype": weights.dtype,
+        "tensors": weights.entries if weights else [],
+        "dtype": weights.dtype if weights else None,
     }

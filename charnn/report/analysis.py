@@ -30,6 +30,7 @@ from charnn.inspect import (
     unit_series,
 )
 from charnn.memory import Memory, memory
+from charnn.textfile import open_input
 
 MAX_CHARS = 5000  # passage length shown by default
 MAX_ACTIVATION_BYTES = 3_000_000  # int8 activations embedded for the explorer; beyond it the passage is cut
@@ -45,14 +46,8 @@ SECTIONS = ("model", "train", "data", "corpus", "init_from", "plan")  # config.j
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Records of a .jsonl file; a missing file is empty. A line that is not a JSON object (torn by a crash
     mid-write, or edited) is skipped, with one warning for the file."""
-    if not _regular(path):
-        return []
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return []
     out, skipped = [], 0
-    for line in lines:
+    for line in _read(path).splitlines():
         try:
             record = json.loads(line)
         except (ValueError, RecursionError):
@@ -65,13 +60,18 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _regular(path: Path) -> bool:
-    """A file to read: not a FIFO (the read would block) nor a device; one that is there but is neither is
-    skipped with a warning."""
-    if path.is_file() or not path.exists():
-        return path.is_file()
-    _warn(path, "not a regular file; left out of the report")
-    return False
+def _read(path: Path) -> str:
+    """The text of a side file; "" when it is missing, or (with a warning) when it is there but is no regular
+    file (a FIFO would block the read, a device never end it) or cannot be read."""
+    if not os.path.lexists(path):
+        return ""
+    try:
+        f, _ = open_input(path)
+        with f:
+            return f.read().decode("utf-8", errors="replace")
+    except (DataError, OSError) as err:
+        _warn(path, f"left out of the report ({err})")
+        return ""
 
 
 def _skipped(path: Path, count: int, what: str) -> None:
@@ -145,11 +145,9 @@ def read_samples(run_dir: Path) -> list[dict[str, Any]]:
 def read_config(run_dir: Path) -> dict[str, Any]:
     """config.json, {} when missing or unreadable; a section that is not an object is dropped (with a warning)."""
     path = run_dir / "config.json"
-    if not _regular(path):
-        return {}
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        config = json.loads(_read(path) or "{}")
+    except (ValueError, RecursionError):
         return {}
     if not isinstance(config, dict):
         _warn(path, "not a JSON object; left out of the report")

@@ -17,7 +17,7 @@ from typing import Any
 
 from charnn.checkpoint import LoadedModel
 from charnn.errors import CharnnError, CharnnWarning, CheckpointWriteError, DataError
-from charnn.files import atomic_file
+from charnn.files import atomic_file, output_target
 from charnn.report.analysis import (
     MAX_CHARS,
     Analysis,
@@ -116,11 +116,12 @@ def build_report(run_dir: str | os.PathLike, *, text: str | os.PathLike | None =
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, **kw) -> Path:
     """Build the report and write it atomically (default `RUN/report.html`); returns the path written."""
-    page = build_report(run_dir, **kw)
     run = Path(run_dir)
     path = Path(out) if out is not None else (run.parent if run.is_file() else run) / "report.html"
     if path.is_dir():
         path = path / "report.html"
+    output_target(path)  # a device or a FIFO is refused before the work, and again at the write
+    page = build_report(run_dir, **kw)
     try:
         with atomic_file(path) as f:
             f.write(page.encode("utf-8"))

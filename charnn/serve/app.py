@@ -22,11 +22,11 @@ from charnn.checkpoint import LoadedModel
 from charnn.config import to_dict
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
+from charnn.export.html import build_page
 from charnn.model import num_parameters
 from charnn.sample import default_prime
 from charnn.serve.engine import Engine
 from charnn.serve.jobs import Job, Output, ServerBusy
-from charnn.serve.page import index_page
 from charnn.serve.schemas import (
     GenerateRequest,
     GenerateResponse,
@@ -204,15 +204,16 @@ def _routes(app: FastAPI, loaded: LoadedModel, *, max_batch: int, max_length: in
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await _collect(job, request)
 
-    @app.post("/v1/score", response_model=ScoreResponse)
+    @app.post("/v1/score", response_model=ScoreResponse, response_model_exclude_unset=True)
     async def score(body: ScoreRequest, request: Request) -> dict:
         _check_length("text", len(body.text), max_length)
         ids, unknown = text_ids(as_file_text(body.text, loaded.data_cfg), vocab, what="text",
                                 skip_unknown=body.skip_unknown)
         segment = loaded.eval_segment
         res = await _on_engine(request, lambda: evaluate_ids(model, ids, segment=segment))
-        figures = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in res.as_dict().items()}
-        return {**figures, "unknown_chars": unknown}
+        figures = {k: _finite(v) if isinstance(v, float) else v for k, v in res.as_dict().items()}
+        bits = await _on_engine(request, lambda: _surprise(model, ids.tolist())) if body.per_char else None
+        return {**figures, "unknown_chars": unknown, **({"bits": bits} if body.per_char else {})}
 
     @app.post("/v1/next", response_model=NextResponse)
     async def next_chars(body: NextRequest, request: Request) -> dict:
@@ -223,9 +224,12 @@ def _routes(app: FastAPI, loaded: LoadedModel, *, max_batch: int, max_length: in
         return {"next": [{"char": _char(vocab, i), "symbol": vocab.symbols[i], "prob": p}
                          for p, i in zip(probs, top, strict=True)]}
 
+    page = build_page(loaded, server={"max_length": max_length, "max_batch": max_batch})
+
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
-        return HTMLResponse(index_page(loaded))
+        """The playground page of `charnn export`, asking this server instead of holding the weights."""
+        return HTMLResponse(page)
 
 
 async def _on_engine(request: Request, fn: Any) -> Any:
@@ -240,6 +244,23 @@ def _next(model: Any, ids: list[int], k: int) -> tuple[list[float], list[int]]:
         logits, _ = model(torch.tensor([ids], device=model.head.weight.device))
         top = logits[0, -1].float().softmax(-1).topk(k)
     return top.values.tolist(), top.indices.tolist()
+
+
+def _surprise(model: Any, ids: list[int]) -> list[float | None]:
+    """Each symbol's surprise in bits, -log2 p(symbol | the symbols before it), from the second symbol on."""
+    import torch
+
+    if len(ids) < 2:
+        return []
+    with torch.inference_mode():
+        logits, _ = model(torch.tensor([ids], device=model.head.weight.device))
+        logp = logits[0, :-1].float().log_softmax(-1)
+        nats = -logp.gather(1, torch.tensor(ids[1:], device=logp.device)[:, None])[:, 0]
+    return [_finite(b) for b in (nats / math.log(2)).tolist()]
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def _char(vocab: Any, i: int) -> str:

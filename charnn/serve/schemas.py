@@ -51,6 +51,8 @@ class ScoreRequest(Strict):
     text: str = Field(description="Text to score, as `charnn eval` scores a file holding it.")
     skip_unknown: bool = Field(False, description="Drop characters outside the vocabulary (counted) instead "
                                                   "of refusing the text.")
+    per_char: bool = Field(False, description="Also each symbol's surprise in bits, from the second on "
+                                              "(`bits`): what the playground colours.")
 
 
 class NextRequest(Strict):
@@ -69,6 +71,7 @@ class ScoreResponse(BaseModel):
     bits_per_char: float | None
     perplexity: float | None
     unknown_chars: int
+    bits: list[float | None] | None = None
 
 
 class NextChar(BaseModel):
