@@ -1,137 +1,26 @@
 """Typed, frozen configuration: data decoding, model shape, training, sampling, and the presets.
 
-Defaults, bounds and help text are defined once here; the CLI reads them. Validation happens in
-`__post_init__`, so an object that exists is a valid one. No torch import: this module is cheap.
+Defaults, bounds and help text are defined once here (with `charnn.fields.opt`); the CLI reads them.
+Validation happens in `__post_init__`, so an object that exists is a valid one. No torch import: this module is
+cheap.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
-import math
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from charnn.errors import ConfigError
+from charnn.fields import check_fields as check_fields  # re-exported: the configs' fields and their checks
+from charnn.fields import default_of as default_of
+from charnn.fields import from_dict as from_dict
+from charnn.fields import opt, validate
+from charnn.fields import to_dict as to_dict
 
 MODEL_KINDS = ("lstm", "gru", "rnn")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # fp16: CUDA only, with loss scaling
 SAMPLE_PRECISIONS = ("fp32", "bf16")  # sampling has no "auto": fp32 unless asked, so paths give the same text
 BACKENDS = ("auto", "nccl", "gloo")  # torch.distributed, under torchrun
-
-
-def opt(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-        choices: tuple[str, ...] | None = None, gt: float | None = None, panel: str | None = None,
-        flags: tuple[str, ...] | None = None, metavar: str | None = None, shown: str | None = None,
-        parser_checks: bool = False) -> Any:
-    """A dataclass field with its help text and bounds, checked by `_validate` and shown by the CLI.
-
-    A field with a `panel` is a command-line option, listed under that heading of `--help` (charnn.cli_options
-    builds it): `flags` are its spellings (default `--field-name`), `metavar` the placeholder for its value,
-    `shown` the default to print where the field's own is None. With `parser_checks` the command-line parser
-    refuses a bad choice or a value under `min` before the config sees it (its own error wording).
-    """
-    meta = {"help": help, "min": min, "max": max, "choices": choices, "gt": gt, "panel": panel, "flags": flags,
-            "metavar": metavar, "shown": shown, "parser_checks": parser_checks}
-    return field(default=default, metadata=meta)
-
-
-def _validate(obj: Any) -> None:
-    check_fields(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
-
-
-def check_fields(cls: type, values: dict[str, Any], *, where: str | None = None) -> None:
-    """Each value (None: not given) against its field's type, choices and bounds (those of `cls`), before any
-    config is built. Errors name the command-line flag, or `where.field` when `where` is given (a file's
-    section)."""
-    for f in dataclasses.fields(cls):
-        value = values.get(f.name)
-        if value is None:
-            continue
-        label = f"{where}.{f.name}" if where else "--" + f.name.replace("_", "-")
-        _check_type(cls, f.name, value, label)
-        meta = f.metadata
-        if not meta:
-            continue
-        if meta.get("choices") and value not in meta["choices"]:
-            raise ConfigError(f"{label} must be one of {', '.join(meta['choices'])}, not {value!r}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{label} must be a finite number, not {value}")
-            if meta.get("min") is not None and value < meta["min"]:
-                raise ConfigError(f"{label} must be at least {meta['min']}, not {value}")
-            if meta.get("max") is not None and value > meta["max"]:
-                raise ConfigError(f"{label} must be at most {meta['max']}, not {value}")
-            if meta.get("gt") is not None and value <= meta["gt"]:
-                raise ConfigError(f"{label} must be greater than {meta['gt']}, not {value}")
-
-
-_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-
-
-@functools.cache
-def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
-    """Each field's accepted types, from its annotation: `int | None` -> (int, NoneType)."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: typing.get_args(hints[f.name]) or (hints[f.name],) for f in dataclasses.fields(cls)}
-
-
-def _check_type(cls: type, name: str, value: Any, label: str) -> None:
-    """The value has its field's type exactly: a bool is not an int (nor a number), "32" is not an int, and
-    neither is 32.0 (strict: a hand-edited file is refused rather than guessed at). An int is a float."""
-    types = _field_types(cls)[name]
-    if not any(_is(value, t) for t in types):
-        kinds = " or ".join(_KINDS.get(t, "null" if t is type(None) else t.__name__) for t in types)
-        raise ConfigError(f"{label} must be {kinds}, not {json.dumps(value, default=repr)}")
-
-
-def _is(value: Any, t: type) -> bool:
-    if t is type(None):
-        return value is None
-    if t is bool:
-        return isinstance(value, bool)
-    if t is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if t is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return not isinstance(t, type) or isinstance(value, t)  # a generic (dict[str, Any]): not checked here
-
-
-def default_of(cls: type, name: str) -> Any:
-    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def from_dict(cls: type, data: Any, *, where: str | None = None) -> Any:
-    """Build `cls` from parsed JSON: unknown keys are ignored (older and newer files), missing ones take their
-    defaults, and each value must have its field's type exactly (see `_check_type`; null only where the field
-    may be None) and pass the command line's bounds. ConfigError names `where.field` (default: the class)."""
-    where = where or cls.__name__
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a JSON object, not {type(data).__name__ if data is not None else 'null'}")
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        if value is None and type(None) not in _field_types(cls)[f.name]:
-            raise ConfigError(f"{where}.{f.name} must not be null")
-        if isinstance(value, int) and not isinstance(value, bool) and float in _field_types(cls)[f.name]:
-            try:
-                value = float(value)  # a hand-written 1 for 1.0
-            except OverflowError:  # 400 digits
-                raise ConfigError(f"{where}.{f.name} must be a finite number, not {len(str(value))} digits") from None
-        values[f.name] = value
-    check_fields(cls, values, where=where)
-    try:
-        return cls(**values)
-    except ConfigError as err:  # a rule between fields (e.g. --min-lr above --lr)
-        raise ConfigError(f"{where}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -152,7 +41,7 @@ class DataConfig:
                            panel="Data")
 
     def __post_init__(self) -> None:
-        _validate(self)
+        validate(self)
         if self.val_frac + self.test_frac >= 0.9:
             raise ConfigError("--val-frac plus --test-frac must leave at least 10% for training")
         if not self.bytes_mode:
@@ -192,7 +81,7 @@ class ModelConfig:
                                 min=0.0, max=0.9, panel="Model")
 
     def __post_init__(self) -> None:
-        _validate(self)
+        validate(self)
         if self.tie_weights and self.embed != self.hidden:
             raise ConfigError(f"--tie-weights needs --embed equal to --hidden (--embed {self.embed}, "
                               f"--hidden {self.hidden})")
@@ -247,7 +136,7 @@ class TrainConfig:
     max_bad_steps: int = opt(10, "Stop with exit 3 after this many non-finite losses in a row.", min=1)
 
     def __post_init__(self) -> None:
-        _validate(self)
+        validate(self)
         if self.min_lr is not None and self.min_lr > self.lr:
             raise ConfigError(f"--min-lr ({self.min_lr}) must not exceed --lr ({self.lr})")
 
@@ -279,7 +168,7 @@ class SampleConfig:
                          choices=SAMPLE_PRECISIONS, panel="Hardware", parser_checks=True)
 
     def __post_init__(self) -> None:
-        _validate(self)
+        validate(self)
         if self.beam is not None:
             if self.greedy or self.top_k is not None or self.top_p is not None:
                 raise ConfigError("--beam searches the model's own probabilities: drop --greedy (--beam 1 is "

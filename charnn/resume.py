@@ -1,30 +1,118 @@
-"""Continuing a run: the newest checkpoint whose files verify and whose training state fits this run, applied
-to the model, the optimizer, the loss scaler, the RNGs and the streams' hidden state. Not which configs a
-resumed run trains with (`charnn.rundir.resume_configs`) nor the loop it continues (`charnn.trainloop`).
+"""Continuing a run: the configs it continues with (its config.json, with the training options the user
+changed), and the newest checkpoint whose files verify and whose training state fits this run, applied to the
+model, the optimizer, the loss scaler, the RNGs and the streams' hidden state. Not the loop it continues
+(`charnn.trainloop`) nor how the run directory is laid out (`charnn.rundir`).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from charnn.checkpoint import LoadedModel
-from charnn.config import ModelConfig, TrainConfig
+from charnn.checkpoint import LoadedModel, load_model, load_state
+from charnn.config import DataConfig, ModelConfig, TrainConfig, from_dict, overlay_train
 from charnn.data import Corpus
 from charnn.distributed import DistInfo, rank_rows
-from charnn.errors import CharnnWarning, CheckpointError
+from charnn.errors import CharnnWarning, CheckpointError, ConfigError, DataError, ResumeMismatchError
 from charnn.model import CharRNN
-from charnn.rundir import check_same_run, latest_resumable, state_path
+from charnn.rundir import list_checkpoints, state_path
 from charnn.runtime import set_rng_state
+from charnn.textfile import open_input
 from charnn.trainloop import LoopState
 from charnn.trainstep import load_optimizer_state, set_lr
 
 # The options that decide which text each row of a batch holds (`charnn.batches.StreamBatcher`).
 LAYOUT = ("batch_size", "seq_len", "seed")
+T = TypeVar("T")
+
+
+def check_same_run(loaded: LoadedModel, model_cfg: ModelConfig, vocab, corpus_sha256: str) -> None:
+    if loaded.corpus_sha256 != corpus_sha256:
+        raise ResumeMismatchError("--resume: the corpus differs from the one this run was trained on "
+                                  "(sha256 mismatch); resume with the original file or start a new run")
+    if loaded.vocab != vocab:
+        raise ResumeMismatchError("--resume: the vocabulary differs from the run's")
+    if loaded.model_cfg != model_cfg:
+        raise ResumeMismatchError(f"--resume: the model config differs from the run's ({loaded.model_cfg})")
+
+
+
+def resume_configs(run_dir: str | os.PathLike, *, model_overrides: dict[str, Any],
+                   train_overrides: dict[str, Any], data_overrides: dict[str, Any]
+                   ) -> tuple[ModelConfig, TrainConfig, DataConfig, str]:
+    """The configs a resumed run continues with: the run's own (config.json), with training options the
+    user changed. A changed model or data option is refused (it would silently train something else).
+    A hand-edited or damaged config.json is refused with one ConfigError naming the file and the field.
+    """
+    path = Path(run_dir) / "config.json"
+    try:
+        f, _ = open_input(path)  # a regular file only: a FIFO planted there must not hang the resume
+        with f:
+            saved = json.loads(f.read().decode("utf-8"))
+    except (DataError, OSError, ValueError, RecursionError):
+        raise CheckpointError(f"{run_dir}: not a charnn run directory (config.json missing or unreadable)") from None
+    try:
+        model_cfg, data_cfg, train_dict, corpus = _saved_sections(saved)
+        for cfg, overrides, what in ((model_cfg, model_overrides, "model"), (data_cfg, data_overrides, "data")):
+            for key, value in overrides.items():
+                if value is not None and getattr(cfg, key) != value:
+                    raise ResumeMismatchError(
+                        f"--resume: this run was trained with {key}={getattr(cfg, key)!r}, not {value!r}; "
+                        f"{what} options cannot change on resume (start a new run instead)")
+        train_cfg = from_dict(TrainConfig, overlay_train(train_dict, train_overrides), where="train")
+    except ResumeMismatchError:
+        raise
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err} (the file was edited or damaged)") from None
+    return model_cfg, train_cfg, data_cfg, corpus
+
+
+def _saved_sections(saved: Any) -> tuple[ModelConfig, DataConfig, dict[str, Any], str]:
+    """config.json's model and data configs, its training options and its corpus path, each checked."""
+    if not isinstance(saved, dict):
+        raise ConfigError("not a JSON object")
+    for section in ("model", "train", "data", "corpus"):
+        if not isinstance(saved.get(section), dict):
+            raise ConfigError(f"{section} must be a JSON object, not {json.dumps(saved.get(section))[:40]}")
+    corpus = saved["corpus"].get("path")
+    if not isinstance(corpus, str) or not corpus:
+        raise ConfigError(f"corpus.path must be the corpus file's path, not {json.dumps(corpus)[:40]}")
+    return (from_dict(ModelConfig, saved["model"], where="model"), from_dict(DataConfig, saved["data"], where="data"),
+            saved["train"], corpus)
+
+
+def _pair(loaded: LoadedModel, state: dict[str, Any]) -> tuple[LoadedModel, dict[str, Any]]:
+    return loaded, state
+
+
+def latest_resumable(run_dir: Path, apply: Callable[[LoadedModel, dict[str, Any]], T] = _pair) -> T:
+    """`apply(model, state)` of the newest checkpoint whose model and state both verify and whose `apply` raises
+    no CheckpointError (by default the pair itself); older ones are tried with a warning."""
+
+    def load(path: Path) -> T:
+        loaded = load_model(path)
+        if loaded.meta.state_sha256 is None:
+            raise CheckpointError(f"{path}: has no training state to resume from")
+        return apply(loaded, load_state(state_path(path), loaded.meta.state_sha256))
+
+    errors = []
+    for path in list_checkpoints(run_dir)[::-1]:  # continuing is the point: an older good one will do
+        try:
+            return load(path)
+        except ResumeMismatchError:  # another run's corpus or model: an older checkpoint differs the same way
+            raise
+        except CheckpointError as err:
+            errors.append(str(err))
+            warnings.warn(f"{err}; falling back to an earlier checkpoint", CharnnWarning, stacklevel=5)
+    reason = f" ({errors[-1]})" if errors else ""
+    raise CheckpointError(f"{run_dir}: no checkpoint to resume from{reason}")
 
 
 def resume(run_dir: Path, model: CharRNN, optimizer: torch.optim.Optimizer, *, cfg: TrainConfig, data: Corpus,
@@ -94,4 +182,4 @@ def carried_hidden(state: dict[str, Any], model_cfg: ModelConfig, cfg: TrainConf
     return tensors
 
 
-__all__ = ["LAYOUT", "carried_hidden", "resume"]
+__all__ = ["LAYOUT", "carried_hidden", "check_same_run", "latest_resumable", "resume", "resume_configs"]

@@ -1,8 +1,8 @@
 """The run directory: where training writes its checkpoints (`step-NNNNNNNN.safetensors` beside its resume
-state) and readable sidecars (config.json, vocab.json), and how a later command finds, chooses, prunes and
-resumes them.
+state) and readable sidecars (config.json, vocab.json), and how a later command finds, chooses and prunes them.
 
-What is inside one model file, and how it is verified, is `charnn.checkpoint`'s work.
+What is inside one model file, and how it is verified, is `charnn.checkpoint`'s work; continuing a run is
+`charnn.resume`'s.
 """
 
 from __future__ import annotations
@@ -12,28 +12,22 @@ import json
 import math
 import os
 import re
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from charnn.checkpoint import LoadedModel, load_model, load_state, model_bytes, read_meta, state_bytes
-from charnn.config import DataConfig, ModelConfig, TrainConfig, from_dict, overlay_train, to_dict
+from charnn.checkpoint import LoadedModel, load_model, model_bytes, read_meta, state_bytes
+from charnn.config import DataConfig, ModelConfig, TrainConfig, to_dict
 from charnn.data import Corpus, Vocab
 from charnn.distributed import DistInfo
 from charnn.errors import (
-    CharnnWarning,
     CheckpointError,
     CheckpointWriteError,
-    ConfigError,
-    DataError,
-    ResumeMismatchError,
 )
 from charnn.files import LineLog, atomic_write
 from charnn.model import CharRNN
-from charnn.textfile import open_input
 from charnn.version import __version__
 
 CKPT_RE = re.compile(r"^step-(\d{8,})\.safetensors$")
@@ -149,16 +143,6 @@ def open_logs(run_dir: Path, dist: DistInfo) -> tuple[LineLog, LineLog]:
     return metrics, samples
 
 
-def check_same_run(loaded: LoadedModel, model_cfg: ModelConfig, vocab, corpus_sha256: str) -> None:
-    if loaded.corpus_sha256 != corpus_sha256:
-        raise ResumeMismatchError("--resume: the corpus differs from the one this run was trained on "
-                                  "(sha256 mismatch); resume with the original file or start a new run")
-    if loaded.vocab != vocab:
-        raise ResumeMismatchError("--resume: the vocabulary differs from the run's")
-    if loaded.model_cfg != model_cfg:
-        raise ResumeMismatchError(f"--resume: the model config differs from the run's ({loaded.model_cfg})")
-
-
 # --- finding and choosing -----------------------------------------------------------------------------------
 
 def _vanished(path: Path) -> bool:
@@ -270,76 +254,3 @@ def load_run(target: str | os.PathLike | None = None, *, which: str = "best",
                 continue
             raise CheckpointError(f"{err}; it is the run's {which} checkpoint; "
                                   f"{_instead(path, list_checkpoints(target), which, which_flag)}") from None
-
-
-# --- resuming -------------------------------------------------------------------------------------------
-
-def resume_configs(run_dir: str | os.PathLike, *, model_overrides: dict[str, Any],
-                   train_overrides: dict[str, Any], data_overrides: dict[str, Any]
-                   ) -> tuple[ModelConfig, TrainConfig, DataConfig, str]:
-    """The configs a resumed run continues with: the run's own (config.json), with training options the
-    user changed. A changed model or data option is refused (it would silently train something else).
-    A hand-edited or damaged config.json is refused with one ConfigError naming the file and the field.
-    """
-    path = Path(run_dir) / "config.json"
-    try:
-        f, _ = open_input(path)  # a regular file only: a FIFO planted there must not hang the resume
-        with f:
-            saved = json.loads(f.read().decode("utf-8"))
-    except (DataError, OSError, ValueError, RecursionError):
-        raise CheckpointError(f"{run_dir}: not a charnn run directory (config.json missing or unreadable)") from None
-    try:
-        model_cfg, data_cfg, train_dict, corpus = _saved_sections(saved)
-        for cfg, overrides, what in ((model_cfg, model_overrides, "model"), (data_cfg, data_overrides, "data")):
-            for key, value in overrides.items():
-                if value is not None and getattr(cfg, key) != value:
-                    raise ResumeMismatchError(
-                        f"--resume: this run was trained with {key}={getattr(cfg, key)!r}, not {value!r}; "
-                        f"{what} options cannot change on resume (start a new run instead)")
-        train_cfg = from_dict(TrainConfig, overlay_train(train_dict, train_overrides), where="train")
-    except ResumeMismatchError:
-        raise
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err} (the file was edited or damaged)") from None
-    return model_cfg, train_cfg, data_cfg, corpus
-
-
-def _saved_sections(saved: Any) -> tuple[ModelConfig, DataConfig, dict[str, Any], str]:
-    """config.json's model and data configs, its training options and its corpus path, each checked."""
-    if not isinstance(saved, dict):
-        raise ConfigError("not a JSON object")
-    for section in ("model", "train", "data", "corpus"):
-        if not isinstance(saved.get(section), dict):
-            raise ConfigError(f"{section} must be a JSON object, not {json.dumps(saved.get(section))[:40]}")
-    corpus = saved["corpus"].get("path")
-    if not isinstance(corpus, str) or not corpus:
-        raise ConfigError(f"corpus.path must be the corpus file's path, not {json.dumps(corpus)[:40]}")
-    return (from_dict(ModelConfig, saved["model"], where="model"), from_dict(DataConfig, saved["data"], where="data"),
-            saved["train"], corpus)
-
-
-def _pair(loaded: LoadedModel, state: dict[str, Any]) -> tuple[LoadedModel, dict[str, Any]]:
-    return loaded, state
-
-
-def latest_resumable(run_dir: Path, apply: Callable[[LoadedModel, dict[str, Any]], T] = _pair) -> T:
-    """`apply(model, state)` of the newest checkpoint whose model and state both verify and whose `apply` raises
-    no CheckpointError (by default the pair itself); older ones are tried with a warning."""
-
-    def load(path: Path) -> T:
-        loaded = load_model(path)
-        if loaded.meta.state_sha256 is None:
-            raise CheckpointError(f"{path}: has no training state to resume from")
-        return apply(loaded, load_state(state_path(path), loaded.meta.state_sha256))
-
-    errors = []
-    for path in list_checkpoints(run_dir)[::-1]:  # continuing is the point: an older good one will do
-        try:
-            return load(path)
-        except ResumeMismatchError:  # another run's corpus or model: an older checkpoint differs the same way
-            raise
-        except CheckpointError as err:
-            errors.append(str(err))
-            warnings.warn(f"{err}; falling back to an earlier checkpoint", CharnnWarning, stacklevel=5)
-    reason = f" ({errors[-1]})" if errors else ""
-    raise CheckpointError(f"{run_dir}: no checkpoint to resume from{reason}")

@@ -35,11 +35,8 @@ from charnn.finetune import load_start, start_corpus, start_request, start_weigh
 from charnn.model import CharRNN, num_parameters
 from charnn.planning import CorpusFacts, Plan, PlanRequest, make_plan
 from charnn.resume import resume as resume_run
-from charnn.rundir import (
-    open_logs,
-    resume_configs,
-    write_run_files,
-)
+from charnn.resume import resume_configs
+from charnn.rundir import open_logs, write_run_files
 from charnn.runlock import claim_run, new_run_dir
 from charnn.runtime import (
     check_ram,

@@ -611,7 +611,8 @@ def test_runs_sighup_saves_a_checkpoint_and_exits_129(tmp_path: Path):
     import signal
     import time
 
-    from charnn.rundir import latest_resumable, list_checkpoints
+    from charnn.resume import latest_resumable
+    from charnn.rundir import list_checkpoints
 
     corpus = tmp_path / "tiny.txt"
     corpus.write_text(TINY_TEXT, encoding="utf-8")

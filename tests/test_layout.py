@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.conftest import PYTHON, cli_env
 
 # A package (report/, serve/) is one entry: its modules may import each other.
-ORDER = ["version", "errors", "terminal", "files", "config", "planning", "devicecheck", "threads", "runtime",
+ORDER = ["version", "errors", "terminal", "files", "fields", "config", "planning", "devicecheck", "threads", "runtime",
          "distributed", "textfile", "data", "batches", "corpus_cache", "model", "meta", "checkpoint", "rundir",
          "runlock", "finetune", "stepplan", "stepper", "graphstep", "sample", "beam", "evaluate", "inspect",
          "memory", "schedule", "trainstep", "trainloop", "resume", "train", "progress", "report", "export", "serve",

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import charnn.resume as resume
 import charnn.rundir as rundir
 from charnn.checkpoint import load_model
 from charnn.config import DataConfig, ModelConfig, TrainConfig
@@ -194,7 +195,7 @@ def test_resume_refuses_changed_corpus_vocab_or_model(run_dir: Path, tmp_path: P
     loaded = load_model(run_dir / "step-00000020.safetensors")
     other = encode_file(corpus, DataConfig(bytes_mode=True))
     with pytest.raises(ResumeMismatchError, match="vocabulary"):
-        rundir.check_same_run(loaded, SMALL_MODEL, other.vocab, loaded.corpus_sha256)
+        resume.check_same_run(loaded, SMALL_MODEL, other.vocab, loaded.corpus_sha256)
     # Through the CLI: exit 2, one line; training options may change.
     res = invoke("train", "--resume", str(run_dir), "--hidden", "64")
     assert res.exit_code == 2 and "cannot change on resume" in one_error_line(res)
