@@ -7,13 +7,13 @@ Not the sampling itself (charnn.sample); no torch import here.
 from __future__ import annotations
 
 import codecs
-import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from charnn.cli_run import discard_stdout
 from charnn.errors import CharnnError, CheckpointWriteError, ConfigError
 from charnn.terminal import for_terminal
 
@@ -24,7 +24,7 @@ STREAM_CHUNK, STREAM_WAIT = 1024, 0.05  # one stream is written every 1024 chara
 def stdout_error(err: OSError | UnicodeError) -> CharnnError:
     """The one-line error for a failed write to stdout: a full or failing device is a failed write (exit 4), an
     encoding that cannot carry the text a user error (exit 2). What is still buffered is discarded."""
-    _discard_stdout()
+    discard_stdout()
     if isinstance(err, UnicodeEncodeError):
         bad = err.object[err.start]
         return ConfigError(f"stdout's encoding ({err.encoding}) cannot write {bad!r} (U+{ord(bad):04X}); set "
@@ -42,18 +42,6 @@ def stdout_errors() -> Iterator[None]:
         raise
     except (OSError, UnicodeEncodeError) as err:
         raise stdout_error(err) from None
-
-
-def _discard_stdout() -> None:
-    """Point stdout at the null device, so that what is still buffered cannot fail again at exit (the idiom the
-    Python docs give for SIGPIPE)."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # no stdout, or not a file (a test's capture)
-        return
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, fd)
-    os.close(null)
 
 
 def _stdout():

@@ -6,6 +6,8 @@ Not the commands (charnn.cli). Anything that is not a `CharnnError` is a bug and
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import sys
 import warnings
@@ -74,10 +76,36 @@ class OneLineErrors(_PlainRows, TyperGroup):
         except _CLICK_EXCEPTION as err:
             typer.echo(f"error: {err.format_message()}", err=True)
             code = err.exit_code
+        except BrokenPipeError:  # `charnn --help | head`: the reader left
+            discard_stdout()
+            code = 0
+        except OSError as err:
+            if err.errno not in _WRITE_FAILURES:
+                raise
+            discard_stdout()  # what is still buffered must not fail again at exit
+            say(f"error: cannot write the output: {err.strerror or err}")
+            code = 4
         code = code if isinstance(code, int) else 0
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+# How writing to a full or failing device ends: what click's own --help and --version meet on `> /dev/full`
+# (a command's own writes turn these into their error first).
+_WRITE_FAILURES = {errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT, errno.EBADF}
+
+
+def discard_stdout() -> None:
+    """Point stdout at the null device, so that what is still buffered cannot fail again at exit (the idiom the
+    Python docs give for SIGPIPE)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no stdout, or not a file (a test's capture)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
 
 
 def say(message: str) -> None:

@@ -815,6 +815,16 @@ def test_output_stdout_full_or_closed(world: Path, command: list[str], closed: b
     check_one_error(proc.returncode, "", proc.stderr, 4, "it is closed" if closed else "no space left")
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["sample", "--help"]])
+def test_output_help_and_version_to_a_full_device(args: list[str]):
+    """What click writes itself, before a command runs: one line and exit 4 too, never a traceback."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([PYTHON, "-m", "charnn", *args], env=cli_env(), stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    check_one_error(proc.returncode, "", proc.stderr, 4, "cannot write the output: no space left")
+
+
 def test_output_stdout_full_in_process(monkeypatch):
     import errno
     import io
