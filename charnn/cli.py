@@ -194,7 +194,8 @@ def sample_cmd(
             beams = beam_search(loaded.model, loaded.vocab, cfg.prime, cfg.beam, cfg.length, precision=cfg.precision)
             write_beams(beams[: cfg.num_samples], out, say=say)
             return
-        write_generation(generate(loaded.model, loaded.vocab, cfg), out, num_samples=cfg.num_samples)
+        write_generation(generate(loaded.model, loaded.vocab, cfg), out, num_samples=cfg.num_samples,
+                         length=cfg.length)
 
     run_command(body)
 

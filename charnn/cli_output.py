@@ -118,20 +118,28 @@ class SampleWriter:
             self.out.flush()
 
 
-def write_generation(gen: Any, out: SampleWriter, *, num_samples: int) -> None:
-    """One sample streams as it is drawn; several are collected and written one after the other."""
+def write_generation(gen: Any, out: SampleWriter, *, num_samples: int, length: int) -> None:
+    """One sample streams as it is drawn; several are held (4 bytes a symbol, refused with exit 5 beyond the RAM
+    free here) and written one after the other."""
     if num_samples == 1:
         out.write(gen.prime)
         _stream(gen.steps, out)
     else:
-        rows = [list(gen.prime) for _ in range(num_samples)]
+        import torch
+
+        from charnn.runtime import check_ram
+
+        check_ram(4 * num_samples * length, f"{num_samples:,} samples of {length:,} characters",
+                  fix="ask for fewer --num-samples or a shorter --length")
+        held = torch.empty(num_samples, length, dtype=torch.int32)
+        done = 0
         for ids in gen.steps:
-            for row, i in zip(rows, ids.tolist(), strict=True):
-                row.append(i)
-        for k, row in enumerate(rows):
+            held[:, done] = ids
+            done += 1
+        for k in range(num_samples):
             if k:
                 out.write_text(SEPARATOR)
-            out.write(row)
+            out.write(list(gen.prime) + held[k, :done].tolist())
     out.write_text("\n")
     out.flush()
 

@@ -172,6 +172,8 @@ CATALOGUE = [
     ("sample: --length -1", ["sample", "{w}/run", "--length", "-1"], 2, "--length"),
     ("sample: --num-samples 0", ["sample", "{w}/run", "--num-samples", "0"], 2, "--num-samples"),
     ("sample: --seed -1", ["sample", "{w}/run", "--seed", "-1"], 2, "--seed"),
+    ("sample: samples beyond the RAM", ["sample", "{w}/run", "--num-samples", "100000", "--length", "1000000000"], 5,
+     "100,000 samples of 1,000,000,000 characters need about"),
     ("sample: --which middle", ["sample", "{w}/run", "--which", "middle"], 2, "--which"),
     ("sample: --device tpu", ["sample", "{w}/run", "--device", "tpu"], 2, "--device"),
     ("sample: --temperature 1e-40", ["sample", "{w}/run", "-t", "1e-40", "--length", "5"], 2, "--temperature"),
