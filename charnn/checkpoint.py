@@ -240,6 +240,8 @@ def _state_problem(state: dict[str, Any]) -> str | None:
     for key in ("elapsed", "best_val"):
         if key in state and not (_real(state[key]) and not math.isnan(state[key]) and state[key] >= 0):
             return f"{key} {state[key]!r} is not a number of seconds or nats"
+    if not math.isfinite(state["elapsed"]):  # best_val may be inf (no validation yet); a clock may not
+        return f"elapsed {state['elapsed']!r} is not a number of seconds"
     if "evals_since_best" in state and not _count(state["evals_since_best"]):
         return f"evals_since_best {state['evals_since_best']!r} is not a count"
     if state.get("best_step") is not None and not _count(state["best_step"]):
@@ -256,7 +258,8 @@ def _state_problem(state: dict[str, Any]) -> str | None:
         return "the RNG state is not charnn's"
     hidden = state.get("hidden")
     tensors = list(hidden) if isinstance(hidden, (list, tuple)) else [] if hidden is None else [hidden]
-    if not all(torch.is_tensor(t) and t.is_floating_point() and t.dim() == 3 for t in tensors):
+    if (hidden is not None and not tensors) or not all(
+            torch.is_tensor(t) and t.is_floating_point() and t.dim() == 3 for t in tensors):
         return "the hidden state is not (layers, streams, hidden) tensors"
     for key in ("train_config", "scaler"):
         if state.get(key) is not None and not isinstance(state[key], dict):

@@ -132,7 +132,7 @@ class TrainConfig:
     deterministic: bool = opt(False, "Bitwise repeatable runs (slower on GPUs).", panel="Hardware")
     # None: torch's count, less the cores other programs keep busy (charnn.threads, docs/scaling.md#shared-cores)
     threads: int | None = opt(None, "CPU threads for torch.", min=1, max=1024, panel="Hardware",
-                              shown="the cores left free")
+                              shown="the CPU cores left free")
     max_bad_steps: int = opt(10, "Stop with exit 3 after this many non-finite losses in a row.", min=1)
 
     def __post_init__(self) -> None:

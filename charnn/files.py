@@ -155,15 +155,28 @@ class LineLog:
 def remove_stale_temps(directory: str | os.PathLike, *, owned: Callable[[str], bool] | None = None) -> list[Path]:
     """Delete temp files left by an interrupted write (they are never taken for the files they replace): only
     names `_temp_path` makes, `.{name}.{pid}.tmp`, and of those only the ones whose `name` is `owned` when
-    given; a user's `.notes.tmp` is not ours to delete."""
+    given; a user's `.notes.tmp` is not ours to delete. A temp whose process still runs is being written."""
     removed = []
     for tmp in Path(directory).glob(".*.tmp"):
         match = TEMP_RE.match(tmp.name)
-        if match is None or (owned is not None and not owned(match.group(1))):
-            continue
+        if match is None or (owned is not None and not owned(match.group(1))) or _alive(int(match.group(2))):
+            continue  # not ours, or still being written (a `charnn report` of this run, say)
         try:
             tmp.unlink()
             removed.append(tmp)
         except OSError:
             pass
     return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (one we may not signal exists too)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True

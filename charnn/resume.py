@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import torch
 
 from charnn.checkpoint import LoadedModel, load_model, load_state
-from charnn.config import DataConfig, ModelConfig, TrainConfig, from_dict, overlay_train
+from charnn.config import DataConfig, ModelConfig, TrainConfig, from_dict, overlay_train, to_dict
 from charnn.data import Corpus
 from charnn.distributed import DistInfo, rank_rows
 from charnn.errors import CharnnWarning, CheckpointError, ConfigError, DataError, ResumeMismatchError
@@ -66,11 +66,13 @@ def resume_configs(run_dir: str | os.PathLike, *, model_overrides: dict[str, Any
                     raise ResumeMismatchError(
                         f"--resume: this run was trained with {key}={getattr(cfg, key)!r}, not {value!r}; "
                         f"{what} options cannot change on resume (start a new run instead)")
-        train_cfg = from_dict(TrainConfig, overlay_train(train_dict, train_overrides), where="train")
+        saved_train = from_dict(TrainConfig, train_dict, where="train")
     except ResumeMismatchError:
         raise
     except ConfigError as err:
         raise ConfigError(f"{path}: {err} (the file was edited or damaged)") from None
+    # the user's flags over the run's own: a bad flag is the flag's error, not the file's
+    train_cfg = TrainConfig(**overlay_train(to_dict(saved_train), train_overrides))
     return model_cfg, train_cfg, data_cfg, corpus
 
 

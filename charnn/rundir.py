@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -32,7 +32,6 @@ from charnn.version import __version__
 
 CKPT_RE = re.compile(r"^step-(\d{8,})\.safetensors$")
 STATE_SUFFIX = ".state.pt"
-T = TypeVar("T")
 
 
 def checkpoint_name(step: int) -> str:

@@ -104,7 +104,7 @@ def lock_run(run_dir: Path) -> Iterator[None]:
             by = f" (process {holder})" if holder.isdigit() else ""
             raise ConfigError(f"{run_dir} is being trained by another process{by}; wait for it to end or "
                               f"choose another --out") from None
-        except OSError:  # a file system without locks: train unlocked, as before
+        except OSError:  # a file system without locks: train unlocked
             pass
         f.seek(0)
         f.truncate()

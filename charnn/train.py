@@ -233,6 +233,7 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     threads = ThreadGovernor(early.threads, device)  # --threads, else the count the other programs leave room for
+    held.callback(threads.restore)  # also when the set-up below fails
     data = corpus if isinstance(corpus, Corpus) else _load_corpus(corpus, data_cfg, cache_dir, on_encode, dist)
     data = training_corpus(data, start=start, resume_dir=Path(out_dir) if resume and out_dir else None)
     configs = replace(configs, request=start_request(start, configs.request, configs.model))

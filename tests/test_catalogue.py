@@ -152,6 +152,9 @@ CATALOGUE = [
     ("resume: changed cell", [*T, "--resume", "{w}/run", "--model", "lstm"], 2, "cannot change on resume"),
     ("resume: changed decoding", [*T, "--resume", "{w}/run", "--bytes"], 2, "cannot change on resume"),
     ("resume: with --preset", [*T, "--resume", "{w}/run", "--preset", "tiny"], 2, "--preset"),
+    ("resume: a flag out of range", [*T, "--resume", "{w}/run", "--lr", "20"], 2, "error: --lr must be at most 10"),
+    ("resume: --min-lr above the run's --lr", [*T, "--resume", "{w}/run", "--min-lr", "5"], 2,
+     "error: --min-lr (5.0) must not exceed --lr"),
     # checkpoints (sample)
     ("sample: missing run", ["sample", "{w}/nope"], 2, "no such run"),
     ("sample: directory without checkpoints", ["sample", "{w}/norun"], 2, "no checkpoints"),
@@ -662,14 +665,17 @@ def test_runs_user_files_are_never_touched(world: Path, run_dir: Path, tmp_path:
     files = user_files(d)
     one_error_line(invoke(*T, world / "tiny.txt", "--out", d, *SHORT), 2)
     assert {p.name: p.read_bytes() for p in d.iterdir()} == files
+    dead = 4_194_399  # above any pid_max: no such process
     (run_dir / ".important.tmp").write_bytes(b"x")
-    (run_dir / ".notes.txt.12.tmp").write_bytes(b"x")  # charnn's pattern, a name charnn never writes here
-    (run_dir / ".step-00000030.safetensors.999.tmp").write_bytes(b"half")
-    (run_dir / ".config.json.7.tmp").write_bytes(b"half")
+    (run_dir / f".notes.txt.{dead}.tmp").write_bytes(b"x")  # charnn's pattern, a name charnn never writes here
+    (run_dir / f".step-00000030.safetensors.{dead}.tmp").write_bytes(b"half")
+    (run_dir / f".config.json.{dead}.tmp").write_bytes(b"half")
+    (run_dir / f".report.html.{os.getppid()}.tmp").write_bytes(b"half")  # a live process is still writing it
     result = invoke(*T, "--resume", run_dir, "--max-iters", "21")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in run_dir.glob(".*.tmp")) == [".important.tmp", ".notes.txt.12.tmp"]
-    assert remove_stale_temps(run_dir) == [run_dir / ".notes.txt.12.tmp"]  # the pattern alone, with no owner
+    assert sorted(p.name for p in run_dir.glob(".*.tmp")) == [
+        ".important.tmp", f".notes.txt.{dead}.tmp", f".report.html.{os.getppid()}.tmp"]
+    assert remove_stale_temps(run_dir) == [run_dir / f".notes.txt.{dead}.tmp"]  # the pattern alone, no owner
 
 
 def test_runs_out_may_be_a_run_that_never_saved(tmp_path: Path, world: Path):

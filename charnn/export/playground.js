@@ -161,7 +161,7 @@
   ServerJob.prototype.run = async function () {
     const o = this.o, options = {prime: this.prime || null, length: o.length, temperature: o.temperature,
                                  top_k: o.topK, top_p: o.topP, greedy: o.greedy, stream: true};
-    const body = '{"seed":' + o.seed + "," + JSON.stringify(options).slice(1);  // up to 2^63 - 1: not a double
+    const body = '{"seed":' + BigInt(o.seed) + "," + JSON.stringify(options).slice(1);  // up to 2^63 - 1: not a double
     try {
       const response = await post("v1/generate", body, this.controller.signal);
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -170,7 +170,9 @@
         const part = await reader.read();
         if (part.done) break;
         buffer += part.value;
-        for (let cut; (cut = buffer.indexOf("\n\n")) >= 0; buffer = buffer.slice(cut + 2)) this.event(buffer.slice(0, cut));
+        for (let cut; (cut = buffer.indexOf("\n\n")) >= 0; buffer = buffer.slice(cut + 2)) {
+          this.event(buffer.slice(0, cut));
+        }
       }
     } catch (err) {
       if (err.name !== "AbortError") this.error = err.message;
@@ -361,12 +363,14 @@
       for (const n of next.next) { const id = vocab.index.get(n.symbol); probs[id] = n.prob; top.push(id); }
       showPredictions({top: top, probs: probs});
       const sent = readable(text, limit);
-      const score = await (await post("v1/score", JSON.stringify({text: startText() + sent.text, per_char: true}))).json();
+      const body = JSON.stringify({text: startText() + sent.text, per_char: true});
+      const score = await (await post("v1/score", body)).json();
       if (ticket !== asked) return;
       ed.bits = enc.ids.map(function (id) { return id < 0 ? NaN : undefined; });
       const got = score.bits.slice(-sent.symbols.length);  // without a start symbol, the first has none
       sent.symbols.slice(sent.symbols.length - got.length).forEach(function (k, i) { ed.bits[k] = got[i]; });
-      say("write-message", ed.unknown.length ? "Not in the vocabulary, skipped: " + ed.unknown.map(shown).join(", ") : "");
+      const skipped = ed.unknown.length ? "Not in the vocabulary, skipped: " + ed.unknown.map(shown).join(", ") : "";
+      say("write-message", skipped);
       clearTimeout(renderTimer);
       renderTimer = setTimeout(renderSurprise, 150);
     } catch (err) {

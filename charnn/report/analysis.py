@@ -148,6 +148,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     try:
         config = json.loads(_read(path) or "{}")
     except (ValueError, RecursionError):
+        _warn(path, "not JSON; left out of the report")
         return {}
     if not isinstance(config, dict):
         _warn(path, "not a JSON object; left out of the report")
