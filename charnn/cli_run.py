@@ -80,7 +80,7 @@ class OneLineErrors(_PlainRows, TyperGroup):
             discard_stdout()
             code = 0
         except OSError as err:
-            if err.errno not in _WRITE_FAILURES:
+            if err.errno not in _WRITE_FAILURES or err.filename is not None:  # a named file is not the output
                 raise
             discard_stdout()  # what is still buffered must not fail again at exit
             say(f"error: cannot write the output: {err.strerror or err}")

@@ -21,7 +21,7 @@ import numpy as np
 
 from charnn.config import DataConfig
 from charnn.data import MAX_CODEPOINT, Corpus, Vocab, corpus_vocab, encode_table, id_dtype, scan_file
-from charnn.errors import CharnnWarning, CheckpointWriteError, DataError
+from charnn.errors import CharnnError, CharnnWarning, CheckpointWriteError, DataError
 from charnn.files import atomic_file, atomic_write
 from charnn.textfile import changed_error, iter_symbols, read_chunks, readable_file
 
@@ -130,8 +130,10 @@ def _open_entry(meta_path: Path, ids_path: Path, sha: str, cfg: DataConfig, *, v
         if dtype != id_dtype(len(vocab)) or count < 1:
             return None
         size = ids_path.stat().st_size
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
+    except CharnnError as err:  # a vocabulary the JSON holds that no corpus could have made
+        raise DataError(f"the corpus cache entry {meta_path} is damaged ({err})") from None
     if size != count * dtype.itemsize or (verify and hash_file(ids_path) != ids_sha):
         raise DataError(f"the corpus cache entry {ids_path} is damaged (its size or sha256 is not the one "
                         f"recorded in {meta_path.name})")

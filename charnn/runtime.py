@@ -222,10 +222,20 @@ def available_ram() -> int | None:
                 open("/sys/fs/cgroup/memory.current", encoding="ascii") as g:
             limit, used = f.read().strip(), g.read().strip()
         if limit != "max":
-            have = min(have, int(limit) - int(used))
+            have = min(have, max(0, int(limit) - int(used) + _reclaimable()))
     except (OSError, ValueError):
         pass
     return have
+
+
+def _reclaimable() -> int:
+    """The cgroup's inactive file cache, which the kernel gives back on demand (as MemAvailable counts it):
+    reading a corpus fills the cache, and that is not memory in use."""
+    try:
+        with open("/sys/fs/cgroup/memory.stat", encoding="ascii") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("inactive_file ")), 0)
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -171,6 +172,20 @@ def test_ids_changed_in_place_are_caught_and_rebuilt(tmp_path):
         again = load_corpus(path, DataConfig(), cache_dir=cache)
     np.testing.assert_array_equal(np.asarray(again.ids), want)
     np.testing.assert_array_equal(np.asarray(cached_corpus(path, sha, DataConfig(), [cache]).ids), want)
+
+
+@pytest.mark.parametrize("symbols", [[], "abc"])
+def test_an_entry_whose_vocabulary_no_corpus_has_is_rebuilt(tmp_path, symbols):
+    cache, path = tmp_path / "cache", tmp_path / "c.txt"
+    path.write_text("abcdef\n" * 20)
+    want = np.asarray(load_corpus(path, DataConfig(), cache_dir=cache).ids).copy()
+    meta = next(p for p in cache.iterdir() if p.suffix == ".json")
+    record = json.loads(meta.read_text())
+    record["vocab"]["symbols"] = symbols
+    meta.write_text(json.dumps(record))
+    with pytest.warns(CharnnWarning, match="damaged"):
+        again = load_corpus(path, DataConfig(), cache_dir=cache)
+    np.testing.assert_array_equal(np.asarray(again.ids), want)
 
 
 def test_the_read_only_lookup_creates_nothing(tmp_path):
