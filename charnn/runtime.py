@@ -15,6 +15,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -210,19 +211,21 @@ def check_ram(need: int, what: str, *, fix: str = _SMALLER) -> None:
                                f"{have / 1e9:.1f} GB of RAM free here; {fix}")
 
 
+MEMINFO, CGROUP = Path("/proc/meminfo"), Path("/sys/fs/cgroup")  # where Linux says how much RAM is free
+
+
 def available_ram() -> int | None:
     """Bytes of RAM this process could still get: MemAvailable, or a cgroup's limit when lower; None unknown."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
+        with open(MEMINFO, encoding="ascii") as f:
             have = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, ValueError, IndexError, StopIteration):
         return None
     try:  # cgroup v2 (a container): its own limit, less what the group already uses
-        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f, \
-                open("/sys/fs/cgroup/memory.current", encoding="ascii") as g:
-            limit, used = f.read().strip(), g.read().strip()
+        limit = (CGROUP / "memory.max").read_text(encoding="ascii").strip()
         if limit != "max":
-            have = min(have, max(0, int(limit) - int(used) + _reclaimable()))
+            used = int((CGROUP / "memory.current").read_text(encoding="ascii"))
+            have = min(have, max(0, int(limit) - used + _reclaimable()))
     except (OSError, ValueError):
         pass
     return have
@@ -232,7 +235,7 @@ def _reclaimable() -> int:
     """The cgroup's inactive file cache, which the kernel gives back on demand (as MemAvailable counts it):
     reading a corpus fills the cache, and that is not memory in use."""
     try:
-        with open("/sys/fs/cgroup/memory.stat", encoding="ascii") as f:
+        with open(CGROUP / "memory.stat", encoding="ascii") as f:
             return next((int(line.split()[1]) for line in f if line.startswith("inactive_file ")), 0)
     except (OSError, ValueError, IndexError):
         return 0

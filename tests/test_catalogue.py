@@ -396,6 +396,26 @@ def test_a_model_larger_than_the_free_ram_is_refused_before_it_is_built(world: P
     assert not (world / "big").exists()
 
 
+@pytest.mark.parametrize("limit,current,inactive,want_gb", [
+    ("max", "0", "0", 8.0),                 # no container limit: MemAvailable
+    (str(4 << 30), str(3 << 30), "0", 1.0),  # the group's own limit, less what it uses
+    (str(4 << 30), str(3 << 30), str(2 << 30), 3.0),  # the file cache it holds can be given back
+    (str(4 << 30), str(5 << 30), "0", 0.0),  # over its limit (cache): nothing, never negative
+])
+def test_free_ram_in_a_container(tmp_path: Path, monkeypatch, limit, current, inactive, want_gb):
+    import charnn.runtime as runtime
+
+    (tmp_path / "meminfo").write_text(f"MemTotal: 1 kB\nMemAvailable: {8 << 20} kB\n")
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text(limit + "\n")
+    (cgroup / "memory.current").write_text(current + "\n")
+    (cgroup / "memory.stat").write_text(f"anon 1\ninactive_file {inactive}\nactive_file 7\n")
+    monkeypatch.setattr(runtime, "MEMINFO", tmp_path / "meminfo")
+    monkeypatch.setattr(runtime, "CGROUP", cgroup)
+    assert runtime.available_ram() == int(want_gb * (1 << 30))
+
+
 def test_cpu_allocation_failure_exits_5(world: Path, tmp_path: Path):
     """Under `ulimit -v` the CPU allocator fails (no OOM killer): exit 5 and one line, not its traceback."""
     limit = 3 << 30  # room for torch's libraries; a 16384-wide layer's 4 GB weight matrix cannot fit
