@@ -109,11 +109,16 @@ class SampleWriter:
         except (OSError, UnicodeEncodeError) as err:
             raise stdout_error(err) from None
 
-    def flush(self) -> None:
+    def end_text(self) -> None:
+        """One text is over: a character its last bytes left unfinished is shown (escaped) now, not at the start
+        of the next sample."""
         if self.decoder is not None:
-            tail = self.decoder.decode(b"", final=True)  # a character cut short at the end
+            tail = self.decoder.decode(b"", final=True)
             if tail:
                 self.write_text(tail)
+
+    def flush(self) -> None:
+        self.end_text()
         with stdout_errors():
             self.out.flush()
 
@@ -140,6 +145,7 @@ def write_generation(gen: Any, out: SampleWriter, *, num_samples: int, length: i
             if k:
                 out.write_text(SEPARATOR)
             out.write(list(gen.prime) + held[k, :done].tolist())
+            out.end_text()
     out.write_text("\n")
     out.flush()
 
@@ -165,6 +171,7 @@ def write_beams(beams: list[Any], out: SampleWriter, *, say: Any) -> None:
         if k:
             out.write_text(SEPARATOR[1:])
         out.write(list(beam.prime) + list(beam.ids))
+        out.end_text()
         out.write_text("\n")
         out.flush()
         say(f"beam {k + 1}: log-probability {beam.logprob:.4f} nats ({beam.per_char:.4f} per character, "

@@ -920,6 +920,16 @@ def test_output_terminal_escapes_bytes_and_controls(monkeypatch):
     out.flush()
     assert term.buffer.getvalue().decode() == "a\\x1b[2J\\x00b\\xff\tc\u00e9\n"
 
+    from charnn.cli_output import write_beams
+
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stdout", term)
+    out = SampleWriter(vocab, escape=True)
+    beams = [type("Beam", (), {"prime": [], "ids": list(text), "logprob": -1.0, "per_char": -0.5})()
+             for text in (b"x\xc3", b"y")]  # the first ends inside a character
+    write_beams(beams, out, say=lambda line: None)
+    assert term.buffer.getvalue().decode() == "x\\xc3\n---------------\ny\n"  # not carried into the second
+
     text = Vocab(tuple(map(ord, "ab\x1b\r\u202e\u00e9\n")))
     ascii_term = _Terminal("ascii")
     monkeypatch.setattr(sys, "stdout", ascii_term)
