@@ -133,6 +133,20 @@ def torch_save_bytes(obj) -> bytes:
 
 # --- the CLI -------------------------------------------------------------------------------------------
 
+def exit_code_in_child(body) -> int:
+    """Run `body()` in a forked child, so that signals it sends itself touch only it; the code the child exits
+    with: what `body` returns, or the code a handler ends it with first (1 if it raised)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child never returns
+        code = 1
+        try:
+            code = body()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
 def invoke(*args):
     """Run the CLI in-process on a wide terminal (Rich does not wrap); stdout and stderr apart."""
     from typer.testing import CliRunner

@@ -28,6 +28,7 @@ from tests.conftest import (
     TINY_TEXT,
     cli_env,
     corpus_of,
+    exit_code_in_child,
     invoke,
     one_error_line,
     small_train,
@@ -618,17 +619,12 @@ def test_runs_sighup_stops_like_sigterm():
 
     from charnn.cli_run import StopFlag
 
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            with StopFlag() as stop:
-                os.kill(os.getpid(), signal.SIGHUP)
-                code = 0 if stop() == signal.SIGHUP else 3
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    def hang_up() -> int:
+        with StopFlag() as stop:
+            os.kill(os.getpid(), signal.SIGHUP)
+            return 0 if stop() == signal.SIGHUP else 3
+
+    assert exit_code_in_child(hang_up) == 0
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from tests.conftest import (
     TINY_TEXT,
     cli_env,
     corpus_of,
+    exit_code_in_child,
     invoke,
     one_error_line,
     small_train,
@@ -166,20 +167,15 @@ def test_second_sigint_exits_at_once():
     """In a forked child: the first SIGINT only sets the flag, the second ends the process with 130."""
     from charnn.cli import _StopFlag
 
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            with _StopFlag() as stop:
-                os.kill(os.getpid(), signal.SIGINT)
-                if stop() == signal.SIGINT:
-                    code = 2
-                    os.kill(os.getpid(), signal.SIGINT)  # never returns
-                    code = 3
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 130
+    def interrupt_twice() -> int:
+        with _StopFlag() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            if stop() != signal.SIGINT:
+                return 2
+            os.kill(os.getpid(), signal.SIGINT)  # never returns
+            return 3
+
+    assert exit_code_in_child(interrupt_twice) == 130
 
 
 def test_resume_refuses_changed_corpus_vocab_or_model(run_dir: Path, tmp_path: Path):
