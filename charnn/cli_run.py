@@ -103,6 +103,11 @@ def discard_stdout() -> None:
         fd = sys.stdout.fileno()
     except (AttributeError, OSError, ValueError):  # no stdout, or not a file (a test's capture)
         return
+    _to_null(fd)
+
+
+def _to_null(fd: int) -> None:
+    """File descriptor `fd` writes to the null device from now on."""
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, fd)
     os.close(null)
@@ -150,14 +155,10 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 def _quiet_terminal() -> None:
     """Point stdout and stderr that were a closed terminal at /dev/null; a file or pipe is left as it is."""
-    import os
-
     for fd in (1, 2):
         try:
             if os.isatty(fd):
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, fd)
-                os.close(null)
+                _to_null(fd)
         except OSError:
             pass
 
@@ -180,8 +181,6 @@ class StopFlag:
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
-            import os
-
             os.write(2, b"error: interrupted again; exiting now (checkpoints on disk are intact)\n")
             os._exit(130)
         if signum == getattr(signal, "SIGHUP", None):

@@ -171,7 +171,7 @@ def validation_ids(loaded, run_dir: str | os.PathLike | None = None) -> np.ndarr
     """
     from charnn.corpus_cache import DEFAULT_CACHE_DIR, cached_corpus, hash_file
     from charnn.data import encode_file, translate_ids
-    from charnn.textfile import readable_file
+    from charnn.textfile import changed_error, readable_file
 
     run_dir = Path(loaded.path).parent if run_dir is None else Path(run_dir)
     corpus_path = _run_corpus(run_dir)
@@ -186,7 +186,7 @@ def validation_ids(loaded, run_dir: str | os.PathLike | None = None) -> np.ndarr
     dirs = dict.fromkeys(d.resolve() for d in (run_dir.parent / ".cache", DEFAULT_CACHE_DIR) if d.is_dir())
     corpus = cached_corpus(path, sha, loaded.data_cfg, dirs) or encode_file(path, loaded.data_cfg)
     if corpus.sha256 != sha:
-        raise DataError(f"{corpus_path}: file changed while it was being read; run again once nothing writes to it")
+        raise changed_error(corpus_path)
     # the model's ids: a fine-tuned model's vocabulary extends another's and is not the corpus's own
     return translate_ids(corpus.split()[1], corpus.vocab, loaded.vocab, what=str(corpus_path))
 
