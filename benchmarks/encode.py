@@ -24,7 +24,7 @@ MB = 1 << 20
 ENCODE = r"""
 import json, resource, sys, time
 from charnn.config import DataConfig
-from charnn.corpus_cache import load_corpus
+from charnn.store.corpus_cache import load_corpus
 phases = {}
 def on(e):
     phases[e.phase] = e.elapsed
@@ -38,7 +38,7 @@ print(json.dumps({"seconds": total, "phases": phases, "chars": len(c.ids), "voca
 TRAIN = r"""
 import json, resource, sys
 from charnn.config import DataConfig, ModelConfig, TrainConfig
-from charnn.train import train
+from charnn.training.train import train
 model = ModelConfig(model="lstm", layers=2, hidden=256, embed=128)
 cfg = TrainConfig(batch_size=32, seq_len=128, max_iters=5, eval_every=5, sample_length=50, log_every=1,
                   warmup_iters=0, device="cpu", threads=2)
@@ -53,7 +53,7 @@ BASELINE = r"""
 import json, resource, torch
 from charnn.config import ModelConfig
 from charnn.model import CharRNN
-from charnn.train import make_optimizer
+from charnn.training.train import make_optimizer
 m = CharRNN(ModelConfig(model="lstm", layers=2, hidden=256, embed=128), 96)
 opt = make_optimizer(m, __import__("charnn.config").config.TrainConfig(device="cpu"), torch.device("cpu"))
 x = torch.zeros(32, 128, dtype=torch.long)

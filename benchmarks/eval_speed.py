@@ -26,7 +26,7 @@ from common import interleaved, load_average, machine, median, median_ratio, par
 
 from charnn import CharRNN, DataConfig, ModelConfig, Vocab
 from charnn.evaluate import evaluate_ids
-from charnn.rundir import save_checkpoint
+from charnn.store.rundir import save_checkpoint
 
 ALPHABET = "\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 

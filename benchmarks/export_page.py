@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from charnn import CharRNN, ModelConfig, Vocab
-from charnn.checkpoint import load_model, model_bytes
 from charnn.config import PRESETS, DataConfig
 from charnn.export import export_html
-from charnn.files import atomic_write
 from charnn.model import num_parameters
+from charnn.store.checkpoint import load_model, model_bytes
+from charnn.store.files import atomic_write
 
 VOCAB = Vocab(tuple(range(32, 97)))  # 65 symbols, like tiny shakespeare's
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

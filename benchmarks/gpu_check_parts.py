@@ -33,7 +33,7 @@ def _sync(device) -> None:
 def _timed_sample(model, vocab, cfg, tuning, device) -> tuple[float, list, list[str]]:
     """(seconds, texts, warnings) of one sample_text call, after a short warm-up call of the same kind (kernels,
     cuDNN plans; the graph is captured in each call, as it is for a user)."""
-    from charnn.sample import sample_text
+    from charnn.sampling.generate import sample_text
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -54,7 +54,7 @@ def part_sampling(mode, deadline: float, out: Path) -> None:
     from charnn.config import ModelConfig, SampleConfig
     from charnn.data import Vocab
     from charnn.model import CharRNN
-    from charnn.stepper import Tuning
+    from charnn.sampling.stepper import Tuning
 
     device = torch.device(mode.device)
     vocab = Vocab((10, *range(32, 127)))  # newline and printable ASCII

@@ -3,7 +3,7 @@
 
 Grid: LSTM, 1-3 layers x 128/256/512 hidden, batch 50, seq 50 (torch-rnn's README table), plus a large
 configuration (3x1024, batch 128, seq 256). For each: ms per training iteration and chars/s of charnn's real
-loop (`charnn.train` on a synthetic corpus, evaluation out of the way, rate from its own log events with the
+loop (`charnn.training.train` on a synthetic corpus, evaluation out of the way, rate from its own log events with the
 first window dropped) and of the bare loop (embedding -> nn.LSTM -> linear, forward + backward + clip + fused
 AdamW on resident random data, bf16 autocast on CUDA as charnn does), their ratio, and peak allocated device
 memory of each (CUDA only).
@@ -43,9 +43,9 @@ def peak_mb(device) -> float | None:
 
 def charnn_loop(layers, hidden, batch, seq, *, embed, device, steps, workdir: Path, precision: str = "auto",
                 corpus_chars: int = 40000 * len(SYNTHETIC_LINE)) -> float:
-    """chars/s of charnn.train's own loop, from its metrics (first window dropped)."""
+    """chars/s of charnn.training.train's own loop, from its metrics (first window dropped)."""
     from charnn.config import ModelConfig, TrainConfig
-    from charnn.train import train
+    from charnn.training.train import train
 
     corpus = workdir / "corpus.txt"
     if not corpus.exists():

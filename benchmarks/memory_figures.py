@@ -16,7 +16,7 @@ from charnn.report.analysis import MAX_CHARS, passage_ids
 from charnn.report.page import asset
 from charnn.report.sections import PATH_COLORS, memory_series
 from charnn.report.svg import chart
-from charnn.rundir import load_run
+from charnn.store.rundir import load_run
 
 COLORS = {"rnn": "#dc2626", "gru": "#ea580c", "lstm": "#2563eb"}
 

@@ -31,7 +31,7 @@ from common import interleaved, load_average, machine, median, parser, repo_env
 
 from charnn import CharRNN, DataConfig, SampleConfig, Vocab, sample_text
 from charnn.config import PRESETS
-from charnn.rundir import save_checkpoint
+from charnn.store.rundir import save_checkpoint
 
 VOCAB = Vocab(tuple(range(32, 97)))  # 65 symbols, like tiny shakespeare's
 

@@ -35,10 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's charnn, wherever the script is run from
 
 from charnn import CharRNN, DataConfig, ModelConfig, SampleConfig, Vocab, sample_text  # noqa: E402
-from charnn.checkpoint import model_bytes  # noqa: E402
 from charnn.serve.engine import Engine  # noqa: E402
 from charnn.serve.jobs import Job  # noqa: E402
 from charnn.serve.rows import serving_threads  # noqa: E402
+from charnn.store.checkpoint import model_bytes  # noqa: E402
 
 VOCAB = Vocab(tuple([10, *range(32, 97)]))  # 66 symbols, like tiny shakespeare's 65
 

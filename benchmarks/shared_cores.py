@@ -4,7 +4,7 @@ beside a second `charnn train`, with charnn's own thread choice and with `--thre
 Training is `python -m charnn train` end to end: the median chars/s of its metrics.jsonl windows over the
 steps (the first window, the warm-up, dropped); the tiny preset, the small preset (on tiny shakespeare the
 same shape as the plan's default, a 2x256 LSTM at batch 16 x 64) and a 2x256 LSTM at batch 64 x 128 (where a
-second thread helps most on a quiet machine). Sampling is the library's loop (`charnn.sample.sample_text`,
+second thread helps most on a quiet machine). Sampling is the library's loop (`charnn.sampling.generate.sample_text`,
 one stream, process start excluded) on the small preset's model trained first. The neighbour training is the tiny
 preset with the same thread setting; each figure's ratio is against its own quiet figure from the same run.
 
@@ -48,8 +48,8 @@ import torch
 if threads != "charnn":
     torch.set_num_threads(int(threads))
 from charnn.config import SampleConfig
-from charnn.rundir import load_run
-from charnn.sample import sample_text
+from charnn.store.rundir import load_run
+from charnn.sampling.generate import sample_text
 loaded = load_run(run)
 sample_text(loaded.model, loaded.vocab, SampleConfig(length=100, seed=0))  # warm-up
 rates = []

@@ -22,7 +22,7 @@ import torch
 from common import interleaved, load_average, machine, median, median_ratio, parser
 
 from charnn import CharRNN, ModelConfig
-from charnn import stepper as sampling
+from charnn.sampling import stepper as sampling
 
 TUNING = sampling.MEASURED
 SHAPES = [("lstm", 256, 1), ("lstm", 256, 8), ("lstm", 256, 64), ("lstm", 512, 1), ("lstm", 512, 16),

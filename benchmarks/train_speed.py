@@ -1,15 +1,15 @@
-"""Training speed: `charnn.train`'s steady-state chars/s against the bare loop of the same model, in one run.
+"""Training speed: `charnn.training.train`'s steady-state chars/s against the bare loop of the same model, in one run.
 
 The bare loop is forward + backward + clip + Adam on resident random data (no data pipeline, no logging):
-the ceiling for the shape. charnn is measured through `charnn.train` itself, evaluation and sampling out of
+the ceiling for the shape. charnn is measured through `charnn.training.train` itself, evaluation and sampling out of
 the way, from the timestamps of its own log events (first window dropped). The two alternate for `--rounds`
 rounds and the ratio is taken per round (the machine is shared and noisy: only ratios mean anything).
 
-With evaluation, checkpoints and samples amortised: each `charnn.train` run ends with one validation pass, one
+With evaluation, checkpoints and samples amortised: each `charnn.training.train` run ends with one validation pass, one
 checkpoint and one sample, timed from the events; their cost is spread over `--schedule-steps` steps of the
 default schedule (evaluate + checkpoint every 250 steps, samples at 100, 300, 700 and every 1000).
 
-Peak RSS: `charnn.train` and a plain hand-written trainer of the same shape (embedding, nn.LSTM, linear, Adam,
+Peak RSS: `charnn.training.train` and a plain hand-written trainer of the same shape (embedding, nn.LSTM, linear, Adam,
 the state carried across batches; train, then score the validation split) each run `--rss-steps` steps in a
 fresh subprocess that reports its ru_maxrss.
 
@@ -35,7 +35,7 @@ DEFAULT_CORPUS = REPO / "data" / "tinyshakespeare.txt"
 
 
 def charnn_run(args, corpus: Path, out_dir: Path, steps: int, precision: str = "fp32") -> dict:
-    """One `charnn.train` run: steady-state chars/s, then the end-of-run eval, checkpoint and sample times."""
+    """One `charnn.training.train` run: steady-state chars/s, then the end-of-run eval, checkpoint and sample times."""
     import charnn
 
     events: list[tuple[float, object]] = []

@@ -1,6 +1,6 @@
 """`python -m charnn` runs the CLI."""
 
-from charnn.cli import main
+from charnn.cli.commands import main
 
 if __name__ == "__main__":
     main()

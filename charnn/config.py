@@ -130,7 +130,8 @@ class TrainConfig:
                          panel="Hardware", parser_checks=True)
     # torch.use_deterministic_algorithms and the cuBLAS workspace (charnn.runtime.set_deterministic).
     deterministic: bool = opt(False, "Bitwise repeatable runs (slower on GPUs).", panel="Hardware")
-    # None: torch's count, less the cores other programs keep busy (charnn.threads, docs/scaling.md#shared-cores)
+    # None: torch's count, less the cores other programs keep busy
+    # (charnn.training.threads, docs/scaling.md#shared-cores)
     threads: int | None = opt(None, "CPU threads for torch.", min=1, max=1024, panel="Hardware",
                               shown="the CPU cores left free")
     max_bad_steps: int = opt(10, "Stop with exit 3 after this many non-finite losses in a row.", min=1)

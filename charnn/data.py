@@ -1,7 +1,7 @@
 """Text in, symbol ids out: a corpus's vocabulary, its ids and the train/val/test split. Reading and decoding
-a file is `charnn.textfile`; the layout of the training split as parallel streams is `charnn.batches`.
+a file is `charnn.textfile`; the layout of the training split as parallel streams is `charnn.training.batches`.
 
-Nothing here caches or memory-maps: `charnn.corpus_cache` does that with `scan_file` and `corpus_vocab`.
+Nothing here caches or memory-maps: `charnn.store.corpus_cache` does that with `scan_file` and `corpus_vocab`.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def encode_table(vocab: Vocab) -> np.ndarray:
 def encode_file(path: str | os.PathLike, cfg: DataConfig, *, on_bytes: Callable[[int], None] | None = None
                 ) -> Corpus:
     """Encode a corpus in memory in two streaming passes (vocabulary, then ids), in the smallest dtype that fits
-    (`charnn.corpus_cache` writes the same ids to a memory-mapped file instead). Both passes read the bytes the
+    (`charnn.store.corpus_cache` writes the same ids to a memory-mapped file instead). Both passes read the bytes the
     file held when the first began (`read_chunks`): text appended meanwhile is left out, any other change is
     a DataError."""
     p, size = readable_file(path)

@@ -2,7 +2,7 @@
 training loop needs, and the DDP wrapper with the hidden-state rows each rank owns.
 
 Every function here passes straight through in a single process (world 1), so callers need no `if`.
-Not the training loop (`charnn.train`) and not device choice (`charnn.runtime`).
+Not the training loop (`charnn.training.train`) and not device choice (`charnn.runtime`).
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def _bytes_per_position(model: CharRNN) -> int:
 
 def evaluate_file(loaded, path, *, skip_unknown: bool = False, segment: int = 4096, batch_size: int = 64,
                   precision: str = "auto", per_char: bool = False) -> EvalResult:
-    """Score a text file with a loaded model (`charnn.checkpoint.LoadedModel`), decoded as its corpus was."""
+    """Score a text file with a loaded model (`charnn.store.checkpoint.LoadedModel`), decoded as its corpus was."""
     from charnn.data import read_ids
 
     ids, unknown = read_ids(path, loaded.vocab, loaded.data_cfg, skip_unknown=skip_unknown)
@@ -169,8 +169,8 @@ def validation_ids(loaded, run_dir: str | os.PathLike | None = None) -> np.ndarr
     exists (the run's sibling `.cache`, then `checkpoints/.cache`), else from encoding it in memory; nothing
     is written. The model file's own metadata never chooses what is read: a crafted file could name any path.
     """
-    from charnn.corpus_cache import DEFAULT_CACHE_DIR, cached_corpus, hash_file
     from charnn.data import encode_file, translate_ids
+    from charnn.store.corpus_cache import DEFAULT_CACHE_DIR, cached_corpus, hash_file
     from charnn.textfile import changed_error, readable_file
 
     run_dir = Path(loaded.path).parent if run_dir is None else Path(run_dir)

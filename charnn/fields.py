@@ -22,7 +22,7 @@ def opt(default: Any, help: str, *, min: float | None = None, max: float | None 
         parser_checks: bool = False) -> Any:
     """A dataclass field with its help text and bounds, checked by `validate` and shown by the CLI.
 
-    A field with a `panel` is a command-line option, listed under that heading of `--help` (charnn.cli_options
+    A field with a `panel` is a command-line option, listed under that heading of `--help` (charnn.cli.options
     builds it): `flags` are its spellings (default `--field-name`), `metavar` the placeholder for its value,
     `shown` the default to print where the field's own is None. With `parser_checks` the command-line parser
     refuses a bad choice or a value under `min` before the config sees it (its own error wording).

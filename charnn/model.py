@@ -3,7 +3,7 @@
 
 Batch-first throughout. `forward(x, hidden) -> (logits, hidden)`. Also the one definition of the cells: the
 gate layout of each kind (`CELLS`) and a readable step of each (`lstm_cell`, `gru_cell`, `rnn_cell`), which
-`charnn.inspect` runs and the fast sampling kernel (`charnn.stepper`) reads its layout from. Not the sampler.
+`charnn.inspect` runs and the fast sampling kernel (`charnn.sampling.stepper`) reads its layout from. Not the sampler.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ with loss scaling, fp32), deterministic algorithms, seeding, RNG snapshots, and 
 are the user's to fix (`user_device_error`).
 
 Not the multi-process side: torchrun's process group and its collectives are in `charnn.distributed`; not the
-CPU thread count: `charnn.threads`.
+CPU thread count: `charnn.training.threads`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import torch
 
 from charnn.devicecheck import self_check
 from charnn.errors import CharnnError, CharnnWarning, ConfigError, DeviceError, OutOfMemoryError, first_line
-from charnn.planning import Hardware
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 CUBLAS_WORKSPACE = ":4096:8"  # the deterministic cuBLAS setting nn.LSTM's documentation asks for
@@ -257,15 +256,6 @@ def ieee_rnn(device: torch.device) -> Iterator[None]:
         yield
     finally:
         rnn.fp32_precision = before
-
-
-def hardware(device: torch.device) -> Hardware:
-    """The facts about `device` the training plan reads."""
-    if device.type == "cuda":
-        bf16 = cuda_fast_dtypes(device)[0]
-    else:
-        bf16 = device.type == "cpu" and native_bf16_cpu()
-    return Hardware(device.type, cores=torch.get_num_threads(), native_bf16=bf16)
 
 
 def seed_everything(seed: int) -> None:

@@ -2,7 +2,7 @@
 overrides) and bytes that are not UTF-8 become visible escapes (`\\x1b`, `\\r`, `\\u202e`, `\\xff`), so a sample
 or a file name cannot move the cursor, clear the screen, retitle the window or reorder a line.
 
-Not the product: stdout redirected to a file or a pipe gets the exact text and bytes (charnn.cli_output decides).
+Not the product: stdout redirected to a file or a pipe gets the exact text and bytes (charnn.cli.output decides).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reading a text input safely: only a regular file is opened (never a FIFO, device or directory), read in
 chunks as the bytes it held when the first pass began, and decoded to symbols (code points, or bytes).
 
-Not the vocabulary or the ids (`charnn.data`), and nothing is cached here (`charnn.corpus_cache`).
+Not the vocabulary or the ids (`charnn.data`), and nothing is cached here (`charnn.store.corpus_cache`).
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def tiny_configs(**train_overrides) -> tuple[ModelConfig, TrainConfig, DataConfi
 @pytest.fixture
 def tiny_run(tmp_path: Path, tiny_corpus: Path) -> Path:
     """A finished 20-step run directory on the tiny corpus."""
-    from charnn.train import train
+    from charnn.training.train import train
 
     model, cfg, data = tiny_configs()
     out = tmp_path / "run"
@@ -80,7 +80,7 @@ def small_train(**over) -> TrainConfig:
 @pytest.fixture(scope="session")
 def base_run(tmp_path_factory) -> Path:
     """One finished 20-step run (checkpoints at 10 and 20), trained once per session; copy it before changing it."""
-    from charnn.train import train
+    from charnn.training.train import train
 
     root = tmp_path_factory.mktemp("base")
     corpus = root / "tiny.txt"
@@ -109,14 +109,14 @@ def snapshot(run: Path) -> dict[str, str]:
 
 def weights_of(path: Path) -> dict[str, torch.Tensor]:
     """The state dict of a model file."""
-    from charnn.checkpoint import load_model
+    from charnn.store.checkpoint import load_model
 
     return load_model(path).model.state_dict()
 
 
 def flip_data_byte(path: Path, where: float = 0.5) -> None:
     """Flip one bit of a model file's tensor data, `where` of the way through it."""
-    from charnn.checkpoint import read_header
+    from charnn.store.checkpoint import read_header
 
     _, _, start, size = read_header(path)
     blob = bytearray(path.read_bytes())
@@ -151,7 +151,7 @@ def invoke(*args):
     """Run the CLI in-process on a wide terminal (Rich does not wrap); stdout and stderr apart."""
     from typer.testing import CliRunner
 
-    from charnn.cli import app
+    from charnn.cli.commands import app
 
     return CliRunner().invoke(app, list(map(str, args)), env={"COLUMNS": "200"})
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from charnn.beam import beam_search
 from charnn.config import ModelConfig, SampleConfig
 from charnn.data import Vocab
 from charnn.errors import ConfigError
 from charnn.evaluate import evaluate_ids
 from charnn.model import CharRNN
-from charnn.rundir import load_run
-from charnn.sample import sample_text
+from charnn.sampling.beam import beam_search
+from charnn.sampling.generate import sample_text
+from charnn.store.rundir import load_run
 from tests.conftest import invoke
 
 # P(next | current) over the symbols a, b, c. From "a", greedy takes "b" (0.5499), whose next symbol is a near

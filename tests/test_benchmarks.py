@@ -58,11 +58,11 @@ def test_benchmark_help(script):
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_graph_sampling_gives_the_eager_fast_path_text(kind, precision):
-    from charnn import sample
     from charnn.config import ModelConfig, SampleConfig
     from charnn.data import Vocab
     from charnn.model import CharRNN
-    from charnn.stepper import Tuning
+    from charnn.sampling import generate as sample
+    from charnn.sampling.stepper import Tuning
 
     vocab = Vocab(tuple(map(ord, "\n abcdefgh")))
     torch.manual_seed(0)

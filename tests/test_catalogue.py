@@ -19,9 +19,9 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from charnn.checkpoint import load_state, read_header
 from charnn.config import ModelConfig, TrainConfig
-from charnn.train import train
+from charnn.store.checkpoint import load_state, read_header
+from charnn.training.train import train
 from tests.conftest import (
     PYTHON,
     SMALL_MODEL,
@@ -287,7 +287,7 @@ def test_bad_input_through_python_m_charnn(world: Path, name: str):
 
 def _crafted_model(src: Path, dst: Path, **meta) -> Path:
     """`src` re-saved with metadata fields replaced (a valid file: the tensor checksums still hold)."""
-    from charnn.checkpoint import load_model, model_bytes
+    from charnn.store.checkpoint import load_model, model_bytes
 
     m = load_model(src)
     fields = dict(step=m.step, val_loss=m.val_loss, corpus_sha256=m.corpus_sha256, train_cfg=m.meta.train_cfg)
@@ -483,7 +483,7 @@ def test_cpu_allocation_failures_are_out_of_memory():
 
 def relabel(path: Path, val_loss: float | None) -> None:
     """Rewrite a model file's validation loss, everything else as it was (a valid, verifiable file)."""
-    from charnn.checkpoint import load_model, model_bytes
+    from charnn.store.checkpoint import load_model, model_bytes
 
     loaded = load_model(path)
     m = loaded.meta
@@ -536,7 +536,7 @@ def test_runs_a_damaged_latest_is_named_with_which_latest(run_dir: Path, tmp_pat
 def test_runs_an_unreadable_label_does_not_silently_change_the_best(run_dir: Path):
     """A file whose metadata cannot be read may have been the best: `best` names it rather than pick another."""
     from charnn.errors import CheckpointError
-    from charnn.rundir import load_run
+    from charnn.store.rundir import load_run
 
     relabel(run_dir / "step-00000010.safetensors", 0.01)
     path = run_dir / "step-00000010.safetensors"
@@ -561,7 +561,7 @@ def test_runs_resume_still_falls_back_past_a_damaged_newest(run_dir: Path):
 
 def test_runs_a_checkpoint_pruned_while_read_is_chosen_again(run_dir: Path, monkeypatch):
     """A training pruning the run between the listing and the load: the file vanished, it is not damaged."""
-    import charnn.rundir as rundir
+    import charnn.store.rundir as rundir
 
     relabel(run_dir / "step-00000010.safetensors", 5.0)
     relabel(run_dir / "step-00000020.safetensors", 1.0)
@@ -592,9 +592,9 @@ def test_runs_a_checkpoint_pruned_while_read_is_chosen_again(run_dir: Path, monk
 def test_runs_an_interrupt_during_validation_keeps_the_best_label(run_dir: Path):
     """SIGINT/SIGTERM during a validation pass (or the checkpoint write after it) stops at the next poll; the
     checkpoint of that step keeps its validation loss; a resumed run interrupted at once rewrites nothing."""
-    from charnn.checkpoint import read_meta
     from charnn.errors import Interrupted
-    from charnn.train import train
+    from charnn.store.checkpoint import read_meta
+    from charnn.training.train import train
 
     for during in ("eval", "checkpoint"):
         seen = []
@@ -617,7 +617,7 @@ def test_runs_sighup_stops_like_sigterm():
     import os
     import signal
 
-    from charnn.cli_run import StopFlag
+    from charnn.cli.run import StopFlag
 
     def hang_up() -> int:
         with StopFlag() as stop:
@@ -632,8 +632,8 @@ def test_runs_sighup_saves_a_checkpoint_and_exits_129(tmp_path: Path):
     import signal
     import time
 
-    from charnn.resume import latest_resumable
-    from charnn.rundir import list_checkpoints
+    from charnn.store.rundir import list_checkpoints
+    from charnn.training.resume import latest_resumable
 
     corpus = tmp_path / "tiny.txt"
     corpus.write_text(TINY_TEXT, encoding="utf-8")
@@ -654,7 +654,7 @@ def test_runs_sighup_saves_a_checkpoint_and_exits_129(tmp_path: Path):
 
 def test_runs_a_locked_run_is_refused(run_dir: Path, tmp_path: Path):
     """A training holds RUN/.lock: a second `--resume RUN`, or a new run into the same --out, is refused."""
-    from charnn.runlock import lock_run
+    from charnn.store.runlock import lock_run
 
     fresh = tmp_path / "fresh"
     fresh.mkdir()
@@ -675,7 +675,7 @@ def list_names(d: Path, prefix: str) -> list[str]:
 
 def test_runs_user_files_are_never_touched(world: Path, run_dir: Path, tmp_path: Path):
     """--out of someone's directory is refused whole; a resume removes only charnn's own temp names."""
-    from charnn.files import remove_stale_temps
+    from charnn.store.files import remove_stale_temps
 
     d = tmp_path / "mine"
     files = user_files(d)
@@ -725,7 +725,7 @@ def test_output_special_files_survive(world: Path):
 def test_output_target_names_a_device_without_writing():
     """/dev/null is only examined (os.stat): it is never a write target here, as root it could be replaced."""
     from charnn.errors import OutputPathError
-    from charnn.files import output_target
+    from charnn.store.files import output_target
 
     with pytest.raises(OutputPathError, match="/dev/null is a character device"):
         output_target("/dev/null")
@@ -733,7 +733,7 @@ def test_output_target_names_a_device_without_writing():
 
 def test_output_atomic_write_refuses_fifo_and_directory_and_writes_through_links(tmp_path: Path):
     from charnn.errors import CheckpointWriteError, OutputPathError
-    from charnn.files import LineLog, atomic_write
+    from charnn.store.files import LineLog, atomic_write
 
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "dir").mkdir()
@@ -756,8 +756,8 @@ def test_output_log_write_failure_cuts_the_torn_line_back(tmp_path: Path, monkey
     """A write that gets half a line out and then meets a full disk leaves the file as it was."""
     import errno
 
-    from charnn import files
     from charnn.errors import CheckpointWriteError
+    from charnn.store import files
 
     log = files.LineLog(tmp_path / "metrics.jsonl", what="metrics log")
     log.write('{"step": 1}\n')
@@ -806,8 +806,8 @@ def test_output_log_full_disk_through_python_m_charnn(world: Path, tmp_path: Pat
 def test_output_failed_model_write_leaves_no_orphan_state(world: Path, tmp_path: Path, monkeypatch):
     """The disk fills between a checkpoint's state file and its model file: the state goes too (no half
     checkpoint using the space), the earlier checkpoint stays."""
-    from charnn import rundir
     from charnn.errors import CheckpointWriteError
+    from charnn.store import rundir
 
     real = rundir.atomic_write
 
@@ -854,7 +854,7 @@ def test_output_stdout_full_in_process(monkeypatch):
     import io
     import sys
 
-    from charnn.cli_output import echo
+    from charnn.cli.output import echo
     from charnn.errors import CheckpointWriteError
 
     class Full(io.StringIO):
@@ -871,7 +871,7 @@ def test_output_stdout_encoding_is_one_error_line(monkeypatch):
     import io
     import sys
 
-    from charnn.cli_output import echo
+    from charnn.cli.output import echo
     from charnn.errors import ConfigError
 
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="ascii"))
@@ -902,7 +902,7 @@ class _Terminal:
 def test_output_terminal_escapes_bytes_and_controls(monkeypatch):
     import sys
 
-    from charnn.cli_output import SampleWriter
+    from charnn.cli.output import SampleWriter
     from charnn.data import Vocab
 
     vocab = Vocab(tuple(range(256)), bytes_mode=True)
@@ -916,7 +916,7 @@ def test_output_terminal_escapes_bytes_and_controls(monkeypatch):
     out.flush()
     assert term.buffer.getvalue().decode() == "a\\x1b[2J\\x00b\\xff\tc\u00e9\n"
 
-    from charnn.cli_output import write_beams
+    from charnn.cli.output import write_beams
 
     term = _Terminal()
     monkeypatch.setattr(sys, "stdout", term)
@@ -936,8 +936,8 @@ def test_output_terminal_escapes_bytes_and_controls(monkeypatch):
 
 
 def test_output_training_display_escapes_samples(capsys):
-    from charnn.progress import TrainDisplay
-    from charnn.trainloop import Progress
+    from charnn.cli.progress import TrainDisplay
+    from charnn.training.loop import Progress
 
     TrainDisplay()(Progress("sample", 5, 10, 1.0, text="x\x1b]0;pwned\x07\x00y\nz"))
     err = capsys.readouterr().err
@@ -997,7 +997,7 @@ RESUME_CHANGES = {
 
 
 def test_every_training_option_is_tried_on_resume():
-    from charnn.cli_options import TRAIN_CONFIGS
+    from charnn.cli.options import TRAIN_CONFIGS
 
     options = {f.name for cls in TRAIN_CONFIGS if cls is TrainConfig for f in dataclasses.fields(cls)
                if f.metadata.get("panel")}

@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import charnn.checkpoint as ckpt
-from charnn.checkpoint import load_model, load_state, model_bytes, read_header
+import charnn.store.checkpoint as ckpt
 from charnn.config import DataConfig, ModelConfig, TrainConfig, to_dict
 from charnn.data import Vocab
 from charnn.errors import CharnnWarning, CheckpointError
-from charnn.meta import CheckpointMeta, meta_strings, parse_meta
 from charnn.model import CharRNN
-from charnn.train import train
+from charnn.store.checkpoint import load_model, load_state, model_bytes, read_header
+from charnn.store.meta import CheckpointMeta, meta_strings, parse_meta
+from charnn.training.train import train
 from tests.conftest import (
     REPO,
     SMALL_MODEL,

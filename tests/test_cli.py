@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from charnn.checkpoint import model_bytes
 from charnn.config import DataConfig
 from charnn.data import Vocab
 from charnn.model import CharRNN
+from charnn.store.checkpoint import model_bytes
 from tests.conftest import PYTHON, REPO, SMALL_MODEL, cli_env, invoke, one_error_line
 
 TINY = ["--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
@@ -60,7 +60,7 @@ def test_resume_continues_a_run(tmp_path, tiny_corpus):
 
 
 def test_model_options_reach_the_run_and_survive_resume(tmp_path, tiny_corpus):
-    from charnn.rundir import load_run
+    from charnn.store.rundir import load_run
 
     run = tmp_path / "run"
     no_embed = [a for i, a in enumerate(TINY) if a != "--embed" and TINY[i - 1] != "--embed"]
@@ -130,16 +130,16 @@ def test_out_that_is_a_file_or_cannot_be_created(tmp_path, tiny_corpus):
 
 
 def help_of(*args, width=200):
-    from charnn.cli_docs import help_text
+    from charnn.cli.docs import help_text
 
     return help_text(args, width=width)
 
 
 def test_docs_cli_md_is_generated_from_the_help():
-    from charnn.cli_docs import render
+    from charnn.cli.docs import render
 
     assert (REPO / "docs" / "cli.md").read_text(encoding="utf-8") == render(), \
-        "docs/cli.md is stale: run python3 -m charnn.cli_docs"
+        "docs/cli.md is stale: run python3 -m charnn.cli.docs"
 
 
 def test_help_is_short_grouped_and_uppercase():
@@ -165,9 +165,9 @@ def test_options_come_from_the_config_fields():
     """Each config field with a help panel is an option, with the field's help; one more field, one more option."""
     import dataclasses
 
-    from charnn.cli_options import config_options
+    from charnn.cli.options import config_options
     from charnn.config import DataConfig, ModelConfig, SampleConfig, TrainConfig, opt
-    from charnn.corpus_cache import DEFAULT_CACHE_DIR
+    from charnn.store.corpus_cache import DEFAULT_CACHE_DIR
 
     train, sample = help_of("train"), help_of("sample")
     for cls, text in ((ModelConfig, train), (TrainConfig, train), (DataConfig, train), (SampleConfig, sample)):
@@ -190,7 +190,7 @@ def test_options_come_from_the_config_fields():
 
 
 def test_planned_options_show_the_plan_as_their_default():
-    from charnn.planning import PLANNED
+    from charnn.training.plan import PLANNED
 
     train = help_of("train")
     assert re.search(r"--hidden +INT +Hidden units per layer\. \[default: plan\]", train)
@@ -202,7 +202,7 @@ def test_planned_options_show_the_plan_as_their_default():
 
 def _tty_sample(args: list[str]) -> bytes:
     """Run `charnn sample` in-process with stdout on a pseudo-terminal; returns what the terminal got."""
-    from charnn.cli import app
+    from charnn.cli.commands import app
 
     master, slave = pty.openpty()
     import termios

@@ -13,8 +13,8 @@ import pytest
 import charnn.data as data
 import charnn.textfile as textfile
 from charnn.config import DataConfig
-from charnn.corpus_cache import EncodeProgress, cache_key, cached_corpus, load_corpus
 from charnn.errors import CharnnWarning, CheckpointWriteError, DataError
+from charnn.store.corpus_cache import EncodeProgress, cache_key, cached_corpus, load_corpus
 
 ALPHABET = list("ab \n.") + ["é", "€", "日", "😀", "𝄞"]  # 1-, 2-, 3- and 4-byte UTF-8
 
@@ -146,7 +146,7 @@ def test_progress_reports_every_pass_to_the_total(tmp_path, monkeypatch):
 
 
 def test_training_reads_the_memory_map(tmp_path, tiny_corpus):
-    from charnn.train import train
+    from charnn.training.train import train
     from tests.conftest import tiny_configs
 
     model, cfg, data_cfg = tiny_configs(max_iters=4, eval_every=4, sample_length=0)
@@ -213,7 +213,7 @@ def test_a_corpus_changing_between_passes(tmp_path, monkeypatch, change):
         return real(p, size, **kw)
 
     monkeypatch.setattr(textfile, "CHUNK_BYTES", 64)
-    import charnn.corpus_cache as corpus_cache
+    import charnn.store.corpus_cache as corpus_cache
 
     monkeypatch.setattr(corpus_cache, "read_chunks", changing)
     if change != "append":

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from charnn import textfile
-from charnn.batches import StreamBatcher
 from charnn.config import DataConfig
 from charnn.data import Vocab, encode_file, id_dtype, read_ids, unknown_symbols
 from charnn.errors import DataError, VocabularyError
-from charnn.train import train
+from charnn.training.batches import StreamBatcher
+from charnn.training.train import train
 from tests.conftest import SMALL_MODEL, small_train
 
 

@@ -25,13 +25,13 @@ import json, os, signal, sys
 from charnn.config import DataConfig, ModelConfig, TrainConfig
 from charnn.errors import Interrupted
 from charnn.distributed import teardown_distributed
-from charnn.train import train
+from charnn.training.train import train
 
 spec = json.loads(sys.argv[1])
 rank = int(os.environ["RANK"])
 if "grads" in spec:  # one DDP forward/backward through the training code's own pieces
     import torch
-    from charnn.batches import StreamBatcher
+    from charnn.training.batches import StreamBatcher
     from charnn.data import encode_file
     from charnn.model import CharRNN, lm_loss
     from charnn.distributed import setup_distributed, wrap_ddp
@@ -104,10 +104,10 @@ def ddp_runs(tmp_path_factory) -> Path:
 
 
 def test_ddp_gradients_equal_one_process_on_the_concatenated_batch(ddp_runs: Path):
-    from charnn.batches import StreamBatcher
     from charnn.data import encode_file
     from charnn.model import CharRNN, lm_loss
     from charnn.runtime import seed_everything
+    from charnn.training.batches import StreamBatcher
 
     model_cfg, _ = _model_and_train()
     ids = encode_file(ddp_runs / "tiny.txt", DataConfig()).split()[0]
@@ -121,7 +121,7 @@ def test_ddp_gradients_equal_one_process_on_the_concatenated_batch(ddp_runs: Pat
 
 
 def test_one_ddp_step_equals_one_process_on_the_whole_batch(ddp_runs: Path, tmp_path: Path):
-    from charnn.train import train
+    from charnn.training.train import train
 
     # AdamW's first update is lr * g / (|g| + eps): for the few gradients near eps the last-bit differences
     # of the all-reduce are amplified up to lr (seen: 1e-4 on 4 of 2048 weights); the gradients themselves
@@ -170,7 +170,7 @@ def test_a_different_corpus_on_one_rank_fails_both_with_a_clear_error(tmp_path: 
     b.write_text(TINY_TEXT.upper(), encoding="utf-8")
     script = tmp_path / "cli_worker.py"
     script.write_text(
-        "import os, sys\nfrom charnn.cli import main\n"
+        "import os, sys\nfrom charnn.cli.commands import main\n"
         "corpus = sys.argv[1] if os.environ['RANK'] == '0' else sys.argv[2]\n"
         "sys.argv = ['charnn', 'train', corpus, *sys.argv[3:]]\nmain()\n")
     t0 = time.monotonic()

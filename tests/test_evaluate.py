@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from charnn.checkpoint import load_model
 from charnn.config import DataConfig, ModelConfig
 from charnn.data import encode_file
 from charnn.evaluate import _Scorer, evaluate_ids
 from charnn.model import CharRNN
+from charnn.store.checkpoint import load_model
 from tests.conftest import TINY_TEXT, corpus_of, invoke, one_error_line
 
 

@@ -20,7 +20,7 @@ from charnn.data import Vocab
 from charnn.export import CELL_LAYOUT, build_page, export_html, export_onnx
 from charnn.export.spec import STATE_NAMES
 from charnn.model import CELLS
-from charnn.rundir import load_run
+from charnn.store.rundir import load_run
 from tests.conftest import PYTHON, REPO, TINY_TEXT, invoke, tiny_configs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -49,7 +49,7 @@ VARIANTS = {  # name: (model, data)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """name -> a run directory trained 40 steps on CORPUS (once per module)."""
-    from charnn.train import train
+    from charnn.training.train import train
 
     root = tmp_path_factory.mktemp("export-runs")
     corpus = root / "corpus.txt"

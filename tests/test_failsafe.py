@@ -12,24 +12,24 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charnn import sample
-from charnn.cli import app
+from charnn.cli.commands import app
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.devicecheck import reference_outputs, self_check
 from charnn.errors import CharnnWarning, ConfigError, DeviceError, OutOfMemoryError
-from charnn.graphstep import GraphStep
 from charnn.model import CharRNN
-from charnn.rundir import load_run
 from charnn.runtime import (
     autocast_dtype,
-    hardware,
     nondeterministic_allowed,
     pick_device,
     set_deterministic,
     user_device_error,
 )
-from charnn.stepper import Tuning
-from charnn.trainstep import StepStats, make_optimizer, make_scaler, optimisation_step
+from charnn.sampling import generate as sample
+from charnn.sampling.cudagraph import GraphStep
+from charnn.sampling.stepper import Tuning
+from charnn.store.rundir import load_run
+from charnn.training.step import StepStats, make_optimizer, make_scaler, optimisation_step
+from charnn.training.train import hardware
 
 runner = CliRunner()
 CUDA = torch.device("cuda")
@@ -138,7 +138,7 @@ def test_an_unsupported_dtype_in_a_training_step_is_one_line_and_exit_6(tiny_cor
     def unsupported(*args, **kwargs):
         raise RuntimeError('"addmm_cuda" not implemented for \'BFloat16\'')
 
-    monkeypatch.setattr("charnn.trainstep.lm_loss", unsupported)
+    monkeypatch.setattr("charnn.training.step.lm_loss", unsupported)
     line = one_line(invoke("train", tiny_corpus, "--out", tmp_path / "run", *TINY), DeviceError.exit_code)
     assert "not implemented for 'BFloat16'" in line and "--precision fp32" in line
 
@@ -147,7 +147,7 @@ def test_a_card_without_kernels_is_one_line_when_sampling(tiny_run, monkeypatch)
     def no_kernels(*args, **kwargs):
         raise RuntimeError("CUDA error: no kernel image is available for execution on the device\nCUDA kernel errors")
 
-    monkeypatch.setattr("charnn.sample.FastStepper", no_kernels)
+    monkeypatch.setattr("charnn.sampling.generate.FastStepper", no_kernels)
     line = one_line(invoke("sample", tiny_run, "--length", "5"), DeviceError.exit_code)
     assert line.startswith("error: this device cannot run it (CUDA error: no kernel image")
 
@@ -232,7 +232,7 @@ def test_the_loss_scale_travels_with_the_training_state():
     """fp16's loss scale is saved with the optimizer and RNG states (weights_only-loadable) and restored on resume."""
     import io
 
-    from charnn.trainloop import _training_state
+    from charnn.training.loop import _training_state
 
     model = CharRNN(ModelConfig(layers=1, hidden=8, embed=4), 5)
     optimizer = make_optimizer(model, TrainConfig(device="cpu"), torch.device("cpu"))

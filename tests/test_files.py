@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import charnn.rundir as rundir
-from charnn.checkpoint import load_model, load_state
+import charnn.store.rundir as rundir
 from charnn.config import DataConfig, ModelConfig
 from charnn.data import Vocab
-from charnn.files import remove_stale_temps
 from charnn.model import CharRNN
-from charnn.rundir import save_checkpoint
+from charnn.store.checkpoint import load_model, load_state
+from charnn.store.files import remove_stale_temps
+from charnn.store.rundir import save_checkpoint
 from tests.conftest import PYTHON, cli_env, snapshot
 
 DURABLE_MODEL = ModelConfig(model="lstm", layers=2, hidden=128, embed=8)  # ~1 MB per file: writes take a while

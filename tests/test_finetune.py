@@ -12,13 +12,13 @@ from charnn.config import ModelConfig, SampleConfig
 from charnn.data import Vocab, encode_file, extend_vocab
 from charnn.errors import ConfigError, VocabularyError
 from charnn.evaluate import evaluate_validation
-from charnn.finetune import load_start, start_corpus, start_weights
 from charnn.model import CharRNN
-from charnn.planning import CorpusFacts, Hardware, PlanRequest, make_plan
 from charnn.report.sections import config_tables
-from charnn.rundir import load_run
-from charnn.sample import sample_text
-from charnn.train import train
+from charnn.sampling.generate import sample_text
+from charnn.store.rundir import load_run
+from charnn.training.finetune import load_start, start_corpus, start_weights
+from charnn.training.plan import CorpusFacts, Hardware, PlanRequest, make_plan
+from charnn.training.train import train
 from tests.conftest import TINY_TEXT, invoke, tiny_configs
 
 CPU = Hardware("cpu", cores=2)
@@ -49,7 +49,7 @@ def test_extended_vocabulary_keeps_old_ids_and_appends_new_symbols_sorted():
 
 
 def test_corpus_in_an_extended_vocabulary_decodes_to_the_same_text(new_corpus, tmp_path):
-    from charnn.corpus_cache import load_corpus
+    from charnn.store.corpus_cache import load_corpus
 
     own = load_corpus(new_corpus, encode_file(new_corpus, _data()).data, cache_dir=tmp_path / "cache")  # memmap
     base = Vocab(tuple(map(ord, "zyx \n")))

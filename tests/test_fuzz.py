@@ -16,11 +16,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charnn.checkpoint import load_model, model_bytes
 from charnn.config import DataConfig, ModelConfig
 from charnn.data import Vocab
 from charnn.errors import CheckpointError
 from charnn.model import CharRNN
+from charnn.store.checkpoint import load_model, model_bytes
 from tests.conftest import invoke
 
 CASES = {"truncate": 80, "flip": 120, "header": 100, "metadata": 80, "cli": 40}  # 420 cases per run

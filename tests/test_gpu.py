@@ -13,14 +13,14 @@ import torch
 
 from charnn.config import ModelConfig, SampleConfig
 from charnn.evaluate import evaluate_validation
-from charnn.graphstep import GraphStep
 from charnn.model import CharRNN
-from charnn.rundir import load_run
 from charnn.runtime import autocast, autocast_dtype, ieee_rnn, set_deterministic
-from charnn.sample import sample_text
-from charnn.stepper import Tuning
-from charnn.train import train
-from charnn.trainstep import make_scaler
+from charnn.sampling.cudagraph import GraphStep
+from charnn.sampling.generate import sample_text
+from charnn.sampling.stepper import Tuning
+from charnn.store.rundir import load_run
+from charnn.training.step import make_scaler
+from charnn.training.train import train
 from tests.conftest import tiny_configs
 
 

@@ -1,5 +1,5 @@
-"""The package's shape: modules import only those before them; the library imports no CLI toolkit; importing
-charnn, and `charnn --help`, import no torch."""
+"""The package's shape: modules import only those before them, between the wings and inside each; the library
+imports no CLI toolkit; importing charnn, and `charnn --help`, import no torch."""
 
 import ast
 import subprocess
@@ -7,52 +7,63 @@ from pathlib import Path
 
 from tests.conftest import PYTHON, cli_env
 
-# A package (report/, serve/) is one entry: its modules may import each other.
-ORDER = ["version", "errors", "terminal", "files", "fields", "config", "planning", "devicecheck", "threads", "runtime",
-         "distributed", "textfile", "data", "batches", "corpus_cache", "model", "meta", "checkpoint", "rundir",
-         "runlock", "finetune", "stepplan", "stepper", "graphstep", "sample", "beam", "evaluate", "inspect",
-         "memory", "schedule", "trainstep", "trainloop", "resume", "train", "progress", "report", "export", "serve",
-         "cli_run", "cli_options", "cli_output", "cli_app", "cli_tools", "cli", "cli_docs", "__main__"]
+# The wings: each entry is a flat module or a package directly under charnn/; each imports only entries before it.
+ORDER = ["version", "errors", "terminal", "fields", "config", "devicecheck", "runtime", "distributed", "textfile",
+         "data", "model", "store", "evaluate", "inspect", "memory", "sampling", "training", "report", "export",
+         "serve", "cli", "__main__"]
+# Inside a package the same rule holds for its modules (`__init__` may hand on any of them).
+PACKAGES = {
+    "store": ["files", "meta", "checkpoint", "corpus_cache", "rundir", "runlock"],
+    "sampling": ["draw", "packing", "stepper", "cudagraph", "generate", "beam"],
+    "training": ["threads", "schedule", "batches", "plan", "step", "finetune", "loop", "resume", "train"],
+    "report": ["svg", "analysis", "sections", "page"],
+    "export": ["output", "spec", "html", "onnx"],
+    "serve": ["jobs", "rows", "schemas", "engine", "app", "server"],
+    "cli": ["run", "options", "output", "progress", "app", "tools", "commands", "docs"],
+}
 PKG = Path(__file__).resolve().parents[1] / "charnn"
 ROOT = "__init__"  # the package itself: lazy, it imports nothing of charnn when imported
 
 
 def lazy_names() -> dict[str, str]:
-    """Public name -> module, from the `_EXPORTS` table of charnn/__init__.py."""
+    """Public name -> module (dotted under charnn), from the `_EXPORTS` table of charnn/__init__.py."""
     for node in ast.walk(ast.parse((PKG / "__init__.py").read_text())):
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_EXPORTS" for t in node.targets):
             return ast.literal_eval(node.value)
     return {}
 
 
-def entry(path: Path) -> str:
-    """The ORDER entry a file belongs to: its module, or the package directly under charnn/ holding it."""
-    parts = path.relative_to(PKG).with_suffix("").parts
-    return parts[0]
+def module_of(path: Path) -> tuple[str, ...]:
+    """charnn/sampling/stepper.py -> ("sampling", "stepper")."""
+    return path.relative_to(PKG).with_suffix("").parts
 
 
-def resolve(name: str, exports: dict[str, str]) -> str:
-    """What `from charnn import name` imports: a module or package of that name, else the module behind a
-    lazily exported name, else the package root."""
-    if (PKG / f"{name}.py").exists() or (PKG / name / "__init__.py").exists():
-        return name
-    return exports.get(name, ROOT)
+def resolve(dotted: str, names: list[str], exports: dict[str, str]) -> list[tuple[str, ...]]:
+    """The modules an import of `names` from charnn.`dotted` reaches, as paths of parts under charnn."""
+    base = tuple(dotted.split(".")[1:])
+    found = []
+    for name in names or [""]:
+        parts = (*base, name) if name else base
+        if (PKG.joinpath(*parts).with_suffix(".py")).exists() or (PKG.joinpath(*parts) / "__init__.py").exists():
+            found.append(parts)
+        elif not base and name in exports:
+            found.append(tuple(exports[name].split(".")))
+        else:
+            found.append(base or (ROOT,))
+    return found
 
 
-def charnn_imports(path: Path, exports: dict[str, str]) -> set[str]:
-    found = set()
+def charnn_imports(path: Path, exports: dict[str, str]) -> set[tuple[str, ...]]:
+    found: set[tuple[str, ...]] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module == "charnn":
-                found |= {resolve(a.name, exports) for a in node.names}
-            elif node.module.startswith("charnn."):
-                found.add(node.module.split(".")[1])
+            if node.module == "charnn" or node.module.startswith("charnn."):
+                found.update(resolve(node.module, [a.name for a in node.names], exports))
         elif isinstance(node, ast.Import):
             for a in node.names:
-                if a.name == "charnn":
-                    found.add(ROOT)
-                elif a.name.startswith("charnn."):
-                    found.add(a.name.split(".")[1])
+                if a.name == "charnn" or a.name.startswith("charnn."):
+                    found.update(resolve(a.name, [], exports))
+        assert not (isinstance(node, ast.ImportFrom) and node.level), f"{path}: use absolute imports"
     return found
 
 
@@ -62,21 +73,34 @@ def test_modules_import_only_earlier_modules():
     for path in sorted(PKG.rglob("*.py")):
         if path == PKG / "__init__.py":
             continue
-        name = entry(path)
-        assert name in ORDER, f"add {name} to the layout order"
-        rank = ORDER.index(name)
-        for dep in charnn_imports(path, exports) - {name}:  # a package's modules may import each other
-            if dep == ROOT:
+        mine = module_of(path)
+        assert mine[0] in ORDER, f"add {mine[0]} to the layout order"
+        for dep in charnn_imports(path, exports):
+            if dep == (ROOT,):
                 continue  # the root's own names (__version__): it imports nothing (test below)
-            assert dep in ORDER, f"{path.relative_to(PKG)} imports charnn.{dep}, which is not in the layout order"
-            assert ORDER.index(dep) < rank, f"{path.relative_to(PKG)} imports {dep}, which comes after it"
+            where = path.relative_to(PKG)
+            assert dep[0] in ORDER, f"{where} imports charnn.{'.'.join(dep)}, which is not in the layout order"
+            if dep[0] != mine[0]:
+                assert ORDER.index(dep[0]) < ORDER.index(mine[0]), f"{where} imports {dep[0]}, which comes after it"
+                continue
+            if mine[-1] == "__init__" or len(dep) == 1:
+                continue  # a package's face hands on its modules; a module may name its own package
+            order = PACKAGES[mine[0]]
+            assert mine[1] in order and dep[1] in order, f"add {where} and charnn.{'.'.join(dep)} to PACKAGES"
+            assert order.index(dep[1]) < order.index(mine[1]), f"{where} imports {'.'.join(dep)}, which comes after it"
+
+
+def test_every_package_module_has_its_place():
+    for package, order in PACKAGES.items():
+        modules = {p.stem for p in (PKG / package).glob("*.py")} - {"__init__"}
+        assert modules == set(order) - ({"draw"} - modules), (package, modules ^ set(order))
 
 
 def test_lazy_names_point_at_their_modules():
     import charnn
 
     for name, module in lazy_names().items():
-        assert module in ORDER and name in charnn.__all__
+        assert module.split(".")[0] in ORDER and name in charnn.__all__
         assert getattr(charnn, name) is getattr(__import__(f"charnn.{module}", fromlist=[name]), name)
 
 
@@ -92,7 +116,7 @@ def test_package_root_imports_nothing_of_charnn():
 
 
 def test_charnn_train_is_the_function_whichever_is_imported_first():
-    code = "import charnn.train, charnn; from charnn import train; print(callable(charnn.train), callable(train))"
+    code = "import charnn.training.train, charnn; from charnn import train; print(callable(charnn.train), callable(train))"
     out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=cli_env())
     assert out.stdout.split() == ["True", "True"], out.stderr
 
@@ -110,7 +134,7 @@ def test_importing_charnn_imports_no_torch_typer_or_rich():
 
 def test_help_imports_no_torch():
     for args in ([], ["train"], ["sample"], ["eval"], ["report"], ["serve"], ["export"]):
-        code = (f"import sys\nsys.argv = ['charnn', *{args!r}, '--help']\nfrom charnn.cli import main\n"
+        code = (f"import sys\nsys.argv = ['charnn', *{args!r}, '--help']\nfrom charnn.cli.commands import main\n"
                 "try:\n    main()\nexcept SystemExit:\n    pass")
         loaded = _modules_after(code)
         assert "typer" in loaded and not loaded & {"torch", "numpy"}, (args, loaded & {"torch", "numpy"})

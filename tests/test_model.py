@@ -21,7 +21,7 @@ from charnn.model import (
     rnn_cell,
     state_shapes,
 )
-from charnn.planning import CorpusFacts, Hardware, PlanRequest, make_plan
+from charnn.training.plan import CorpusFacts, Hardware, PlanRequest, make_plan
 
 # The AWD-LSTM style options (Merity et al. 2017), each alone and all together; tying needs embed == hidden.
 OPTIONS = [{}, {"tie_weights": True}, {"layer_norm": True}, {"locked_dropout": 0.3},

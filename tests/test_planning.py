@@ -6,7 +6,7 @@ import pytest
 
 from charnn.config import PRESETS, ModelConfig, TrainConfig
 from charnn.errors import ConfigError
-from charnn.planning import (
+from charnn.training.plan import (
     MAX_EVAL_EVERY,
     MIN_EVAL_EVERY,
     CorpusFacts,
@@ -136,8 +136,8 @@ def _memorisable(tmp_path):
 def test_a_memorisable_corpus_stops_early_on_its_own_and_keeps_the_best(tmp_path):
     import json
 
-    from charnn.rundir import load_run
-    from charnn.train import train
+    from charnn.store.rundir import load_run
+    from charnn.training.train import train
 
     events = []
     request = PlanRequest(model={"layers": 1, "hidden": 32, "embed": 8, "dropout": 0.0},
@@ -154,7 +154,7 @@ def test_a_memorisable_corpus_stops_early_on_its_own_and_keeps_the_best(tmp_path
 
 
 def test_overfitting_warning_fires_on_rising_validation_only():
-    from charnn.trainloop import overfitting
+    from charnn.training.loop import overfitting
 
     rising = [(2.0, 1.50), (1.8, 1.45), (1.6, 1.48), (1.4, 1.55), (1.3, 1.60)]
     assert overfitting(rising)

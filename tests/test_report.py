@@ -19,7 +19,7 @@ from charnn.model import CharRNN
 from charnn.report import build_report, page_json, passage_ids, write_report
 from charnn.report.page import asset
 from charnn.report.svg import MAX_CURVE_POINTS, thin, ticks
-from charnn.rundir import load_run
+from charnn.store.rundir import load_run
 from tests.conftest import REPO, TINY_TEXT, invoke
 
 N, T, E, H, V = 2, 150, 6, 8, 11  # layers, characters, embedding, hidden units, vocabulary
@@ -148,7 +148,7 @@ def test_gate_saturation_fractions():
 @pytest.mark.parametrize("kind,bytes_mode", [("gru", False), ("rnn", True)])
 def test_report_for_gru_and_byte_level_rnn_runs(tiny_corpus, tmp_path, kind, bytes_mode):
     from charnn.config import DataConfig, TrainConfig
-    from charnn.train import train
+    from charnn.training.train import train
 
     run = tmp_path / "run"
     train(tiny_corpus, model_cfg=ModelConfig(model=kind, layers=2, hidden=16, embed=8, layer_norm=bytes_mode),

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import charnn.resume as resume
-import charnn.rundir as rundir
-from charnn.checkpoint import load_model
+import charnn.store.rundir as rundir
+import charnn.training.resume as resume
 from charnn.config import DataConfig, ModelConfig, TrainConfig
 from charnn.data import encode_file
 from charnn.errors import ResumeMismatchError
-from charnn.train import train
+from charnn.store.checkpoint import load_model
+from charnn.training.train import train
 from tests.conftest import (
     PYTHON,
     SMALL_MODEL,
@@ -35,8 +35,8 @@ from tests.conftest import (
     weights_of,
 )
 
-train_mod = sys.modules["charnn.train"]  # `charnn.train` the attribute is the function
-resume_mod = sys.modules["charnn.resume"]
+train_mod = sys.modules["charnn.training.train"]  # `charnn.training.train` the attribute is the function
+resume_mod = sys.modules["charnn.training.resume"]
 
 RESUME_MODEL = ModelConfig(model="lstm", layers=2, hidden=16, embed=8, dropout=0.2)  # dropout: RNG matters
 
@@ -165,7 +165,7 @@ def test_sigterm_flag_saves_and_exits_143(run_dir: Path):
 
 def test_second_sigint_exits_at_once():
     """In a forked child: the first SIGINT only sets the flag, the second ends the process with 130."""
-    from charnn.cli import _StopFlag
+    from charnn.cli.commands import _StopFlag
 
     def interrupt_twice() -> int:
         with _StopFlag() as stop:

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from charnn.checkpoint import load_model
 from charnn.config import DataConfig, ModelConfig
 from charnn.data import Vocab
 from charnn.errors import CharnnWarning, CheckpointError, CheckpointWriteError
 from charnn.model import CharRNN
-from charnn.rundir import save_checkpoint
-from charnn.train import train
+from charnn.store.checkpoint import load_model
+from charnn.store.rundir import save_checkpoint
+from charnn.training.train import train
 from tests.conftest import SMALL_MODEL, corpus_of, flip_data_byte, small_train, snapshot
 
 

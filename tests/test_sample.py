@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from charnn.checkpoint import model_bytes
 from charnn.config import DataConfig, ModelConfig, SampleConfig
 from charnn.data import Vocab
 from charnn.errors import ConfigError, VocabularyError
 from charnn.model import CharRNN
-from charnn.sample import sample_text
-from charnn.stepper import MEASURED, FastStepper, Tuning, _pack
+from charnn.sampling.generate import sample_text
+from charnn.sampling.stepper import MEASURED, FastStepper, Tuning, _pack
+from charnn.store.checkpoint import model_bytes
 from tests.conftest import SMALL_MODEL, invoke
 
 VOCAB = Vocab(tuple(map(ord, "\n abcdefgh")))
@@ -99,7 +99,7 @@ def test_unseeded_sampling_leaves_the_global_rng_alone():
 
 
 def test_a_zero_uniform_never_draws_a_filtered_symbol():
-    from charnn.sample import _choose
+    from charnn.sampling.generate import _choose
 
     logits = torch.tensor([[0.0, 1.0, 5.0, 2.0]])
     for cfg in (SampleConfig(top_k=1), SampleConfig(top_p=0.5)):
@@ -258,7 +258,7 @@ def test_one_stream_gives_the_module_paths_text(kind, options):
 
 def test_the_host_draw_follows_the_distribution():
     """The host-side inverse CDF draws each symbol at its probability (a chi-square bound over 20,000 draws)."""
-    from charnn.sample import _one_stream
+    from charnn.sampling.generate import _one_stream
 
     probs = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625])
 
@@ -292,7 +292,7 @@ def test_split_matmuls_and_int_ids_step_as_the_fused_kernel(kind):
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_a_long_prime_warms_as_character_steps_do(kind):
     """The chunked forward pass over a prime leaves the state that stepping it one character at a time does."""
-    from charnn.sample import warm
+    from charnn.sampling.generate import warm
 
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(model=kind, layers=2, hidden=16, embed=8), len(VOCAB)).eval()
@@ -314,7 +314,7 @@ def test_prime_file_samples_as_the_same_prime_given_inline(tmp_path: Path, tiny_
     """--prime-file FILE writes what --prime "$(cat FILE)" writes (CRLF read as the corpus was: LF); its
     errors say nothing of training's --encoding or --bytes."""
     from charnn.errors import DataError
-    from charnn.sample import read_prime
+    from charnn.sampling.generate import read_prime
 
     prime = tmp_path / "prime.txt"
     prime.write_bytes(b"First Citizen:\r\nBefore we proceed")

@@ -21,10 +21,10 @@ import torch
 from charnn.config import DataConfig, ModelConfig, SampleConfig
 from charnn.data import Vocab
 from charnn.model import CharRNN
-from charnn.sample import prime_ids, sample_text
+from charnn.sampling.generate import prime_ids, sample_text
+from charnn.sampling.stepper import Tuning
 from charnn.serve.engine import Engine
 from charnn.serve.jobs import Job, ServerBusy
-from charnn.stepper import Tuning
 from tests.conftest import PYTHON, REPO, TINY_TEXT, cli_env
 
 HTTP = find_spec("fastapi") is not None and find_spec("uvicorn") is not None and find_spec("httpx") is not None
@@ -174,7 +174,7 @@ def test_importing_the_package_imports_no_fastapi_or_torch():
 
 def test_missing_fastapi_is_one_line_and_exit_2(tmp_path):
     code = ("import sys\nsys.modules['fastapi'] = None\nsys.argv = ['charnn', 'serve', sys.argv[1]]\n"
-            "from charnn.cli import main\nmain()")
+            "from charnn.cli.commands import main\nmain()")
     out = subprocess.run([PYTHON, "-c", code, str(tmp_path)], capture_output=True, text=True, env=cli_env())
     assert out.returncode == 2
     assert out.stderr.strip() == "error: charnn serve needs FastAPI and uvicorn: pip install 'charnn[serve]'"
@@ -185,7 +185,7 @@ def test_missing_fastapi_is_one_line_and_exit_2(tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny random model with the tiny corpus's vocabulary, saved as a model file."""
-    from charnn.checkpoint import model_bytes
+    from charnn.store.checkpoint import model_bytes
 
     path = tmp_path_factory.mktemp("serve") / "model.safetensors"
     path.write_bytes(model_bytes(model_of(), VOCAB, DataConfig(), step=7, val_loss=2.5, corpus_sha256=""))
@@ -198,8 +198,8 @@ def client(checkpoint):
         pytest.skip("needs fastapi, uvicorn and httpx")
     from fastapi.testclient import TestClient
 
-    from charnn.checkpoint import load_model
     from charnn.serve import create_app
+    from charnn.store.checkpoint import load_model
 
     app = create_app(load_model(checkpoint), max_batch=4, max_length=500, max_body=4096)
     with TestClient(app, raise_server_exceptions=False) as test_client:
@@ -414,7 +414,7 @@ def test_server_streams_many_clients_frees_left_slots_and_stops_on_sigterm(check
 
 
 def client_model(checkpoint: Path) -> CharRNN:
-    from charnn.checkpoint import load_model
+    from charnn.store.checkpoint import load_model
 
     return load_model(checkpoint).model
 
@@ -456,8 +456,8 @@ def test_served_playground_asks_the_server_and_writes_with_it(checkpoint, tmp_pa
     import uvicorn
     from fastapi.responses import HTMLResponse
 
-    from charnn.checkpoint import load_model
     from charnn.serve import create_app
+    from charnn.store.checkpoint import load_model
 
     app = create_app(load_model(checkpoint), max_batch=4, max_length=500)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charnn.threads import (
+from charnn.training.threads import (
     CpuFacts,
     CpuSnapshot,
     ThreadGovernor,
@@ -143,7 +143,7 @@ def test_governor_leaves_other_devices_and_single_threads_alone(two_threads):
 
 
 def test_training_reports_its_threads_and_restores_the_count(tiny_corpus, tmp_path, two_threads):
-    from charnn.train import train
+    from charnn.training.train import train
 
     model, cfg, data = tiny_configs(max_iters=4, eval_every=4, sample_length=0, threads=1)
     events = []

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from charnn.checkpoint import load_model
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.errors import CheckpointError, NonFiniteLossError
 from charnn.evaluate import evaluate_validation
 from charnn.model import CharRNN
-from charnn.rundir import list_checkpoints, load_run
-from charnn.sample import sample_text
-from charnn.train import learning_rate, resume_configs, train
-from charnn.trainstep import load_optimizer_state, make_optimizer
+from charnn.sampling.generate import sample_text
+from charnn.store.checkpoint import load_model
+from charnn.store.rundir import list_checkpoints, load_run
+from charnn.training.step import load_optimizer_state, make_optimizer
+from charnn.training.train import learning_rate, resume_configs, train
 from tests.conftest import (
     SMALL_MODEL,
     corpus_of,
@@ -30,8 +30,8 @@ from tests.conftest import (
     weights_of,
 )
 
-train_mod = sys.modules["charnn.train"]  # `charnn.train` the attribute is the function
-step_mod = sys.modules["charnn.trainstep"]  # where the training step calls lm_loss
+train_mod = sys.modules["charnn.training.train"]  # `charnn.training.train` the attribute is the function
+step_mod = sys.modules["charnn.training.step"]  # where the training step calls lm_loss
 
 
 def test_learns_a_periodic_text_and_greedy_sampling_reproduces_it(tmp_path):
@@ -112,12 +112,12 @@ def test_resume_may_change_precision(tmp_path, tiny_corpus):
 
 
 def test_validation_of_a_run_without_cache_builds_none(tiny_run, monkeypatch):
-    import charnn.corpus_cache
+    import charnn.store.corpus_cache
 
     def refuse(*args, **kwargs):
         raise AssertionError("a run trained without a cache must not get one at eval time")
 
-    monkeypatch.setattr(charnn.corpus_cache, "load_corpus", refuse)
+    monkeypatch.setattr(charnn.store.corpus_cache, "load_corpus", refuse)
     assert math.isfinite(evaluate_validation(load_run(tiny_run)).loss)
 
 
@@ -206,7 +206,7 @@ def test_the_cuda_guard_skips_bad_steps_on_the_device_and_stops_at_a_log_line():
     """CUDA's non-finite guard reads nothing per step: the fused AdamW skips a bad update (found_inf), the bad
     step's streams are zeroed, and the run of bad steps is read at log lines only. The branch follows the device
     argument, so it runs here on CPU tensors with the CPU's fused AdamW."""
-    from charnn.trainstep import StepStats, _guarded_update
+    from charnn.training.step import StepStats, _guarded_update
 
     w = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.AdamW([w], lr=0.1, fused=True)

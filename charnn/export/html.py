@@ -13,10 +13,10 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from charnn.checkpoint import LoadedModel
 from charnn.export.output import check_target, write_output
 from charnn.export.spec import describe, model_weights
 from charnn.report import page_json
+from charnn.store.checkpoint import LoadedModel
 
 
 @functools.cache

@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from charnn.checkpoint import LoadedModel
 from charnn.config import to_dict
 from charnn.errors import CharnnError
 from charnn.export.output import check_target, write_output
 from charnn.export.spec import STATE_NAMES
 from charnn.model import CharRNN
+from charnn.store.checkpoint import LoadedModel
 
 FORMAT = "charnn-onnx/1"
 OPSET = 17

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from charnn.errors import CharnnError
-from charnn.files import atomic_write, output_target
+from charnn.store.files import atomic_write, output_target
 
 
 class ExportTargetError(CharnnError):

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from charnn.checkpoint import LoadedModel
 from charnn.config import DataConfig, ModelConfig, TrainConfig, to_dict
 from charnn.errors import ConfigError
 from charnn.model import CELLS, num_parameters
+from charnn.store.checkpoint import LoadedModel
 
 # The state each layer carries: nn.LSTM's (h, c), the others' h. Names of the ONNX graph's state inputs.
 STATE_NAMES: dict[str, tuple[str, ...]] = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",)}

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from charnn.checkpoint import LoadedModel
 from charnn.errors import CharnnWarning, DataError
 from charnn.inspect import (
     Correlations,
@@ -30,6 +29,7 @@ from charnn.inspect import (
     unit_series,
 )
 from charnn.memory import Memory, memory
+from charnn.store.checkpoint import LoadedModel
 from charnn.textfile import open_input
 
 MAX_CHARS = 5000  # passage length shown by default

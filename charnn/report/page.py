@@ -15,9 +15,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from charnn.checkpoint import LoadedModel
 from charnn.errors import CharnnError, CharnnWarning, CheckpointWriteError, DataError
-from charnn.files import atomic_file, output_target
 from charnn.report.analysis import (
     MAX_CHARS,
     Analysis,
@@ -41,7 +39,9 @@ from charnn.report.sections import (
     surprise_section,
     timeline,
 )
-from charnn.rundir import load_run
+from charnn.store.checkpoint import LoadedModel
+from charnn.store.files import atomic_file, output_target
+from charnn.store.rundir import load_run
 
 
 @functools.cache

@@ -10,12 +10,12 @@ import math
 import time
 from typing import Any
 
-from charnn.checkpoint import LoadedModel
 from charnn.config import ModelConfig
 from charnn.inspect import Correlations, GateStats
 from charnn.memory import Memory, log_spaced, reach
 from charnn.report.analysis import LN2, Analysis, Passage, RunLog, is_number, number
 from charnn.report.svg import Series, chart, unit_scatter
+from charnn.store.checkpoint import LoadedModel
 
 PATH_COLORS = ["#16a34a", "#ea580c", "#9333ea", "#0891b2", "#be123c"]  # the cell-path curves, one per layer
 MEMORY_FLOOR = 1e-12  # gradients below this fraction of a curve's peak are not drawn: the tail is all decay

@@ -23,7 +23,7 @@ def require_server() -> None:
 
 
 def create_app(loaded: Any, *, max_batch: int = 64, max_length: int = 10_000, **options: Any) -> Any:
-    """The FastAPI app serving `loaded` (a `charnn.checkpoint.LoadedModel`); run it with any ASGI server,
+    """The FastAPI app serving `loaded` (a `charnn.store.checkpoint.LoadedModel`); run it with any ASGI server,
     or use FastAPI's TestClient. Options: charnn.serve.app.create_app."""
     require_server()
     from charnn.serve.app import create_app as build

@@ -18,13 +18,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from charnn.checkpoint import LoadedModel
 from charnn.config import to_dict
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
 from charnn.export.html import build_page
 from charnn.model import num_parameters
-from charnn.sample import default_prime
+from charnn.sampling.generate import default_prime
 from charnn.serve.engine import Engine
 from charnn.serve.jobs import Job, Output, ServerBusy
 from charnn.serve.schemas import (
@@ -37,6 +36,7 @@ from charnn.serve.schemas import (
     as_file_text,
     text_ids,
 )
+from charnn.store.checkpoint import LoadedModel
 from charnn.version import __version__
 
 log = logging.getLogger("charnn.serve")

@@ -1,5 +1,5 @@
 """Continuous batching for `charnn serve`: concurrent generation requests share one batched recurrent step
-(`charnn.stepper.FastStepper`), each stream one row with its own state, sampling options and seeded generator.
+(`charnn.sampling.stepper.FastStepper`), each stream one row with its own state, sampling options and seeded generator.
 A request joins the running batch at the next step and leaves when it is done; the rest wait in a queue.
 One worker thread runs every model call; the web layer (charnn.serve.app) gets characters back through the
 `sink` callback. Not HTTP: nothing here imports FastAPI.
@@ -20,10 +20,10 @@ import torch
 from charnn.data import Vocab
 from charnn.errors import CharnnError
 from charnn.model import CharRNN, Hidden
-from charnn.sample import _choose  # the draw `charnn sample` makes: one definition of it
+from charnn.sampling.generate import _choose  # the draw `charnn sample` makes: one definition of it
+from charnn.sampling.stepper import MEASURED, Tuning
 from charnn.serve.jobs import Job, Output, Running, ServerBusy
 from charnn.serve.rows import RowBatch, powers_of_two, rows_of, same_length, warm
-from charnn.stepper import MEASURED, Tuning
 
 log = logging.getLogger("charnn.serve")
 

@@ -15,7 +15,7 @@ import torch
 from charnn.config import SampleConfig
 from charnn.data import Vocab
 from charnn.errors import CharnnError
-from charnn.sample import UNIFORM_BLOCK
+from charnn.sampling.generate import UNIFORM_BLOCK
 
 
 class ServerBusy(CharnnError):
@@ -52,7 +52,7 @@ class Output:
 
 class Running:
     """The engine's side of an admitted job: its generator, the block of uniforms it draws from (the same
-    blocks as `charnn.sample.generate`, so a seed gives `charnn sample`'s text), and undelivered symbols."""
+    blocks as `charnn.sampling.generate.generate`, so a seed gives `charnn sample`'s text), and undelivered symbols."""
 
     def __init__(self, job: Job, vocab: Vocab) -> None:
         self.job, self.n, self.length, self.vocab = job, job.cfg.num_samples, job.cfg.length, vocab

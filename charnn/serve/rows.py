@@ -11,7 +11,7 @@ import os
 import torch
 
 from charnn.model import CharRNN, Hidden, run_rnn
-from charnn.stepper import FastStepper, Tuning
+from charnn.sampling.stepper import FastStepper, Tuning
 
 
 def serving_threads() -> int:
@@ -100,7 +100,7 @@ class RowBatch:
         self.ids[:self.used] = ids
 
     def threads(self, batch: int | None) -> None:
-        """One CPU thread for small steps (`charnn.stepper.few_threads`' rule); all of them for model calls
+        """One CPU thread for small steps (`charnn.sampling.stepper.few_threads`' rule); all of them for model calls
         and large batches (`batch` None: a model call)."""
         want = self.default_threads if batch is None else self._step_threads[batch]
         if want != self._threads:

@@ -18,9 +18,9 @@ from typing import Any
 
 import uvicorn
 
-from charnn.checkpoint import LoadedModel
 from charnn.errors import CharnnError, CharnnWarning
 from charnn.serve.app import create_app
+from charnn.store.checkpoint import LoadedModel
 
 GRACE_S = 5.0  # after a stop signal, connections still open this long are closed
 

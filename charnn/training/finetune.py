@@ -1,6 +1,7 @@
 """Starting a run from another run's trained weights (fine-tuning): the model file it starts from, the vocabulary
 that extends the file's with the new corpus's symbols, the weights copied into the larger model, and what
-config.json records. Not the schedule (`charnn.planning` chooses a fine-tuning one) nor the loop (`charnn.train`).
+config.json records. Not the schedule (`charnn.training.plan` chooses a fine-tuning one) nor the loop
+(`charnn.training.train`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from charnn.checkpoint import LoadedModel, read_meta
 from charnn.config import ModelConfig, to_dict
 from charnn.data import Corpus, extend_vocab, unknown_symbols
 from charnn.errors import CheckpointError
 from charnn.model import CharRNN, copy_trained
-from charnn.planning import PlanRequest, finetune_model
-from charnn.rundir import list_checkpoints, load_run
+from charnn.store.checkpoint import LoadedModel, read_meta
+from charnn.store.rundir import list_checkpoints, load_run
+from charnn.training.plan import PlanRequest, finetune_model
 
 
 @dataclass(frozen=True)

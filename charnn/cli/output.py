@@ -1,7 +1,7 @@
 """What `charnn sample` and `eval` write to stdout: the sampled text, streamed as it is drawn, or raw bytes for a
 byte-level model; control characters escaped on a terminal; a failed write as one error line.
 
-Not the sampling itself (charnn.sample); no torch import here.
+Not the sampling itself (charnn.sampling.generate); no torch import here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from charnn.cli_run import discard_stdout
+from charnn.cli.run import discard_stdout
 from charnn.errors import CharnnError, CheckpointWriteError, ConfigError
 from charnn.terminal import for_terminal
 

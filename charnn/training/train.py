@@ -2,7 +2,7 @@
 periodic whole-split validation, samples, checkpoints and exact resume.
 
 `train()` reads top to bottom: prepare the run (or resume it), then step until a stopping rule, evaluating,
-checkpointing and sampling on schedule; its steps are in `charnn.trainloop`. The library never prints: it
+checkpointing and sampling on schedule; its steps are in `charnn.training.loop`. The library never prints: it
 reports through `on_progress(Progress)` and stops when `should_stop()` returns a signal number.
 """
 
@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from charnn.batches import StreamBatcher
 from charnn.config import DataConfig, ModelConfig, TrainConfig
 from charnn.data import Corpus, encode_file
 from charnn.distributed import (
@@ -31,23 +30,20 @@ from charnn.distributed import (
     wrap_ddp,
 )
 from charnn.errors import ConfigError, DataError
-from charnn.finetune import load_start, start_corpus, start_request, start_weights, training_corpus
 from charnn.model import CharRNN, num_parameters
-from charnn.planning import CorpusFacts, Plan, PlanRequest, make_plan
-from charnn.resume import resume as resume_run
-from charnn.resume import resume_configs
-from charnn.rundir import open_logs, write_run_files
-from charnn.runlock import claim_run, new_run_dir
 from charnn.runtime import (
     check_ram,
-    hardware,
+    cuda_fast_dtypes,
+    native_bf16_cpu,
     pick_device,
     seed_everything,
     set_deterministic,
 )
-from charnn.schedule import default_run_dir, is_sample_step, learning_rate, total_steps
-from charnn.threads import ThreadGovernor
-from charnn.trainloop import (
+from charnn.store.rundir import open_logs, write_run_files
+from charnn.store.runlock import claim_run, new_run_dir
+from charnn.training.batches import StreamBatcher
+from charnn.training.finetune import load_start, start_corpus, start_request, start_weights, training_corpus
+from charnn.training.loop import (
     LoopState,
     Progress,
     Run,
@@ -63,7 +59,21 @@ from charnn.trainloop import (
     stop_if_asked,
     train_step,
 )
-from charnn.trainstep import StepStats, host_sync_every, make_optimizer, make_scaler
+from charnn.training.plan import CorpusFacts, Hardware, Plan, PlanRequest, make_plan
+from charnn.training.resume import resume as resume_run
+from charnn.training.resume import resume_configs
+from charnn.training.schedule import default_run_dir, is_sample_step, learning_rate, total_steps
+from charnn.training.step import StepStats, host_sync_every, make_optimizer, make_scaler
+from charnn.training.threads import ThreadGovernor
+
+
+def hardware(device: torch.device) -> Hardware:
+    """The facts about `device` the training plan reads."""
+    if device.type == "cuda":
+        bf16 = cuda_fast_dtypes(device)[0]
+    else:
+        bf16 = device.type == "cpu" and native_bf16_cpu()
+    return Hardware(device.type, cores=torch.get_num_threads(), native_bf16=bf16)
 
 
 @dataclass(frozen=True)
@@ -94,11 +104,11 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
     """Train a model on `corpus` and write a run directory; see the module docstring for the protocol.
 
     Without `model_cfg` and `train_cfg` the training plan chooses them from the corpus and the hardware
-    (`charnn.planning`), taking the preset and the explicit options of `request`; the plan is reported as
+    (`charnn.training.plan`), taking the preset and the explicit options of `request`; the plan is reported as
     the first Progress event ("plan") and recorded in config.json. With `cache_dir` the corpus is encoded once
     into a memory-mapped cache there (`on_encode` gets its progress). Under torchrun every rank trains its
     share of the streams (DDP). With `init_from` (a run directory or a model file) the run starts from that
-    run's best weights, its vocabulary extended by the corpus's new symbols (`charnn.finetune`), and the plan
+    run's best weights, its vocabulary extended by the corpus's new symbols (`charnn.training.finetune`), and the plan
     chooses a fine-tuning schedule; config.json records where it started.
     """
     data_cfg = data_cfg or (corpus.data if isinstance(corpus, Corpus) else DataConfig())
@@ -280,7 +290,7 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
 
 def _load_corpus(path: str | os.PathLike, data_cfg: DataConfig, cache_dir, on_encode, dist: DistInfo) -> Corpus:
     """Encode in memory, or through the on-disk cache; under DDP each node's local rank 0 builds it first."""
-    from charnn.corpus_cache import load_corpus
+    from charnn.store.corpus_cache import load_corpus
 
     def load() -> Corpus:
         if cache_dir is None:

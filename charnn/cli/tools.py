@@ -9,9 +9,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from charnn.cli_app import DEVICE, RunPath, Which, WhichOption, app
-from charnn.cli_options import choice, with_default, with_options
-from charnn.cli_run import Command, run_command, say
+from charnn.cli.app import DEVICE, RunPath, Which, WhichOption, app
+from charnn.cli.options import choice, with_default, with_options
+from charnn.cli.run import Command, run_command, say
 
 
 @app.command("report", cls=Command)
@@ -71,9 +71,9 @@ def serve_cmd(
     charnn serve checkpoints/shakespeare --host 0.0.0.0 --max-length 2000
     """
     def body():
-        from charnn.rundir import load_run
         from charnn.runtime import pick_device
         from charnn.serve import require_server, serve
+        from charnn.store.rundir import load_run
 
         require_server()  # before loading the model: the missing extra is the first thing to hear about
         loaded = load_run(run, which=which.value, device=pick_device(options["device"]))
@@ -111,7 +111,7 @@ def export_cmd(
     def body():
         from charnn.errors import ConfigError
         from charnn.export import export_html, export_onnx
-        from charnn.rundir import load_run
+        from charnn.store.rundir import load_run
 
         if fmt is ExportFormat.onnx and precision is not ExportPrecision.fp32:
             raise ConfigError("--precision applies to --format html; ONNX weights are fp32")

@@ -1,6 +1,6 @@
 """Who may write a run directory: a new run's --out is refused when it holds a run or files charnn did not
 write; a training holds the run's lock for its life (a second training of the same run is refused); temp files
-of interrupted writes are removed, and only charnn's own. Not what the files hold (charnn.rundir).
+of interrupted writes are removed, and only charnn's own. Not what the files hold (charnn.store.rundir).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from charnn.distributed import DistInfo
 from charnn.errors import CheckpointError, CheckpointWriteError, ConfigError
-from charnn.files import TEMP_RE, remove_stale_temps
-from charnn.rundir import CKPT_RE, STATE_SUFFIX, list_checkpoints
+from charnn.store.files import TEMP_RE, remove_stale_temps
+from charnn.store.rundir import CKPT_RE, STATE_SUFFIX, list_checkpoints
 
 RUN_FILES = frozenset({"config.json", "vocab.json", "metrics.jsonl", "samples.jsonl", "report.html", ".lock"})
 

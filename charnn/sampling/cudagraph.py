@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 from charnn.errors import CharnnWarning, SamplingError, first_line
-from charnn.stepper import FastStepper
+from charnn.sampling.stepper import FastStepper
 
 # draw(logits (B, V), uniforms (B, 1), out (B, 1)) writes the drawn ids into `out` and returns a 0-dim flag of
 # non-finite probabilities, or None when there is nothing to check

@@ -11,7 +11,7 @@ import sys
 from tqdm import tqdm
 
 from charnn.terminal import for_terminal
-from charnn.train import Progress
+from charnn.training.train import Progress
 
 EVAL_LINE_EVERY = 10.0
 
@@ -33,7 +33,7 @@ class TrainDisplay:
         return False
 
     def encode(self, e) -> None:
-        """A `charnn.corpus_cache.EncodeProgress`: one bar per pass (hash, scan, encode) with its MB/s."""
+        """A `charnn.store.corpus_cache.EncodeProgress`: one bar per pass (hash, scan, encode) with its MB/s."""
         if self.quiet:
             return
         if e.done == 0:

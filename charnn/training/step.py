@@ -2,7 +2,7 @@
 forward and backward over one batch of truncated BPTT, loss scaling for fp16, gradient clipping, the guard that
 keeps steps with a non-finite loss or gradient out of the weights, and the device-side sums behind each log line.
 
-Not the loop itself (`charnn.train`) nor its schedule (`charnn.schedule`).
+Not the loop itself (`charnn.training.train`) nor its schedule (`charnn.training.schedule`).
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ def batch_shape(train_chars: int, batch_size: int, seq_len: int) -> tuple[int, i
 
 
 def steps_per_epoch(train_chars: int, batch_size: int, seq_len: int) -> int:
-    """Optimisation steps in one pass over the training split (charnn.batches.StreamBatcher's rows), at least 1."""
+    """Optimisation steps in one pass over the training split (StreamBatcher's rows), at least 1."""
     return max(1, (train_chars // batch_size - 1) // seq_len)
 
 

@@ -1,7 +1,7 @@
 """How a `charnn` command runs as a process: user errors as one `error: ...` line and an exit code, warnings
 as `warning: ...` lines, and SIGINT/SIGTERM/SIGHUP as a flag the training loop polls.
 
-Not the commands (charnn.cli). Anything that is not a `CharnnError` is a bug and keeps its traceback.
+Not the commands (charnn.cli.commands). Anything that is not a `CharnnError` is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

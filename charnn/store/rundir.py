@@ -1,8 +1,8 @@
 """The run directory: where training writes its checkpoints (`step-NNNNNNNN.safetensors` beside its resume
 state) and readable sidecars (config.json, vocab.json), and how a later command finds, chooses and prunes them.
 
-What is inside one model file, and how it is verified, is `charnn.checkpoint`'s work; continuing a run is
-`charnn.resume`'s.
+What is inside one model file, and how it is verified, is `charnn.store.checkpoint`'s work; continuing a run is
+`charnn.training.resume`'s.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from charnn.checkpoint import LoadedModel, load_model, model_bytes, read_meta, state_bytes
 from charnn.config import DataConfig, ModelConfig, TrainConfig, to_dict
 from charnn.data import Corpus, Vocab
 from charnn.distributed import DistInfo
@@ -26,8 +25,9 @@ from charnn.errors import (
     CheckpointError,
     CheckpointWriteError,
 )
-from charnn.files import LineLog, atomic_write
 from charnn.model import CharRNN
+from charnn.store.checkpoint import LoadedModel, load_model, model_bytes, read_meta, state_bytes
+from charnn.store.files import LineLog, atomic_write
 from charnn.version import __version__
 
 CKPT_RE = re.compile(r"^step-(\d{8,})\.safetensors$")
@@ -61,7 +61,7 @@ def save_checkpoint(run_dir: str | os.PathLike, model: CharRNN, vocab: Vocab, da
                     train_cfg: TrainConfig | None = None) -> Path:
     """Write state then model (the model file is the commit record: it holds the state's sha256), then prune.
 
-    The keywords are the model file's `CheckpointMeta` fields (`charnn.checkpoint.model_bytes`).
+    The keywords are the model file's `CheckpointMeta` fields (`charnn.store.checkpoint.model_bytes`).
     """
     run_dir = Path(run_dir)
     for p in model.parameters():

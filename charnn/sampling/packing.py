@@ -1,6 +1,6 @@
 """The fast sampling kernel's choices: where it switches kernels (`Tuning`, measured), how a matmul weight is packed
 for oneDNN, the order of a layer's gate rows, and how many CPU threads a step runs on. Not the step itself
-(`charnn.stepper`). Why each switch point: docs/benchmarks.md.
+(`charnn.sampling.stepper`). Why each switch point: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Errors the user can cause print one `error: ...` line on stderr and exit non-zero (codes in the README);
 anything else is a bug and keeps its traceback. stdout carries only the product (samples, eval figures).
-The options of `train` and `sample` are built from the config fields (charnn.cli_options). Nothing heavy is
+The options of `train` and `sample` are built from the config fields (charnn.cli.options). Nothing heavy is
 imported until a command runs, so `--help` is fast.
 """
 
@@ -16,8 +16,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from charnn.cli_app import DEVICE, Backend, PresetName, RunPath, Which, WhichOption, app
-from charnn.cli_options import (
+from charnn.cli.app import DEVICE, Backend, PresetName, RunPath, Which, WhichOption, app
+from charnn.cli.options import (
     TRAIN_CONFIGS,
     config_options,
     plain,
@@ -25,7 +25,7 @@ from charnn.cli_options import (
     with_default,
     with_options,
 )
-from charnn.cli_run import Command, StopFlag, run_command, say
+from charnn.cli.run import Command, StopFlag, run_command, say
 from charnn.config import SampleConfig
 from charnn.errors import CharnnError
 
@@ -96,17 +96,17 @@ def train_cmd(
 def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, out: Path | None,
            resume: Path | None, quiet: bool, report: bool, cache_dir: Path | None, no_cache: bool,
            backend: str, show_plan: bool, init_from: Path | None) -> None:
-    """The configs (or the plan request), then one `charnn.train` call inside the distributed set-up, the
+    """The configs (or the plan request), then one `charnn.training.train` call inside the distributed set-up, the
     display and the stop flag; with --plan, the plan alone."""
     from charnn.runtime import CUBLAS_WORKSPACE
 
     if options.get("deterministic"):  # cuBLAS reads it once, when it starts: before anything touches the GPU
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-    from charnn.corpus_cache import DEFAULT_CACHE_DIR
+    from charnn.cli.progress import TrainDisplay
     from charnn.distributed import setup_distributed, teardown_distributed
-    from charnn.progress import TrainDisplay
     from charnn.runtime import pick_device
-    from charnn.train import plan, train
+    from charnn.store.corpus_cache import DEFAULT_CACHE_DIR
+    from charnn.training.train import plan, train
 
     if resume is not None and out is not None and out.resolve() != resume.resolve():
         raise CharnnError(f"--out {out} with --resume {resume}: a resumed run continues in its own directory; "
@@ -115,7 +115,7 @@ def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, 
     if show_plan:
         if setup.request is None:
             raise CharnnError("--plan shows the plan of a new run; a resumed run keeps its configs")
-        from charnn.cli_output import echo
+        from charnn.cli.output import echo
 
         echo("\n".join(plan(source, request=setup.request, data_cfg=setup.data_cfg, init_from=init_from).lines))
         return
@@ -172,11 +172,11 @@ def sample_cmd(
     """
     def body():
         # what the first character needs, and no more (beam search is imported for --beam alone)
-        from charnn.cli_output import SampleWriter, stdout_is_terminal, write_beams, write_generation
-        from charnn.rundir import load_run
+        from charnn.cli.output import SampleWriter, stdout_is_terminal, write_beams, write_generation
         from charnn.runtime import pick_device
-        from charnn.sample import generate, read_prime
-        from charnn.stepper import one_thread
+        from charnn.sampling.generate import generate, read_prime
+        from charnn.sampling.stepper import one_thread
+        from charnn.store.rundir import load_run
 
         values = plain(options)
         device = values.pop("device")
@@ -189,7 +189,7 @@ def sample_cmd(
             cfg = dataclasses.replace(cfg, prime=read_prime(prime_file, loaded.vocab, loaded.data_cfg))
         out = SampleWriter(loaded.vocab, escape=not raw and stdout_is_terminal())
         if cfg.beam is not None:  # the log-probabilities go to stderr: stdout is the text alone
-            from charnn.beam import beam_search
+            from charnn.sampling.beam import beam_search
 
             beams = beam_search(loaded.model, loaded.vocab, cfg.prime, cfg.beam, cfg.length, precision=cfg.precision)
             write_beams(beams[: cfg.num_samples], out, say=say)
@@ -230,8 +230,8 @@ def eval_cmd(
     """
     def body():
         from charnn.evaluate import evaluate_file, evaluate_validation
-        from charnn.rundir import load_run
         from charnn.runtime import pick_device
+        from charnn.store.rundir import load_run
 
         loaded = load_run(run, which=which.value, device=pick_device(options["device"]))
         seg = segment or loaded.eval_segment
@@ -248,7 +248,7 @@ def eval_cmd(
 
 
 def _show_eval(name: str, res, loaded, *, as_json: bool) -> None:
-    from charnn.cli_output import echo
+    from charnn.cli.output import echo
 
     row = {"file": name, "checkpoint": str(loaded.path), "step": loaded.step, **res.as_dict()}
     if as_json:
@@ -263,7 +263,7 @@ def _show_eval(name: str, res, loaded, *, as_json: bool) -> None:
 
 
 # report, export and serve register after train, sample and eval: `charnn --help` lists them in that order
-from charnn import cli_tools  # noqa: E402, F401
+from charnn.cli import tools as cli_tools  # noqa: E402, F401
 
 
 def main() -> None:

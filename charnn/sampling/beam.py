@@ -1,6 +1,6 @@
 """Beam search: the continuation of a prime with the highest total log-probability that a beam of W texts finds,
-each step one batched step of the fast stepper (`charnn.stepper`) for all W texts. Deterministic: no
-temperature, no randomness. Not sampling (`charnn.sample`), which draws from the distribution instead.
+each step one batched step of the fast stepper (`charnn.sampling.stepper`) for all W texts. Deterministic: no
+temperature, no randomness. Not sampling (`charnn.sampling.generate`), which draws from the distribution instead.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from charnn.data import Vocab
 from charnn.errors import ConfigError, SamplingError
 from charnn.model import CharRNN
-from charnn.sample import prime_ids
-from charnn.stepper import MEASURED, FastStepper, Tuning, few_threads
+from charnn.sampling.generate import prime_ids
+from charnn.sampling.stepper import MEASURED, FastStepper, Tuning, few_threads
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""The state of a training loop and the named steps `charnn.train.train` strings together: stop checks, one
+"""The state of a training loop and the named steps `charnn.training.train.train` strings together: stop checks, one
 optimisation step on the next batch, log lines, evaluation with a checkpoint, early stopping and samples, each
-reported as a `Progress` event. Not the preparation of a run (`charnn.train`) nor the arithmetic of a step
-(`charnn.trainstep`).
+reported as a `Progress` event. Not the preparation of a run (`charnn.training.train`) nor the arithmetic of a step
+(`charnn.training.step`).
 """
 
 from __future__ import annotations
@@ -18,20 +18,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from charnn.batches import StreamBatcher
 from charnn.config import SampleConfig, TrainConfig, to_dict
 from charnn.data import Corpus
 from charnn.distributed import DistInfo, all_max, barrier, gather_rows
 from charnn.errors import Interrupted
 from charnn.evaluate import evaluate_ids
-from charnn.files import LineLog
-from charnn.finetune import Start
 from charnn.model import CharRNN, Hidden
-from charnn.planning import Plan
-from charnn.rundir import save_checkpoint
 from charnn.runtime import rng_state
-from charnn.sample import sample_text
-from charnn.trainstep import StepStats, optimisation_step, set_lr
+from charnn.sampling.generate import sample_text
+from charnn.store.files import LineLog
+from charnn.store.rundir import save_checkpoint
+from charnn.training.batches import StreamBatcher
+from charnn.training.finetune import Start
+from charnn.training.plan import Plan
+from charnn.training.step import StepStats, optimisation_step, set_lr
 
 
 @dataclass(frozen=True)

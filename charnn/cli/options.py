@@ -1,7 +1,7 @@
 """Typer options built from the config fields: each field with a `panel` (charnn.config.opt) is one option,
 with its help, bounds, spelling and panel written once, on the field. Adding an option is adding a field.
 
-Not the commands themselves (charnn.cli); imports no torch, so `charnn --help` stays fast.
+Not the commands themselves (charnn.cli.commands); imports no torch, so `charnn --help` stays fast.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import typer
 
 from charnn.config import DataConfig, ModelConfig, TrainConfig
 from charnn.errors import CharnnError
-from charnn.planning import PLANNED, PlanRequest
+from charnn.training.plan import PLANNED, PlanRequest
 
 # The order of the help panels; an option without a panel goes under Typer's "Options".
 PANELS = ("Run", "Model", "Optimisation", "Stopping", "Evaluation & output", "Sampling", "Data", "Hardware", "Output")
@@ -76,7 +76,7 @@ def _option(f: dataclasses.Field, hint: Any, planned: bool) -> inspect.Parameter
 
 def config_options(*classes: type, planned: bool = False, only: str | None = None) -> list[inspect.Parameter]:
     """The options of every field with a panel (or of field `only`). With `planned` every option defaults to
-    None, so an explicit flag can be told from an absent one (the plan fills the rest: charnn.planning)."""
+    None, so an explicit flag can be told from an absent one (the plan fills the rest: charnn.training.plan)."""
     params = []
     for cls in classes:
         hints = typing.get_type_hints(cls)
@@ -117,7 +117,7 @@ def train_configs(corpus: Path | None, values: dict[str, Any], *, preset: str | 
                   out: Path | None) -> tuple[TrainSetup, Path, Path | None]:
     """What `charnn train` trains with, its corpus and run directory: a resumed run's own configs with the
     options given laid over them, or a plan request (the preset and the options given) for a new run."""
-    from charnn.train import resume_configs
+    from charnn.training.train import resume_configs
 
     model_over, train_over, data_over = (field_values(cls, plain(values)) for cls in TRAIN_CONFIGS)
     if resume is not None:

@@ -1,7 +1,7 @@
 """The fast sampling kernel: one recurrent step for a batch of streams, with the model's weights laid out for
 speed. The same arithmetic as the readable cells in `charnn.model` (`lstm_cell`, ...), whose gate layout it reads;
-tests hold the two paths to the same text. Not the sampling API (`charnn.sample`), nor its CUDA-graph replay
-(`charnn.graphstep`). Why each trick pays, and where its switch points come from: docs/benchmarks.md.
+tests hold the two paths to the same text. Not the sampling API (`charnn.sampling.generate`), nor its CUDA-graph replay
+(`charnn.sampling.cudagraph`). Why each trick pays, and where its switch points come from: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from charnn.errors import ConfigError
 from charnn.model import CELLS, CharRNN, Hidden, layer_weights
-from charnn.stepplan import MEASURED, Tuning, _layout, _pack, _Weight, few_threads, one_thread
+from charnn.sampling.packing import MEASURED, Tuning, _layout, _pack, _Weight, few_threads, one_thread
 
 __all__ = ["MEASURED", "FastStepper", "Tuning", "_pack", "few_threads", "one_thread"]  # where callers find them
 
@@ -159,7 +159,7 @@ class FastStepper:
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Stream b continues from the state of stream rows[b] (B,), any row taken any number of times: a beam
-        search keeps the states of the beams it extends (`charnn.beam`)."""
+        search keeps the states of the beams it extends (`charnn.sampling.beam`)."""
         for t in self._state():
             t.copy_(t.index_select(0, rows))
 

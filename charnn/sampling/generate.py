@@ -1,7 +1,7 @@
 """Drawing text from a model: warm the state on the prime in one forward pass, then one recurrent step per
 character on the carried state (O(1) work per character; the text so far is never re-run).
 
-Two stepping paths give the same text for the same seed: `fast` (default) runs `charnn.stepper`'s kernel, a
+Two stepping paths give the same text for the same seed: `fast` (default) runs `charnn.sampling.stepper`'s kernel, a
 few preallocated matrices and one addmm per layer per step; `module` calls the nn.LSTM/GRU/RNN itself. Not
 the kernel: this module is the sampling API (prime, filtering, the draw, the stream of ids).
 """
@@ -22,10 +22,10 @@ import torch
 from charnn.config import DataConfig, SampleConfig
 from charnn.data import Vocab, iter_symbols, readable_file
 from charnn.errors import ConfigError, DataError, SamplingError, VocabularyError
-from charnn.graphstep import GraphStep
 from charnn.model import CharRNN, Hidden
 from charnn.runtime import autocast, autocast_dtype, ieee_rnn, nondeterministic_allowed
-from charnn.stepper import MEASURED, FastStepper, Tuning, few_threads
+from charnn.sampling.cudagraph import GraphStep
+from charnn.sampling.stepper import MEASURED, FastStepper, Tuning, few_threads
 
 UNIFORM_BLOCK = 4096  # uniforms are drawn this many steps at a time, the same way on every path
 PRIME_CHUNK = 4096  # a long prime runs through the model this many symbols at a time
@@ -100,7 +100,7 @@ def _draw(cdf: torch.Tensor, total: torch.Tensor, uniform: torch.Tensor, out: to
 
 def _graph_draw(cfg: SampleConfig, logits: torch.Tensor, uniform: torch.Tensor,
                 out: torch.Tensor) -> torch.Tensor | None:
-    """`_choose` as captured in a CUDA graph (`charnn.stepper.GraphStep`): the host cannot be read there, so
+    """`_choose` as captured in a CUDA graph (`charnn.sampling.stepper.GraphStep`): the host cannot be read there, so
     it returns a flag of non-finite totals (None when greedy) that the graph accumulates and checks per block."""
     if cfg.greedy:
         torch.argmax(logits, dim=-1, keepdim=True, out=out)
@@ -162,7 +162,7 @@ def generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fa
     if path not in ("fast", "module"):
         raise ConfigError(f"unknown stepping path {path!r}")
     if cfg.beam is not None:
-        raise ConfigError("a beam search is charnn.beam.beam_search, not a sampler")
+        raise ConfigError("a beam search is charnn.sampling.beam.beam_search, not a sampler")
     model.eval()
     device = model.head.weight.device
     autocast_dtype(device, cfg.precision)  # bf16 on a GPU without it: one clear error now, not mid-stream

@@ -1,6 +1,6 @@
 """The typed metadata record of a model file (`CheckpointMeta`): what it holds, how it is written into the
 safetensors header's strings, and how those strings are read back and checked. No file access:
-`charnn.checkpoint` reads and writes the files.
+`charnn.store.checkpoint` reads and writes the files.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 cores that other programs leave free, looked at again every few seconds (`ThreadGovernor`; the rule alone is
 `choose_threads`, a pure function of `CpuFacts`). Why: docs/scaling.md#shared-cores.
 
-Not sampling's thread choice (one thread for small steps: `charnn.stepper.few_threads`), nor the device.
+Not sampling's thread choice (one thread for small steps: `charnn.sampling.stepper.few_threads`), nor the device.
 """
 
 from __future__ import annotations

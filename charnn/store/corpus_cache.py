@@ -22,7 +22,7 @@ import numpy as np
 from charnn.config import DataConfig
 from charnn.data import MAX_CODEPOINT, Corpus, Vocab, corpus_vocab, encode_table, id_dtype, scan_file
 from charnn.errors import CharnnError, CharnnWarning, CheckpointWriteError, DataError
-from charnn.files import atomic_file, atomic_write
+from charnn.store.files import atomic_file, atomic_write
 from charnn.textfile import changed_error, iter_symbols, read_chunks, readable_file
 
 CACHE_VERSION = 2  # 2: the ids file's sha256 is recorded and checked at every load

@@ -1,7 +1,7 @@
 """Continuing a run: the configs it continues with (its config.json, with the training options the user
 changed), and the newest checkpoint whose files verify and whose training state fits this run, applied to the
 model, the optimizer, the loss scaler, the RNGs and the streams' hidden state. Not the loop it continues
-(`charnn.trainloop`) nor how the run directory is laid out (`charnn.rundir`).
+(`charnn.training.loop`) nor how the run directory is laid out (`charnn.store.rundir`).
 """
 
 from __future__ import annotations
@@ -16,19 +16,19 @@ from typing import Any, TypeVar
 
 import torch
 
-from charnn.checkpoint import LoadedModel, load_model, load_state
 from charnn.config import DataConfig, ModelConfig, TrainConfig, from_dict, overlay_train, to_dict
 from charnn.data import Corpus
 from charnn.distributed import DistInfo, rank_rows
 from charnn.errors import CharnnWarning, CheckpointError, ConfigError, DataError, ResumeMismatchError
 from charnn.model import CharRNN
-from charnn.rundir import list_checkpoints, state_path
 from charnn.runtime import set_rng_state
+from charnn.store.checkpoint import LoadedModel, load_model, load_state
+from charnn.store.rundir import list_checkpoints, state_path
 from charnn.textfile import open_input
-from charnn.trainloop import LoopState
-from charnn.trainstep import load_optimizer_state, set_lr
+from charnn.training.loop import LoopState
+from charnn.training.step import load_optimizer_state, set_lr
 
-# The options that decide which text each row of a batch holds (`charnn.batches.StreamBatcher`).
+# The options that decide which text each row of a batch holds (`charnn.training.batches.StreamBatcher`).
 LAYOUT = ("batch_size", "seq_len", "seed")
 T = TypeVar("T")
 
@@ -119,7 +119,7 @@ def latest_resumable(run_dir: Path, apply: Callable[[LoadedModel, dict[str, Any]
 
 def resume(run_dir: Path, model: CharRNN, optimizer: torch.optim.Optimizer, *, cfg: TrainConfig, data: Corpus,
            dist: DistInfo, device: torch.device, scaler: torch.amp.GradScaler | None = None) -> LoopState:
-    """Load the newest resumable checkpoint of `run_dir` (claimed: `charnn.runlock.claim_run`) into `model`,
+    """Load the newest resumable checkpoint of `run_dir` (claimed: `charnn.store.runlock.claim_run`) into `model`,
     `optimizer` (and `scaler`); the loop state it saved.
     A checkpoint whose state does not fit (a damaged or hand-made file) is skipped with a warning, as one
     that fails to verify is; another corpus, vocabulary or model is refused at once."""

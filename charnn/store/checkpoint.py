@@ -1,7 +1,7 @@
 """The model file users share (safetensors weights, a sha256 per tensor, one typed metadata record,
 `CheckpointMeta`) and the training-state blob for resuming (`torch.load(weights_only=True)` only).
 Loading never unpickles: the header is checked against the shapes the config implies before a weight byte is
-allocated. Where the files live in a run directory, and which to load or prune, is `charnn.rundir`'s work.
+allocated. Where the files live in a run directory, and which to load or prune, is `charnn.store.rundir`'s work.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 from charnn.config import DataConfig, ModelConfig, TrainConfig
 from charnn.data import Vocab
 from charnn.errors import CheckpointError
-from charnn.meta import FORMAT, MAX_EVAL_SEGMENT, CheckpointMeta, meta_json, meta_strings, parse_meta
 from charnn.model import CharRNN, state_shapes
+from charnn.store.meta import FORMAT, MAX_EVAL_SEGMENT, CheckpointMeta, meta_json, meta_strings, parse_meta
 
 MAX_HEADER_BYTES = 64 << 20
 
@@ -231,7 +231,7 @@ def _count(value: Any) -> bool:
 def _state_problem(state: dict[str, Any]) -> str | None:
     """What is wrong with the structure of a training state (None: nothing), checked before any of it is applied:
     a state whose checksum matches can still have been written by hand or by another program. Whether its
-    tensors fit the model is checked where they are applied (`charnn.train`)."""
+    tensors fit the model is checked where they are applied (`charnn.training.train`)."""
     for key in ("step", "elapsed", "optimizer", "rng"):
         if key not in state:
             return f"no {key!r}"

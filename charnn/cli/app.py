@@ -1,6 +1,6 @@
 """The `charnn` Typer application, its root callback (`--version`) and the options several commands share.
-The commands register themselves on `app`: train, sample and eval in charnn.cli; report, export and serve in
-charnn.cli_tools. Imports nothing heavy.
+The commands register themselves on `app`: train, sample and eval in charnn.cli.commands; report, export and serve in
+charnn.cli.tools. Imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from charnn.cli_options import choice, config_options, with_default
-from charnn.cli_run import OneLineErrors
+from charnn.cli.options import choice, config_options, with_default
+from charnn.cli.run import OneLineErrors
 from charnn.config import BACKENDS, PRESETS, TrainConfig
 from charnn.version import __version__
 
