@@ -19,8 +19,19 @@ def synthetic_corpus(path: Path, chars: int) -> Path:
     return path
 
 
-def bare_loop(layers: int, hidden: int, embed: int, batch: int, seq: int, *, steps: int, warmup: int,
-              device=None, bf16: bool = False, optimizer: str = "adam") -> float:
+def bare_loop(
+    layers: int,
+    hidden: int,
+    embed: int,
+    batch: int,
+    seq: int,
+    *,
+    steps: int,
+    warmup: int,
+    device=None,
+    bf16: bool = False,
+    optimizer: str = "adam",
+) -> float:
     """chars/s of the bare training step. `bf16`: the forward under bf16 autocast on the model's device (what
     charnn's `auto` precision does on CUDA and on CPUs with native bf16). `optimizer`: "adam" (the plain
     CPU ceiling: what a hand-written trainer's step costs) or "adamw" (fused on CUDA, as charnn's)."""

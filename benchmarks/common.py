@@ -62,8 +62,13 @@ def median_ratio(numerators: Iterable[float], denominators: Iterable[float]) -> 
     return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
 
 
-def interleaved(repeats: int, measures: dict[str, Callable[[], object]], *, alternate: bool = False,
-                on_repeat: Callable[[int, dict[str, list]], None] | None = None) -> dict[str, list]:
+def interleaved(
+    repeats: int,
+    measures: dict[str, Callable[[], object]],
+    *,
+    alternate: bool = False,
+    on_repeat: Callable[[int, dict[str, list]], None] | None = None,
+) -> dict[str, list]:
     """Run every measure once per repeat, one after the other, and collect what each returns.
 
     Interleaving puts each measure next to the others in time, so they see the same machine. `alternate`
@@ -73,7 +78,7 @@ def interleaved(repeats: int, measures: dict[str, Callable[[], object]], *, alte
     results: dict[str, list] = {name: [] for name in measures}
     names = list(measures)
     for r in range(repeats):
-        for name in (names[::-1] if alternate and r % 2 == 0 else names):
+        for name in names[::-1] if alternate and r % 2 == 0 else names:
             results[name].append(measures[name]())
         if on_repeat is not None:
             on_repeat(r, results)

@@ -77,8 +77,9 @@ def generate(path: Path, size: int) -> None:
 
 
 def run(code: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *args], env=repo_env(), capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], env=repo_env(), capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -90,8 +91,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="charnn-bench-", dir=args.tmp))
     try:
         machine()
-        print(f"{'corpus':>8} {'first encode':>13} {'(hash/scan/encode MB/s)':>24} {'cache hit':>10} "
-              f"{'peak RSS':>9}")
+        print(f"{'corpus':>8} {'first encode':>13} {'(hash/scan/encode MB/s)':>24} {'cache hit':>10} {'peak RSS':>9}")
         for size in sizes:
             corpus, cache = root / f"c{size // MB}.txt", root / "cache"
             generate(corpus, size)
@@ -99,14 +99,20 @@ def main() -> None:
             hit = run(ENCODE, str(corpus), str(cache))
             mb = size / 1e6
             per = "/".join(f"{mb / first['phases'][p]:.0f}" for p in ("hash", "scan", "encode"))
-            print(f"{size // MB:>6}MB {mb / first['seconds']:>9.0f} MB/s {per:>24} {mb / hit['seconds']:>5.0f} MB/s "
-                  f"{max(first['rss_mb'], hit['rss_mb']):>6.0f} MB", flush=True)
+            print(
+                f"{size // MB:>6}MB {mb / first['seconds']:>9.0f} MB/s {per:>24} {mb / hit['seconds']:>5.0f} MB/s "
+                f"{max(first['rss_mb'], hit['rss_mb']):>6.0f} MB",
+                flush=True,
+            )
             if size == 1024 * MB:
                 base = run(BASELINE)
                 smoke = run(TRAIN, str(corpus), str(cache), str(root / "run"))
-                print(f"1 GB training smoke ({smoke['steps']} steps, {smoke['params']:,} params, batch 32x128): "
-                      f"peak RSS {smoke['rss_mb']:.0f} MB; the same model training on an in-memory batch: "
-                      f"{base['rss_mb']:.0f} MB; target <= {base['rss_mb'] + 300:.0f} MB", flush=True)
+                print(
+                    f"1 GB training smoke ({smoke['steps']} steps, {smoke['params']:,} params, batch 32x128): "
+                    f"peak RSS {smoke['rss_mb']:.0f} MB; the same model training on an in-memory batch: "
+                    f"{base['rss_mb']:.0f} MB; target <= {base['rss_mb'] + 300:.0f} MB",
+                    flush=True,
+                )
             corpus.unlink()
             shutil.rmtree(cache, ignore_errors=True)
     finally:

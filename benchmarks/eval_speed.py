@@ -37,13 +37,14 @@ def bare_forward(model: CharRNN, ids: np.ndarray, batch: int, chunk: int) -> flo
     model.eval()
     rows = (len(ids) - 1) // batch
     x = torch.from_numpy(ids[: rows * batch].astype(np.int64)).view(batch, rows)
-    y = torch.from_numpy(ids[1: rows * batch + 1].astype(np.int64)).view(batch, rows)
+    y = torch.from_numpy(ids[1 : rows * batch + 1].astype(np.int64)).view(batch, rows)
     t0 = time.perf_counter()
     hidden, total = None, torch.zeros((), dtype=torch.float64)
     for c0 in range(0, rows, chunk):
-        logits, hidden = model(x[:, c0:c0 + chunk], hidden)
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[:, c0:c0 + chunk].reshape(-1),
-                                 reduction="sum")
+        logits, hidden = model(x[:, c0 : c0 + chunk], hidden)
+        total += F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y[:, c0 : c0 + chunk].reshape(-1), reduction="sum"
+        )
     float(total)
     return rows * batch / (time.perf_counter() - t0)
 
@@ -58,16 +59,21 @@ def cli_eval_seconds(model: CharRNN, vocab: Vocab, tmp: Path, mb: float, threads
     """Wall time of `python -m charnn eval RUN FILE` on a generated file of `mb` MB."""
     run = tmp / "run"
     run.mkdir()
-    save_checkpoint(run, model, vocab, DataConfig(), step=0, val_loss=None, corpus_sha256="0" * 64,
-                    state=None, keep_last=1)
+    save_checkpoint(
+        run, model, vocab, DataConfig(), step=0, val_loss=None, corpus_sha256="0" * 64, state=None, keep_last=1
+    )
     rng = np.random.default_rng(0)
     text = "".join(np.array(list(ALPHABET))[rng.integers(0, len(ALPHABET), int(mb * 1e6))])
     path = tmp / "text.txt"
     path.write_text(text, encoding="utf-8")
     env = repo_env(OMP_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "charnn", "eval", str(run), str(path), "--device", "cpu"], env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "charnn", "eval", str(run), str(path), "--device", "cpu"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - t0
 
 
@@ -94,25 +100,37 @@ def main() -> None:
     model = CharRNN(ModelConfig(layers=args.layers, hidden=args.hidden, embed=args.embed), len(vocab))
     ids = np.random.default_rng(0).integers(0, len(vocab), args.chars).astype(np.uint8)
     machine(threads)
-    print(f"model: {args.layers}x{args.hidden} lstm, embed {args.embed}; {args.chars:,} chars, "
-          f"batch {args.batch}", flush=True)
+    print(
+        f"model: {args.layers}x{args.hidden} lstm, embed {args.embed}; {args.chars:,} chars, batch {args.batch}",
+        flush=True,
+    )
 
     def report(r: int, got: dict[str, list]) -> None:
         ours, bare = got["charnn"][-1], got["bare"][-1]
-        print(f"repeat {r + 1}: charnn {ours:,.0f} chars/s, bare forward {bare:,.0f} chars/s, "
-              f"ratio {ours / bare:.3f}", flush=True)
+        print(
+            f"repeat {r + 1}: charnn {ours:,.0f} chars/s, bare forward {bare:,.0f} chars/s, ratio {ours / bare:.3f}",
+            flush=True,
+        )
 
-    got = interleaved(args.repeats, {"charnn": lambda: charnn_eval(model, ids, args.batch, args.segment),
-                                     "bare": lambda: bare_forward(model, ids, args.batch, args.chunk)},
-                      on_repeat=report)
+    got = interleaved(
+        args.repeats,
+        {
+            "charnn": lambda: charnn_eval(model, ids, args.batch, args.segment),
+            "bare": lambda: bare_forward(model, ids, args.batch, args.chunk),
+        },
+        on_repeat=report,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         cli_s = cli_eval_seconds(model, vocab, Path(tmp), args.file_mb, threads)
     result = {
         "charnn_chars_per_s": round(median(got["charnn"])),
         "bare_chars_per_s": round(median(got["bare"])),
         "ratio": round(median_ratio(got["charnn"], got["bare"]), 3),
-        "cli_eval_file_mb": args.file_mb, "cli_eval_seconds": round(cli_s, 2), "threads": threads,
-        "repeats": args.repeats, "load_average": load_average(),
+        "cli_eval_file_mb": args.file_mb,
+        "cli_eval_seconds": round(cli_s, 2),
+        "threads": threads,
+        "repeats": args.repeats,
+        "load_average": load_average(),
     }
     print(f"ratio (median of {args.repeats}): {result['ratio']:.3f}  (target >= 0.9)")
     print(f"charnn eval of a {args.file_mb:g} MB file: {cli_s:.1f} s  (target < 20 s for 1 MB, 2x256)")

@@ -42,9 +42,21 @@ def make_model(cfg: ModelConfig, directory: Path, name: str) -> Path:
 def open_page(page: Path, profile: Path, query: str) -> tuple[str, float]:
     """The DOM once loaded (no virtual time: the page's clock is real) and the browser's whole wall time."""
     start = time.perf_counter()
-    res = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                          f"--user-data-dir={profile}", "--dump-dom", page.as_uri() + query],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--dump-dom",
+            page.as_uri() + query,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.perf_counter() - start
     if res.returncode != 0 or "data-open-ms" not in res.stdout:
         raise SystemExit(f"chromium failed on {page}: {res.stderr[-1000:]}")
@@ -60,8 +72,12 @@ def measure(path: Path, directory: Path, precision: str, length: int, repeats: i
         opens.append(float(re.search(r'data-open-ms="(\d+)"', dom)[1]) / 1000)
         speeds.append(float(re.search(r'data-cps="(\d+)"', dom)[1]))
         walls.append(wall)
-    return {"mb": page.stat().st_size / 1e6, "open_s": statistics.median(opens), "wall_s": statistics.median(walls),
-            "cps": statistics.median(speeds)}
+    return {
+        "mb": page.stat().st_size / 1e6,
+        "open_s": statistics.median(opens),
+        "wall_s": statistics.median(walls),
+        "cps": statistics.median(speeds),
+    }
 
 
 def main() -> None:
@@ -71,8 +87,10 @@ def main() -> None:
     args = parser.parse_args()
     if CHROMIUM is None:
         raise SystemExit("needs chromium (apt-get install chromium)")
-    models = {"default (2x256 LSTM, embed 128)": (ModelConfig(), 3000),
-              "large preset (3x1024 LSTM, embed 256)": (PRESETS["large"].model, 300)}
+    models = {
+        "default (2x256 LSTM, embed 128)": (ModelConfig(), 3000),
+        "large preset (3x1024 LSTM, embed 256)": (PRESETS["large"].model, 300),
+    }
     if args.quick:
         models = {"tiny (1x16 LSTM)": (ModelConfig(layers=1, hidden=16, embed=8), 200)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,9 +100,12 @@ def main() -> None:
             params = num_parameters(cfg, len(VOCAB))
             for precision in ("fp32", "fp16"):
                 m = measure(path, directory, precision, length, 1 if args.quick else args.repeats)
-                print(f"{label}, {params / 1e6:.2f} M parameters, {precision}: {m['mb']:.1f} MB, open "
-                      f"{m['open_s']:.2f} s (chromium start to exit {m['wall_s']:.1f} s), "
-                      f"{m['cps']:.0f} chars/s over {length} characters", flush=True)
+                print(
+                    f"{label}, {params / 1e6:.2f} M parameters, {precision}: {m['mb']:.1f} MB, open "
+                    f"{m['open_s']:.2f} s (chromium start to exit {m['wall_s']:.1f} s), "
+                    f"{m['cps']:.0f} chars/s over {length} characters",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,18 @@ def unigram(path: Path) -> tuple[float, int, int]:
 
 def train_run(path: Path, flags: list[str], workdir: Path, env: dict[str, str]) -> dict:
     run_dir = Path(tempfile.mkdtemp(dir=workdir))
-    cmd = [sys.executable, "-m", "charnn", "train", str(path), "--out", str(run_dir / "run"), "--quiet",
-           "--no-cache", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "charnn",
+        "train",
+        str(path),
+        "--out",
+        str(run_dir / "run"),
+        "--quiet",
+        "--no-cache",
+        *flags,
+    ]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     wall = time.perf_counter() - t0
@@ -69,8 +79,13 @@ def train_run(path: Path, flags: list[str], workdir: Path, env: dict[str, str]) 
     evals = [r for r in records if r["kind"] == "eval" and r["val_loss"] is not None]
     best = min(evals, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf)
     stop = next((r["reason"] for r in records if r["kind"] == "stop"), "")
-    return {"val": round(best["val_loss"], 4), "best_step": best["step"], "steps": records[-1]["step"],
-            "wall_s": round(wall, 1), "stop": stop}
+    return {
+        "val": round(best["val_loss"], 4),
+        "best_step": best["step"],
+        "steps": records[-1]["step"],
+        "wall_s": round(wall, 1),
+        "stop": stop,
+    }
 
 
 def fit(path: Path, args, env: dict[str, str], workdir: Path) -> dict:
@@ -86,16 +101,20 @@ def fit(path: Path, args, env: dict[str, str], workdir: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| corpus | train chars | vocab | unigram | default (wall, stop) | best hand config | gap |",
-           "|---|---|---|---|---|---|---|"]
+    out = [
+        "| corpus | train chars | vocab | unigram | default (wall, stop) | best hand config | gap |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         d = r["default"]
         hand = min(r["hand"].items(), key=lambda kv: kv[1]["val"]) if r["hand"] else None
         best = f"{hand[1]['val']:.3f} ({hand[0]}, {hand[1]['wall_s']:.0f} s)" if hand else "-"
         gap = f"{d['val'] - hand[1]['val']:+.3f}" if hand else "-"
         stop = "early stop" if d["stop"] else "plan's end"
-        out.append(f"| {r['corpus']} | {r['train_chars']:,} | {r['vocab']} | {r['unigram']:.3f} | "
-                   f"**{d['val']:.3f}** ({d['wall_s']:.0f} s, {stop}) | {best} | {gap} |")
+        out.append(
+            f"| {r['corpus']} | {r['train_chars']:,} | {r['vocab']} | {r['unigram']:.3f} | "
+            f"**{d['val']:.3f}** ({d['wall_s']:.0f} s, {stop}) | {best} | {gap} |"
+        )
     return "\n".join(out)
 
 
@@ -132,8 +151,9 @@ def build(out: Path) -> None:
     ru = sorted(glob.glob("/usr/share/games/fortunes/ru/*.u8"))
     if ru:  # Russian fortune cookies: Cyrillic
         write("ru-200k.txt", "".join(Path(p).read_text("utf-8", "replace") for p in ru)[500_000:700_000])
-    zh = [p for p in ("/usr/share/games/fortunes/tang300.u8", "/usr/share/games/fortunes/song100.u8")
-          if Path(p).exists()]
+    zh = [
+        p for p in ("/usr/share/games/fortunes/tang300.u8", "/usr/share/games/fortunes/song100.u8") if Path(p).exists()
+    ]
     if zh:  # Tang and Song poems: a vocabulary of thousands of symbols
         text = "".join(Path(p).read_text("utf-8", "replace") for p in zh)
         write("zh-poems.txt", re.sub(r"\x1b\[[0-9;]*m", "", text)[:100_000])

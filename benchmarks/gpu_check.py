@@ -40,10 +40,17 @@ sys.path[:0] = [str(HERE), str(REPO)]
 
 # (label, layers, hidden, batch, seq, embed), most wanted first: the speed part stops where time runs out.
 PLAN_1MB = ("plan, 1 MB corpus", 2, 512, 128, 128, 128)
-FULL_SHAPES = (PLAN_1MB, ("preset medium", 3, 512, 64, 128, 256), ("preset large", 3, 1024, 128, 256, 256),
-               ("torch-rnn grid", 1, 128, 50, 50, 64), ("torch-rnn grid", 2, 256, 50, 50, 64),
-               ("torch-rnn grid", 3, 512, 50, 50, 64), ("batch 64", 2, 512, 64, 128, 128),
-               ("batch 256", 2, 512, 256, 128, 128), ("hidden 1024", 2, 1024, 128, 128, 128))
+FULL_SHAPES = (
+    PLAN_1MB,
+    ("preset medium", 3, 512, 64, 128, 256),
+    ("preset large", 3, 1024, 128, 256, 256),
+    ("torch-rnn grid", 1, 128, 50, 50, 64),
+    ("torch-rnn grid", 2, 256, 50, 50, 64),
+    ("torch-rnn grid", 3, 512, 50, 50, 64),
+    ("batch 64", 2, 512, 64, 128, 128),
+    ("batch 256", 2, 512, 256, 128, 128),
+    ("hidden 1024", 2, 1024, 128, 128, 128),
+)
 
 
 @dataclass(frozen=True)
@@ -70,22 +77,64 @@ class Mode:
 
 
 GPU_TESTS = ("-m", "gpu or device", "tests")
-FULL = Mode("full", "cuda", 455, GPU_TESTS, 150, ((2, 256), (2, 512)), ((1, 4000), (64, 1000)), 60,
-            ("--device", "cuda", "--backend", "nccl", "--max-iters", "120", "--eval-every", "60", "--log-every",
-             "20"), 75,
-            FULL_SHAPES, 40, 3_200_000, 180, "data/tinyshakespeare.txt")
-QUICK = Mode("quick", "cuda", 105, (*GPU_TESTS, "-x"), 40, ((2, 256),), ((1, 1500), (64, 300)), 20,
-             ("--device", "cuda", "--backend", "nccl", "--max-iters", "30", "--eval-every", "30", "--log-every",
-              "10"), 30,
-             (PLAN_1MB,), 12, 1_000_000, 10, "data/tinyshakespeare.txt", 25)
-DRY = Mode("dry-run", "cpu", 240, ("-m", "device", "-k", "sampling_paths", "tests/test_gpu.py"), 120,
-           ((1, 16),), ((1, 40), (4, 20)), 60,
-           ("--device", "cpu", "--backend", "gloo", "--max-iters", "4", "--eval-every", "4", "--log-every", "2"), 90,
-           (("tiny", 1, 16, 4, 8, 8),), 4, 20_000, 2, None, 60,
-           ("--layers", "1", "--hidden", "32", "--embed", "16", "--batch-size", "4", "--seq-len", "16"))
+FULL = Mode(
+    "full",
+    "cuda",
+    455,
+    GPU_TESTS,
+    150,
+    ((2, 256), (2, 512)),
+    ((1, 4000), (64, 1000)),
+    60,
+    ("--device", "cuda", "--backend", "nccl", "--max-iters", "120", "--eval-every", "60", "--log-every", "20"),
+    75,
+    FULL_SHAPES,
+    40,
+    3_200_000,
+    180,
+    "data/tinyshakespeare.txt",
+)
+QUICK = Mode(
+    "quick",
+    "cuda",
+    105,
+    (*GPU_TESTS, "-x"),
+    40,
+    ((2, 256),),
+    ((1, 1500), (64, 300)),
+    20,
+    ("--device", "cuda", "--backend", "nccl", "--max-iters", "30", "--eval-every", "30", "--log-every", "10"),
+    30,
+    (PLAN_1MB,),
+    12,
+    1_000_000,
+    10,
+    "data/tinyshakespeare.txt",
+    25,
+)
+DRY = Mode(
+    "dry-run",
+    "cpu",
+    240,
+    ("-m", "device", "-k", "sampling_paths", "tests/test_gpu.py"),
+    120,
+    ((1, 16),),
+    ((1, 40), (4, 20)),
+    60,
+    ("--device", "cpu", "--backend", "gloo", "--max-iters", "4", "--eval-every", "4", "--log-every", "2"),
+    90,
+    (("tiny", 1, 16, 4, 8, 8),),
+    4,
+    20_000,
+    2,
+    None,
+    60,
+    ("--layers", "1", "--hidden", "32", "--embed", "16", "--batch-size", "4", "--seq-len", "16"),
+)
 
 
 # --- running things with a limit ---------------------------------------------------------------------------
+
 
 def run_limited(cmd: list[str], limit: float, *, env: dict | None = None) -> dict:
     """Run `cmd` in its own process group from the repository root; kill the whole group at `limit` seconds
@@ -93,8 +142,9 @@ def run_limited(cmd: list[str], limit: float, *, env: dict | None = None) -> dic
     env = {**os.environ, **(env or {})}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=max(limit, 1))
         timed_out = False
@@ -102,8 +152,13 @@ def run_limited(cmd: list[str], limit: float, *, env: dict | None = None) -> dic
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         timed_out = True
-    return {"rc": proc.returncode, "timed_out": timed_out, "seconds": round(time.monotonic() - start, 1),
-            "stdout": out[-4000:], "stderr": err[-4000:]}
+    return {
+        "rc": proc.returncode,
+        "timed_out": timed_out,
+        "seconds": round(time.monotonic() - start, 1),
+        "stdout": out[-4000:],
+        "stderr": err[-4000:],
+    }
 
 
 def charnn_cmd(*args: str) -> list[str]:
@@ -117,12 +172,18 @@ def last_error_line(text: str) -> str:
 
 # --- the parts run in this process ---------------------------------------------------------------------------
 
+
 def part_machine(mode: Mode, limit: float) -> dict:
     import torch
 
-    facts = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-             "platform": platform.platform(), "device": mode.device}
+    facts = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "platform": platform.platform(),
+        "device": mode.device,
+    }
     if mode.device == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("no CUDA device here (run on the GPU machine, or pass --dry-run)")
@@ -131,11 +192,20 @@ def part_machine(mode: Mode, limit: float) -> dict:
         device = torch.device("cuda")
         props = torch.cuda.get_device_properties(device)
         bf16, fp16 = cuda_fast_dtypes(device)
-        facts.update(name=props.name, capability=f"{props.major}.{props.minor}", memory_gb=round(
-            props.total_memory / 2**30, 1), count=torch.cuda.device_count(), native_bf16=bf16, fp16_tensor_cores=fp16,
-            auto_precision=str(autocast_dtype(device, "auto", training=True)))
-        smi = run_limited(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], 10) \
-            if _has("nvidia-smi") else None
+        facts.update(
+            name=props.name,
+            capability=f"{props.major}.{props.minor}",
+            memory_gb=round(props.total_memory / 2**30, 1),
+            count=torch.cuda.device_count(),
+            native_bf16=bf16,
+            fp16_tensor_cores=fp16,
+            auto_precision=str(autocast_dtype(device, "auto", training=True)),
+        )
+        smi = (
+            run_limited(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], 10)
+            if _has("nvidia-smi")
+            else None
+        )
         facts["driver"] = smi["stdout"].strip() if smi and smi["rc"] == 0 else None
     else:
         facts["name"] = platform.processor() or platform.machine()
@@ -183,20 +253,43 @@ def part_ddp(mode: Mode, limit: float) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="charnn-gpu-check-"))
     corpus = str(REPO / mode.quality_corpus) if mode.quality_corpus else str(tiny_corpus(workdir))
     run_dir = workdir / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "charnn",
-           "train", corpus, *mode.ddp_args, *mode.tiny_args, "--sample-length", "80", "--out", str(run_dir),
-           "--quiet", "--no-cache"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=1",
+        "-m",
+        "charnn",
+        "train",
+        corpus,
+        *mode.ddp_args,
+        *mode.tiny_args,
+        "--sample-length",
+        "80",
+        "--out",
+        str(run_dir),
+        "--quiet",
+        "--no-cache",
+    ]
     done = run_limited(cmd, limit, env={"NCCL_DEBUG": "VERSION"})  # NCCL names itself once it starts
     rows = read_jsonl(run_dir / "metrics.jsonl")
     train_rows = [r for r in rows if r.get("kind") == "train"]
     evals = [r["val_loss"] for r in rows if r.get("kind") == "eval"]
     samples = read_jsonl(run_dir / "samples.jsonl")
-    result = {"command": "torchrun " + " ".join(cmd[3:]), "rc": done["rc"], "timed_out": done["timed_out"],
-              "steps": train_rows[-1]["step"] if train_rows else 0, "val_loss": evals[-1] if evals else None,
-              "chars_per_s": train_rows[-1]["chars_per_s"] if train_rows else None, "samples": len(samples),
-              "warnings": [line for line in done["stderr"].splitlines() if line.startswith("warning:")][:5],
-              "nccl": next((ln.strip() for ln in (done["stdout"] + done["stderr"]).splitlines()
-                            if "NCCL version" in ln), None)}
+    result = {
+        "command": "torchrun " + " ".join(cmd[3:]),
+        "rc": done["rc"],
+        "timed_out": done["timed_out"],
+        "steps": train_rows[-1]["step"] if train_rows else 0,
+        "val_loss": evals[-1] if evals else None,
+        "chars_per_s": train_rows[-1]["chars_per_s"] if train_rows else None,
+        "samples": len(samples),
+        "warnings": [line for line in done["stderr"].splitlines() if line.startswith("warning:")][:5],
+        "nccl": next(
+            (ln.strip() for ln in (done["stdout"] + done["stderr"]).splitlines() if "NCCL version" in ln), None
+        ),
+    }
     if done["rc"] != 0 or not train_rows:
         result["stderr_tail"] = done["stderr"][-2500:]
         raise PartFailed(f"torchrun exit {done['rc']}: {last_error_line(done['stderr'])}", result)
@@ -210,14 +303,27 @@ def part_quality(mode: Mode, limit: float) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="charnn-gpu-check-"))
     corpus = str(REPO / mode.quality_corpus) if mode.quality_corpus else str(tiny_corpus(workdir))
     run_dir = workdir / "quality"
-    args = ["train", corpus, "--time-budget", f"{budget:g}", "--out", str(run_dir), "--quiet", "--no-cache",
-            *mode.tiny_args]
+    args = [
+        "train",
+        corpus,
+        "--time-budget",
+        f"{budget:g}",
+        "--out",
+        str(run_dir),
+        "--quiet",
+        "--no-cache",
+        *mode.tiny_args,
+    ]
     if mode.device == "cpu":
         args += ["--device", "cpu"]
     done = run_limited(charnn_cmd(*args), limit)
-    result = {"command": "charnn " + " ".join(args), "time_budget": budget, "shortened": budget
-              < mode.quality_budget, "rc": done["rc"], "done": [ln for ln in done["stderr"].splitlines()
-                                                                  if ln.startswith(("done:", "warning:"))][:5]}
+    result = {
+        "command": "charnn " + " ".join(args),
+        "time_budget": budget,
+        "shortened": budget < mode.quality_budget,
+        "rc": done["rc"],
+        "done": [ln for ln in done["stderr"].splitlines() if ln.startswith(("done:", "warning:"))][:5],
+    }
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
     result["plan"] = (config.get("plan") or {}).get("lines")
     rows = read_jsonl(run_dir / "metrics.jsonl")
@@ -232,8 +338,12 @@ def part_quality(mode: Mode, limit: float) -> dict:
     if not evals:
         raise PartFailed("no validation result in metrics.jsonl", result)
     best = min(evals, key=lambda r: r["val_loss"])
-    result.update(val_nats_per_char=round(best["val_loss"], 4), best_step=best["step"], evaluations=len(evals),
-                  goal_met=best["val_loss"] <= 1.40 if mode.name == "full" else None)
+    result.update(
+        val_nats_per_char=round(best["val_loss"], 4),
+        best_step=best["step"],
+        evaluations=len(evals),
+        goal_met=best["val_loss"] <= 1.40 if mode.name == "full" else None,
+    )
     return result
 
 
@@ -252,10 +362,21 @@ def read_jsonl(path: Path) -> list[dict]:
 def part_in_child(name: str):
     """A part run by this script in a child process (`--part`): its own CUDA context, so a CUDA error that
     poisons one cannot spoil the others, and a hang is killed at the part's limit."""
+
     def run(mode: Mode, limit: float) -> dict:
         out = Path(tempfile.mkdtemp(prefix="charnn-gpu-check-")) / f"{name}.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--part", name, "--part-out", str(out),
-               "--mode", mode.name, "--part-limit", f"{limit:.0f}"]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--part",
+            name,
+            "--part-out",
+            str(out),
+            "--mode",
+            mode.name,
+            "--part-limit",
+            f"{limit:.0f}",
+        ]
         done = run_limited(cmd, limit + 15)
         result = json.loads(out.read_text()) if out.exists() else {}
         if done["rc"] != 0 or done["timed_out"]:
@@ -263,6 +384,7 @@ def part_in_child(name: str):
             why = "timed out" if done["timed_out"] else last_error_line(done["stderr"])
             raise PartFailed(f"exit {done['rc']}: {why}", result)
         return result
+
     return run
 
 
@@ -276,23 +398,33 @@ class PartFailed(Exception):
 
 # --- orchestration -----------------------------------------------------------------------------------------
 
+
 def plan_parts(mode: Mode) -> list[tuple[str, object, float]]:
     """(name, function, its own limit) in running order; the quality run's time is kept back for it, and the
     speed part takes what is left before it."""
-    return [("machine", part_machine, 30), ("tests", part_tests, mode.test_limit),
-            ("sampling", part_in_child("sampling"), mode.sample_limit), ("ddp", part_ddp, mode.ddp_limit),
-            ("speed", part_in_child("speed"), mode.budget),
-            ("quality", part_quality, mode.quality_budget + mode.quality_overhead)]
+    return [
+        ("machine", part_machine, 30),
+        ("tests", part_tests, mode.test_limit),
+        ("sampling", part_in_child("sampling"), mode.sample_limit),
+        ("ddp", part_ddp, mode.ddp_limit),
+        ("speed", part_in_child("speed"), mode.budget),
+        ("quality", part_quality, mode.quality_budget + mode.quality_overhead),
+    ]
 
 
 def run_all(mode: Mode, out: Path) -> dict:
     started = time.monotonic()
-    report = {"command": " ".join(sys.argv), "mode": mode.name, "budget_s": mode.budget,
-              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "parts": {}}
+    report = {
+        "command": " ".join(sys.argv),
+        "mode": mode.name,
+        "budget_s": mode.budget,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "parts": {},
+    }
     parts = plan_parts(mode)
     for index, (name, function, own_limit) in enumerate(parts):
         left = mode.budget - (time.monotonic() - started)
-        reserve = sum(limit for later, _, limit in parts[index + 1:] if later == "quality")
+        reserve = sum(limit for later, _, limit in parts[index + 1 :] if later == "quality")
         limit = min(own_limit, left - reserve) if name != "quality" else min(own_limit, left)
         entry = {"ok": False, "skipped": False, "seconds": 0.0, "error": None, "result": {}}
         machine = report["parts"].get("machine")

@@ -95,8 +95,15 @@ def part_speed(mode, deadline: float, out: Path) -> None:
     slowest = 0.0
     for label, layers, hidden, batch, seq, embed in mode.speed_shapes:
         for precision in ("bf16", "fp32"):
-            row = {"shape": label, "layers": layers, "hidden": hidden, "batch": batch, "seq": seq,
-                   "embed": embed, "precision": precision}
+            row = {
+                "shape": label,
+                "layers": layers,
+                "hidden": hidden,
+                "batch": batch,
+                "seq": seq,
+                "embed": embed,
+                "precision": precision,
+            }
             result["rows"].append(row)
             if time.monotonic() + 1.3 * slowest > deadline - 5:
                 row["skipped"] = "out of time"
@@ -120,45 +127,81 @@ def _measure(layers, hidden, batch, seq, embed, precision, mode, device, workdir
 
     steps = mode.speed_steps
     reset_peak(device)
-    bare = bare_loop(layers, hidden, embed, batch, seq, steps=steps, warmup=3, device=device,
-                     bf16=precision == "bf16", optimizer="adamw")
+    bare = bare_loop(
+        layers,
+        hidden,
+        embed,
+        batch,
+        seq,
+        steps=steps,
+        warmup=3,
+        device=device,
+        bf16=precision == "bf16",
+        optimizer="adamw",
+    )
     bare_mem = peak_mb(device)
     reset_peak(device)
-    ours = charnn_loop(layers, hidden, batch, seq, embed=embed, device=device, steps=steps, workdir=workdir,
-                       precision=precision, corpus_chars=mode.corpus_chars)
+    ours = charnn_loop(
+        layers,
+        hidden,
+        batch,
+        seq,
+        embed=embed,
+        device=device,
+        steps=steps,
+        workdir=workdir,
+        precision=precision,
+        corpus_chars=mode.corpus_chars,
+    )
     ours_mem = peak_mb(device)
     for run in workdir.glob("run-*"):  # the checkpoints of a large shape are hundreds of MB
         shutil.rmtree(run, ignore_errors=True)
-    return {"charnn_chars_per_s": round(ours), "bare_chars_per_s": round(bare), "ratio": round(ours / bare, 3),
-            "charnn_ms_per_iter": round(1000 * batch * seq / ours, 2),
-            "bare_ms_per_iter": round(1000 * batch * seq / bare, 2),
-            "charnn_peak_mb": ours_mem and round(ours_mem), "bare_peak_mb": bare_mem and round(bare_mem)}
+    return {
+        "charnn_chars_per_s": round(ours),
+        "bare_chars_per_s": round(bare),
+        "ratio": round(ours / bare, 3),
+        "charnn_ms_per_iter": round(1000 * batch * seq / ours, 2),
+        "bare_ms_per_iter": round(1000 * batch * seq / bare, 2),
+        "charnn_peak_mb": ours_mem and round(ours_mem),
+        "bare_peak_mb": bare_mem and round(bare_mem),
+    }
 
 
 # --- the table -----------------------------------------------------------------------------------------------
 
+
 def _summary(name: str, result: dict) -> str:
     if name == "machine":
-        return (f"{result.get('name')} (cc {result.get('capability', '-')}, auto={result.get('auto_precision', '-')})"
-                f", torch {result.get('torch')}, CUDA {result.get('cuda')}, cuDNN {result.get('cudnn')}")
+        return (
+            f"{result.get('name')} (cc {result.get('capability', '-')}, auto={result.get('auto_precision', '-')})"
+            f", torch {result.get('torch')}, CUDA {result.get('cuda')}, cuDNN {result.get('cudnn')}"
+        )
     if name == "tests":
         failed = "; ".join(result.get("failures", [])[:2])
-        return f"{result.get('passed', 0)} passed, {result.get('failed', 0)} failed, {result.get('skipped', 0)} " \
-               f"skipped" + (f": {failed}" if failed else "")
+        return (
+            f"{result.get('passed', 0)} passed, {result.get('failed', 0)} failed, {result.get('skipped', 0)} "
+            f"skipped" + (f": {failed}" if failed else "")
+        )
     if name == "sampling":
         rows = [r for r in result.get("rows", []) if "graph_chars_per_s" in r]
-        cells = [f"{r['model']} x{r['streams']}: graph {r['graph_chars_per_s']:,} / eager {r['eager_chars_per_s']:,}"
-                 for r in rows]
+        cells = [
+            f"{r['model']} x{r['streams']}: graph {r['graph_chars_per_s']:,} / eager {r['eager_chars_per_s']:,}"
+            for r in rows
+        ]
         return "; ".join(cells) + f"; same text: {result.get('all_same_text')}"
     if name == "ddp":
         val, rate = result.get("val_loss"), result.get("chars_per_s")
         rate = f"{round(rate):,}" if rate else "-"
-        return (f"{result.get('steps')} steps, val {val and round(val, 4)}, {rate} chars/s, "
-                f"{result.get('nccl') or 'no NCCL line'}")
+        return (
+            f"{result.get('steps')} steps, val {val and round(val, 4)}, {rate} chars/s, "
+            f"{result.get('nccl') or 'no NCCL line'}"
+        )
     if name == "quality":
         goal = {True: "goal <= 1.40 met", False: "goal <= 1.40 NOT met", None: "no goal in this mode"}
-        return (f"val {result.get('val_nats_per_char')} nats/char at step {result.get('best_step')} "
-                f"({goal[result.get('goal_met')]}), {result.get('time_budget')} s budget, {result.get('steps')} steps")
+        return (
+            f"val {result.get('val_nats_per_char')} nats/char at step {result.get('best_step')} "
+            f"({goal[result.get('goal_met')]}), {result.get('time_budget')} s budget, {result.get('steps')} steps"
+        )
     if name == "speed":
         done = [r for r in result.get("rows", []) if "ratio" in r]
         return f"{len(done)} of {len(result.get('rows', []))} measured (table below)"
@@ -177,13 +220,17 @@ def print_table(report: dict) -> None:
         print(f"{name:<10}{status:<6}{entry['seconds']:>6.0f}s  {text[:150]}")
     rows = report["parts"].get("speed", {}).get("result", {}).get("rows", [])
     if rows:
-        print(f"\n{'shape':<20}{'LSTM':>9}{'B x T':>10}{'prec':>6}{'charnn c/s':>12}{'bare c/s':>12}{'ratio':>7}"
-              f"{'peak MB':>9}")
+        print(
+            f"\n{'shape':<20}{'LSTM':>9}{'B x T':>10}{'prec':>6}{'charnn c/s':>12}{'bare c/s':>12}{'ratio':>7}"
+            f"{'peak MB':>9}"
+        )
     for r in rows:
         lstm, shape = f"{r['layers']}x{r['hidden']}", f"{r['batch']}x{r['seq']}"
         head = f"{r['shape']:<20}{lstm:>9}{shape:>10}{r['precision']:>6}"
         if "ratio" in r:
-            print(f"{head}{r['charnn_chars_per_s']:>12,}{r['bare_chars_per_s']:>12,}{r['ratio']:>7}"
-                  f"{str(r['charnn_peak_mb'] or '-'):>9}")
+            print(
+                f"{head}{r['charnn_chars_per_s']:>12,}{r['bare_chars_per_s']:>12,}{r['ratio']:>7}"
+                f"{str(r['charnn_peak_mb'] or '-'):>9}"
+            )
         else:
             print(f"{head}  {r.get('skipped') or r.get('error', '')}"[:150])

@@ -41,8 +41,19 @@ def peak_mb(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def charnn_loop(layers, hidden, batch, seq, *, embed, device, steps, workdir: Path, precision: str = "auto",
-                corpus_chars: int = 40000 * len(SYNTHETIC_LINE)) -> float:
+def charnn_loop(
+    layers,
+    hidden,
+    batch,
+    seq,
+    *,
+    embed,
+    device,
+    steps,
+    workdir: Path,
+    precision: str = "auto",
+    corpus_chars: int = 40000 * len(SYNTHETIC_LINE),
+) -> float:
     """chars/s of charnn.training.train's own loop, from its metrics (first window dropped)."""
     from charnn.config import ModelConfig, TrainConfig
     from charnn.training.train import train
@@ -52,10 +63,21 @@ def charnn_loop(layers, hidden, batch, seq, *, embed, device, steps, workdir: Pa
         synthetic_corpus(corpus, corpus_chars)
     log_every = max(steps // 5, 1)
     out = workdir / f"run-{layers}x{hidden}-{batch}x{seq}-{time.time_ns()}"
-    train(corpus, model_cfg=ModelConfig(layers=layers, hidden=hidden, embed=embed),
-          train_cfg=TrainConfig(batch_size=batch, seq_len=seq, max_iters=steps, eval_every=10**9,
-                                sample_length=0, log_every=log_every, device=str(device), precision=precision),
-          out_dir=out)
+    train(
+        corpus,
+        model_cfg=ModelConfig(layers=layers, hidden=hidden, embed=embed),
+        train_cfg=TrainConfig(
+            batch_size=batch,
+            seq_len=seq,
+            max_iters=steps,
+            eval_every=10**9,
+            sample_length=0,
+            log_every=log_every,
+            device=str(device),
+            precision=precision,
+        ),
+        out_dir=out,
+    )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["chars_per_s"] for r in rows if r["kind"] == "train"][1:]
     return median(rates)
@@ -80,25 +102,44 @@ def main() -> None:
     rows = []
     for layers, hidden, batch, seq in grid:
         reset_peak(device)
-        bare = bare_loop(layers, hidden, args.embed, batch, seq, steps=steps, warmup=3, device=device,
-                         bf16=device.type == "cuda", optimizer="adamw")
+        bare = bare_loop(
+            layers,
+            hidden,
+            args.embed,
+            batch,
+            seq,
+            steps=steps,
+            warmup=3,
+            device=device,
+            bf16=device.type == "cuda",
+            optimizer="adamw",
+        )
         bare_mem = peak_mb(device)
         reset_peak(device)
-        ours = charnn_loop(layers, hidden, batch, seq, embed=args.embed, device=device, steps=steps,
-                           workdir=workdir)
+        ours = charnn_loop(layers, hidden, batch, seq, embed=args.embed, device=device, steps=steps, workdir=workdir)
         ours_mem = peak_mb(device)
-        row = {"layers": layers, "hidden": hidden, "batch": batch, "seq": seq,
-               "charnn_ms_per_iter": round(1000 * batch * seq / ours, 2), "charnn_chars_per_s": round(ours),
-               "bare_ms_per_iter": round(1000 * batch * seq / bare, 2), "bare_chars_per_s": round(bare),
-               "ratio": round(ours / bare, 3), "charnn_peak_mb": ours_mem and round(ours_mem, 1),
-               "bare_peak_mb": bare_mem and round(bare_mem, 1)}
+        row = {
+            "layers": layers,
+            "hidden": hidden,
+            "batch": batch,
+            "seq": seq,
+            "charnn_ms_per_iter": round(1000 * batch * seq / ours, 2),
+            "charnn_chars_per_s": round(ours),
+            "bare_ms_per_iter": round(1000 * batch * seq / bare, 2),
+            "bare_chars_per_s": round(bare),
+            "ratio": round(ours / bare, 3),
+            "charnn_peak_mb": ours_mem and round(ours_mem, 1),
+            "bare_peak_mb": bare_mem and round(bare_mem, 1),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(f"\n{'LSTM':<12}{'batch x seq':>12}{'charnn ms/it':>14}{'bare ms/it':>12}{'ratio':>8}{'peak MB':>10}")
     for r in rows:
-        print(f"{r['layers']}x{r['hidden']:<10}{str(r['batch']) + 'x' + str(r['seq']):>12}"
-              f"{r['charnn_ms_per_iter']:>14}{r['bare_ms_per_iter']:>12}{r['ratio']:>8}"
-              f"{r['charnn_peak_mb'] or '-':>10}")
+        print(
+            f"{r['layers']}x{r['hidden']:<10}{str(r['batch']) + 'x' + str(r['seq']):>12}"
+            f"{r['charnn_ms_per_iter']:>14}{r['bare_ms_per_iter']:>12}{r['ratio']:>8}"
+            f"{r['charnn_peak_mb'] or '-':>10}"
+        )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,10 @@ def standalone(svg: str) -> str:
     rules = "\n".join(line for line in css.splitlines() if line.startswith("svg"))
     rules = re.sub(r"var\(--(\w+)\)", lambda m: colours[m.group(1)], rules)
     head, rest = svg.split(">", 1)
-    return (f'{head} xmlns="http://www.w3.org/2000/svg"><style>{rules}</style>'
-            f'<rect width="100%" height="100%" fill="#fff"/>{rest}\n')
+    return (
+        f'{head} xmlns="http://www.w3.org/2000/svg"><style>{rules}</style>'
+        f'<rect width="100%" height="100%" fill="#fff"/>{rest}\n'
+    )
 
 
 def main() -> None:
@@ -45,23 +47,41 @@ def main() -> None:
         mem = memory(loaded.model, passage.ids)
         seconds = time.perf_counter() - start
         kind, val = loaded.model_cfg.model, loaded.val_loss or float("nan")
-        print(f"{run}: {kind}, step {loaded.step}, val {val:.4f} nats/char; {mem.anchors} anchors, "
-              f"k = 0..{mem.max_back}, {seconds:.2f} s")
+        print(
+            f"{run}: {kind}, step {loaded.step}, val {val:.4f} nats/char; {mem.anchors} anchors, "
+            f"k = 0..{mem.max_back}, {seconds:.2f} s"
+        )
         for name, curve in {"input": mem.inputs, **mem.paths}.items():
             ratios = " | ".join(f"{curve[k] / curve[0]:.2g}" for k in (1, 10, 30, 100))
             print(f"| {kind} | {name} | {curve[0]:.3g} | {ratios} | {reach(curve)} | {reach(curve, fraction=1e-6)} |")
         series = [memory_series("input (embedding)", mem.inputs, "#2563eb")]
-        series += [memory_series(name, curve, color, dash=True)
-                   for (name, curve), color in zip(mem.paths.items(), PATH_COLORS, strict=False)]
-        svg, _ = chart("memory", f"{kind}: gradient against distance back", series,
-                       x_label="k, characters back", y_label="mean gradient norm", log_x=True, log_y=True,
-                       x_range=(1, mem.max_back))
+        series += [
+            memory_series(name, curve, color, dash=True)
+            for (name, curve), color in zip(mem.paths.items(), PATH_COLORS, strict=False)
+        ]
+        svg, _ = chart(
+            "memory",
+            f"{kind}: gradient against distance back",
+            series,
+            x_label="k, characters back",
+            y_label="mean gradient norm",
+            log_x=True,
+            log_y=True,
+            x_range=(1, mem.max_back),
+        )
         if mem.paths:  # a plain RNN's one curve is in the comparison figure
             (args.out / f"memory-{kind}.svg").write_text(standalone(svg), encoding="utf-8")
         inputs.append(memory_series(f"{kind} (val {val:.3f})", mem.inputs, COLORS.get(kind, "#555")))
-    svg, _ = chart("memory", "Gradient of the loss against distance back, input", inputs,
-                   x_label="k, characters back", y_label="mean |dL_t / dx_(t-k)|", log_x=True, log_y=True,
-                   x_range=(1, 256))
+    svg, _ = chart(
+        "memory",
+        "Gradient of the loss against distance back, input",
+        inputs,
+        x_label="k, characters back",
+        y_label="mean |dL_t / dx_(t-k)|",
+        log_x=True,
+        log_y=True,
+        x_range=(1, 256),
+    )
     (args.out / "memory-inputs.svg").write_text(standalone(svg), encoding="utf-8")
 
 

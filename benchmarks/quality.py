@@ -39,16 +39,43 @@ def run(cmd: list[str], env: dict[str, str]) -> str:
 
 def charnn_run(preset: str, args, env, workdir: Path) -> dict:
     run_dir = workdir / f"{preset}-{int(time.time())}"
-    cmd = [sys.executable, "-m", "charnn", "train", str(args.corpus), "--preset", preset, "--time-budget",
-           str(args.budget), "--out", str(run_dir), "--quiet"] + args.extra
+    cmd = [
+        sys.executable,
+        "-m",
+        "charnn",
+        "train",
+        str(args.corpus),
+        "--preset",
+        preset,
+        "--time-budget",
+        str(args.budget),
+        "--out",
+        str(run_dir),
+        "--quiet",
+    ] + args.extra
     t0 = time.perf_counter()
     run(cmd, env)
     wall = time.perf_counter() - t0
     ev = [sys.executable, "-m", "charnn", "eval", str(run_dir), "--json"]
     val = json.loads(run(ev, env).splitlines()[-1])
     prose = json.loads(run(ev[:-1] + [str(args.heldout), "--skip-unknown", "--json"], env).splitlines()[-1])
-    sample = run([sys.executable, "-m", "charnn", "sample", str(run_dir), "--length", "300", "--seed", "1",
-                  "--temperature", "0.8", "--raw"], env)
+    sample = run(
+        [
+            sys.executable,
+            "-m",
+            "charnn",
+            "sample",
+            str(run_dir),
+            "--length",
+            "300",
+            "--seed",
+            "1",
+            "--temperature",
+            "0.8",
+            "--raw",
+        ],
+        env,
+    )
     cfg = json.loads((run_dir / "config.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [m["chars_per_s"] for m in metrics if m["kind"] == "train"][2:]
@@ -56,29 +83,62 @@ def charnn_run(preset: str, args, env, workdir: Path) -> dict:
     from charnn.model import num_parameters
 
     params = num_parameters(ModelConfig(**cfg["model"]), cfg["vocab_size"])
-    return {"tool": "charnn", "preset": preset, "budget_s": args.budget, "wall_s": round(wall, 1),
-            "params": params, "steps": val["step"], "val_nats": round(val["nats_per_char"], 4),
-            "val_bpc": round(val["bits_per_char"], 4), "prose_nats": round(prose["nats_per_char"], 4),
-            "prose_bpc": round(prose["bits_per_char"], 4),
-            "chars_per_s": round(sorted(rates)[len(rates) // 2]) if rates else None,
-            "run_dir": str(run_dir), "sample": sample[:300]}
+    return {
+        "tool": "charnn",
+        "preset": preset,
+        "budget_s": args.budget,
+        "wall_s": round(wall, 1),
+        "params": params,
+        "steps": val["step"],
+        "val_nats": round(val["nats_per_char"], 4),
+        "val_bpc": round(val["bits_per_char"], 4),
+        "prose_nats": round(prose["nats_per_char"], 4),
+        "prose_bpc": round(prose["bits_per_char"], 4),
+        "chars_per_s": round(sorted(rates)[len(rates) // 2]) if rates else None,
+        "run_dir": str(run_dir),
+        "sample": sample[:300],
+    }
 
 
 def ref_run(args, env) -> dict:
-    cmd = [sys.executable, str(args.ref), str(args.corpus), "--budget-s", str(args.budget), "--threads",
-           str(args.threads), "--eval-at", "", "--sample-chars", "300", "--sample-repeats", "1"]
+    cmd = [
+        sys.executable,
+        str(args.ref),
+        str(args.corpus),
+        "--budget-s",
+        str(args.budget),
+        "--threads",
+        str(args.threads),
+        "--eval-at",
+        "",
+        "--sample-chars",
+        "300",
+        "--sample-repeats",
+        "1",
+    ]
     lines = [json.loads(line) for line in run(cmd, env).splitlines() if line.startswith("{")]
     final = next(x for x in lines if x["event"] == "final")
-    return {"tool": "ref_lstm", "preset": "plain 2x256", "budget_s": args.budget, "steps": final["steps"],
-            "val_nats": final["val_loss"], "val_bpc": final["val_bits_per_char"],
-            "chars_per_s": final["chars_per_s"], "params": None}
+    return {
+        "tool": "ref_lstm",
+        "preset": "plain 2x256",
+        "budget_s": args.budget,
+        "steps": final["steps"],
+        "val_nats": final["val_loss"],
+        "val_bpc": final["val_bits_per_char"],
+        "chars_per_s": final["chars_per_s"],
+        "params": None,
+    }
 
 
 def main() -> None:
     ap = parser(__doc__, quick="smoke mode: tiny corpus slice, 3-second budgets")
     ap.add_argument("--corpus", type=Path, default=REPO / "data" / "tinyshakespeare.txt")
-    ap.add_argument("--heldout", type=Path, default=REPO / "data" / "heldout_prose.txt",
-                    help="text of a different kind, scored with --skip-unknown")
+    ap.add_argument(
+        "--heldout",
+        type=Path,
+        default=REPO / "data" / "heldout_prose.txt",
+        help="text of a different kind, scored with --skip-unknown",
+    )
     ap.add_argument("--presets", default="small", help="comma-separated presets to train")
     ap.add_argument("--budget", type=float, default=240.0, help="training time budget per run, seconds")
     ap.add_argument("--ref", type=Path, default=None, help="the plain baseline trainer [default: none]")
@@ -104,12 +164,16 @@ def main() -> None:
         rows.append(charnn_run(preset, args, env, workdir))
         print(json.dumps(rows[-1]), flush=True)
     base = next((r for r in rows if r["tool"] == "ref_lstm"), None)
-    print(f"\n{'run':<22}{'params':>10}{'steps':>7}{'chars/s':>9}{'val nats':>10}{'val bpc':>9}"
-          f"{'prose nats':>12}{'vs ref':>9}")
+    print(
+        f"\n{'run':<22}{'params':>10}{'steps':>7}{'chars/s':>9}{'val nats':>10}{'val bpc':>9}"
+        f"{'prose nats':>12}{'vs ref':>9}"
+    )
     for r in rows:
         delta = f"{r['val_nats'] - base['val_nats']:+.4f}" if base else "n/a"
-        print(f"{r['tool'] + ' ' + r['preset']:<22}{r['params'] or '':>10}{r['steps']:>7}{r['chars_per_s'] or 0:>9}"
-              f"{r['val_nats']:>10.4f}{r['val_bpc']:>9.4f}{r.get('prose_nats', float('nan')):>12.4f}{delta:>9}")
+        print(
+            f"{r['tool'] + ' ' + r['preset']:<22}{r['params'] or '':>10}{r['steps']:>7}{r['chars_per_s'] or 0:>9}"
+            f"{r['val_nats']:>10.4f}{r['val_bpc']:>9.4f}{r.get('prose_nats', float('nan')):>12.4f}{delta:>9}"
+        )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,9 @@ def plain_sample(model: CharRNN, streams: int, length: int, threads: int) -> flo
         torch.set_num_threads(before)
 
 
-def charnn_sample(model: CharRNN, streams: int, length: int, path: str = "fast",
-                  precision: str = "fp32") -> tuple[float, list]:
+def charnn_sample(
+    model: CharRNN, streams: int, length: int, path: str = "fast", precision: str = "fp32"
+) -> tuple[float, list]:
     cfg = SampleConfig(length=length, temperature=0.8, seed=0, num_samples=streams, precision=precision)
     t0 = time.perf_counter()
     text = sample_text(model, VOCAB, cfg, path=path)
@@ -78,20 +79,26 @@ def cli_figures(model: CharRNN, length: int, repeats: int, *, quick: bool) -> di
     """`charnn sample` end to end: chars/s by the difference method, and the start-up walls (module docstring);
     `quick` leaves out the walls of --help and of importing torch."""
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(tmp, model, VOCAB, DataConfig(), step=1, val_loss=None, corpus_sha256="0" * 64,
-                        state=None, keep_last=1)
+        save_checkpoint(
+            tmp, model, VOCAB, DataConfig(), step=1, val_loss=None, corpus_sha256="0" * 64, state=None, keep_last=1
+        )
         sample = [sys.executable, "-m", "charnn", "sample", tmp, "--seed", "0", "--length"]
-        measures = {"long": lambda: wall([*sample, str(length + 200)]), "short": lambda: wall([*sample, "200"]),
-                    "first": lambda: wall([*sample, "1"])}
+        measures = {
+            "long": lambda: wall([*sample, str(length + 200)]),
+            "short": lambda: wall([*sample, "200"]),
+            "first": lambda: wall([*sample, "1"]),
+        }
         if not quick:
             measures["help"] = lambda: wall([sys.executable, "-m", "charnn", "--help"])
             measures["torch"] = lambda: wall([sys.executable, "-c", "import torch"])
         got = interleaved(repeats, measures, on_repeat=print_repeat)
     diff = median(a - b for a, b in zip(got["long"], got["short"], strict=True))
-    return {"cli_chars_per_s": round(length / diff) if diff > 0 else None,  # None: lost in the noise
-            "first_char_s": round(median(got["first"]), 2),
-            "help_s": round(median(got["help"]), 2) if not quick else None,
-            "import_torch_s": round(median(got["torch"]), 2) if not quick else None}
+    return {
+        "cli_chars_per_s": round(length / diff) if diff > 0 else None,  # None: lost in the noise
+        "first_char_s": round(median(got["first"]), 2),
+        "help_s": round(median(got["help"]), 2) if not quick else None,
+        "import_torch_s": round(median(got["torch"]), 2) if not quick else None,
+    }
 
 
 def print_repeat(r: int, got: dict[str, list]) -> None:
@@ -117,50 +124,69 @@ def main() -> None:
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    shape = dataclasses.replace(PRESETS["small"].model, model=args.model, layers=args.layers, hidden=args.hidden,
-                                embed=args.embed)  # the default preset's, layer norm included
+    shape = dataclasses.replace(
+        PRESETS["small"].model, model=args.model, layers=args.layers, hidden=args.hidden, embed=args.embed
+    )  # the default preset's, layer norm included
     model = CharRNN(shape, len(VOCAB))
     machine(threads)
     print(f"model: {args.layers}x{args.hidden} {args.model}, embed {args.embed}", flush=True)
 
-    fast_same = (sample_text(model, VOCAB, SampleConfig(length=200, seed=3, num_samples=4), path="fast")
-                 == sample_text(model, VOCAB, SampleConfig(length=200, seed=3, num_samples=4), path="module"))
+    fast_same = sample_text(model, VOCAB, SampleConfig(length=200, seed=3, num_samples=4), path="fast") == sample_text(
+        model, VOCAB, SampleConfig(length=200, seed=3, num_samples=4), path="module"
+    )
     one, many = args.length, args.streams_length
-    results = interleaved(args.repeats, {
-        "one": lambda: charnn_sample(model, 1, one)[0],
-        "one_module": lambda: charnn_sample(model, 1, one // 4, path="module")[0],
-        "one_plain_1t": lambda: plain_sample(model, 1, one // 4, 1),
-        "one_plain": lambda: plain_sample(model, 1, one // 4, threads),
-        "many": lambda: charnn_sample(model, args.streams, many)[0],
-        "many_bf16": lambda: charnn_sample(model, args.streams, many, precision="bf16")[0],
-        "many_plain_1t": lambda: plain_sample(model, args.streams, many // 2, 1),
-        "many_plain": lambda: plain_sample(model, args.streams, many // 2, threads),
-    }, on_repeat=print_repeat)
+    results = interleaved(
+        args.repeats,
+        {
+            "one": lambda: charnn_sample(model, 1, one)[0],
+            "one_module": lambda: charnn_sample(model, 1, one // 4, path="module")[0],
+            "one_plain_1t": lambda: plain_sample(model, 1, one // 4, 1),
+            "one_plain": lambda: plain_sample(model, 1, one // 4, threads),
+            "many": lambda: charnn_sample(model, args.streams, many)[0],
+            "many_bf16": lambda: charnn_sample(model, args.streams, many, precision="bf16")[0],
+            "many_plain_1t": lambda: plain_sample(model, args.streams, many // 2, 1),
+            "many_plain": lambda: plain_sample(model, args.streams, many // 2, threads),
+        },
+        on_repeat=print_repeat,
+    )
     med = {k: median(v) for k, v in results.items()}
     cli = cli_figures(model, args.cli_length, args.repeats, quick=args.quick)
     base_one = max(med["one_plain_1t"], med["one_plain"])
     base_many = max(med["many_plain_1t"], med["many_plain"])
     result = {
-        "one_stream_chars_per_s": round(med["one"]), "one_stream_plain_chars_per_s": round(base_one),
+        "one_stream_chars_per_s": round(med["one"]),
+        "one_stream_plain_chars_per_s": round(base_one),
         "one_stream_ratio": round(med["one"] / base_one, 2),
         "one_stream_module_path_chars_per_s": round(med["one_module"]),
-        "streams": args.streams, "many_streams_chars_per_s": round(med["many"]),
+        "streams": args.streams,
+        "many_streams_chars_per_s": round(med["many"]),
         "many_streams_plain_chars_per_s": round(base_many),
         "many_streams_ratio": round(med["many"] / base_many, 2),
         "many_streams_bf16_chars_per_s": round(med["many_bf16"]),
         "many_streams_bf16_ratio": round(med["many_bf16"] / base_many, 2),
-        "fast_and_module_same_text": fast_same, **cli, "threads": threads, "repeats": args.repeats,
+        "fast_and_module_same_text": fast_same,
+        **cli,
+        "threads": threads,
+        "repeats": args.repeats,
         "load_average": load_average(),
     }
-    print(f"one stream: charnn {med['one']:,.0f} chars/s vs plain {base_one:,.0f} chars/s: "
-          f"{result['one_stream_ratio']:.2f}x  (target >= 5,000 chars/s for 2x256)")
-    print(f"{args.streams} streams: charnn {med['many']:,.0f} chars/s in total vs plain {base_many:,.0f}: "
-          f"{result['many_streams_ratio']:.2f}x; with --precision bf16 {med['many_bf16']:,.0f} chars/s: "
-          f"{result['many_streams_bf16_ratio']:.2f}x  (target >= 100,000 chars/s for 64 streams)")
-    print(f"command line, one stream: {cli['cli_chars_per_s']} chars/s (--length {args.cli_length + 200} minus "
-          f"--length 200; target >= 5,000 for 2x256)")
-    print(f"first character: {cli['first_char_s']:.2f} s (import torch alone {cli['import_torch_s']} s, "
-          f"charnn --help {cli['help_s']} s)")
+    print(
+        f"one stream: charnn {med['one']:,.0f} chars/s vs plain {base_one:,.0f} chars/s: "
+        f"{result['one_stream_ratio']:.2f}x  (target >= 5,000 chars/s for 2x256)"
+    )
+    print(
+        f"{args.streams} streams: charnn {med['many']:,.0f} chars/s in total vs plain {base_many:,.0f}: "
+        f"{result['many_streams_ratio']:.2f}x; with --precision bf16 {med['many_bf16']:,.0f} chars/s: "
+        f"{result['many_streams_bf16_ratio']:.2f}x  (target >= 100,000 chars/s for 64 streams)"
+    )
+    print(
+        f"command line, one stream: {cli['cli_chars_per_s']} chars/s (--length {args.cli_length + 200} minus "
+        f"--length 200; target >= 5,000 for 2x256)"
+    )
+    print(
+        f"first character: {cli['first_char_s']:.2f} s (import torch alone {cli['import_torch_s']} s, "
+        f"charnn --help {cli['help_s']} s)"
+    )
     print(json.dumps(result))
 
 

@@ -45,8 +45,9 @@ VOCAB = Vocab(tuple([10, *range(32, 97)]))  # 66 symbols, like tiny shakespeare'
 
 def save_model(args: argparse.Namespace, folder: Path) -> tuple[CharRNN, Path]:
     torch.manual_seed(0)
-    model = CharRNN(ModelConfig(model=args.model, layers=args.layers, hidden=args.hidden, embed=args.embed),
-                    len(VOCAB)).eval()
+    model = CharRNN(
+        ModelConfig(model=args.model, layers=args.layers, hidden=args.hidden, embed=args.embed), len(VOCAB)
+    ).eval()
     path = folder / "model.safetensors"
     path.write_bytes(model_bytes(model, VOCAB, DataConfig(), step=0, val_loss=None, corpus_sha256=""))
     return model, path
@@ -91,9 +92,13 @@ class Server:
 
     def __init__(self, checkpoint: Path, log: Path, *extra: str) -> None:
         self.log = log.open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "charnn", "serve", str(checkpoint), "--port", "0",
-                                      *extra], stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
-                                     env={**os.environ, "PYTHONPATH": str(REPO)})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "charnn", "serve", str(checkpoint), "--port", "0", *extra],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         deadline = time.monotonic() + 120
         while not (found := re.search(r"http://127\.0\.0\.1:(\d+)", log.read_text())):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -147,10 +152,14 @@ async def clients(url: str, n: int, length: int) -> dict:
         results = await asyncio.gather(*(one_client(client, url, length, seed) for seed in range(n)))
         wall = time.perf_counter() - t0
     firsts = sorted(r[0] for r in results)
-    return {"clients": n, "chars_per_s": round(sum(r[1] for r in results) / wall),
-            "ttfc_p50_ms": round(1000 * statistics.median(firsts), 1),
-            "ttfc_p99_ms": round(1000 * firsts[min(len(firsts) - 1, int(0.99 * len(firsts)))], 1),
-            "all_complete": all(r[2] for r in results), "wall_s": round(wall, 2)}
+    return {
+        "clients": n,
+        "chars_per_s": round(sum(r[1] for r in results) / wall),
+        "ttfc_p50_ms": round(1000 * statistics.median(firsts), 1),
+        "ttfc_p99_ms": round(1000 * firsts[min(len(firsts) - 1, int(0.99 * len(firsts)))], 1),
+        "all_complete": all(r[2] for r in results),
+        "wall_s": round(wall, 2),
+    }
 
 
 async def many_requests(url: str, count: int, concurrency: int = 16) -> bool:
@@ -178,8 +187,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--embed", type=int, default=128)
     ap.add_argument("--length", type=int, default=2000, help="characters each client generates")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
-    ap.add_argument("--repeats", type=int, default=3, help="alternations of bare stepper and server at the most "
-                                                           "clients (the ratio is their median)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="alternations of bare stepper and server at the most clients (the ratio is their median)",
+    )
     ap.add_argument("--requests", type=int, default=1000, help="short requests for the memory check")
     ap.add_argument("--quick", action="store_true", help="tiny model, few characters: checks that it runs")
     args = ap.parse_args()
@@ -190,10 +203,12 @@ def parse_args() -> argparse.Namespace:
 
 def engine_figures(model: CharRNN, args: argparse.Namespace, top: int, threads: int) -> dict:
     """The engine's row layouts without HTTP, and the bare stepper's one stream, chars/s."""
-    figures = {"bare_1_stream": bare_rate(model, 1, args.length, threads),
-               "engine_1_stream_follow": engine_rate(model, 1, args.length, None, threads),
-               "engine_1_stream_fixed": engine_rate(model, 1, args.length, (top,), threads),
-               f"engine_{top}_streams_follow": engine_rate(model, top, args.length, None, threads)}
+    figures = {
+        "bare_1_stream": bare_rate(model, 1, args.length, threads),
+        "engine_1_stream_follow": engine_rate(model, 1, args.length, None, threads),
+        "engine_1_stream_fixed": engine_rate(model, 1, args.length, (top,), threads),
+        f"engine_{top}_streams_follow": engine_rate(model, top, args.length, None, threads),
+    }
     print("chars/s without HTTP: " + ", ".join(f"{k} {v:,.0f}" for k, v in figures.items()), flush=True)
     return {k: round(v) for k, v in figures.items()}
 
@@ -212,10 +227,15 @@ def memory(server: Server, count: int) -> tuple[bool, list[float], float]:
 def main() -> None:
     args = parse_args()
     top, threads = max(args.clients), serving_threads()
-    print(f"machine: {os.cpu_count()} cpus, torch {torch.__version__}, {threads} torch thread(s) in the server "
-          f"and the bare figures, load average {os.getloadavg()[0]:.2f}", flush=True)
-    print(f"model: {args.layers}x{args.hidden} {args.model}, embed {args.embed}; {args.length} chars per client",
-          flush=True)
+    print(
+        f"machine: {os.cpu_count()} cpus, torch {torch.__version__}, {threads} torch thread(s) in the server "
+        f"and the bare figures, load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    print(
+        f"model: {args.layers}x{args.hidden} {args.model}, embed {args.embed}; {args.length} chars per client",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         model, checkpoint = save_model(args, Path(tmp))
         engine = engine_figures(model, args, top, threads)
@@ -225,8 +245,12 @@ def main() -> None:
             print(f"{load['clients']} client(s): {load}", flush=True)
         pairs = []  # (bare stepper, server) at `top` streams, alternating
         for _ in range(args.repeats):
-            pairs.append((bare_rate(model, top, args.length, threads),
-                          asyncio.run(clients(server.url, top, args.length))["chars_per_s"]))
+            pairs.append(
+                (
+                    bare_rate(model, top, args.length, threads),
+                    asyncio.run(clients(server.url, top, args.length))["chars_per_s"],
+                )
+            )
             print(f"{top} streams: bare {pairs[-1][0]:,.0f}, server {pairs[-1][1]:,} chars/s", flush=True)
         requests_ok, rss, requests_s = memory(server, args.requests)
         exit_code = server.stop()
@@ -236,22 +260,37 @@ def main() -> None:
     ratio = statistics.median(s / b for b, s in pairs)
     batched = statistics.median(s for _, s in pairs)
     result = {
-        "loads": loads, "pairs": [[round(b), s] for b, s in pairs], "server_vs_bare_ratio": round(ratio, 2),
+        "loads": loads,
+        "pairs": [[round(b), s] for b, s in pairs],
+        "server_vs_bare_ratio": round(ratio, 2),
         "bare_stepper_chars_per_s": round(statistics.median(b for b, _ in pairs)),
-        "one_at_a_time_chars_per_s": serial["chars_per_s"], "one_at_a_time_all_complete": serial["all_complete"],
-        "batched_vs_one_at_a_time": round(batched / serial["chars_per_s"], 1), **engine,
-        "requests": args.requests, "requests_all_complete": requests_ok, "requests_s": round(requests_s, 1),
-        "rss_mb_before": round(rss[0], 1), "rss_mb_after": round(rss[-1], 1),
+        "one_at_a_time_chars_per_s": serial["chars_per_s"],
+        "one_at_a_time_all_complete": serial["all_complete"],
+        "batched_vs_one_at_a_time": round(batched / serial["chars_per_s"], 1),
+        **engine,
+        "requests": args.requests,
+        "requests_all_complete": requests_ok,
+        "requests_s": round(requests_s, 1),
+        "rss_mb_before": round(rss[0], 1),
+        "rss_mb_after": round(rss[-1], 1),
         "rss_mb_by_quarter": [round(r, 1) for r in rss],
-        "exit_codes": [exit_code, serial_exit], "threads": threads, "load_average": round(os.getloadavg()[0], 2),
+        "exit_codes": [exit_code, serial_exit],
+        "threads": threads,
+        "load_average": round(os.getloadavg()[0], 2),
     }
-    print(f"{top} clients: server / bare batched stepper, median of {len(pairs)} alternations: ratio {ratio:.2f} "
-          f"(target >= 0.7)")
-    print(f"{top} clients: batched {batched:,.0f} vs one request at a time {serial['chars_per_s']:,} chars/s: "
-          f"{result['batched_vs_one_at_a_time']}x")
-    print(f"memory: RSS {rss[0]:.1f} MB before, {rss[-1]:.1f} MB after {args.requests} more requests "
-          f"({'all complete' if requests_ok else 'SOME FAILED'}, {requests_s:.1f}s); by quarter "
-          + ", ".join(f"{r:.1f}" for r in rss))
+    print(
+        f"{top} clients: server / bare batched stepper, median of {len(pairs)} alternations: ratio {ratio:.2f} "
+        f"(target >= 0.7)"
+    )
+    print(
+        f"{top} clients: batched {batched:,.0f} vs one request at a time {serial['chars_per_s']:,} chars/s: "
+        f"{result['batched_vs_one_at_a_time']}x"
+    )
+    print(
+        f"memory: RSS {rss[0]:.1f} MB before, {rss[-1]:.1f} MB after {args.requests} more requests "
+        f"({'all complete' if requests_ok else 'SOME FAILED'}, {requests_s:.1f}s); by quarter "
+        + ", ".join(f"{r:.1f}" for r in rss)
+    )
     print(json.dumps(result))
 
 

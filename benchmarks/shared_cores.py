@@ -31,8 +31,11 @@ CONDITIONS = ("alone", "busy loop", "second training")
 WORKLOADS = {
     "tiny": (["--preset", "tiny"], 200, 10),
     "small": (["--preset", "small"], 100, 10),
-    "2x256 b64x128": (["--layers", "2", "--hidden", "256", "--embed", "256", "--batch-size", "64",
-                       "--seq-len", "128"], 30, 3),
+    "2x256 b64x128": (
+        ["--layers", "2", "--hidden", "256", "--embed", "256", "--batch-size", "64", "--seq-len", "128"],
+        30,
+        3,
+    ),
     "sample": ([], 3000, 0),  # characters per timed sample
 }
 QUICK = {
@@ -61,12 +64,33 @@ print(statistics.median(rates))
 """
 
 
-def train_command(flags: list[str], corpus: Path, out: Path, steps: int, log_every: int, threads: str,
-                  cache: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "charnn", "train", str(corpus), *flags, "--max-iters", str(steps),
-           "--log-every", str(log_every), "--eval-every", str(10**6), "--sample-length", "0",
-           "--out", str(out), "--cache-dir", str(cache), "--device", "cpu",
-           "--val-frac", "0.01"]  # the run's closing validation pass kept short: it is not measured
+def train_command(
+    flags: list[str], corpus: Path, out: Path, steps: int, log_every: int, threads: str, cache: Path
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "charnn",
+        "train",
+        str(corpus),
+        *flags,
+        "--max-iters",
+        str(steps),
+        "--log-every",
+        str(log_every),
+        "--eval-every",
+        str(10**6),
+        "--sample-length",
+        "0",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--device",
+        "cpu",
+        "--val-frac",
+        "0.01",
+    ]  # the run's closing validation pass kept short: it is not measured
     return cmd if threads == "charnn" else [*cmd, "--threads", threads]
 
 
@@ -81,8 +105,11 @@ def train_rate(cmd: list[str], out: Path) -> tuple[float, str]:
     else:
         if done.returncode != 0:
             sys.exit(f"{' '.join(cmd)} failed:\n{stderr[-2000:]}")
-    chosen = [line.split("plan: threads: ", 1)[1].split(" ", 1)[0] for line in (stderr or "").splitlines()
-              if "plan: threads: " in line]
+    chosen = [
+        line.split("plan: threads: ", 1)[1].split(" ", 1)[0]
+        for line in (stderr or "").splitlines()
+        if "plan: threads: " in line
+    ]
     rates = [row["chars_per_s"] for row in read_metrics(out) if row.get("kind") == "train"]
     rate = median(rates[1:] if len(rates) >= 3 else rates) if rates else 0.0
     return rate, "->".join(chosen)
@@ -96,8 +123,14 @@ def read_metrics(run: Path) -> list[dict]:
 
 
 def sample_rate(run: Path, length: int, threads: str) -> float:
-    done = subprocess.run([sys.executable, "-c", CHILD_SAMPLE, threads, str(run), str(length)], env=repo_env(),
-                          check=True, capture_output=True, text=True, timeout=BUDGET * 3)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD_SAMPLE, threads, str(run), str(length)],
+        env=repo_env(),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=BUDGET * 3,
+    )
     return float(done.stdout.strip().splitlines()[-1])
 
 
@@ -126,8 +159,18 @@ def beside(condition: str, *, corpus: Path, tmp: Path, threads: str, cache: Path
         proc.wait()
 
 
-def measure(name: str, spec, condition: str, threads: str, *, corpus: Path, tmp: Path, cache: Path,
-            sample_run: Path | None, neighbour: list[str]) -> tuple[float, str]:
+def measure(
+    name: str,
+    spec,
+    condition: str,
+    threads: str,
+    *,
+    corpus: Path,
+    tmp: Path,
+    cache: Path,
+    sample_run: Path | None,
+    neighbour: list[str],
+) -> tuple[float, str]:
     """chars/s, and the thread counts a training chose ("" for sampling)."""
     flags, steps, log_every = spec
     with beside(condition, corpus=corpus, tmp=tmp, threads=threads, cache=cache, flags=neighbour):
@@ -140,8 +183,11 @@ def measure(name: str, spec, condition: str, threads: str, *, corpus: Path, tmp:
 def main() -> None:
     ap = parser(__doc__, "a small training shape, sampling alone, charnn's thread choice only (a smoke test)")
     ap.add_argument("--corpus", type=Path, default=CORPUS)
-    ap.add_argument("--settings", default="charnn,1",
-                    help="thread settings, comma-separated: charnn (no --threads) or a count (2: torch's old default)")
+    ap.add_argument(
+        "--settings",
+        default="charnn,1",
+        help="thread settings, comma-separated: charnn (no --threads) or a count (2: torch's old default)",
+    )
     args = ap.parse_args()
     workloads = QUICK if args.quick else WORKLOADS
     settings = ("charnn",) if args.quick else tuple(args.settings.split(","))
@@ -160,18 +206,36 @@ def main() -> None:
             for threads in settings:
                 quiet = None
                 for condition in CONDITIONS if name != "sample" or not args.quick else CONDITIONS[:1]:
-                    rate, chosen = measure(name, spec, condition, threads, corpus=corpus, tmp=tmp, cache=cache,
-                                   sample_run=sample_run, neighbour=neighbour)
+                    rate, chosen = measure(
+                        name,
+                        spec,
+                        condition,
+                        threads,
+                        corpus=corpus,
+                        tmp=tmp,
+                        cache=cache,
+                        sample_run=sample_run,
+                        neighbour=neighbour,
+                    )
                     quiet = quiet or rate
-                    rows.append({"workload": name, "threads": threads, "condition": condition,
-                                 "chars_per_s": round(rate), "ratio": round(rate / quiet, 3) if quiet else None,
-                                 "chose": chosen})
-                    print(f"{name:>14} | threads {threads:>6} | {condition:>15} | {rate:>9,.0f} chars/s | "
-                          f"ratio {rows[-1]['ratio']} | took {chosen or '-'}", flush=True)
+                    rows.append(
+                        {
+                            "workload": name,
+                            "threads": threads,
+                            "condition": condition,
+                            "chars_per_s": round(rate),
+                            "ratio": round(rate / quiet, 3) if quiet else None,
+                            "chose": chosen,
+                        }
+                    )
+                    print(
+                        f"{name:>14} | threads {threads:>6} | {condition:>15} | {rate:>9,.0f} chars/s | "
+                        f"ratio {rows[-1]['ratio']} | took {chosen or '-'}",
+                        flush=True,
+                    )
     table(rows, settings)
     busy = [r["ratio"] for r in rows if r["condition"] != "alone" and r["ratio"] is not None]
-    print(json.dumps({"rows": rows, "worst_busy_ratio": min(busy, default=None),
-                      "load_average_after": load_average()}))
+    print(json.dumps({"rows": rows, "worst_busy_ratio": min(busy, default=None), "load_average_after": load_average()}))
 
 
 def table(rows: list[dict], settings: tuple[str, ...]) -> None:
@@ -181,8 +245,13 @@ def table(rows: list[dict], settings: tuple[str, ...]) -> None:
     print("| workload | " + " | ".join(heads) + " |")
     print("|---|" + "---|" * len(heads))
     for name in dict.fromkeys(r["workload"] for r in rows):
-        cells = [f"{r['chars_per_s']:,} ({r['ratio']}x)" for s in settings for c in CONDITIONS
-                 for r in rows if r["workload"] == name and r["threads"] == s and r["condition"] == c]
+        cells = [
+            f"{r['chars_per_s']:,} ({r['ratio']}x)"
+            for s in settings
+            for c in CONDITIONS
+            for r in rows
+            if r["workload"] == name and r["threads"] == s and r["condition"] == c
+        ]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 

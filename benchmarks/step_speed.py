@@ -25,8 +25,15 @@ from charnn import CharRNN, ModelConfig
 from charnn.sampling import stepper as sampling
 
 TUNING = sampling.MEASURED
-SHAPES = [("lstm", 256, 1), ("lstm", 256, 8), ("lstm", 256, 64), ("lstm", 512, 1), ("lstm", 512, 16),
-          ("gru", 256, 64), ("rnn", 512, 64)]
+SHAPES = [
+    ("lstm", 256, 1),
+    ("lstm", 256, 8),
+    ("lstm", 256, 64),
+    ("lstm", 512, 1),
+    ("lstm", 512, 16),
+    ("gru", 256, 64),
+    ("rnn", 512, 64),
+]
 
 
 def stepper(model: CharRNN, streams: int, precision: str, packed: bool) -> sampling.FastStepper:
@@ -51,14 +58,19 @@ def compare(kind: str, hidden: int, streams: int, precision: str, rounds: int, s
         for st in both.values():
             for _ in range(20):
                 st.step(ids)
-        times = interleaved(rounds, {name: lambda st=st: us_per_step(st) for name, st in both.items()},
-                            alternate=True)
+        times = interleaved(rounds, {name: lambda st=st: us_per_step(st) for name, st in both.items()}, alternate=True)
         threads = torch.get_num_threads()
     packed_any = any(w.packed is not None for w in both["packed"].weights)
-    return {"model": f"2x{hidden} {kind}", "streams": streams, "precision": precision, "threads": threads,
-            "packed_used": packed_any,
-            "packed_us": round(median(times["packed"]), 1), "addmm_us": round(median(times["addmm"]), 1),
-            "ratio": round(median_ratio(times["addmm"], times["packed"]), 3)}
+    return {
+        "model": f"2x{hidden} {kind}",
+        "streams": streams,
+        "precision": precision,
+        "threads": threads,
+        "packed_used": packed_any,
+        "packed_us": round(median(times["packed"]), 1),
+        "addmm_us": round(median(times["addmm"]), 1),
+        "ratio": round(median_ratio(times["addmm"], times["packed"]), 3),
+    }
 
 
 def main() -> None:
@@ -77,12 +89,18 @@ def main() -> None:
         for precision in ("fp32", "bf16"):
             row = compare(kind, hidden, streams, precision, rounds, steps)
             rows.append(row)
-            print(f"{row['model']}, {streams:>2} streams, {precision}, {row['threads']} thread(s): "
-                  f"packed {row['packed_us']:,.0f} us/step vs addmm {row['addmm_us']:,.0f}: ratio {row['ratio']:.2f}"
-                  + ("" if row["packed_used"] else "  (rule: not packed, both the same code)"), flush=True)
+            print(
+                f"{row['model']}, {streams:>2} streams, {precision}, {row['threads']} thread(s): "
+                f"packed {row['packed_us']:,.0f} us/step vs addmm {row['addmm_us']:,.0f}: ratio {row['ratio']:.2f}"
+                + ("" if row["packed_used"] else "  (rule: not packed, both the same code)"),
+                flush=True,
+            )
     used = [row["ratio"] for row in rows if row["packed_used"]]
-    print(json.dumps({"rows": rows, "median_ratio": round(median(used), 3) if used else None,
-                      "load_average": load_average()}))
+    print(
+        json.dumps(
+            {"rows": rows, "median_ratio": round(median(used), 3) if used else None, "load_average": load_average()}
+        )
+    )
 
 
 if __name__ == "__main__":

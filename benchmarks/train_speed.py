@@ -40,11 +40,25 @@ def charnn_run(args, corpus: Path, out_dir: Path, steps: int, precision: str = "
 
     events: list[tuple[float, object]] = []
     model_cfg = charnn.ModelConfig(model="lstm", layers=args.layers, hidden=args.hidden, embed=args.embed)
-    train_cfg = charnn.TrainConfig(batch_size=args.batch, seq_len=args.seq, max_iters=steps, warmup_iters=0,
-                                   eval_every=10**9, log_every=args.log_every, device="cpu",
-                                   threads=args.threads, seed=1, precision=precision)
-    charnn.train(corpus, model_cfg=model_cfg, train_cfg=train_cfg, out_dir=out_dir,
-                 on_progress=lambda p: events.append((time.perf_counter(), p)))
+    train_cfg = charnn.TrainConfig(
+        batch_size=args.batch,
+        seq_len=args.seq,
+        max_iters=steps,
+        warmup_iters=0,
+        eval_every=10**9,
+        log_every=args.log_every,
+        device="cpu",
+        threads=args.threads,
+        seed=1,
+        precision=precision,
+    )
+    charnn.train(
+        corpus,
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
+        out_dir=out_dir,
+        on_progress=lambda p: events.append((time.perf_counter(), p)),
+    )
     logs = [(t, p) for t, p in events if p.kind == "log"]
     (t_first, p_first), (t_last, p_last) = logs[0], logs[-1]
     rate = (p_last.step - p_first.step) * args.batch * args.seq / (t_last - t_first)
@@ -55,8 +69,7 @@ def charnn_run(args, corpus: Path, out_dir: Path, steps: int, precision: str = "
                 return t - events[i - 1][0]
         return 0.0
 
-    return {"rate": rate, "eval_s": after("eval"), "checkpoint_s": after("checkpoint"),
-            "sample_s": after("sample")}
+    return {"rate": rate, "eval_s": after("eval"), "checkpoint_s": after("checkpoint"), "sample_s": after("sample")}
 
 
 def schedule_counts(steps: int, eval_every: int = 250) -> tuple[int, int]:
@@ -117,10 +130,20 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def peak_rss_mb(code: str, args, corpus: Path, out: Path) -> float:
-    argv = [str(corpus), str(out), str(args.rss_steps), str(args.layers), str(args.hidden), str(args.embed),
-            str(args.batch), str(args.seq), str(args.threads)]
-    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=repo_env(),
-                          check=True)
+    argv = [
+        str(corpus),
+        str(out),
+        str(args.rss_steps),
+        str(args.layers),
+        str(args.hidden),
+        str(args.embed),
+        str(args.batch),
+        str(args.seq),
+        str(args.threads),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, env=repo_env(), check=True
+    )
     return int(done.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB on Linux
 
 
@@ -129,8 +152,7 @@ def amortised_rate(args, med: dict[str, float]) -> float:
     costed at what the end of each run measured."""
     n_eval, n_sample = schedule_counts(args.schedule_steps)
     step_s = args.batch * args.seq / med["rate"]
-    total_s = (args.schedule_steps * step_s + n_eval * (med["eval_s"] + med["checkpoint_s"])
-               + n_sample * med["sample_s"])
+    total_s = args.schedule_steps * step_s + n_eval * (med["eval_s"] + med["checkpoint_s"]) + n_sample * med["sample_s"]
     return args.schedule_steps * args.batch * args.seq / total_s
 
 
@@ -140,8 +162,10 @@ def measures(args, corpus: Path, tmp: Path, bf16: bool) -> dict:
     count = itertools.count()
     steps = max(args.steps - args.log_every, 1)
     shape = (args.layers, args.hidden, args.embed, args.batch, args.seq)
-    pairs = {"charnn": lambda: charnn_run(args, corpus, tmp / f"run{next(count)}", args.steps, "fp32"),
-             "bare": lambda: bare_loop(*shape, steps=steps, warmup=2)}
+    pairs = {
+        "charnn": lambda: charnn_run(args, corpus, tmp / f"run{next(count)}", args.steps, "fp32"),
+        "bare": lambda: bare_loop(*shape, steps=steps, warmup=2),
+    }
     if bf16:
         pairs["charnn_auto"] = lambda: charnn_run(args, corpus, tmp / f"auto{next(count)}", args.steps, "auto")
         pairs["bare_bf16"] = lambda: bare_loop(*shape, steps=steps, warmup=2, bf16=True)
@@ -150,13 +174,19 @@ def measures(args, corpus: Path, tmp: Path, bf16: bool) -> dict:
 
 def print_round(r: int, got: dict[str, list]) -> None:
     run, bare = got["charnn"][-1], got["bare"][-1]
-    print(f"round {r + 1}: fp32: charnn {run['rate']:,.0f} chars/s, bare loop {bare:,.0f} chars/s, "
-          f"ratio {run['rate'] / bare:.3f}; end-of-run eval {run['eval_s']:.2f}s, checkpoint "
-          f"{run['checkpoint_s']:.2f}s, sample {run['sample_s']:.2f}s", flush=True)
+    print(
+        f"round {r + 1}: fp32: charnn {run['rate']:,.0f} chars/s, bare loop {bare:,.0f} chars/s, "
+        f"ratio {run['rate'] / bare:.3f}; end-of-run eval {run['eval_s']:.2f}s, checkpoint "
+        f"{run['checkpoint_s']:.2f}s, sample {run['sample_s']:.2f}s",
+        flush=True,
+    )
     if "charnn_auto" in got:
         auto, bare16 = got["charnn_auto"][-1]["rate"], got["bare_bf16"][-1]
-        print(f"round {r + 1}: bf16 autocast: charnn {auto:,.0f} chars/s, bare loop {bare16:,.0f} chars/s, "
-              f"ratio {auto / bare16:.3f}", flush=True)
+        print(
+            f"round {r + 1}: bf16 autocast: charnn {auto:,.0f} chars/s, bare loop {bare16:,.0f} chars/s, "
+            f"ratio {auto / bare16:.3f}",
+            flush=True,
+        )
 
 
 def options():
@@ -192,8 +222,11 @@ def main() -> None:
         corpus = args.corpus or (DEFAULT_CORPUS if DEFAULT_CORPUS.exists() and not args.quick else None)
         corpus = corpus or synthetic_corpus(tmp / "corpus.txt", 60_000 if args.quick else 1_000_000)
         machine(args.threads)
-        print(f"shape: {args.layers}x{args.hidden} lstm, embed {args.embed}, batch {args.batch}, "
-              f"seq {args.seq}; corpus {corpus}", flush=True)
+        print(
+            f"shape: {args.layers}x{args.hidden} lstm, embed {args.embed}, batch {args.batch}, "
+            f"seq {args.seq}; corpus {corpus}",
+            flush=True,
+        )
         from charnn.runtime import uses_bf16
 
         bf16 = uses_bf16(torch.device("cpu"), "auto", training=True) and not args.quick
@@ -211,25 +244,38 @@ def main() -> None:
         rss_plain = peak_rss_mb(CHILD_PLAIN, args, corpus, tmp / "rss-plain")
 
     result = {
-        "charnn_chars_per_s": round(med["rate"]), "bare_chars_per_s": round(bare),
+        "charnn_chars_per_s": round(med["rate"]),
+        "bare_chars_per_s": round(bare),
         "ratio_loop": round(ratio_loop, 3),
         "ratio_amortised": round(amortised / bare, 3),
-        "amortised_chars_per_s": round(amortised), "schedule_steps": args.schedule_steps,
-        "eval_s": round(med["eval_s"], 3), "checkpoint_s": round(med["checkpoint_s"], 3),
+        "amortised_chars_per_s": round(amortised),
+        "schedule_steps": args.schedule_steps,
+        "eval_s": round(med["eval_s"], 3),
+        "checkpoint_s": round(med["checkpoint_s"], 3),
         "sample_s": round(med["sample_s"], 3),
-        "peak_rss_mb_charnn": round(rss_charnn, 1), "peak_rss_mb_plain": round(rss_plain, 1),
-        "rss_ratio": round(rss_charnn / rss_plain, 3), "rounds": args.rounds, "threads": args.threads,
+        "peak_rss_mb_charnn": round(rss_charnn, 1),
+        "peak_rss_mb_plain": round(rss_plain, 1),
+        "rss_ratio": round(rss_charnn / rss_plain, 3),
+        "rounds": args.rounds,
+        "threads": args.threads,
         "auto_precision": "bf16" if bf16 else "fp32",
-        "charnn_auto_chars_per_s": round(rate_auto), "ratio_loop_auto": round(ratio_auto, 3),
+        "charnn_auto_chars_per_s": round(rate_auto),
+        "ratio_loop_auto": round(ratio_auto, 3),
         "load_average": load_average(),
     }
     print(f"ratio (fp32, loop only, median of {args.rounds}): {result['ratio_loop']:.3f}  (target >= 0.97)")
-    print(f"ratio (charnn's auto precision vs the bare loop in it): {result['ratio_loop_auto']:.3f}; "
-          f"charnn auto {result['charnn_auto_chars_per_s']:,} vs bare fp32 {result['bare_chars_per_s']:,}")
-    print(f"ratio (eval + checkpoint every 250 steps, samples, amortised over {args.schedule_steps} steps): "
-          f"{result['ratio_amortised']:.3f}")
-    print(f"peak RSS: charnn {rss_charnn:,.0f} MB, plain trainer {rss_plain:,.0f} MB, "
-          f"ratio {result['rss_ratio']:.3f}  (target <= 1)")
+    print(
+        f"ratio (charnn's auto precision vs the bare loop in it): {result['ratio_loop_auto']:.3f}; "
+        f"charnn auto {result['charnn_auto_chars_per_s']:,} vs bare fp32 {result['bare_chars_per_s']:,}"
+    )
+    print(
+        f"ratio (eval + checkpoint every 250 steps, samples, amortised over {args.schedule_steps} steps): "
+        f"{result['ratio_amortised']:.3f}"
+    )
+    print(
+        f"peak RSS: charnn {rss_charnn:,.0f} MB, plain trainer {rss_plain:,.0f} MB, "
+        f"ratio {result['rss_ratio']:.3f}  (target <= 1)"
+    )
     print(json.dumps(result))
     assert math.isfinite(result["ratio_loop"])
 

@@ -10,17 +10,32 @@ from charnn.version import __version__  # noqa: F401 (charnn.__version__: no tor
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "LoadedModel": "store.checkpoint", "load_model": "store.checkpoint", "load_run": "store.rundir",
-    "DataConfig": "config", "ModelConfig": "config", "SampleConfig": "config", "TrainConfig": "config",
-    "Corpus": "data", "Vocab": "data", "encode_file": "data",
+    "LoadedModel": "store.checkpoint",
+    "load_model": "store.checkpoint",
+    "load_run": "store.rundir",
+    "DataConfig": "config",
+    "ModelConfig": "config",
+    "SampleConfig": "config",
+    "TrainConfig": "config",
+    "Corpus": "data",
+    "Vocab": "data",
+    "encode_file": "data",
     "CharnnError": "errors",
-    "EvalResult": "evaluate", "evaluate_file": "evaluate", "evaluate_ids": "evaluate",
+    "EvalResult": "evaluate",
+    "evaluate_file": "evaluate",
+    "evaluate_ids": "evaluate",
     "evaluate_validation": "evaluate",
     "CharRNN": "model",
-    "generate": "sampling.generate", "sample_text": "sampling.generate", "Beam": "sampling.beam",
+    "generate": "sampling.generate",
+    "sample_text": "sampling.generate",
+    "Beam": "sampling.beam",
     "beam_search": "sampling.beam",
-    "Progress": "training.train", "TrainResult": "training.train", "train": "training.train", "plan": "training.train",
-    "Plan": "training.plan", "PlanRequest": "training.plan",
+    "Progress": "training.train",
+    "TrainResult": "training.train",
+    "train": "training.train",
+    "plan": "training.train",
+    "Plan": "training.plan",
+    "PlanRequest": "training.plan",
 }
 
 __all__ = sorted(_EXPORTS, key=str.lower)
@@ -37,4 +52,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
-

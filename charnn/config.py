@@ -27,18 +27,24 @@ BACKENDS = ("auto", "nccl", "gloo")  # torch.distributed, under torchrun
 class DataConfig:
     """How a text file becomes a stream of symbol ids."""
 
-    encoding: str = opt("utf-8", "Text encoding of the corpus, e.g. latin-1; ignored with --bytes.",
-                        panel="Data", metavar="CODEC")
-    errors: str = opt("strict", "Undecodable bytes: strict (an error naming the offset) or replace.",
-                      choices=("strict", "replace"), panel="Data", metavar="MODE")
-    keep_newlines: bool = opt(False, "Keep CRLF and CR line endings instead of turning them into LF.",
-                              panel="Data")
-    bytes_mode: bool = opt(False, "Model raw bytes (a vocabulary of byte values) instead of characters.",
-                           panel="Data", flags=("--bytes",))
-    val_frac: float = opt(0.1, "Fraction of the corpus (its tail) held out for validation.", min=0.0, max=0.5,
-                          panel="Data")
-    test_frac: float = opt(0.0, "Fraction held out for test, taken from the very end.", min=0.0, max=0.5,
-                           panel="Data")
+    encoding: str = opt(
+        "utf-8", "Text encoding of the corpus, e.g. latin-1; ignored with --bytes.", panel="Data", metavar="CODEC"
+    )
+    errors: str = opt(
+        "strict",
+        "Undecodable bytes: strict (an error naming the offset) or replace.",
+        choices=("strict", "replace"),
+        panel="Data",
+        metavar="MODE",
+    )
+    keep_newlines: bool = opt(False, "Keep CRLF and CR line endings instead of turning them into LF.", panel="Data")
+    bytes_mode: bool = opt(
+        False, "Model raw bytes (a vocabulary of byte values) instead of characters.", panel="Data", flags=("--bytes",)
+    )
+    val_frac: float = opt(
+        0.1, "Fraction of the corpus (its tail) held out for validation.", min=0.0, max=0.5, panel="Data"
+    )
+    test_frac: float = opt(0.0, "Fraction held out for test, taken from the very end.", min=0.0, max=0.5, panel="Data")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -52,8 +58,9 @@ class DataConfig:
             except LookupError:
                 raise ConfigError(f"unknown --encoding {self.encoding!r}") from None
             if not getattr(info, "_is_text_encoding", True):  # hex, base64, rot13...: bytes-to-bytes codecs
-                raise ConfigError(f"--encoding {self.encoding!r} is not a text encoding "
-                                  f"(try utf-8, latin-1, utf-16, cp1252)")
+                raise ConfigError(
+                    f"--encoding {self.encoding!r} is not a text encoding (try utf-8, latin-1, utf-16, cp1252)"
+                )
 
 
 @dataclass(frozen=True)
@@ -61,79 +68,108 @@ class ModelConfig:
     """Shape of the network: embedding -> stacked recurrent layers -> linear head."""
 
     # rnn: Elman's cell, tanh.
-    model: str = opt("lstm", "Recurrent cell: lstm, gru or rnn.", choices=MODEL_KINDS,
-                     panel="Model", metavar="CELL", parser_checks=True)
+    model: str = opt(
+        "lstm",
+        "Recurrent cell: lstm, gru or rnn.",
+        choices=MODEL_KINDS,
+        panel="Model",
+        metavar="CELL",
+        parser_checks=True,
+    )
     layers: int = opt(2, "Stacked recurrent layers.", min=1, max=16, panel="Model", parser_checks=True)
     hidden: int = opt(256, "Hidden units per layer.", min=1, max=16384, panel="Model", parser_checks=True)
-    embed: int = opt(128, "Embedding size per symbol.", min=1, max=16384, panel="Model",
-                     parser_checks=True)
-    dropout: float = opt(0.0, "Dropout between layers and before the output layer.", min=0.0,
-                         max=0.9, panel="Model")
+    embed: int = opt(128, "Embedding size per symbol.", min=1, max=16384, panel="Model", parser_checks=True)
+    dropout: float = opt(0.0, "Dropout between layers and before the output layer.", min=0.0, max=0.9, panel="Model")
     # Regularisers in the AWD-LSTM style (Merity et al. 2017), all off by default, so a checkpoint whose
     # metadata predates them loads as the model it was. Tied weights: Press & Wolf 2017, Inan et al. 2017;
     # the tie needs --embed equal to --hidden, which it sets when --embed is not given.
-    tie_weights: bool = opt(False, "Share the embedding with the output layer; --embed takes --hidden.",
-                            panel="Model", flags=("--tie-weights/--no-tie-weights",))
-    layer_norm: bool = opt(False, "Layer norm before the output layer.", panel="Model",
-                           flags=("--layer-norm/--no-layer-norm",))
+    tie_weights: bool = opt(
+        False,
+        "Share the embedding with the output layer; --embed takes --hidden.",
+        panel="Model",
+        flags=("--tie-weights/--no-tie-weights",),
+    )
+    layer_norm: bool = opt(
+        False, "Layer norm before the output layer.", panel="Model", flags=("--layer-norm/--no-layer-norm",)
+    )
     # Variational ("locked") dropout: one mask per sequence, the same at every step.
-    locked_dropout: float = opt(0.0, "One dropout mask per sequence on the embeddings and last output.",
-                                min=0.0, max=0.9, panel="Model")
+    locked_dropout: float = opt(
+        0.0, "One dropout mask per sequence on the embeddings and last output.", min=0.0, max=0.9, panel="Model"
+    )
 
     def __post_init__(self) -> None:
         validate(self)
         if self.tie_weights and self.embed != self.hidden:
-            raise ConfigError(f"--tie-weights needs --embed equal to --hidden (--embed {self.embed}, "
-                              f"--hidden {self.hidden})")
+            raise ConfigError(
+                f"--tie-weights needs --embed equal to --hidden (--embed {self.embed}, --hidden {self.hidden})"
+            )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, schedule, stopping rule, and what happens along the way."""
 
-    batch_size: int = opt(64, "Parallel streams per batch (the B of truncated BPTT).", min=1, max=65536,
-                          panel="Optimisation")
-    seq_len: int = opt(128, "Characters per stream per step (the T of truncated BPTT).", min=1, max=65536,
-                       panel="Optimisation")
+    batch_size: int = opt(
+        64, "Parallel streams per batch (the B of truncated BPTT).", min=1, max=65536, panel="Optimisation"
+    )
+    seq_len: int = opt(
+        128, "Characters per stream per step (the T of truncated BPTT).", min=1, max=65536, panel="Optimisation"
+    )
     lr: float = opt(2e-3, "Peak learning rate (AdamW).", gt=0.0, max=10.0, panel="Optimisation")
-    min_lr: float | None = opt(None, "Learning rate at the end of the cosine decay.", min=0.0, max=10.0,
-                               panel="Optimisation", shown="lr/20")
+    min_lr: float | None = opt(
+        None, "Learning rate at the end of the cosine decay.", min=0.0, max=10.0, panel="Optimisation", shown="lr/20"
+    )
     warmup_iters: int = opt(50, "Linear warmup steps.", min=0, panel="Optimisation")
     weight_decay: float = opt(0.0, "AdamW weight decay (matrices only).", min=0.0, max=10.0, panel="Optimisation")
-    grad_clip: float = opt(5.0, "Clip the global gradient norm to this; 0 turns clipping off.", min=0.0,
-                           panel="Optimisation")
+    grad_clip: float = opt(
+        5.0, "Clip the global gradient norm to this; 0 turns clipping off.", min=0.0, panel="Optimisation"
+    )
     max_iters: int | None = opt(None, "Stop after this many steps.", min=1, panel="Stopping")
-    epochs: float | None = opt(None, "Stop after this many passes over the training split.", gt=0.0,
-                               panel="Stopping")
-    time_budget: float | None = opt(None, "Stop after this many seconds; the schedule spans the budget.", gt=0.0,
-                                    panel="Stopping", metavar="SECONDS")
-    seed: int = opt(1337, "Random seed for the weights, the data order and the samples.", min=0, max=2**63 - 1,
-                    panel="Run")
-    eval_every: int = opt(250, "Steps between validation evaluations and checkpoints.", min=1,
-                          panel="Evaluation & output")
+    epochs: float | None = opt(None, "Stop after this many passes over the training split.", gt=0.0, panel="Stopping")
+    time_budget: float | None = opt(
+        None,
+        "Stop after this many seconds; the schedule spans the budget.",
+        gt=0.0,
+        panel="Stopping",
+        metavar="SECONDS",
+    )
+    seed: int = opt(
+        1337, "Random seed for the weights, the data order and the samples.", min=0, max=2**63 - 1, panel="Run"
+    )
+    eval_every: int = opt(
+        250, "Steps between validation evaluations and checkpoints.", min=1, panel="Evaluation & output"
+    )
     eval_segment: int = opt(4096, "Validation is scored in segments of this many characters.", min=2)
-    sample_every: int | None = opt(None, "Steps between samples.", min=1, panel="Evaluation & output",
-                                   shown="100, 300, 700, then every 1000")
-    sample_length: int = opt(200, "Characters in each training sample.", min=0, max=100000,
-                             panel="Evaluation & output")
+    sample_every: int | None = opt(
+        None, "Steps between samples.", min=1, panel="Evaluation & output", shown="100, 300, 700, then every 1000"
+    )
+    sample_length: int = opt(200, "Characters in each training sample.", min=0, max=100000, panel="Evaluation & output")
     sample_temperature: float = opt(0.8, "Temperature of training samples.", min=0.01, max=100.0)
-    log_every: int = opt(10, "Steps between metrics.jsonl lines and progress updates.", min=1,
-                         panel="Evaluation & output")
+    log_every: int = opt(
+        10, "Steps between metrics.jsonl lines and progress updates.", min=1, panel="Evaluation & output"
+    )
     keep_last: int = opt(2, "Checkpoints kept besides the best one.", min=1, max=1000, panel="Evaluation & output")
     # Early stopping keeps the best checkpoint, which is what `sample` and `eval` use.
-    patience: int | None = opt(None, "Stop after this many evaluations without a new best (0: never).",
-                               min=0, panel="Stopping", shown="off")
+    patience: int | None = opt(
+        None, "Stop after this many evaluations without a new best (0: never).", min=0, panel="Stopping", shown="off"
+    )
     device: str = opt("auto", "Where to run: auto, cpu, cuda, cuda:N or mps.", panel="Hardware", metavar="DEVICE")
     # auto: bf16 autocast on CUDA cards that have it (fp16 with loss scaling on older ones), and for training
     # on CPUs with native bf16 (docs/benchmarks.md, docs/gpu.md).
-    precision: str = opt("auto", "auto (bf16, else fp16 on older GPUs), fp32, bf16 or fp16.", choices=PRECISIONS,
-                         panel="Hardware", parser_checks=True)
+    precision: str = opt(
+        "auto",
+        "auto (bf16, else fp16 on older GPUs), fp32, bf16 or fp16.",
+        choices=PRECISIONS,
+        panel="Hardware",
+        parser_checks=True,
+    )
     # torch.use_deterministic_algorithms and the cuBLAS workspace (charnn.runtime.set_deterministic).
     deterministic: bool = opt(False, "Bitwise repeatable runs (slower on GPUs).", panel="Hardware")
     # None: torch's count, less the cores other programs keep busy
     # (charnn.training.threads, docs/scaling.md#shared-cores)
-    threads: int | None = opt(None, "CPU threads for torch.", min=1, max=1024, panel="Hardware",
-                              shown="the CPU cores left free")
+    threads: int | None = opt(
+        None, "CPU threads for torch.", min=1, max=1024, panel="Hardware", shown="the CPU cores left free"
+    )
     max_bad_steps: int = opt(10, "Stop with exit 3 after this many non-finite losses in a row.", min=1)
 
     def __post_init__(self) -> None:
@@ -146,37 +182,68 @@ class TrainConfig:
 class SampleConfig:
     """How text is drawn from a model."""
 
-    length: int = opt(500, "Characters to generate (after the prime).", min=0, max=10**9, panel="Sampling",
-                      flags=("--length", "-n"))
-    temperature: float = opt(0.8, "Softmax temperature, 0.01 to 100; lower is more conservative.", min=0.01,
-                             max=100.0, panel="Sampling", flags=("--temperature", "-t"))
-    top_k: int | None = opt(None, "Sample only among the k most likely characters.", min=1, panel="Sampling",
-                            metavar="K")
-    top_p: float | None = opt(None, "Sample only from the smallest set whose probability reaches p.",
-                              gt=0.0, max=1.0, panel="Sampling", metavar="P")
+    length: int = opt(
+        500, "Characters to generate (after the prime).", min=0, max=10**9, panel="Sampling", flags=("--length", "-n")
+    )
+    temperature: float = opt(
+        0.8,
+        "Softmax temperature, 0.01 to 100; lower is more conservative.",
+        min=0.01,
+        max=100.0,
+        panel="Sampling",
+        flags=("--temperature", "-t"),
+    )
+    top_k: int | None = opt(
+        None, "Sample only among the k most likely characters.", min=1, panel="Sampling", metavar="K"
+    )
+    top_p: float | None = opt(
+        None,
+        "Sample only from the smallest set whose probability reaches p.",
+        gt=0.0,
+        max=1.0,
+        panel="Sampling",
+        metavar="P",
+    )
     greedy: bool = opt(False, "Always take the most likely character (argmax).", panel="Sampling")
     prime: str | None = opt(None, "Text to warm the state on; the output starts with it.", panel="Sampling")
-    seed: int | None = opt(None, "Random seed; the same seed gives the same text.", min=0, max=2**63 - 1,
-                           panel="Sampling")
-    num_samples: int = opt(1, "Independent samples to draw (run in parallel).", min=1, max=100000,
-                           panel="Sampling", metavar="N")
+    seed: int | None = opt(
+        None, "Random seed; the same seed gives the same text.", min=0, max=2**63 - 1, panel="Sampling"
+    )
+    num_samples: int = opt(
+        1, "Independent samples to draw (run in parallel).", min=1, max=100000, panel="Sampling", metavar="N"
+    )
     # Beam search scores with the model's own probabilities: temperature, top-k/p and the seed do not apply.
-    beam: int | None = opt(None, "Beam search of this width: the most probable text, not a sample.", min=1,
-                           max=10000, panel="Sampling", metavar="N")
+    beam: int | None = opt(
+        None,
+        "Beam search of this width: the most probable text, not a sample.",
+        min=1,
+        max=10000,
+        panel="Sampling",
+        metavar="N",
+    )
     # bf16 runs the matmuls in bf16: faster for many streams on a GPU or a CPU with bf16 instructions, and a
     # slightly different text; fp32 gives the same text on every stepping path.
-    precision: str = opt("fp32", "Arithmetic of the sampling steps: fp32 (the same text everywhere) or bf16.",
-                         choices=SAMPLE_PRECISIONS, panel="Hardware", parser_checks=True)
+    precision: str = opt(
+        "fp32",
+        "Arithmetic of the sampling steps: fp32 (the same text everywhere) or bf16.",
+        choices=SAMPLE_PRECISIONS,
+        panel="Hardware",
+        parser_checks=True,
+    )
 
     def __post_init__(self) -> None:
         validate(self)
         if self.beam is not None:
             if self.greedy or self.top_k is not None or self.top_p is not None:
-                raise ConfigError("--beam searches the model's own probabilities: drop --greedy (--beam 1 is "
-                                  "greedy), --top-k and --top-p")
+                raise ConfigError(
+                    "--beam searches the model's own probabilities: drop --greedy (--beam 1 is "
+                    "greedy), --top-k and --top-p"
+                )
             if self.num_samples > self.beam:
-                raise ConfigError(f"--num-samples {self.num_samples} must be at most --beam {self.beam} "
-                                  f"(the beam holds {self.beam} texts)")
+                raise ConfigError(
+                    f"--num-samples {self.num_samples} must be at most --beam {self.beam} "
+                    f"(the beam holds {self.beam} texts)"
+                )
 
 
 @dataclass(frozen=True)
@@ -190,8 +257,7 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         ModelConfig(model="lstm", layers=2, hidden=128, embed=64, dropout=0.0, layer_norm=True),
         # layer norm + weight decay 0.1: 1.734 -> 1.569 val nats/char in the same 2,500 steps (docs/benchmarks.md)
-        dict(batch_size=16, seq_len=64, lr=3e-3, warmup_iters=50, weight_decay=0.1, max_iters=2500,
-             eval_every=500),
+        dict(batch_size=16, seq_len=64, lr=3e-3, warmup_iters=50, weight_decay=0.1, max_iters=2500, eval_every=500),
         "about a minute on a laptop CPU; recognisable Shakespeare-like text",
     ),
     "small": Preset(
@@ -199,20 +265,17 @@ PRESETS: dict[str, Preset] = {
         # Many small updates beat few large ones at a fixed CPU budget: 240 s sweeps in docs/benchmarks.md
         # (batch 64 x 128: 1.643, 32 x 128: 1.556, 16 x 128: 1.506, 16 x 64: 1.483 val nats/char); layer norm
         # on the output with weight decay 0.1 took 16 x 64 from 1.486 to 1.422 (each alone: 1.463, 1.483).
-        dict(batch_size=16, seq_len=64, lr=3e-3, warmup_iters=50, weight_decay=0.1, max_iters=8000,
-             eval_every=1000),
+        dict(batch_size=16, seq_len=64, lr=3e-3, warmup_iters=50, weight_decay=0.1, max_iters=8000, eval_every=1000),
         "the default: about 5 minutes on a 2-core CPU",
     ),
     "medium": Preset(
         ModelConfig(model="lstm", layers=3, hidden=512, embed=256, dropout=0.2),
-        dict(batch_size=64, seq_len=128, lr=2e-3, warmup_iters=100, max_iters=5000,
-             eval_every=500),
+        dict(batch_size=64, seq_len=128, lr=2e-3, warmup_iters=100, max_iters=5000, eval_every=500),
         "a GPU, or a long CPU run",
     ),
     "large": Preset(
         ModelConfig(model="lstm", layers=3, hidden=1024, embed=256, dropout=0.3),
-        dict(batch_size=128, seq_len=256, lr=1.5e-3, warmup_iters=200, max_iters=10000,
-             eval_every=500),
+        dict(batch_size=128, seq_len=256, lr=1.5e-3, warmup_iters=200, max_iters=10000, eval_every=500),
         "a big GPU",
     ),
 }

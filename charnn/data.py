@@ -70,8 +70,9 @@ class Vocab:
             values, counts = np.unique(cps[bad], return_counts=True)
             unknown = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
             if not skip_unknown:
-                raise VocabularyError(f"{int(bad.sum())} character(s) not in this model's vocabulary: "
-                                      f"{unknown_symbols(self, unknown)}")
+                raise VocabularyError(
+                    f"{int(bad.sum())} character(s) not in this model's vocabulary: {unknown_symbols(self, unknown)}"
+                )
             ids = ids[~bad]
         return ids, unknown
 
@@ -106,8 +107,10 @@ def extend_vocab(base: Vocab, new: Vocab) -> Vocab:
     its meaning, and the symbols it never saw get the ids after its last."""
     if base.bytes_mode != new.bytes_mode:
         kinds = {True: "bytes", False: "characters"}
-        raise VocabularyError(f"the model's vocabulary is of {kinds[base.bytes_mode]}, this corpus's of "
-                              f"{kinds[new.bytes_mode]} (--bytes must match)")
+        raise VocabularyError(
+            f"the model's vocabulary is of {kinds[base.bytes_mode]}, this corpus's of "
+            f"{kinds[new.bytes_mode]} (--bytes must match)"
+        )
     known = set(base.symbols)
     return Vocab(base.symbols + tuple(sorted(s for s in new.symbols if s not in known)), base.bytes_mode)
 
@@ -121,8 +124,9 @@ def translate_ids(ids: np.ndarray, old: Vocab, new: Vocab, *, what: str) -> np.n
         raise VocabularyError(f"{what}: --bytes differs from the model's vocabulary")
     remap, unknown = new.map_symbols(np.asarray(old.symbols), skip_unknown=True)  # (len(old),): old id -> new id
     if unknown:
-        raise VocabularyError(f"{what}: {sum(unknown.values())} symbol(s) not in the model's vocabulary: "
-                              f"{unknown_symbols(new, unknown)}")
+        raise VocabularyError(
+            f"{what}: {sum(unknown.values())} symbol(s) not in the model's vocabulary: {unknown_symbols(new, unknown)}"
+        )
     return remap.astype(id_dtype(len(new)))[np.asarray(ids)]
 
 
@@ -154,8 +158,9 @@ class Corpus:
         """The same text with the ids of `vocab` (`translate_ids`); this corpus itself when the two are equal."""
         if vocab == self.vocab:
             return self
-        return Corpus(translate_ids(self.ids, self.vocab, vocab, what=self.path), vocab, self.sha256, self.path,
-                      self.data)
+        return Corpus(
+            translate_ids(self.ids, self.vocab, vocab, what=self.path), vocab, self.sha256, self.path, self.data
+        )
 
     def split(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Contiguous train / val / test (nanoGPT's split: train is the first int(n*(1-val-test)))."""
@@ -196,8 +201,7 @@ def encode_table(vocab: Vocab) -> np.ndarray:
     return table
 
 
-def encode_file(path: str | os.PathLike, cfg: DataConfig, *, on_bytes: Callable[[int], None] | None = None
-                ) -> Corpus:
+def encode_file(path: str | os.PathLike, cfg: DataConfig, *, on_bytes: Callable[[int], None] | None = None) -> Corpus:
     """Encode a corpus in memory in two streaming passes (vocabulary, then ids), in the smallest dtype that fits
     (`charnn.store.corpus_cache` writes the same ids to a memory-mapped file instead). Both passes read the bytes the
     file held when the first began (`read_chunks`): text appended meanwhile is left out, any other change is
@@ -211,15 +215,16 @@ def encode_file(path: str | os.PathLike, cfg: DataConfig, *, on_bytes: Callable[
     for cps in iter_symbols(p, cfg, size=size, sha256=sha, on_bytes=on_bytes):
         if pos + len(cps) > count:
             raise changed_error(p)
-        ids[pos:pos + len(cps)] = table[cps]
+        ids[pos : pos + len(cps)] = table[cps]
         pos += len(cps)
     if pos != count:
         raise changed_error(p)
     return Corpus(ids, vocab, sha, str(path), cfg)
 
 
-def read_ids(path: str | os.PathLike, vocab: Vocab, cfg: DataConfig, *, skip_unknown: bool = False
-             ) -> tuple[np.ndarray, dict[int, int]]:
+def read_ids(
+    path: str | os.PathLike, vocab: Vocab, cfg: DataConfig, *, skip_unknown: bool = False
+) -> tuple[np.ndarray, dict[int, int]]:
     """Encode a held-out file with an existing vocabulary; returns ids and {unknown symbol: count}."""
     parts, unknown = [], {}
     for cps in iter_symbols(path, cfg):
@@ -228,7 +233,9 @@ def read_ids(path: str | os.PathLike, vocab: Vocab, cfg: DataConfig, *, skip_unk
         for k, v in unk.items():
             unknown[k] = unknown.get(k, 0) + v
     if unknown and not skip_unknown:
-        raise VocabularyError(f"{path}: {sum(unknown.values())} character(s) not in the model's vocabulary "
-                              f"({unknown_symbols(vocab, unknown)}); pass --skip-unknown to drop them")
+        raise VocabularyError(
+            f"{path}: {sum(unknown.values())} character(s) not in the model's vocabulary "
+            f"({unknown_symbols(vocab, unknown)}); pass --skip-unknown to drop them"
+        )
     ids = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
     return ids, unknown

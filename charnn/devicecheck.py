@@ -15,8 +15,12 @@ from charnn.errors import first_line
 SELF_CHECK_TOLERANCE = 1e-3
 
 
-def self_check(device: torch.device, *, run: Callable[[torch.device], dict[str, torch.Tensor]] | None = None,
-               tolerance: float = SELF_CHECK_TOLERANCE) -> str | None:
+def self_check(
+    device: torch.device,
+    *,
+    run: Callable[[torch.device], dict[str, torch.Tensor]] | None = None,
+    tolerance: float = SELF_CHECK_TOLERANCE,
+) -> str | None:
     """None when `run(device)` (default `reference_outputs`) gives what `reference_outputs` gives on the CPU,
     within `tolerance` (relative to each output's largest value, at least 1); otherwise why not, in a few words:
     an operation the device does not have, or outputs that differ."""
@@ -51,8 +55,11 @@ def reference_outputs(device: torch.device) -> dict[str, torch.Tensor]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         embed, norm, head = nn.Embedding(V, E), nn.LayerNorm(H), nn.Linear(H, V)
-        rnns = {"lstm": nn.LSTM(E, H, 2, batch_first=True), "gru": nn.GRU(E, H, 2, batch_first=True),
-                "rnn": nn.RNN(E, H, 2, batch_first=True)}
+        rnns = {
+            "lstm": nn.LSTM(E, H, 2, batch_first=True),
+            "gru": nn.GRU(E, H, 2, batch_first=True),
+            "rnn": nn.RNN(E, H, 2, batch_first=True),
+        }
     for module in (embed, norm, head, *rnns.values()):
         module.to(device)
     x = x.to(device)

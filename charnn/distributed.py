@@ -48,8 +48,9 @@ def auto_backend(device_type: str | None) -> str:
     return "nccl" if cuda else "gloo"
 
 
-def setup_distributed(backend: str = "auto", *, device_type: str | None = None,
-                      timeout_s: float | None = None) -> DistInfo:
+def setup_distributed(
+    backend: str = "auto", *, device_type: str | None = None, timeout_s: float | None = None
+) -> DistInfo:
     """Join the process group torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK (idempotent).
 
     `auto` takes NCCL when the model trains on CUDA (`device_type`; when not given, when CUDA is present),
@@ -90,6 +91,7 @@ def teardown_distributed() -> None:
 
 # --- collectives -------------------------------------------------------------------------------------------
 
+
 def agree(info: DistInfo, error: BaseException | None) -> None:
     """Collective: if any rank hit an error, every rank raises it (the lowest rank's), so none waits forever."""
     if not info.enabled:
@@ -105,8 +107,11 @@ def agree(info: DistInfo, error: BaseException | None) -> None:
             if rank == info.rank and error is not None:
                 raise error
             kind, message = item
-            raise kind(f"rank {rank}: {message}") if issubclass(kind, CharnnError) else CharnnError(
-                f"rank {rank} failed: {kind.__name__}: {message}")
+            raise (
+                kind(f"rank {rank}: {message}")
+                if issubclass(kind, CharnnError)
+                else CharnnError(f"rank {rank} failed: {kind.__name__}: {message}")
+            )
 
 
 def broadcast_object(info: DistInfo, value: Any) -> Any:
@@ -148,6 +153,7 @@ def barrier(info: DistInfo) -> None:
 
 # --- the corpus every rank reads --------------------------------------------------------------------------
 
+
 def local_rank_zero_first(info: DistInfo, load: Callable[[], T]) -> T:
     """`load()` on each node's local rank 0, then on the others: the first builds what the rest open (an
     on-disk corpus cache). A CharnnError on any rank is raised on every rank."""
@@ -175,12 +181,15 @@ def check_same_corpus(info: DistInfo, *, sha256: str, vocab_json: str, chars: in
     for rank, theirs in enumerate(seen):
         if theirs[:3] != seen[0][:3]:
             what = "sha256" if theirs[0] != seen[0][0] else "vocabulary or decoding"
-            raise DataError(f"the corpus differs between processes: rank 0 read {seen[0][3]} ({what} "
-                            f"{seen[0][0][:12]}), rank {rank} read {theirs[3]} ({theirs[0][:12]}); every "
-                            f"process must train on the same file with the same options")
+            raise DataError(
+                f"the corpus differs between processes: rank 0 read {seen[0][3]} ({what} "
+                f"{seen[0][0][:12]}), rank {rank} read {theirs[3]} ({theirs[0][:12]}); every "
+                f"process must train on the same file with the same options"
+            )
 
 
 # --- the model and its streams ----------------------------------------------------------------------------
+
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device, info: DistInfo) -> torch.nn.Module:
     """The model as DDP: gradients are averaged over the ranks after backward, so every optimizer step is the
@@ -199,7 +208,7 @@ def rank_rows(hidden, info: DistInfo):
     if isinstance(hidden, tuple):
         return tuple(rank_rows(h, info) for h in hidden)
     local = hidden.shape[1] // info.world
-    return hidden[:, info.rank * local:(info.rank + 1) * local].contiguous()
+    return hidden[:, info.rank * local : (info.rank + 1) * local].contiguous()
 
 
 def gather_rows(hidden, info: DistInfo):
@@ -214,6 +223,20 @@ def gather_rows(hidden, info: DistInfo):
     return torch.cat(parts, dim=1)
 
 
-__all__ = ["DIST_TIMEOUT_S", "DistInfo", "agree", "all_max", "all_sum", "auto_backend", "barrier",
-           "broadcast_object", "check_same_corpus", "gather_rows", "local_rank_zero_first", "rank_rows",
-           "setup_distributed", "teardown_distributed", "wrap_ddp"]
+__all__ = [
+    "DIST_TIMEOUT_S",
+    "DistInfo",
+    "agree",
+    "all_max",
+    "all_sum",
+    "auto_backend",
+    "barrier",
+    "broadcast_object",
+    "check_same_corpus",
+    "gather_rows",
+    "local_rank_zero_first",
+    "rank_rows",
+    "setup_distributed",
+    "teardown_distributed",
+    "wrap_ddp",
+]

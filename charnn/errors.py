@@ -85,4 +85,4 @@ class Interrupted(CharnnError):
 def first_line(err: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message, at most `limit` characters: what a one-line error quotes."""
     text = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

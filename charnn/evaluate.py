@@ -50,8 +50,13 @@ class EvalResult:
         return math.exp(self.loss)
 
     def as_dict(self) -> dict[str, float | int]:
-        return {"chars": self.chars, "nats_per_char": self.loss, "bits_per_char": self.bpc,
-                "perplexity": self.perplexity, "unknown_chars": sum(self.unknown.values())}
+        return {
+            "chars": self.chars,
+            "nats_per_char": self.loss,
+            "bits_per_char": self.bpc,
+            "perplexity": self.perplexity,
+            "unknown_chars": sum(self.unknown.values()),
+        }
 
 
 class _Scorer:
@@ -94,9 +99,17 @@ class _Scorer:
 
 
 @torch.inference_mode()
-def evaluate_ids(model: CharRNN, ids: np.ndarray, *, segment: int = 4096, batch_size: int = 64,
-                 chunk: int = 256, precision: str = "auto", per_char: bool = False,
-                 max_bytes: int = EVAL_MEMORY) -> EvalResult:
+def evaluate_ids(
+    model: CharRNN,
+    ids: np.ndarray,
+    *,
+    segment: int = 4096,
+    batch_size: int = 64,
+    chunk: int = 256,
+    precision: str = "auto",
+    per_char: bool = False,
+    max_bytes: int = EVAL_MEMORY,
+) -> EvalResult:
     """Score predictions of ids[1:] from their left context within each segment.
 
     Memory follows the rows scored side by side times `chunk`, never the segment length: windows are cut
@@ -151,14 +164,23 @@ def _bytes_per_position(model: CharRNN) -> int:
     return 4 * (3 * model.vocab_size + 6 * model.cfg.hidden * model.cfg.layers) + 64
 
 
-def evaluate_file(loaded, path, *, skip_unknown: bool = False, segment: int = 4096, batch_size: int = 64,
-                  precision: str = "auto", per_char: bool = False) -> EvalResult:
+def evaluate_file(
+    loaded,
+    path,
+    *,
+    skip_unknown: bool = False,
+    segment: int = 4096,
+    batch_size: int = 64,
+    precision: str = "auto",
+    per_char: bool = False,
+) -> EvalResult:
     """Score a text file with a loaded model (`charnn.store.checkpoint.LoadedModel`), decoded as its corpus was."""
     from charnn.data import read_ids
 
     ids, unknown = read_ids(path, loaded.vocab, loaded.data_cfg, skip_unknown=skip_unknown)
-    res = evaluate_ids(loaded.model, ids, segment=segment, batch_size=batch_size, precision=precision,
-                       per_char=per_char)
+    res = evaluate_ids(
+        loaded.model, ids, segment=segment, batch_size=batch_size, precision=precision, per_char=per_char
+    )
     return EvalResult(res.chars, res.total_nats, unknown, res.per_char)
 
 
@@ -181,8 +203,10 @@ def validation_ids(loaded, run_dir: str | os.PathLike | None = None) -> np.ndarr
     except DataError as err:
         raise DataError(f"the corpus of run {run_dir}: {err}; pass a FILE to score") from None
     if sha != loaded.corpus_sha256:
-        raise DataError(f"{corpus_path} is not the corpus this model was trained on (it changed since training: "
-                        f"sha256 differs); pass a FILE to score")
+        raise DataError(
+            f"{corpus_path} is not the corpus this model was trained on (it changed since training: "
+            f"sha256 differs); pass a FILE to score"
+        )
     dirs = dict.fromkeys(d.resolve() for d in (run_dir.parent / ".cache", DEFAULT_CACHE_DIR) if d.is_dir())
     corpus = cached_corpus(path, sha, loaded.data_cfg, dirs) or encode_file(path, loaded.data_cfg)
     if corpus.sha256 != sha:
@@ -197,8 +221,10 @@ def _run_corpus(run_dir: Path) -> str:
 
     config_path = run_dir / "config.json"
     if not config_path.exists():
-        raise DataError(f"{run_dir} is not a run directory (no config.json): only a run's own validation split "
-                        f"can be scored; pass a FILE to score")
+        raise DataError(
+            f"{run_dir} is not a run directory (no config.json): only a run's own validation split "
+            f"can be scored; pass a FILE to score"
+        )
     try:
         f, _ = open_input(config_path)  # a regular file: a FIFO planted there must not hang eval
         with f:
@@ -214,10 +240,17 @@ def _run_corpus(run_dir: Path) -> str:
     return path
 
 
-def evaluate_validation(loaded, *, segment: int | None = None, batch_size: int = 64, precision: str = "auto",
-                        per_char: bool = False) -> EvalResult:
+def evaluate_validation(
+    loaded, *, segment: int | None = None, batch_size: int = 64, precision: str = "auto", per_char: bool = False
+) -> EvalResult:
     """Score the run's own validation split exactly as training did (same segment length)."""
     if segment is None:
         segment = loaded.eval_segment
-    return evaluate_ids(loaded.model, validation_ids(loaded), segment=segment, batch_size=batch_size,
-                        precision=precision, per_char=per_char)
+    return evaluate_ids(
+        loaded.model,
+        validation_ids(loaded),
+        segment=segment,
+        batch_size=batch_size,
+        precision=precision,
+        per_char=per_char,
+    )

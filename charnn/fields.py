@@ -16,10 +16,20 @@ from typing import Any
 from charnn.errors import ConfigError
 
 
-def opt(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-        choices: tuple[str, ...] | None = None, gt: float | None = None, panel: str | None = None,
-        flags: tuple[str, ...] | None = None, metavar: str | None = None, shown: str | None = None,
-        parser_checks: bool = False) -> Any:
+def opt(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    gt: float | None = None,
+    panel: str | None = None,
+    flags: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+    shown: str | None = None,
+    parser_checks: bool = False,
+) -> Any:
     """A dataclass field with its help text and bounds, checked by `validate` and shown by the CLI.
 
     A field with a `panel` is a command-line option, listed under that heading of `--help` (charnn.cli.options
@@ -27,8 +37,18 @@ def opt(default: Any, help: str, *, min: float | None = None, max: float | None 
     `shown` the default to print where the field's own is None. With `parser_checks` the command-line parser
     refuses a bad choice or a value under `min` before the config sees it (its own error wording).
     """
-    meta = {"help": help, "min": min, "max": max, "choices": choices, "gt": gt, "panel": panel, "flags": flags,
-            "metavar": metavar, "shown": shown, "parser_checks": parser_checks}
+    meta = {
+        "help": help,
+        "min": min,
+        "max": max,
+        "choices": choices,
+        "gt": gt,
+        "panel": panel,
+        "flags": flags,
+        "metavar": metavar,
+        "shown": shown,
+        "parser_checks": parser_checks,
+    }
     return field(default=default, metadata=meta)
 
 

@@ -62,14 +62,20 @@ def trace(model: CharRNN, ids: np.ndarray, *, segment: int = 4096) -> Trace:
             inputs, cells, gates = _run_layer(model, k, inputs, segment)  # dropout between layers is off in eval
         finally:
             torch.set_num_threads(threads)
-        layers.append(LayerTrace(inputs.cpu().numpy(), None if cells is None else cells.cpu().numpy(),
-                                 {name: g.cpu().numpy() for name, g in gates.items()}))
+        layers.append(
+            LayerTrace(
+                inputs.cpu().numpy(),
+                None if cells is None else cells.cpu().numpy(),
+                {name: g.cpu().numpy() for name, g in gates.items()},
+            )
+        )
     logits = model.output(inputs)  # (T, V): layer norm (if on) and the head; the dropouts are off in eval
     return Trace(np.asarray(ids), logits, layers, segment)
 
 
-def _run_layer(model: CharRNN, k: int, inputs: torch.Tensor,
-               segment: int) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+def _run_layer(
+    model: CharRNN, k: int, inputs: torch.Tensor, segment: int
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
     """Layer k over inputs (T, I), one step at a time from a zero state at the start of every segment
     -> h (T, H), c (T, H) for an LSTM (else None), and the gates by name, each (T, H)."""
     kind, cell = model.cfg.model, CELLS[model.cfg.model]
@@ -100,6 +106,7 @@ def _run_layer(model: CharRNN, k: int, inputs: torch.Tensor,
 
 # --- surprise -------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Surprise:
     """Loss of each character given its left context, and what the model expected there.
@@ -127,6 +134,7 @@ def surprise(tr: Trace, *, k: int = 5) -> Surprise:
 
 # --- gate saturation ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class GateStats:
     """How often a gate is left-saturated (< 0.1), right-saturated (> 0.9) or in between."""
@@ -152,6 +160,7 @@ def gate_stats(tr: Trace) -> list[GateStats]:
 
 # --- the correlation finder -----------------------------------------------------------------------------
 
+
 def text_properties(text: str) -> dict[str, np.ndarray]:
     """Simple properties of each position of `text`, each known from the text up to and including it.
 
@@ -175,8 +184,12 @@ def text_properties(text: str) -> dict[str, np.ndarray]:
             depth = max(depth - 1, 0)
         quotes[t], column[t], brackets[t], newline[t] = inside, col, depth > 0, ch == "\n"
         col = 0 if ch == "\n" else col + 1
-    return {"inside quotes": quotes, "position in line": column, "inside brackets": brackets,
-            "after a newline": newline}
+    return {
+        "inside quotes": quotes,
+        "position in line": column,
+        "inside brackets": brackets,
+        "after a newline": newline,
+    }
 
 
 @dataclass(frozen=True)
@@ -214,8 +227,9 @@ def pearson(acts: np.ndarray, prop: np.ndarray) -> np.ndarray:
     return np.nan_to_num(r)
 
 
-def find_correlated(series: list[tuple[int, str, np.ndarray]], props: dict[str, np.ndarray], *,
-                    top: int = 5) -> Correlations:
+def find_correlated(
+    series: list[tuple[int, str, np.ndarray]], props: dict[str, np.ndarray], *, top: int = 5
+) -> Correlations:
     """The `top` units (of all layers and kinds) whose activation correlates most with each property."""
     by_property, constant = {}, []
     for name, prop in props.items():

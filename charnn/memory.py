@@ -32,8 +32,9 @@ class WindowGradients:
     states: list[torch.Tensor]  # per component of the state, (B, K+1): ||dL_b / state_{t_b - k}||
 
 
-def window_gradients(step: Step, x: torch.Tensor, state: State,
-                     loss: Callable[[torch.Tensor], torch.Tensor]) -> WindowGradients:
+def window_gradients(
+    step: Step, x: torch.Tensor, state: State, loss: Callable[[torch.Tensor], torch.Tensor]
+) -> WindowGradients:
     """B windows at once. x (B, K+1, I): each window's inputs, its anchor step last; `state`: the state
     before each window's first step; `loss(out)` -> (B,): the loss at each anchor from the last output.
 
@@ -62,13 +63,15 @@ def window_gradients(step: Step, x: torch.Tensor, state: State,
 
 # --- a CharRNN ------------------------------------------------------------------------------------------
 
+
 def model_step(model: CharRNN) -> Step:
     """All layers of `model` for one step with the readable cells; the state is (h, c) per layer for an LSTM,
     (h,) per layer otherwise, bottom layer first. The weights are detached: only the inputs and states need
     gradients, and the model's parameters are never touched."""
     kind = model.cfg.model
-    weights = [LayerWeights(*(w.detach().float() for w in layer_weights(model.rnn, k)))
-               for k in range(model.cfg.layers)]
+    weights = [
+        LayerWeights(*(w.detach().float() for w in layer_weights(model.rnn, k))) for k in range(model.cfg.layers)
+    ]
     per = 2 if kind == "lstm" else 1
 
     def step(x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -178,7 +181,7 @@ def memory(model: CharRNN, ids: np.ndarray, *, max_back: int = MAX_BACK, anchors
         with torch.no_grad():
             inputs = model.embed(x_all).float()  # (T, E)
         state = _states_before(model, inputs, starts)
-        windows = torch.stack([inputs[s:s + back + 1] for s in starts])  # (B, K+1, E)
+        windows = torch.stack([inputs[s : s + back + 1] for s in starts])  # (B, K+1, E)
         grads = window_gradients(model_step(model), windows, state, loss)
     paths = {name: grads.states[j].mean(0).cpu().numpy() for j, name in path_names(model).items()}
     return Memory(model.cfg.model, grads.inputs.mean(0).cpu().numpy(), paths, ends)

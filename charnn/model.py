@@ -49,6 +49,7 @@ CELLS: dict[str, CellLayout] = {  # PyTorch's letters: LSTM i f g o, GRU r z n
 # x_proj = W_ih x + b_ih and h_proj = W_hh h + b_hh, both (..., G*H) in the blocks' order; h and c (..., H) are
 # the previous state. An LSTM or RNN uses only x_proj + h_proj, so a caller may move b_hh into x_proj.
 
+
 def lstm_cell(x_proj: torch.Tensor, h_proj: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (h, c): c = f * c + i * g, h = o * tanh(c), with i, f, o sigmoid gates and g a tanh candidate."""
     pre = x_proj + h_proj  # (..., 4H)
@@ -138,8 +139,13 @@ class CharRNN(nn.Module):
         self.embed = nn.Embedding(vocab_size, cfg.embed)
         extra = {"nonlinearity": "tanh"} if cfg.model == "rnn" else {}
         self.rnn = RNN_CLASSES[cfg.model](
-            cfg.embed, cfg.hidden, num_layers=cfg.layers, batch_first=True,
-            dropout=cfg.dropout if cfg.layers > 1 else 0.0, **extra)
+            cfg.embed,
+            cfg.hidden,
+            num_layers=cfg.layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+            **extra,
+        )
         self.locked = LockedDropout(cfg.locked_dropout)  # no weights: nothing in the state dict
         self.ln = nn.LayerNorm(cfg.hidden) if cfg.layer_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
@@ -166,7 +172,7 @@ class CharRNN(nn.Module):
                 # Forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015): remember by default.
                 H, forget = self.cfg.hidden, CELLS["lstm"].blocks.index("forget")
                 with torch.no_grad():
-                    p[forget * H:(forget + 1) * H].fill_(1.0)
+                    p[forget * H : (forget + 1) * H].fill_(1.0)
         if not self.cfg.tie_weights:  # drawn after the recurrent weights: a seed gives the weights it always gave
             nn.init.uniform_(self.head.weight, -bound, bound)
         if self.cfg.layer_norm:
@@ -260,5 +266,6 @@ def detach_hidden(hidden: Hidden | None) -> Hidden | None:
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy in nats per character; targets of -100 are ignored (padding)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                           reduction=reduction, ignore_index=-100)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction=reduction, ignore_index=-100
+    )

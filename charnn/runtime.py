@@ -73,8 +73,11 @@ def _checked_mps() -> torch.device:
 def _by_verdict(reason: str | None) -> torch.device:
     if reason is None:
         return torch.device("mps")
-    warnings.warn(f"the Apple GPU (MPS) failed charnn's start-up self-check ({reason}); using the CPU",
-                  CharnnWarning, stacklevel=4)
+    warnings.warn(
+        f"the Apple GPU (MPS) failed charnn's start-up self-check ({reason}); using the CPU",
+        CharnnWarning,
+        stacklevel=4,
+    )
     return torch.device("cpu")
 
 
@@ -115,8 +118,10 @@ def autocast_dtype(device: torch.device, precision: str = "auto", *, training: b
         if precision == "auto":
             return torch.bfloat16 if bf16 else torch.float16 if fp16 else None
         if precision == "bf16" and not bf16:
-            raise DeviceError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no native bf16 "
-                              f"(Ampere or later); use --precision auto (fp16 with loss scaling) or fp32")
+            raise DeviceError(
+                f"--precision bf16: {torch.cuda.get_device_name(device)} has no native bf16 "
+                f"(Ampere or later); use --precision auto (fp16 with loss scaling) or fp32"
+            )
     elif device.type == "cpu":
         if precision == "auto":
             return torch.bfloat16 if training and native_bf16_cpu() else None
@@ -173,9 +178,17 @@ def nondeterministic_allowed() -> Iterator[None]:
 
 
 # Pieces of the messages of device failures a user can fix by choosing another precision or device.
-UNSUPPORTED = ("no kernel image is available", "not implemented for 'bfloat16'", "not implemented for 'half'",
-               "cudnn_status_not_supported", "cudnn_status_arch_mismatch", "not currently implemented for the mps",
-               "not supported on mps", "unsupported gpu architecture", "is not supported on this device")
+UNSUPPORTED = (
+    "no kernel image is available",
+    "not implemented for 'bfloat16'",
+    "not implemented for 'half'",
+    "cudnn_status_not_supported",
+    "cudnn_status_arch_mismatch",
+    "not currently implemented for the mps",
+    "not supported on mps",
+    "unsupported gpu architecture",
+    "is not supported on this device",
+)
 
 
 def user_device_error(err: BaseException) -> CharnnError | None:
@@ -206,8 +219,10 @@ def check_ram(need: int, what: str, *, fix: str = _SMALLER) -> None:
     such allocations and faults the pages in later, and then its OOM killer ends the process without a word."""
     have = available_ram()
     if have is not None and need > have:
-        raise OutOfMemoryError(f"out of memory: {what} need about {need / 1e9:.1f} GB, more than the "
-                               f"{have / 1e9:.1f} GB of RAM free here; {fix}")
+        raise OutOfMemoryError(
+            f"out of memory: {what} need about {need / 1e9:.1f} GB, more than the "
+            f"{have / 1e9:.1f} GB of RAM free here; {fix}"
+        )
 
 
 MEMINFO, CGROUP = Path("/proc/meminfo"), Path("/sys/fs/cgroup")  # where Linux says how much RAM is free

@@ -48,8 +48,12 @@ def open_input(path: str | os.PathLike) -> tuple[BinaryIO, int]:
         raise
 
 
-_SPECIAL = ((stat.S_ISFIFO, "a pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_SPECIAL = (
+    (stat.S_ISFIFO, "a pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def readable_file(path: str | os.PathLike) -> tuple[Path, int]:
@@ -61,8 +65,9 @@ def readable_file(path: str | os.PathLike) -> tuple[Path, int]:
     return Path(path), size
 
 
-def read_chunks(path: Path, size: int | None = None, *, sha256: str | None = None,
-                hasher: hashlib._Hash | None = None) -> Iterator[bytes]:
+def read_chunks(
+    path: Path, size: int | None = None, *, sha256: str | None = None, hasher: hashlib._Hash | None = None
+) -> Iterator[bytes]:
     """The file's first `size` bytes (None: its size when opened) in CHUNK_BYTES pieces; `hasher` is fed them.
 
     Every pass of a multi-pass read takes the first pass's `size` (text appended meanwhile is not read) and,
@@ -93,9 +98,15 @@ def changed_error(path: str | os.PathLike) -> DataError:
     return DataError(f"{path}: file changed while it was being read; run again once nothing writes to it")
 
 
-def iter_symbols(path: str | os.PathLike, cfg: DataConfig, *, size: int | None = None, sha256: str | None = None,
-                 hasher: hashlib._Hash | None = None, on_bytes: Callable[[int], None] | None = None
-                 ) -> Iterator[np.ndarray]:
+def iter_symbols(
+    path: str | os.PathLike,
+    cfg: DataConfig,
+    *,
+    size: int | None = None,
+    sha256: str | None = None,
+    hasher: hashlib._Hash | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[np.ndarray]:
     """Yield the file's symbols (Unicode code points, or byte values with `bytes_mode`) as uint32 chunks;
     `size`, `sha256` and `hasher` as `read_chunks` takes them.
 
@@ -125,10 +136,12 @@ def iter_symbols(path: str | os.PathLike, cfg: DataConfig, *, size: int | None =
             at = offset - buffered + err.start
             raise DataError(
                 f"{p}: not valid {cfg.encoding} at byte {at} ({err.reason}); "
-                f"pass --encoding (e.g. latin-1) or --errors replace") from None
+                f"pass --encoding (e.g. latin-1) or --errors replace"
+            ) from None
         except (UnicodeError, ValueError) as err:  # e.g. utf-16 without a BOM: no offset to name
-            raise DataError(f"{p}: not valid {cfg.encoding} near byte {offset} ({err}); "
-                            f"pass another --encoding or --errors replace") from None
+            raise DataError(
+                f"{p}: not valid {cfg.encoding} near byte {offset} ({err}); pass another --encoding or --errors replace"
+            ) from None
         if first and text:
             text = text.removeprefix("\ufeff")
             first = False
@@ -142,8 +155,10 @@ def iter_symbols(path: str | os.PathLike, cfg: DataConfig, *, size: int | None =
             cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
             nul = np.flatnonzero(cps == 0)
             if len(nul):
-                raise DataError(f"{p}: looks like a binary file (NUL character near byte "
-                                f"{offset + int(nul[0])}); use --bytes to model raw bytes")
+                raise DataError(
+                    f"{p}: looks like a binary file (NUL character near byte "
+                    f"{offset + int(nul[0])}); use --bytes to model raw bytes"
+                )
             yield cps
         offset += len(chunk)
         if on_bytes and chunk:

@@ -26,8 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Where the `device`-marked tests run: the CPU, unless CHARNN_TEST_DEVICE names another device (cuda on the GPU
 # machine: benchmarks/gpu_check.py sets it).
 TEST_DEVICE = os.environ.get("CHARNN_TEST_DEVICE", "cpu")
-TINY_TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
-             "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 20
+TINY_TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n\n"
+) * 20
 PYTHON = sys.executable
 
 
@@ -40,8 +42,19 @@ def tiny_corpus(tmp_path: Path) -> Path:
 
 def tiny_configs(**train_overrides) -> tuple[ModelConfig, TrainConfig, DataConfig]:
     model = ModelConfig(model="lstm", layers=2, hidden=32, embed=16)
-    train = dict(batch_size=4, seq_len=16, lr=1e-2, warmup_iters=0, max_iters=20, eval_every=10,
-                 sample_every=10, sample_length=20, log_every=5, device="cpu", seed=7)
+    train = dict(
+        batch_size=4,
+        seq_len=16,
+        lr=1e-2,
+        warmup_iters=0,
+        max_iters=20,
+        eval_every=10,
+        sample_every=10,
+        sample_length=20,
+        log_every=5,
+        device="cpu",
+        seed=7,
+    )
     train.update(train_overrides)
     return model, TrainConfig(**train), DataConfig()
 
@@ -71,8 +84,20 @@ SMALL_MODEL = ModelConfig(model="lstm", layers=1, hidden=16, embed=8)
 
 
 def small_train(**over) -> TrainConfig:
-    cfg = dict(batch_size=4, seq_len=16, lr=1e-2, warmup_iters=0, max_iters=20, eval_every=10,
-               sample_every=None, sample_length=0, log_every=1, device="cpu", seed=7, threads=1)
+    cfg = dict(
+        batch_size=4,
+        seq_len=16,
+        lr=1e-2,
+        warmup_iters=0,
+        max_iters=20,
+        eval_every=10,
+        sample_every=None,
+        sample_length=0,
+        log_every=1,
+        device="cpu",
+        seed=7,
+        threads=1,
+    )
     cfg.update(over)
     return TrainConfig(**cfg)
 
@@ -103,8 +128,11 @@ def corpus_of(run: Path) -> Path:
 
 def snapshot(run: Path) -> dict[str, str]:
     """name -> sha256 of every checkpoint file in a run directory."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run.iterdir()) if ".safetensors" in p.name or p.name.endswith(".pt")}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run.iterdir())
+        if ".safetensors" in p.name or p.name.endswith(".pt")
+    }
 
 
 def weights_of(path: Path) -> dict[str, torch.Tensor]:
@@ -132,6 +160,7 @@ def torch_save_bytes(obj) -> bytes:
 
 
 # --- the CLI -------------------------------------------------------------------------------------------
+
 
 def exit_code_in_child(body) -> int:
     """Run `body()` in a forked child, so that signals it sends itself touch only it; the code the child exits

@@ -20,9 +20,11 @@ from tests.conftest import invoke
 
 # P(next | current) over the symbols a, b, c. From "a", greedy takes "b" (0.5499), whose next symbol is a near
 # coin toss (best 0.34): "aba" has probability 0.187. "c" (0.45) is followed by "c" with 0.9: "acc" has 0.405.
-TRANSITIONS = {"a": {"a": 0.0001, "b": 0.5499, "c": 0.45},
-               "b": {"a": 0.34, "b": 0.33, "c": 0.33},
-               "c": {"a": 0.05, "b": 0.05, "c": 0.9}}
+TRANSITIONS = {
+    "a": {"a": 0.0001, "b": 0.5499, "c": 0.45},
+    "b": {"a": 0.34, "b": 0.33, "c": 0.33},
+    "c": {"a": 0.05, "b": 0.05, "c": 0.9},
+}
 VOCAB = Vocab(tuple(map(ord, "abc")))
 
 
@@ -66,8 +68,9 @@ def test_a_full_width_beam_ranks_every_text_exactly():
     """Width V^L keeps every text: the beam is the exhaustive ranking, best first."""
     model = markov_model()
     beams = beam_search(model, VOCAB, "a", 9, 2)
-    texts = sorted(("a" + "".join(rest) for rest in itertools.product("abc", repeat=2)), key=exact_logprob,
-                   reverse=True)
+    texts = sorted(
+        ("a" + "".join(rest) for rest in itertools.product("abc", repeat=2)), key=exact_logprob, reverse=True
+    )
     assert [b.text for b in beams] == texts
     assert np.allclose([b.logprob for b in beams], [exact_logprob(t) for t in texts], atol=1e-5)
     assert len(beam_search(model, VOCAB, "a", 20, 2)) == 9  # no more texts than exist
@@ -112,12 +115,21 @@ def test_cli_beam_one_is_greedy_and_scores_go_to_stderr(tiny_run):
         assert reported == pytest.approx(-nats[-20:].sum(), abs=1e-3)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--beam", "2", "--num-samples", "3"], "error: --num-samples 3 must be at most --beam 2 (the beam holds 2 texts)"),
-    (["--beam", "2", "--top-k", "3"], "error: --beam searches the model's own probabilities: drop --greedy "
-                                      "(--beam 1 is greedy), --top-k and --top-p"),
-    (["--beam", "0"], "error: --beam must be at least 1, not 0"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--beam", "2", "--num-samples", "3"],
+            "error: --num-samples 3 must be at most --beam 2 (the beam holds 2 texts)",
+        ),
+        (
+            ["--beam", "2", "--top-k", "3"],
+            "error: --beam searches the model's own probabilities: drop --greedy "
+            "(--beam 1 is greedy), --top-k and --top-p",
+        ),
+        (["--beam", "0"], "error: --beam must be at least 1, not 0"),
+    ],
+)
 def test_cli_beam_errors_are_one_line(tiny_run, args, message):
     res = invoke("sample", tiny_run, *args)
     assert res.exit_code == 2 and res.stderr.strip() == message

@@ -13,17 +13,40 @@ from tests.conftest import PYTHON, REPO, cli_env
 
 SERVE = all(find_spec(name) for name in ("fastapi", "uvicorn", "httpx"))
 FIELDS = {
-    "train_speed.py": {"charnn_chars_per_s", "bare_chars_per_s", "ratio_loop", "ratio_amortised",
-                       "peak_rss_mb_charnn", "peak_rss_mb_plain", "rss_ratio"},
-    "sample_speed.py": {"one_stream_chars_per_s", "one_stream_plain_chars_per_s", "one_stream_ratio",
-                        "many_streams_chars_per_s", "many_streams_plain_chars_per_s", "many_streams_ratio",
-                        "many_streams_bf16_chars_per_s", "cli_chars_per_s", "first_char_s",
-                        "fast_and_module_same_text"},
+    "train_speed.py": {
+        "charnn_chars_per_s",
+        "bare_chars_per_s",
+        "ratio_loop",
+        "ratio_amortised",
+        "peak_rss_mb_charnn",
+        "peak_rss_mb_plain",
+        "rss_ratio",
+    },
+    "sample_speed.py": {
+        "one_stream_chars_per_s",
+        "one_stream_plain_chars_per_s",
+        "one_stream_ratio",
+        "many_streams_chars_per_s",
+        "many_streams_plain_chars_per_s",
+        "many_streams_ratio",
+        "many_streams_bf16_chars_per_s",
+        "cli_chars_per_s",
+        "first_char_s",
+        "fast_and_module_same_text",
+    },
     "eval_speed.py": {"charnn_chars_per_s", "bare_chars_per_s", "ratio", "cli_eval_seconds"},
     "step_speed.py": {"rows", "median_ratio"},
     "shared_cores.py": {"rows", "worst_busy_ratio"},
-    "serve_load.py": {"loads", "bare_stepper_chars_per_s", "server_vs_bare_ratio", "one_at_a_time_chars_per_s",
-                      "batched_vs_one_at_a_time", "rss_mb_before", "rss_mb_after", "requests_all_complete"},
+    "serve_load.py": {
+        "loads",
+        "bare_stepper_chars_per_s",
+        "server_vs_bare_ratio",
+        "one_at_a_time_chars_per_s",
+        "batched_vs_one_at_a_time",
+        "rss_mb_before",
+        "rss_mb_after",
+        "requests_all_complete",
+    },
 }
 
 
@@ -31,8 +54,13 @@ FIELDS = {
 def test_benchmark_runs_quick_and_prints_its_fields(script):
     if script == "serve_load.py" and not SERVE:
         pytest.skip("needs fastapi, uvicorn and httpx")
-    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / script), "--quick"], env=cli_env(),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [PYTHON, str(REPO / "benchmarks" / script), "--quick"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert FIELDS[script] <= set(result)
@@ -48,8 +76,13 @@ def test_benchmark_runs_quick_and_prints_its_fields(script):
 def test_benchmark_help(script):
     if script == "serve_load.py" and not SERVE:
         pytest.skip("needs fastapi, uvicorn and httpx")
-    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / script), "--help"], env=cli_env(),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [PYTHON, str(REPO / "benchmarks" / script), "--help"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and "--quick" in done.stdout
 
 
@@ -67,9 +100,11 @@ def test_cuda_graph_sampling_gives_the_eager_fast_path_text(kind, precision):
     vocab = Vocab(tuple(map(ord, "\n abcdefgh")))
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(model=kind, layers=2, hidden=16, embed=8), len(vocab)).cuda()
-    for cfg in (SampleConfig(length=300, seed=3, temperature=1.0, prime="abc", num_samples=3, precision=precision),
-                SampleConfig(length=50, seed=1, top_k=3, precision=precision),
-                SampleConfig(length=50, greedy=True, precision=precision)):
+    for cfg in (
+        SampleConfig(length=300, seed=3, temperature=1.0, prime="abc", num_samples=3, precision=precision),
+        SampleConfig(length=50, seed=1, top_k=3, precision=precision),
+        SampleConfig(length=50, greedy=True, precision=precision),
+    ):
         graphed = sample.sample_text(model, vocab, cfg)
         assert graphed == sample.sample_text(model, vocab, cfg, tuning=Tuning(cuda_graphs=False))
 
@@ -88,8 +123,13 @@ print(json.dumps({"event": "final", "steps": 7, "val_loss": 2.5, "val_bits_per_c
 def test_quality_benchmark_quick_compares_with_the_baseline(tmp_path):
     trainer = tmp_path / "plain_trainer.py"
     trainer.write_text(PLAIN_TRAINER, encoding="utf-8")
-    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / "quality.py"), "--quick", "--ref", str(trainer)],
-                          env=cli_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [PYTHON, str(REPO / "benchmarks" / "quality.py"), "--quick", "--ref", str(trainer)],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = _json_rows(done.stdout)
     assert [r["tool"] for r in rows] == ["ref_lstm", "charnn"]
@@ -99,8 +139,13 @@ def test_quality_benchmark_quick_compares_with_the_baseline(tmp_path):
 
 
 def test_gpu_grid_quick_runs_on_the_cpu():
-    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / "gpu_grid.py"), "--device", "cpu", "--quick"],
-                          env=cli_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [PYTHON, str(REPO / "benchmarks" / "gpu_grid.py"), "--device", "cpu", "--quick"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = _json_rows(done.stdout)[1:]
     assert len(rows) == 2
@@ -108,12 +153,21 @@ def test_gpu_grid_quick_runs_on_the_cpu():
 
 
 def test_fit_benchmark_quick_runs_the_default_and_the_sweep():
-    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / "fit.py"), "--quick"], env=cli_env(),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [PYTHON, str(REPO / "benchmarks" / "fit.py"), "--quick"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     runs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert {(r["corpus"], r["run"]) for r in runs} == {("quick-a", "default"), ("quick-b", "default"),
-                                                        ("quick-a", "2x256 d0.5"), ("quick-b", "2x256 d0.5")}
+    assert {(r["corpus"], r["run"]) for r in runs} == {
+        ("quick-a", "default"),
+        ("quick-b", "default"),
+        ("quick-a", "2x256 d0.5"),
+        ("quick-b", "2x256 d0.5"),
+    }
     assert all(r["val"] > 0 and r["steps"] == 12 for r in runs)
     assert "| quick-a | 10,800 |" in done.stdout  # the table, with the training split's size
 
@@ -121,8 +175,13 @@ def test_fit_benchmark_quick_runs_the_default_and_the_sweep():
 def test_gpu_check_dry_run_runs_every_part_on_the_cpu(tmp_path):
     """benchmarks/gpu_check.py --dry-run: the GPU window's script, every part on the CPU at tiny sizes."""
     out = tmp_path / "gpu_check.json"
-    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
-                          env=cli_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [PYTHON, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     report = json.loads(out.read_text())
     parts = report["parts"]
     assert list(parts) == ["machine", "tests", "sampling", "ddp", "speed", "quality"]
@@ -132,5 +191,5 @@ def test_gpu_check_dry_run_runs_every_part_on_the_cpu(tmp_path):
     assert parts["ddp"]["result"]["steps"] == 4
     assert {r["precision"] for r in parts["speed"]["result"]["rows"] if "ratio" in r} == {"bf16", "fp32"}
     assert parts["quality"]["result"]["val_nats_per_char"] > 0
-    table = done.stdout[done.stdout.index("gpu_check (dry-run)"):]
+    table = done.stdout[done.stdout.index("gpu_check (dry-run)") :]
     assert all(name in table for name in parts) and "charnn c/s" in table

@@ -53,9 +53,14 @@ def world(tmp_path_factory) -> Path:
     w = tmp_path_factory.mktemp("catalogue")
     corpus = w / "tiny.txt"
     corpus.write_text(TINY_TEXT, encoding="utf-8")
-    train(corpus, model_cfg=ModelConfig(model="gru", layers=1, hidden=16, embed=8),
-          train_cfg=TrainConfig(batch_size=4, seq_len=16, max_iters=10, eval_every=10, sample_length=0,
-                                warmup_iters=0, device="cpu", seed=1), out_dir=w / "run")
+    train(
+        corpus,
+        model_cfg=ModelConfig(model="gru", layers=1, hidden=16, embed=8),
+        train_cfg=TrainConfig(
+            batch_size=4, seq_len=16, max_iters=10, eval_every=10, sample_length=0, warmup_iters=0, device="cpu", seed=1
+        ),
+        out_dir=w / "run",
+    )
     good = w / "run" / "step-00000010.safetensors"
     (w / "changed.txt").write_text(TINY_TEXT + "more\n", encoding="utf-8")
     (w / "adir").mkdir()
@@ -90,8 +95,12 @@ def world(tmp_path_factory) -> Path:
 def user_files(d: Path) -> dict[str, bytes]:
     """A directory of someone's own files, some with the names a run uses; what it holds."""
     d.mkdir()
-    files = {"notes.txt": b"mine\n", "config.json": b'{"theme": "dark"}\n', "vocab.json": b"[1, 2]\n",
-             ".important.tmp": b"keep me\n"}
+    files = {
+        "notes.txt": b"mine\n",
+        "config.json": b'{"theme": "dark"}\n',
+        "vocab.json": b"[1, 2]\n",
+        ".important.tmp": b"keep me\n",
+    }
     for name, data in files.items():
         (d / name).write_bytes(data)
     return files
@@ -154,8 +163,12 @@ CATALOGUE = [
     ("resume: changed decoding", [*T, "--resume", "{w}/run", "--bytes"], 2, "cannot change on resume"),
     ("resume: with --preset", [*T, "--resume", "{w}/run", "--preset", "tiny"], 2, "--preset"),
     ("resume: a flag out of range", [*T, "--resume", "{w}/run", "--lr", "20"], 2, "error: --lr must be at most 10"),
-    ("resume: --min-lr above the run's --lr", [*T, "--resume", "{w}/run", "--min-lr", "5"], 2,
-     "error: --min-lr (5.0) must not exceed --lr"),
+    (
+        "resume: --min-lr above the run's --lr",
+        [*T, "--resume", "{w}/run", "--min-lr", "5"],
+        2,
+        "error: --min-lr (5.0) must not exceed --lr",
+    ),
     # checkpoints (sample)
     ("sample: missing run", ["sample", "{w}/nope"], 2, "no such run"),
     ("sample: directory without checkpoints", ["sample", "{w}/norun"], 2, "no checkpoints"),
@@ -167,8 +180,12 @@ CATALOGUE = [
     ("sample: torch payload", ["sample", "{w}/payload_torch.pt"], 2, "not a charnn checkpoint"),
     ("sample: foreign safetensors", ["sample", "{w}/foreign.safetensors"], 2, "not a charnn checkpoint"),
     ("sample: empty checkpoint", ["sample", "{w}/empty.txt"], 2, "not a charnn checkpoint"),
-    ("sample: unknown prime characters", ["sample", "{w}/run", "--prime", "caf\u00e9\u2603"], 2,
-     "not in this model's vocabulary"),
+    (
+        "sample: unknown prime characters",
+        ["sample", "{w}/run", "--prime", "caf\u00e9\u2603"],
+        2,
+        "not in this model's vocabulary",
+    ),
     ("sample: --temperature 0", ["sample", "{w}/run", "--temperature", "0"], 2, "--temperature"),
     ("sample: --temperature -1", ["sample", "{w}/run", "-t", "-1"], 2, "--temperature"),
     ("sample: --top-k 0", ["sample", "{w}/run", "--top-k", "0"], 2, "--top-k"),
@@ -176,8 +193,12 @@ CATALOGUE = [
     ("sample: --length -1", ["sample", "{w}/run", "--length", "-1"], 2, "--length"),
     ("sample: --num-samples 0", ["sample", "{w}/run", "--num-samples", "0"], 2, "--num-samples"),
     ("sample: --seed -1", ["sample", "{w}/run", "--seed", "-1"], 2, "--seed"),
-    ("sample: samples beyond the RAM", ["sample", "{w}/run", "--num-samples", "100000", "--length", "1000000000"], 5,
-     "100,000 samples of 1,000,000,000 characters need about"),
+    (
+        "sample: samples beyond the RAM",
+        ["sample", "{w}/run", "--num-samples", "100000", "--length", "1000000000"],
+        5,
+        "100,000 samples of 1,000,000,000 characters need about",
+    ),
     ("sample: --which middle", ["sample", "{w}/run", "--which", "middle"], 2, "--which"),
     ("sample: --device tpu", ["sample", "{w}/run", "--device", "tpu"], 2, "--device"),
     ("sample: --temperature 1e-40", ["sample", "{w}/run", "-t", "1e-40", "--length", "5"], 2, "--temperature"),
@@ -186,12 +207,24 @@ CATALOGUE = [
     ("sample: --prime-file directory", ["sample", "{w}/run", "--prime-file", "{w}/adir"], 2, "is a directory"),
     ("sample: --prime-file empty", ["sample", "{w}/run", "--prime-file", "{w}/empty.txt"], 2, "empty (0 bytes)"),
     ("sample: --prime-file binary", ["sample", "{w}/run", "--prime-file", "{w}/binary.bin"], 2, "binary file"),
-    ("sample: --prime-file invalid utf-8", ["sample", "{w}/run", "--prime-file", "{w}/bad_utf8.txt"], 2,
-     "not valid utf-8 at byte 6"),
-    ("sample: --prime-file unknown characters", ["sample", "{w}/run", "--prime-file", "{w}/unknown.txt"], 2,
-     "unknown.txt: 2 character(s) not in this model's vocabulary"),
-    ("sample: --prime-file and --prime", ["sample", "{w}/run", "--prime-file", "{w}/changed.txt", "--prime", "a"],
-     2, "--prime and --prime-file"),
+    (
+        "sample: --prime-file invalid utf-8",
+        ["sample", "{w}/run", "--prime-file", "{w}/bad_utf8.txt"],
+        2,
+        "not valid utf-8 at byte 6",
+    ),
+    (
+        "sample: --prime-file unknown characters",
+        ["sample", "{w}/run", "--prime-file", "{w}/unknown.txt"],
+        2,
+        "unknown.txt: 2 character(s) not in this model's vocabulary",
+    ),
+    (
+        "sample: --prime-file and --prime",
+        ["sample", "{w}/run", "--prime-file", "{w}/changed.txt", "--prime", "a"],
+        2,
+        "--prime and --prime-file",
+    ),
     # eval
     ("eval: missing run", ["eval", "{w}/nope"], 2, "no such run"),
     ("eval: corrupt checkpoint", ["eval", "{w}/corrupt.safetensors", "{w}/tiny.txt"], 2, "checksum mismatch"),
@@ -212,8 +245,12 @@ CATALOGUE = [
     ("resume: corpus is /dev/urandom", [*T, "/dev/urandom", "--resume", "{w}/run"], 2, "character device"),
     ("eval: FIFO", ["eval", "{w}/run", "{w}/fifo"], 2, "is a pipe (FIFO)"),
     ("eval: /dev/urandom", ["eval", "{w}/run", "/dev/urandom"], 2, "is a character device"),
-    ("eval: model file outside a run, no FILE", ["eval", "{w}/not_a_run/step-00000010.safetensors"], 2,
-     "pass a FILE to score"),
+    (
+        "eval: model file outside a run, no FILE",
+        ["eval", "{w}/not_a_run/step-00000010.safetensors"],
+        2,
+        "pass a FILE to score",
+    ),
     # runs: where a training writes, and which run it continues
     ("--out of a user's files", [*T, "{w}/tiny.txt", "--out", "{w}/userdir", *SHORT], 2, "not a charnn run's"),
     ("--out empty", [*T, "{w}/tiny.txt", "--out", ""], 2, "'--out': is empty"),
@@ -221,8 +258,12 @@ CATALOGUE = [
     ("--init-from empty", [*T, "{w}/tiny.txt", "--init-from", " "], 2, "'--init-from': is empty"),
     ("--cache-dir empty", [*T, "{w}/tiny.txt", "--cache-dir", ""], 2, "'--cache-dir': is empty"),
     ("--resume A --out B", [*T, "--resume", "{w}/run", "--out", "{w}/elsewhere"], 2, "drop --out"),
-    ("sample: a file with --which latest", ["sample", "{w}/run/step-00000010.safetensors", "--which", "latest"], 2,
-     "--which latest chooses within a run directory"),
+    (
+        "sample: a file with --which latest",
+        ["sample", "{w}/run/step-00000010.safetensors", "--which", "latest"],
+        2,
+        "--which latest chooses within a run directory",
+    ),
     ("sample: a device as RUN", ["sample", "/dev/null"], 2, "not a run directory or checkpoint file"),
     ("eval: a pipe as RUN", ["eval", "{w}/fifo"], 2, "not a run directory or checkpoint file"),
     ("--init-from a pipe", [*T, "{w}/tiny.txt", "--init-from", "{w}/fifo"], 2, "not a run directory"),
@@ -232,8 +273,12 @@ CATALOGUE = [
     ("output: report -o link to FIFO", ["report", "{w}/run", "-o", "{w}/fifo_link"], 2, "a link to"),
     ("output: export -o FIFO", ["export", "{w}/run", "-o", "{w}/fifo"], 2, "is a FIFO"),
     ("output: export -o FIFO --force", ["export", "{w}/run", "-o", "{w}/fifo", "--force"], 2, "is a FIFO"),
-    ("output: export onnx -o FIFO", ["export", "{w}/run", "--format", "onnx", "-o", "{w}/fifo_link", "--force"], 2,
-     "is a FIFO"),
+    (
+        "output: export onnx -o FIFO",
+        ["export", "{w}/run", "--format", "onnx", "-o", "{w}/fifo_link", "--force"],
+        2,
+        "is a FIFO",
+    ),
     # output: text echoed on stderr (a file name) has its control characters escaped: still one line
     ("output: file name with newline and ESC", ["eval", "{w}/run", "{w}/a\nb\x1b[2J.txt"], 2, "a\\nb\\x1b[2j"),
 ]
@@ -254,8 +299,11 @@ def check_one_error(exit_code: int, stdout: str, stderr: str, expected_code: int
     assert stdout == ""
 
 
-@pytest.mark.parametrize("name,args,code,fragment", [*CATALOGUE, *KNOWN_BUGS],
-                         ids=[c[0] for c in CATALOGUE] + [p.values[0] for p in KNOWN_BUGS])
+@pytest.mark.parametrize(
+    "name,args,code,fragment",
+    [*CATALOGUE, *KNOWN_BUGS],
+    ids=[c[0] for c in CATALOGUE] + [p.values[0] for p in KNOWN_BUGS],
+)
 def test_bad_input(world: Path, name: str, args: list[str], code: int, fragment: str):
     before = sorted(p.name for p in (world / "run").iterdir())
     result = invoke(*_argv(args, world))
@@ -277,13 +325,15 @@ def test_catalogue_size():
 def test_bad_input_through_python_m_charnn(world: Path, name: str):
     """The same answers from a real process: `python -m charnn`, exit status and stderr as a shell sees them."""
     _, args, code, fragment = next(c for c in CATALOGUE if c[0] == name)
-    proc = subprocess.run([PYTHON, "-m", "charnn", *_argv(args, world)], env=cli_env(), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [PYTHON, "-m", "charnn", *_argv(args, world)], env=cli_env(), capture_output=True, text=True, timeout=120
+    )
     check_one_error(proc.returncode, proc.stdout, proc.stderr, code, fragment)
     assert not (world / "PWNED").exists()
 
 
 # --- data and eval: what a model file may not choose, damaged caches, files that change, memory ------------
+
 
 def _crafted_model(src: Path, dst: Path, **meta) -> Path:
     """`src` re-saved with metadata fields replaced (a valid file: the tensor checksums still hold)."""
@@ -305,8 +355,7 @@ def test_a_model_file_never_chooses_what_eval_reads_or_writes(world: Path, tmp_p
     # inside a run directory the run's config.json names the corpus; the metadata's paths are ignored
     run = tmp_path / "run"
     shutil.copytree(world / "run", run)
-    inside = _crafted_model(good, run / "step-00000011.safetensors", corpus_path="/etc/passwd",
-                            corpus_cache=str(leak))
+    inside = _crafted_model(good, run / "step-00000011.safetensors", corpus_path="/etc/passwd", corpus_cache=str(leak))
     result = invoke("eval", inside, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["chars"] > 0
@@ -317,9 +366,15 @@ def test_eval_uses_a_sound_cache_read_only_and_scores_past_a_damaged_one(tmp_pat
     corpus = tmp_path / "c.txt"
     corpus.write_text(TINY_TEXT)
     out, cache = tmp_path / "checkpoints" / "run", tmp_path / "checkpoints" / ".cache"
-    train(corpus, model_cfg=ModelConfig(model="gru", layers=1, hidden=16, embed=8), cache_dir=cache, out_dir=out,
-          train_cfg=TrainConfig(batch_size=4, seq_len=16, max_iters=10, eval_every=10, sample_length=0,
-                                warmup_iters=0, device="cpu", seed=1))
+    train(
+        corpus,
+        model_cfg=ModelConfig(model="gru", layers=1, hidden=16, embed=8),
+        cache_dir=cache,
+        out_dir=out,
+        train_cfg=TrainConfig(
+            batch_size=4, seq_len=16, max_iters=10, eval_every=10, sample_length=0, warmup_iters=0, device="cpu", seed=1
+        ),
+    )
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     want = next(r["val_loss"] for r in logged if r.get("val_loss") is not None)
     ids = next(cache.glob("*.ids"))
@@ -368,8 +423,12 @@ def test_eval_segment_and_batch_size_have_no_memory_cliff(world: Path):
     the figures of the sensible values, not a 24 GB allocation."""
     text = world / "tiny.txt"
     figures = {}
-    for args in (["--segment", str(len(TINY_TEXT))], ["--segment", "1000000000000"],
-                 ["--segment", "64"], ["--segment", "64", "--batch-size", "1000000000"]):
+    for args in (
+        ["--segment", str(len(TINY_TEXT))],
+        ["--segment", "1000000000000"],
+        ["--segment", "64"],
+        ["--segment", "64", "--batch-size", "1000000000"],
+    ):
         result = invoke("eval", world / "run", text, "--json", *args)
         assert result.exit_code == 0, result.output
         figures[tuple(args)] = json.loads(result.stdout)["nats_per_char"]
@@ -397,12 +456,15 @@ def test_a_model_larger_than_the_free_ram_is_refused_before_it_is_built(world: P
     assert not (world / "big").exists()
 
 
-@pytest.mark.parametrize("limit,current,inactive,want_gb", [
-    ("max", "0", "0", 8.0),                 # no container limit: MemAvailable
-    (str(4 << 30), str(3 << 30), "0", 1.0),  # the group's own limit, less what it uses
-    (str(4 << 30), str(3 << 30), str(2 << 30), 3.0),  # the file cache it holds can be given back
-    (str(4 << 30), str(5 << 30), "0", 0.0),  # over its limit (cache): nothing, never negative
-])
+@pytest.mark.parametrize(
+    "limit,current,inactive,want_gb",
+    [
+        ("max", "0", "0", 8.0),  # no container limit: MemAvailable
+        (str(4 << 30), str(3 << 30), "0", 1.0),  # the group's own limit, less what it uses
+        (str(4 << 30), str(3 << 30), str(2 << 30), 3.0),  # the file cache it holds can be given back
+        (str(4 << 30), str(5 << 30), "0", 0.0),  # over its limit (cache): nothing, never negative
+    ],
+)
 def test_free_ram_in_a_container(tmp_path: Path, monkeypatch, limit, current, inactive, want_gb):
     import charnn.runtime as runtime
 
@@ -424,9 +486,26 @@ def test_cpu_allocation_failure_exits_5(world: Path, tmp_path: Path):
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    proc = subprocess.run([PYTHON, "-m", "charnn", *T, str(world / "tiny.txt"), "--hidden", "16384", "--layers", "1",
-                           "--out", str(tmp_path / "r")], env=cli_env(), capture_output=True, text=True,
-                          timeout=120, preexec_fn=cap)
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "charnn",
+            *T,
+            str(world / "tiny.txt"),
+            "--hidden",
+            "16384",
+            "--layers",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=cap,
+    )
     check_one_error(proc.returncode, proc.stdout, proc.stderr, 5, "out of memory")
 
 
@@ -460,8 +539,14 @@ def test_unreadable_and_vanishing_inputs(world: Path, tmp_path: Path, monkeypatc
 
 @pytest.mark.slow
 def test_dev_stdin_as_a_pipe_is_refused(world: Path):
-    proc = subprocess.run([PYTHON, "-m", "charnn", "eval", str(world / "run"), "/dev/stdin"], env=cli_env(),
-                          input="First Citizen:\n", capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [PYTHON, "-m", "charnn", "eval", str(world / "run"), "/dev/stdin"],
+        env=cli_env(),
+        input="First Citizen:\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     check_one_error(proc.returncode, proc.stdout, proc.stderr, 2, "pipe (FIFO)")
 
 
@@ -473,13 +558,18 @@ def test_cpu_allocation_failures_are_out_of_memory():
     from charnn.errors import OutOfMemoryError
     from charnn.runtime import user_device_error
 
-    torch_cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
-                             "memory: you tried to allocate 22716547072 bytes. Error code 12 (Cannot allocate memory)")
+    torch_cpu = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+        "memory: you tried to allocate 22716547072 bytes. Error code 12 (Cannot allocate memory)"
+    )
     err = user_device_error(torch_cpu)
     assert isinstance(err, OutOfMemoryError) and "22.7 GB in RAM" in str(err) and "alloc_cpu" not in str(err)
     assert isinstance(user_device_error(MemoryError()), OutOfMemoryError)
     assert user_device_error(RuntimeError("expected scalar type Float")) is None
+
+
 # --- runs: damaged checkpoints, interrupts, the lock, what --out may touch -----------------------------------
+
 
 def relabel(path: Path, val_loss: float | None) -> None:
     """Rewrite a model file's validation loss, everything else as it was (a valid, verifiable file)."""
@@ -487,19 +577,32 @@ def relabel(path: Path, val_loss: float | None) -> None:
 
     loaded = load_model(path)
     m = loaded.meta
-    path.write_bytes(model_bytes(loaded.model, m.vocab, m.data_cfg, step=m.step, val_loss=val_loss,
-                                 corpus_sha256=m.corpus_sha256, corpus_path=m.corpus_path,
-                                 corpus_cache=m.corpus_cache, train_cfg=m.train_cfg, state_sha256=m.state_sha256))
+    path.write_bytes(
+        model_bytes(
+            loaded.model,
+            m.vocab,
+            m.data_cfg,
+            step=m.step,
+            val_loss=val_loss,
+            corpus_sha256=m.corpus_sha256,
+            corpus_path=m.corpus_path,
+            corpus_cache=m.corpus_cache,
+            train_cfg=m.train_cfg,
+            state_sha256=m.state_sha256,
+        )
+    )
 
 
 def answering_commands(run: Path, tmp: Path, *which: str) -> dict[str, list[str]]:
     """Every command whose answer belongs to one checkpoint of `run`."""
-    return {"sample": ["sample", str(run), "--length", "5", *which],
-            "eval": ["eval", str(run), *which],
-            "report": ["report", str(run), "-o", str(tmp / "r.html"), *which],
-            "export": ["export", str(run), "-o", str(tmp / "m.html"), *which],
-            "serve": ["serve", str(run), "--port", "0", *which],
-            "train --init-from": [*T, str(corpus_of(run)), "--init-from", str(run), "--out", str(tmp / "ft")]}
+    return {
+        "sample": ["sample", str(run), "--length", "5", *which],
+        "eval": ["eval", str(run), *which],
+        "report": ["report", str(run), "-o", str(tmp / "r.html"), *which],
+        "export": ["export", str(run), "-o", str(tmp / "m.html"), *which],
+        "serve": ["serve", str(run), "--port", "0", *which],
+        "train --init-from": [*T, str(corpus_of(run)), "--init-from", str(run), "--out", str(tmp / "ft")],
+    }
 
 
 def test_runs_a_damaged_best_is_named_never_replaced(run_dir: Path, tmp_path: Path):
@@ -541,8 +644,11 @@ def test_runs_an_unreadable_label_does_not_silently_change_the_best(run_dir: Pat
     relabel(run_dir / "step-00000010.safetensors", 0.01)
     path = run_dir / "step-00000010.safetensors"
     path.write_bytes(path.read_bytes()[:6])  # the header is gone with its validation loss
-    with pytest.raises(CheckpointError, match=r"step-00000010.safetensors: not a charnn checkpoint.*best "
-                                              r"checkpoint is unknown.*--which latest"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"step-00000010.safetensors: not a charnn checkpoint.*best "
+        r"checkpoint is unknown.*--which latest",
+    ):
         load_run(run_dir)
     assert load_run(run_dir, which="latest").step == 20
     line = one_error_line(invoke("eval", run_dir), 2)
@@ -599,16 +705,28 @@ def test_runs_an_interrupt_during_validation_keeps_the_best_label(run_dir: Path)
     for during in ("eval", "checkpoint"):
         seen = []
         with pytest.raises(Interrupted) as err:
-            train(corpus_of(run_dir), model_cfg=SMALL_MODEL, train_cfg=small_train(max_iters=60), out_dir=run_dir,
-                  resume=True, on_progress=lambda p, seen=seen: seen.append(p),
-                  should_stop=lambda seen=seen, during=during: 15 if any(p.kind == during for p in seen) else None)
+            train(
+                corpus_of(run_dir),
+                model_cfg=SMALL_MODEL,
+                train_cfg=small_train(max_iters=60),
+                out_dir=run_dir,
+                resume=True,
+                on_progress=lambda p, seen=seen: seen.append(p),
+                should_stop=lambda seen=seen, during=during: 15 if any(p.kind == during for p in seen) else None,
+            )
         evals = [p for p in seen if p.kind == "eval"]
         assert err.value.exit_code == 143 and len(evals) == 1
         assert read_meta(run_dir / f"step-{evals[0].step:08d}.safetensors").val_loss == evals[0].val_loss
     before = snapshot(run_dir)
     with pytest.raises(Interrupted, match="interrupted at step 40"):
-        train(corpus_of(run_dir), model_cfg=SMALL_MODEL, train_cfg=small_train(max_iters=60), out_dir=run_dir,
-              resume=True, should_stop=lambda: 2)
+        train(
+            corpus_of(run_dir),
+            model_cfg=SMALL_MODEL,
+            train_cfg=small_train(max_iters=60),
+            out_dir=run_dir,
+            resume=True,
+            should_stop=lambda: 2,
+        )
     assert snapshot(run_dir) == before
 
 
@@ -638,12 +756,31 @@ def test_runs_sighup_saves_a_checkpoint_and_exits_129(tmp_path: Path):
     corpus = tmp_path / "tiny.txt"
     corpus.write_text(TINY_TEXT, encoding="utf-8")
     run = tmp_path / "run"
-    proc = subprocess.Popen([PYTHON, "-m", "charnn", *T, str(corpus), "--out", str(run), *SHORT, "--max-iters",
-                             "1000000", "--eval-every", "1000000", "--log-every", "1"], env=cli_env(),
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "charnn",
+            *T,
+            str(corpus),
+            "--out",
+            str(run),
+            *SHORT,
+            "--max-iters",
+            "1000000",
+            "--eval-every",
+            "1000000",
+            "--log-every",
+            "1",
+        ],
+        env=cli_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not ((run / "metrics.jsonl").exists()
-                                               and (run / "metrics.jsonl").read_text().count("\n") >= 3):
+    while time.monotonic() < deadline and not (
+        (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 3
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGHUP)
     _, err = proc.communicate(timeout=60)
@@ -690,7 +827,10 @@ def test_runs_user_files_are_never_touched(world: Path, run_dir: Path, tmp_path:
     result = invoke(*T, "--resume", run_dir, "--max-iters", "21")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in run_dir.glob(".*.tmp")) == [
-        ".important.tmp", f".notes.txt.{dead}.tmp", f".report.html.{os.getppid()}.tmp"]
+        ".important.tmp",
+        f".notes.txt.{dead}.tmp",
+        f".report.html.{os.getppid()}.tmp",
+    ]
     assert remove_stale_temps(run_dir) == [run_dir / f".notes.txt.{dead}.tmp"]  # the pattern alone, no owner
 
 
@@ -709,7 +849,10 @@ def test_runs_out_may_be_a_run_that_never_saved(tmp_path: Path, world: Path):
         line = one_error_line(invoke(*T, world / "tiny.txt", "--out", theirs, *SHORT), 2)
         assert f"holds {sidecar}, which is not a charnn run's" in line
         assert [p.name for p in theirs.iterdir()] == [sidecar]
+
+
 # output: special files are never replaced -------------------------------------------------------------------
+
 
 def test_output_special_files_survive(world: Path):
     """The refused writes above left the FIFO a FIFO and no temp file beside it."""
@@ -752,6 +895,7 @@ def test_output_atomic_write_refuses_fifo_and_directory_and_writes_through_links
 
 # output: disk full while logging ------------------------------------------------------------------------------
 
+
 def test_output_log_write_failure_cuts_the_torn_line_back(tmp_path: Path, monkeypatch):
     """A write that gets half a line out and then meets a full disk leaves the file as it was."""
     import errno
@@ -793,10 +937,23 @@ def test_output_log_full_disk_through_python_m_charnn(world: Path, tmp_path: Pat
     def cap():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    args = ["train", "--quiet", "--device", "cpu", "--resume", str(run), "--log-every", "1", "--max-iters", "200",
-            "--eval-every", "1000"]
-    proc = subprocess.run([PYTHON, "-m", "charnn", *args], env=cli_env(), capture_output=True, text=True,
-                          timeout=120, preexec_fn=cap)
+    args = [
+        "train",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--resume",
+        str(run),
+        "--log-every",
+        "1",
+        "--max-iters",
+        "200",
+        "--eval-every",
+        "1000",
+    ]
+    proc = subprocess.run(
+        [PYTHON, "-m", "charnn", *args], env=cli_env(), capture_output=True, text=True, timeout=120, preexec_fn=cap
+    )
     check_one_error(proc.returncode, proc.stdout, proc.stderr, 4, "metrics log write failed")
     lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
     assert len(lines) > 10 and all(line.endswith("\n") and json.loads(line) for line in lines)
@@ -818,14 +975,29 @@ def test_output_failed_model_write_leaves_no_orphan_state(world: Path, tmp_path:
 
     monkeypatch.setattr(rundir, "atomic_write", model_write_fails)
     with pytest.raises(CheckpointWriteError):
-        train(world / "tiny.txt", model_cfg=ModelConfig(model="gru", layers=1, hidden=8, embed=4),
-              train_cfg=TrainConfig(batch_size=2, seq_len=8, max_iters=20, eval_every=10, sample_length=0,
-                                    warmup_iters=0, device="cpu", seed=1), out_dir=tmp_path / "run")
+        train(
+            world / "tiny.txt",
+            model_cfg=ModelConfig(model="gru", layers=1, hidden=8, embed=4),
+            train_cfg=TrainConfig(
+                batch_size=2,
+                seq_len=8,
+                max_iters=20,
+                eval_every=10,
+                sample_length=0,
+                warmup_iters=0,
+                device="cpu",
+                seed=1,
+            ),
+            out_dir=tmp_path / "run",
+        )
     assert sorted(p.name for p in (tmp_path / "run").glob("step-*")) == [
-        "step-00000010.safetensors", "step-00000010.state.pt"]
+        "step-00000010.safetensors",
+        "step-00000010.state.pt",
+    ]
 
 
 # output: stdout that cannot be written or encoded -------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
@@ -834,8 +1006,15 @@ def test_output_stdout_full_or_closed(world: Path, command: list[str], closed: b
     """`charnn sample RUN > /dev/full` and `charnn eval RUN >&-`: exit 4 and one line, nothing at exit."""
     args = [command[0], str(world / "run"), *command[1:]]
     with open("/dev/full", "w") as full:
-        proc = subprocess.run([PYTHON, "-m", "charnn", *args], env=cli_env(), stdout=full, stderr=subprocess.PIPE,
-                              text=True, timeout=120, preexec_fn=(lambda: os.close(1)) if closed else None)
+        proc = subprocess.run(
+            [PYTHON, "-m", "charnn", *args],
+            env=cli_env(),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            preexec_fn=(lambda: os.close(1)) if closed else None,
+        )
     check_one_error(proc.returncode, "", proc.stderr, 4, "it is closed" if closed else "no space left")
 
 
@@ -844,8 +1023,9 @@ def test_output_stdout_full_or_closed(world: Path, command: list[str], closed: b
 def test_output_help_and_version_to_a_full_device(args: list[str]):
     """What click writes itself, before a command runs: one line and exit 4 too, never a traceback."""
     with open("/dev/full", "w") as full:
-        proc = subprocess.run([PYTHON, "-m", "charnn", *args], env=cli_env(), stdout=full, stderr=subprocess.PIPE,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            [PYTHON, "-m", "charnn", *args], env=cli_env(), stdout=full, stderr=subprocess.PIPE, text=True, timeout=120
+        )
     check_one_error(proc.returncode, "", proc.stderr, 4, "cannot write the output: no space left")
 
 
@@ -880,6 +1060,7 @@ def test_output_stdout_encoding_is_one_error_line(monkeypatch):
 
 
 # output: samples on a terminal are escaped, to a file exact -----------------------------------------------------
+
 
 class _Terminal:
     """A stdout that says it is a terminal and keeps what is written to it."""
@@ -921,8 +1102,10 @@ def test_output_terminal_escapes_bytes_and_controls(monkeypatch):
     term = _Terminal()
     monkeypatch.setattr(sys, "stdout", term)
     out = SampleWriter(vocab, escape=True)
-    beams = [type("Beam", (), {"prime": [], "ids": list(text), "logprob": -1.0, "per_char": -0.5})()
-             for text in (b"x\xc3", b"y")]  # the first ends inside a character
+    beams = [
+        type("Beam", (), {"prime": [], "ids": list(text), "logprob": -1.0, "per_char": -0.5})()
+        for text in (b"x\xc3", b"y")
+    ]  # the first ends inside a character
     write_beams(beams, out, say=lambda line: None)
     assert term.buffer.getvalue().decode() == "x\\xc3\n---------------\ny\n"  # not carried into the second
 
@@ -952,10 +1135,15 @@ def test_output_bytes_sample_on_a_pty_escaped_and_in_a_file_exact(tmp_path: Path
 
     corpus = tmp_path / "esc.bin"
     corpus.write_bytes(b"".join(bytes([65 + i % 26, (0x1B, 0x00, 0xFF, 0x07)[i % 4]]) for i in range(3000)))
-    train(corpus, model_cfg=ModelConfig(model="gru", layers=1, hidden=16, embed=8),
-          train_cfg=TrainConfig(batch_size=4, seq_len=16, max_iters=5, eval_every=5, sample_length=0,
-                                warmup_iters=0, device="cpu", seed=1), out_dir=tmp_path / "run",
-          data_cfg=_bytes_data())
+    train(
+        corpus,
+        model_cfg=ModelConfig(model="gru", layers=1, hidden=16, embed=8),
+        train_cfg=TrainConfig(
+            batch_size=4, seq_len=16, max_iters=5, eval_every=5, sample_length=0, warmup_iters=0, device="cpu", seed=1
+        ),
+        out_dir=tmp_path / "run",
+        data_cfg=_bytes_data(),
+    )
     args = [PYTHON, "-m", "charnn", "sample", str(tmp_path / "run"), "--length", "2000", "--seed", "1"]
     exact = subprocess.run(args, env=cli_env(), capture_output=True, timeout=120).stdout
     assert b"\x1b" in exact and b"\x00" in exact  # the product: the model's bytes as they are
@@ -989,18 +1177,40 @@ def _bytes_data():
 
 # Every training option of `charnn train` with a value other than the run's: each may change on resume.
 RESUME_CHANGES = {
-    "batch_size": "8", "seq_len": "8", "lr": "0.005", "min_lr": "0.001", "warmup_iters": "2", "weight_decay": "0.1",
-    "grad_clip": "0", "max_iters": "22", "epochs": "3", "time_budget": "60", "seed": "3", "eval_every": "1",
-    "sample_every": "1", "sample_length": "5", "log_every": "2", "keep_last": "1", "patience": "3", "device": "cpu",
-    "precision": "fp32", "deterministic": None, "threads": "1",
+    "batch_size": "8",
+    "seq_len": "8",
+    "lr": "0.005",
+    "min_lr": "0.001",
+    "warmup_iters": "2",
+    "weight_decay": "0.1",
+    "grad_clip": "0",
+    "max_iters": "22",
+    "epochs": "3",
+    "time_budget": "60",
+    "seed": "3",
+    "eval_every": "1",
+    "sample_every": "1",
+    "sample_length": "5",
+    "log_every": "2",
+    "keep_last": "1",
+    "patience": "3",
+    "device": "cpu",
+    "precision": "fp32",
+    "deterministic": None,
+    "threads": "1",
 }
 
 
 def test_every_training_option_is_tried_on_resume():
     from charnn.cli.options import TRAIN_CONFIGS
 
-    options = {f.name for cls in TRAIN_CONFIGS if cls is TrainConfig for f in dataclasses.fields(cls)
-               if f.metadata.get("panel")}
+    options = {
+        f.name
+        for cls in TRAIN_CONFIGS
+        if cls is TrainConfig
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("panel")
+    }
     assert options == set(RESUME_CHANGES)
 
 
@@ -1039,6 +1249,7 @@ def _edit(key: str, value) -> Callable[[dict], object]:
         else:
             saved[section] = value
         return saved
+
     return edit
 
 
@@ -1107,6 +1318,7 @@ def _set(path: str, value) -> Callable[[dict], None]:
             del target[last]
         else:
             target[int(last) if last.isdigit() else last] = value
+
     return change
 
 
@@ -1120,15 +1332,24 @@ STATE_CHANGES = [  # (id, change of the training state, a piece of the warning)
     ("rng torch a float", _set("rng/torch", torch.zeros(3)), "RNG state is not charnn's"),
     ("rng torch short", _set("rng/torch", torch.zeros(3, dtype=torch.uint8)), "unusable RNG"),
     ("rng python short", _set("rng/python", [3, [1, 2], None]), "unusable RNG"),
-    ("hidden of 2 streams", lambda s: s.__setitem__("hidden", [h[:, :2] for h in s["hidden"]]),
-     "does not fit this lstm of 4 streams"),
+    (
+        "hidden of 2 streams",
+        lambda s: s.__setitem__("hidden", [h[:, :2] for h in s["hidden"]]),
+        "does not fit this lstm of 4 streams",
+    ),
     ("hidden one tensor", lambda s: s.__setitem__("hidden", s["hidden"][0]), "does not fit this lstm"),
     ("hidden 2-d", lambda s: s.__setitem__("hidden", [h[0] for h in s["hidden"]]), "hidden state is not"),
     ("train_config batch '4'", _set("train_config/batch_size", "4"), "does not fit"),
-    ("optimizer moment of another shape", _set("optimizer/state/0/exp_avg", torch.zeros(3)),
-     "optimizer state does not fit this model"),
-    ("optimizer one parameter", _set("optimizer/param_groups/0/params", [0]),
-     "optimizer state does not fit this model"),
+    (
+        "optimizer moment of another shape",
+        _set("optimizer/state/0/exp_avg", torch.zeros(3)),
+        "optimizer state does not fit this model",
+    ),
+    (
+        "optimizer one parameter",
+        _set("optimizer/param_groups/0/params", [0]),
+        "optimizer state does not fit this model",
+    ),
     ("optimizer one group", lambda s: s["optimizer"]["param_groups"].pop(), "parameter groups"),
     ("scaler 5", _set("scaler", 5), "scaler is not a dictionary"),
 ]
@@ -1140,7 +1361,7 @@ def test_a_crafted_training_state_falls_back_with_a_warning(run_dir: Path, name:
     result = invoke("train", "--quiet", "--device", "cpu", "--resume", run_dir, "--max-iters", "11")
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
-    warning, = (line for line in result.stderr.splitlines() if line.startswith("warning: "))
+    (warning,) = (line for line in result.stderr.splitlines() if line.startswith("warning: "))
     assert warning.startswith(f"warning: {run_dir}/step-00000020.state.pt: ") and fragment in warning, warning
     assert "falling back to an earlier checkpoint" in warning
 
@@ -1162,8 +1383,19 @@ def test_a_changed_corpus_is_refused_at_once_not_fallen_back_from(run_dir: Path,
 
 
 def _line(**fields) -> str:
-    return json.dumps({"kind": "train", "step": 21, "elapsed": 1.0, "train_loss": 3.0, "lr": 0.01,
-                       "grad_norm": 1.0, "clip_frac": 0.0, "chars_per_s": 100.0} | fields)
+    return json.dumps(
+        {
+            "kind": "train",
+            "step": 21,
+            "elapsed": 1.0,
+            "train_loss": 3.0,
+            "lr": 0.01,
+            "grad_norm": 1.0,
+            "clip_frac": 0.0,
+            "chars_per_s": 100.0,
+        }
+        | fields
+    )
 
 
 SIDE_FILES = [  # (id, file, line appended or edit of config.json, the warning expected (None: none))
@@ -1178,8 +1410,7 @@ SIDE_FILES = [  # (id, file, line appended or edit of config.json, the warning e
     ("a line nested 100,000 deep", "metrics.jsonl", "[" * 100_000, "skipped 1 unreadable line(s)"),
     ("sample step 'x'", "samples.jsonl", json.dumps({"step": "x", "text": "a"}), "skipped 1 record(s)"),
     ("sample step Infinity", "samples.jsonl", json.dumps({"step": float("inf"), "text": "a"}), "skipped 1 record"),
-    ("sample elapsed 'x'", "samples.jsonl", json.dumps({"step": 3, "elapsed": "x", "val_loss": True, "text": 5}),
-     None),
+    ("sample elapsed 'x'", "samples.jsonl", json.dumps({"step": 3, "elapsed": "x", "val_loss": True, "text": 5}), None),
     ("config train [1]", "config.json", _edit("train", [1]), "section(s) that are not objects (train)"),
     ("config init_from 5", "config.json", _edit("init_from", 5), "section(s) that are not objects (init_from)"),
     ("config grad_clip Infinity", "config.json", _edit("train.grad_clip", float("inf")), None),
@@ -1188,8 +1419,9 @@ SIDE_FILES = [  # (id, file, line appended or edit of config.json, the warning e
 
 
 @pytest.mark.parametrize("name,file,change,warning", SIDE_FILES, ids=[c[0] for c in SIDE_FILES])
-def test_report_reads_damaged_side_files_with_a_warning(run_dir: Path, tmp_path: Path, name: str, file: str,
-                                                        change, warning: str | None):
+def test_report_reads_damaged_side_files_with_a_warning(
+    run_dir: Path, tmp_path: Path, name: str, file: str, change, warning: str | None
+):
     """metrics.jsonl, samples.jsonl and config.json are the run's readable record, not its checkpoints: a line
     or a section that is not what training writes is left out of the page with one warning, never a traceback
     (a number a chart cannot place, NaN, infinite or of 400 digits, is left off its axis)."""
@@ -1203,8 +1435,11 @@ def test_report_reads_damaged_side_files_with_a_warning(run_dir: Path, tmp_path:
     result = invoke("report", run_dir, "-o", page)
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output and "error:" not in result.stderr
-    warnings_seen = [line for line in result.stderr.splitlines() if line.startswith("warning: ")
-                     and "report without passage sections" not in line]  # config.json names the corpus
+    warnings_seen = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith("warning: ") and "report without passage sections" not in line
+    ]  # config.json names the corpus
     if warning is None:
         assert warnings_seen == []
     else:

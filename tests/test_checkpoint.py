@@ -53,10 +53,15 @@ def _save(tmp_path, model, **changes):
     return path
 
 
-@pytest.mark.parametrize("options", [
-    {"tie_weights": True}, {"layer_norm": True}, {"locked_dropout": 0.4},
-    {"tie_weights": True, "layer_norm": True, "locked_dropout": 0.4, "model": "gru"},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"tie_weights": True},
+        {"layer_norm": True},
+        {"locked_dropout": 0.4},
+        {"tie_weights": True, "layer_norm": True, "locked_dropout": 0.4, "model": "gru"},
+    ],
+)
 def test_saved_and_loaded_model_gives_identical_logits(tmp_path, options):
     torch.manual_seed(0)
     cfg = ModelConfig(layers=2, hidden=H, embed=H, **options)
@@ -84,7 +89,8 @@ def test_tied_file_whose_two_copies_differ_is_refused(tmp_path):
         load_model(path)
     res = invoke("sample", path, "--length", "5")
     assert res.exit_code == 2 and res.stderr.strip().splitlines() == [
-        f"error: {path}: the tied embedding and output weights differ (the file was altered)"]
+        f"error: {path}: the tied embedding and output weights differ (the file was altered)"
+    ]
 
 
 def test_file_that_predates_the_options_loads_with_their_defaults(tmp_path):
@@ -93,7 +99,10 @@ def test_file_that_predates_the_options_loads_with_their_defaults(tmp_path):
     old = {k: v for k, v in to_dict(cfg).items() if k not in ("tie_weights", "layer_norm", "locked_dropout")}
     loaded = load_model(_save(tmp_path, model, model_config=json.dumps(old)))
     assert (loaded.model_cfg.tie_weights, loaded.model_cfg.layer_norm, loaded.model_cfg.locked_dropout) == (
-        False, False, 0.0)
+        False,
+        False,
+        0.0,
+    )
     x = torch.randint(len(VOCAB), (B, T))
     with torch.no_grad():
         assert torch.equal(model.eval()(x)[0], loaded.model(x)[0])
@@ -109,19 +118,52 @@ def test_layer_norm_file_without_its_tensors_is_refused(tmp_path):
 def test_metadata_keys_on_disk_and_their_round_trip(tmp_path):
     cfg = ModelConfig(layers=1, hidden=H, embed=4)
     train_cfg = TrainConfig(eval_segment=77, lr=0.01)
-    blob = model_bytes(CharRNN(cfg, len(VOCAB)), VOCAB, DataConfig(), step=5, val_loss=1.25, corpus_sha256="ab",
-                       corpus_path="/data/c.txt", corpus_cache="", train_cfg=train_cfg, state_sha256="cd")
+    blob = model_bytes(
+        CharRNN(cfg, len(VOCAB)),
+        VOCAB,
+        DataConfig(),
+        step=5,
+        val_loss=1.25,
+        corpus_sha256="ab",
+        corpus_path="/data/c.txt",
+        corpus_cache="",
+        train_cfg=train_cfg,
+        state_sha256="cd",
+    )
     path = tmp_path / "m.safetensors"
     path.write_bytes(blob)
     _, strings, _, _ = read_header(path)
-    assert set(strings) == {"format", "charnn_version", "torch_version", "model_config", "data_config", "vocab",
-                            "corpus_sha256", "step", "val_loss", "checksums", "corpus_path", "corpus_cache",
-                            "train_config", "state_sha256"}
+    assert set(strings) == {
+        "format",
+        "charnn_version",
+        "torch_version",
+        "model_config",
+        "data_config",
+        "vocab",
+        "corpus_sha256",
+        "step",
+        "val_loss",
+        "checksums",
+        "corpus_path",
+        "corpus_cache",
+        "train_config",
+        "state_sha256",
+    }
     assert (strings["step"], strings["val_loss"], strings["corpus_cache"]) == ("5", "1.25", "")
     assert json.loads(strings["train_config"]) == to_dict(train_cfg)  # the same JSON inside as always
     loaded = load_model(path)
-    want = CheckpointMeta(cfg, DataConfig(), VOCAB, step=5, val_loss=1.25, corpus_sha256="ab",
-                          corpus_path="/data/c.txt", corpus_cache="", train_cfg=train_cfg, state_sha256="cd")
+    want = CheckpointMeta(
+        cfg,
+        DataConfig(),
+        VOCAB,
+        step=5,
+        val_loss=1.25,
+        corpus_sha256="ab",
+        corpus_path="/data/c.txt",
+        corpus_cache="",
+        train_cfg=train_cfg,
+        state_sha256="cd",
+    )
     assert loaded.meta == want and loaded.eval_segment == 77 and loaded.step == 5
     assert {k: v for k, v in strings.items() if k != "checksums"} == meta_strings(want)
 
@@ -135,14 +177,17 @@ def test_file_without_the_optional_keys_reads_with_defaults(tmp_path):
     assert meta.eval_segment == 4096
 
 
-@pytest.mark.parametrize("train_config, message", [
-    ('{"eval_segment": 1e11}', r"TrainConfig\.eval_segment must be an integer, not 1"),
-    ('{"eval_segment": "x"}', r'TrainConfig\.eval_segment must be an integer, not "x"'),
-    ('{"eval_segment": 0}', "invalid checkpoint metadata .*eval_segment must be at least 2"),
-    ('{"lr": true}', r"TrainConfig\.lr must be a number, not true"),
-    ("[1]", "unreadable train_config in the checkpoint metadata"),
-    ("not json", "unreadable train_config in the checkpoint metadata"),
-])
+@pytest.mark.parametrize(
+    "train_config, message",
+    [
+        ('{"eval_segment": 1e11}', r"TrainConfig\.eval_segment must be an integer, not 1"),
+        ('{"eval_segment": "x"}', r'TrainConfig\.eval_segment must be an integer, not "x"'),
+        ('{"eval_segment": 0}', "invalid checkpoint metadata .*eval_segment must be at least 2"),
+        ('{"lr": true}', r"TrainConfig\.lr must be a number, not true"),
+        ("[1]", "unreadable train_config in the checkpoint metadata"),
+        ("not json", "unreadable train_config in the checkpoint metadata"),
+    ],
+)
 def test_crafted_train_config_is_refused(tmp_path, train_config, message):
     path = _save(tmp_path, CharRNN(ModelConfig(layers=1, hidden=H, embed=4), len(VOCAB)), train_config=train_config)
     with pytest.raises(CheckpointError, match=message):
@@ -159,13 +204,16 @@ def test_implausible_eval_segment_is_refused_where_it_is_used(tmp_path):
         _ = loaded.eval_segment
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("step", "five", "invalid checkpoint metadata"),
-    ("val_loss", "low", "invalid checkpoint metadata"),
-    ("model_config", "{", "'model_config' is missing or unreadable"),
-    ("data_config", '{"encoding": 5}', r"DataConfig\.encoding must be a string, not 5"),
-    ("vocab", "[]", "invalid checkpoint metadata"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("step", "five", "invalid checkpoint metadata"),
+        ("val_loss", "low", "invalid checkpoint metadata"),
+        ("model_config", "{", "'model_config' is missing or unreadable"),
+        ("data_config", '{"encoding": 5}', r"DataConfig\.encoding must be a string, not 5"),
+        ("vocab", "[]", "invalid checkpoint metadata"),
+    ],
+)
 def test_crafted_metadata_is_refused(key, value, message):
     strings = meta_strings(CheckpointMeta(ModelConfig(), DataConfig(), VOCAB))
     with pytest.raises(CheckpointError, match=message):
@@ -173,6 +221,7 @@ def test_crafted_metadata_is_refused(key, value, message):
 
 
 # --- loading never executes code; tampered files are refused -------------------------------------------
+
 
 def test_sample_and_eval_never_unpickle(run_dir: Path, tmp_path: Path, monkeypatch):
     def refuse(*a, **k):
@@ -207,8 +256,10 @@ class _Payload:
 @pytest.mark.parametrize("command", ["sample", "eval"])
 def test_pickle_payload_under_checkpoint_name_is_refused(tmp_path: Path, command: str):
     marker = tmp_path / "pwned"
-    for name, writer in (("step-00000010.safetensors", pickle.dumps),
-                         ("step-00000020.safetensors", lambda obj: torch_save_bytes({"x": obj}))):
+    for name, writer in (
+        ("step-00000010.safetensors", pickle.dumps),
+        ("step-00000020.safetensors", lambda obj: torch_save_bytes({"x": obj})),
+    ):
         evil = tmp_path / name
         evil.write_bytes(writer(_Payload(marker)))
         res = invoke(command, str(evil), *(["--length", "5"] if command == "sample" else ["--device", "cpu"]))
@@ -228,8 +279,9 @@ def test_resume_state_with_payload_is_refused(run_dir: Path, tmp_path: Path):
         with pytest.raises(CheckpointError, match="unreadable training state"):
             load_state(state_path, hashlib.sha256(blob).hexdigest())
     with pytest.warns(CharnnWarning), pytest.raises(CheckpointError, match="no checkpoint to resume from"):
-        train(corpus_of(run_dir), model_cfg=SMALL_MODEL, train_cfg=small_train(max_iters=30), out_dir=run_dir,
-              resume=True)
+        train(
+            corpus_of(run_dir), model_cfg=SMALL_MODEL, train_cfg=small_train(max_iters=30), out_dir=run_dir, resume=True
+        )
     assert not marker.exists()
 
 
@@ -256,8 +308,9 @@ def test_every_torch_load_is_weights_only():
                 if isinstance(base, ast.Name) and base.id == "torch":
                     calls += 1
                     kw = {k.arg: k.value for k in node.keywords}
-                    assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True, \
+                    assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True, (
                         f"{source}:{node.lineno}: torch.load without weights_only=True"
+                    )
     assert calls >= 1  # the resume state is read somewhere: the scan must have seen it
 
 
@@ -280,8 +333,9 @@ def test_resume_state_holds_only_tensors_and_primitives(run_dir: Path):
             for i, v in enumerate(obj):
                 walk(v, f"{where}[{i}]")
         else:
-            assert obj is None or isinstance(obj, (torch.Tensor, int, float, str, bool)), \
+            assert obj is None or isinstance(obj, (torch.Tensor, int, float, str, bool)), (
                 f"{where} is a {type(obj).__name__}"
+            )
 
     walk(state)
     assert {"step", "optimizer", "rng", "hidden"} <= set(state)
@@ -294,17 +348,27 @@ def _crafted_file(path: Path, *, hidden: int, layers: int = 1, embed: int = 8, v
     shapes = {"embed.weight": [vocab_size, embed], "head.weight": [vocab_size, hidden], "head.bias": [vocab_size]}
     for layer in range(layers):
         inp = embed if layer == 0 else hidden
-        shapes |= {f"rnn.weight_ih_l{layer}": [4 * hidden, inp], f"rnn.weight_hh_l{layer}": [4 * hidden, hidden],
-                   f"rnn.bias_ih_l{layer}": [4 * hidden], f"rnn.bias_hh_l{layer}": [4 * hidden]}
+        shapes |= {
+            f"rnn.weight_ih_l{layer}": [4 * hidden, inp],
+            f"rnn.weight_hh_l{layer}": [4 * hidden, hidden],
+            f"rnn.bias_ih_l{layer}": [4 * hidden],
+            f"rnn.bias_hh_l{layer}": [4 * hidden],
+        }
     header, offset = {}, 0
     for name, shape in shapes.items():
         n = 4 * math.prod(shape)
         header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + n]}
         offset += n
     header["__metadata__"] = {
-        "format": ckpt.FORMAT, "model_config": json.dumps(cfg), "data_config": json.dumps({}),
-        "vocab": Vocab(tuple(range(97, 97 + vocab_size))).to_json(), "step": "1", "val_loss": "none",
-        "checksums": json.dumps({k: "0" * 64 for k in shapes}), "corpus_sha256": ""}
+        "format": ckpt.FORMAT,
+        "model_config": json.dumps(cfg),
+        "data_config": json.dumps({}),
+        "vocab": Vocab(tuple(range(97, 97 + vocab_size))).to_json(),
+        "step": "1",
+        "val_loss": "none",
+        "checksums": json.dumps({k: "0" * 64 for k in shapes}),
+        "corpus_sha256": "",
+    }
     raw = json.dumps(header).encode()
     path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 64)
 
@@ -349,8 +413,7 @@ def test_non_finite_weights_with_valid_checksums_are_refused(tmp_path: Path):
     with torch.no_grad():
         model.head.bias[1] = float("nan")
     path = tmp_path / "step-00000001.safetensors"
-    path.write_bytes(model_bytes(model, Vocab((97, 98, 99)), DataConfig(), step=1, val_loss=None,
-                                 corpus_sha256=""))
+    path.write_bytes(model_bytes(model, Vocab((97, 98, 99)), DataConfig(), step=1, val_loss=None, corpus_sha256=""))
     with pytest.raises(CheckpointError, match="non-finite"):
         load_model(path)
 

@@ -18,9 +18,29 @@ from charnn.model import CharRNN
 from charnn.store.checkpoint import model_bytes
 from tests.conftest import PYTHON, REPO, SMALL_MODEL, cli_env, invoke, one_error_line
 
-TINY = ["--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
-        "--max-iters", "12", "--eval-every", "6", "--sample-every", "6", "--sample-length", "10", "--quiet",
-        "--device", "cpu"]
+TINY = [
+    "--layers",
+    "1",
+    "--hidden",
+    "16",
+    "--embed",
+    "8",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--max-iters",
+    "12",
+    "--eval-every",
+    "6",
+    "--sample-every",
+    "6",
+    "--sample-length",
+    "10",
+    "--quiet",
+    "--device",
+    "cpu",
+]
 
 
 def test_train_sample_eval_end_to_end(tmp_path, tiny_corpus):
@@ -64,8 +84,9 @@ def test_model_options_reach_the_run_and_survive_resume(tmp_path, tiny_corpus):
 
     run = tmp_path / "run"
     no_embed = [a for i, a in enumerate(TINY) if a != "--embed" and TINY[i - 1] != "--embed"]
-    res = invoke("train", tiny_corpus, "--out", run, *no_embed, "--tie-weights", "--layer-norm",
-                 "--locked-dropout", "0.25")
+    res = invoke(
+        "train", tiny_corpus, "--out", run, *no_embed, "--tie-weights", "--layer-norm", "--locked-dropout", "0.25"
+    )
     assert res.exit_code == 0, res.output
     saved = json.loads((run / "config.json").read_text())["model"]
     assert (saved["tie_weights"], saved["layer_norm"], saved["locked_dropout"]) == (True, True, 0.25)
@@ -81,25 +102,30 @@ def test_model_options_reach_the_run_and_survive_resume(tmp_path, tiny_corpus):
     assert load_run(run, which="latest").model_cfg == loaded.model_cfg
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["sample", "/nonexistent/run"], "no such run"),
-    (["sample", "RUN", "--temperature", "0"], "--temperature"),
-    (["sample", "RUN", "--top-k", "abc"], "--top-k"),
-    (["sample", "RUN", "--prime", "Zq"], "not in this model's vocabulary"),
-    (["sample", "RUN", "--bogus"], "--bogus"),
-    (["sample", "RUN", "--precision", "fp16"], "--precision"),
-    (["train", "CORPUS", "--model", "transformer"], "--model"),
-    (["train", "CORPUS", "--dropout", "2"], "--dropout"),
-    (["train", "CORPUS", "--patience", "-1"], "--patience must be at least 0"),
-    (["train", "CORPUS", "--patience", "2", "--val-frac", "0"], "--patience needs a validation split"),
-    (["train", "CORPUS", "--locked-dropout", "0.95"], "--locked-dropout must be at most 0.9"),
-    (["train", "CORPUS", "--tie-weights", "--embed", "8", "--hidden", "16"],
-     "--tie-weights needs --embed equal to --hidden (--embed 8, --hidden 16)"),
-    (["train", "CORPUS", "--seq-len", "100000"], "--seq-len"),
-    (["train", "CORPUS", "--device", "cuda:7"], "cuda"),
-    (["train"], "missing CORPUS"),
-    (["eval", "RUN", "/nonexistent.txt"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["sample", "/nonexistent/run"], "no such run"),
+        (["sample", "RUN", "--temperature", "0"], "--temperature"),
+        (["sample", "RUN", "--top-k", "abc"], "--top-k"),
+        (["sample", "RUN", "--prime", "Zq"], "not in this model's vocabulary"),
+        (["sample", "RUN", "--bogus"], "--bogus"),
+        (["sample", "RUN", "--precision", "fp16"], "--precision"),
+        (["train", "CORPUS", "--model", "transformer"], "--model"),
+        (["train", "CORPUS", "--dropout", "2"], "--dropout"),
+        (["train", "CORPUS", "--patience", "-1"], "--patience must be at least 0"),
+        (["train", "CORPUS", "--patience", "2", "--val-frac", "0"], "--patience needs a validation split"),
+        (["train", "CORPUS", "--locked-dropout", "0.95"], "--locked-dropout must be at most 0.9"),
+        (
+            ["train", "CORPUS", "--tie-weights", "--embed", "8", "--hidden", "16"],
+            "--tie-weights needs --embed equal to --hidden (--embed 8, --hidden 16)",
+        ),
+        (["train", "CORPUS", "--seq-len", "100000"], "--seq-len"),
+        (["train", "CORPUS", "--device", "cuda:7"], "cuda"),
+        (["train"], "missing CORPUS"),
+        (["eval", "RUN", "/nonexistent.txt"], "no such file"),
+    ],
+)
 def test_bad_inputs_give_one_line_and_exit_2(tiny_run, tiny_corpus, args, needle):
     args = [str(tiny_run) if a == "RUN" else str(tiny_corpus) if a == "CORPUS" else a for a in args]
     assert needle in one_error_line(invoke(*args))
@@ -128,7 +154,6 @@ def test_out_that_is_a_file_or_cannot_be_created(tmp_path, tiny_corpus):
     assert "Traceback" not in res.output
 
 
-
 def help_of(*args, width=200):
     from charnn.cli.docs import help_text
 
@@ -138,8 +163,9 @@ def help_of(*args, width=200):
 def test_docs_cli_md_is_generated_from_the_help():
     from charnn.cli.docs import render
 
-    assert (REPO / "docs" / "cli.md").read_text(encoding="utf-8") == render(), \
+    assert (REPO / "docs" / "cli.md").read_text(encoding="utf-8") == render(), (
         "docs/cli.md is stale: run python3 -m charnn.cli.docs"
+    )
 
 
 def test_help_is_short_grouped_and_uppercase():
@@ -157,8 +183,9 @@ def test_help_is_short_grouped_and_uppercase():
 
 def test_every_command_defaults_to_the_same_device():
     for command in ("train", "sample", "eval"):
-        assert re.search(r"--device +DEVICE +Where to run: auto, cpu, cuda, cuda:N or mps\. \[default: auto\]",
-                         help_of(command)), command
+        assert re.search(
+            r"--device +DEVICE +Where to run: auto, cpu, cuda, cuda:N or mps\. \[default: auto\]", help_of(command)
+        ), command
 
 
 def test_options_come_from_the_config_fields():
@@ -199,6 +226,7 @@ def test_planned_options_show_the_plan_as_their_default():
 
 
 # --- sampled text on a terminal ------------------------------------------------------------------------
+
 
 def _tty_sample(args: list[str]) -> bytes:
     """Run `charnn sample` in-process with stdout on a pseudo-terminal; returns what the terminal got."""

@@ -63,8 +63,9 @@ def test_bad_utf8_and_binary_give_the_same_errors(tmp_path):
     assert not list((tmp_path / "cache").glob("*.ids"))
 
 
-@pytest.mark.parametrize("content, message", [(b"\xef\xbb\xbf", "no characters after decoding"),
-                                              (b"  \n\t \n", "only whitespace")])
+@pytest.mark.parametrize(
+    "content, message", [(b"\xef\xbb\xbf", "no characters after decoding"), (b"  \n\t \n", "only whitespace")]
+)
 def test_empty_or_blank_text_gives_the_same_error_as_encode_file(tmp_path, content, message):
     path = tmp_path / "blank.txt"
     path.write_bytes(content)
@@ -150,8 +151,14 @@ def test_training_reads_the_memory_map(tmp_path, tiny_corpus):
     from tests.conftest import tiny_configs
 
     model, cfg, data_cfg = tiny_configs(max_iters=4, eval_every=4, sample_length=0)
-    a = train(tiny_corpus, model_cfg=model, train_cfg=cfg, data_cfg=data_cfg, out_dir=tmp_path / "a",
-              cache_dir=tmp_path / "cache")
+    a = train(
+        tiny_corpus,
+        model_cfg=model,
+        train_cfg=cfg,
+        data_cfg=data_cfg,
+        out_dir=tmp_path / "a",
+        cache_dir=tmp_path / "cache",
+    )
     b = train(tiny_corpus, model_cfg=model, train_cfg=cfg, data_cfg=data_cfg, out_dir=tmp_path / "b")
     assert a.final_val_loss == b.final_val_loss  # bit-for-bit the same run as the in-memory encoding
     assert list((tmp_path / "cache").glob("*.ids"))

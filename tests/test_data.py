@@ -73,14 +73,20 @@ def test_invalid_utf8_names_the_byte_offset(tmp_path, monkeypatch):
     monkeypatch.setattr(textfile, "CHUNK_BYTES", 4)
     with pytest.raises(DataError, match=r"at byte 11\b.*--encoding"):
         encode_file(p, DataConfig())
-    assert encode_file(p, DataConfig(encoding="latin-1")).vocab.decode(encode_file(
-        p, DataConfig(encoding="latin-1")).ids).endswith("ÿmore")
+    assert (
+        encode_file(p, DataConfig(encoding="latin-1"))
+        .vocab.decode(encode_file(p, DataConfig(encoding="latin-1")).ids)
+        .endswith("ÿmore")
+    )
     assert "\ufffd" in encode_file(p, DataConfig(errors="replace")).vocab.decode(
-        encode_file(p, DataConfig(errors="replace")).ids)
+        encode_file(p, DataConfig(errors="replace")).ids
+    )
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "no such file"), (b"", "empty"), (b"ab\x00cd", "binary"), (b"  \n\t \n", "only whitespace")])
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "no such file"), (b"", "empty"), (b"ab\x00cd", "binary"), (b"  \n\t \n", "only whitespace")],
+)
 def test_bad_files(tmp_path, content, message):
     p = tmp_path / "f.txt"
     if content is not None:
@@ -122,8 +128,7 @@ def test_unknown_characters_are_listed():
 def test_unknown_characters_show_ten_then_how_many_more(tmp_path):
     vocab = Vocab(tuple(map(ord, "ab")))
     unknown = dict.fromkeys(range(ord("c"), ord("c") + 12), 1)
-    assert unknown_symbols(vocab, unknown) == ", ".join(repr(chr(c)) for c in range(ord("c"), ord("m"))) + \
-        " and 2 more"
+    assert unknown_symbols(vocab, unknown) == ", ".join(repr(chr(c)) for c in range(ord("c"), ord("m"))) + " and 2 more"
     assert unknown_symbols(Vocab((0, 1), bytes_mode=True), {7: 3}) == "byte 0x07"
     with pytest.raises(VocabularyError) as err:
         vocab.encode("abxxy")
@@ -132,8 +137,9 @@ def test_unknown_characters_show_ten_then_how_many_more(tmp_path):
     p.write_text("abxxy")
     with pytest.raises(VocabularyError) as err:
         read_ids(p, vocab, DataConfig())
-    assert str(err.value) == (f"{p}: 3 character(s) not in the model's vocabulary ('x', 'y'); "
-                              f"pass --skip-unknown to drop them")
+    assert str(err.value) == (
+        f"{p}: 3 character(s) not in the model's vocabulary ('x', 'y'); pass --skip-unknown to drop them"
+    )
     assert read_ids(p, vocab, DataConfig(), skip_unknown=True)[1] == {ord("x"): 2, ord("y"): 1}
 
 
@@ -147,8 +153,8 @@ def test_batch_rows_continue_their_streams():
         assert x.shape == y.shape == (B, T) and x.dtype == torch.int64
         for r in range(B):
             start = r * L + step * T  # epoch 0 has no offset
-            assert x[r].tolist() == ids[start:start + T].tolist()
-            assert y[r].tolist() == ids[start + 1:start + T + 1].tolist()
+            assert x[r].tolist() == ids[start : start + T].tolist()
+            assert y[r].tolist() == ids[start + 1 : start + T + 1].tolist()
         if step:
             assert torch.equal(x[:, 0], prev_y[:, -1])  # noqa: F821 - row r continues where it stopped
         prev_y = y  # noqa: F841
@@ -170,6 +176,7 @@ def test_too_short_for_one_batch():
 
 
 # --- text input ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("chunk", [None, 1, 2, 3])
 def test_lf_crlf_cr_encode_identically(tmp_path: Path, monkeypatch, chunk):
@@ -214,8 +221,13 @@ def test_too_short_corpus_names_the_counts(tmp_path: Path, size: int):
 def test_smallest_corpus_that_fits_one_window_trains(tmp_path: Path):
     path = tmp_path / "fits.txt"
     path.write_text(("abcdefgh" * 10)[:17], encoding="utf-8")
-    result = train(path, model_cfg=SMALL_MODEL, data_cfg=DataConfig(val_frac=0.0),
-                   train_cfg=small_train(batch_size=1, seq_len=16, max_iters=2), out_dir=tmp_path / "r")
+    result = train(
+        path,
+        model_cfg=SMALL_MODEL,
+        data_cfg=DataConfig(val_frac=0.0),
+        train_cfg=small_train(batch_size=1, seq_len=16, max_iters=2),
+        out_dir=tmp_path / "r",
+    )
     assert result.steps == 2
 
 
@@ -251,9 +263,15 @@ def test_a_file_changing_between_the_two_passes(tmp_path: Path, monkeypatch, cha
         encode_file(path, DataConfig())
 
 
-@pytest.mark.parametrize("target, message", [
-    ("fifo", "pipe (FIFO)"), ("/dev/zero", "character device"), ("/dev/null", "character device"),
-    ("dir", "is a directory")])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("fifo", "pipe (FIFO)"),
+        ("/dev/zero", "character device"),
+        ("/dev/null", "character device"),
+        ("dir", "is a directory"),
+    ],
+)
 def test_only_regular_files_are_read(tmp_path: Path, target: str, message: str):
     """Refused when opened, before a byte is read: a FIFO without a writer must not wait forever."""
     os.mkfifo(tmp_path / "fifo")

@@ -20,7 +20,7 @@ from tests.conftest import TINY_TEXT, cli_env, tiny_configs, weights_of
 
 pytestmark = pytest.mark.slow
 
-WORKER = r'''
+WORKER = r"""
 import json, os, signal, sys
 from charnn.config import DataConfig, ModelConfig, TrainConfig
 from charnn.errors import Interrupted
@@ -64,7 +64,7 @@ for job in spec.get("jobs", []):
     with open(os.path.join(job["out"], f"result-{rank}.json"), "w") as f:
         json.dump(result, f)
 teardown_distributed()
-'''
+"""
 
 
 def torchrun(args: list[str], *, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -95,8 +95,14 @@ def ddp_runs(tmp_path_factory) -> Path:
     ]
     script = root / "worker.py"
     script.write_text(WORKER)
-    grads = {"corpus": str(corpus), "model": model.__dict__, "batch_size": 4, "seq_len": 16,
-             "vocab": len(set(TINY_TEXT)), "out": str(root / "grads.pt")}
+    grads = {
+        "corpus": str(corpus),
+        "model": model.__dict__,
+        "batch_size": 4,
+        "seq_len": 16,
+        "vocab": len(set(TINY_TEXT)),
+        "out": str(root / "grads.pt"),
+    }
     proc = torchrun([str(script), json.dumps({"jobs": jobs, "grads": grads})])
     (root / "torchrun.log").write_text(proc.stderr)
     assert proc.returncode == 0, proc.stderr[-6000:]
@@ -132,15 +138,19 @@ def test_one_ddp_step_equals_one_process_on_the_whole_batch(ddp_runs: Path, tmp_
     single = weights_of(tmp_path / "single" / "step-00000001.safetensors")
     for name, value in single.items():
         torch.testing.assert_close(ddp[name], value, rtol=0, atol=1e-3)
-    loss = lambda run: [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").open()  # noqa: E731
-                        if '"train"' in line]
+
+    def loss(run):
+        return [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").open() if '"train"' in line]
+
     assert loss(ddp_runs / "one") == pytest.approx(loss(tmp_path / "single"), abs=1e-6)
 
 
 def test_rank_zero_alone_writes_one_set_of_files(ddp_runs: Path):
     run = ddp_runs / "full"
     assert sorted(p.name for p in run.glob("step-*.safetensors")) == [
-        "step-00000004.safetensors", "step-00000008.safetensors"]
+        "step-00000004.safetensors",
+        "step-00000008.safetensors",
+    ]
     evals = [json.loads(line) for line in (run / "metrics.jsonl").open() if '"eval"' in line]
     assert [e["step"] for e in evals] == [4, 8]
 
@@ -172,11 +182,36 @@ def test_a_different_corpus_on_one_rank_fails_both_with_a_clear_error(tmp_path: 
     script.write_text(
         "import os, sys\nfrom charnn.cli.commands import main\n"
         "corpus = sys.argv[1] if os.environ['RANK'] == '0' else sys.argv[2]\n"
-        "sys.argv = ['charnn', 'train', corpus, *sys.argv[3:]]\nmain()\n")
+        "sys.argv = ['charnn', 'train', corpus, *sys.argv[3:]]\nmain()\n"
+    )
     t0 = time.monotonic()
-    proc = torchrun([str(script), str(a), str(b), "--layers", "1", "--hidden", "8", "--embed", "4",
-                     "--batch-size", "2", "--seq-len", "8", "--max-iters", "2", "--out", str(tmp_path / "run"),
-                     "--cache-dir", str(tmp_path / "cache"), "--backend", "gloo", "-q"], timeout=120)
+    proc = torchrun(
+        [
+            str(script),
+            str(a),
+            str(b),
+            "--layers",
+            "1",
+            "--hidden",
+            "8",
+            "--embed",
+            "4",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "8",
+            "--max-iters",
+            "2",
+            "--out",
+            str(tmp_path / "run"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--backend",
+            "gloo",
+            "-q",
+        ],
+        timeout=120,
+    )
     assert time.monotonic() - t0 < 120
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error: the corpus differs")]
@@ -204,8 +239,13 @@ def test_torchrun_with_one_process_joins_a_group_of_one(monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port)}.items():
+    for key, value in {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     assert not setup_distributed("gloo").enabled

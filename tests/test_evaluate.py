@@ -62,8 +62,8 @@ def test_per_char_losses_match_a_direct_forward():
     res = evaluate_ids(model, ids, segment=100, chunk=40, per_char=True)
     expected = []
     for s in range(0, 249, 100):
-        x = torch.tensor(ids[s:min(s + 100, 249)])[None]
-        y = torch.tensor(ids[s + 1:min(s + 101, 250)])
+        x = torch.tensor(ids[s : min(s + 100, 249)])[None]
+        y = torch.tensor(ids[s + 1 : min(s + 101, 250)])
         logits, _ = model(x)
         expected.append(torch.nn.functional.cross_entropy(logits[0], y, reduction="none"))
     assert np.allclose(res.per_char, torch.cat(expected).detach().numpy(), atol=1e-5)
@@ -93,7 +93,7 @@ def test_scoring_with_the_embedding_folded_in_matches_the_model(kind, layers):
     with torch.no_grad():  # the plain forward pass, summed by hand over the same segments
         total = 0.0
         for s0 in range(0, len(ids) - 1, 700):
-            seg = torch.as_tensor(ids[s0:s0 + 701])[None]
+            seg = torch.as_tensor(ids[s0 : s0 + 701])[None]
             logits, _ = model(seg[:, :-1])
             total += torch.nn.functional.cross_entropy(logits[0], seg[0, 1:], reduction="sum").item()
     assert wide.total_nats == pytest.approx(total, rel=1e-6)
@@ -118,8 +118,14 @@ def test_eval_batch_size_does_not_change_the_numbers(run_dir: Path, tmp_path: Pa
     assert abs(one.loss - seven.loss) < 1e-6
     held = tmp_path / "held.txt"
     held.write_text(TINY_TEXT[:500], encoding="utf-8")
-    rows = [json.loads(invoke("eval", str(run_dir), str(held), "--json", "--device", "cpu", "--segment", "50",
-                              "--batch-size", b).stdout) for b in ("1", "7")]
+    rows = [
+        json.loads(
+            invoke(
+                "eval", str(run_dir), str(held), "--json", "--device", "cpu", "--segment", "50", "--batch-size", b
+            ).stdout
+        )
+        for b in ("1", "7")
+    ]
     assert abs(rows[0]["nats_per_char"] - rows[1]["nats_per_char"]) < 1e-6
 
 

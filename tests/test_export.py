@@ -24,8 +24,9 @@ from charnn.store.rundir import load_run
 from tests.conftest import PYTHON, REPO, TINY_TEXT, invoke, tiny_configs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless browser test needs Debian's `chromium` "
-                                    "package (apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="headless browser test needs Debian's `chromium` package (apt-get install chromium)"
+)
 try:
     import onnx  # noqa: F401
     import onnxruntime as ort
@@ -35,13 +36,12 @@ needs_onnx = pytest.mark.skipif(ort is None, reason="needs the onnx extra (pip i
 
 HOSTILE = "<script>alert(1)</script> &amp; café"
 CORPUS = TINY_TEXT.replace("All:\n", f"All: {HOSTILE}\n")
-PRIME = CORPUS[CORPUS.index("<script>") - 60:][:200]  # 200 characters holding the hostile text
+PRIME = CORPUS[CORPUS.index("<script>") - 60 :][:200]  # 200 characters holding the hostile text
 VARIANTS = {  # name: (model, data)
     "lstm": (ModelConfig(model="lstm", layers=2, hidden=32, embed=16), DataConfig()),
     "gru": (ModelConfig(model="gru", layers=1, hidden=32, embed=16), DataConfig()),
     "rnn": (ModelConfig(model="rnn", layers=1, hidden=32, embed=16), DataConfig()),
-    "deep": (ModelConfig(model="lstm", layers=2, hidden=24, embed=24, layer_norm=True, tie_weights=True),
-             DataConfig()),
+    "deep": (ModelConfig(model="lstm", layers=2, hidden=24, embed=24, layer_norm=True, tie_weights=True), DataConfig()),
     "bytes": (ModelConfig(model="gru", layers=2, hidden=24, embed=8), DataConfig(bytes_mode=True)),
 }
 
@@ -61,6 +61,7 @@ def trained(tmp_path_factory):
         _, cfg, _ = tiny_configs(max_iters=40, eval_every=40, sample_every=None)
         train(corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data_cfg, out_dir=root / name)
         return root / name
+
     return get
 
 
@@ -77,17 +78,38 @@ def open_page(page: Path, profile: Path, probe: str = "", **params) -> dict:
 def open_url(url: str, profile: Path, **params) -> dict:
     """open_page for a page at `url` (a file, or a server's)."""
     url += "?" + "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
-    res = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                          f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-                          "--virtual-time-budget=60000", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=60000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     dom = res.stdout
     attrs, text = re.search(r'<pre id="output"([^>]*)>(.*?)</pre>', dom, re.S).groups()
     debug = re.search(r'<pre id="debug"[^>]*>(.*?)</pre>', dom, re.S)[1]
-    return {"dom": dom, "attrs": attrs, "output": html.unescape(text), "console": _console(res.stderr),
-            "logits": json.loads(html.unescape(debug)) if debug else None}
+    return {
+        "dom": dom,
+        "attrs": attrs,
+        "output": html.unescape(text),
+        "console": _console(res.stderr),
+        "logits": json.loads(html.unescape(debug)) if debug else None,
+    }
 
 
 def _console(stderr: str) -> list[str]:
@@ -148,8 +170,9 @@ def test_page_sampler_filters_as_charnn_does(trained, tmp_path):
     page = export_html(loaded, tmp_path / "model.html")
     expected = _greedy_cli(run, loaded)
     for option in ({"top_k": 1}, {"top_p": 0.001}):
-        got = open_page(page, tmp_path / "profile", prime=PRIME, length=200, seed=11, temperature=1.5, autorun=1,
-                        **option)
+        got = open_page(
+            page, tmp_path / "profile", prime=PRIME, length=200, seed=11, temperature=1.5, autorun=1, **option
+        )
         assert got["output"] == expected, option
 
 
@@ -194,7 +217,8 @@ def test_page_is_self_contained_and_embeds_the_layout_table(trained):
     assert spec["layout"] == CELL_LAYOUT and spec["dtype"] == "float32"
     assert "<" not in re.search(r'id="charnn-spec">(.*?)</script>', page, re.S)[1]  # escaped as \u003c
     assert {k: (tuple(v["blocks"]), tuple(v["gates"])) for k, v in CELL_LAYOUT.items()} == {
-        k: (cell.blocks, cell.gates) for k, cell in CELLS.items()}  # the model's own table, as the page reads it
+        k: (cell.blocks, cell.gates) for k, cell in CELLS.items()
+    }  # the model's own table, as the page reads it
 
 
 def test_tied_weights_are_stored_once(trained):

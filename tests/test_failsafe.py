@@ -33,8 +33,28 @@ from charnn.training.train import hardware
 
 runner = CliRunner()
 CUDA = torch.device("cuda")
-TINY = ["--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--max-iters",
-        "4", "--eval-every", "4", "--sample-length", "0", "--quiet", "--device", "cpu", "--no-cache"]
+TINY = [
+    "--layers",
+    "1",
+    "--hidden",
+    "16",
+    "--embed",
+    "8",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--max-iters",
+    "4",
+    "--eval-every",
+    "4",
+    "--sample-length",
+    "0",
+    "--quiet",
+    "--device",
+    "cpu",
+    "--no-cache",
+]
 
 
 def invoke(*args):
@@ -50,6 +70,7 @@ def one_line(res, code: int, prefix: str = "error: ") -> str:
 
 
 # --- CUDA graphs: capture or replay failing ------------------------------------------------------------------
+
 
 class ReplayingGraph:
     """A stand-in for a captured CUDA graph on the CPU: replay runs the captured body; it can fail at replay n."""
@@ -91,8 +112,10 @@ def test_a_failed_capture_steps_eagerly_with_one_warning_and_the_same_text(tiny_
     graphs_on_the_cpu(monkeypatch, refuse)
     texts, caught = sampled_with_warnings(loaded, CFG)
     assert texts == want
-    assert caught == ["CUDA graph capture failed (CUDA error: operation not permitted when stream is capturing); "
-                      "sampling steps eagerly instead (same text, slower)"]
+    assert caught == [
+        "CUDA graph capture failed (CUDA error: operation not permitted when stream is capturing); "
+        "sampling steps eagerly instead (same text, slower)"
+    ]
 
 
 @pytest.mark.parametrize("fail_at", [None, 1, 5])
@@ -125,6 +148,7 @@ def test_the_cli_says_one_warning_line_when_capture_fails(tiny_run, monkeypatch)
 
 # --- device errors the user can cause ------------------------------------------------------------------------
 
+
 def test_out_of_memory_while_building_the_model_is_one_line_and_exit_5(tiny_corpus, tmp_path, monkeypatch):
     def no_memory(self, *args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.11 GiB total)")
@@ -136,7 +160,7 @@ def test_out_of_memory_while_building_the_model_is_one_line_and_exit_5(tiny_corp
 
 def test_an_unsupported_dtype_in_a_training_step_is_one_line_and_exit_6(tiny_corpus, tmp_path, monkeypatch):
     def unsupported(*args, **kwargs):
-        raise RuntimeError('"addmm_cuda" not implemented for \'BFloat16\'')
+        raise RuntimeError("\"addmm_cuda\" not implemented for 'BFloat16'")
 
     monkeypatch.setattr("charnn.training.step.lm_loss", unsupported)
     line = one_line(invoke("train", tiny_corpus, "--out", tmp_path / "run", *TINY), DeviceError.exit_code)
@@ -162,18 +186,29 @@ def test_other_runtime_errors_stay_bugs_with_their_traceback():
 
 # --- precision on cards without bf16 (the capability check faked) --------------------------------------------
 
+
 @pytest.fixture
 def card(monkeypatch):
     """Make torch report a CUDA card of the given compute capability (bf16 natively from 8.0)."""
+
     def fake(capability: tuple[int, int], name: str = "Fake GPU") -> None:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: capability[0] >= 8)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+
     return fake
 
 
-@pytest.mark.parametrize("capability, auto", [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16),
-                                              ((7, 5), torch.float16), ((7, 0), torch.float16), ((6, 1), None)])
+@pytest.mark.parametrize(
+    "capability, auto",
+    [
+        ((9, 0), torch.bfloat16),
+        ((8, 0), torch.bfloat16),
+        ((7, 5), torch.float16),
+        ((7, 0), torch.float16),
+        ((6, 1), None),
+    ],
+)
 def test_precision_auto_follows_the_card(card, capability, auto):
     card(capability)
     assert autocast_dtype(CUDA, "auto", training=True) == auto
@@ -216,8 +251,9 @@ def test_the_loss_scaler_fits_the_cuda_guard(card):
     before = [p.detach().clone() for p in model.parameters()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.autocast("cuda") warns that this machine has no CUDA
-        taken, hidden = optimisation_step(model, optimizer, batch, None, stats, cfg=cfg, device=CUDA, step=0,
-                                          scaler=scaler)
+        taken, hidden = optimisation_step(
+            model, optimizer, batch, None, stats, cfg=cfg, device=CUDA, step=0, scaler=scaler
+        )
         assert taken and all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
         assert scaler.get_scale() == pytest.approx(5e37) and int(stats.bad_run) == 1
         assert all(not h.any() for h in hidden)  # a skipped step restarts its streams
@@ -249,6 +285,7 @@ def test_the_loss_scale_travels_with_the_training_state():
 
 # --- --deterministic ----------------------------------------------------------------------------------------
 
+
 def test_deterministic_sets_the_algorithms_and_the_cublas_workspace(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     assert not torch.are_deterministic_algorithms_enabled()
@@ -275,6 +312,7 @@ def test_the_deterministic_flag_reaches_the_run(tiny_corpus, tmp_path):
 
 
 # --- Apple MPS: the start-up self-check ----------------------------------------------------------------------
+
 
 @pytest.fixture(autouse=True)
 def fresh_mps_verdict():
@@ -311,8 +349,9 @@ def test_mps_falls_back_to_the_cpu_with_one_warning_when_its_check_fails(monkeyp
     assert pick_device("mps", check=lambda device: None) == torch.device("mps")
     for name in ("mps", "auto"):
         with pytest.warns(CharnnWarning, match=r"MPS\) failed charnn's start-up self-check \(lstm logits differ"):
-            assert pick_device(name, check=lambda device: self_check(torch.device("cpu"), run=perturbed)) == \
-                torch.device("cpu")
+            assert pick_device(
+                name, check=lambda device: self_check(torch.device("cpu"), run=perturbed)
+            ) == torch.device("cpu")
     # the default check on a machine whose MPS is not really there: its first op fails, and the CPU is used
     with pytest.warns(CharnnWarning, match="self-check"):
         assert pick_device("mps") == torch.device("cpu")
@@ -331,8 +370,10 @@ def test_sample_and_eval_take_the_cpu_when_mps_fails_its_check(tiny_run, monkeyp
     on_cpu = invoke(command[0], tiny_run, *command[1:], "--device", "cpu")
     res = invoke(command[0], tiny_run, *command[1:], "--device", "mps")
     assert res.stdout == on_cpu.stdout and on_cpu.exit_code == 0
-    assert one_line(res, 0, "warning: ") == ("warning: the Apple GPU (MPS) failed charnn's start-up self-check (lstm "
-                                             "logits differ from the CPU's by 0.5); using the CPU")
+    assert one_line(res, 0, "warning: ") == (
+        "warning: the Apple GPU (MPS) failed charnn's start-up self-check (lstm "
+        "logits differ from the CPU's by 0.5); using the CPU"
+    )
 
 
 def test_training_warns_once_and_trains_on_the_cpu_when_mps_fails_its_check(tiny_corpus, tmp_path, monkeypatch):
@@ -345,5 +386,6 @@ def test_training_warns_once_and_trains_on_the_cpu_when_mps_fails_its_check(tiny
     assert res.exit_code == 0, res.output
     assert [line for line in res.stderr.splitlines() if line.startswith("warning:")] == [
         "warning: the Apple GPU (MPS) failed charnn's start-up self-check (NotImplementedError: aten::_lstm_mps); "
-        "using the CPU"]
+        "using the CPU"
+    ]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["device"] == "mps"  # as asked

@@ -36,11 +36,15 @@ def _save_loop(run: Path) -> None:
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.01)
-        state = {"step": step, "elapsed": 0.0,
-                 "optimizer": {"state": {0: {"m": torch.randn(200_000)}}, "param_groups": []},
-                 "rng": {"python": [3, [0] * 625, None], "torch": torch.get_rng_state()}}
-        save_checkpoint(run, model, vocab, DataConfig(), step=step, val_loss=1.0 / step, corpus_sha256="x",
-                        state=state, keep_last=2)
+        state = {
+            "step": step,
+            "elapsed": 0.0,
+            "optimizer": {"state": {0: {"m": torch.randn(200_000)}}, "param_groups": []},
+            "rng": {"python": [3, [0] * 625, None], "torch": torch.get_rng_state()},
+        }
+        save_checkpoint(
+            run, model, vocab, DataConfig(), step=step, val_loss=1.0 / step, corpus_sha256="x", state=state, keep_last=2
+        )
 
 
 def _mid_write(run: Path, full: dict[str, int]) -> bool:
@@ -109,8 +113,14 @@ def test_file_size_limit_leaves_previous_checkpoint_intact(run_dir: Path):
     def cap():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    proc = subprocess.run([PYTHON, "-m", "charnn", "train", "--resume", str(run_dir), "--max-iters", "21",
-                           "--quiet"], env=cli_env(), capture_output=True, text=True, preexec_fn=cap, timeout=120)
+    proc = subprocess.run(
+        [PYTHON, "-m", "charnn", "train", "--resume", str(run_dir), "--max-iters", "21", "--quiet"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        preexec_fn=cap,
+        timeout=120,
+    )
     assert proc.returncode == 4, proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

@@ -35,6 +35,7 @@ def new_corpus(tmp_path):
 
 # --- the vocabulary --------------------------------------------------------------------------------------
 
+
 def test_extended_vocabulary_keeps_old_ids_and_appends_new_symbols_sorted():
     base = Vocab(tuple(map(ord, "abz")))
     new = Vocab(tuple(map(ord, "Ybcy")))
@@ -66,6 +67,7 @@ def _data():
 
 # --- the plan --------------------------------------------------------------------------------------------
 
+
 def test_plan_fine_tunes_with_a_third_of_the_lr_a_short_warmup_and_early_stopping():
     facts = CorpusFacts(45_000, 5_000, 70)
     scratch = make_plan(facts, CPU)
@@ -81,18 +83,21 @@ def test_plan_fine_tunes_with_a_third_of_the_lr_a_short_warmup_and_early_stoppin
 
 def test_plan_fine_tune_flags_win_and_a_conflicting_model_flag_is_refused():
     facts = CorpusFacts(45_000, 5_000, 70)
-    tuned = make_plan(facts, CPU, PlanRequest(model={"hidden": 32, "dropout": 0.2}, train={"lr": 5e-4},
-                                              init_model=BASE))
+    tuned = make_plan(
+        facts, CPU, PlanRequest(model={"hidden": 32, "dropout": 0.2}, train={"lr": 5e-4}, init_model=BASE)
+    )
     assert tuned.train.lr == 5e-4 and tuned.model == dataclasses.replace(BASE, dropout=0.2)
     with pytest.raises(ConfigError) as err:
         make_plan(facts, CPU, PlanRequest(model={"hidden": 64}, init_model=BASE))
-    assert str(err.value) == ("--hidden 64 conflicts with the model of --init-from (hidden=32); "
-                              "a fine-tuned run keeps its model")
+    assert str(err.value) == (
+        "--hidden 64 conflicts with the model of --init-from (hidden=32); a fine-tuned run keeps its model"
+    )
     with pytest.raises(ConfigError, match="--preset cannot be combined with --init-from"):
         make_plan(facts, CPU, PlanRequest(preset="tiny", init_model=BASE))
 
 
 # --- the weights ---------------------------------------------------------------------------------------------
+
 
 def test_old_rows_are_copied_bit_exactly_and_new_rows_are_fresh(tiny_run, new_corpus):
     start = load_start(tiny_run)
@@ -150,8 +155,7 @@ def test_resume_of_a_fine_tuned_run_is_exact(tiny_run, new_corpus, tmp_path):
     model_cfg, cfg, data = tiny_configs(max_iters=12, min_lr=1e-2, eval_every=6, sample_length=0)
     train(new_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "a", init_from=tiny_run)
     first = dataclasses.replace(cfg, max_iters=7)
-    train(new_corpus, model_cfg=model_cfg, train_cfg=first, data_cfg=data, out_dir=tmp_path / "b",
-          init_from=tiny_run)
+    train(new_corpus, model_cfg=model_cfg, train_cfg=first, data_cfg=data, out_dir=tmp_path / "b", init_from=tiny_run)
     res = invoke("train", "--resume", tmp_path / "b", "--max-iters", 12, "--quiet", "--cache-dir", tmp_path / "c")
     assert res.exit_code == 0, res.output
     a = load_run(tmp_path / "a", which="latest")
@@ -163,11 +167,13 @@ def test_resume_of_a_fine_tuned_run_is_exact(tiny_run, new_corpus, tmp_path):
 
 # --- the command line -----------------------------------------------------------------------------------
 
+
 def test_cli_conflicting_model_flag_is_one_error_line(tiny_run, new_corpus, tmp_path):
     res = invoke("train", new_corpus, "--init-from", tiny_run, "--hidden", 64, "--out", tmp_path / "x", "--quiet")
     assert res.exit_code == 2
-    assert res.stderr.strip() == ("error: --hidden 64 conflicts with the model of --init-from (hidden=32); "
-                                  "a fine-tuned run keeps its model")
+    assert res.stderr.strip() == (
+        "error: --hidden 64 conflicts with the model of --init-from (hidden=32); a fine-tuned run keeps its model"
+    )
     assert not (tmp_path / "x").exists()
     res = invoke("train", new_corpus, "--init-from", tiny_run, "--resume", tiny_run, "--quiet")
     assert res.exit_code == 2 and res.stderr.startswith("error: --init-from starts a new run")
@@ -177,8 +183,23 @@ def test_cli_plan_and_train_from_a_run(tiny_run, new_corpus, tmp_path):
     res = invoke("train", new_corpus, "--init-from", tiny_run, "--hidden", 32, "--plan")
     assert res.exit_code == 0, res.output
     assert "fine-tuning the trained LSTM 2x32" in res.stdout
-    res = invoke("train", new_corpus, "--init-from", tiny_run, "--out", tmp_path / "ft", "--max-iters", 3,
-                 "--eval-every", 3, "--sample-length", 0, "--device", "cpu", "--no-cache")
+    res = invoke(
+        "train",
+        new_corpus,
+        "--init-from",
+        tiny_run,
+        "--out",
+        tmp_path / "ft",
+        "--max-iters",
+        3,
+        "--eval-every",
+        3,
+        "--sample-length",
+        0,
+        "--device",
+        "cpu",
+        "--no-cache",
+    )
     assert res.exit_code == 0, res.output
     assert "plan: starting from" in res.stderr and "3 new symbol(s): 'Q', 'É', 'é'" in res.stderr
     res = invoke("sample", tmp_path / "ft", "--prime", "É", "--length", 5, "--seed", 2)

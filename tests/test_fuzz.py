@@ -27,8 +27,12 @@ CASES = {"truncate": 80, "flip": 120, "header": 100, "metadata": 80, "cli": 40} 
 
 
 def fuzz(kind: str) -> settings:
-    return settings(max_examples=CASES[kind], deadline=2000, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    return settings(
+        max_examples=CASES[kind],
+        deadline=2000,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
 
 
 def _valid_file() -> bytes:
@@ -40,8 +44,8 @@ def _valid_file() -> bytes:
 
 VALID = _valid_file()
 HEADER_LEN = struct.unpack("<Q", VALID[:8])[0]
-HEADER = json.loads(VALID[8:8 + HEADER_LEN])
-DATA = VALID[8 + HEADER_LEN:]
+HEADER = json.loads(VALID[8 : 8 + HEADER_LEN])
+DATA = VALID[8 + HEADER_LEN :]
 RAN = {k: 0 for k in CASES}
 
 
@@ -91,8 +95,10 @@ def _write(workdir: Path, blob: bytes) -> Path:
 
 
 @fuzz("flip")
-@given(flips=st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 7)), min_size=1, max_size=4),
-       region=st.sampled_from(["anywhere", "prefix", "data"]))
+@given(
+    flips=st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 7)), min_size=1, max_size=4),
+    region=st.sampled_from(["anywhere", "prefix", "data"]),
+)
 def test_bit_flips(workdir: Path, flips, region: str):
     blob = bytearray(VALID)
     for pos, bit in flips:
@@ -108,10 +114,16 @@ def test_bit_flips(workdir: Path, flips, region: str):
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.sampled_from([0, -1, 2**20, 2**31, 2**63])
-    | st.floats(allow_nan=True) | st.text(max_size=12) | st.sampled_from(["F32", "F16", "I64", "lstm", "{}", "[]"]),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.sampled_from([0, -1, 2**20, 2**31, 2**63])
+    | st.floats(allow_nan=True)
+    | st.text(max_size=12)
+    | st.sampled_from(["F32", "F16", "I64", "lstm", "{}", "[]"]),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
 def _paths(obj, prefix=()):
@@ -149,17 +161,23 @@ def _assemble(header: dict, *, length_delta: int = 0) -> bytes:
 
 @pytest.mark.slow
 @fuzz("header")
-@given(path=st.sampled_from(HEADER_PATHS), value=JSON_VALUES, delete=st.booleans(),
-       length_delta=st.sampled_from([0, 0, 0, -1, 1, 10**6]))
+@given(
+    path=st.sampled_from(HEADER_PATHS),
+    value=JSON_VALUES,
+    delete=st.booleans(),
+    length_delta=st.sampled_from([0, 0, 0, -1, 1, 10**6]),
+)
 def test_header_edits(workdir: Path, path, value, delete: bool, length_delta: int):
     check(workdir, _assemble(_edit(HEADER, path, value, delete), length_delta=length_delta), "header")
 
 
 META_KEYS = sorted(HEADER["__metadata__"])
-NESTED = {"model_config": json.loads(HEADER["__metadata__"]["model_config"]),
-          "data_config": json.loads(HEADER["__metadata__"]["data_config"]),
-          "vocab": json.loads(HEADER["__metadata__"]["vocab"]),
-          "checksums": json.loads(HEADER["__metadata__"]["checksums"])}
+NESTED = {
+    "model_config": json.loads(HEADER["__metadata__"]["model_config"]),
+    "data_config": json.loads(HEADER["__metadata__"]["data_config"]),
+    "vocab": json.loads(HEADER["__metadata__"]["vocab"]),
+    "checksums": json.loads(HEADER["__metadata__"]["checksums"]),
+}
 NESTED_PATHS = [(key, *p) for key, value in NESTED.items() for p in _paths(value) if p]
 
 
@@ -171,8 +189,9 @@ def test_metadata_edits(workdir: Path, data):
     if data.draw(st.booleans(), label="nested"):
         key, *inner = data.draw(st.sampled_from(NESTED_PATHS), label="path")
         value = data.draw(JSON_VALUES, label="value")
-        meta[key] = json.dumps(_edit(NESTED[key], tuple(inner), value, data.draw(st.booleans(), label="delete")),
-                               allow_nan=True)
+        meta[key] = json.dumps(
+            _edit(NESTED[key], tuple(inner), value, data.draw(st.booleans(), label="delete")), allow_nan=True
+        )
     else:
         key = data.draw(st.sampled_from(META_KEYS), label="key")
         choice = data.draw(st.sampled_from(["text", "json", "delete"]), label="how")

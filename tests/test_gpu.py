@@ -60,8 +60,10 @@ def test_a_cpu_run_resumes_on_the_device_and_back_on_the_cpu(tmp_path, tiny_corp
 @pytest.mark.device
 def test_sampling_paths_agree_on_the_device(tiny_run, device):
     loaded = load_run(tiny_run, device=device)
-    for cfg in (SampleConfig(length=100, seed=5, prime="First"),
-                SampleConfig(length=60, seed=2, num_samples=3, top_k=5, temperature=1.3)):
+    for cfg in (
+        SampleConfig(length=100, seed=5, prime="First"),
+        SampleConfig(length=60, seed=2, num_samples=3, top_k=5, temperature=1.3),
+    ):
         fast = sample_text(loaded.model, loaded.vocab, cfg)  # a CUDA graph on CUDA
         eager = sample_text(loaded.model, loaded.vocab, cfg, tuning=Tuning(cuda_graphs=False))
         module = sample_text(loaded.model, loaded.vocab, cfg, path="module")
@@ -79,10 +81,10 @@ def test_eval_on_the_device_matches_the_cpu(tiny_run, device):
 
 
 @pytest.mark.device
-def test_resume_on_the_device_is_bitwise_exact_under_deterministic(tmp_path, tiny_corpus, device,
-                                                                   deterministic_undone):
-    model_cfg, cfg, data = tiny_configs(device=device, max_iters=12, min_lr=1e-2, eval_every=6, sample_length=0,
-                                        deterministic=True)
+def test_resume_on_the_device_is_bitwise_exact_under_deterministic(tmp_path, tiny_corpus, device, deterministic_undone):
+    model_cfg, cfg, data = tiny_configs(
+        device=device, max_iters=12, min_lr=1e-2, eval_every=6, sample_length=0, deterministic=True
+    )
     train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "a")
     assert torch.are_deterministic_algorithms_enabled()
     first = dataclasses.replace(cfg, max_iters=6)

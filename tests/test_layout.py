@@ -8,9 +8,30 @@ from pathlib import Path
 from tests.conftest import PYTHON, cli_env
 
 # The wings: each entry is a flat module or a package directly under charnn/; each imports only entries before it.
-ORDER = ["version", "errors", "terminal", "fields", "config", "devicecheck", "runtime", "distributed", "textfile",
-         "data", "model", "store", "evaluate", "inspect", "memory", "sampling", "training", "report", "export",
-         "serve", "cli", "__main__"]
+ORDER = [
+    "version",
+    "errors",
+    "terminal",
+    "fields",
+    "config",
+    "devicecheck",
+    "runtime",
+    "distributed",
+    "textfile",
+    "data",
+    "model",
+    "store",
+    "evaluate",
+    "inspect",
+    "memory",
+    "sampling",
+    "training",
+    "report",
+    "export",
+    "serve",
+    "cli",
+    "__main__",
+]
 # Inside a package the same rule holds for its modules (`__init__` may hand on any of them).
 PACKAGES = {
     "store": ["files", "meta", "checkpoint", "corpus_cache", "rundir", "runlock"],
@@ -111,12 +132,15 @@ def test_package_root_imports_nothing_of_charnn():
     for node in tree.body:  # module level only: the lazy loader imports inside a function
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-            assert not any(n == "charnn" or n.startswith("charnn.") and n != "charnn.version" for n in names), \
+            assert not any(n == "charnn" or n.startswith("charnn.") and n != "charnn.version" for n in names), (
                 ast.unparse(node)
+            )
 
 
 def test_charnn_train_is_the_function_whichever_is_imported_first():
-    code = "import charnn.training.train, charnn; from charnn import train; print(callable(charnn.train), callable(train))"
+    code = (
+        "import charnn.training.train, charnn; from charnn import train; print(callable(charnn.train), callable(train))"
+    )
     out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=cli_env())
     assert out.stdout.split() == ["True", "True"], out.stderr
 
@@ -134,7 +158,9 @@ def test_importing_charnn_imports_no_torch_typer_or_rich():
 
 def test_help_imports_no_torch():
     for args in ([], ["train"], ["sample"], ["eval"], ["report"], ["serve"], ["export"]):
-        code = (f"import sys\nsys.argv = ['charnn', *{args!r}, '--help']\nfrom charnn.cli.commands import main\n"
-                "try:\n    main()\nexcept SystemExit:\n    pass")
+        code = (
+            f"import sys\nsys.argv = ['charnn', *{args!r}, '--help']\nfrom charnn.cli.commands import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass"
+        )
         loaded = _modules_after(code)
         assert "typer" in loaded and not loaded & {"torch", "numpy"}, (args, loaded & {"torch", "numpy"})

@@ -31,8 +31,10 @@ def _ids(n: int, seed: int = 0) -> np.ndarray:
 
 # --- a linear recurrence: the analytic decay --------------------------------------------------------------
 
+
 def _linear(a: torch.Tensor, u: torch.Tensor, k_max: int, batch: int = 3):
     """h_s = A h_{s-1} + x_s, L = u . h_t: dL/dx_{t-k} = dL/dh_{t-k} = (A^T)^k u."""
+
     def step(x, state):
         h = state[0] @ a.T + x
         return h, (h,)
@@ -60,7 +62,7 @@ def test_a_state_the_loss_never_reads_has_zero_gradient():
     x = torch.ones(2, 5, 3, dtype=torch.float64)
     grads = window_gradients(step, x, (torch.zeros(2, 3), torch.zeros(2, 3)), lambda out: out.sum(-1))
     assert torch.equal(grads.states[1], torch.zeros(2, 5)) and torch.equal(grads.states[2], torch.zeros(2, 5))
-    assert torch.allclose(grads.inputs[0], 3 ** 0.5 * 0.5 ** torch.arange(5.0, dtype=torch.float64))
+    assert torch.allclose(grads.inputs[0], 3**0.5 * 0.5 ** torch.arange(5.0, dtype=torch.float64))
 
 
 def test_a_non_normal_recurrence_grows_before_it_decays():
@@ -70,12 +72,13 @@ def test_a_non_normal_recurrence_grows_before_it_decays():
     u = torch.tensor([1.0, 0.0], dtype=torch.float64)
     grads = _linear(matrix, u, 60)
     k = np.arange(61)
-    expected = np.hypot(a ** k, k * a ** np.maximum(k - 1, 0) * b)  # (A^T)^k u = (a^k, k a^(k-1) b)
+    expected = np.hypot(a**k, k * a ** np.maximum(k - 1, 0) * b)  # (A^T)^k u = (a^k, k a^(k-1) b)
     np.testing.assert_allclose(grads.inputs.numpy(), np.broadcast_to(expected, (3, 61)), rtol=1e-12)
     assert reach(grads.inputs[0].numpy()) > 0 and grads.inputs[0, 5] > grads.inputs[0, 0]
 
 
 # --- planted models: exact zeros --------------------------------------------------------------------------
+
 
 def _cut_recurrence(model: CharRNN) -> None:
     """Every recurrent weight zero and the gates that carry the state shut: an LSTM's forget gate and a
@@ -87,8 +90,8 @@ def _cut_recurrence(model: CharRNN) -> None:
             getattr(model.rnn, f"weight_hh_l{k}").zero_()
             if shut:
                 row = CELLS[kind].blocks.index(shut) * H
-                getattr(model.rnn, f"bias_ih_l{k}")[row:row + H] = -1e4
-                getattr(model.rnn, f"bias_hh_l{k}")[row:row + H] = 0
+                getattr(model.rnn, f"bias_ih_l{k}")[row : row + H] = -1e4
+                getattr(model.rnn, f"bias_hh_l{k}")[row : row + H] = 0
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -117,32 +120,33 @@ def test_a_one_step_memory_per_layer_reaches_one_step_back_per_layer(layers):
             w_hh.zero_()
             w_hh[0, 1] = 1.5
     mem = memory(model, _ids(80), max_back=20, anchors=4)
-    assert np.all(mem.inputs[:layers + 1] > 0) and np.all(mem.inputs[layers + 1:] == 0), mem.inputs[:5]
+    assert np.all(mem.inputs[: layers + 1] > 0) and np.all(mem.inputs[layers + 1 :] == 0), mem.inputs[:5]
 
 
 # --- the real thing: equal to autograd through nn.LSTM / nn.GRU / nn.RNN ---------------------------------
 
+
 def _fused_input_norms(model: CharRNN, ids: np.ndarray, t: int, back: int) -> torch.Tensor:
-    x = model.embed(torch.as_tensor(ids[:t + 1])).detach().requires_grad_(True)  # (t+1, E)
+    x = model.embed(torch.as_tensor(ids[: t + 1])).detach().requires_grad_(True)  # (t+1, E)
     out, _ = model.rnn(x[None])
-    loss = F.cross_entropy(model.output(out[0, -1:]), torch.as_tensor(ids[t + 1:t + 2]))
-    return torch.autograd.grad(loss, x)[0].norm(dim=-1).flip(0)[:back + 1]
+    loss = F.cross_entropy(model.output(out[0, -1:]), torch.as_tensor(ids[t + 1 : t + 2]))
+    return torch.autograd.grad(loss, x)[0].norm(dim=-1).flip(0)[: back + 1]
 
 
 def _fused_top_state_norm(model: CharRNN, ids: np.ndarray, t: int, k: int) -> float:
     """|dL_t / (top layer's state at t-k)| for k >= 1 through nn.LSTM/GRU: hand the state over at t-k.
     The top layer's h_{t-k} only feeds the recurrence (and L_{t-k}), so the handed-over gradient is its whole
     adjoint; an LSTM's c_{t-k} also feeds h_{t-k} = o tanh(c), whose share the step-loop trace supplies."""
-    embed = model.embed(torch.as_tensor(ids[:t + 1])).detach()
+    embed = model.embed(torch.as_tensor(ids[: t + 1])).detach()
     with torch.no_grad():
-        _, hidden = model.rnn(embed[None, :t - k + 1])
+        _, hidden = model.rnn(embed[None, : t - k + 1])
     parts = [p.clone().requires_grad_(True) for p in (hidden if isinstance(hidden, tuple) else (hidden,))]
-    out, _ = model.rnn(embed[None, t - k + 1:], tuple(parts) if len(parts) == 2 else parts[0])
-    loss = F.cross_entropy(model.output(out[0, -1:]), torch.as_tensor(ids[t + 1:t + 2]))
+    out, _ = model.rnn(embed[None, t - k + 1 :], tuple(parts) if len(parts) == 2 else parts[0])
+    loss = F.cross_entropy(model.output(out[0, -1:]), torch.as_tensor(ids[t + 1 : t + 2]))
     grads = [g[-1, 0] for g in torch.autograd.grad(loss, parts)]
     if len(grads) == 1:
         return float(grads[0].norm())
-    top = trace(model, ids[:t + 1]).layers[-1]
+    top = trace(model, ids[: t + 1]).layers[-1]
     o, c = torch.as_tensor(top.gates["output"][t - k]), torch.as_tensor(top.cell[t - k])
     return float((grads[1] + grads[0] * o * (1 - torch.tanh(c) ** 2)).norm())
 
@@ -182,8 +186,7 @@ def test_cost_of_a_2x256_model_over_1000_characters(record_property):
     mem = memory(model, ids)
     seconds = time.perf_counter() - start
     record_property("memory_seconds_2x256_1000_chars", round(seconds, 3))
-    print(f"memory(): 2x256 LSTM, 1,000 characters, {mem.anchors} anchors x {mem.max_back + 1} steps: "
-          f"{seconds:.2f} s")
+    print(f"memory(): 2x256 LSTM, 1,000 characters, {mem.anchors} anchors x {mem.max_back + 1} steps: {seconds:.2f} s")
     assert mem.max_back == 256 and mem.anchors == 32 and len(mem.paths) == 2
     assert np.all(np.isfinite(mem.inputs)) and mem.inputs[0] > 0
     assert seconds < 60
@@ -191,23 +194,44 @@ def test_cost_of_a_2x256_model_over_1000_characters(record_property):
 
 # --- the chart and the panel ----------------------------------------------------------------------------
 
+
 def test_log_ticks_and_log_axes():
     assert log_ticks(0.0, 2.0) == [(0, 1.0), (1, 10.0), (2, 100.0)]
     assert [v for _, v in log_ticks(0.0, 0.8)] == [1.0, 2.0, 5.0]
     assert len(log_ticks(-30.0, 0.0)) <= 8  # every n-th decade over many
-    svg, hover = chart("c", "t", [Series("s", [(1, 1e-3, "a"), (10, 1e-2, "b"), (100, 1e-1, "c"),
-                                               (1000, 0.0, "zero: left out")], "#000")],
-                       x_label="k", y_label="g", log_x=True, log_y=True)
+    svg, hover = chart(
+        "c",
+        "t",
+        [Series("s", [(1, 1e-3, "a"), (10, 1e-2, "b"), (100, 1e-1, "c"), (1000, 0.0, "zero: left out")], "#000")],
+        x_label="k",
+        y_label="g",
+        log_x=True,
+        log_y=True,
+    )
     assert [tip for _, _, tip, _ in hover] == ["a", "b", "c"]
     assert hover[1][0] == pytest.approx(ML + PW / 2, abs=0.1)  # 10 halfway between 1 and 100
     ys = [py for _, py, _, _ in hover]
     assert ys[0] - ys[1] == pytest.approx(ys[1] - ys[2], abs=0.2)  # equal ratios, equal steps
     assert ">100<" in svg and ">0.01<" in svg
-    _, wider = chart("c", "t", [Series("s", [(1, 1.0, "a"), (10, 0.1, "b")], "#000")], x_label="k", y_label="g",
-                     log_x=True, log_y=True, x_range=(1, 100))
+    _, wider = chart(
+        "c",
+        "t",
+        [Series("s", [(1, 1.0, "a"), (10, 0.1, "b")], "#000")],
+        x_label="k",
+        y_label="g",
+        log_x=True,
+        log_y=True,
+        x_range=(1, 100),
+    )
     assert wider[1][0] == pytest.approx(ML + PW / 2, abs=0.1)  # the axis runs to 100 with no point there
-    assert [fmt(v) for v in (1e-12, 1e-4, 0.001, 1e4, 12345.0, 0.0)] == ["1e-12", "1e-4", "0.001", "1e4",
-                                                                        "1.234e+04", "0"]
+    assert [fmt(v) for v in (1e-12, 1e-4, 0.001, 1e4, 12345.0, 0.0)] == [
+        "1e-12",
+        "1e-4",
+        "0.001",
+        "1e4",
+        "1.234e+04",
+        "0",
+    ]
 
 
 def test_log_spaced_ks():
@@ -221,6 +245,7 @@ def test_the_report_shows_how_far_back_the_model_looks(tiny_run):
     section = re.search(r'<section id="memory">(.*?)</section>', page, re.S).group(1)
     assert "How far back does it look?" in section and 'id="memory"' in section
     assert "cell c, layer 1" in section and "cell c, layer 2" in section and "within 1% of its peak" in section
-    data = json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page,
-                                re.S).group(1))
+    data = json.loads(
+        re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S).group(1)
+    )
     assert len(data["charts"]["memory"]) > 10 and data["charts"]["loss-steps"]

@@ -24,8 +24,13 @@ from charnn.model import (
 from charnn.training.plan import CorpusFacts, Hardware, PlanRequest, make_plan
 
 # The AWD-LSTM style options (Merity et al. 2017), each alone and all together; tying needs embed == hidden.
-OPTIONS = [{}, {"tie_weights": True}, {"layer_norm": True}, {"locked_dropout": 0.3},
-           {"tie_weights": True, "layer_norm": True, "locked_dropout": 0.3, "dropout": 0.2}]
+OPTIONS = [
+    {},
+    {"tie_weights": True},
+    {"layer_norm": True},
+    {"locked_dropout": 0.3},
+    {"tie_weights": True, "layer_norm": True, "locked_dropout": 0.3, "dropout": 0.2},
+]
 
 
 def test_forward_shapes_for_every_cell():
@@ -88,13 +93,13 @@ def test_gradient_clipping_bounds_the_global_norm():
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 @pytest.mark.parametrize("layers", [1, 3])
 def test_state_shapes_match_the_module(kind, layers, options):
-    cfg = ModelConfig(model=kind, layers=layers, hidden=12, embed=12 if options.get("tie_weights") else 5,
-                      **options)
+    cfg = ModelConfig(model=kind, layers=layers, hidden=12, embed=12 if options.get("tie_weights") else 5, **options)
     actual = {k: tuple(v.shape) for k, v in CharRNN(cfg, 7).state_dict().items()}
     assert state_shapes(cfg, 7) == actual
 
 
 # --- the cells: one definition of the gate layout and the arithmetic --------------------------------------
+
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_the_readable_cells_step_like_the_module(kind):
@@ -140,6 +145,7 @@ def test_the_cell_table_covers_every_kind():
 
 
 # --- weight tying (Press & Wolf 2017; Inan et al. 2017) ---------------------------------------------------
+
 
 def test_tied_model_has_one_shared_matrix_with_the_heads_init():
     B, T, H, V = 2, 3, 6, 9
@@ -188,6 +194,7 @@ def test_tying_sets_embed_to_hidden_unless_embed_is_given():
 
 # --- layer norm on the output -----------------------------------------------------------------------------
 
+
 def test_layer_norm_sits_between_the_last_layer_and_the_head():
     B, T, E, H, V = 2, 3, 4, 5, 6
     torch.manual_seed(0)
@@ -205,6 +212,7 @@ def test_layer_norm_sits_between_the_last_layer_and_the_head():
 
 
 # --- locked (variational) dropout (Gal & Ghahramani 2016; Merity et al. 2017) ------------------------------
+
 
 def test_locked_dropout_mask_is_constant_in_time_and_differs_across_rows():
     B, T, F, p = 8, 5, 64, 0.5

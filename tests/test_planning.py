@@ -52,8 +52,10 @@ def test_validation_at_least_once_an_epoch_and_within_the_first_minute():
         assert plan.train.eval_every <= MAX_EVAL_EVERY
 
 
-@pytest.mark.parametrize("flag,value", [
-    ("dropout", 0.1), ("hidden", 64), ("layers", 3), ("model", "gru"), ("embed", 32), ("layer_norm", False)])
+@pytest.mark.parametrize(
+    "flag,value",
+    [("dropout", 0.1), ("hidden", 64), ("layers", 3), ("model", "gru"), ("embed", 32), ("layer_norm", False)],
+)
 def test_explicit_model_flags_win(flag, value):
     plan = make_plan(facts(45_000), CPU, PlanRequest(model={flag: value}))
     assert getattr(plan.model, flag) == value
@@ -61,9 +63,19 @@ def test_explicit_model_flags_win(flag, value):
     assert f"--{flag.replace('_', '-')}" in plan.lines[-1]
 
 
-@pytest.mark.parametrize("flag,value", [
-    ("batch_size", 8), ("seq_len", 32), ("lr", 1e-3), ("eval_every", 7), ("patience", 3), ("weight_decay", 0.0),
-    ("max_iters", 123), ("warmup_iters", 0)])
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("batch_size", 8),
+        ("seq_len", 32),
+        ("lr", 1e-3),
+        ("eval_every", 7),
+        ("patience", 3),
+        ("weight_decay", 0.0),
+        ("max_iters", 123),
+        ("warmup_iters", 0),
+    ],
+)
 def test_explicit_train_flags_win(flag, value):
     plan = make_plan(facts(45_000), CPU, PlanRequest(train={flag: value}))
     assert getattr(plan.train, flag) == value
@@ -122,6 +134,7 @@ def test_plan_configs_are_valid_and_deterministic():
 
 # --- the plan in a run ----------------------------------------------------------------------------------
 
+
 def _memorisable(tmp_path):
     """One repeated pattern to train on, a random tail to validate on: as training succeeds, validation
     gets worse, so a run must stop on its own and keep its best checkpoint."""
@@ -140,8 +153,10 @@ def test_a_memorisable_corpus_stops_early_on_its_own_and_keeps_the_best(tmp_path
     from charnn.training.train import train
 
     events = []
-    request = PlanRequest(model={"layers": 1, "hidden": 32, "embed": 8, "dropout": 0.0},
-                          train={"lr": 1e-2, "sample_length": 0, "device": "cpu", "seed": 0})
+    request = PlanRequest(
+        model={"layers": 1, "hidden": 32, "embed": 8, "dropout": 0.0},
+        train={"lr": 1e-2, "sample_length": 0, "device": "cpu", "seed": 0},
+    )
     result = train(_memorisable(tmp_path), request=request, out_dir=tmp_path / "run", on_progress=events.append)
     assert events[0].kind == "plan" and "training characters" in events[0].text
     assert result.stopped_early and "no new best validation loss" in result.stop_reason
@@ -173,8 +188,13 @@ def test_plan_flag_prints_the_plan_and_writes_nothing(tmp_path):
 
     (tmp_path / "notes.txt").write_text(TINY_TEXT * 5, encoding="utf-8")
     before = sorted(os.listdir(tmp_path))
-    out = subprocess.run([PYTHON, "-m", "charnn", "train", "notes.txt", "--plan", "--dropout", "0.2"],
-                         capture_output=True, text=True, env=cli_env(), cwd=tmp_path)
+    out = subprocess.run(
+        [PYTHON, "-m", "charnn", "train", "notes.txt", "--plan", "--dropout", "0.2"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert "training characters" in out.stdout and "dropout 0.2" in out.stdout and "given: --dropout" in out.stdout
     assert sorted(os.listdir(tmp_path)) == before  # no checkpoints/, no cache

@@ -30,8 +30,10 @@ def _model(kind: str, layers: int = N, **options) -> CharRNN:
     return CharRNN(ModelConfig(model=kind, layers=layers, hidden=H, embed=E, **options), V).eval()
 
 
-@pytest.mark.parametrize("kind,options", [("lstm", {}), ("gru", {}), ("rnn", {}),
-                                          ("lstm", {"layer_norm": True}), ("gru", {"layer_norm": True})])
+@pytest.mark.parametrize(
+    "kind,options",
+    [("lstm", {}), ("gru", {}), ("rnn", {}), ("lstm", {"layer_norm": True}), ("gru", {"layer_norm": True})],
+)
 def test_step_loop_reproduces_the_models_logits(kind, options):
     model = _model(kind, **options)
     if model.cfg.layer_norm:
@@ -42,15 +44,15 @@ def test_step_loop_reproduces_the_models_logits(kind, options):
     segment = 64  # T spans three segments: the state must reset where evaluation resets it
     tr = trace(model, ids, segment=segment)
     with torch.no_grad():
-        expected = torch.cat([model(torch.as_tensor(ids[s:s + segment])[None])[0][0]
-                              for s in range(0, T, segment)])
+        expected = torch.cat([model(torch.as_tensor(ids[s : s + segment])[None])[0][0] for s in range(0, T, segment)])
     torch.testing.assert_close(tr.logits, expected, atol=1e-5, rtol=1e-5)
     assert [layer.hidden.shape for layer in tr.layers] == [(T, H)] * N
     if kind == "lstm":  # the cell and gates are the ones that produced h: h = o * tanh(c)
         for layer in tr.layers:
             np.testing.assert_allclose(layer.hidden, layer.gates["output"] * np.tanh(layer.cell), atol=1e-6)
-    assert sorted(tr.layers[0].gates) == sorted({"lstm": ["input", "forget", "output"],
-                                                  "gru": ["reset", "update"], "rnn": []}[kind])
+    assert sorted(tr.layers[0].gates) == sorted(
+        {"lstm": ["input", "forget", "output"], "gru": ["reset", "update"], "rnn": []}[kind]
+    )
 
 
 def test_surprise_is_evaluates_per_char_loss():
@@ -106,8 +108,10 @@ def _planted_quote_model(vocab: str, unit: int = 3) -> CharRNN:
 
 
 def test_correlation_finder_recovers_a_planted_quote_unit():
-    text = ('he said "no" and then (after a while) "yes, of course" she\nsaid. "a" b "quoted stretch here"\n'
-            'plain text with no quotes at all here\n"another one" end\n') * 3
+    text = (
+        'he said "no" and then (after a while) "yes, of course" she\nsaid. "a" b "quoted stretch here"\n'
+        'plain text with no quotes at all here\n"another one" end\n'
+    ) * 3
     vocab = "".join(sorted(set(text)))
     model = _planted_quote_model(vocab, unit=3)
     ids = np.array([vocab.index(c) for c in text])
@@ -130,8 +134,9 @@ def test_text_properties_and_pearson_on_planted_activations():
     acts = rng.normal(size=(len(text), 6))
     acts[:, 4] = -props["position in line"] + 0.01 * rng.normal(size=len(text))
     assert pearson(acts, props["position in line"])[4] == pytest.approx(-1, abs=1e-3)
-    found = find_correlated([(1, "hidden", acts)], {"position in line": props["position in line"],
-                                                    "flat": np.ones(len(text))}, top=3)
+    found = find_correlated(
+        [(1, "hidden", acts)], {"position in line": props["position in line"], "flat": np.ones(len(text))}, top=3
+    )
     assert (found.by_property["position in line"][0].unit, found.constant) == (4, ["flat"])
 
 
@@ -151,10 +156,15 @@ def test_report_for_gru_and_byte_level_rnn_runs(tiny_corpus, tmp_path, kind, byt
     from charnn.training.train import train
 
     run = tmp_path / "run"
-    train(tiny_corpus, model_cfg=ModelConfig(model=kind, layers=2, hidden=16, embed=8, layer_norm=bytes_mode),
-          train_cfg=TrainConfig(batch_size=4, seq_len=16, max_iters=6, eval_every=3, sample_every=3,
-                                sample_length=10, device="cpu"),
-          data_cfg=DataConfig(bytes_mode=bytes_mode), out_dir=run)
+    train(
+        tiny_corpus,
+        model_cfg=ModelConfig(model=kind, layers=2, hidden=16, embed=8, layer_norm=bytes_mode),
+        train_cfg=TrainConfig(
+            batch_size=4, seq_len=16, max_iters=6, eval_every=3, sample_every=3, sample_length=10, device="cpu"
+        ),
+        data_cfg=DataConfig(bytes_mode=bytes_mode),
+        out_dir=run,
+    )
     page = write_report(run, max_chars=400).read_text(encoding="utf-8")
     assert 'id="neuron-text"' in page and page.count('<li><div class="meta">') == 2
     assert ("no gates (plain RNN)" in page) == (kind == "rnn") and ("reset gate" in page) == (kind == "gru")
@@ -193,8 +203,18 @@ def test_every_report_asset_is_shipped_as_package_data():
 
 def test_report_has_curves_timeline_and_escaped_text(tiny_run):
     with open(tiny_run / "samples.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": 99, "elapsed": 1.0, "val_loss": None, "temperature": 0.8,
-                            "text": "</pre><script>alert(1)</script>"}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "step": 99,
+                    "elapsed": 1.0,
+                    "val_loss": None,
+                    "temperature": 0.8,
+                    "text": "</pre><script>alert(1)</script>",
+                }
+            )
+            + "\n"
+        )
         f.write('{"torn line\n')
     page = build_report(tiny_run)
     for chart in ("loss-steps", "loss-time", "lr", "grad"):
@@ -233,9 +253,33 @@ def test_cli_report_writes_the_page_and_maps_errors(tiny_run, tmp_path):
 def test_train_report_flag_writes_report_at_each_evaluation(tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
-    args = ["train", str(tiny_corpus), "--out", str(out), "--layers", "1", "--hidden", "16", "--embed", "8",
-            "--batch-size", "4", "--seq-len", "16", "--max-iters", "10", "--eval-every", "5",
-            "--device", "cpu", "--sample-every", "5", "--sample-length", "20", "-q"]
+    args = [
+        "train",
+        str(tiny_corpus),
+        "--out",
+        str(out),
+        "--layers",
+        "1",
+        "--hidden",
+        "16",
+        "--embed",
+        "8",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "16",
+        "--max-iters",
+        "10",
+        "--eval-every",
+        "5",
+        "--device",
+        "cpu",
+        "--sample-every",
+        "5",
+        "--sample-length",
+        "20",
+        "-q",
+    ]
     res = invoke(*args, "--report")
     assert res.exit_code == 0, res.output
     page = (out / "report.html").read_text()
@@ -278,17 +322,29 @@ def _console(stderr: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="headless browser test needs Debian's `chromium` package "
-                                               "(apt-get install chromium; .ci/run installs it when it can)")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="headless browser test needs Debian's `chromium` package "
+    "(apt-get install chromium; .ci/run installs it when it can)",
+)
 def test_report_loads_in_headless_chromium_without_console_errors(tiny_run, tmp_path):
     page = write_report(tiny_run, tmp_path / "report.html")
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-             "--window-size=1250,2400"]
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1250,2400",
+    ]
     shot = tmp_path / "report.png"
-    res = subprocess.run(flags + [f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True,
-                         timeout=180)
+    res = subprocess.run(flags + [f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-2000:]
     assert _console(res.stderr) == []  # an uncaught error or a failed script would show here
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000

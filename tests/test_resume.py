@@ -81,8 +81,13 @@ def test_resume_in_a_new_process_is_bit_exact(straight_run: Path, tmp_path: Path
     run = tmp_path / "split"
     train(corpus, model_cfg=RESUME_MODEL, train_cfg=resume_train(max_iters=13), out_dir=run)
     assert max(_losses(run)) == 13
-    proc = subprocess.run([PYTHON, "-m", "charnn", "train", "--resume", str(run), "--max-iters", "30", "--quiet"],
-                          env=cli_env(), capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [PYTHON, "-m", "charnn", "train", "--resume", str(run), "--max-iters", "30", "--quiet"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr
     losses = _losses(run)
     assert sorted(losses) == list(range(1, 31))
@@ -118,12 +123,51 @@ def test_sigint_then_resume_equals_uninterrupted(straight_run: Path, tmp_path: P
     """SIGINT mid-run: the step finishes, a checkpoint is saved, exit 130; resuming reaches the same weights."""
     corpus = corpus_of(straight_run)
     run = tmp_path / "interrupted"
-    args = [PYTHON, "-m", "charnn", "train", str(corpus), "--out", str(run), "--model", "lstm", "--layers", "2",
-            "--hidden", "16", "--embed", "8", "--dropout", "0.2", "--no-layer-norm", "--weight-decay", "0",
-            "--batch-size", "4", "--seq-len", "16",
-            "--lr", "0.01", "--min-lr", "0.01", "--warmup-iters", "0", "--eval-every", "100",
-            "--sample-length", "0", "--log-every", "1", "--seed", "7", "--threads", "1", "--device", "cpu",
-            "--quiet"]
+    args = [
+        PYTHON,
+        "-m",
+        "charnn",
+        "train",
+        str(corpus),
+        "--out",
+        str(run),
+        "--model",
+        "lstm",
+        "--layers",
+        "2",
+        "--hidden",
+        "16",
+        "--embed",
+        "8",
+        "--dropout",
+        "0.2",
+        "--no-layer-norm",
+        "--weight-decay",
+        "0",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "16",
+        "--lr",
+        "0.01",
+        "--min-lr",
+        "0.01",
+        "--warmup-iters",
+        "0",
+        "--eval-every",
+        "100",
+        "--sample-length",
+        "0",
+        "--log-every",
+        "1",
+        "--seed",
+        "7",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     proc = subprocess.Popen([*args, "--max-iters", "100000"], env=cli_env(), stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 120
@@ -157,8 +201,14 @@ def test_sigterm_flag_saves_and_exits_143(run_dir: Path):
         return signal.SIGTERM if len(polls) > 3 else None
 
     with pytest.raises(Interrupted) as err:
-        train(corpus_of(run_dir), model_cfg=SMALL_MODEL, train_cfg=small_train(max_iters=40), out_dir=run_dir,
-              resume=True, should_stop=stop_at_23)
+        train(
+            corpus_of(run_dir),
+            model_cfg=SMALL_MODEL,
+            train_cfg=small_train(max_iters=40),
+            out_dir=run_dir,
+            resume=True,
+            should_stop=stop_at_23,
+        )
     assert err.value.exit_code == 143 and "--resume" in str(err.value)
     assert load_model(run_dir / "step-00000023.safetensors").step == 23
 

@@ -45,8 +45,9 @@ def test_same_seed_same_text_and_different_seed_differs():
 def test_fast_and_module_paths_give_the_same_text(kind, sigmoid_tanh):
     # both ways the fast stepper computes tanh: the CPU kernel (small batches) and 2 sigmoid(2x) - 1 (large),
     # the first with plain addmm, the second with the matmul weights packed for oneDNN
-    tuning = Tuning(sigmoid_tanh_work=0 if sigmoid_tanh else 10**9, pack_min_weight=0 if sigmoid_tanh else 10**12,
-                    pack_min_rows=0)
+    tuning = Tuning(
+        sigmoid_tanh_work=0 if sigmoid_tanh else 10**9, pack_min_weight=0 if sigmoid_tanh else 10**12, pack_min_rows=0
+    )
     model = model_of(kind)
     cfg = SampleConfig(length=300, seed=3, temperature=1.0, prime="abc", num_samples=3)
     assert sample_text(model, VOCAB, cfg, tuning=tuning) == sample_text(model, VOCAB, cfg, path="module")
@@ -107,7 +108,6 @@ def test_a_zero_uniform_never_draws_a_filtered_symbol():
     assert _choose(logits.clone(), torch.full((1, 1), 0.999999), SampleConfig()).item() == 3
 
 
-
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("batch", [1, 32])
 @pytest.mark.parametrize("packed", [False, True])
@@ -142,7 +142,7 @@ def test_fast_stepper_follows_the_readable_cells(kind, tuning):
     ids = torch.randint(len(VOCAB), (60,))
     stepper = FastStepper(model, batch_size=1, tuning=tuning)
     with torch.no_grad():
-        got = torch.cat([stepper.step(ids[t:t + 1]).clone() for t in range(len(ids))])  # (T, V)
+        got = torch.cat([stepper.step(ids[t : t + 1]).clone() for t in range(len(ids))])  # (T, V)
     torch.testing.assert_close(got, trace(model, ids.numpy()).logits, atol=1e-5, rtol=1e-5)
 
 
@@ -165,8 +165,10 @@ def test_sampling_precision_is_validated():
 @pytest.mark.parametrize("packed", [False, True])
 def test_fast_path_follows_layer_norm_and_tied_weights(kind, packed):
     torch.manual_seed(0)
-    model = CharRNN(ModelConfig(model=kind, layers=2, hidden=16, embed=16, layer_norm=True, tie_weights=True,
-                                locked_dropout=0.3), len(VOCAB))
+    model = CharRNN(
+        ModelConfig(model=kind, layers=2, hidden=16, embed=16, layer_norm=True, tie_weights=True, locked_dropout=0.3),
+        len(VOCAB),
+    )
     with torch.no_grad():  # a non-trivial norm, so ignoring it would change the text
         model.ln.weight.uniform_(0.5, 2.0)
         model.ln.bias.uniform_(-1.0, 1.0)
@@ -283,7 +285,7 @@ def test_split_matmuls_and_int_ids_step_as_the_fused_kernel(kind):
     assert split.split and not fused.split
     with torch.no_grad():
         for t in range(len(ids)):  # both orders of the split layers (they alternate), against the fused kernel
-            want = fused.step(ids[t:t + 1]).clone()
+            want = fused.step(ids[t : t + 1]).clone()
             torch.testing.assert_close(split.step(int(ids[t])), want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="one stream"):
         FastStepper(model, batch_size=2).step(1)
@@ -318,8 +320,7 @@ def test_prime_file_samples_as_the_same_prime_given_inline(tmp_path: Path, tiny_
 
     prime = tmp_path / "prime.txt"
     prime.write_bytes(b"First Citizen:\r\nBefore we proceed")
-    inline = invoke("sample", tiny_run, "--prime", "First Citizen:\nBefore we proceed", "--length", "40",
-                    "--seed", "2")
+    inline = invoke("sample", tiny_run, "--prime", "First Citizen:\nBefore we proceed", "--length", "40", "--seed", "2")
     from_file = invoke("sample", tiny_run, "--prime-file", prime, "--length", "40", "--seed", "2")
     assert inline.exit_code == from_file.exit_code == 0
     assert from_file.stdout == inline.stdout and from_file.stdout.startswith("First Citizen:\nBefore")

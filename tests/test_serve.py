@@ -77,11 +77,14 @@ def run_jobs(engine: Engine, jobs: list[Job], *, stagger: bool = False) -> None:
         engine.join(5)
 
 
-CONFIGS = [SampleConfig(length=300, seed=3, temperature=1.0, prime="First", num_samples=3),
-           SampleConfig(length=50, seed=1, top_k=3, prime="All:"),
-           SampleConfig(length=70, greedy=True),
-           SampleConfig(length=900, seed=2, temperature=0.7, top_p=0.9, num_samples=2, prime="Speak"),
-           SampleConfig(length=1, seed=5), SampleConfig(length=0, seed=5)]
+CONFIGS = [
+    SampleConfig(length=300, seed=3, temperature=1.0, prime="First", num_samples=3),
+    SampleConfig(length=50, seed=1, top_k=3, prime="All:"),
+    SampleConfig(length=70, greedy=True),
+    SampleConfig(length=900, seed=2, temperature=0.7, top_p=0.9, num_samples=2, prime="Speak"),
+    SampleConfig(length=1, seed=5),
+    SampleConfig(length=0, seed=5),
+]
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
@@ -93,7 +96,7 @@ def test_concurrent_jobs_get_charnn_sample_text(kind):
     jobs = [job_of(cfg) for cfg in CONFIGS]
     run_jobs(engine, jobs)
     for cfg, job in zip(CONFIGS, jobs, strict=True):
-        want = [text[len(cfg.prime or ""):] for text in sample_text(model, VOCAB, cfg)]
+        want = [text[len(cfg.prime or "") :] for text in sample_text(model, VOCAB, cfg)]
         assert sink.texts[id(job)] == want and sink.ends[id(job)] == "complete", cfg
 
 
@@ -117,8 +120,10 @@ def test_logits_batched_with_others_equal_logits_alone(kind):
     alone = job_of(cfg, keep_logits=True)
     run_jobs(Engine(model, VOCAB, Collector(), max_batch=8, tuning=SWITCHING), [alone])
     batched = job_of(cfg, keep_logits=True)
-    others = [job_of(SampleConfig(length=n, seed=n, prime=p, num_samples=s, top_k=k))
-              for n, p, s, k in ((150, "You", 3, None), (60, "Speak", 1, 4), (390, None, 2, None), (20, "a", 1, 2))]
+    others = [
+        job_of(SampleConfig(length=n, seed=n, prime=p, num_samples=s, top_k=k))
+        for n, p, s, k in ((150, "You", 3, None), (60, "Speak", 1, 4), (390, None, 2, None), (20, "a", 1, 2))
+    ]
     sink = Collector()
     engine = Engine(model, VOCAB, sink, max_batch=8, tuning=SWITCHING)
     run_jobs(engine, [batched, *others], stagger=True)
@@ -173,14 +178,17 @@ def test_importing_the_package_imports_no_fastapi_or_torch():
 
 
 def test_missing_fastapi_is_one_line_and_exit_2(tmp_path):
-    code = ("import sys\nsys.modules['fastapi'] = None\nsys.argv = ['charnn', 'serve', sys.argv[1]]\n"
-            "from charnn.cli.commands import main\nmain()")
+    code = (
+        "import sys\nsys.modules['fastapi'] = None\nsys.argv = ['charnn', 'serve', sys.argv[1]]\n"
+        "from charnn.cli.commands import main\nmain()"
+    )
     out = subprocess.run([PYTHON, "-c", code, str(tmp_path)], capture_output=True, text=True, env=cli_env())
     assert out.returncode == 2
     assert out.stderr.strip() == "error: charnn serve needs FastAPI and uvicorn: pip install 'charnn[serve]'"
 
 
 # --- the API in-process ----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
@@ -218,7 +226,7 @@ def sse(text: str) -> list[tuple[str, dict]]:
 
 BAD = [
     ('{"prime": "First",', 400, "malformed JSON: Expecting property name enclosed in double quotes"),
-    ('[1, 2]', 422, "body: Input should be a valid dictionary"),
+    ("[1, 2]", 422, "body: Input should be a valid dictionary"),
     ('{"prime": "Fir\u00e9"}', 422, "prime: 1 character(s) not in this model's vocabulary: '\u00e9'"),
     ('{"length": 501}', 422, "length: 501 characters is over this server's limit of 500 (--max-length)"),
     ('{"length": -1}', 422, "length: Input should be greater than or equal to 0"),
@@ -269,7 +277,7 @@ def test_other_bad_requests_and_a_bug_leave_the_server_up(client, monkeypatch):
 @needs_http
 def test_generate_json_and_stream_give_charnn_sample_text(client):
     cfg = SampleConfig(length=120, seed=4, temperature=0.9, prime="First", num_samples=2)
-    want = [text[len("First"):] for text in sample_text(client.loaded.model, VOCAB, cfg)]
+    want = [text[len("First") :] for text in sample_text(client.loaded.model, VOCAB, cfg)]
     body = {"prime": "First", "length": 120, "seed": 4, "temperature": 0.9, "num_samples": 2}
     assert client.post("/v1/generate", json=body).json() == {"texts": want, "chars": 240}
     answer = client.post("/v1/generate", json={**body, "stream": True})
@@ -330,10 +338,16 @@ def test_model_page_and_docs(client):
 
 # --- a real server ---------------------------------------------------------------------------------------
 
+
 def start_server(checkpoint: Path, *args: str) -> tuple[subprocess.Popen, str, list[str]]:
     """`charnn serve` on a free loopback port: the process, its URL, and its stderr lines so far."""
-    proc = subprocess.Popen([PYTHON, "-m", "charnn", "serve", str(checkpoint), "--port", "0", *args],
-                            stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=REPO)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "charnn", "serve", str(checkpoint), "--port", "0", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        cwd=REPO,
+    )
     lines: list[str] = []
     while True:
         line = proc.stderr.readline()
@@ -396,8 +410,7 @@ def test_server_streams_many_clients_frees_left_slots_and_stops_on_sigterm(check
             assert health()["streams"] == 1
         assert wait_until(lambda: health()["streams"] == 0, 3.0), "a client that left kept its row"
 
-        open_stream = httpx.stream("POST", f"{url}/v1/generate", json={"length": 10**7, "stream": True},
-                                   timeout=30)
+        open_stream = httpx.stream("POST", f"{url}/v1/generate", json={"length": 10**7, "stream": True}, timeout=30)
         answer = open_stream.__enter__()
         lines = answer.iter_lines()
         next(lines)
@@ -437,13 +450,19 @@ def test_a_port_in_use_is_one_line(checkpoint):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = subprocess.run([PYTHON, "-m", "charnn", "serve", str(checkpoint), "--port", str(port)],
-                             capture_output=True, text=True, env=cli_env(), timeout=60)
+        out = subprocess.run(
+            [PYTHON, "-m", "charnn", "serve", str(checkpoint), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=cli_env(),
+            timeout=60,
+        )
     assert out.returncode == 2
     assert out.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
 # --- the playground page, served ------------------------------------------------------------------------
+
 
 @needs_http
 def test_served_playground_asks_the_server_and_writes_with_it(checkpoint, tmp_path):

@@ -19,17 +19,20 @@ from tests.conftest import tiny_configs
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize(("cores", "most", "elsewhere", "threads"), [
-    (2, 2, None, 2),  # the load is not readable: torch's choice
-    (2, 2, 0.0, 2),  # a quiet machine keeps torch's choice
-    (2, 2, 0.2, 2),  # a little background work does not cost a thread
-    (2, 2, 0.67, 1),  # a busy loop beside two spinning threads gets two thirds of a core: one thread is left
-    (2, 2, 1.0, 1),
-    (2, 2, 3.5, 1),  # never fewer than one
-    (16, 8, 1.0, 8),  # torch's choice is the most, however many cores are free
-    (16, 16, 2.9, 13),
-    (16, 16, 3.0, 13),
-])
+@pytest.mark.parametrize(
+    ("cores", "most", "elsewhere", "threads"),
+    [
+        (2, 2, None, 2),  # the load is not readable: torch's choice
+        (2, 2, 0.0, 2),  # a quiet machine keeps torch's choice
+        (2, 2, 0.2, 2),  # a little background work does not cost a thread
+        (2, 2, 0.67, 1),  # a busy loop beside two spinning threads gets two thirds of a core: one thread is left
+        (2, 2, 1.0, 1),
+        (2, 2, 3.5, 1),  # never fewer than one
+        (16, 8, 1.0, 8),  # torch's choice is the most, however many cores are free
+        (16, 16, 2.9, 13),
+        (16, 16, 3.0, 13),
+    ],
+)
 def test_the_rule_leaves_the_cores_other_programs_use(cores, most, elsewhere, threads):
     assert choose_threads(CpuFacts(cores=cores, most=most, elsewhere=elsewhere)) == threads
 
@@ -147,14 +150,26 @@ def test_training_reports_its_threads_and_restores_the_count(tiny_corpus, tmp_pa
 
     model, cfg, data = tiny_configs(max_iters=4, eval_every=4, sample_length=0, threads=1)
     events = []
-    train(tiny_corpus, model_cfg=model, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "asked",
-          on_progress=events.append)
+    train(
+        tiny_corpus,
+        model_cfg=model,
+        train_cfg=cfg,
+        data_cfg=data,
+        out_dir=tmp_path / "asked",
+        on_progress=events.append,
+    )
     assert [e.text for e in events if e.kind == "plan"] == ["threads: 1 (--threads)"]
     assert torch.get_num_threads() == 2  # restored after the run
     events.clear()
     model, cfg, data = tiny_configs(max_iters=4, eval_every=4, sample_length=0)
-    train(tiny_corpus, model_cfg=model, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "chosen",
-          on_progress=events.append)
+    train(
+        tiny_corpus,
+        model_cfg=model,
+        train_cfg=cfg,
+        data_cfg=data,
+        out_dir=tmp_path / "chosen",
+        on_progress=events.append,
+    )
     lines = [e.text for e in events if e.kind == "plan"]
     assert len(lines) == 1 and lines[0].startswith("threads: ") and "cores busy" in lines[0]
     assert torch.get_num_threads() == 2
@@ -163,9 +178,32 @@ def test_training_reports_its_threads_and_restores_the_count(tiny_corpus, tmp_pa
 def test_cli_threads_flag_overrides_the_rule(tiny_corpus, tmp_path, two_threads):
     from tests.conftest import invoke
 
-    res = invoke("train", tiny_corpus, "--out", tmp_path / "run", "--layers", "1", "--hidden", "16", "--embed", "8",
-                 "--batch-size", "4", "--seq-len", "16", "--max-iters", "3", "--eval-every", "3",
-                 "--sample-length", "0", "--device", "cpu", "--threads", "1")
+    res = invoke(
+        "train",
+        tiny_corpus,
+        "--out",
+        tmp_path / "run",
+        "--layers",
+        "1",
+        "--hidden",
+        "16",
+        "--embed",
+        "8",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "16",
+        "--max-iters",
+        "3",
+        "--eval-every",
+        "3",
+        "--sample-length",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    )
     assert res.exit_code == 0, res.output
     assert "plan: threads: 1 (--threads)" in res.stderr.splitlines()
     assert torch.get_num_threads() == 2

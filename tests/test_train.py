@@ -38,10 +38,18 @@ def test_learns_a_periodic_text_and_greedy_sampling_reproduces_it(tmp_path):
     period = "abcdefgh\n"
     corpus = tmp_path / "periodic.txt"
     corpus.write_text(period * 300)
-    cfg = TrainConfig(batch_size=8, seq_len=16, lr=1e-2, warmup_iters=0, max_iters=150, eval_every=150,
-                      sample_length=0, device="cpu", seed=0)
-    result = train(corpus, model_cfg=ModelConfig(layers=1, hidden=32, embed=8), train_cfg=cfg,
-                   out_dir=tmp_path / "run")
+    cfg = TrainConfig(
+        batch_size=8,
+        seq_len=16,
+        lr=1e-2,
+        warmup_iters=0,
+        max_iters=150,
+        eval_every=150,
+        sample_length=0,
+        device="cpu",
+        seed=0,
+    )
+    result = train(corpus, model_cfg=ModelConfig(layers=1, hidden=32, embed=8), train_cfg=cfg, out_dir=tmp_path / "run")
     assert result.final_val_loss < 0.05
     loaded = load_run(result.run_dir)
     text = sample_text(loaded.model, loaded.vocab, SampleConfig(prime="abc", greedy=True, length=36))[0]
@@ -80,8 +88,7 @@ def test_resume_after_n_steps_equals_uninterrupted(tmp_path, tiny_corpus):
     straight = train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "a")
     first = cfg.__class__(**{**cfg.__dict__, "max_iters": 7})
     train(tiny_corpus, model_cfg=model_cfg, train_cfg=first, data_cfg=data, out_dir=tmp_path / "b")
-    resumed = train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "b",
-                    resume=True)
+    resumed = train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "b", resume=True)
     assert resumed.steps == straight.steps == 12
     a = load_run(tmp_path / "a", which="latest").model.state_dict()
     b = load_run(tmp_path / "b", which="latest").model.state_dict()
@@ -106,8 +113,7 @@ def test_resume_may_change_precision(tmp_path, tiny_corpus):
     model_cfg, cfg, data = tiny_configs(max_iters=6, eval_every=6, sample_length=0, precision="bf16")
     train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "r")
     more = cfg.__class__(**{**cfg.__dict__, "max_iters": 9, "precision": "fp32"})
-    result = train(tiny_corpus, model_cfg=model_cfg, train_cfg=more, data_cfg=data, out_dir=tmp_path / "r",
-                   resume=True)
+    result = train(tiny_corpus, model_cfg=model_cfg, train_cfg=more, data_cfg=data, out_dir=tmp_path / "r", resume=True)
     assert result.steps == 9 and math.isfinite(result.final_val_loss)
 
 
@@ -132,11 +138,16 @@ def test_optimizer_sees_a_tied_matrix_once_and_decays_matrices_only():
 
 
 def test_resume_of_a_run_whose_config_predates_the_model_options(tmp_path):
-    old = {"model": {"model": "lstm", "layers": 1, "hidden": 8, "embed": 4, "dropout": 0.0},
-           "train": {"max_iters": 5}, "data": {}, "corpus": {"path": "x.txt"}}
+    old = {
+        "model": {"model": "lstm", "layers": 1, "hidden": 8, "embed": 4, "dropout": 0.0},
+        "train": {"max_iters": 5},
+        "data": {},
+        "corpus": {"path": "x.txt"},
+    }
     (tmp_path / "config.json").write_text(json.dumps(old))
-    model_cfg, _, _, _ = resume_configs(tmp_path, model_overrides={"layer_norm": False, "tie_weights": None},
-                                        train_overrides={}, data_overrides={})
+    model_cfg, _, _, _ = resume_configs(
+        tmp_path, model_overrides={"layer_norm": False, "tie_weights": None}, train_overrides={}, data_overrides={}
+    )
     assert (model_cfg.tie_weights, model_cfg.layer_norm, model_cfg.locked_dropout) == (False, False, 0.0)
 
 
@@ -149,10 +160,19 @@ def test_patience_stops_when_validation_stops_improving(tmp_path):
     corpus = tmp_path / "shift.txt"
     tail = "".join(rng.choice("abcdefgh") for _ in range(2000))
     corpus.write_text("abcdefgh" * 2250 + tail)  # nanoGPT's split: the random tail is the validation text
-    cfg = TrainConfig(batch_size=8, seq_len=16, lr=1e-2, warmup_iters=0, max_iters=400, eval_every=10,
-                      sample_length=0, device="cpu", seed=0, patience=2)
-    result = train(corpus, model_cfg=ModelConfig(layers=1, hidden=32, embed=8), train_cfg=cfg,
-                   out_dir=tmp_path / "run")
+    cfg = TrainConfig(
+        batch_size=8,
+        seq_len=16,
+        lr=1e-2,
+        warmup_iters=0,
+        max_iters=400,
+        eval_every=10,
+        sample_length=0,
+        device="cpu",
+        seed=0,
+        patience=2,
+    )
+    result = train(corpus, model_cfg=ModelConfig(layers=1, hidden=32, embed=8), train_cfg=cfg, out_dir=tmp_path / "run")
     assert result.stopped_early and result.steps < 400
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r["val_loss"] for r in rows if r["kind"] == "eval"]
@@ -215,8 +235,9 @@ def test_the_cuda_guard_skips_bad_steps_on_the_device_and_stops_at_a_log_line():
 
     def step(i: int, ok: bool):
         w.grad = torch.full_like(w, 1.0 if ok else math.nan)
-        return _guarded_update(optimizer, torch.tensor(ok), torch.ones(1, 1, 2), stats, cfg=cfg,
-                               device=torch.device("cuda"), step=i)
+        return _guarded_update(
+            optimizer, torch.tensor(ok), torch.ones(1, 1, 2), stats, cfg=cfg, device=torch.device("cuda"), step=i
+        )
 
     step(0, True)
     before = w.detach().clone()
@@ -228,6 +249,7 @@ def test_the_cuda_guard_skips_bad_steps_on_the_device_and_stops_at_a_log_line():
 
 
 # --- failures at run time ------------------------------------------------------------------------------
+
 
 def test_nan_loss_skips_steps_then_exits_3_leaving_checkpoints(run_dir: Path, monkeypatch):
     before = snapshot(run_dir)
@@ -276,8 +298,14 @@ def test_a_few_nan_losses_are_skipped_without_touching_the_weights(run_dir: Path
         return opt
 
     monkeypatch.setattr(train_mod, "make_optimizer", counting_optimizer)
-    train(corpus_of(run_dir), model_cfg=SMALL_MODEL, train_cfg=small_train(max_iters=25), out_dir=run_dir,
-          resume=True, on_progress=record)
+    train(
+        corpus_of(run_dir),
+        model_cfg=SMALL_MODEL,
+        train_cfg=small_train(max_iters=25),
+        out_dir=run_dir,
+        resume=True,
+        on_progress=record,
+    )
     assert seen == [20, 21, 22]
     assert stepped_after == [4, 5]  # the optimizer never stepped on a NaN loss
 

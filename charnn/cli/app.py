@@ -15,9 +15,14 @@ from charnn.cli.run import OneLineErrors
 from charnn.config import BACKENDS, PRESETS, TrainConfig
 from charnn.version import __version__
 
-app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
-                  context_settings={"help_option_names": ["-h", "--help"]}, pretty_exceptions_enable=False,
-                  help="Train, sample and evaluate character-level LSTM/GRU/RNN language models.")
+app = typer.Typer(
+    cls=OneLineErrors,
+    add_completion=False,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+    help="Train, sample and evaluate character-level LSTM/GRU/RNN language models.",
+)
 
 PresetName = choice("PresetName", [*PRESETS, "auto"])
 Backend = choice("Backend", BACKENDS)
@@ -25,9 +30,15 @@ Which = choice("Which", ("best", "latest"))
 
 # Options several commands share, written once.
 RunPath = Annotated[Path, typer.Argument(metavar="RUN", help="Run directory or checkpoint file.", show_default=False)]
-WhichOption = Annotated[Which, typer.Option(
-    metavar="WHICH", show_default=False, rich_help_panel="Run",
-    help=with_default("Checkpoint of a run: best (by validation loss) or latest.", "best"))]
+WhichOption = Annotated[
+    Which,
+    typer.Option(
+        metavar="WHICH",
+        show_default=False,
+        rich_help_panel="Run",
+        help=with_default("Checkpoint of a run: best (by validation loss) or latest.", "best"),
+    ),
+]
 DEVICE = config_options(TrainConfig, only="device")
 
 
@@ -40,6 +51,9 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Show the version and exit.")] = False) -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
     """Train, sample and evaluate character-level LSTM/GRU/RNN language models."""

@@ -42,40 +42,83 @@ def _given_path(value: str) -> Path:
 @app.command("train", cls=Command)
 @with_options(*config_options(*TRAIN_CONFIGS, planned=True))
 def train_cmd(
-    corpus: Annotated[Optional[Path], typer.Argument(
-        metavar="CORPUS", show_default=False, help="UTF-8 text file to train on (optional with --resume).")] = None,
-    *,
-    preset: Annotated[Optional[PresetName], typer.Option(
-        metavar="PRESET", rich_help_panel="Run", show_default=False,
-        help=with_default("tiny, small, medium or large instead of the plan.", "the plan"))
+    corpus: Annotated[
+        Optional[Path],
+        typer.Argument(
+            metavar="CORPUS", show_default=False, help="UTF-8 text file to train on (optional with --resume)."
+        ),
     ] = None,
-    show_plan: Annotated[bool, typer.Option(
-        "--plan", rich_help_panel="Run", help="Print the training plan and exit.")
+    *,
+    preset: Annotated[
+        Optional[PresetName],
+        typer.Option(
+            metavar="PRESET",
+            rich_help_panel="Run",
+            show_default=False,
+            help=with_default("tiny, small, medium or large instead of the plan.", "the plan"),
+        ),
+    ] = None,
+    show_plan: Annotated[
+        bool, typer.Option("--plan", rich_help_panel="Run", help="Print the training plan and exit.")
     ] = False,
-    out: Annotated[Optional[Path], typer.Option(
-        metavar="DIR", rich_help_panel="Run", parser=_given_path,
-        help=with_default("Run directory for checkpoints and logs.", "checkpoints/CORPUS-TIME"))] = None,
-    resume: Annotated[Optional[Path], typer.Option(
-        metavar="RUN", rich_help_panel="Run", parser=_given_path,
-        help="Continue this run exactly where it stopped.")] = None,
-    init_from: Annotated[Optional[Path], typer.Option(
-        metavar="RUN", rich_help_panel="Run", parser=_given_path,
-        help="Start from this run's best model (fine-tune).")] = None,
-    quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", rich_help_panel="Evaluation & output",
-        help="No progress bar or samples on stderr.")] = False,
-    report_html: Annotated[bool, typer.Option(
-        "--report", rich_help_panel="Evaluation & output",
-        help="Write RUN/report.html at each evaluation (see charnn report).")] = False,
-    cache_dir: Annotated[Optional[Path], typer.Option(
-        metavar="DIR", rich_help_panel="Data", parser=_given_path,
-        help=with_default("Where the encoded corpus is cached, memory-mapped.", "checkpoints/.cache"))] = None,
-    no_cache: Annotated[bool, typer.Option(
-        "--no-cache", rich_help_panel="Data", help="Encode the corpus in memory; write no cache.")
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            metavar="DIR",
+            rich_help_panel="Run",
+            parser=_given_path,
+            help=with_default("Run directory for checkpoints and logs.", "checkpoints/CORPUS-TIME"),
+        ),
+    ] = None,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option(
+            metavar="RUN", rich_help_panel="Run", parser=_given_path, help="Continue this run exactly where it stopped."
+        ),
+    ] = None,
+    init_from: Annotated[
+        Optional[Path],
+        typer.Option(
+            metavar="RUN",
+            rich_help_panel="Run",
+            parser=_given_path,
+            help="Start from this run's best model (fine-tune).",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", rich_help_panel="Evaluation & output", help="No progress bar or samples on stderr."
+        ),
     ] = False,
-    backend: Annotated[Backend, typer.Option(
-        metavar="BACKEND", rich_help_panel="Hardware", show_default=False,
-        help=with_default("torch.distributed backend under torchrun: auto, nccl or gloo.", "auto"))
+    report_html: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            rich_help_panel="Evaluation & output",
+            help="Write RUN/report.html at each evaluation (see charnn report).",
+        ),
+    ] = False,
+    cache_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            metavar="DIR",
+            rich_help_panel="Data",
+            parser=_given_path,
+            help=with_default("Where the encoded corpus is cached, memory-mapped.", "checkpoints/.cache"),
+        ),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", rich_help_panel="Data", help="Encode the corpus in memory; write no cache.")
+    ] = False,
+    backend: Annotated[
+        Backend,
+        typer.Option(
+            metavar="BACKEND",
+            rich_help_panel="Hardware",
+            show_default=False,
+            help=with_default("torch.distributed backend under torchrun: auto, nccl or gloo.", "auto"),
+        ),
     ] = Backend.auto,
     **options: Any,
 ) -> None:
@@ -88,14 +131,39 @@ def train_cmd(
 
     Under `torchrun --nproc_per_node=N` the --batch-size streams are split across the N processes.
     """
-    run_command(lambda: _train(corpus, options, preset=preset.value if preset else None, out=out, resume=resume,
-                               quiet=quiet, report=report_html, cache_dir=cache_dir, no_cache=no_cache,
-                               backend=backend.value, show_plan=show_plan, init_from=init_from))
+    run_command(
+        lambda: _train(
+            corpus,
+            options,
+            preset=preset.value if preset else None,
+            out=out,
+            resume=resume,
+            quiet=quiet,
+            report=report_html,
+            cache_dir=cache_dir,
+            no_cache=no_cache,
+            backend=backend.value,
+            show_plan=show_plan,
+            init_from=init_from,
+        )
+    )
 
 
-def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, out: Path | None,
-           resume: Path | None, quiet: bool, report: bool, cache_dir: Path | None, no_cache: bool,
-           backend: str, show_plan: bool, init_from: Path | None) -> None:
+def _train(
+    corpus: Path | None,
+    options: dict[str, Any],
+    *,
+    preset: str | None,
+    out: Path | None,
+    resume: Path | None,
+    quiet: bool,
+    report: bool,
+    cache_dir: Path | None,
+    no_cache: bool,
+    backend: str,
+    show_plan: bool,
+    init_from: Path | None,
+) -> None:
     """The configs (or the plan request), then one `charnn.training.train` call inside the distributed set-up, the
     display and the stop flag; with --plan, the plan alone."""
     from charnn.runtime import CUBLAS_WORKSPACE
@@ -109,8 +177,10 @@ def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, 
     from charnn.training.train import plan, train
 
     if resume is not None and out is not None and out.resolve() != resume.resolve():
-        raise CharnnError(f"--out {out} with --resume {resume}: a resumed run continues in its own directory; "
-                          f"drop --out (or start a new run with --out alone)")
+        raise CharnnError(
+            f"--out {out} with --resume {resume}: a resumed run continues in its own directory; "
+            f"drop --out (or start a new run with --out alone)"
+        )
     setup, source, out_dir = train_configs(corpus, options, preset=preset, resume=resume, out=out)
     if show_plan:
         if setup.request is None:
@@ -127,10 +197,20 @@ def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, 
                 from charnn.report import ReportRefresher
 
                 on_progress = ReportRefresher(display)
-            result = train(source, model_cfg=setup.model_cfg, train_cfg=setup.train_cfg, data_cfg=setup.data_cfg,
-                           request=setup.request, out_dir=out_dir, resume=resume is not None, init_from=init_from,
-                           on_progress=on_progress, should_stop=stop,
-                           cache_dir=None if no_cache else cache_dir or DEFAULT_CACHE_DIR, on_encode=display.encode)
+            result = train(
+                source,
+                model_cfg=setup.model_cfg,
+                train_cfg=setup.train_cfg,
+                data_cfg=setup.data_cfg,
+                request=setup.request,
+                out_dir=out_dir,
+                resume=resume is not None,
+                init_from=init_from,
+                on_progress=on_progress,
+                should_stop=stop,
+                cache_dir=None if no_cache else cache_dir or DEFAULT_CACHE_DIR,
+                on_encode=display.encode,
+            )
     finally:
         teardown_distributed()
     if info.is_main:
@@ -140,9 +220,11 @@ def _train(corpus: Path | None, options: dict[str, Any], *, preset: str | None, 
 def _say_done(result, *, report: bool) -> None:
     best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
     at = f" at step {result.best_step}" if result.best_step is not None else ""
-    say(f"done: {result.steps} steps in {result.elapsed:.0f}s ({result.stop_reason}); best val {best} nats/char"
-        f"{at}; validation and checkpoints took {result.eval_share:.0%} of the time; run {result.run_dir}")
-    say(f"next: charnn sample {result.run_dir} --prime \"...\"   |   charnn eval {result.run_dir}")
+    say(
+        f"done: {result.steps} steps in {result.elapsed:.0f}s ({result.stop_reason}); best val {best} nats/char"
+        f"{at}; validation and checkpoints took {result.eval_share:.0%} of the time; run {result.run_dir}"
+    )
+    say(f'next: charnn sample {result.run_dir} --prime "..."   |   charnn eval {result.run_dir}')
     if report:
         say(f"report: {result.run_dir / 'report.html'}")
 
@@ -150,17 +232,31 @@ def _say_done(result, *, report: bool) -> None:
 @app.command("sample", cls=Command)
 @with_options(*config_options(SampleConfig), *DEVICE)
 def sample_cmd(
-    run: Annotated[Optional[Path], typer.Argument(
-        metavar="RUN", show_default=False,
-        help=with_default("Run directory or checkpoint file.", "the newest run under checkpoints/"))] = None,
+    run: Annotated[
+        Optional[Path],
+        typer.Argument(
+            metavar="RUN",
+            show_default=False,
+            help=with_default("Run directory or checkpoint file.", "the newest run under checkpoints/"),
+        ),
+    ] = None,
     *,
     which: WhichOption = Which.best,
-    prime_file: Annotated[Optional[Path], typer.Option(
-        metavar="FILE", rich_help_panel="Sampling", show_default=False,
-        help="Text file to warm the state on, as --prime (for long primes).")] = None,
-    raw: Annotated[bool, typer.Option(
-        "--raw", rich_help_panel="Output",
-        help="Write control characters as they are, even to a terminal.")] = False,
+    prime_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            metavar="FILE",
+            rich_help_panel="Sampling",
+            show_default=False,
+            help="Text file to warm the state on, as --prime (for long primes).",
+        ),
+    ] = None,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw", rich_help_panel="Output", help="Write control characters as they are, even to a terminal."
+        ),
+    ] = False,
     **options: Any,
 ) -> None:
     """Generate text from a trained model, streamed to stdout as it is produced.
@@ -170,6 +266,7 @@ def sample_cmd(
     charnn sample checkpoints/shakespeare -t 0.5 --top-k 10 --seed 3
     charnn sample --num-samples 4 --length 200 > samples.txt
     """
+
     def body():
         # what the first character needs, and no more (beam search is imported for --beam alone)
         from charnn.cli.output import SampleWriter, stdout_is_terminal, write_beams, write_generation
@@ -194,8 +291,7 @@ def sample_cmd(
             beams = beam_search(loaded.model, loaded.vocab, cfg.prime, cfg.beam, cfg.length, precision=cfg.precision)
             write_beams(beams[: cfg.num_samples], out, say=say)
             return
-        write_generation(generate(loaded.model, loaded.vocab, cfg), out, num_samples=cfg.num_samples,
-                         length=cfg.length)
+        write_generation(generate(loaded.model, loaded.vocab, cfg), out, num_samples=cfg.num_samples, length=cfg.length)
 
     run_command(body)
 
@@ -204,19 +300,36 @@ def sample_cmd(
 @with_options(*DEVICE)
 def eval_cmd(
     run: RunPath,
-    files: Annotated[Optional[list[Path]], typer.Argument(
-        metavar="FILE", show_default=False,
-        help=with_default("Text files to score.", "the run's own validation split"))] = None,
+    files: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            metavar="FILE",
+            show_default=False,
+            help=with_default("Text files to score.", "the run's own validation split"),
+        ),
+    ] = None,
     *,
     which: WhichOption = Which.best,
-    skip_unknown: Annotated[bool, typer.Option(
-        "--skip-unknown",
-        help="Drop characters outside the vocabulary (counted and reported) instead of failing.")] = False,
-    batch_size: Annotated[int, typer.Option(
-        min=1, metavar="INT", show_default=False,
-        help=with_default("Segments scored side by side (speed only, not the result).", "64"))] = 64,
-    segment: Annotated[Optional[int], typer.Option(
-        min=2, metavar="INT", help=with_default("Characters per independently scored segment.", "the run's"))
+    skip_unknown: Annotated[
+        bool,
+        typer.Option(
+            "--skip-unknown", help="Drop characters outside the vocabulary (counted and reported) instead of failing."
+        ),
+    ] = False,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            metavar="INT",
+            show_default=False,
+            help=with_default("Segments scored side by side (speed only, not the result).", "64"),
+        ),
+    ] = 64,
+    segment: Annotated[
+        Optional[int],
+        typer.Option(
+            min=2, metavar="INT", help=with_default("Characters per independently scored segment.", "the run's")
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON line per file on stdout.")] = False,
     **options: Any,
@@ -228,6 +341,7 @@ def eval_cmd(
     charnn eval checkpoints/shakespeare heldout.txt --skip-unknown
     charnn eval checkpoints/shakespeare a.txt b.txt --json --which latest
     """
+
     def body():
         from charnn.evaluate import evaluate_file, evaluate_validation
         from charnn.runtime import pick_device
@@ -255,8 +369,10 @@ def _show_eval(name: str, res, loaded, *, as_json: bool) -> None:
         echo(json.dumps(row))
     else:
         unk = f"  ({row['unknown_chars']} unknown skipped)" if row["unknown_chars"] else ""
-        echo(f"{name}: {res.chars} chars  {res.loss:.4f} nats/char  {res.bpc:.4f} bits/char  "
-                   f"perplexity {res.perplexity:.3f}{unk}")
+        echo(
+            f"{name}: {res.chars} chars  {res.loss:.4f} nats/char  {res.bpc:.4f} bits/char  "
+            f"perplexity {res.perplexity:.3f}{unk}"
+        )
     if res.unknown:
         shown = ", ".join(loaded.vocab.symbol_str(s) for s in list(res.unknown)[:10])
         say(f"warning: {name}: skipped {sum(res.unknown.values())} unknown character(s): {shown}")

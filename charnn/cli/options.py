@@ -67,9 +67,14 @@ def _option(f: dataclasses.Field, hint: Any, planned: bool) -> inspect.Parameter
     default = None if planned or f.default is None else f.default
     if isinstance(default, str) and isinstance(base, type) and issubclass(base, Enum):
         default = base[default]
-    info = typer.Option(*(meta["flags"] or ("--" + f.name.replace("_", "-"),)), metavar=metavar,
-                        show_default=False, rich_help_panel=meta["panel"],
-                        help=with_default(meta["help"], _default_text(f, planned, flag=flag)), **kwargs)
+    info = typer.Option(
+        *(meta["flags"] or ("--" + f.name.replace("_", "-"),)),
+        metavar=metavar,
+        show_default=False,
+        rich_help_panel=meta["panel"],
+        help=with_default(meta["help"], _default_text(f, planned, flag=flag)),
+        **kwargs,
+    )
     annotation = Annotated[Optional[base] if default is None else base, info]
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
@@ -80,21 +85,29 @@ def config_options(*classes: type, planned: bool = False, only: str | None = Non
     params = []
     for cls in classes:
         hints = typing.get_type_hints(cls)
-        params += [_option(f, hints[f.name], planned) for f in dataclasses.fields(cls)
-                   if f.metadata.get("panel") and only in (None, f.name)]
+        params += [
+            _option(f, hints[f.name], planned)
+            for f in dataclasses.fields(cls)
+            if f.metadata.get("panel") and only in (None, f.name)
+        ]
     return params
 
 
 def with_options(*extra: inspect.Parameter) -> Callable[[Callable], Callable]:
     """Give a command the parameters written in its signature plus `extra` (they arrive in its **kwargs),
     sorted into PANELS order, as the signature Typer reads."""
+
     def decorate(fn: Callable) -> Callable:
-        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
-               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        own = [
+            p
+            for p in inspect.signature(fn, eval_str=True).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
         positional = [p for p in own if p.kind is not inspect.Parameter.KEYWORD_ONLY]
         keyword = sorted([p for p in own if p.kind is inspect.Parameter.KEYWORD_ONLY] + list(extra), key=_panel_rank)
         fn.__signature__ = inspect.Signature(positional + keyword)
         return fn
+
     return decorate
 
 
@@ -113,8 +126,9 @@ def field_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
 
 
-def train_configs(corpus: Path | None, values: dict[str, Any], *, preset: str | None, resume: Path | None,
-                  out: Path | None) -> tuple[TrainSetup, Path, Path | None]:
+def train_configs(
+    corpus: Path | None, values: dict[str, Any], *, preset: str | None, resume: Path | None, out: Path | None
+) -> tuple[TrainSetup, Path, Path | None]:
     """What `charnn train` trains with, its corpus and run directory: a resumed run's own configs with the
     options given laid over them, or a plan request (the preset and the options given) for a new run."""
     from charnn.training.train import resume_configs
@@ -124,7 +138,8 @@ def train_configs(corpus: Path | None, values: dict[str, Any], *, preset: str | 
         if preset is not None:
             raise CharnnError("--preset cannot be combined with --resume (the run keeps its model)")
         model_cfg, train_cfg, data_cfg, saved_corpus = resume_configs(
-            resume, model_overrides=model_over, train_overrides=train_over, data_overrides=data_over)
+            resume, model_overrides=model_over, train_overrides=train_over, data_overrides=data_over
+        )
         return TrainSetup(data_cfg, model_cfg=model_cfg, train_cfg=train_cfg), corpus or Path(saved_corpus), resume
     if corpus is None:
         raise CharnnError("missing CORPUS: the text file to train on (or --resume RUN)")

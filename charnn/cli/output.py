@@ -27,8 +27,9 @@ def stdout_error(err: OSError | UnicodeError) -> CharnnError:
     discard_stdout()
     if isinstance(err, UnicodeEncodeError):
         bad = err.object[err.start]
-        return ConfigError(f"stdout's encoding ({err.encoding}) cannot write {bad!r} (U+{ord(bad):04X}); set "
-                           f"PYTHONIOENCODING=utf-8")
+        return ConfigError(
+            f"stdout's encoding ({err.encoding}) cannot write {bad!r} (U+{ord(bad):04X}); set PYTHONIOENCODING=utf-8"
+        )
     return CheckpointWriteError(f"cannot write to stdout: {getattr(err, 'strerror', None) or err}")
 
 
@@ -134,8 +135,11 @@ def write_generation(gen: Any, out: SampleWriter, *, num_samples: int, length: i
 
         from charnn.runtime import check_ram
 
-        check_ram(4 * num_samples * length, f"{num_samples:,} samples of {length:,} characters",
-                  fix="ask for fewer --num-samples or a shorter --length")
+        check_ram(
+            4 * num_samples * length,
+            f"{num_samples:,} samples of {length:,} characters",
+            fix="ask for fewer --num-samples or a shorter --length",
+        )
         held = torch.empty(num_samples, length, dtype=torch.int32)
         done = 0
         for ids in gen.steps:
@@ -174,5 +178,7 @@ def write_beams(beams: list[Any], out: SampleWriter, *, say: Any) -> None:
         out.end_text()
         out.write_text("\n")
         out.flush()
-        say(f"beam {k + 1}: log-probability {beam.logprob:.4f} nats ({beam.per_char:.4f} per character, "
-            f"{len(beam.ids)} characters)")
+        say(
+            f"beam {k + 1}: log-probability {beam.logprob:.4f} nats ({beam.per_char:.4f} per character, "
+            f"{len(beam.ids)} characters)"
+        )

@@ -40,8 +40,17 @@ class TrainDisplay:
             if self.bar is not None:
                 self.bar.close()
             # delay: small corpora are encoded before a bar would be worth drawing
-            self.bar = tqdm(total=e.total, unit="B", unit_scale=True, unit_divisor=1 << 20, desc=e.phase,
-                            file=sys.stderr, dynamic_ncols=True, delay=0.5, leave=False)
+            self.bar = tqdm(
+                total=e.total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1 << 20,
+                desc=e.phase,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                delay=0.5,
+                leave=False,
+            )
         elif self.bar is not None:
             self.bar.update(e.done - self.bar.n)
             if e.done >= e.total:
@@ -62,8 +71,14 @@ class TrainDisplay:
                 budget = p.time_budget
                 total = p.total_steps if p.total_steps is not None else (round(budget) if budget else None)
                 unit = "it" if p.total_steps is not None else "s"
-                self.bar = tqdm(total=total, initial=p.step if unit == "it" else int(p.elapsed), unit=unit,
-                                file=sys.stderr, dynamic_ncols=True, desc="train")
+                self.bar = tqdm(
+                    total=total,
+                    initial=p.step if unit == "it" else int(p.elapsed),
+                    unit=unit,
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                    desc="train",
+                )
                 self.unit = unit
             self.last_step = p.step
         elif p.kind == "log" and self.bar is not None:
@@ -71,16 +86,19 @@ class TrainDisplay:
             self.bar.update(max(advance, 0))
             self.last_step = p.step
             val = f" val {self.last_val:.3f}" if self.last_val is not None else ""
-            self.bar.set_postfix_str(f"step {p.step} loss {p.train_loss:.3f}{val} lr {p.lr:.2e} "
-                                     f"{p.chars_per_s:,.0f} chars/s", refresh=False)
+            self.bar.set_postfix_str(
+                f"step {p.step} loss {p.train_loss:.3f}{val} lr {p.lr:.2e} {p.chars_per_s:,.0f} chars/s", refresh=False
+            )
         elif p.kind == "eval":
             self.last_val = p.val_loss
             # Small corpora are validated every few seconds: a line at most every EVAL_LINE_EVERY seconds, the
             # latest value always in the bar.
             if self.last_eval_line is None or p.elapsed - self.last_eval_line >= EVAL_LINE_EVERY:
                 self.last_eval_line = p.elapsed
-                self._write(f"step {p.step}: val {p.val_loss:.4f} nats/char ({p.val_loss / math.log(2):.4f} "
-                            f"bits/char) at {p.elapsed:.0f}s")
+                self._write(
+                    f"step {p.step}: val {p.val_loss:.4f} nats/char ({p.val_loss / math.log(2):.4f} "
+                    f"bits/char) at {p.elapsed:.0f}s"
+                )
         elif p.kind == "sample":
             rule = "-" * 20
             self._write(f"{rule} sample at iteration {p.step} {rule}\n{p.text}\n{'-' * 60}")

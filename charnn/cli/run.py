@@ -61,8 +61,9 @@ class OneLineErrors(_PlainRows, TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            code = super().main(args=args, prog_name=prog_name or "charnn", complete_var=complete_var,
-                                standalone_mode=False, **extra)
+            code = super().main(
+                args=args, prog_name=prog_name or "charnn", complete_var=complete_var, standalone_mode=False, **extra
+            )
         except _USAGE_ERROR as err:
             message = " ".join(err.format_message().split())
             if not message:  # bare `charnn`: the help was shown, nothing went wrong
@@ -121,6 +122,7 @@ def say(message: str) -> None:
 
 def run_command(body: Callable[[], Any]) -> Any:
     """Run a command body; user errors become one line on stderr and their exit code."""
+
     def show_warning(message, category, filename, lineno, file=None, line=None):
         say(f"warning: {message}")
 

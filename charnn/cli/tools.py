@@ -18,13 +18,24 @@ from charnn.cli.run import Command, run_command, say
 def report_cmd(
     run: RunPath,
     *,
-    text: Annotated[Optional[Path], typer.Option(
-        metavar="FILE", help=with_default("Text file to analyse.", "the run's validation split"))] = None,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", metavar="FILE", help=with_default("HTML file to write.", "RUN/report.html"))] = None,
-    chars: Annotated[int, typer.Option(
-        min=2, max=1_000_000, metavar="INT", show_default=False,
-        help=with_default("Characters of the passage to analyse.", "5000"))] = 5000,
+    text: Annotated[
+        Optional[Path],
+        typer.Option(metavar="FILE", help=with_default("Text file to analyse.", "the run's validation split")),
+    ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", metavar="FILE", help=with_default("HTML file to write.", "RUN/report.html")),
+    ] = None,
+    chars: Annotated[
+        int,
+        typer.Option(
+            min=2,
+            max=1_000_000,
+            metavar="INT",
+            show_default=False,
+            help=with_default("Characters of the passage to analyse.", "5000"),
+        ),
+    ] = 5000,
     which: WhichOption = Which.best,
 ) -> None:
     """Write one self-contained HTML page: curves, samples, surprise heatmap, neuron explorer, gates.
@@ -34,6 +45,7 @@ def report_cmd(
     charnn report checkpoints/shakespeare --text heldout.txt --chars 2000
     charnn report checkpoints/shakespeare --which latest -o latest.html
     """
+
     def body():
         import time
 
@@ -52,13 +64,17 @@ def serve_cmd(
     run: RunPath,
     *,
     which: WhichOption = Which.best,
-    host: Annotated[str, typer.Option(
-        metavar="ADDR", help="Address to listen on; 0.0.0.0 lets the whole network in.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(metavar="ADDR", help="Address to listen on; 0.0.0.0 lets the whole network in.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, metavar="INT", help="Port to listen on.")] = 8000,
-    max_batch: Annotated[int, typer.Option(
-        min=1, max=4096, metavar="INT", help="Streams generated together; more requests wait in a queue.")] = 64,
-    max_length: Annotated[int, typer.Option(
-        min=1, metavar="INT", help="Most characters a request may generate, prime or score.")] = 10_000,
+    max_batch: Annotated[
+        int,
+        typer.Option(min=1, max=4096, metavar="INT", help="Streams generated together; more requests wait in a queue."),
+    ] = 64,
+    max_length: Annotated[
+        int, typer.Option(min=1, metavar="INT", help="Most characters a request may generate, prime or score.")
+    ] = 10_000,
     **options: Any,
 ) -> None:
     """Serve a model over HTTP: generate (streamed), score, next characters; a playground at /.
@@ -70,6 +86,7 @@ def serve_cmd(
     charnn serve checkpoints/shakespeare --port 8080 --max-batch 128
     charnn serve checkpoints/shakespeare --host 0.0.0.0 --max-length 2000
     """
+
     def body():
         from charnn.runtime import pick_device
         from charnn.serve import require_server, serve
@@ -90,15 +107,30 @@ ExportPrecision = choice("ExportPrecision", ("fp32", "fp16"))
 def export_cmd(
     run: RunPath,
     *,
-    output: Annotated[Path, typer.Option(
-        "--output", "-o", metavar="FILE", show_default=False, help="File to write (model.html or model.onnx).")],
-    fmt: Annotated[ExportFormat, typer.Option(
-        "--format", metavar="FORMAT", show_default=False,
-        help=with_default("html (an offline playground page) or onnx (a step model).", "html"))] = ExportFormat.html,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", metavar="FILE", show_default=False, help="File to write (model.html or model.onnx)."
+        ),
+    ],
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            metavar="FORMAT",
+            show_default=False,
+            help=with_default("html (an offline playground page) or onnx (a step model).", "html"),
+        ),
+    ] = ExportFormat.html,
     which: WhichOption = Which.best,
-    precision: Annotated[ExportPrecision, typer.Option(
-        metavar="PRECISION", show_default=False,
-        help=with_default("Weights in the page: fp32, or fp16 for half the size.", "fp32"))] = ExportPrecision.fp32,
+    precision: Annotated[
+        ExportPrecision,
+        typer.Option(
+            metavar="PRECISION",
+            show_default=False,
+            help=with_default("Weights in the page: fp32, or fp16 for half the size.", "fp32"),
+        ),
+    ] = ExportPrecision.fp32,
     force: Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")] = False,
 ) -> None:
     """Take a model out of Python: a self-contained HTML playground page, or an ONNX step model.
@@ -108,6 +140,7 @@ def export_cmd(
     charnn export checkpoints/shakespeare -o small.html --precision fp16 --force
     charnn export checkpoints/shakespeare --format onnx -o shakespeare.onnx
     """
+
     def body():
         from charnn.errors import ConfigError
         from charnn.export import export_html, export_onnx

@@ -9,5 +9,13 @@ from charnn.export.onnx import MissingExtraError, export_onnx, onnx_bytes
 from charnn.export.output import ExportTargetError
 from charnn.export.spec import CELL_LAYOUT, PRECISIONS
 
-__all__ = ["CELL_LAYOUT", "PRECISIONS", "ExportTargetError", "MissingExtraError", "build_page", "export_html",
-           "export_onnx", "onnx_bytes"]
+__all__ = [
+    "CELL_LAYOUT",
+    "PRECISIONS",
+    "ExportTargetError",
+    "MissingExtraError",
+    "build_page",
+    "export_html",
+    "export_onnx",
+    "onnx_bytes",
+]

@@ -45,8 +45,7 @@ def build_page(loaded: LoadedModel, *, precision: str = "fp32", server: dict[str
     )
 
 
-def export_html(loaded: LoadedModel, path: str | os.PathLike, *, precision: str = "fp32",
-                force: bool = False) -> Path:
+def export_html(loaded: LoadedModel, path: str | os.PathLike, *, precision: str = "fp32", force: bool = False) -> Path:
     """Write the playground page for `loaded` to `path`; an existing file is replaced only with `force`."""
     check_target(path, force=force)
     return write_output(path, build_page(loaded, precision=precision).encode("utf-8"), force=force)

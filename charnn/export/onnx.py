@@ -40,8 +40,9 @@ def require_onnx():
         import onnx
         import onnxruntime
     except ImportError as err:
-        raise MissingExtraError(f"ONNX export needs the {err.name or 'onnx'} package: "
-                                "pip install 'charnn[onnx]'") from None
+        raise MissingExtraError(
+            f"ONNX export needs the {err.name or 'onnx'} package: pip install 'charnn[onnx]'"
+        ) from None
     return onnx, onnxruntime
 
 
@@ -84,8 +85,16 @@ def onnx_bytes(loaded: LoadedModel) -> bytes:
     # The TorchScript exporter: the dynamo one needs onnxscript, and exports nn.LSTM less reliably.
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation notice and its batch-size advice for RNNs
-        torch.onnx.export(step, _example(loaded, 2, 3), buf, dynamo=False, opset_version=OPSET,
-                          input_names=inputs, output_names=outputs, dynamic_axes=dynamic)
+        torch.onnx.export(
+            step,
+            _example(loaded, 2, 3),
+            buf,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=dynamic,
+        )
     graph = onnx.load_from_string(buf.getvalue())
     for key, value in metadata(loaded).items():
         graph.metadata_props.add(key=key, value=value)
@@ -130,6 +139,8 @@ def export_onnx(loaded: LoadedModel, path: str | os.PathLike, *, force: bool = F
     data = onnx_bytes(loaded)
     error = max_logit_error(loaded, data)
     if not error <= PARITY_TOLERANCE:
-        raise ExportCheckError(f"the ONNX graph's logits differ from the model's by {error:.2g} "
-                               f"(more than {PARITY_TOLERANCE:g}); not written")
+        raise ExportCheckError(
+            f"the ONNX graph's logits differ from the model's by {error:.2g} "
+            f"(more than {PARITY_TOLERANCE:g}); not written"
+        )
     return write_output(path, data, force=force)

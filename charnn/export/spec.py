@@ -55,8 +55,9 @@ def model_weights(loaded: LoadedModel, precision: str = "fp32") -> Weights:
             continue
         array = tensor.detach().float().cpu().numpy()
         if precision == "fp16" and np.abs(array).max(initial=0.0) > FP16_MAX:
-            raise ConfigError(f"--precision fp16: {name} holds values beyond fp16's range ({FP16_MAX:g}); "
-                              "export in fp32")
+            raise ConfigError(
+                f"--precision fp16: {name} holds values beyond fp16's range ({FP16_MAX:g}); export in fp32"
+            )
         chunks.append(array.astype(dtype).tobytes())
         entries.append({"name": name, "shape": list(array.shape), "offset": offset})
         offset += array.size
@@ -71,8 +72,10 @@ def symbol_names(loaded: LoadedModel) -> list[str]:
             out.append({9: "\\t", 10: "\\n"}.get(s, f"\\x{s:02x}"))
             continue
         ch = chr(s)
-        out.append({"\n": "\\n", "\t": "\\t", " ": "␣"}.get(ch) or (
-            ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")))
+        out.append(
+            {"\n": "\\n", "\t": "\\t", " ": "␣"}.get(ch)
+            or (ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii"))
+        )
     return out
 
 
@@ -109,8 +112,11 @@ def describe(loaded: LoadedModel, weights: Weights | None) -> dict[str, Any]:
         "config": to_dict(cfg),
         "layout": CELL_LAYOUT,
         "layer_norm_eps": getattr(loaded.model.ln, "eps", None),  # the model's nn.LayerNorm, when it has one
-        "vocab": {"symbols": list(loaded.vocab.symbols), "bytes": loaded.vocab.bytes_mode,
-                  "names": symbol_names(loaded)},
+        "vocab": {
+            "symbols": list(loaded.vocab.symbols),
+            "bytes": loaded.vocab.bytes_mode,
+            "names": symbol_names(loaded),
+        },
         "trained_with": trained_with(loaded),
         "tensors": weights.entries if weights else [],
         "dtype": weights.dtype if weights else None,

@@ -20,6 +20,19 @@ from charnn.report.analysis import (
 from charnn.report.page import ReportRefresher, build_report, page_json, write_report
 
 __all__ = [
-    "MAX_CHARS", "Analysis", "Passage", "ReportRefresher", "RunLog", "analyse", "build_report", "display_symbols",
-    "page_json", "passage_ids", "read_config", "read_jsonl", "read_metrics", "read_run_log", "write_report",
+    "MAX_CHARS",
+    "Analysis",
+    "Passage",
+    "ReportRefresher",
+    "RunLog",
+    "analyse",
+    "build_report",
+    "display_symbols",
+    "page_json",
+    "passage_ids",
+    "read_config",
+    "read_jsonl",
+    "read_metrics",
+    "read_run_log",
+    "write_report",
 ]

@@ -125,19 +125,27 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
         else:
             skipped += 1
     _skipped(path, skipped, "record(s) without a step or a loss")
-    return ([by_kind["train"][s] for s in sorted(by_kind["train"])],
-            [by_kind["eval"][s] for s in sorted(by_kind["eval"])])
+    return (
+        [by_kind["train"][s] for s in sorted(by_kind["train"])],
+        [by_kind["eval"][s] for s in sorted(by_kind["eval"])],
+    )
 
 
 def read_samples(run_dir: Path) -> list[dict[str, Any]]:
     """samples.jsonl's records with a step, each field of the type the timeline shows (None: not known)."""
     path = run_dir / "samples.jsonl"
     records = read_jsonl(path)
-    out = [{"step": r["step"], "elapsed": number(r, "elapsed"),
+    out = [
+        {
+            "step": r["step"],
+            "elapsed": number(r, "elapsed"),
             "val_loss": number(r, "val_loss") if real(r.get("val_loss")) else None,
             "temperature": r["temperature"] if real(r.get("temperature")) else "?",
-            "text": r.get("text") if isinstance(r.get("text"), str) else ""}
-           for r in records if is_step(r.get("step"))]
+            "text": r.get("text") if isinstance(r.get("text"), str) else "",
+        }
+        for r in records
+        if is_step(r.get("step"))
+    ]
     _skipped(path, len(records) - len(out), "record(s) without a step")
     return out
 
@@ -175,6 +183,7 @@ def read_run_log(run_dir: Path) -> RunLog:
 
 # --- the passage ------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Passage:
     ids: np.ndarray
@@ -193,8 +202,11 @@ def passage_ids(loaded: LoadedModel, text: str | os.PathLike | None, *, max_char
         source = Path(text).name
         if unknown:
             shown = ", ".join(loaded.vocab.symbol_str(s) for s in list(unknown)[:10])
-            warnings.warn(f"{text}: skipped {sum(unknown.values())} character(s) not in the model's "
-                          f"vocabulary ({shown})", CharnnWarning, stacklevel=3)
+            warnings.warn(
+                f"{text}: skipped {sum(unknown.values())} character(s) not in the model's vocabulary ({shown})",
+                CharnnWarning,
+                stacklevel=3,
+            )
     ids = np.asarray(ids[:max_chars]).astype(np.int64)
     if len(ids) < 2:
         raise DataError(f"{source}: need at least 2 characters to analyse, found {len(ids)}")
@@ -240,9 +252,15 @@ def analyse(loaded: LoadedModel, passage: Passage, *, segment: int) -> Analysis:
     corr = find_correlated(series, text_properties("".join(text_chars)))
     n_units = sum(a.shape[1] for _, _, a in series)
     shown = max(2, min(len(passage.ids), MAX_ACTIVATION_BYTES // max(n_units, 1)))
-    units = [{"layer": k, "kind": kind, "size": acts.shape[1],
-              "data": _quantized(np.tanh(acts[:shown]) if kind == "cell" else acts[:shown])}
-             for k, kind, acts in series]
+    units = [
+        {
+            "layer": k,
+            "kind": kind,
+            "size": acts.shape[1],
+            "data": _quantized(np.tanh(acts[:shown]) if kind == "cell" else acts[:shown]),
+        }
+        for k, kind, acts in series
+    ]
     return Analysis(sur, corr, gate_stats(tr), units, shown, memory(loaded.model, passage.ids))
 
 

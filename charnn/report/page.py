@@ -56,22 +56,30 @@ def page_json(data: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _passage_sections(loaded: LoadedModel, passage: Passage | None, analysis: Analysis | None,
-                      missing: str) -> tuple[dict[str, str], dict[str, list]]:
+def _passage_sections(
+    loaded: LoadedModel, passage: Passage | None, analysis: Analysis | None, missing: str
+) -> tuple[dict[str, str], dict[str, list]]:
     """The surprise, neuron, gate and memory sections, and the hover points of their charts; without a
     passage, each section says why."""
     if analysis is None:
         why = note(html.escape(missing))
         return {"surprise": why, "neurons": why, "gates": why, "memory": why}, {}
     memory, hover = memory_section(analysis.memory) if analysis.memory else ("", [])
-    return {"surprise": surprise_section(passage, loaded.eval_segment),
-            "neurons": neuron_section(passage, analysis),
-            "gates": gate_section(analysis.gates),
-            "memory": memory}, {"memory": hover}
+    return {
+        "surprise": surprise_section(passage, loaded.eval_segment),
+        "neurons": neuron_section(passage, analysis),
+        "gates": gate_section(analysis.gates),
+        "memory": memory,
+    }, {"memory": hover}
 
 
-def build_report(run_dir: str | os.PathLike, *, text: str | os.PathLike | None = None,
-                 max_chars: int = MAX_CHARS, which: str = "best") -> str:
+def build_report(
+    run_dir: str | os.PathLike,
+    *,
+    text: str | os.PathLike | None = None,
+    max_chars: int = MAX_CHARS,
+    which: str = "best",
+) -> str:
     """The report page for a run directory, as HTML text.
 
     The passage is `text` (a file) or the run's validation split, cut to `max_chars`. Without either (the

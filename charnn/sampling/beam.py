@@ -32,8 +32,16 @@ class Beam:
 
 
 @torch.inference_mode()
-def beam_search(model: CharRNN, vocab: Vocab, prime: str | None, width: int, length: int, *,
-                precision: str = "fp32", tuning: Tuning = MEASURED) -> list[Beam]:
+def beam_search(
+    model: CharRNN,
+    vocab: Vocab,
+    prime: str | None,
+    width: int,
+    length: int,
+    *,
+    precision: str = "fp32",
+    tuning: Tuning = MEASURED,
+) -> list[Beam]:
     """The `width` most probable continuations of `length` characters the beam finds, best first (fewer when
     the vocabulary has fewer than `width` texts of that length). Width 1 is greedy decoding.
 
@@ -80,8 +88,9 @@ def _rows(hidden, width: int):
     return hidden.expand(-1, width, -1)
 
 
-def _beams(scores: torch.Tensor, parents: list[torch.Tensor], chars: list[torch.Tensor], shown: tuple[int, ...],
-           vocab: Vocab) -> list[Beam]:
+def _beams(
+    scores: torch.Tensor, parents: list[torch.Tensor], chars: list[torch.Tensor], shown: tuple[int, ...], vocab: Vocab
+) -> list[Beam]:
     """The texts of the final rows, traced back through each step's parents; rows never filled are dropped."""
     row = torch.arange(len(scores), device=scores.device)
     backwards = []

@@ -84,5 +84,8 @@ class GraphStep:
 
 
 def _fall_back(what: str, err: BaseException) -> None:
-    warnings.warn(f"CUDA graph {what} failed ({first_line(err, 160)}); sampling steps eagerly instead "
-                  f"(same text, slower)", CharnnWarning, stacklevel=3)
+    warnings.warn(
+        f"CUDA graph {what} failed ({first_line(err, 160)}); sampling steps eagerly instead (same text, slower)",
+        CharnnWarning,
+        stacklevel=3,
+    )

@@ -77,8 +77,9 @@ def _cdf(logits: torch.Tensor, cfg: SampleConfig) -> torch.Tensor:
     return cdf
 
 
-def _choose(logits: torch.Tensor, uniform: torch.Tensor, cfg: SampleConfig, *,
-            out: torch.Tensor | None = None) -> torch.Tensor:
+def _choose(
+    logits: torch.Tensor, uniform: torch.Tensor, cfg: SampleConfig, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Next ids (B, 1) from scaled logits (B, V) by inverse-CDF with one uniform (B, 1) per stream."""
     if cfg.greedy:
         return torch.argmax(logits, dim=-1, keepdim=True, out=out)
@@ -98,8 +99,9 @@ def _draw(cdf: torch.Tensor, total: torch.Tensor, uniform: torch.Tensor, out: to
     return torch.searchsorted(cdf, uniform * total, right=True, out=out).clamp_(max=cdf.shape[-1] - 1)
 
 
-def _graph_draw(cfg: SampleConfig, logits: torch.Tensor, uniform: torch.Tensor,
-                out: torch.Tensor) -> torch.Tensor | None:
+def _graph_draw(
+    cfg: SampleConfig, logits: torch.Tensor, uniform: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor | None:
     """`_choose` as captured in a CUDA graph (`charnn.sampling.stepper.GraphStep`): the host cannot be read there, so
     it returns a flag of non-finite totals (None when greedy) that the graph accumulates and checks per block."""
     if cfg.greedy:
@@ -112,15 +114,14 @@ def _graph_draw(cfg: SampleConfig, logits: torch.Tensor, uniform: torch.Tensor,
 
 
 @torch.inference_mode()
-def warm(model: CharRNN, ids: list[int], streams: int = 1, *,
-         chunk: int = PRIME_CHUNK) -> tuple[torch.Tensor, Hidden]:
+def warm(model: CharRNN, ids: list[int], streams: int = 1, *, chunk: int = PRIME_CHUNK) -> tuple[torch.Tensor, Hidden]:
     """The model's forward pass over the prime `ids` for `streams` streams: the logits (B, V) after its last
     symbol, and the hidden state. A long prime runs in `chunk`-symbol pieces with the state carried (the same
     recurrence: memory bounded by the chunk, not the prime)."""
     x = torch.tensor(ids, device=model.head.weight.device).expand(streams, -1)  # (B, P)
     hidden = None
     for start in range(0, x.shape[1], chunk):
-        logits, hidden = model(x[:, start:start + chunk], hidden)  # (B, T, V)
+        logits, hidden = model(x[:, start : start + chunk], hidden)  # (B, T, V)
     return logits[:, -1], hidden
 
 
@@ -154,8 +155,9 @@ class Generation:
 
 
 @torch.inference_mode()
-def generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fast",
-             tuning: Tuning = MEASURED) -> Generation:
+def generate(
+    model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fast", tuning: Tuning = MEASURED
+) -> Generation:
     """Start sampling `cfg.num_samples` streams; `steps` yields one (B,) id tensor per generated character (read
     it, do not write it: one stream on the CPU yields one shared tensor per symbol).
     `tuning` picks the fast path's kernels (its defaults were measured; the text is the same either way)."""
@@ -177,8 +179,15 @@ def generate(model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fa
     return Generation(ids if echo else [], _steps(model, cfg, last, hidden, gen, path, tuning))
 
 
-def _steps(model: CharRNN, cfg: SampleConfig, logits: torch.Tensor, hidden: Hidden, gen: torch.Generator,
-           path: str, tuning: Tuning) -> Iterator[torch.Tensor]:
+def _steps(
+    model: CharRNN,
+    cfg: SampleConfig,
+    logits: torch.Tensor,
+    hidden: Hidden,
+    gen: torch.Generator,
+    path: str,
+    tuning: Tuning,
+) -> Iterator[torch.Tensor]:
     with torch.inference_mode(), few_threads(logits.shape[0], model.cfg.hidden, logits.device, tuning):
         device = logits.device
         B = logits.shape[0]
@@ -222,8 +231,9 @@ def _steps(model: CharRNN, cfg: SampleConfig, logits: torch.Tensor, hidden: Hidd
 _F32 = struct.Struct("f")
 
 
-def _one_stream(stepper: FastStepper, cfg: SampleConfig, logits: torch.Tensor,
-                gen: torch.Generator) -> Iterator[torch.Tensor]:
+def _one_stream(
+    stepper: FastStepper, cfg: SampleConfig, logits: torch.Tensor, gen: torch.Generator
+) -> Iterator[torch.Tensor]:
     """One stream on the CPU, the id kept as a Python int: the same uniforms and inverse CDF as `_choose`
     (the same text), with the search on the host and no tensor op per step but the model's and two of the draw
     (a tensor op costs microseconds; at one stream they were a third of a step). Yields shared (1,) tensors."""
@@ -253,8 +263,9 @@ def _uses_graph(device: torch.device, tuning: Tuning, stepper: FastStepper | Non
     return tuning.cuda_graphs and stepper is not None and device.type == "cuda"
 
 
-def sample_text(model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fast",
-                tuning: Tuning = MEASURED) -> list[str | bytes]:
+def sample_text(
+    model: CharRNN, vocab: Vocab, cfg: SampleConfig, *, path: str = "fast", tuning: Tuning = MEASURED
+) -> list[str | bytes]:
     """Whole samples (prime included when given), one per stream."""
     gen = generate(model, vocab, cfg, path=path, tuning=tuning)
     rows = [torch.tensor(gen.prime, dtype=torch.long).expand(cfg.num_samples, -1).cpu()]

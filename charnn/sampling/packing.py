@@ -55,8 +55,7 @@ def _pack(w: torch.Tensor, rows: int, tuning: Tuning = MEASURED) -> _Weight:
         return _Weight(w, None)
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), rows)
-        torch.ops.mkldnn._linear_pointwise(torch.zeros(rows, w.shape[0], dtype=w.dtype), packed, None, "none",
-                                           [], "")
+        torch.ops.mkldnn._linear_pointwise(torch.zeros(rows, w.shape[0], dtype=w.dtype), packed, None, "none", [], "")
     except (AttributeError, NotImplementedError, RuntimeError):
         return _Weight(w, None)
     return _Weight(w, packed)

@@ -38,8 +38,15 @@ class FastStepper:
     plain view of it. `step` returns a view of the logits buffer, overwritten by the next step.
     """
 
-    def __init__(self, model: CharRNN, temperature: float = 1.0, batch_size: int = 1, precision: str = "fp32",
-                 *, tuning: Tuning = MEASURED) -> None:
+    def __init__(
+        self,
+        model: CharRNN,
+        temperature: float = 1.0,
+        batch_size: int = 1,
+        precision: str = "fp32",
+        *,
+        tuning: Tuning = MEASURED,
+    ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"sampling precision must be fp32 or bf16, not {precision!r}")
         cfg = model.cfg
@@ -49,9 +56,14 @@ class FastStepper:
         self.sig_tanh = batch_size * cfg.hidden >= tuning.sigmoid_tanh_work
         # only where the halves stay unpacked fp32 (the packed kernel returns new tensors, not `out=`)
         G = CELLS[cfg.model].count
-        self.split = (cfg.model != "gru" and cfg.layers > 1 and not self.low and batch_size < tuning.pack_min_rows
-                      and 2 * cfg.hidden * G * cfg.hidden >= tuning.split_min_weight
-                      and model.head.weight.device.type == "cpu")
+        self.split = (
+            cfg.model != "gru"
+            and cfg.layers > 1
+            and not self.low
+            and batch_size < tuning.pack_min_rows
+            and 2 * cfg.hidden * G * cfg.hidden >= tuning.split_min_weight
+            and model.head.weight.device.type == "cpu"
+        )
         self.parity = False  # which order the split layers take this step
         with torch.no_grad():
             self._load_layers(model, tuning)
@@ -117,9 +129,9 @@ class FastStepper:
         # 0-dim constants: a Python number is wrapped into a tensor and cast on every op that takes it
         self.one, self.two = torch.tensor(1.0, device=device), torch.tensor(2.0, device=device)
         self.logits = torch.empty(B, len(self.b_out), device=device)
-        self.h = [self.hs[:, i * H:(i + 1) * H] for i in range(L)]
-        self.h_low = [self.hs_low[:, i * H:(i + 1) * H] for i in range(L)]
-        self.both_low = [self.hs_low[:, (i - 1) * H:(i + 1) * H] if i else None for i in range(L)]
+        self.h = [self.hs[:, i * H : (i + 1) * H] for i in range(L)]
+        self.h_low = [self.hs_low[:, i * H : (i + 1) * H] for i in range(L)]
+        self.both_low = [self.hs_low[:, (i - 1) * H : (i + 1) * H] if i else None for i in range(L)]
         self.gate_views = [self._cut(g) for g in self.gates]
         self.gh_views = [self._cut(g) for g in self.gh]
 
@@ -132,11 +144,12 @@ class FastStepper:
         """Views of gates (B, G*H) in the kernel's order: each block (B, H), then the first two and the first
         three together."""
         H = self.h[0].shape[1]
-        blocks = tuple(g[:, k * H:(k + 1) * H] for k in range(CELLS[self.kind].count))
-        return blocks + (g[:, :2 * H], g[:, :3 * H])
+        blocks = tuple(g[:, k * H : (k + 1) * H] for k in range(CELLS[self.kind].count))
+        return blocks + (g[:, : 2 * H], g[:, : 3 * H])
 
-    def _views(self, g: torch.Tensor, buffers: list[torch.Tensor], views: list[tuple[torch.Tensor, ...]],
-               layer: int) -> tuple[torch.Tensor, ...]:  # the views made once, unless g is a new tensor
+    def _views(
+        self, g: torch.Tensor, buffers: list[torch.Tensor], views: list[tuple[torch.Tensor, ...]], layer: int
+    ) -> tuple[torch.Tensor, ...]:  # the views made once, unless g is a new tensor
         return views[layer] if g is buffers[layer] else self._cut(g)
 
     def load(self, hidden: Hidden) -> None:
@@ -283,8 +296,9 @@ class FastStepper:
     def _cell_ops(self, layer: int, gates: torch.Tensor) -> list[Callable[[], object]]:
         h, tmp, two, one = self.h[layer], self.tmp, self.two, self.one
         if self.kind == "rnn":
-            tanh = [gates.sigmoid_, partial(gates.mul_, two), partial(gates.sub_, one)] if self.sig_tanh else [
-                gates.tanh_]
+            tanh = (
+                [gates.sigmoid_, partial(gates.mul_, two), partial(gates.sub_, one)] if self.sig_tanh else [gates.tanh_]
+            )
             return [*tanh, partial(h.copy_, gates)]
         i, f, o, g, _, ifo = self._views(gates, self.gates, self.gate_views, layer)
         c = self.c[layer]
@@ -305,8 +319,11 @@ class FastStepper:
         (at one stream that bookkeeping was a sixth of a step)."""
         L = self.layers
         addmm = torch.addmm
-        before = [partial(addmm, self.b[k], self.h[k], self.w[k][1].t, out=self.gates[k])
-                  for k in range(L - 1, 0, -1)] if recurrent_first else []
+        before = (
+            [partial(addmm, self.b[k], self.h[k], self.w[k][1].t, out=self.gates[k]) for k in range(L - 1, 0, -1)]
+            if recurrent_first
+            else []
+        )
         after = list(self._cell(0, self.gates[0]))
         for k in range(1, L):
             g = self.gates[k]
@@ -315,7 +332,9 @@ class FastStepper:
             elif recurrent_first:
                 after.append(partial(g.addmm_, self.h[k - 1], self.w[k][0].t))
             else:
-                after += [partial(addmm, self.b[k], self.h[k - 1], self.w[k][0].t, out=g),
-                          partial(g.addmm_, self.h[k], self.w[k][1].t)]
+                after += [
+                    partial(addmm, self.b[k], self.h[k - 1], self.w[k][0].t, out=g),
+                    partial(g.addmm_, self.h[k], self.w[k][1].t),
+                ]
             after += self._cell(k, g)
         return before, after

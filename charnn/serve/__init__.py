@@ -31,8 +31,15 @@ def create_app(loaded: Any, *, max_batch: int = 64, max_length: int = 10_000, **
     return build(loaded, max_batch=max_batch, max_length=max_length, **options)
 
 
-def serve(loaded: Any, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64,
-          max_length: int = 10_000, **options: Any) -> None:
+def serve(
+    loaded: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 64,
+    max_length: int = 10_000,
+    **options: Any,
+) -> None:
     """Serve `loaded` on http://host:port until SIGINT or SIGTERM, then return (charnn.serve.server.serve)."""
     require_server()
     from charnn.serve.server import serve as run

@@ -126,21 +126,38 @@ def _errors(app: FastAPI) -> None:
     async def bug(request: Request, err: Exception) -> SafeJSON:
         return reply(500, "internal server error (see the server log)")
 
-    for kind, handler in ((ApiError, api), (ServerBusy, busy), (CharnnError, user), (HTTPException, http),
-                          (RequestValidationError, invalid), (Exception, bug)):
+    for kind, handler in (
+        (ApiError, api),
+        (ServerBusy, busy),
+        (CharnnError, user),
+        (HTTPException, http),
+        (RequestValidationError, invalid),
+        (Exception, bug),
+    ):
         app.add_exception_handler(kind, handler)
 
 
-def create_app(loaded: LoadedModel, *, max_batch: int = 64, max_length: int = 10_000,
-               max_body: int = 1 << 20, **engine_options: Any) -> FastAPI:
+def create_app(
+    loaded: LoadedModel,
+    *,
+    max_batch: int = 64,
+    max_length: int = 10_000,
+    max_body: int = 1 << 20,
+    **engine_options: Any,
+) -> FastAPI:
     """The API for one loaded model; its engine thread starts and stops with the app's lifespan.
     `engine_options` go to `charnn.serve.engine.Engine` (sizes, max_waiting, flush_every, tuning)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
-        engine = Engine(loaded.model, loaded.vocab, lambda out: loop.call_soon_threadsafe(_deliver, out),
-                        max_batch=max_batch, **engine_options)
+        engine = Engine(
+            loaded.model,
+            loaded.vocab,
+            lambda out: loop.call_soon_threadsafe(_deliver, out),
+            max_batch=max_batch,
+            **engine_options,
+        )
         app.state.engine = engine
         engine.start()
         try:
@@ -149,9 +166,14 @@ def create_app(loaded: LoadedModel, *, max_batch: int = 64, max_length: int = 10
             engine.close()
             await asyncio.to_thread(engine.join, 5.0)
 
-    app = FastAPI(title="charnn", version=__version__, lifespan=lifespan, default_response_class=SafeJSON,
-                  description="A character-level language model over HTTP: generate (streamed or not), score, "
-                              "and the next characters' probabilities.")
+    app = FastAPI(
+        title="charnn",
+        version=__version__,
+        lifespan=lifespan,
+        default_response_class=SafeJSON,
+        description="A character-level language model over HTTP: generate (streamed or not), score, "
+        "and the next characters' probabilities.",
+    )
     app.add_middleware(BodyLimit, max_bytes=max_body)
     _errors(app)
     _routes(app, loaded, max_batch=max_batch, max_length=max_length)
@@ -183,14 +205,27 @@ def _routes(app: FastAPI, loaded: LoadedModel, *, max_batch: int, max_length: in
         cfg = loaded.model_cfg
         symbols = list(vocab.symbols) if vocab.bytes_mode else [chr(s) for s in vocab.symbols]
         val = loaded.val_loss
-        return {"checkpoint": loaded.path.name, "step": loaded.step, "model": to_dict(cfg),
-                "parameters": num_parameters(cfg, len(vocab)), "vocab_size": len(vocab),
-                "bytes": vocab.bytes_mode, "vocab": symbols, "val_loss": val,
-                "val_bpc": None if val is None else val / math.log(2), "eval_segment": loaded.eval_segment,
-                "max_batch": max_batch, "max_length": max_length, "charnn_version": __version__}
+        return {
+            "checkpoint": loaded.path.name,
+            "step": loaded.step,
+            "model": to_dict(cfg),
+            "parameters": num_parameters(cfg, len(vocab)),
+            "vocab_size": len(vocab),
+            "bytes": vocab.bytes_mode,
+            "vocab": symbols,
+            "val_loss": val,
+            "val_bpc": None if val is None else val / math.log(2),
+            "eval_segment": loaded.eval_segment,
+            "max_batch": max_batch,
+            "max_length": max_length,
+            "charnn_version": __version__,
+        }
 
-    @app.post("/v1/generate", response_model=GenerateResponse,
-              responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE with stream"}})
+    @app.post(
+        "/v1/generate",
+        response_model=GenerateResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE with stream"}},
+    )
     async def generate(body: GenerateRequest, request: Request):
         _check_length("length", body.length, max_length)
         _check_length("prime", len(body.prime or ""), max_length)
@@ -200,15 +235,19 @@ def _routes(app: FastAPI, loaded: LoadedModel, *, max_batch: int, max_length: in
         job = Job(body.config(), ids, stream=body.stream, handle=asyncio.Queue())
         request.app.state.engine.submit(job)
         if body.stream:
-            return StreamingResponse(_events(job), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                _events(job),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         return await _collect(job, request)
 
     @app.post("/v1/score", response_model=ScoreResponse, response_model_exclude_unset=True)
     async def score(body: ScoreRequest, request: Request) -> dict:
         _check_length("text", len(body.text), max_length)
-        ids, unknown = text_ids(as_file_text(body.text, loaded.data_cfg), vocab, what="text",
-                                skip_unknown=body.skip_unknown)
+        ids, unknown = text_ids(
+            as_file_text(body.text, loaded.data_cfg), vocab, what="text", skip_unknown=body.skip_unknown
+        )
         segment = loaded.eval_segment
         res = await _on_engine(request, lambda: evaluate_ids(model, ids, segment=segment))
         figures = {k: _finite(v) if isinstance(v, float) else v for k, v in res.as_dict().items()}
@@ -221,8 +260,12 @@ def _routes(app: FastAPI, loaded: LoadedModel, *, max_batch: int, max_length: in
         ids = text_ids(body.text, vocab, what="text")[0].tolist() if body.text else default_prime(vocab)
         k = min(body.k, len(vocab))
         probs, top = await _on_engine(request, lambda: _next(model, ids, k))
-        return {"next": [{"char": _char(vocab, i), "symbol": vocab.symbols[i], "prob": p}
-                         for p, i in zip(probs, top, strict=True)]}
+        return {
+            "next": [
+                {"char": _char(vocab, i), "symbol": vocab.symbols[i], "prob": p}
+                for p, i in zip(probs, top, strict=True)
+            ]
+        }
 
     page = build_page(loaded, server={"max_length": max_length, "max_batch": max_batch})
 

@@ -39,9 +39,19 @@ class Engine:
     steps (`charnn.serve.rows.serving_threads` by default).
     """
 
-    def __init__(self, model: CharRNN, vocab: Vocab, sink: Callable[[list[Output]], None], *, max_batch: int = 64,
-                 sizes: tuple[int, ...] | None = None, max_waiting: int = 1024, flush_every: float = 0.02,
-                 tuning: Tuning = MEASURED, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: CharRNN,
+        vocab: Vocab,
+        sink: Callable[[list[Output]], None],
+        *,
+        max_batch: int = 64,
+        sizes: tuple[int, ...] | None = None,
+        max_waiting: int = 1024,
+        flush_every: float = 0.02,
+        tuning: Tuning = MEASURED,
+        threads: int | None = None,
+    ) -> None:
         self.model, self.vocab, self.sink = model.eval(), vocab, sink
         self.max_batch, self.max_waiting, self.flush_every = max_batch, max_waiting, flush_every
         self.rows = RowBatch(model, sizes or powers_of_two(max_batch), tuning=tuning, threads=threads)
@@ -64,8 +74,9 @@ class Engine:
     def submit(self, job: Job) -> None:
         """Queue a job; ServerBusy when too many wait or the engine is closing."""
         if job.cfg.num_samples > self.max_batch:
-            raise ServerBusy(f"num_samples {job.cfg.num_samples} is more than this server's --max-batch "
-                             f"{self.max_batch}")
+            raise ServerBusy(
+                f"num_samples {job.cfg.num_samples} is more than this server's --max-batch {self.max_batch}"
+            )
         with self._cond:
             if self._closing:
                 raise ServerBusy("the server is shutting down")
@@ -163,7 +174,7 @@ class Engine:
         for group in same_length(joining, self.model.cfg.hidden):
             logits, hidden = warm(self.model, [a.job.prime for a in group])  # (J, V), rows (L, J, H)
             for j, active in enumerate(group):
-                self._start(active, logits[j:j + 1].expand(active.n, -1), rows_of(hidden, j, active.n))
+                self._start(active, logits[j : j + 1].expand(active.n, -1), rows_of(hidden, j, active.n))
         self._regroup()
 
     def _start(self, active: Running, first: torch.Tensor, hidden: Hidden) -> None:
@@ -196,8 +207,8 @@ class Engine:
         for active in self._active:
             if not active.left:
                 if active.job.keep_logits:
-                    active.job.logits.append(logits[start:start + active.n].clone())
-                active.take(flat[start:start + active.n])
+                    active.job.logits.append(logits[start : start + active.n].clone())
+                active.take(flat[start : start + active.n])
                 if active.done == active.length:
                     self._end(active, "complete")
             start += active.n
@@ -256,8 +267,7 @@ class Engine:
         streamed = sum(a.job.stream for a in self._active)
         every = self.flush_every * min(5, max(1, streamed / 16))  # 20 ms up to 16 streams, 100 ms from 80
         due = now - self._last_flush >= every
-        outputs = [a.output() for a in self._active
-                   if a.job.stream and (due or a.fresh) and a.pending[0]]
+        outputs = [a.output() for a in self._active if a.job.stream and (due or a.fresh) and a.pending[0]]
         outputs += self._ended
         self._ended = []
         if due:

@@ -63,8 +63,9 @@ class Running:
         self.block: list[float] = []  # (size, n) uniforms, row-major
         self.pending: list[list[int]] = [[] for _ in range(self.n)]
         self.fresh = True  # nothing delivered yet: deliver at once (time to first character)
-        self.decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(self.n)] \
-            if vocab.bytes_mode else None
+        self.decoders = (
+            [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(self.n)] if vocab.bytes_mode else None
+        )
         self.key = (job.cfg.temperature, job.cfg.top_k, job.cfg.top_p, job.cfg.greedy)
 
     def uniforms(self) -> list[float]:
@@ -74,7 +75,7 @@ class Running:
             size = min(UNIFORM_BLOCK, self.length - self.done)
             # flat: a nested tolist() took 3 ms for 2,000 x 1 (every joining request paid it), a flat one 60 us
             self.block = torch.rand(size, self.n, generator=self.gen).view(-1).tolist()
-        return self.block[at * self.n:(at + 1) * self.n]
+        return self.block[at * self.n : (at + 1) * self.n]
 
     def take(self, ids: list[int]) -> None:
         """The symbols just drawn, one per stream."""

@@ -36,11 +36,18 @@ class RowBatch:
         # built now, not when the load first reaches a size: that took ~100 ms a size here, paid by the
         # requests that happened to arrive then
         with torch.no_grad():
-            self._steppers = {size: (FastStepper(model, 1.0, batch_size=size, tuning=tuning),
-                                     torch.zeros(size, dtype=torch.long, device=self.device)) for size in self.sizes}
+            self._steppers = {
+                size: (
+                    FastStepper(model, 1.0, batch_size=size, tuning=tuning),
+                    torch.zeros(size, dtype=torch.long, device=self.device),
+                )
+                for size in self.sizes
+            }
         cpu = self.device.type == "cpu"
-        self._step_threads = {size: 1 if cpu and size * self.hidden <= tuning.small_step_work else
-                              self.default_threads for size in self.sizes}
+        self._step_threads = {
+            size: 1 if cpu and size * self.hidden <= tuning.small_step_work else self.default_threads
+            for size in self.sizes
+        }
         self.used = 0
         self.stepper, self.ids = self._steppers[self.sizes[0]]
 
@@ -93,11 +100,11 @@ class RowBatch:
         overwrites."""
         if self._threads != self._step_threads[self.stepper.batch_size]:
             self.threads(self.stepper.batch_size)
-        return self.stepper.step(self.ids)[:self.used]
+        return self.stepper.step(self.ids)[: self.used]
 
     def feed(self, ids: torch.Tensor) -> None:
         """The ids (used,) the used rows step on next."""
-        self.ids[:self.used] = ids
+        self.ids[: self.used] = ids
 
     def threads(self, batch: int | None) -> None:
         """One CPU thread for small steps (`charnn.sampling.stepper.few_threads`' rule); all of them for model calls
@@ -142,5 +149,5 @@ def warm(model: CharRNN, primes: list[list[int]]) -> tuple[torch.Tensor, Hidden]
 def rows_of(hidden: Hidden, j: int, n: int) -> Hidden:
     """Row j of a module-shaped state, repeated for n streams."""
     if isinstance(hidden, tuple):
-        return tuple(t[:, j:j + 1].expand(-1, n, -1) for t in hidden)
-    return hidden[:, j:j + 1].expand(-1, n, -1)
+        return tuple(t[:, j : j + 1].expand(-1, n, -1) for t in hidden)
+    return hidden[:, j : j + 1].expand(-1, n, -1)

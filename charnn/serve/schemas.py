@@ -19,8 +19,9 @@ from charnn.errors import VocabularyError
 def _sampling(name: str, **extra: Any) -> Any:
     """A request field with `SampleConfig.<name>`'s default, bounds and help: one definition of each."""
     meta = next(f for f in dataclasses.fields(SampleConfig) if f.name == name).metadata
-    return Field(default_of(SampleConfig, name), description=meta["help"], ge=meta["min"], le=meta["max"],
-                 gt=meta["gt"], **extra)
+    return Field(
+        default_of(SampleConfig, name), description=meta["help"], ge=meta["min"], le=meta["max"], gt=meta["gt"], **extra
+    )
 
 
 class Strict(BaseModel):
@@ -31,8 +32,9 @@ class Strict(BaseModel):
 
 
 class GenerateRequest(Strict):
-    prime: str | None = Field(None, description="Text to warm the state on (not repeated in the answer); "
-                                                 "none: a newline.")
+    prime: str | None = Field(
+        None, description="Text to warm the state on (not repeated in the answer); none: a newline."
+    )
     length: int = _sampling("length")
     temperature: float = _sampling("temperature")
     top_k: int | None = _sampling("top_k")
@@ -43,16 +45,27 @@ class GenerateRequest(Strict):
     stream: bool = Field(False, description="Server-Sent Events: one event per few characters, then `done`.")
 
     def config(self) -> SampleConfig:
-        return SampleConfig(length=self.length, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                            greedy=self.greedy, prime=self.prime, seed=self.seed, num_samples=self.num_samples)
+        return SampleConfig(
+            length=self.length,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            greedy=self.greedy,
+            prime=self.prime,
+            seed=self.seed,
+            num_samples=self.num_samples,
+        )
 
 
 class ScoreRequest(Strict):
     text: str = Field(description="Text to score, as `charnn eval` scores a file holding it.")
-    skip_unknown: bool = Field(False, description="Drop characters outside the vocabulary (counted) instead "
-                                                  "of refusing the text.")
-    per_char: bool = Field(False, description="Also each symbol's surprise in bits, from the second on "
-                                              "(`bits`): what the playground colours.")
+    skip_unknown: bool = Field(
+        False, description="Drop characters outside the vocabulary (counted) instead of refusing the text."
+    )
+    per_char: bool = Field(
+        False,
+        description="Also each symbol's surprise in bits, from the second on (`bits`): what the playground colours.",
+    )
 
 
 class NextRequest(Strict):

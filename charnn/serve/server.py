@@ -87,22 +87,37 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(loaded: LoadedModel, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64,
-          max_length: int = 10_000, log_level: str = "info", **engine_options: Any) -> None:
+def serve(
+    loaded: LoadedModel,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 64,
+    max_length: int = 10_000,
+    log_level: str = "info",
+    **engine_options: Any,
+) -> None:
     """Serve `loaded` over HTTP until SIGINT/SIGTERM; returns after a clean stop."""
     if not _is_loopback(host):
-        warnings.warn(CharnnWarning(f"--host {host}: anyone who can reach this machine on port {port} can use "
-                                    f"the model (there is no authentication)"), stacklevel=2)
+        warnings.warn(
+            CharnnWarning(
+                f"--host {host}: anyone who can reach this machine on port {port} can use "
+                f"the model (there is no authentication)"
+            ),
+            stacklevel=2,
+        )
     app = create_app(loaded, max_batch=max_batch, max_length=max_length, **engine_options)
     sock = bind(host, port)
     logging_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     logging_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout stays clean: all logs on stderr
-    config = uvicorn.Config(app, log_level=log_level, log_config=logging_config, lifespan="on",
-                            timeout_graceful_shutdown=int(GRACE_S))
+    config = uvicorn.Config(
+        app, log_level=log_level, log_config=logging_config, lifespan="on", timeout_graceful_shutdown=int(GRACE_S)
+    )
     server = _Server(config, app)
     shown = f"[{host}]" if ":" in host else host
-    logging.getLogger("uvicorn.error").info("charnn serve: http://%s:%d (API reference at /docs)", shown,
-                                            sock.getsockname()[1])
+    logging.getLogger("uvicorn.error").info(
+        "charnn serve: http://%s:%d (API reference at /docs)", shown, sock.getsockname()[1]
+    )
     try:
         server.run(sockets=[sock])
     finally:

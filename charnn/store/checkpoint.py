@@ -35,6 +35,7 @@ def read_meta(path: str | os.PathLike) -> CheckpointMeta:
 
 # --- the model file -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A model ready to use, with the record that says how to interpret it."""
@@ -80,16 +81,35 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def model_bytes(model: CharRNN, vocab: Vocab, data_cfg: DataConfig, *, step: int, val_loss: float | None,
-                corpus_sha256: str, corpus_path: str | None = None, corpus_cache: str | None = None,
-                train_cfg: TrainConfig | None = None, state_sha256: str | None = None) -> bytes:
+def model_bytes(
+    model: CharRNN,
+    vocab: Vocab,
+    data_cfg: DataConfig,
+    *,
+    step: int,
+    val_loss: float | None,
+    corpus_sha256: str,
+    corpus_path: str | None = None,
+    corpus_cache: str | None = None,
+    train_cfg: TrainConfig | None = None,
+    state_sha256: str | None = None,
+) -> bytes:
     """The safetensors file for `model`: fp32 weights, their sha256, and the `CheckpointMeta` made of the
     arguments and `model.cfg`."""
     from safetensors.torch import save
 
-    meta = CheckpointMeta(model.cfg, data_cfg, vocab, step=step, val_loss=val_loss, corpus_sha256=corpus_sha256,
-                          corpus_path=corpus_path, corpus_cache=corpus_cache, train_cfg=train_cfg,
-                          state_sha256=state_sha256)
+    meta = CheckpointMeta(
+        model.cfg,
+        data_cfg,
+        vocab,
+        step=step,
+        val_loss=val_loss,
+        corpus_sha256=corpus_sha256,
+        corpus_path=corpus_path,
+        corpus_cache=corpus_cache,
+        train_cfg=train_cfg,
+        state_sha256=state_sha256,
+    )
 
     tensors, stored = {}, set()
     for k, v in model.state_dict().items():
@@ -152,15 +172,22 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
     spans = []
     for name, shape in expected.items():
         entry = header[name]
-        if (not isinstance(entry, dict) or entry.get("dtype") != "F32" or not isinstance(entry.get("shape"), list)
-                or tuple(entry["shape"]) != shape):
+        if (
+            not isinstance(entry, dict)
+            or entry.get("dtype") != "F32"
+            or not isinstance(entry.get("shape"), list)
+            or tuple(entry["shape"]) != shape
+        ):
             raise CheckpointError(f"{path}: tensor {name!r} does not match the model config (shape/dtype)")
         offsets = entry.get("data_offsets")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1] <= data_len
-                or offsets[1] - offsets[0] != 4 * math.prod(shape)):
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has bad data offsets (the file is truncated or corrupt)")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_len
+            or offsets[1] - offsets[0] != 4 * math.prod(shape)
+        ):
+            raise CheckpointError(f"{path}: tensor {name!r} has bad data offsets (the file is truncated or corrupt)")
         spans.append((offsets[0], offsets[1], name))
     checksums = meta_json(strings, "checksums", path)
     if not isinstance(checksums, dict) or set(checksums) != set(expected):
@@ -192,6 +219,7 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
 
 
 # --- the training state ---------------------------------------------------------------------------------
+
 
 def state_bytes(state: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
@@ -247,19 +275,28 @@ def _state_problem(state: dict[str, Any]) -> str | None:
     if state.get("best_step") is not None and not _count(state["best_step"]):
         return f"best_step {state['best_step']!r} is not a step number"
     optimizer = state["optimizer"]
-    if (not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict)
-            or not isinstance(optimizer.get("param_groups"), list)
-            or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in optimizer["param_groups"])):
+    if (
+        not isinstance(optimizer, dict)
+        or not isinstance(optimizer.get("state"), dict)
+        or not isinstance(optimizer.get("param_groups"), list)
+        or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in optimizer["param_groups"])
+    ):
         return "the optimizer state is not an optimizer's"
     rng = state["rng"]
     python = rng.get("python") if isinstance(rng, dict) else None
-    if (not isinstance(python, (list, tuple)) or len(python) != 3 or not isinstance(python[1], (list, tuple))
-            or not torch.is_tensor(rng.get("torch")) or rng["torch"].dtype != torch.uint8):
+    if (
+        not isinstance(python, (list, tuple))
+        or len(python) != 3
+        or not isinstance(python[1], (list, tuple))
+        or not torch.is_tensor(rng.get("torch"))
+        or rng["torch"].dtype != torch.uint8
+    ):
         return "the RNG state is not charnn's"
     hidden = state.get("hidden")
     tensors = list(hidden) if isinstance(hidden, (list, tuple)) else [] if hidden is None else [hidden]
     if (hidden is not None and not tensors) or not all(
-            torch.is_tensor(t) and t.is_floating_point() and t.dim() == 3 for t in tensors):
+        torch.is_tensor(t) and t.is_floating_point() and t.dim() == 3 for t in tensors
+    ):
         return "the hidden state is not (layers, streams, hidden) tensors"
     for key in ("train_config", "scaler"):
         if state.get(key) is not None and not isinstance(state[key], dict):

@@ -52,8 +52,9 @@ def cache_key(sha256: str, cfg: DataConfig) -> str:
     return f"{sha256[:32]}-{opts[:12]}"
 
 
-def hash_file(path: str | os.PathLike, size: int | None = None, *,
-              on_bytes: Callable[[int], None] | None = None) -> str:
+def hash_file(
+    path: str | os.PathLike, size: int | None = None, *, on_bytes: Callable[[int], None] | None = None
+) -> str:
     """sha256 of the first `size` bytes (None: all), streamed in CHUNK_BYTES pieces."""
     hasher = hashlib.sha256()
     for chunk in read_chunks(Path(path), size, hasher=hasher):
@@ -62,8 +63,13 @@ def hash_file(path: str | os.PathLike, size: int | None = None, *,
     return hasher.hexdigest()
 
 
-def load_corpus(path: str | os.PathLike, cfg: DataConfig, *, cache_dir: str | os.PathLike | None = None,
-                on_progress: Callable[[EncodeProgress], None] | None = None) -> Corpus:
+def load_corpus(
+    path: str | os.PathLike,
+    cfg: DataConfig,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    on_progress: Callable[[EncodeProgress], None] | None = None,
+) -> Corpus:
     """The corpus with memory-mapped ids, from the cache when a sound matching entry exists, else encoded now
     (over a damaged entry, with a warning).
 
@@ -88,9 +94,17 @@ def load_corpus(path: str | os.PathLike, cfg: DataConfig, *, cache_dir: str | os
     except OSError as err:
         raise CheckpointWriteError(f"cannot create the corpus cache {cache}: {err.strerror or err}") from None
     vocab, count, ids_sha = _build(p, cfg, ids_path, size, sha, on_progress)
-    meta = {"version": CACHE_VERSION, "sha256": sha, "count": count, "dtype": id_dtype(len(vocab)).name,
-            "vocab": json.loads(vocab.to_json()), "options": decoding_options(cfg), "source": str(p.resolve()),
-            "bytes": size, "ids_sha256": ids_sha}
+    meta = {
+        "version": CACHE_VERSION,
+        "sha256": sha,
+        "count": count,
+        "dtype": id_dtype(len(vocab)).name,
+        "vocab": json.loads(vocab.to_json()),
+        "options": decoding_options(cfg),
+        "source": str(p.resolve()),
+        "bytes": size,
+        "ids_sha256": ids_sha,
+    }
     # written last: its presence marks a complete entry
     atomic_write(meta_path, (json.dumps(meta) + "\n").encode(), what="corpus cache")
     ids, vocab = _open_entry(meta_path, ids_path, sha, cfg, verify=False) or (None, None)
@@ -99,8 +113,7 @@ def load_corpus(path: str | os.PathLike, cfg: DataConfig, *, cache_dir: str | os
     return Corpus(ids, vocab, sha, str(p), cfg)
 
 
-def cached_corpus(path: str | os.PathLike, sha256: str, cfg: DataConfig, cache_dirs: Iterable[Path]
-                  ) -> Corpus | None:
+def cached_corpus(path: str | os.PathLike, sha256: str, cfg: DataConfig, cache_dirs: Iterable[Path]) -> Corpus | None:
     """The corpus whose bytes hash to `sha256`, from a sound entry in one of `cache_dirs`, read-only: nothing
     is created or written. None when no directory holds one; a damaged entry is skipped with a warning."""
     key = cache_key(sha256, cfg)
@@ -115,14 +128,18 @@ def cached_corpus(path: str | os.PathLike, sha256: str, cfg: DataConfig, cache_d
     return None
 
 
-def _open_entry(meta_path: Path, ids_path: Path, sha: str, cfg: DataConfig, *, verify: bool = True
-                ) -> tuple[np.ndarray, Vocab] | None:
+def _open_entry(
+    meta_path: Path, ids_path: Path, sha: str, cfg: DataConfig, *, verify: bool = True
+) -> tuple[np.ndarray, Vocab] | None:
     """The cached ids and vocabulary; None when the entry is missing or from another version or decoding; a
     DataError when its ids file is not the one its JSON records (size or sha256: a damaged disk, an edit)."""
     try:
         meta = json.loads(meta_path.read_text())
-        if (meta.get("version") != CACHE_VERSION or meta.get("sha256") != sha
-                or meta.get("options") != decoding_options(cfg)):
+        if (
+            meta.get("version") != CACHE_VERSION
+            or meta.get("sha256") != sha
+            or meta.get("options") != decoding_options(cfg)
+        ):
             return None
         vocab = Vocab(tuple(meta["vocab"]["symbols"]), bool(meta["vocab"]["bytes"]))
         dtype = np.dtype(meta["dtype"])
@@ -135,8 +152,10 @@ def _open_entry(meta_path: Path, ids_path: Path, sha: str, cfg: DataConfig, *, v
     except CharnnError as err:  # a vocabulary the JSON holds that no corpus could have made
         raise DataError(f"the corpus cache entry {meta_path} is damaged ({err})") from None
     if size != count * dtype.itemsize or (verify and hash_file(ids_path) != ids_sha):
-        raise DataError(f"the corpus cache entry {ids_path} is damaged (its size or sha256 is not the one "
-                        f"recorded in {meta_path.name})")
+        raise DataError(
+            f"the corpus cache entry {ids_path} is damaged (its size or sha256 is not the one "
+            f"recorded in {meta_path.name})"
+        )
     return np.memmap(ids_path, dtype=dtype, mode="r", shape=(count,)), vocab
 
 
@@ -149,11 +168,13 @@ def _meter(phase: str, total: int, on_progress: Callable[[EncodeProgress], None]
     def on_bytes(n: int) -> None:
         done[0] += n
         on_progress(EncodeProgress(phase, done[0], total, time.perf_counter() - t0))
+
     return on_bytes
 
 
-def _build(p: Path, cfg: DataConfig, ids_path: Path, size: int, sha: str,
-           on_progress: Callable[[EncodeProgress], None] | None) -> tuple[Vocab, int, str]:
+def _build(
+    p: Path, cfg: DataConfig, ids_path: Path, size: int, sha: str, on_progress: Callable[[EncodeProgress], None] | None
+) -> tuple[Vocab, int, str]:
     """Scan for the vocabulary, then write the ids through a temp file renamed into place; the vocabulary,
     the count and the ids' sha256. Both passes read the `size` bytes the hash pass read (`read_chunks`)."""
     fast = not cfg.bytes_mode and codecs.lookup(cfg.encoding).name == "utf-8"
@@ -168,8 +189,11 @@ def _build(p: Path, cfg: DataConfig, ids_path: Path, size: int, sha: str,
     on_bytes = _meter("encode", size, on_progress)
     try:
         with atomic_file(ids_path) as f:
-            chunks = _encode_utf8(p, cfg, table, size, sha, on_bytes) if fast else (
-                table[cps] for cps in iter_symbols(p, cfg, size=size, sha256=sha, on_bytes=on_bytes))
+            chunks = (
+                _encode_utf8(p, cfg, table, size, sha, on_bytes)
+                if fast
+                else (table[cps] for cps in iter_symbols(p, cfg, size=size, sha256=sha, on_bytes=on_bytes))
+            )
             for ids in chunks:
                 view = memoryview(np.ascontiguousarray(ids)).cast("B")
                 f.write(view)
@@ -277,8 +301,7 @@ def _scan_utf8(p: Path, cfg: DataConfig, size: int, on_bytes) -> tuple[np.ndarra
     return np.flatnonzero(present), count
 
 
-def _encode_utf8(p: Path, cfg: DataConfig, table: np.ndarray, size: int, sha: str, on_bytes
-                 ) -> Iterator[np.ndarray]:
+def _encode_utf8(p: Path, cfg: DataConfig, table: np.ndarray, size: int, sha: str, on_bytes) -> Iterator[np.ndarray]:
     ascii_lut = np.zeros(256, dtype=table.dtype)
     ascii_lut[:128] = table[:128]
     byte_table = ascii_lut.tobytes() if table.dtype == np.uint8 else None

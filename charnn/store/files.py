@@ -17,8 +17,13 @@ from typing import BinaryIO
 
 from charnn.errors import CheckpointWriteError, OutputPathError
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def fsync_dir(path: Path) -> None:
@@ -53,8 +58,10 @@ def output_target(path: str | os.PathLike) -> Path:
     if not stat.S_ISREG(mode):
         kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
         via = f" (a link to {target})" if target != path else ""
-        raise OutputPathError(f"{path}{via} is {kind}; charnn writes only regular files and never replaces "
-                              f"anything else: give a file name")
+        raise OutputPathError(
+            f"{path}{via} is {kind}; charnn writes only regular files and never replaces "
+            f"anything else: give a file name"
+        )
     return target
 
 
@@ -99,8 +106,7 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, what: str = "checkpoin
         with atomic_file(path) as f:
             f.write(data)
     except OSError as err:
-        raise CheckpointWriteError(
-            f"{what} write failed (disk full?): {path}: {err.strerror or err}") from None
+        raise CheckpointWriteError(f"{what} write failed (disk full?): {path}: {err.strerror or err}") from None
 
 
 class LineLog:
@@ -133,14 +139,15 @@ class LineLog:
         try:
             rest = memoryview(data)
             while rest:
-                rest = rest[os.write(self.fd, rest):]
+                rest = rest[os.write(self.fd, rest) :]
         except OSError as err:
             try:
                 os.ftruncate(self.fd, self.size)  # the part of the line that did get written
             except OSError:
                 pass
             raise CheckpointWriteError(
-                f"{self.what} write failed (disk full?): {self.path}: {err.strerror or err}") from None
+                f"{self.what} write failed (disk full?): {self.path}: {err.strerror or err}"
+            ) from None
         self.size += len(data)
 
     def flush(self) -> None:

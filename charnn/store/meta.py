@@ -23,6 +23,7 @@ FORMAT = "charnn-model/1"
 
 # --- the metadata record --------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class CheckpointMeta:
     """What a model file records beside its weights. `meta_strings` writes it, `parse_meta` reads it back.
@@ -67,9 +68,12 @@ def meta_strings(meta: CheckpointMeta) -> dict[str, str]:
         "step": str(meta.step),
         "val_loss": "none" if meta.val_loss is None else repr(float(meta.val_loss)),
     }
-    optional = {"corpus_path": meta.corpus_path, "corpus_cache": meta.corpus_cache,
-                "train_config": None if meta.train_cfg is None else json.dumps(to_dict(meta.train_cfg)),
-                "state_sha256": meta.state_sha256}
+    optional = {
+        "corpus_path": meta.corpus_path,
+        "corpus_cache": meta.corpus_cache,
+        "train_config": None if meta.train_cfg is None else json.dumps(to_dict(meta.train_cfg)),
+        "state_sha256": meta.state_sha256,
+    }
     strings.update({k: v for k, v in optional.items() if v is not None})
     return strings
 
@@ -90,10 +94,19 @@ def parse_meta(strings: dict[str, str], path: Path) -> CheckpointMeta:
     except (CharnnError, KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"{path}: invalid checkpoint metadata ({err})") from None
     return CheckpointMeta(
-        model_cfg, data_cfg, vocab, step=step, val_loss=val_loss, corpus_sha256=strings.get("corpus_sha256", ""),
-        corpus_path=strings.get("corpus_path"), corpus_cache=strings.get("corpus_cache"), train_cfg=train_cfg,
-        state_sha256=strings.get("state_sha256"), charnn_version=strings.get("charnn_version", ""),
-        torch_version=strings.get("torch_version", ""))
+        model_cfg,
+        data_cfg,
+        vocab,
+        step=step,
+        val_loss=val_loss,
+        corpus_sha256=strings.get("corpus_sha256", ""),
+        corpus_path=strings.get("corpus_path"),
+        corpus_cache=strings.get("corpus_cache"),
+        train_cfg=train_cfg,
+        state_sha256=strings.get("state_sha256"),
+        charnn_version=strings.get("charnn_version", ""),
+        torch_version=strings.get("torch_version", ""),
+    )
 
 
 def meta_json(strings: dict[str, str], key: str, path: Path) -> Any:

@@ -55,10 +55,22 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 
 # --- writing ----------------------------------------------------------------------------------------------
 
-def save_checkpoint(run_dir: str | os.PathLike, model: CharRNN, vocab: Vocab, data_cfg: DataConfig, *,
-                    step: int, val_loss: float | None, corpus_sha256: str, state: dict[str, Any] | None,
-                    keep_last: int, corpus_path: str | None = None, corpus_cache: str | None = None,
-                    train_cfg: TrainConfig | None = None) -> Path:
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    model: CharRNN,
+    vocab: Vocab,
+    data_cfg: DataConfig,
+    *,
+    step: int,
+    val_loss: float | None,
+    corpus_sha256: str,
+    state: dict[str, Any] | None,
+    keep_last: int,
+    corpus_path: str | None = None,
+    corpus_cache: str | None = None,
+    train_cfg: TrainConfig | None = None,
+) -> Path:
     """Write state then model (the model file is the commit record: it holds the state's sha256), then prune.
 
     The keywords are the model file's `CheckpointMeta` fields (`charnn.store.checkpoint.model_bytes`).
@@ -74,9 +86,21 @@ def save_checkpoint(run_dir: str | os.PathLike, model: CharRNN, vocab: Vocab, da
         atomic_write(state_path(path), blob)
         state_sha256 = hashlib.sha256(blob).hexdigest()
     try:
-        atomic_write(path, model_bytes(model, vocab, data_cfg, step=step, val_loss=val_loss,
-                                       corpus_sha256=corpus_sha256, corpus_path=corpus_path,
-                                       corpus_cache=corpus_cache, train_cfg=train_cfg, state_sha256=state_sha256))
+        atomic_write(
+            path,
+            model_bytes(
+                model,
+                vocab,
+                data_cfg,
+                step=step,
+                val_loss=val_loss,
+                corpus_sha256=corpus_sha256,
+                corpus_path=corpus_path,
+                corpus_cache=corpus_cache,
+                train_cfg=train_cfg,
+                state_sha256=state_sha256,
+            ),
+        )
     except CheckpointWriteError:
         if state is not None:  # a state without its model file is no checkpoint: give the full disk its space back
             state_path(path).unlink(missing_ok=True)
@@ -104,8 +128,15 @@ def prune(run_dir: str | os.PathLike, *, keep_last: int) -> list[Path]:
     return removed
 
 
-def write_run_files(run_dir: Path, data: Corpus, model_cfg: ModelConfig, cfg: TrainConfig, *,
-                    plan: dict[str, Any] | None = None, init_from: dict[str, Any] | None = None) -> None:
+def write_run_files(
+    run_dir: Path,
+    data: Corpus,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    *,
+    plan: dict[str, Any] | None = None,
+    init_from: dict[str, Any] | None = None,
+) -> None:
     """The human-readable sidecars: config.json (also what `--resume` continues with) and vocab.json.
     Loading a model never depends on them. A resumed run keeps the plan, and the record of the weights it
     started from (`init_from`: run, checkpoint, step, sha256), that its config.json holds."""
@@ -144,13 +175,15 @@ def open_logs(run_dir: Path, dist: DistInfo) -> tuple[LineLog, LineLog]:
 
 # --- finding and choosing -----------------------------------------------------------------------------------
 
+
 def _vanished(path: Path) -> bool:
     """Pruned by a training since it was listed: gone, which is not damaged."""
     return not os.path.lexists(path)
 
 
-def best_checkpoint(ckpts: list[Path], *, unreadable: Callable[[Path, CheckpointError], None] | None = None
-                    ) -> Path | None:
+def best_checkpoint(
+    ckpts: list[Path], *, unreadable: Callable[[Path, CheckpointError], None] | None = None
+) -> Path | None:
     """The checkpoint with the lowest finite validation loss. A file whose label cannot be read is passed over
     (pruning's view), or handed to `unreadable` (it could have been the best) unless it vanished meanwhile."""
     best, best_val = None, math.inf
@@ -216,8 +249,10 @@ def choose_checkpoint(run_dir: Path, which: str = "best", *, which_flag: bool = 
         return ckpts[-1]
 
     def unknown(path: Path, err: CheckpointError) -> None:
-        raise CheckpointError(f"{err}; without its validation loss the best checkpoint is unknown; "
-                              f"{_instead(path, ckpts, 'best', which_flag)}") from None
+        raise CheckpointError(
+            f"{err}; without its validation loss the best checkpoint is unknown; "
+            f"{_instead(path, ckpts, 'best', which_flag)}"
+        ) from None
 
     best = best_checkpoint(ckpts, unreadable=unknown)
     return best or next((p for p in reversed(ckpts) if not _vanished(p)), ckpts[-1])
@@ -232,8 +267,13 @@ def _instead(damaged: Path, ckpts: list[Path], which: str, which_flag: bool) -> 
     return "to use another checkpoint, " + " or ".join(ways) if ways else "the run has no other checkpoint"
 
 
-def load_run(target: str | os.PathLike | None = None, *, which: str = "best",
-             device: torch.device | str = "cpu", which_flag: bool = True) -> LoadedModel:
+def load_run(
+    target: str | os.PathLike | None = None,
+    *,
+    which: str = "best",
+    device: torch.device | str = "cpu",
+    which_flag: bool = True,
+) -> LoadedModel:
     """Load the checkpoint a run's answer belongs to (`choose_checkpoint`), verified; never another in its place.
 
     A damaged choice raises CheckpointError naming the file and how to use another (`which_flag`: whether the
@@ -251,5 +291,7 @@ def load_run(target: str | os.PathLike | None = None, *, which: str = "best",
         except CheckpointError as err:
             if attempt < 2 and _vanished(path):
                 continue
-            raise CheckpointError(f"{err}; it is the run's {which} checkpoint; "
-                                  f"{_instead(path, list_checkpoints(target), which, which_flag)}") from None
+            raise CheckpointError(
+                f"{err}; it is the run's {which} checkpoint; "
+                f"{_instead(path, list_checkpoints(target), which, which_flag)}"
+            ) from None

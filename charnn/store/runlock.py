@@ -54,8 +54,9 @@ def new_run_dir(run_dir: Path, dist: DistInfo, held: ExitStack) -> None:
     except OSError as err:
         raise ConfigError(f"--out {run_dir}: cannot read the directory ({err.strerror})") from None
     if foreign is not None:
-        raise ConfigError(f"--out {run_dir} holds {foreign}, which is not a charnn run's; choose a new or "
-                          f"empty directory")
+        raise ConfigError(
+            f"--out {run_dir} holds {foreign}, which is not a charnn run's; choose a new or empty directory"
+        )
     _refuse_a_run(run_dir)
     if dist.is_main:
         try:
@@ -102,8 +103,9 @@ def lock_run(run_dir: Path) -> Iterator[None]:
             f.seek(0)
             holder = f.read().strip()
             by = f" (process {holder})" if holder.isdigit() else ""
-            raise ConfigError(f"{run_dir} is being trained by another process{by}; wait for it to end or "
-                              f"choose another --out") from None
+            raise ConfigError(
+                f"{run_dir} is being trained by another process{by}; wait for it to end or choose another --out"
+            ) from None
         except OSError:  # a file system without locks: train unlocked
             pass
         f.seek(0)

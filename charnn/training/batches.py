@@ -30,14 +30,24 @@ class StreamBatcher:
     no iterator state. Under DDP each rank takes its own `batch_size // world` rows.
     """
 
-    def __init__(self, ids: np.ndarray, *, batch_size: int, seq_len: int, seed: int,
-                 device: torch.device | str = "cpu", rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self,
+        ids: np.ndarray,
+        *,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         n = len(ids)
         need = batch_size * (seq_len + 1)
         if n < need:
             raise DataError(
                 f"training split has {n} characters; one batch needs batch_size x (seq_len + 1) = "
-                f"{batch_size} x {seq_len + 1} = {need}: lower --batch-size or --seq-len, or use more text")
+                f"{batch_size} x {seq_len + 1} = {need}: lower --batch-size or --seq-len, or use more text"
+            )
         if batch_size % world:
             raise ConfigError(f"--batch-size {batch_size} must be divisible by the number of processes {world}")
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed

@@ -31,8 +31,13 @@ class Start:
     def record(self) -> dict[str, Any]:
         """Where the run started from, as config.json keeps it (and the report shows it)."""
         path = self.loaded.path.resolve()
-        return {"run": str(path.parent), "checkpoint": path.name, "step": self.loaded.step, "sha256": self.sha256,
-                "vocab_size": len(self.loaded.vocab)}
+        return {
+            "run": str(path.parent),
+            "checkpoint": path.name,
+            "step": self.loaded.step,
+            "sha256": self.sha256,
+            "vocab_size": len(self.loaded.vocab),
+        }
 
     def describe(self, data: Corpus) -> str:
         """One line for the start of training: the model file and the symbols it never saw."""

@@ -123,8 +123,7 @@ def end_reason(run: Run) -> str:
 
 
 def reached_the_end(run: Run, s: LoopState, progress: float) -> bool:
-    return (run.total_steps is not None and s.step >= run.total_steps) or bool(
-        run.cfg.time_budget and progress >= 1.0)
+    return (run.total_steps is not None and s.step >= run.total_steps) or bool(run.cfg.time_budget and progress >= 1.0)
 
 
 def stop_if_asked(run: Run, s: LoopState) -> None:
@@ -136,8 +135,10 @@ def stop_if_asked(run: Run, s: LoopState) -> None:
         # A checkpoint of this very step (one the signal came during, its validation included) is kept as
         # written: rewriting it unevaluated would take the validation loss that makes it the best away.
         latest = s.latest if s.saved_step == s.step else write_checkpoint(run, s, None)
-        raise Interrupted(f"interrupted at step {s.step}; saved {latest}; continue with "
-                          f"--resume {run.run_dir}", exit_code=128 + signum)
+        raise Interrupted(
+            f"interrupted at step {s.step}; saved {latest}; continue with --resume {run.run_dir}",
+            exit_code=128 + signum,
+        )
 
 
 def train_step(run: Run, s: LoopState, lr: float) -> bool:
@@ -146,8 +147,17 @@ def train_step(run: Run, s: LoopState, lr: float) -> bool:
     epoch, k = run.batcher.position(s.step)
     if k == 0:
         s.hidden = None  # a new epoch starts the streams afresh (at a new offset)
-    taken, s.hidden = optimisation_step(run.net, run.optimizer, run.batcher.batch(s.step), s.hidden, s.stats,
-                                        cfg=run.cfg, device=run.device, step=s.step, scaler=run.scaler)
+    taken, s.hidden = optimisation_step(
+        run.net,
+        run.optimizer,
+        run.batcher.batch(s.step),
+        s.hidden,
+        s.stats,
+        cfg=run.cfg,
+        device=run.device,
+        step=s.step,
+        scaler=run.scaler,
+    )
     if not taken:
         run.report(Progress("warning", s.step, run.total_steps, s.elapsed(), text="non-finite loss; step skipped"))
     s.step += 1
@@ -157,8 +167,19 @@ def train_step(run: Run, s: LoopState, lr: float) -> bool:
 def log_window(run: Run, s: LoopState, lr: float) -> None:
     """One metrics line for the steps since the last: mean loss over every rank, gradient norm, speed."""
     mean, grad_norm, clip_frac, rate = s.stats.read_window(run.dist, run.cfg.batch_size * run.cfg.seq_len)
-    _log(run, {"kind": "train", "step": s.step, "elapsed": round(s.elapsed(), 3), "train_loss": mean, "lr": lr,
-               "grad_norm": grad_norm, "clip_frac": clip_frac, "chars_per_s": rate})
+    _log(
+        run,
+        {
+            "kind": "train",
+            "step": s.step,
+            "elapsed": round(s.elapsed(), 3),
+            "train_loss": mean,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "clip_frac": clip_frac,
+            "chars_per_s": rate,
+        },
+    )
     emit(run, s, "log", train_loss=mean, lr=lr, grad_norm=grad_norm, chars_per_s=rate)
     s.last_train = mean
     s.stats.new_window()
@@ -180,8 +201,17 @@ def _evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
             s.best_val, s.best_step, s.evals_since_best, s.warned = val, s.step, 0, False
         else:
             s.evals_since_best += 1
-        _log(run, {"kind": "eval", "step": s.step, "elapsed": round(s.elapsed(), 3), "val_loss": val,
-                   "val_bpc": res.bpc, "val_chars": res.chars})
+        _log(
+            run,
+            {
+                "kind": "eval",
+                "step": s.step,
+                "elapsed": round(s.elapsed(), 3),
+                "val_loss": val,
+                "val_bpc": res.bpc,
+                "val_chars": res.chars,
+            },
+        )
         emit(run, s, "eval", val_loss=val, train_loss=s.last_train)
         _watch_overfitting(run, s, val)
     s.last_val = val
@@ -190,15 +220,34 @@ def _evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
 
 def write_checkpoint(run: Run, s: LoopState, val: float | None) -> Path | None:
     """Save the weights and the training state; rank 0 writes, every rank sends its streams' hidden state."""
-    state = _training_state(s.step, s.elapsed(), s.best_val, run.optimizer, gather_rows(s.hidden, run.dist),
-                            run.cfg, s.evals_since_best, s.best_step, run.scaler)
+    state = _training_state(
+        s.step,
+        s.elapsed(),
+        s.best_val,
+        run.optimizer,
+        gather_rows(s.hidden, run.dist),
+        run.cfg,
+        s.evals_since_best,
+        s.best_step,
+        run.scaler,
+    )
     path = None
     if run.dist.is_main:
         data, cfg, cache_dir = run.data, run.cfg, run.cache_dir
-        path = save_checkpoint(run.run_dir, run.model, data.vocab, data.data, step=s.step, val_loss=val,
-                               corpus_sha256=data.sha256, state=state, keep_last=cfg.keep_last,
-                               corpus_path=str(Path(data.path).resolve()),
-                               corpus_cache=str(Path(cache_dir).resolve()) if cache_dir else "", train_cfg=cfg)
+        path = save_checkpoint(
+            run.run_dir,
+            run.model,
+            data.vocab,
+            data.data,
+            step=s.step,
+            val_loss=val,
+            corpus_sha256=data.sha256,
+            state=state,
+            keep_last=cfg.keep_last,
+            corpus_path=str(Path(data.path).resolve()),
+            corpus_cache=str(Path(cache_dir).resolve()) if cache_dir else "",
+            train_cfg=cfg,
+        )
         emit(run, s, "checkpoint", text=str(path))
     barrier(run.dist)  # no rank runs ahead of a checkpoint being written
     s.saved_step = s.step
@@ -211,7 +260,7 @@ def overfitting(curve: list[tuple[float, float]], *, rises: int = 3) -> bool:
     Three rises, not one or two: a small validation split is noisy enough to rise twice by chance."""
     if len(curve) <= rises:
         return False
-    window = curve[-rises - 1:]
+    window = curve[-rises - 1 :]
     vals = [v for _, v in window]
     return all(b > a for a, b in zip(vals, vals[1:], strict=False)) and window[-1][0] < window[0][0]
 
@@ -223,9 +272,14 @@ def _watch_overfitting(run: Run, s: LoopState, val: float) -> None:
     s.curve.append((s.last_train, val))
     if not s.warned and overfitting(s.curve):
         s.warned = True
-        emit(run, s, "warning", text=f"validation loss is rising ({val:.4f}) while training loss falls: the "
-                                     f"model is memorising its text; the best checkpoint (step {s.best_step}, "
-                                     f"{s.best_val:.4f}) is kept")
+        emit(
+            run,
+            s,
+            "warning",
+            text=f"validation loss is rising ({val:.4f}) while training loss falls: the "
+            f"model is memorising its text; the best checkpoint (step {s.best_step}, "
+            f"{s.best_val:.4f}) is kept",
+        )
 
 
 def patience_spent(run: Run, s: LoopState) -> bool:
@@ -247,8 +301,18 @@ def draw_sample(run: Run, s: LoopState) -> None:
     text = sample_text(run.model, run.data.vocab, sample_cfg)[0]
     run.model.train()
     shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-    run.samples.write(json.dumps({"step": s.step, "elapsed": round(s.elapsed(), 3), "val_loss": s.last_val,
-                                  "temperature": cfg.sample_temperature, "text": shown}) + "\n")
+    run.samples.write(
+        json.dumps(
+            {
+                "step": s.step,
+                "elapsed": round(s.elapsed(), 3),
+                "val_loss": s.last_val,
+                "temperature": cfg.sample_temperature,
+                "text": shown,
+            }
+        )
+        + "\n"
+    )
     run.samples.flush()
     emit(run, s, "sample", text=shown)
 
@@ -262,14 +326,31 @@ def emit(run: Run, s: LoopState, kind: str, **fields: Any) -> None:
     run.report(Progress(kind, s.step, run.total_steps, s.elapsed(), run.cfg.time_budget, **fields))
 
 
-def _training_state(step: int, elapsed: float, best_val: float, optimizer: torch.optim.Optimizer, hidden,
-                    cfg: TrainConfig, evals_since_best: int = 0, best_step: int | None = None,
-                    scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
+def _training_state(
+    step: int,
+    elapsed: float,
+    best_val: float,
+    optimizer: torch.optim.Optimizer,
+    hidden,
+    cfg: TrainConfig,
+    evals_since_best: int = 0,
+    best_step: int | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, Any]:
     """Everything besides the weights that an exact resume needs: tensors and primitives only."""
     if isinstance(hidden, tuple):
         hidden = [h.detach().float().cpu() for h in hidden]
     elif hidden is not None:
         hidden = hidden.detach().float().cpu()
-    return {"step": step, "elapsed": elapsed, "best_val": best_val, "optimizer": optimizer.state_dict(),
-            "rng": rng_state(), "hidden": hidden, "train_config": to_dict(cfg), "evals_since_best": evals_since_best,
-            "best_step": best_step, "scaler": scaler.state_dict() if scaler is not None else None}
+    return {
+        "step": step,
+        "elapsed": elapsed,
+        "best_val": best_val,
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+        "hidden": hidden,
+        "train_config": to_dict(cfg),
+        "evals_since_best": evals_since_best,
+        "best_step": best_step,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+    }

@@ -51,8 +51,24 @@ FINETUNE_PATIENCE_EPOCHS = 2
 # Model options a fine-tuned run may change: no weight's shape or meaning depends on them.
 FREE_ON_FINETUNE = ("dropout", "locked_dropout")
 # The options the plan chooses when they are not given (the help shows "[default: plan]" for them).
-PLANNED = frozenset({"model", "layers", "hidden", "embed", "dropout", "layer_norm", "batch_size", "seq_len", "lr",
-                     "warmup_iters", "weight_decay", "max_iters", "eval_every", "patience"})
+PLANNED = frozenset(
+    {
+        "model",
+        "layers",
+        "hidden",
+        "embed",
+        "dropout",
+        "layer_norm",
+        "batch_size",
+        "seq_len",
+        "lr",
+        "warmup_iters",
+        "weight_decay",
+        "max_iters",
+        "eval_every",
+        "patience",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -146,9 +162,12 @@ def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | Non
     schedule = _schedule(facts, gpu, given, finetune=request.init_model is not None)
     train_dict = overlay_train(schedule, given)
     train_cfg = TrainConfig(**train_dict)
-    chosen = tuple(sorted(
-        ({k for k, v in base_model.items() if request.model.get(k) is None} if request.preset is None else set())
-        | {k for k in schedule if k not in given}))
+    chosen = tuple(
+        sorted(
+            ({k for k, v in base_model.items() if request.model.get(k) is None} if request.preset is None else set())
+            | {k for k in schedule if k not in given}
+        )
+    )
     lines = _explain(facts, hardware, tier, model, train_cfg, request, chosen)
     return Plan(model, train_cfg, tier, lines, chosen)
 
@@ -177,8 +196,10 @@ def finetune_model(init: ModelConfig, given: dict[str, Any]) -> ModelConfig:
     for key, value in given.items():
         if value is not None and key not in FREE_ON_FINETUNE and value != getattr(init, key):
             flag = "--" + key.replace("_", "-")
-            raise ConfigError(f"{flag} {value} conflicts with the model of --init-from ({key}={getattr(init, key)});"
-                              f" a fine-tuned run keeps its model")
+            raise ConfigError(
+                f"{flag} {value} conflicts with the model of --init-from ({key}={getattr(init, key)});"
+                f" a fine-tuned run keeps its model"
+            )
     return dataclasses.replace(init, **{k: given[k] for k in FREE_ON_FINETUNE if given.get(k) is not None})
 
 
@@ -197,8 +218,16 @@ def _schedule(facts: CorpusFacts, gpu: bool, given: dict[str, Any], *, finetune:
     patience = min(max(round(epochs * evals_per_epoch), MIN_PATIENCE), MAX_PATIENCE)
     lr = (2e-3 if gpu else 3e-3) * (FINETUNE_LR_FACTOR if finetune else 1.0)
     warmup = min(FINETUNE_WARMUP if finetune else 50, steps // 10)
-    return dict(batch_size=batch, seq_len=seq, lr=lr, warmup_iters=warmup, weight_decay=0.1, max_iters=steps,
-                eval_every=eval_every, patience=patience if facts.val_chars >= 2 else None)
+    return dict(
+        batch_size=batch,
+        seq_len=seq,
+        lr=lr,
+        warmup_iters=warmup,
+        weight_decay=0.1,
+        max_iters=steps,
+        eval_every=eval_every,
+        patience=patience if facts.val_chars >= 2 else None,
+    )
 
 
 def eval_share(val_chars: int, eval_every: int, segment: int, *, rows: int = 64) -> float:
@@ -215,16 +244,25 @@ def eval_share(val_chars: int, eval_every: int, segment: int, *, rows: int = 64)
     return cost / (cost + eval_every)
 
 
-def _explain(facts: CorpusFacts, hardware: Hardware, tier: str, model: ModelConfig, cfg: TrainConfig,
-             request: PlanRequest, chosen: tuple[str, ...]) -> tuple[str, ...]:
+def _explain(
+    facts: CorpusFacts,
+    hardware: Hardware,
+    tier: str,
+    model: ModelConfig,
+    cfg: TrainConfig,
+    request: PlanRequest,
+    chosen: tuple[str, ...],
+) -> tuple[str, ...]:
     """A few lines: what was chosen and why, naming the options that came from the user or a preset."""
     per_epoch = steps_per_epoch(facts.train_chars, cfg.batch_size, cfg.seq_len)
     source = f"preset {request.preset}" if request.preset else "plan"
     kind = f"{model.model.upper()} {model.layers}x{model.hidden}" + (" with layer norm" if model.layer_norm else "")
     if request.init_model is not None:
         kind = f"fine-tuning the trained {kind}"
-    lines = [f"{facts.train_chars:,} training characters, {facts.vocab_size} symbols, {hardware.device}: {tier} -> "
-             f"{kind}, dropout {model.dropout:g}, weight decay {cfg.weight_decay:g} ({source})"]
+    lines = [
+        f"{facts.train_chars:,} training characters, {facts.vocab_size} symbols, {hardware.device}: {tier} -> "
+        f"{kind}, dropout {model.dropout:g}, weight decay {cfg.weight_decay:g} ({source})"
+    ]
     if cfg.time_budget is not None:
         length = f"for {cfg.time_budget:g} s"
     elif cfg.epochs is not None:
@@ -232,14 +270,17 @@ def _explain(facts: CorpusFacts, hardware: Hardware, tier: str, model: ModelConf
     else:
         steps = cfg.max_iters or per_epoch
         length = f"up to {steps:,} steps ({steps / per_epoch:.1f} epochs)"
-    lines.append(f"batch {cfg.batch_size} x {cfg.seq_len} ({per_epoch:,} steps an epoch), lr {cfg.lr:g} with "
-                 f"cosine decay, {length}")
-    stop = (f"stops after {cfg.patience} validations without a new best" if cfg.patience
-            else "no early stopping")
+    lines.append(
+        f"batch {cfg.batch_size} x {cfg.seq_len} ({per_epoch:,} steps an epoch), lr {cfg.lr:g} with "
+        f"cosine decay, {length}"
+    )
+    stop = f"stops after {cfg.patience} validations without a new best" if cfg.patience else "no early stopping"
     share = eval_share(facts.val_chars, cfg.eval_every, cfg.eval_segment)
-    lines.append(f"validation every {cfg.eval_every:,} steps (~{cfg.eval_every / per_epoch:.2g} epoch, "
-                 f"{facts.val_chars:,} characters, about {share:.0%} of the time); {stop}; the best checkpoint "
-                 f"is kept")
+    lines.append(
+        f"validation every {cfg.eval_every:,} steps (~{cfg.eval_every / per_epoch:.2g} epoch, "
+        f"{facts.val_chars:,} characters, about {share:.0%} of the time); {stop}; the best checkpoint "
+        f"is kept"
+    )
     given = sorted(k for k in request.given() if k in PLANNED or k in SHAPING)
     if given:
         lines.append("given: " + ", ".join("--" + k.replace("_", "-") for k in given))

@@ -35,18 +35,23 @@ T = TypeVar("T")
 
 def check_same_run(loaded: LoadedModel, model_cfg: ModelConfig, vocab, corpus_sha256: str) -> None:
     if loaded.corpus_sha256 != corpus_sha256:
-        raise ResumeMismatchError("--resume: the corpus differs from the one this run was trained on "
-                                  "(sha256 mismatch); resume with the original file or start a new run")
+        raise ResumeMismatchError(
+            "--resume: the corpus differs from the one this run was trained on "
+            "(sha256 mismatch); resume with the original file or start a new run"
+        )
     if loaded.vocab != vocab:
         raise ResumeMismatchError("--resume: the vocabulary differs from the run's")
     if loaded.model_cfg != model_cfg:
         raise ResumeMismatchError(f"--resume: the model config differs from the run's ({loaded.model_cfg})")
 
 
-
-def resume_configs(run_dir: str | os.PathLike, *, model_overrides: dict[str, Any],
-                   train_overrides: dict[str, Any], data_overrides: dict[str, Any]
-                   ) -> tuple[ModelConfig, TrainConfig, DataConfig, str]:
+def resume_configs(
+    run_dir: str | os.PathLike,
+    *,
+    model_overrides: dict[str, Any],
+    train_overrides: dict[str, Any],
+    data_overrides: dict[str, Any],
+) -> tuple[ModelConfig, TrainConfig, DataConfig, str]:
     """The configs a resumed run continues with: the run's own (config.json), with training options the
     user changed. A changed model or data option is refused (it would silently train something else).
     A hand-edited or damaged config.json is refused with one ConfigError naming the file and the field.
@@ -65,7 +70,8 @@ def resume_configs(run_dir: str | os.PathLike, *, model_overrides: dict[str, Any
                 if value is not None and getattr(cfg, key) != value:
                     raise ResumeMismatchError(
                         f"--resume: this run was trained with {key}={getattr(cfg, key)!r}, not {value!r}; "
-                        f"{what} options cannot change on resume (start a new run instead)")
+                        f"{what} options cannot change on resume (start a new run instead)"
+                    )
         saved_train = from_dict(TrainConfig, train_dict, where="train")
     except ResumeMismatchError:
         raise
@@ -86,8 +92,12 @@ def _saved_sections(saved: Any) -> tuple[ModelConfig, DataConfig, dict[str, Any]
     corpus = saved["corpus"].get("path")
     if not isinstance(corpus, str) or not corpus:
         raise ConfigError(f"corpus.path must be the corpus file's path, not {json.dumps(corpus)[:40]}")
-    return (from_dict(ModelConfig, saved["model"], where="model"), from_dict(DataConfig, saved["data"], where="data"),
-            saved["train"], corpus)
+    return (
+        from_dict(ModelConfig, saved["model"], where="model"),
+        from_dict(DataConfig, saved["data"], where="data"),
+        saved["train"],
+        corpus,
+    )
 
 
 def _pair(loaded: LoadedModel, state: dict[str, Any]) -> tuple[LoadedModel, dict[str, Any]]:
@@ -117,12 +127,22 @@ def latest_resumable(run_dir: Path, apply: Callable[[LoadedModel, dict[str, Any]
     raise CheckpointError(f"{run_dir}: no checkpoint to resume from{reason}")
 
 
-def resume(run_dir: Path, model: CharRNN, optimizer: torch.optim.Optimizer, *, cfg: TrainConfig, data: Corpus,
-           dist: DistInfo, device: torch.device, scaler: torch.amp.GradScaler | None = None) -> LoopState:
+def resume(
+    run_dir: Path,
+    model: CharRNN,
+    optimizer: torch.optim.Optimizer,
+    *,
+    cfg: TrainConfig,
+    data: Corpus,
+    dist: DistInfo,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
+) -> LoopState:
     """Load the newest resumable checkpoint of `run_dir` (claimed: `charnn.store.runlock.claim_run`) into `model`,
     `optimizer` (and `scaler`); the loop state it saved.
     A checkpoint whose state does not fit (a damaged or hand-made file) is skipped with a warning, as one
     that fails to verify is; another corpus, vocabulary or model is refused at once."""
+
     def apply(loaded: LoadedModel, state: dict[str, Any]) -> LoopState:
         check_same_run(loaded, model.cfg, data.vocab, data.sha256)
         try:
@@ -133,9 +153,17 @@ def resume(run_dir: Path, model: CharRNN, optimizer: torch.optim.Optimizer, *, c
     return latest_resumable(run_dir, apply)
 
 
-def _apply(loaded: LoadedModel, state: dict[str, Any], model: CharRNN, optimizer: torch.optim.Optimizer, *,
-           cfg: TrainConfig, dist: DistInfo, device: torch.device,
-           scaler: torch.amp.GradScaler | None) -> LoopState:
+def _apply(
+    loaded: LoadedModel,
+    state: dict[str, Any],
+    model: CharRNN,
+    optimizer: torch.optim.Optimizer,
+    *,
+    cfg: TrainConfig,
+    dist: DistInfo,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None,
+) -> LoopState:
     """Every piece of `state` into this process; CheckpointError for a piece that does not fit (the model and
     the optimizer may then be half-loaded: the caller loads an older checkpoint over them, or stops)."""
     hidden = carried_hidden(state, model.cfg, cfg)  # checked before anything is changed
@@ -152,14 +180,19 @@ def _apply(loaded: LoadedModel, state: dict[str, Any], model: CharRNN, optimizer
         # fp32 on disk and here: a resume may change --precision or the device (bf16 -> fp32 is exact)
         hidden = rank_rows(tuple(h.to(device, torch.float32) for h in hidden), dist)  # this rank's streams
         hidden = hidden if model.cfg.model == "lstm" else hidden[0]
-    return LoopState(step=state["step"], elapsed_before=float(state["elapsed"]),
-                     best_val=float(state.get("best_val", math.inf)),
-                     evals_since_best=state.get("evals_since_best", 0), hidden=hidden,
-                     best_step=state.get("best_step"), saved_step=state["step"], latest=loaded.path)
+    return LoopState(
+        step=state["step"],
+        elapsed_before=float(state["elapsed"]),
+        best_val=float(state.get("best_val", math.inf)),
+        evals_since_best=state.get("evals_since_best", 0),
+        hidden=hidden,
+        best_step=state.get("best_step"),
+        saved_step=state["step"],
+        latest=loaded.path,
+    )
 
 
-def carried_hidden(state: dict[str, Any], model_cfg: ModelConfig, cfg: TrainConfig
-                   ) -> tuple[torch.Tensor, ...] | None:
+def carried_hidden(state: dict[str, Any], model_cfg: ModelConfig, cfg: TrainConfig) -> tuple[torch.Tensor, ...] | None:
     """The streams' saved hidden state as a tuple of (layers, streams, hidden) tensors, or None: none saved,
     or the batches are laid out differently now. Another --batch-size, --seq-len or --seed puts other text in
     each row at this step, so the saved state is no longer the left context of its row: the streams start
@@ -173,13 +206,22 @@ def carried_hidden(state: dict[str, Any], model_cfg: ModelConfig, cfg: TrainConf
     shape = (model_cfg.layers, streams, model_cfg.hidden)
     count = 2 if model_cfg.model == "lstm" else 1  # an LSTM carries (h, c)
     if len(tensors) != count or any(tuple(t.shape) != shape for t in tensors):
-        raise CheckpointError(f"the saved hidden state {[tuple(t.shape) for t in tensors]} does not fit this "
-                              f"{model_cfg.model} of {streams!r} streams ({count} x {shape} expected)")
-    changed = [f"--{k.replace('_', '-')} {before[k]} -> {getattr(cfg, k)}" for k in LAYOUT
-               if k in before and before[k] != getattr(cfg, k)]
+        raise CheckpointError(
+            f"the saved hidden state {[tuple(t.shape) for t in tensors]} does not fit this "
+            f"{model_cfg.model} of {streams!r} streams ({count} x {shape} expected)"
+        )
+    changed = [
+        f"--{k.replace('_', '-')} {before[k]} -> {getattr(cfg, k)}"
+        for k in LAYOUT
+        if k in before and before[k] != getattr(cfg, k)
+    ]
     if changed:
-        warnings.warn(f"{', '.join(changed)} since the checkpoint: the batches are laid out anew, so the "
-                      f"streams start from a zero state", CharnnWarning, stacklevel=2)
+        warnings.warn(
+            f"{', '.join(changed)} since the checkpoint: the batches are laid out anew, so the "
+            f"streams start from a zero state",
+            CharnnWarning,
+            stacklevel=2,
+        )
         return None
     return tensors
 

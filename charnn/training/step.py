@@ -49,11 +49,17 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     and load_state_dict then places the step counters where that implementation wants them.
     """
     if len(saved["param_groups"]) != len(optimizer.param_groups):
-        raise CheckpointError(f"the saved optimizer state has {len(saved['param_groups'])} parameter groups, "
-                              f"this version of charnn makes {len(optimizer.param_groups)}; cannot resume")
-    saved = {**saved, "param_groups": [
-        {**group, **{k: mine[k] for k in ("fused", "foreach", "capturable") if k in mine}}
-        for group, mine in zip(saved["param_groups"], optimizer.param_groups, strict=True)]}
+        raise CheckpointError(
+            f"the saved optimizer state has {len(saved['param_groups'])} parameter groups, "
+            f"this version of charnn makes {len(optimizer.param_groups)}; cannot resume"
+        )
+    saved = {
+        **saved,
+        "param_groups": [
+            {**group, **{k: mine[k] for k in ("fused", "foreach", "capturable") if k in mine}}
+            for group, mine in zip(saved["param_groups"], optimizer.param_groups, strict=True)
+        ],
+    }
     try:
         optimizer.load_state_dict(saved)
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
@@ -61,10 +67,15 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     for group in optimizer.param_groups:  # load_state_dict checks the counts; a moment's shape must be its weight's
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():
-                if (not torch.is_tensor(value) or not value.is_floating_point()
-                        or (value.dim() and value.shape != p.shape)):
-                    raise CheckpointError(f"the saved optimizer state does not fit this model ({key} of shape "
-                                          f"{tuple(getattr(value, 'shape', ()))} for a weight of {tuple(p.shape)})")
+                if (
+                    not torch.is_tensor(value)
+                    or not value.is_floating_point()
+                    or (value.dim() and value.shape != p.shape)
+                ):
+                    raise CheckpointError(
+                        f"the saved optimizer state does not fit this model ({key} of shape "
+                        f"{tuple(getattr(value, 'shape', ()))} for a weight of {tuple(p.shape)})"
+                    )
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -97,8 +108,16 @@ class StepStats:
     def on(cls, device: torch.device) -> StepStats:
         """All zero, the window starting now."""
         zero = functools.partial(torch.zeros, (), device=device)
-        return cls(loss=zero(dtype=torch.float64), finite=zero(), clipped=zero(), grad_norm=zero(), bad_run=zero(),
-                   bad_max=zero(), steps=0, started=time.perf_counter())
+        return cls(
+            loss=zero(dtype=torch.float64),
+            finite=zero(),
+            clipped=zero(),
+            grad_norm=zero(),
+            bad_run=zero(),
+            bad_max=zero(),
+            steps=0,
+            started=time.perf_counter(),
+        )
 
     def read_window(self, info: DistInfo, chars_per_step: int) -> tuple[float, float, float, float]:
         """(mean train loss, last gradient norm, clipped share, chars/s) of the window; the loss is the mean
@@ -115,10 +134,18 @@ class StepStats:
         self.steps, self.started = 0, time.perf_counter()
 
 
-def optimisation_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                      batch: tuple[torch.Tensor, torch.Tensor], hidden: Hidden | None, stats: StepStats, *,
-                      cfg: TrainConfig, device: torch.device, step: int,
-                      scaler: torch.amp.GradScaler | None = None) -> tuple[bool, Hidden | None]:
+def optimisation_step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    hidden: Hidden | None,
+    stats: StepStats,
+    *,
+    cfg: TrainConfig,
+    device: torch.device,
+    step: int,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[bool, Hidden | None]:
     """Forward and backward over one batch (x, y: (B, T)), clip, update. Returns whether the step was taken
     (False: skipped as non-finite, on the CPU) and the hidden state to carry into the next batch. A device
     failure the user can fix (out of memory, a precision the GPU lacks) is raised as a CharnnError."""
@@ -128,16 +155,26 @@ def optimisation_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer,
         if isinstance(err, torch.OutOfMemoryError):
             raise OutOfMemoryError(
                 f"out of memory on {device} with batch size {cfg.batch_size} and sequence length "
-                f"{cfg.seq_len}; lower --batch-size or --seq-len (or --hidden)") from None
+                f"{cfg.seq_len}; lower --batch-size or --seq-len (or --hidden)"
+            ) from None
         user = user_device_error(err)
         if user is None:
             raise
         raise user from None
 
 
-def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, torch.Tensor],
-          hidden: Hidden | None, stats: StepStats, *, cfg: TrainConfig, device: torch.device, step: int,
-          scaler: torch.amp.GradScaler | None) -> tuple[bool, Hidden | None]:
+def _step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    hidden: Hidden | None,
+    stats: StepStats,
+    *,
+    cfg: TrainConfig,
+    device: torch.device,
+    step: int,
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[bool, Hidden | None]:
     x, y = batch
     with autocast(device, cfg.precision, training=True):
         logits, hidden = net(x, hidden)  # (B, T, V)
@@ -148,11 +185,9 @@ def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[t
     optimizer.zero_grad(set_to_none=True)
     scaled_backward(loss, optimizer, scaler)
     # Clip the global norm: one exploding window must not wreck the weights (Pascanu et al. 2013).
-    stats.grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(),
-                                                     cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    stats.grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
     finite = torch.isfinite(loss.detach()) & torch.isfinite(stats.grad_norm)
-    taken, hidden = _guarded_update(optimizer, finite, hidden, stats, cfg=cfg, device=device, step=step,
-                                    scaler=scaler)
+    taken, hidden = _guarded_update(optimizer, finite, hidden, stats, cfg=cfg, device=device, step=step, scaler=scaler)
     if taken:
         stats.loss += torch.where(finite, loss.detach().double(), 0.0)
         stats.finite += finite.float()
@@ -162,8 +197,7 @@ def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[t
     return taken, hidden
 
 
-def scaled_backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler | None) -> None:
+def scaled_backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
     """loss.backward(); with a scaler, backward of the scaled loss, then the gradients divided back in place
     (`unscale_`), so clipping and the guard see their true size. An overflow leaves inf or NaN gradients: the
     guard's gradient norm is then not finite and the step is skipped, as any non-finite step is."""
@@ -174,9 +208,17 @@ def scaled_backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
     scaler.unscale_(optimizer)
 
 
-def _guarded_update(optimizer: torch.optim.Optimizer, finite: torch.Tensor, hidden: Hidden | None,
-                    stats: StepStats, *, cfg: TrainConfig, device: torch.device, step: int,
-                    scaler: torch.amp.GradScaler | None = None) -> tuple[bool, Hidden | None]:
+def _guarded_update(
+    optimizer: torch.optim.Optimizer,
+    finite: torch.Tensor,
+    hidden: Hidden | None,
+    stats: StepStats,
+    *,
+    cfg: TrainConfig,
+    device: torch.device,
+    step: int,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[bool, Hidden | None]:
     """Update the weights unless this step's loss or gradient norm is not finite; after `max_bad_steps` such
     steps in a row, raise NonFiniteLossError (the checkpoints on disk are left as they are).
 
@@ -193,7 +235,8 @@ def _guarded_update(optimizer: torch.optim.Optimizer, finite: torch.Tensor, hidd
             if int(stats.bad_run) >= cfg.max_bad_steps:
                 raise NonFiniteLossError(
                     f"loss was not finite for {int(stats.bad_run)} steps in a row at step {step}; stopped "
-                    f"without saving (last good checkpoint kept); try a lower --lr")
+                    f"without saving (last good checkpoint kept); try a lower --lr"
+                )
             return False, None
         optimizer.step()
         stats.bad_run.zero_()
@@ -210,7 +253,8 @@ def _guarded_update(optimizer: torch.optim.Optimizer, finite: torch.Tensor, hidd
         if int(stats.bad_max) >= cfg.max_bad_steps:
             raise NonFiniteLossError(
                 f"loss was not finite for {int(stats.bad_max)} steps in a row before step {steps_done}; stopped "
-                f"without saving (last good checkpoint kept); try a lower --lr")
+                f"without saving (last good checkpoint kept); try a lower --lr"
+            )
         stats.bad_max.zero_()
     return True, _zero_if(hidden, ~finite)
 

@@ -111,9 +111,16 @@ class ThreadGovernor:
     the first step). Inactive off the CPU and where torch takes one thread. `restore()` puts back the count the
     process had."""
 
-    def __init__(self, asked: int | None, device: torch.device, *, every: float = CHECK_EVERY,
-                 look: Callable[[], CpuSnapshot] | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        asked: int | None,
+        device: torch.device,
+        *,
+        every: float = CHECK_EVERY,
+        look: Callable[[], CpuSnapshot] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.before = torch.get_num_threads()
         self.asked, self.every, self.clock, self.sleep = asked, every, clock, sleep
         self.device_type = device.type
@@ -157,8 +164,10 @@ class ThreadGovernor:
             return f"threads: {self.threads} (torch's choice)" if self.device_type == "cpu" else ""
         if self.elsewhere is None:
             return f"threads: {self.threads} (torch's choice; the other programs' load is not readable here)"
-        held = (f"other programs keep {min(self.elsewhere, self.cores):.1f} cores busy; looked at again every "
-                f"{self.every:g} s")
+        held = (
+            f"other programs keep {min(self.elsewhere, self.cores):.1f} cores busy; looked at again every "
+            f"{self.every:g} s"
+        )
         if self.threads < self.before:
             return f"threads: {self.threads} of {self.before} ({held})"
         return f"threads: {self.threads} (torch's choice; {held})"

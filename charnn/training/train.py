@@ -90,17 +90,21 @@ class TrainResult:
     eval_share: float = 0.0  # the share of this process's time spent validating and writing checkpoints
 
 
-
-
-
-
-def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None = None,
-          train_cfg: TrainConfig | None = None, data_cfg: DataConfig | None = None,
-          out_dir: str | os.PathLike | None = None, resume: bool = False,
-          on_progress: Callable[[Progress], None] | None = None,
-          should_stop: Callable[[], int | None] | None = None,
-          cache_dir: str | os.PathLike | None = None, on_encode: Callable[[Any], None] | None = None,
-          request: PlanRequest | None = None, init_from: str | os.PathLike | None = None) -> TrainResult:
+def train(
+    corpus: str | os.PathLike | Corpus,
+    *,
+    model_cfg: ModelConfig | None = None,
+    train_cfg: TrainConfig | None = None,
+    data_cfg: DataConfig | None = None,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], int | None] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    on_encode: Callable[[Any], None] | None = None,
+    request: PlanRequest | None = None,
+    init_from: str | os.PathLike | None = None,
+) -> TrainResult:
     """Train a model on `corpus` and write a run directory; see the module docstring for the protocol.
 
     Without `model_cfg` and `train_cfg` the training plan chooses them from the corpus and the hardware
@@ -113,9 +117,19 @@ def train(corpus: str | os.PathLike | Corpus, *, model_cfg: ModelConfig | None =
     """
     data_cfg = data_cfg or (corpus.data if isinstance(corpus, Corpus) else DataConfig())
     with ExitStack() as held:  # the run's lock, for as long as this training writes it
-        run, s, threads = _prepare(corpus, Configs(model_cfg, train_cfg, request or PlanRequest()), data_cfg, held,
-                                   out_dir=out_dir, resume=resume, cache_dir=cache_dir, on_encode=on_encode,
-                                   on_progress=on_progress, should_stop=should_stop, init_from=init_from)
+        run, s, threads = _prepare(
+            corpus,
+            Configs(model_cfg, train_cfg, request or PlanRequest()),
+            data_cfg,
+            held,
+            out_dir=out_dir,
+            resume=resume,
+            cache_dir=cache_dir,
+            on_encode=on_encode,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            init_from=init_from,
+        )
         _loop(run, s, threads)
         emit(run, s, "end", val_loss=s.last_val, text=str(s.latest))
     return _result(run, s)
@@ -170,15 +184,30 @@ def _announce(run: Run, s: LoopState, threads: str) -> None:
     if threads:
         emit(run, s, "plan", text=threads)
     vocab = len(run.data.vocab)
-    emit(run, s, "start", text=f"{run.run_dir} | {num_parameters(run.model.cfg, vocab):,} parameters | "
-                               f"vocabulary {vocab} | train {run.train_chars:,} chars | device {run.device}")
+    emit(
+        run,
+        s,
+        "start",
+        text=f"{run.run_dir} | {num_parameters(run.model.cfg, vocab):,} parameters | "
+        f"vocabulary {vocab} | train {run.train_chars:,} chars | device {run.device}",
+    )
 
 
 def _result(run: Run, s: LoopState) -> TrainResult:
     best = s.best_val if math.isfinite(s.best_val) else None
     ran = s.elapsed() - s.elapsed_before
-    return TrainResult(run.run_dir, s.step, s.elapsed(), s.last_val, best, s.latest, s.stopped_early,
-                       s.stop_reason, s.best_step, s.eval_seconds / ran if ran > 0 else 0.0)
+    return TrainResult(
+        run.run_dir,
+        s.step,
+        s.elapsed(),
+        s.last_val,
+        best,
+        s.latest,
+        s.stopped_early,
+        s.stop_reason,
+        s.best_step,
+        s.eval_seconds / ran if ran > 0 else 0.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -193,8 +222,13 @@ class Configs:
         """The device and thread options, which are needed before the corpus is read (and planned for)."""
         if self.train is not None:
             return self.train
-        return TrainConfig(**{k: self.request.train[k] for k in ("device", "threads", "deterministic")
-                              if self.request.train.get(k) is not None})
+        return TrainConfig(
+            **{
+                k: self.request.train[k]
+                for k in ("device", "threads", "deterministic")
+                if self.request.train.get(k) is not None
+            }
+        )
 
     def settle(self, data: Corpus, device: torch.device) -> tuple[ModelConfig, TrainConfig, Plan | None]:
         if self.model is not None and self.train is not None:
@@ -208,13 +242,18 @@ def corpus_facts(data: Corpus) -> CorpusFacts:
     return CorpusFacts(len(train_ids), len(val_ids), len(data.vocab))
 
 
-def plan(corpus: str | os.PathLike | Corpus, *, request: PlanRequest | None = None,
-         data_cfg: DataConfig | None = None, device: str | None = None,
-         init_from: str | os.PathLike | None = None) -> Plan:
+def plan(
+    corpus: str | os.PathLike | Corpus,
+    *,
+    request: PlanRequest | None = None,
+    data_cfg: DataConfig | None = None,
+    device: str | None = None,
+    init_from: str | os.PathLike | None = None,
+) -> Plan:
     """The training plan `train` would follow for `corpus` (a path, encoded in memory; nothing is written).
 
-        >>> p = charnn.plan("poems.txt")               # or request=PlanRequest(model={"dropout": 0.2})
-        >>> print("\\n".join(p.lines)); charnn.train("poems.txt", model_cfg=p.model, train_cfg=p.train)
+    >>> p = charnn.plan("poems.txt")               # or request=PlanRequest(model={"dropout": 0.2})
+    >>> print("\\n".join(p.lines)); charnn.train("poems.txt", model_cfg=p.model, train_cfg=p.train)
     """
     request = request or PlanRequest()
     data = corpus if isinstance(corpus, Corpus) else encode_file(corpus, data_cfg or DataConfig())
@@ -227,10 +266,22 @@ def plan(corpus: str | os.PathLike | Corpus, *, request: PlanRequest | None = No
 
 # --- preparing a run -------------------------------------------------------------------------------------
 
+
 # long: one straight line of set-up steps, each a call; splitting it would only pass its locals around
-def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: DataConfig, held: ExitStack,
-             *, out_dir, resume: bool, cache_dir, on_encode, on_progress, should_stop, init_from
-             ) -> tuple[Run, LoopState, ThreadGovernor]:
+def _prepare(
+    corpus: str | os.PathLike | Corpus,
+    configs: Configs,
+    data_cfg: DataConfig,
+    held: ExitStack,
+    *,
+    out_dir,
+    resume: bool,
+    cache_dir,
+    on_encode,
+    on_progress,
+    should_stop,
+    init_from,
+) -> tuple[Run, LoopState, ThreadGovernor]:
     """Processes, corpus, the plan, model and optimizer, the run directory (locked while `held` lasts), the
     state to start from, and the CPU threads."""
     if resume and init_from is not None:
@@ -248,21 +299,29 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
     data = training_corpus(data, start=start, resume_dir=Path(out_dir) if resume and out_dir else None)
     configs = replace(configs, request=start_request(start, configs.request, configs.model))
     model_cfg, cfg, chosen = configs.settle(data, device)
-    check_same_corpus(dist, sha256=data.sha256, vocab_json=data.vocab.to_json(), chars=len(data.ids),
-                      path=data.path)
+    check_same_corpus(dist, sha256=data.sha256, vocab_json=data.vocab.to_json(), chars=len(data.ids), path=data.path)
     train_ids, val_ids, _ = data.split()
     _check_splits(data, val_ids, cfg)
-    batcher = StreamBatcher(train_ids, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed,
-                            device=device, rank=dist.rank, world=dist.world)
+    batcher = StreamBatcher(
+        train_ids,
+        batch_size=cfg.batch_size,
+        seq_len=cfg.seq_len,
+        seed=cfg.seed,
+        device=device,
+        rank=dist.rank,
+        world=dist.world,
+    )
     steps = total_steps(cfg, batcher.batches_per_epoch)
 
     run_dir = broadcast_object(dist, Path(out_dir) if out_dir else default_run_dir(data.path))
     seed_everything(cfg.seed)
     # built in RAM whatever the device; training on the CPU adds gradients and Adam's two moments
     on_cpu = device.type == "cpu"
-    check_ram(num_parameters(model_cfg, len(data.vocab)) * 4 * (4 if on_cpu else 1),
-              "this model's weights" + (", gradients and optimizer state" if on_cpu else ""),
-              fix="use a smaller model (--hidden, --layers)")
+    check_ram(
+        num_parameters(model_cfg, len(data.vocab)) * 4 * (4 if on_cpu else 1),
+        "this model's weights" + (", gradients and optimizer state" if on_cpu else ""),
+        fix="use a smaller model (--hidden, --layers)",
+    )
     model = CharRNN(model_cfg, len(data.vocab)).to(device)
     if start is not None:
         start_weights(model, start)
@@ -275,16 +334,40 @@ def _prepare(corpus: str | os.PathLike | Corpus, configs: Configs, data_cfg: Dat
         s = LoopState()
         new_run_dir(run_dir, dist, held)
     if dist.is_main:
-        write_run_files(run_dir, data, model_cfg, cfg, plan=chosen.as_dict() if chosen else None,
-                        init_from=start.record() if start else None)
+        write_run_files(
+            run_dir,
+            data,
+            model_cfg,
+            cfg,
+            plan=chosen.as_dict() if chosen else None,
+            init_from=start.record() if start else None,
+        )
     net = wrap_ddp(model, device, dist)
     metrics, samples = open_logs(run_dir, dist)
     report = on_progress if on_progress and dist.is_main else (lambda p: None)  # rank 0 alone reports
-    run = Run(cfg=cfg, device=device, dist=dist, data=data, train_chars=len(train_ids), val_ids=val_ids,
-              batcher=batcher, total_steps=steps, run_dir=run_dir, cache_dir=cache_dir, model=model, net=net,
-              optimizer=optimizer, metrics=metrics, samples=samples, report=report,
-              should_stop=should_stop or (lambda: None), sync_every=host_sync_every(cfg, device), plan=chosen,
-              start=start, scaler=scaler)
+    run = Run(
+        cfg=cfg,
+        device=device,
+        dist=dist,
+        data=data,
+        train_chars=len(train_ids),
+        val_ids=val_ids,
+        batcher=batcher,
+        total_steps=steps,
+        run_dir=run_dir,
+        cache_dir=cache_dir,
+        model=model,
+        net=net,
+        optimizer=optimizer,
+        metrics=metrics,
+        samples=samples,
+        report=report,
+        should_stop=should_stop or (lambda: None),
+        sync_every=host_sync_every(cfg, device),
+        plan=chosen,
+        start=start,
+        scaler=scaler,
+    )
     return run, s, threads
 
 
@@ -304,8 +387,10 @@ def _check_splits(data: Corpus, val_ids, cfg: TrainConfig) -> None:
     if cfg.patience and data.data.val_frac == 0:
         raise ConfigError("--patience needs a validation split to watch (--val-frac > 0)")
     if data.data.val_frac > 0 and len(val_ids) < 2:
-        raise DataError(f"{data.path}: validation split has {len(val_ids)} characters; need at least 2 "
-                        f"(raise --val-frac or use more text)")
+        raise DataError(
+            f"{data.path}: validation split has {len(val_ids)} characters; need at least 2 "
+            f"(raise --val-frac or use more text)"
+        )
 
 
 __all__ = ["Progress", "TrainResult", "train", "plan", "resume_configs", "learning_rate"]
