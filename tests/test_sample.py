@@ -11,7 +11,8 @@ from charnn.data import Vocab
 from charnn.errors import ConfigError, VocabularyError
 from charnn.model import CharRNN
 from charnn.sampling.generate import sample_text
-from charnn.sampling.stepper import MEASURED, FastStepper, Tuning, _pack
+from charnn.sampling.packing import pack
+from charnn.sampling.stepper import MEASURED, FastStepper, Tuning
 from charnn.store.checkpoint import model_bytes
 from tests.conftest import SMALL_MODEL, invoke
 
@@ -97,15 +98,6 @@ def test_unseeded_sampling_leaves_the_global_rng_alone():
     before = torch.get_rng_state()
     sample_text(model, VOCAB, SampleConfig(length=20))
     assert torch.equal(torch.get_rng_state(), before)
-
-
-def test_a_zero_uniform_never_draws_a_filtered_symbol():
-    from charnn.sampling.generate import _choose
-
-    logits = torch.tensor([[0.0, 1.0, 5.0, 2.0]])
-    for cfg in (SampleConfig(top_k=1), SampleConfig(top_p=0.5)):
-        assert _choose(logits.clone(), torch.zeros(1, 1), cfg).item() == 2
-    assert _choose(logits.clone(), torch.full((1, 1), 0.999999), SampleConfig()).item() == 3
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
@@ -207,13 +199,13 @@ def test_weights_are_packed_by_the_measured_rule():
     big = torch.randn(MEASURED.pack_min_weight // 1024, 1024)
     small = torch.randn(MEASURED.pack_min_weight // 1024 - 1, 1024)
     rows = max(MEASURED.pack_min_rows, 2)
-    assert _pack(big, rows).packed is not None or not PACKING
-    assert _pack(big, MEASURED.pack_min_rows - 1).packed is None or MEASURED.pack_min_rows <= 1
-    assert _pack(big.bfloat16(), 1).packed is not None or not PACKING
-    assert _pack(small, rows).packed is None
-    assert _pack(big.double(), rows).packed is None
-    assert torch.equal(_pack(big, rows).t, big)
-    assert _pack(small, 1, PACK_ALL).packed is not None or not PACKING  # the thresholds are arguments
+    assert pack(big, rows).packed is not None or not PACKING
+    assert pack(big, MEASURED.pack_min_rows - 1).packed is None or MEASURED.pack_min_rows <= 1
+    assert pack(big.bfloat16(), 1).packed is not None or not PACKING
+    assert pack(small, rows).packed is None
+    assert pack(big.double(), rows).packed is None
+    assert torch.equal(pack(big, rows).t, big)
+    assert pack(small, 1, PACK_ALL).packed is not None or not PACKING  # the thresholds are arguments
 
 
 def test_a_stepper_refuses_a_batch_of_another_size():
@@ -226,7 +218,7 @@ def test_a_stepper_refuses_a_batch_of_another_size():
 
 def test_packing_follows_the_onednn_switch(monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
-    assert _pack(torch.randn(64, 64), 8, PACK_ALL).packed is None
+    assert pack(torch.randn(64, 64), 8, PACK_ALL).packed is None
 
 
 def test_vocabulary_without_space_or_newline_samples_unprimed(tmp_path: Path):
@@ -248,8 +240,8 @@ SPLIT_ALL = Tuning(split_min_weight=0)
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("options", [{}, {"top_k": 3}, {"top_p": 0.6}, {"greedy": True}])
 def test_one_stream_gives_the_module_paths_text(kind, options):
-    """One stream takes the host-side draw (`_one_stream`), the module path the tensor draw (`_choose`): the
-    same uniforms through the same inverse CDF give the same text, with the split matmuls or without."""
+    """One stream takes the host-side draw (`choose_one`), the module path the tensor draw (`choose`): the same
+    uniforms through the same inverse CDF give the same text, with the split matmuls or without."""
     model = model_of(kind)
     cfg = SampleConfig(length=400, seed=7, temperature=1.0, prime="ab", **options)
     want = sample_text(model, VOCAB, cfg, path="module")

@@ -233,6 +233,10 @@ var Charnn = (function () {
 
   // The next id from logits, as charnn samples: argmax when greedy; else softmax of logits / temperature after
   // top-k and top-p filtering, and the first id whose cumulative probability exceeds uniform * total.
+  // Function by function it mirrors charnn/sampling/draw.py: `choose` (argmax when greedy), `scale` (the division
+  // by the temperature), `filtered_cdf` (top-k, softmax, top-p; here in float64, the running sum in the last
+  // loop) and `inverse_cdf` (the first id whose cdf exceeds uniform * total, else the last). mulberry32 takes
+  // the place of `seeded_generator` and `uniforms`, so a seed gives the page its own text, not `charnn sample`'s.
   function choose(logits, o, uniform) {
     const V = logits.length;
     if (o.greedy) {

@@ -1,6 +1,8 @@
 """Beam search: the continuation of a prime with the highest total log-probability that a beam of W texts finds,
 each step one batched step of the fast stepper (`charnn.sampling.stepper`) for all W texts. Deterministic: no
-temperature, no randomness. Not sampling (`charnn.sampling.generate`), which draws from the distribution instead.
+temperature, no randomness. Not sampling (`charnn.sampling.generate`), which draws from the distribution instead:
+the scores are the model's own log-probabilities in float64 (log-softmax), not the draw's filtered cumulative sums
+(`charnn.sampling.draw`), which no beam step uses.
 """
 
 from __future__ import annotations

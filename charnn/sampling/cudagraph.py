@@ -10,10 +10,11 @@ from collections.abc import Callable
 import torch
 
 from charnn.errors import CharnnWarning, SamplingError, first_line
+from charnn.sampling.draw import NON_FINITE
 from charnn.sampling.stepper import FastStepper
 
 # draw(logits (B, V), uniforms (B, 1), out (B, 1)) writes the drawn ids into `out` and returns a 0-dim flag of
-# non-finite probabilities, or None when there is nothing to check
+# non-finite probabilities, or None when there is nothing to check: `charnn.sampling.draw.choose_in_graph`
 Draw = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | None]
 
 
@@ -80,7 +81,7 @@ class GraphStep:
 
     def check(self) -> None:
         if bool(self.bad):
-            raise SamplingError("non-finite probabilities while sampling; the model's outputs overflow")
+            raise SamplingError(NON_FINITE)
 
 
 def _fall_back(what: str, err: BaseException) -> None:

@@ -3,15 +3,13 @@ character on the carried state (O(1) work per character; the text so far is neve
 
 Two stepping paths give the same text for the same seed: `fast` (default) runs `charnn.sampling.stepper`'s kernel, a
 few preallocated matrices and one addmm per layer per step; `module` calls the nn.LSTM/GRU/RNN itself. Not
-the kernel: this module is the sampling API (prime, filtering, the draw, the stream of ids).
+the kernel, nor how logits become a symbol (`charnn.sampling.draw`): this module is the sampling API (the prime,
+the stepping paths, the stream of ids).
 """
 
 from __future__ import annotations
 
-import bisect
-import math
 import os
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -21,13 +19,13 @@ import torch
 
 from charnn.config import DataConfig, SampleConfig
 from charnn.data import Vocab, iter_symbols, readable_file
-from charnn.errors import ConfigError, DataError, SamplingError, VocabularyError
+from charnn.errors import ConfigError, DataError, VocabularyError
 from charnn.model import CharRNN, Hidden
-from charnn.runtime import autocast, autocast_dtype, ieee_rnn, nondeterministic_allowed
+from charnn.runtime import autocast, autocast_dtype, ieee_rnn
 from charnn.sampling.cudagraph import GraphStep
+from charnn.sampling.draw import choose, choose_in_graph, choose_one, scale, seeded_generator, uniforms
 from charnn.sampling.stepper import MEASURED, FastStepper, Tuning, few_threads
 
-UNIFORM_BLOCK = 4096  # uniforms are drawn this many steps at a time, the same way on every path
 PRIME_CHUNK = 4096  # a long prime runs through the model this many symbols at a time
 PRIME_FILE_MAX = 16 << 20  # bytes of a prime file: far more than any state remembers, read in a second
 
@@ -49,68 +47,6 @@ def prime_ids(vocab: Vocab, prime: str | None) -> tuple[list[int], bool]:
         return vocab.encode(data).tolist(), True
     except VocabularyError as err:
         raise VocabularyError(f"--prime: {err}") from None
-
-
-def _filtered_cdf(logits: torch.Tensor, cfg: SampleConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cumulative probabilities (B, V) of scaled logits after top-k / top-p filtering, and their totals (B, 1)."""
-    cdf = _cdf(logits, cfg)
-    return cdf, cdf[:, -1:]
-
-
-def _cdf(logits: torch.Tensor, cfg: SampleConfig) -> torch.Tensor:
-    """`_filtered_cdf`'s cumulative probabilities (B, V) alone."""
-    if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
-        kth = logits.topk(cfg.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    if cfg.top_p is not None and cfg.top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p >= cfg.top_p  # keep the smallest set reaching top_p
-        probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-    if probs.is_cuda and torch.are_deterministic_algorithms_enabled():
-        # --deterministic: PyTorch flags CUDA's floating-point cumsum (pytorch#75240), which would stop a
-        # training run at its first sample; the draw's same-text tests (tests/test_gpu.py) cover it
-        with nondeterministic_allowed():
-            cdf = probs.cumsum_(dim=-1)
-    else:
-        cdf = probs.cumsum_(dim=-1)  # (B, V), in place: probs is ours
-    return cdf
-
-
-def _choose(
-    logits: torch.Tensor, uniform: torch.Tensor, cfg: SampleConfig, *, out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Next ids (B, 1) from scaled logits (B, V) by inverse-CDF with one uniform (B, 1) per stream."""
-    if cfg.greedy:
-        return torch.argmax(logits, dim=-1, keepdim=True, out=out)
-    cdf, total = _filtered_cdf(logits, cfg)
-    # One host read per step (a sum of positive totals is finite iff each is); the CUDA graph path checks
-    # once per block instead (`_graph_draw`).
-    if not math.isfinite(total.item() if total.shape[0] == 1 else float(total.sum())):
-        raise SamplingError("non-finite probabilities while sampling; the model's outputs overflow")
-    return _draw(cdf, total, uniform, out)
-
-
-def _draw(cdf: torch.Tensor, total: torch.Tensor, uniform: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """Inverse CDF: ids (B, 1) from cumulative probabilities (B, V), their totals and uniforms (B, 1).
-
-    right=True: the first index whose cdf exceeds u * total, so a filtered-out (zero-probability) symbol is
-    never drawn, not even for u == 0; the clamp covers u * total rounding up to the total."""
-    return torch.searchsorted(cdf, uniform * total, right=True, out=out).clamp_(max=cdf.shape[-1] - 1)
-
-
-def _graph_draw(
-    cfg: SampleConfig, logits: torch.Tensor, uniform: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor | None:
-    """`_choose` as captured in a CUDA graph (`charnn.sampling.stepper.GraphStep`): the host cannot be read there, so
-    it returns a flag of non-finite totals (None when greedy) that the graph accumulates and checks per block."""
-    if cfg.greedy:
-        torch.argmax(logits, dim=-1, keepdim=True, out=out)
-        return None
-    cdf, total = _filtered_cdf(logits, cfg)
-    bad = ~torch.isfinite(total).all()
-    _draw(cdf, total, uniform, out)
-    return bad
 
 
 @torch.inference_mode()
@@ -172,10 +108,8 @@ def generate(
     B = cfg.num_samples
     with few_threads(B, model.cfg.hidden, device, tuning):
         logits, hidden = warm(model, ids, B)
-    last = logits.float() / cfg.temperature  # (B, V)
-    gen = torch.Generator(device="cpu")
-    # No seed: fresh entropy for this generator only (torch.seed() would reseed the global RNGs of a caller).
-    gen.manual_seed(cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+    last = scale(logits.float(), cfg.temperature)  # (B, V)
+    gen = seeded_generator(cfg.seed)
     return Generation(ids if echo else [], _steps(model, cfg, last, hidden, gen, path, tuning))
 
 
@@ -193,64 +127,52 @@ def _steps(
         B = logits.shape[0]
         stepper = None
         if path == "fast":
+            # its logits come scaled: its head is `scale`d by the temperature once
             stepper = FastStepper(model, cfg.temperature, batch_size=B, precision=cfg.precision, tuning=tuning)
             stepper.load(hidden)
-        graph = GraphStep(stepper, partial(_graph_draw, cfg)) if _uses_graph(device, tuning, stepper) else None
+        graph = GraphStep(stepper, partial(choose_in_graph, cfg)) if _uses_graph(device, tuning, stepper) else None
         if stepper is not None and graph is None and B == 1 and device.type == "cpu":
             yield from _one_stream(stepper, cfg, logits, gen)
             return
         state = hidden
         done = 0
         while done < cfg.length:
-            block = min(UNIFORM_BLOCK, cfg.length - done)
-            # (block, B, 1): drawn the same way on every path, so both give the same text
-            uniforms = torch.rand(block, B, generator=gen).to(device)[:, :, None]
+            u = uniforms(gen, cfg.length - done, B).to(device)[:, :, None]  # (block, B, 1)
+            block = u.shape[0]
             chosen = torch.empty(block, B, dtype=torch.long, device=device)  # rows are yielded as views
-            column = chosen[:, :, None]  # (block, B, 1), what _choose writes
-            _choose(logits, uniforms[0], cfg, out=column[0])
+            column = chosen[:, :, None]  # (block, B, 1), what `choose` writes
+            choose(logits, u[0], cfg, out=column[0])
             for t in range(block):
                 yield chosen[t]
                 if done + t + 1 == cfg.length:
                     break
                 if graph is not None and t + 1 < block:
-                    graph(chosen[t], uniforms[t + 1], column[t + 1])
+                    graph(chosen[t], u[t + 1], column[t + 1])
                     continue
                 if stepper is not None:
                     logits = stepper.step(chosen[t])
                 else:
                     with autocast(device, cfg.precision), ieee_rnn(device):  # per step: a generator yields
                         out, state = model(column[t], state)
-                    logits = out[:, -1].float() / cfg.temperature
+                    logits = scale(out[:, -1].float(), cfg.temperature)
                 if t + 1 < block:
-                    _choose(logits, uniforms[t + 1], cfg, out=column[t + 1])
+                    choose(logits, u[t + 1], cfg, out=column[t + 1])
             if graph is not None:
                 graph.check()
             done += block
 
 
-_F32 = struct.Struct("f")
-
-
 def _one_stream(
     stepper: FastStepper, cfg: SampleConfig, logits: torch.Tensor, gen: torch.Generator
 ) -> Iterator[torch.Tensor]:
-    """One stream on the CPU, the id kept as a Python int: the same uniforms and inverse CDF as `_choose`
-    (the same text), with the search on the host and no tensor op per step but the model's and two of the draw
-    (a tensor op costs microseconds; at one stream they were a third of a step). Yields shared (1,) tensors."""
-    V = logits.shape[-1]
-    rows = [torch.tensor([i]) for i in range(V)]  # (1,) each, yielded: read them, do not write them
+    """One stream on the CPU, the id kept as a Python int (`choose_one`: the same uniforms and inverse CDF as
+    `choose`, so the same text), with no tensor op per step but the model's and two of the draw (a tensor op
+    costs microseconds; at one stream they were a third of a step). Yields shared (1,) tensors."""
+    rows = [torch.tensor([i]) for i in range(logits.shape[-1])]  # (1,) each, yielded: read them, do not write them
     done = 0
     while done < cfg.length:
-        block = min(UNIFORM_BLOCK, cfg.length - done)
-        for u in torch.rand(block, 1, generator=gen)[:, 0].tolist():
-            if cfg.greedy:
-                i = int(logits.argmax())
-            else:
-                cdf = _cdf(logits, cfg).tolist()[0]  # (V,) floats
-                if not math.isfinite(cdf[-1]):
-                    raise SamplingError("non-finite probabilities while sampling; the model's outputs overflow")
-                # u * total rounded to fp32 as the tensor path's product is, so both find the same symbol
-                i = min(bisect.bisect_right(cdf, _F32.unpack(_F32.pack(u * cdf[-1]))[0]), V - 1)
+        for u in uniforms(gen, cfg.length - done, 1)[:, 0].tolist():
+            i = choose_one(logits, u, cfg)
             yield rows[i]
             done += 1
             if done == cfg.length:

@@ -1,5 +1,6 @@
-"""The fast sampling kernel's choices: where it switches kernels (`Tuning`, measured), how a matmul weight is packed
-for oneDNN, the order of a layer's gate rows, and how many CPU threads a step runs on. Not the step itself
+"""The fast sampling kernel's choices and weights: where it switches kernels (`Tuning`, measured), the model's
+recurrent weights laid out for it (`lay_out`: the order of a layer's gate rows, their scale, packed for oneDNN
+where that pays) and multiplied by (`matmul`), and how many CPU threads a step runs on. Not the step itself
 (`charnn.sampling.stepper`). Why each switch point: docs/benchmarks.md.
 """
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from charnn.model import CellLayout
+from charnn.model import CELLS, CellLayout, CharRNN, layer_weights
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,14 @@ MEASURED = Tuning()
 
 
 @dataclass(frozen=True)
-class _Weight:
+class Weight:
     """A step's matmul weight: (K, N) for addmm, and oneDNN's packed copy where that kernel is faster."""
 
     t: torch.Tensor
     packed: torch.Tensor | None
 
 
-def _pack(w: torch.Tensor, rows: int, tuning: Tuning = MEASURED) -> _Weight:
+def pack(w: torch.Tensor, rows: int, tuning: Tuning = MEASURED) -> Weight:
     """Pack the (K, N) weight `w` for `rows` input rows where it pays (CPU, oneDNN present).
 
     addmm goes to MKL, which re-packs the whole weight on every call, a large part of the cost of a step's few
@@ -52,16 +53,46 @@ def _pack(w: torch.Tensor, rows: int, tuning: Tuning = MEASURED) -> _Weight:
     few = w.dtype == torch.float32 and rows < tuning.pack_min_rows
     onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
     if few or w.numel() < tuning.pack_min_weight or w.device.type != "cpu" or not onednn:
-        return _Weight(w, None)
+        return Weight(w, None)
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), rows)
         torch.ops.mkldnn._linear_pointwise(torch.zeros(rows, w.shape[0], dtype=w.dtype), packed, None, "none", [], "")
     except (AttributeError, NotImplementedError, RuntimeError):
-        return _Weight(w, None)
-    return _Weight(w, packed)
+        return Weight(w, None)
+    return Weight(w, packed)
 
 
-def _layout(cell: CellLayout, hidden: int, sig_tanh: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def matmul(
+    x: torch.Tensor,
+    w: Weight,
+    out: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    acc: torch.Tensor | None = None,
+    wide: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """bias + x @ w, or out + x @ w when bias is None: in `out`, or in a new tensor from the packed fp32 kernel.
+    bf16 weights take `acc` (bf16) and `wide` (fp32), buffers of out's shape: the product (with the bias) is
+    rounded to bf16 and added in fp32."""
+    low = acc is not None
+    if w.packed is not None:
+        linear = torch.ops.mkldnn._linear_pointwise
+        if not low:
+            if bias is None:
+                return linear.binary(x, out, w.packed, None, "add")
+            return linear(x, w.packed, bias, "none", [], "")
+        product = linear(x, w.packed, bias, "none", [], "")  # bf16
+    elif not low:
+        if bias is None:
+            return out.addmm_(x, w.t)
+        return torch.addmm(bias, x, w.t, out=out)
+    else:
+        product = torch.mm(x, w.t, out=acc) if bias is None else torch.addmm(bias, x, w.t, out=acc)
+    # a copy, then an fp32 add: twice as fast as adding the bf16 tensor (which converts it into a new one)
+    return out.copy_(product) if bias is not None else out.add_(wide.copy_(product))
+
+
+def layout(cell: CellLayout, hidden: int, sig_tanh: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel's order of a layer's G*H weight rows, and each row's scale.
 
     The gates come first, then the candidate (an LSTM's i, f, g, o become i, f, o, g), so one sigmoid covers
@@ -71,6 +102,72 @@ def _layout(cell: CellLayout, hidden: int, sig_tanh: bool, device: torch.device)
     order = torch.cat([cell.blocks.index(b) * hidden + torch.arange(hidden, device=device) for b in blocks])
     scale = [2.0 if sig_tanh and b not in cell.gates else 1.0 for b in blocks]
     return order, torch.tensor(scale, dtype=torch.float32, device=device).repeat_interleave(hidden)  # (G*H,) each
+
+
+def splits(model: CharRNN, rows: int, dtype: torch.dtype, tuning: Tuning = MEASURED) -> bool:
+    """Whether an LSTM/RNN's upper layers multiply [W_ih; W_hh] as two halves (`Tuning.split_min_weight`): only
+    where the halves stay unpacked fp32 on the CPU (the packed kernel returns new tensors, not `out=`)."""
+    cfg = model.cfg
+    G = CELLS[cfg.model].count
+    return (
+        cfg.model != "gru"
+        and cfg.layers > 1
+        and dtype == torch.float32
+        and rows < tuning.pack_min_rows
+        and 2 * cfg.hidden * G * cfg.hidden >= tuning.split_min_weight
+        and model.head.weight.device.type == "cpu"
+    )
+
+
+@dataclass(frozen=True)
+class Layers:
+    """A model's recurrent weights as the fast stepper multiplies by them, in the kernel's row order and scale:
+    - `w[l]`: layer 0's W_hh, an upper layer's stacked [W_ih; W_hh] (2H, G*H), or the pair (W_ih, W_hh) for a
+      GRU (which keeps its hidden projection apart; layer 0's W_ih is None) and for `split` layers;
+    - `b[l]`: the layer's bias b_ih + b_hh (a GRU's b_ih alone), `b_hh[l]`: a GRU's b_hh, else None;
+    - `table`: (V, G*H) layer 0's input for each symbol, the embedding through W_ih plus b[0] (fp32)."""
+
+    w: list[Weight | tuple[Weight | None, Weight]]
+    b: list[torch.Tensor]
+    b_hh: list[torch.Tensor | None]
+    table: torch.Tensor
+
+
+def lay_out(
+    model: CharRNN, *, rows: int, dtype: torch.dtype, sig_tanh: bool, split: bool, tuning: Tuning = MEASURED
+) -> Layers:
+    """The recurrent weights of `model` for a kernel stepping `rows` streams with matmul weights (and the biases
+    of the matmuls) in `dtype`: transposed, in `layout`'s order and scale, packed where it pays (`pack`)."""
+    cell, H = CELLS[model.cfg.model], model.cfg.hidden
+    order, scale = layout(cell, H, sig_tanh, model.head.weight.device)
+    w, b, b_hh = [], [], []
+
+    def packed(weight: torch.Tensor) -> Weight:
+        return pack(weight.to(dtype).contiguous(), rows, tuning)
+
+    for layer in range(model.cfg.layers):
+        w_ih, w_hh, b_ih, b_h = (t.float()[order] for t in layer_weights(model.rnn, layer))
+        w_ih, w_hh = w_ih.t() * scale, w_hh.t() * scale  # (I, G*H), (H, G*H)
+        b_ih, b_h = b_ih * scale, b_h * scale
+        if cell.hh_bias_apart:  # GRU: its candidate multiplies (W_hn h + b_hn) by r
+            b.append(b_ih.contiguous())
+            b_hh.append(b_h.contiguous())
+            # layer 0's input weights are in the table below: no step multiplies by them
+            w.append((packed(w_ih) if layer else None, packed(w_hh)))
+        elif split and layer:  # (H, G*H) each: W_ih, W_hh
+            b.append((b_ih + b_h).contiguous())
+            b_hh.append(None)
+            w.append((packed(w_ih), packed(w_hh)))
+        else:
+            b.append((b_ih + b_h).contiguous())
+            b_hh.append(None)
+            w.append(packed(w_hh if layer == 0 else torch.cat([w_ih, w_hh])))  # (H or 2H, G*H)
+        if layer == 0:  # (V, G*H): the embedding through layer 0's input weights, plus its bias
+            table = torch.addmm(b[0], model.embed.weight.float(), w_ih)
+    if dtype != torch.float32:  # biases of the matmuls (the table keeps its fp32 bias)
+        b = [t.to(dtype) for t in b]
+        b_hh = [None if t is None else t.to(dtype) for t in b_hh]
+    return Layers(w, b, b_hh, table)
 
 
 @contextmanager

@@ -1,7 +1,8 @@
 """The fast sampling kernel: one recurrent step for a batch of streams, with the model's weights laid out for
 speed. The same arithmetic as the readable cells in `charnn.model` (`lstm_cell`, ...), whose gate layout it reads;
-tests hold the two paths to the same text. Not the sampling API (`charnn.sampling.generate`), nor its CUDA-graph replay
-(`charnn.sampling.cudagraph`). Why each trick pays, and where its switch points come from: docs/benchmarks.md.
+tests hold the two paths to the same text. Not the weights' layout and matmul kernels (`charnn.sampling.packing`),
+the sampling API (`charnn.sampling.generate`), nor its CUDA-graph replay (`charnn.sampling.cudagraph`). Why each
+trick pays, and where its switch points come from: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from functools import partial
 import torch
 
 from charnn.errors import ConfigError
-from charnn.model import CELLS, CharRNN, Hidden, layer_weights
-from charnn.sampling.packing import MEASURED, Tuning, _layout, _pack, _Weight, few_threads, one_thread
+from charnn.model import CELLS, CharRNN, Hidden
+from charnn.sampling.draw import scale
+from charnn.sampling.packing import MEASURED, Tuning, Weight, few_threads, lay_out, matmul, one_thread, splits
 
-__all__ = ["MEASURED", "FastStepper", "Tuning", "_pack", "few_threads", "one_thread"]  # where callers find them
+__all__ = ["MEASURED", "FastStepper", "Tuning", "few_threads", "one_thread"]  # where callers find them
 
 
 class FastStepper:
@@ -28,9 +30,9 @@ class FastStepper:
     - for large batches tanh is 2 sigmoid(2x) - 1, the 2 folded into the weights (the CPU's tanh kernel is
       five times slower than its sigmoid), so an LSTM layer costs one sigmoid over its four blocks and one
       for tanh(c);
-    - on the CPU, the weights of the recurrent matmuls are packed once for oneDNN (`_pack`);
-    - the head is pre-scaled by 1/temperature, and results go into buffers allocated once (`out=`), except
-      those of the packed kernel, which has no `out=`.
+    - on the CPU, the weights of the recurrent matmuls are packed once for oneDNN (`charnn.sampling.packing`);
+    - the head is pre-scaled by the temperature (`charnn.sampling.draw.scale`), and results go into buffers
+      allocated once (`out=`), except those of the packed kernel, which has no `out=`.
     `precision="bf16"` keeps the matmul weights (and a copy of the hidden states) in bf16: each product is
     rounded to bf16 (with the bias of an upper layer or a GRU's hidden projection), while the cell state, the
     nonlinearities and the head stay in fp32; about twice the matmul throughput, a slightly different text.
@@ -54,65 +56,28 @@ class FastStepper:
         self.low = precision == "bf16"
         self.wdtype = torch.bfloat16 if self.low else torch.float32  # of the matmul weights
         self.sig_tanh = batch_size * cfg.hidden >= tuning.sigmoid_tanh_work
-        # only where the halves stay unpacked fp32 (the packed kernel returns new tensors, not `out=`)
-        G = CELLS[cfg.model].count
-        self.split = (
-            cfg.model != "gru"
-            and cfg.layers > 1
-            and not self.low
-            and batch_size < tuning.pack_min_rows
-            and 2 * cfg.hidden * G * cfg.hidden >= tuning.split_min_weight
-            and model.head.weight.device.type == "cpu"
-        )
+        self.split = splits(model, batch_size, self.wdtype, tuning)
         self.parity = False  # which order the split layers take this step
         with torch.no_grad():
-            self._load_layers(model, tuning)
+            layers = lay_out(
+                model, rows=batch_size, dtype=self.wdtype, sig_tanh=self.sig_tanh, split=self.split, tuning=tuning
+            )
+            self.w, self.b, self.b_hh, self.table = layers.w, layers.b, layers.b_hh, layers.table
+            self.table_rows = list(self.table.split(1))  # (1, G*H) views, for an int id
             self._load_head(model, temperature)
         self._allocate(model.head.weight.device, cfg.hidden)
         self.cells: dict[int, list[Callable[[], object]]] = {}
         plain = not self.low and self.kind != "gru" and all(w.packed is None for w in self.weights)
         self.programs = (self._program(False), self._program(self.split)) if plain and batch_size == 1 else None
 
-    def _load_layers(self, model: CharRNN, tuning: Tuning) -> None:
-        """The recurrent weights in the kernel's row order and scale (`_layout`), and layer 0's input table."""
-        cell, H = CELLS[self.kind], model.cfg.hidden
-        order, scale = _layout(cell, H, self.sig_tanh, model.head.weight.device)
-        self.w, self.b, self.b_hh = [], [], []
-        for layer in range(self.layers):
-            w_ih, w_hh, b_ih, b_hh = (w.float()[order] for w in layer_weights(model.rnn, layer))
-            w_ih, w_hh = w_ih.t() * scale, w_hh.t() * scale  # (I, G*H), (H, G*H)
-            b_ih, b_hh = b_ih * scale, b_hh * scale
-            if cell.hh_bias_apart:  # GRU: its candidate multiplies (W_hn h + b_hn) by r
-                self.b.append(b_ih.contiguous())
-                self.b_hh.append(b_hh.contiguous())
-                # layer 0's input weights are in the table below: no step multiplies by them
-                w_in = self._pack(w_ih, tuning) if layer else None
-                self.w.append((w_in, self._pack(w_hh, tuning)))
-            elif self.split and layer:  # (H, G*H) each: W_ih, W_hh
-                self.b.append((b_ih + b_hh).contiguous())
-                self.b_hh.append(None)
-                self.w.append((self._pack(w_ih, tuning), self._pack(w_hh, tuning)))
-            else:
-                self.b.append((b_ih + b_hh).contiguous())
-                self.b_hh.append(None)
-                self.w.append(self._pack(w_hh if layer == 0 else torch.cat([w_ih, w_hh]), tuning))  # (H or 2H, G*H)
-            if layer == 0:  # (V, G*H): the embedding through layer 0's input weights, plus its bias
-                self.table = torch.addmm(self.b[0], model.embed.weight.float(), w_ih)
-                self.table_rows = list(self.table.split(1))  # (1, G*H) views, for an int id
-        if self.low:  # biases of the matmuls (the table keeps its fp32 bias)
-            self.b = [b.to(self.wdtype) for b in self.b]
-            self.b_hh = [None if b is None else b.to(self.wdtype) for b in self.b_hh]
-
-    def _pack(self, w: torch.Tensor, tuning: Tuning) -> _Weight:
-        return _pack(w.to(self.wdtype).contiguous(), self.batch_size, tuning)
-
     def _load_head(self, model: CharRNN, temperature: float) -> None:
-        """Layer norm (if on) and the head, pre-scaled by 1/temperature."""
+        """Layer norm (if on) and the head, its weight and bias `scale`d by the temperature: the logits of every
+        step come scaled, as `charnn.sampling.draw.choose` takes them (the same division, done once)."""
         self.ln = None
         if model.cfg.layer_norm:
             self.ln = (model.ln.normalized_shape, model.ln.weight.float(), model.ln.bias.float(), model.ln.eps)
-        self.w_out = (model.head.weight.float().t() / temperature).contiguous()  # (H, V)
-        self.b_out = (model.head.bias.float() / temperature).contiguous()
+        self.w_out = scale(model.head.weight.float().t(), temperature).contiguous()  # (H, V)
+        self.b_out = scale(model.head.bias.float(), temperature).contiguous()
 
     def _allocate(self, device: torch.device, H: int) -> None:
         """The buffers every step writes into, and views of them made once (slicing costs about as much as a
@@ -125,6 +90,7 @@ class FastStepper:
         self.gh = [torch.empty(B, G * H, device=device) for _ in range(L)] if self.kind == "gru" else []
         self.acc = torch.empty(B, G * H, device=device, dtype=self.wdtype) if self.low else None  # bf16 products
         self.wide = torch.empty(B, G * H, device=device) if self.low else None  # the same, back in fp32
+        self._matmul = partial(matmul, acc=self.acc, wide=self.wide)  # (x, w, out, bias), in fp32 or bf16
         self.tmp = torch.empty(B, H, device=device)
         # 0-dim constants: a Python number is wrapped into a tensor and cast on every op that takes it
         self.one, self.two = torch.tensor(1.0, device=device), torch.tensor(2.0, device=device)
@@ -136,7 +102,7 @@ class FastStepper:
         self.gh_views = [self._cut(g) for g in self.gh]
 
     @property
-    def weights(self) -> list[_Weight]:
+    def weights(self) -> list[Weight]:
         """Every weight a step multiplies by (each with its packed copy or None)."""
         return [w for layer in self.w for w in (layer if isinstance(layer, tuple) else (layer,)) if w is not None]
 
@@ -178,25 +144,6 @@ class FastStepper:
 
     def _state(self) -> list[torch.Tensor]:  # the hidden states, the LSTM cells, and the bf16 copy of the states
         return [self.hs, *self.c] + ([self.hs_low] if self.low else [])
-
-    def _matmul(self, x: torch.Tensor, w: _Weight, out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """bias + x @ w, or out + x @ w when bias is None: in `out`, or in a new tensor from the packed fp32
-        kernel. In bf16 the product (with the bias) is rounded to bf16 and added in fp32."""
-        if w.packed is not None:
-            linear = torch.ops.mkldnn._linear_pointwise
-            if not self.low:
-                if bias is None:
-                    return linear.binary(x, out, w.packed, None, "add")
-                return linear(x, w.packed, bias, "none", [], "")
-            product = linear(x, w.packed, bias, "none", [], "")  # bf16
-        elif not self.low:
-            if bias is None:
-                return out.addmm_(x, w.t)
-            return torch.addmm(bias, x, w.t, out=out)
-        else:
-            product = torch.mm(x, w.t, out=self.acc) if bias is None else torch.addmm(bias, x, w.t, out=self.acc)
-        # a copy, then an fp32 add: twice as fast as adding the bf16 tensor (which converts it into a new one)
-        return out.copy_(product) if bias is not None else out.add_(self.wide.copy_(product))
 
     def _tanh_(self, x: torch.Tensor) -> torch.Tensor:
         """tanh in place of a pre-activation whose weights were scaled as `sig_tanh` says."""

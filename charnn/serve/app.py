@@ -1,31 +1,26 @@
-"""The HTTP API of `charnn serve` (FastAPI): routes, errors as `{"error": "one line"}`, the body-size cap, and
-Server-Sent Events for streamed generation. Every model call goes to the engine's worker thread, so the event
-loop never waits on the model. Not the process (uvicorn, signals): charnn.serve.server.
+"""The HTTP API of `charnn serve` (FastAPI): the app and its routes. Every model call goes to the engine's worker
+thread, so the event loop never waits on the model. Not how answers and refusals are encoded (JSON, Server-Sent
+Events, `{"error": "one line"}`: charnn.serve.replies), nor the process (uvicorn, signals): charnn.serve.server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import math
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException
+from fastapi.responses import HTMLResponse, StreamingResponse
 
 from charnn.config import to_dict
-from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
 from charnn.export.html import build_page
 from charnn.model import num_parameters
 from charnn.sampling.generate import default_prime
 from charnn.serve.engine import Engine
-from charnn.serve.jobs import Job, Output, ServerBusy
+from charnn.serve.jobs import Job, Output
+from charnn.serve.replies import ApiError, BodyLimit, SafeJSON, add_error_handlers, collect, events
 from charnn.serve.schemas import (
     GenerateRequest,
     GenerateResponse,
@@ -38,103 +33,6 @@ from charnn.serve.schemas import (
 )
 from charnn.store.checkpoint import LoadedModel
 from charnn.version import __version__
-
-log = logging.getLogger("charnn.serve")
-
-
-class SafeJSON(JSONResponse):
-    """JSON as UTF-8, or as ASCII escapes where the text holds lone surrogates (which UTF-8 cannot carry)."""
-
-    def render(self, content: Any) -> bytes:
-        return to_json(content)
-
-
-def to_json(content: Any) -> bytes:
-    try:
-        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
-
-
-class ApiError(Exception):
-    """A request the server refuses: its status and one line saying why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class BodyLimit:
-    """Refuse request bodies over `max_bytes`: by their Content-Length before reading, and by counting what
-    arrives (a chunked body has none)."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        too_big = f"request body over {self.max_bytes} bytes"
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await SafeJSON({"error": too_big}, 413)(scope, receive, send)
-        seen = 0
-
-        async def counted() -> dict:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise HTTPException(413, too_big)  # FastAPI re-raises it from its body reading as it is
-            return message
-
-        await self.app(scope, counted, send)
-
-
-def _one_line(err: RequestValidationError) -> str:
-    """The first validation error as `field: what is wrong` (`malformed JSON: ...` for a syntax error)."""
-    first = err.errors()[0]
-    if first.get("type") == "json_invalid":
-        return f"malformed JSON: {first.get('ctx', {}).get('error', 'cannot parse the body')}"
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    return " ".join(f"{where}: {first.get('msg', 'invalid')}".split())
-
-
-def _errors(app: FastAPI) -> None:
-    """Every refusal as `{"error": "one line"}`: 400 malformed JSON, 413 too big, 422 invalid, 503 busy; a bug
-    is a 500 whose traceback Starlette logs after this reply, and the server goes on."""
-
-    def reply(status: int, message: Any) -> SafeJSON:
-        return SafeJSON({"error": " ".join(str(message).split()) or "error"}, status)
-
-    async def api(request: Request, err: ApiError) -> SafeJSON:
-        return reply(err.status, err)
-
-    async def busy(request: Request, err: ServerBusy) -> SafeJSON:
-        return reply(503, err)
-
-    async def user(request: Request, err: CharnnError) -> SafeJSON:  # unknown characters, bad options
-        return reply(422, err)
-
-    async def http(request: Request, err: HTTPException) -> SafeJSON:  # 404, 405, 413 while reading
-        return reply(err.status_code, err.detail)
-
-    async def invalid(request: Request, err: RequestValidationError) -> SafeJSON:
-        message = _one_line(err)
-        return reply(400 if message.startswith("malformed JSON") else 422, message)
-
-    async def bug(request: Request, err: Exception) -> SafeJSON:
-        return reply(500, "internal server error (see the server log)")
-
-    for kind, handler in (
-        (ApiError, api),
-        (ServerBusy, busy),
-        (CharnnError, user),
-        (HTTPException, http),
-        (RequestValidationError, invalid),
-        (Exception, bug),
-    ):
-        app.add_exception_handler(kind, handler)
 
 
 def create_app(
@@ -175,7 +73,7 @@ def create_app(
         "and the next characters' probabilities.",
     )
     app.add_middleware(BodyLimit, max_bytes=max_body)
-    _errors(app)
+    add_error_handlers(app)
     _routes(app, loaded, max_batch=max_batch, max_length=max_length)
     return app
 
@@ -236,11 +134,11 @@ def _routes(app: FastAPI, loaded: LoadedModel, *, max_batch: int, max_length: in
         request.app.state.engine.submit(job)
         if body.stream:
             return StreamingResponse(
-                _events(job),
+                events(job),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return await _collect(job, request)
+        return await collect(job, request)
 
     @app.post("/v1/score", response_model=ScoreResponse, response_model_exclude_unset=True)
     async def score(body: ScoreRequest, request: Request) -> dict:
@@ -309,48 +207,3 @@ def _finite(x: float) -> float | None:
 def _char(vocab: Any, i: int) -> str:
     text = vocab.decode([i])
     return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-
-
-async def _collect(job: Job, request: Request) -> dict:
-    """The whole answer of a non-streamed request; a client that leaves while it waits cancels the job."""
-    texts = [""] * job.cfg.num_samples
-    try:
-        while True:
-            try:
-                out: Output = await asyncio.wait_for(job.handle.get(), timeout=1.0)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    job.cancelled = True
-                    return SafeJSON({"error": "client disconnected"}, 499)
-                continue
-            texts = [t + new for t, new in zip(texts, out.texts, strict=True)]
-            if out.end == "complete":
-                return {"texts": texts, "chars": sum(map(len, texts))}
-            if out.end is not None:
-                raise ApiError(503 if out.end == "shutdown" else 500, out.message or out.end)
-    finally:
-        job.cancelled = True  # a no-op once it ended; frees the rows if this handler was cancelled
-
-
-async def _events(job: Job) -> AsyncIterator[bytes]:
-    """Server-Sent Events: `data: {"index": i, "text": ...}` per stream and chunk, then `event: done` with
-    `{"chars": N, "complete": bool}` (or `event: error`). Leaving early (the client is gone) cancels the job."""
-    chars = 0
-    try:
-        while True:
-            out: Output = await job.handle.get()  # Starlette cancels this when the client disconnects
-            for index, text in enumerate(out.texts):
-                if text:
-                    chars += len(text)
-                    yield b"data: " + to_json({"index": index, "text": text}) + b"\n\n"
-            if out.end in ("complete", "shutdown", "cancelled"):
-                done = {"chars": chars, "complete": out.end == "complete"}
-                if out.message:
-                    done["reason"] = out.message
-                yield b"event: done\ndata: " + to_json(done) + b"\n\n"
-                return
-            if out.end is not None:
-                yield b"event: error\ndata: " + to_json({"error": out.message or out.end}) + b"\n\n"
-                return
-    finally:
-        job.cancelled = True

@@ -20,9 +20,8 @@ import torch
 from charnn.data import Vocab
 from charnn.errors import CharnnError
 from charnn.model import CharRNN, Hidden
-from charnn.sampling.generate import _choose  # the draw `charnn sample` makes: one definition of it
 from charnn.sampling.stepper import MEASURED, Tuning
-from charnn.serve.jobs import Job, Output, Running, ServerBusy
+from charnn.serve.jobs import Job, Output, Running, ServerBusy, draw, draw_groups
 from charnn.serve.rows import RowBatch, powers_of_two, rows_of, same_length, warm
 
 log = logging.getLogger("charnn.serve")
@@ -61,7 +60,7 @@ class Engine:
         self._closing = False
         self._waiting: deque[Job] = deque()  # worker thread only, from here down
         self._active: list[Running] = []  # in row order: job k holds rows starts[k] .. starts[k] + n
-        self._groups: list[tuple[tuple, list[Running], torch.Tensor | None]] = []
+        self._groups: list[tuple[list[Running], torch.Tensor | None]] = []  # `draw_groups`
         self._ended: list[Output] = []
         self._last_flush = 0.0
         self._thread = threading.Thread(target=self._run, name="charnn-serve-engine", daemon=True)
@@ -181,7 +180,7 @@ class Engine:
         """A warmed job: its first symbols (drawn from `first`, (n, V)), then its rows, unless it is done."""
         if active.job.keep_logits:
             active.job.logits.append(first.clone())
-        ids = self._draw(active.key, [active], first)
+        ids = self._draw([active], first)
         if ids is None:
             return
         active.take(ids.tolist())
@@ -195,8 +194,8 @@ class Engine:
         """Every active stream one symbol further; finished and cancelled jobs leave their rows."""
         logits = self.rows.step()  # (used, V)
         ids = torch.zeros(self.rows.used, dtype=torch.long, device=logits.device)  # failed draws: rows leave
-        for key, members, index in self._groups:
-            drawn = self._draw(key, members, logits if index is None else logits.index_select(0, index))
+        for members, index in self._groups:
+            drawn = self._draw(members, logits if index is None else logits.index_select(0, index))
             if drawn is not None and index is None:
                 ids = drawn
             elif drawn is not None:
@@ -214,14 +213,11 @@ class Engine:
             start += active.n
         self._drop_left()
 
-    def _draw(self, key: tuple, members: list[Running], logits: torch.Tensor) -> torch.Tensor | None:
-        """Next ids (m,) of the rows of `members` (which share the sampling options `key`) from their unscaled
-        logits (m, V); None when the draw failed and the members were ended."""
-        temperature = key[0]
-        scaled = logits if temperature == 1.0 else logits / temperature
-        uniform = torch.tensor([u for m in members for u in m.uniforms()], device=logits.device)[:, None]  # (m, 1)
+    def _draw(self, members: list[Running], logits: torch.Tensor) -> torch.Tensor | None:
+        """Next ids (m,) of the rows of `members` from their unscaled logits (m, V) (`charnn.serve.jobs.draw`);
+        None when the draw failed and the members were ended."""
         try:
-            return _choose(scaled, uniform, members[0].job.cfg).squeeze(1)
+            return draw(members, logits)
         except CharnnError as err:  # non-finite probabilities: the model's outputs overflow
             for m in members:
                 self._end(m, "error", str(err))
@@ -248,18 +244,7 @@ class Engine:
 
     def _regroup(self) -> None:
         """Rows with the same sampling options are drawn together: one draw when all share them."""
-        by_key: dict[tuple, tuple[list[Running], list[int]]] = {}
-        start = 0
-        for active in self._active:
-            members, rows = by_key.setdefault(active.key, ([], []))
-            members.append(active)
-            rows.extend(range(start, start + active.n))
-            start += active.n
-        if len(by_key) == 1:
-            key, (members, _) = next(iter(by_key.items()))
-            self._groups = [(key, members, None)]
-        else:
-            self._groups = [(k, m, torch.tensor(r)) for k, (m, r) in by_key.items()]
+        self._groups = draw_groups(self._active)
 
     def _flush(self) -> None:
         """Hand new text to the sink: at once for first text and ends, else when due (see `Engine`)."""

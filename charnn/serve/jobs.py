@@ -1,12 +1,12 @@
-"""What the serving engine works on: a generation request (`Job`), the text it hands back (`Output`), and its
-running side (`Running`: the seeded generator, the uniforms it draws from, the symbols not yet delivered).
-Not the scheduling: charnn.serve.engine.
+"""What the serving engine works on: a generation request (`Job`), the text it hands back (`Output`), its running
+side (`Running`: the seeded generator, the uniforms it draws from, the symbols not yet delivered), and how the rows
+of running jobs are drawn (`draw_groups`, `draw`: `charnn.sampling.draw`'s choice). Not the scheduling:
+charnn.serve.engine.
 """
 
 from __future__ import annotations
 
 import codecs
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 from charnn.config import SampleConfig
 from charnn.data import Vocab
 from charnn.errors import CharnnError
-from charnn.sampling.generate import UNIFORM_BLOCK
+from charnn.sampling import draw as drawing
 
 
 class ServerBusy(CharnnError):
@@ -51,13 +51,13 @@ class Output:
 
 
 class Running:
-    """The engine's side of an admitted job: its generator, the block of uniforms it draws from (the same
-    blocks as `charnn.sampling.generate.generate`, so a seed gives `charnn sample`'s text), and undelivered symbols."""
+    """The engine's side of an admitted job: its generator, the block of uniforms it draws from (the blocks of
+    `charnn.sampling.draw.uniforms`, as `charnn sample` draws them, so a seed gives its text), and undelivered
+    symbols."""
 
     def __init__(self, job: Job, vocab: Vocab) -> None:
         self.job, self.n, self.length, self.vocab = job, job.cfg.num_samples, job.cfg.length, vocab
-        seed = job.cfg.seed if job.cfg.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+        self.gen = drawing.seeded_generator(job.cfg.seed)
         self.done = 0  # symbols drawn per stream
         self.left = False  # ended or cancelled: its rows are freed after this step
         self.block: list[float] = []  # (size, n) uniforms, row-major
@@ -70,11 +70,10 @@ class Running:
 
     def uniforms(self) -> list[float]:
         """The n uniforms for the symbol about to be drawn (unused when greedy, but drawn all the same)."""
-        at = self.done % UNIFORM_BLOCK
+        at = self.done % drawing.UNIFORM_BLOCK
         if at == 0:
-            size = min(UNIFORM_BLOCK, self.length - self.done)
             # flat: a nested tolist() took 3 ms for 2,000 x 1 (every joining request paid it), a flat one 60 us
-            self.block = torch.rand(size, self.n, generator=self.gen).view(-1).tolist()
+            self.block = drawing.uniforms(self.gen, self.length - self.done, self.n).view(-1).tolist()
         return self.block[at * self.n : (at + 1) * self.n]
 
     def take(self, ids: list[int]) -> None:
@@ -95,3 +94,28 @@ class Running:
             ids.clear()
         self.fresh = False
         return Output(self.job, tuple(texts), end, message)
+
+
+def draw_groups(active: list[Running]) -> list[tuple[list[Running], torch.Tensor | None]]:
+    """The jobs holding the batch's rows (in row order) grouped by their sampling options, each group with the
+    indices of its rows (B,), or None when all share them: one draw for the whole batch."""
+    by_key: dict[tuple, tuple[list[Running], list[int]]] = {}
+    start = 0
+    for running in active:
+        members, rows = by_key.setdefault(running.key, ([], []))
+        members.append(running)
+        rows.extend(range(start, start + running.n))
+        start += running.n
+    if len(by_key) == 1:
+        return [(next(iter(by_key.values()))[0], None)]
+    return [(members, torch.tensor(rows)) for members, rows in by_key.values()]
+
+
+def draw(members: list[Running], logits: torch.Tensor) -> torch.Tensor:
+    """Next ids (m,) of the rows of `members`, which share their sampling options, from their unscaled logits
+    (m, V): the draw of `charnn sample` with each stream's own uniforms. A SamplingError when the probabilities
+    are not finite (the model's outputs overflow)."""
+    cfg = members[0].job.cfg
+    scaled = drawing.scale(logits, cfg.temperature)
+    uniform = torch.tensor([u for m in members for u in m.uniforms()], device=logits.device)[:, None]  # (m, 1)
+    return drawing.choose(scaled, uniform, cfg).squeeze(1)
