@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import os
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -141,7 +142,7 @@ def test_the_static_check_finds_what_it_should():
 def test_no_lock_without_fcntl_warns_once(tmp_path, monkeypatch):
     from charnn.store import runlock
 
-    monkeypatch.setitem(__import__("sys").modules, "fcntl", None)
+    monkeypatch.setitem(sys.modules, "fcntl", None)
     runlock._warn_unlocked.cache_clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
