@@ -216,7 +216,8 @@ _SMALLER = "use fewer streams (--batch-size, --num-samples), a shorter --seq-len
 
 def check_ram(need: int, what: str, *, fix: str = _SMALLER) -> None:
     """An OutOfMemoryError (exit 5) before allocating `need` bytes more than the RAM free here: Linux grants
-    such allocations and faults the pages in later, and then its OOM killer ends the process without a word."""
+    such allocations and faults the pages in later, and then its OOM killer ends the process without a word.
+    No check where the free RAM is unknown (macOS and Windows have no /proc/meminfo)."""
     have = available_ram()
     if have is not None and need > have:
         raise OutOfMemoryError(
@@ -229,7 +230,8 @@ MEMINFO, CGROUP = Path("/proc/meminfo"), Path("/sys/fs/cgroup")  # where Linux s
 
 
 def available_ram() -> int | None:
-    """Bytes of RAM this process could still get: MemAvailable, or a cgroup's limit when lower; None unknown."""
+    """Bytes of RAM this process could still get: MemAvailable, or a cgroup's limit when lower; None where
+    Linux's /proc/meminfo is not readable (macOS, Windows)."""
     try:
         with open(MEMINFO, encoding="ascii") as f:
             have = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))

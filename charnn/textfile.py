@@ -26,10 +26,12 @@ CHUNK_BYTES = 1 << 24  # 16 MiB; tests monkeypatch this to split multi-byte char
 def open_input(path: str | os.PathLike) -> tuple[BinaryIO, int]:
     """A text input opened for reading, and its size: a regular file only, else a DataError. Opened with
     O_NONBLOCK and checked on the open descriptor, so a FIFO without a writer is refused, never waited on, and
-    nothing can swap the file between the check and the read; a device (/dev/zero, a terminal) never is read."""
+    nothing can swap the file between the check and the read; a device (/dev/zero, a terminal) never is read.
+    Windows has no O_NONBLOCK (nor FIFOs); O_BINARY there keeps its C library from translating line ends."""
     p = Path(path)
+    nonblock = getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(p, os.O_RDONLY | nonblock | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise DataError(f"{p}: no such file") from None
     except OSError as err:
@@ -41,7 +43,8 @@ def open_input(path: str | os.PathLike) -> tuple[BinaryIO, int]:
         if not stat.S_ISREG(mode):
             kind = next((k for test, k in _SPECIAL if test(mode)), "a special file")
             raise DataError(f"{p}: is {kind}, not a regular file; save the text to a file and pass that")
-        os.set_blocking(fd, True)
+        if nonblock:  # Windows: nothing to undo, and its os.set_blocking takes pipes only
+            os.set_blocking(fd, True)
         return os.fdopen(fd, "rb"), os.fstat(fd).st_size
     except BaseException:
         os.close(fd)

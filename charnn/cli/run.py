@@ -168,7 +168,8 @@ def _quiet_terminal() -> None:
 class StopFlag:
     """SIGINT/SIGTERM/SIGHUP set a flag the training loop polls between steps (it saves a checkpoint and exits
     128 + the signal's number); a second SIGINT exits at once. SIGHUP (the terminal closed) also stops the
-    writes to that terminal, which now fail."""
+    writes to that terminal, which now fail. Windows has no SIGHUP or SIGXFSZ, and ends a process at once where
+    POSIX would send it SIGTERM."""
 
     def __init__(self) -> None:
         self.signum: int | None = None

@@ -9,6 +9,7 @@ import asyncio
 import copy
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import threading
@@ -78,7 +79,8 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
         sock = socket.socket(info[0], socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if os.name == "posix":  # on Windows it would share a port another server holds (asyncio's rule too)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(info[4])
         sock.listen(2048)
     except OSError as err:

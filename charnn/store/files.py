@@ -109,6 +109,15 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, what: str = "checkpoin
         raise CheckpointWriteError(f"{what} write failed (disk full?): {path}: {err.strerror or err}") from None
 
 
+def _log_flags() -> int:
+    """os.open's flags for a log. O_NONBLOCK: a FIFO swapped in after the check fails the open instead of waiting
+    for a reader. Windows has neither it nor O_CLOEXEC, and needs O_BINARY to write "\\n" as it is."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    for name in ("O_NONBLOCK", "O_CLOEXEC", "O_BINARY"):
+        flags |= getattr(os, name, 0)
+    return flags
+
+
 class LineLog:
     """An append-only log of whole lines (metrics.jsonl, samples.jsonl). Each `write` is one record, written
     with one system call; a write that fails (disk full, file too large) is cut back off the file, so the log
@@ -120,8 +129,8 @@ class LineLog:
         if path is None:
             return
         target = output_target(path)
-        try:  # O_NONBLOCK: a FIFO swapped in after the check fails here instead of waiting for a reader
-            self.fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        try:
+            self.fd = os.open(target, _log_flags(), 0o644)
             info = os.fstat(self.fd)
         except OSError as err:
             self.close()
@@ -177,9 +186,12 @@ def remove_stale_temps(directory: str | os.PathLike, *, owned: Callable[[str], b
 
 
 def _alive(pid: int) -> bool:
-    """Whether process `pid` exists (one we may not signal exists too)."""
+    """Whether process `pid` exists (one we may not signal exists too). Windows has no probe: its os.kill(pid, 0)
+    ends the process, so there every other process's temp file counts as still being written and is kept."""
     if pid == os.getpid():
         return False
+    if os.name == "nt":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

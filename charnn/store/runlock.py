@@ -5,14 +5,16 @@ of interrupted writes are removed, and only charnn's own. Not what the files hol
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from charnn.distributed import DistInfo
-from charnn.errors import CheckpointError, CheckpointWriteError, ConfigError
+from charnn.errors import CharnnWarning, CheckpointError, CheckpointWriteError, ConfigError
 from charnn.store.files import TEMP_RE, remove_stale_temps
 from charnn.store.rundir import CKPT_RE, STATE_SUFFIX, list_checkpoints
 
@@ -86,10 +88,12 @@ def claim_run(run_dir: Path, dist: DistInfo, held: ExitStack) -> None:
 @contextmanager
 def lock_run(run_dir: Path) -> Iterator[None]:
     """Hold RUN/.lock exclusively while a training writes the run: a second training of it is refused (two would
-    write every log line twice and prune each other's checkpoints). No lock where fcntl is missing (Windows)."""
+    write every log line twice and prune each other's checkpoints). No lock where fcntl is missing (Windows):
+    one warning says so, once per process."""
     try:
         import fcntl
     except ImportError:
+        _warn_unlocked()
         yield
         return
     try:
@@ -113,3 +117,12 @@ def lock_run(run_dir: Path) -> Iterator[None]:
         f.write(f"{os.getpid()}\n")
         f.flush()
         yield
+
+
+@functools.cache
+def _warn_unlocked() -> None:
+    warnings.warn(
+        "no run lock on this system (Python has no fcntl here): never train the same run in two processes at once",
+        CharnnWarning,
+        stacklevel=2,
+    )
