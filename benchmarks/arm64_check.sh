@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs charnn's quick tests and a tiny train/sample/eval on arm64 Linux, emulated by qemu-user on an x86_64 Debian host.
 # Not part of CI: emulation is slow (on 2 cores, about 15 minutes to build the arm64 root the first time, then
-# 20-40 minutes for the tests and the CLI run). Needs root, apt-get and the Python package index. Idempotent: it
+# about 7 minutes for the tests and the CLI run). Needs root, apt-get and the Python package index. Idempotent: it
 # reuses the arm64 root and its virtual environment when present. The torch used is the newest aarch64 CPU wheel
 # that meets pyproject's floor (2.10.0; later aarch64 wheels on the index are CUDA builds).
 # Usage: sudo benchmarks/arm64_check.sh [more test files...]   (ARM64_ROOT=dir picks where the root lives)
@@ -73,7 +73,7 @@ W=/tmp/arm64-run
 step "train" "rm -rf $W && mkdir -p $W && head -c 20000 data/tinyshakespeare.txt > $W/corpus.txt &&
   nice -n 10 python -m charnn train $W/corpus.txt --preset tiny --max-iters 10 --threads 1 --seed 3 --out $W/run"
 step "sample" "python -m charnn sample $W/run --prime ROMEO: --length 120 --seed 1"
-step "sample beam" "python -m charnn sample $W/run --length 60 --beam 4 --prime KING"
+step "sample beam" "python -m charnn sample $W/run --length 60 --beam 4 --prime First"
 step "sample bf16" "python -m charnn sample $W/run --length 120 --seed 2 --precision bf16"
 step "eval" "python -m charnn eval $W/run"
 step "train bf16" "nice -n 10 python -m charnn train $W/corpus.txt --preset tiny --max-iters 5 --threads 1 --seed 3 \
