@@ -27,11 +27,18 @@ def parser(doc: str, quick: str) -> argparse.ArgumentParser:
 
 
 def machine(threads: int | None = None, **extra: object) -> str:
-    """The header line every script prints first: CPUs, torch version, threads, load average (read it before
-    trusting a figure: on a shared machine a load above the core count makes every rate meaningless)."""
+    """The header line every script prints first: CPUs (and whether they have native bf16), torch version,
+    threads, load average (read it before trusting a figure: on a shared machine a load above the core count
+    makes every rate meaningless)."""
     import torch
 
-    parts = [f"{os.cpu_count()} cpus", f"torch {torch.__version__}"]
+    from charnn.runtime import native_bf16_cpu
+
+    parts = [
+        f"{os.cpu_count()} cpus",
+        f"native bf16 {'yes' if native_bf16_cpu() else 'no'}",
+        f"torch {torch.__version__}",
+    ]
     if threads is not None:
         parts.append(f"{threads} threads")
     parts += [f"{key} {value}" for key, value in extra.items()]

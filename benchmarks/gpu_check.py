@@ -208,7 +208,13 @@ def part_machine(mode: Mode, limit: float) -> dict:
         )
         facts["driver"] = smi["stdout"].strip() if smi and smi["rc"] == 0 else None
     else:
-        facts["name"] = platform.processor() or platform.machine()
+        from charnn.runtime import native_bf16_cpu
+
+        facts.update(
+            name=platform.processor() or platform.machine(),
+            cpu_capability=torch.backends.cpu.get_cpu_capability(),
+            native_bf16=native_bf16_cpu(),
+        )
     return facts
 
 

@@ -89,12 +89,17 @@ def part_speed(mode, deadline: float, out: Path) -> None:
     shapes first); an out-of-memory or other failure of one shape is recorded and the next one runs."""
     import torch
 
+    from charnn.runtime import native_bf16_cpu
+
     device = torch.device(mode.device)
     workdir = Path(tempfile.mkdtemp(prefix="charnn-gpu-check-speed-"))
     result = {"device": str(device), "steps": mode.speed_steps, "rows": []}
     slowest = 0.0
+    # bf16 rows where the device has it: every CUDA card measured (an old one records its error), a CPU only with
+    # native bf16 (elsewhere charnn refuses --precision bf16 with exit 6)
+    precisions = ("bf16", "fp32") if device.type != "cpu" or native_bf16_cpu() else ("fp32",)
     for label, layers, hidden, batch, seq, embed in mode.speed_shapes:
-        for precision in ("bf16", "fp32"):
+        for precision in precisions:
             row = {
                 "shape": label,
                 "layers": layers,

@@ -88,14 +88,37 @@ def mps_verdict(device: torch.device) -> str | None:
 
 @functools.cache
 def native_bf16_cpu() -> bool:
-    """True when the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX): oneDNN's bf16 RNNs then
-    train about 1.6-1.9x faster than fp32 at the same loss (measured in docs/benchmarks.md)."""
+    """True when this process can train and sample in bf16 on the CPU at full speed: its oneDNN runs bf16 (it
+    honours ONEDNN_MAX_CPU_ISA) on a CPU with bf16 dot-product instructions (AVX512-BF16 or AMX). oneDNN's bf16
+    RNNs then train about 1.6-1.9x faster than fp32 at the same loss (docs/benchmarks.md). False wherever that
+    is not known: AVX2 or older CPUs, AVX-512 without BF16 (oneDNN emulates bf16 there, slower than fp32),
+    arm64, a PyTorch without oneDNN. Every CPU bf16 decision in charnn asks this one function."""
+    return cpu_bf16_missing() is None
+
+
+def cpu_bf16_missing() -> str | None:
+    """Why this CPU has no native bf16 (as `native_bf16_cpu` decides), or None when it has; never raises."""
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags)) and torch.backends.mkldnn.is_available()
+        if not torch.backends.mkldnn.is_available():
+            return "this PyTorch has no oneDNN"
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return "oneDNN reports none"
+        flags = _cpu_flags()
+    except Exception:  # noqa: BLE001 - a private op missing or failing in some build: not known, so none
+        return "PyTorch cannot tell"
+    if not {"avx512_bf16", "amx_bf16"} & flags:
+        return "it lacks AVX512-BF16 and AMX, without which oneDNN's bf16 is slower than fp32"
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU features PyTorch's cpuinfo reports as present (`torch.cpu.get_capabilities`, or the older
+    per-feature checks)."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        return {name for name, value in capabilities().items() if value is True}
+    checks = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported"}
+    return {name for name, check in checks.items() if getattr(torch.cpu, check, lambda: False)()}
 
 
 def cuda_fast_dtypes(device: torch.device) -> tuple[bool, bool]:
@@ -110,7 +133,8 @@ def autocast_dtype(device: torch.device, precision: str = "auto", *, training: b
     """The autocast dtype for `precision` on `device`, None for fp32. auto: bf16 on CUDA cards that have it,
     else fp16 (with loss scaling in training) on cards with fp16 tensor cores, else fp32; on the CPU bf16 only
     for training and only with native bf16 (evaluation stays exact); fp32 on MPS. A precision the device lacks
-    is a user error."""
+    is a user error (`DeviceError`, exit 6): bf16 on a GPU before Ampere or on a CPU without native bf16
+    (`native_bf16_cpu`), whatever the command; `auto` never asks for one."""
     if precision == "fp32":
         return None
     if device.type == "cuda":
@@ -127,6 +151,10 @@ def autocast_dtype(device: torch.device, precision: str = "auto", *, training: b
             return torch.bfloat16 if training and native_bf16_cpu() else None
         if precision == "fp16":
             raise ConfigError("--precision fp16 is for CUDA GPUs without bf16; on the CPU use fp32 or bf16")
+        if precision == "bf16" and not native_bf16_cpu():
+            raise DeviceError(
+                f"--precision bf16: this CPU has no native bf16 ({cpu_bf16_missing()}); use --precision fp32"
+            )
     elif precision == "auto":  # MPS: fp32, the precision its self-check compared
         return None
     return torch.bfloat16 if precision == "bf16" else torch.float16
@@ -188,6 +216,7 @@ UNSUPPORTED = (
     "not supported on mps",
     "unsupported gpu architecture",
     "is not supported on this device",
+    "could not create a primitive descriptor",  # oneDNN has no kernel for this precision on this CPU
 )
 
 

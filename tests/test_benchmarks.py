@@ -9,6 +9,7 @@ from importlib.util import find_spec
 import pytest
 import torch
 
+from charnn.runtime import native_bf16_cpu
 from tests.conftest import PYTHON, REPO, cli_env
 
 SERVE = all(find_spec(name) for name in ("fastapi", "uvicorn", "httpx"))
@@ -172,8 +173,10 @@ def test_fit_benchmark_quick_runs_the_default_and_the_sweep():
     assert "| quick-a | 10,800 |" in done.stdout  # the table, with the training split's size
 
 
+@pytest.mark.hw
 def test_gpu_check_dry_run_runs_every_part_on_the_cpu(tmp_path):
-    """benchmarks/gpu_check.py --dry-run: the GPU window's script, every part on the CPU at tiny sizes."""
+    """benchmarks/gpu_check.py --dry-run: the GPU window's script, every part on the CPU at tiny sizes; its speed
+    rows in bf16 too where the CPU has native bf16."""
     out = tmp_path / "gpu_check.json"
     done = subprocess.run(
         [PYTHON, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
@@ -189,7 +192,9 @@ def test_gpu_check_dry_run_runs_every_part_on_the_cpu(tmp_path):
     assert parts["tests"]["result"]["passed"] >= 1 and parts["tests"]["result"]["failed"] == 0
     assert parts["sampling"]["result"]["all_same_text"] is True
     assert parts["ddp"]["result"]["steps"] == 4
-    assert {r["precision"] for r in parts["speed"]["result"]["rows"] if "ratio" in r} == {"bf16", "fp32"}
+    measured = {r["precision"] for r in parts["speed"]["result"]["rows"] if "ratio" in r}
+    assert measured == ({"bf16", "fp32"} if native_bf16_cpu() else {"fp32"})
+    assert parts["machine"]["result"]["native_bf16"] == native_bf16_cpu()
     assert parts["quality"]["result"]["val_nats_per_char"] > 0
     table = done.stdout[done.stdout.index("gpu_check (dry-run)") :]
     assert all(name in table for name in parts) and "charnn c/s" in table

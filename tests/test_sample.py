@@ -8,8 +8,9 @@ import torch
 
 from charnn.config import DataConfig, ModelConfig, SampleConfig
 from charnn.data import Vocab
-from charnn.errors import ConfigError, VocabularyError
+from charnn.errors import ConfigError, DeviceError, VocabularyError
 from charnn.model import CharRNN
+from charnn.runtime import native_bf16_cpu
 from charnn.sampling.generate import sample_text
 from charnn.sampling.packing import pack
 from charnn.sampling.stepper import MEASURED, FastStepper, Tuning
@@ -19,7 +20,8 @@ from tests.conftest import SMALL_MODEL, invoke
 VOCAB = Vocab(tuple(map(ord, "\n abcdefgh")))
 
 
-PACKING = torch.backends.mkldnn.is_available()
+PACKING = torch.backends.mkldnn.is_available()  # fp32 weights are packed for oneDNN where it is present
+PACKING_BF16 = PACKING and native_bf16_cpu()  # bf16 weights only where the CPU has native bf16
 PACK_ALL = Tuning(pack_min_weight=0, pack_min_rows=0)  # the packed kernel even for tiny test models
 PACK_NONE = Tuning(pack_min_weight=10**12)
 
@@ -41,6 +43,7 @@ def test_same_seed_same_text_and_different_seed_differs():
     assert sample_text(model, VOCAB, cfg) != sample_text(model, VOCAB, other)
 
 
+@pytest.mark.hw
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("sigmoid_tanh", [False, True])
 def test_fast_and_module_paths_give_the_same_text(kind, sigmoid_tanh):
@@ -100,12 +103,13 @@ def test_unseeded_sampling_leaves_the_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), before)
 
 
+@pytest.mark.hw
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("batch", [1, 32])
 @pytest.mark.parametrize("packed", [False, True])
 def test_fast_stepper_matches_the_module_step_by_step(kind, batch, packed):
     """The stepper's logits equal nn.LSTM/GRU/RNN's to fp32 rounding in fp32, and stay close in bf16, with
-    the matmul weights packed for oneDNN or not."""
+    the matmul weights packed for oneDNN or not (bf16 ones only where the CPU has native bf16)."""
     tuning = packing(packed)
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(model=kind, layers=3, hidden=160, embed=24), len(VOCAB)).eval()
@@ -115,7 +119,8 @@ def test_fast_stepper_matches_the_module_step_by_step(kind, batch, packed):
         for precision, tol in (("fp32", 1e-4), ("bf16", 0.1)):
             stepper = FastStepper(model, temperature=1.0, batch_size=batch, precision=precision, tuning=tuning)
             assert stepper.sig_tanh == (batch * 160 >= MEASURED.sigmoid_tanh_work)
-            assert all((w.packed is not None) == (packed and PACKING) for w in stepper.weights)
+            can_pack = PACKING if precision == "fp32" else PACKING_BF16
+            assert all((w.packed is not None) == (packed and can_pack) for w in stepper.weights)
             got = torch.stack([stepper.step(ids[:, t]).clone() for t in range(ids.shape[1])], dim=1)
             err = (got - want).abs().max().item()
             assert err < tol, (precision, err)
@@ -123,6 +128,7 @@ def test_fast_stepper_matches_the_module_step_by_step(kind, batch, packed):
                 assert err > 1e-6  # the bf16 path really rounds
 
 
+@pytest.mark.hw
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("tuning", [MEASURED, Tuning(sigmoid_tanh_work=0, pack_min_weight=0, pack_min_rows=0)])
 def test_fast_stepper_follows_the_readable_cells(kind, tuning):
@@ -138,9 +144,16 @@ def test_fast_stepper_follows_the_readable_cells(kind, tuning):
     torch.testing.assert_close(got, trace(model, ids.numpy()).logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.hw
 def test_bf16_sampling_is_seeded_and_close_to_fp32():
+    """Where the CPU has native bf16; elsewhere both paths refuse it (DeviceError, exit 6 on the command line)."""
     model = model_of()
     cfg = SampleConfig(length=300, seed=5, temperature=1.0, num_samples=4, precision="bf16")
+    if not native_bf16_cpu():
+        for path in ("fast", "module"):
+            with pytest.raises(DeviceError, match="this CPU has no native bf16"):
+                sample_text(model, VOCAB, cfg, path=path)
+        return
     text = sample_text(model, VOCAB, cfg)
     assert text == sample_text(model, VOCAB, cfg)
     assert all(len(t) == 300 for t in text)
@@ -153,6 +166,7 @@ def test_sampling_precision_is_validated():
         SampleConfig(precision="fp16")
 
 
+@pytest.mark.hw
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("packed", [False, True])
 def test_fast_path_follows_layer_norm_and_tied_weights(kind, packed):
@@ -169,6 +183,7 @@ def test_fast_path_follows_layer_norm_and_tied_weights(kind, packed):
     assert fast == sample_text(model, VOCAB, cfg, path="module")
 
 
+@pytest.mark.hw
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("packed", [False, True])
@@ -193,19 +208,20 @@ def test_stepper_restore_state_undoes_steps(kind, precision, packed):
             assert torch.equal(used.step(ids[:, t]), fresh.step(ids[:, t]))
 
 
+@pytest.mark.hw
 def test_weights_are_packed_by_the_measured_rule():
-    """fp32: from PACK_MIN_ROWS streams and PACK_MIN_WEIGHT entries; bf16: from one stream; never what the
-    packed kernel cannot take (float64 here), which falls back to addmm."""
+    """fp32: from PACK_MIN_ROWS streams and PACK_MIN_WEIGHT entries; bf16: from one stream, on CPUs with native
+    bf16; never what the packed kernel cannot take (float64 here), which falls back to addmm."""
     big = torch.randn(MEASURED.pack_min_weight // 1024, 1024)
     small = torch.randn(MEASURED.pack_min_weight // 1024 - 1, 1024)
     rows = max(MEASURED.pack_min_rows, 2)
-    assert pack(big, rows).packed is not None or not PACKING
+    assert (pack(big, rows).packed is not None) == PACKING
     assert pack(big, MEASURED.pack_min_rows - 1).packed is None or MEASURED.pack_min_rows <= 1
-    assert pack(big.bfloat16(), 1).packed is not None or not PACKING
+    assert (pack(big.bfloat16(), 1).packed is not None) == PACKING_BF16
     assert pack(small, rows).packed is None
     assert pack(big.double(), rows).packed is None
     assert torch.equal(pack(big, rows).t, big)
-    assert pack(small, 1, PACK_ALL).packed is not None or not PACKING  # the thresholds are arguments
+    assert (pack(small, 1, PACK_ALL).packed is not None) == PACKING  # the thresholds are arguments
 
 
 def test_a_stepper_refuses_a_batch_of_another_size():
@@ -322,6 +338,7 @@ def test_prime_file_samples_as_the_same_prime_given_inline(tmp_path: Path, tiny_
     assert "--encoding" not in str(err.value)
 
 
+@pytest.mark.hw
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("tuning", [MEASURED, PACK_ALL, Tuning(split_min_weight=0, sigmoid_tanh_work=0)])

@@ -87,6 +87,7 @@ CONFIGS = [
 ]
 
 
+@pytest.mark.hw
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_concurrent_jobs_get_charnn_sample_text(kind):
     """Jobs that join and leave one batch each get the text `charnn sample` gives with that seed."""
@@ -111,6 +112,7 @@ def test_a_byte_level_model_streams_utf8_text():
     assert sink.texts[id(job)] == [sample_text(model, vocab, cfg)[0].decode("utf-8", "replace")]
 
 
+@pytest.mark.hw
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_logits_batched_with_others_equal_logits_alone(kind):
     """One request's logits at every position, alone and while others join and leave around it (the batch

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
-from charnn.errors import CheckpointError, NonFiniteLossError
+from charnn.errors import CheckpointError, DeviceError, NonFiniteLossError
 from charnn.evaluate import evaluate_validation
 from charnn.model import CharRNN
+from charnn.runtime import native_bf16_cpu
 from charnn.sampling.generate import sample_text
 from charnn.store.checkpoint import load_model
 from charnn.store.rundir import list_checkpoints, load_run
@@ -108,9 +109,16 @@ def test_time_budget_stops_and_keeps_a_checkpoint(tmp_path, tiny_corpus):
     assert result.final_val_loss is not None
 
 
+@pytest.mark.hw
 def test_resume_may_change_precision(tmp_path, tiny_corpus):
-    """bf16 autocast hands back a bf16 hidden state; the saved state is fp32 so an fp32 resume runs."""
+    """bf16 autocast hands back a bf16 hidden state; the saved state is fp32 so an fp32 resume runs. A CPU
+    without native bf16 refuses the bf16 run before making its directory (tests/test_precision.py: each way)."""
     model_cfg, cfg, data = tiny_configs(max_iters=6, eval_every=6, sample_length=0, precision="bf16")
+    if not native_bf16_cpu():
+        with pytest.raises(DeviceError, match="this CPU has no native bf16"):
+            train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "r")
+        assert not (tmp_path / "r").exists()
+        return
     train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "r")
     more = cfg.__class__(**{**cfg.__dict__, "max_iters": 9, "precision": "fp32"})
     result = train(tiny_corpus, model_cfg=model_cfg, train_cfg=more, data_cfg=data, out_dir=tmp_path / "r", resume=True)

@@ -14,6 +14,7 @@ import torch
 from charnn.data import Vocab
 from charnn.errors import ConfigError, SamplingError
 from charnn.model import CharRNN
+from charnn.runtime import autocast_dtype
 from charnn.sampling.generate import prime_ids
 from charnn.sampling.stepper import MEASURED, FastStepper, Tuning, few_threads
 
@@ -56,6 +57,7 @@ def beam_search(
         raise ConfigError(f"--length must be at least 0, not {length}")
     model.eval()
     device = model.head.weight.device
+    autocast_dtype(device, precision)  # bf16 where the device lacks it: the error sampling gives
     ids, echo = prime_ids(vocab, prime)
     shown = tuple(ids) if echo else ()
     logits, hidden = model(torch.tensor([ids], device=device))  # one pass over the prime: (1, P, V)

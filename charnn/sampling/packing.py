@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from charnn.model import CELLS, CellLayout, CharRNN, layer_weights
+from charnn.runtime import native_bf16_cpu
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ def pack(w: torch.Tensor, rows: int, tuning: Tuning = MEASURED) -> Weight:
     """
     few = w.dtype == torch.float32 and rows < tuning.pack_min_rows
     onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    onednn = onednn and (w.dtype != torch.bfloat16 or native_bf16_cpu())  # bf16 packed where it is native
+    onednn = onednn and (w.dtype != torch.bfloat16 or native_bf16_cpu())  # bf16 packed where it is native
     if few or w.numel() < tuning.pack_min_weight or w.device.type != "cpu" or not onednn:
         return Weight(w, None)
     try:

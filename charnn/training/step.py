@@ -34,8 +34,10 @@ def make_optimizer(model: CharRNN, cfg: TrainConfig, device: torch.device) -> to
 
 def make_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
     """A loss scaler where training runs in fp16 (CUDA cards without bf16): fp16 gradients underflow to zero
-    unless the loss is scaled up before backward. None for bf16 and fp32, which need none."""
-    if device.type != "cuda" or autocast_dtype(device, cfg.precision, training=True) != torch.float16:
+    unless the loss is scaled up before backward. None for bf16 and fp32, which need none. A precision the device
+    lacks is refused here, before the run directory is made or claimed."""
+    dtype = autocast_dtype(device, cfg.precision, training=True)
+    if device.type != "cuda" or dtype != torch.float16:
         return None
     return torch.amp.GradScaler("cuda")
 
