@@ -101,6 +101,7 @@ class Plan:
             "chosen": list(self.chosen),
             "estimated_seconds": _rounded(self.estimated_seconds),
             "measured_step_seconds": _rounded(self.speed.step_seconds if self.speed else None, 5),
+            "measured_eval_seconds": _rounded(self.speed.eval_seconds if self.speed else None, 4),
             "capped": self.capped,
         }
 
@@ -110,7 +111,6 @@ class Plan:
         cfg = self.train
         return {
             **self.as_dict(),
-            "measured_eval_seconds": _rounded(self.speed.eval_seconds if self.speed else None, 4),
             "model": to_dict(self.model),
             "schedule": {
                 "batch_size": cfg.batch_size,
