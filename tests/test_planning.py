@@ -12,6 +12,7 @@ from charnn.training.choices import CPU_MAX_STEPS, MAX_EVAL_EVERY, MIN_EVAL_EVER
 from charnn.training.plan import CorpusFacts, Hardware, PlanRequest, make_plan
 from charnn.training.timing import (
     CHECKPOINT_SECONDS,
+    LOOP_OVERHEAD,
     SAMPLE_SECONDS,
     START_SECONDS,
     TARGET_SECONDS,
@@ -212,6 +213,9 @@ def test_library_plan_matches_what_train_would_use(tmp_path):
     p = plan(corpus, device="cpu")
     assert p.tier == "small corpus" and p.train.device == "auto"
     assert p == plan(corpus, device="cpu")
+    given = plan(corpus, device="cpu", step_seconds=0.05)  # given, not measured
+    assert given.speed == Speed(0.05) and given.estimated_seconds > given.train.max_iters * 0.05
+    assert given.to_json()["measured_step_seconds"] == 0.05 and p.estimated_seconds is None
 
 
 # --- the plan at the device's measured speed ------------------------------------------------------------
@@ -236,7 +240,7 @@ def test_the_estimate_adds_steps_validations_checkpoints_and_samples():
     plan = make_plan(facts(45_000), Hardware("cpu", cores=2, speed=speed))
     steps, evals = plan.train.max_iters, math.ceil(plan.train.max_iters / plan.train.eval_every)
     samples = sum(s <= steps for s in (100, 300, 700)) + steps // 1000 + 1
-    rest = START_SECONDS + steps * 0.05 + samples * SAMPLE_SECONDS
+    rest = START_SECONDS + steps * 0.05 * LOOP_OVERHEAD + samples * SAMPLE_SECONDS
     assert plan.estimated_seconds == pytest.approx(rest + evals * (1.0 + CHECKPOINT_SECONDS))
     assert plan.speed == speed and not plan.capped
     # without a measured validation the step time prices it: eval_cost_steps steps for this split
