@@ -53,7 +53,7 @@ BASELINE = r"""
 import json, resource, torch
 from charnn.config import ModelConfig
 from charnn.model import CharRNN
-from charnn.training.train import make_optimizer
+from charnn.training.step import make_optimizer
 m = CharRNN(ModelConfig(model="lstm", layers=2, hidden=256, embed=128), 96)
 opt = make_optimizer(m, __import__("charnn.config").config.TrainConfig(device="cpu"), torch.device("cpu"))
 x = torch.zeros(32, 128, dtype=torch.long)

@@ -33,7 +33,7 @@ _EXPORTS = {
     "Progress": "training.train",
     "TrainResult": "training.train",
     "train": "training.train",
-    "plan": "training.train",
+    "plan": "training.setup",
     "Plan": "training.plan",
     "PlanRequest": "training.plan",
 }

@@ -14,6 +14,9 @@ from pathlib import Path
 # Deterministic cuBLAS workspaces on the GPU machine (nn.LSTM's docs: cuDNN RNNs are otherwise not bitwise
 # reproducible, and the resume test compares runs); read when CUDA starts, so set before any test runs.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+# The plan measures the device's speed before a run (about 2 s); tests skip that (0: no estimate, no time cap),
+# and those of the estimate give a step time. Set here so that the CLI run in a subprocess skips it too.
+os.environ.setdefault("CHARNN_STEP_SECONDS", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -223,6 +223,37 @@ def test_planned_options_show_the_plan_as_their_default():
     assert train.count("[default: plan]") == len(PLANNED)
 
 
+def test_plan_json_prints_the_plan_as_one_json_object(tmp_path, monkeypatch):
+    from tests.conftest import TINY_TEXT
+
+    corpus = tmp_path / "notes.txt"
+    corpus.write_text(TINY_TEXT * 20, encoding="utf-8")
+    monkeypatch.setenv("CHARNN_STEP_SECONDS", "0.05")  # given, not measured: the same figures on every machine
+    shown = invoke("train", corpus, "--plan", "--dropout", "0.2")
+    result = invoke("train", corpus, "--plan", "--json", "--dropout", "0.2")
+    assert result.exit_code == 0 and shown.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 1 and not result.stderr
+    plan = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert plan["lines"] == shown.stdout.splitlines()
+    assert plan["model"]["dropout"] == 0.2 and plan["model"]["hidden"] == 256
+    assert plan["schedule"]["steps"] == plan["stopping"]["max_iters"] and plan["cadence"]["eval_every"] >= 1
+    assert plan["measured_step_seconds"] == 0.05 and plan["capped"] is False
+    assert plan["estimated_seconds"] > plan["schedule"]["steps"] * 0.05
+    assert any(line.startswith("about ") and "(measured 50 ms a step)" in line for line in plan["lines"])
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_plan_json_without_a_measured_speed_has_nulls(tiny_corpus):
+    result = invoke("train", tiny_corpus, "--plan", "--json")  # the tests' CHARNN_STEP_SECONDS=0: not measured
+    plan = json.loads(result.stdout)
+    assert plan["estimated_seconds"] is None and plan["measured_step_seconds"] is None and plan["capped"] is False
+
+
+def test_plan_json_is_for_the_plan_alone(tiny_corpus):
+    line = one_error_line(invoke("train", tiny_corpus, "--json"))
+    assert line == "error: --json prints the plan: give --plan too"
+
+
 # --- sampled text on a terminal ------------------------------------------------------------------------
 
 

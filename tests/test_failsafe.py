@@ -28,8 +28,8 @@ from charnn.sampling import generate as sample
 from charnn.sampling.cudagraph import GraphStep
 from charnn.sampling.stepper import Tuning
 from charnn.store.rundir import load_run
+from charnn.training.setup import hardware
 from charnn.training.step import StepStats, make_optimizer, make_scaler, optimisation_step
-from charnn.training.train import hardware
 
 runner = CliRunner()
 CUDA = torch.device("cuda")

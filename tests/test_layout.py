@@ -36,11 +36,25 @@ ORDER = [
 PACKAGES = {
     "store": ["files", "meta", "checkpoint", "corpus_cache", "rundir", "runlock"],
     "sampling": ["draw", "packing", "stepper", "cudagraph", "generate", "beam"],
-    "training": ["threads", "schedule", "batches", "plan", "step", "finetune", "loop", "resume", "train"],
+    "training": [
+        "threads",
+        "schedule",
+        "batches",
+        "timing",
+        "choices",
+        "plan",
+        "step",
+        "speed",
+        "finetune",
+        "loop",
+        "resume",
+        "setup",
+        "train",
+    ],
     "report": ["svg", "analysis", "sections", "page"],
     "export": ["output", "spec", "html", "onnx"],
     "serve": ["jobs", "rows", "schemas", "engine", "replies", "app", "server"],
-    "cli": ["run", "options", "output", "progress", "app", "tools", "commands", "docs"],
+    "cli": ["run", "options", "output", "progress", "app", "train", "tools", "commands", "docs"],
 }
 PKG = Path(__file__).resolve().parents[1] / "charnn"
 ROOT = "__init__"  # the package itself: lazy, it imports nothing of charnn when imported

@@ -1,20 +1,25 @@
 """The training plan: a pure function of (corpus facts, hardware, request); explicit flags always win."""
 
 import dataclasses
+import json
+import math
 
 import pytest
 
 from charnn.config import PRESETS, ModelConfig, TrainConfig
 from charnn.errors import ConfigError
-from charnn.training.plan import (
-    MAX_EVAL_EVERY,
-    MIN_EVAL_EVERY,
-    CorpusFacts,
-    Hardware,
-    PlanRequest,
-    batch_shape,
-    make_plan,
-    tier_of,
+from charnn.training.choices import CPU_MAX_STEPS, MAX_EVAL_EVERY, MIN_EVAL_EVERY, batch_shape, run_shape, tier_of
+from charnn.training.plan import CorpusFacts, Hardware, PlanRequest, make_plan
+from charnn.training.timing import (
+    CHECKPOINT_SECONDS,
+    LOOP_OVERHEAD,
+    SAMPLE_SECONDS,
+    START_SECONDS,
+    TARGET_SECONDS,
+    Speed,
+    duration,
+    eval_cost_steps,
+    per_step,
 )
 
 CPU = Hardware("cpu", cores=2)
@@ -208,3 +213,99 @@ def test_library_plan_matches_what_train_would_use(tmp_path):
     p = plan(corpus, device="cpu")
     assert p.tier == "small corpus" and p.train.device == "auto"
     assert p == plan(corpus, device="cpu")
+    given = plan(corpus, device="cpu", step_seconds=0.05)  # given, not measured
+    assert given.speed == Speed(0.05) and given.estimated_seconds > given.train.max_iters * 0.05
+    assert given.to_json()["measured_step_seconds"] == 0.05 and p.estimated_seconds is None
+
+
+# --- the plan at the device's measured speed ------------------------------------------------------------
+
+
+def test_a_slow_cpu_gets_a_default_schedule_capped_to_about_five_minutes():
+    slow = make_plan(facts(1_000_000), Hardware("cpu", cores=2, speed=Speed(0.08, 2.0)))
+    cfg = slow.train
+    assert slow.capped and cfg.max_iters < CPU_MAX_STEPS
+    shape = run_shape(100_000, cfg, slow.speed, cfg.eval_every)  # the same arithmetic the plan used
+    assert slow.estimated_seconds == shape.seconds(cfg.max_iters) <= TARGET_SECONDS < shape.seconds(cfg.max_iters + 1)
+    assert cfg.warmup_iters <= cfg.max_iters // 10 and cfg.eval_every <= cfg.max_iters
+    line = next(line for line in slow.lines if line.startswith("about "))
+    assert f"capped at {cfg.max_iters:,} steps to fit about 5 min" in line and "measured 80 ms a step" in line
+    fast = make_plan(facts(1_000_000), Hardware("cpu", cores=2, speed=Speed(0.02, 1.0)))
+    assert not fast.capped and fast.train.max_iters == CPU_MAX_STEPS
+    assert fast.estimated_seconds < TARGET_SECONDS and "capped" not in " ".join(fast.lines)
+
+
+def test_the_estimate_adds_steps_validations_checkpoints_and_samples():
+    speed = Speed(step_seconds=0.05, eval_seconds=1.0)
+    plan = make_plan(facts(45_000), Hardware("cpu", cores=2, speed=speed))
+    steps, evals = plan.train.max_iters, math.ceil(plan.train.max_iters / plan.train.eval_every)
+    samples = sum(s <= steps for s in (100, 300, 700)) + steps // 1000 + 1
+    rest = START_SECONDS + steps * 0.05 * LOOP_OVERHEAD + samples * SAMPLE_SECONDS
+    assert plan.estimated_seconds == pytest.approx(rest + evals * (1.0 + CHECKPOINT_SECONDS))
+    assert plan.speed == speed and not plan.capped
+    # without a measured validation the step time prices it: eval_cost_steps steps for this split
+    rough = make_plan(facts(45_000), Hardware("cpu", cores=2, speed=Speed(0.05)))
+    assert rough.estimated_seconds == pytest.approx(rest + evals * 0.05 * eval_cost_steps(5_000, 4096))
+
+
+def test_validation_comes_within_a_minute_at_the_measured_speed():
+    for step in (0.03, 0.2, 0.9, 5.0):
+        for n in (45_000, 1_000_000, 100_000_000):
+            plan = make_plan(facts(n), Hardware("cpu", cores=2, speed=Speed(step)))
+            assert plan.train.eval_every * step <= 60 or plan.train.eval_every == 1
+
+
+@pytest.mark.parametrize(
+    "train,flag",
+    [({"max_iters": 20_000}, "--max-iters"), ({"epochs": 30.0}, "--epochs"), ({"time_budget": 900.0}, "--time-budget")],
+)
+def test_a_given_stopping_rule_is_not_capped_and_the_plan_says_so(train, flag):
+    plan = make_plan(facts(1_000_000), Hardware("cpu", cores=2, speed=Speed(0.08, 2.0)), PlanRequest(train=train))
+    assert not plan.capped and plan.estimated_seconds > TARGET_SECONDS
+    assert f"not capped to 5 min: {flag} given" in " ".join(plan.lines)
+    for key, value in train.items():
+        assert getattr(plan.train, key) == value
+    if "time_budget" in train:  # the budget spans the validations; one more after it, and the start
+        assert plan.estimated_seconds == pytest.approx(START_SECONDS + 900 + 2.0 + CHECKPOINT_SECONDS)
+    preset = make_plan(facts(1_000_000), Hardware("cpu", cores=2, speed=Speed(0.08)), PlanRequest(preset="small"))
+    assert not preset.capped and preset.train.max_iters == PRESETS["small"].train["max_iters"]
+    assert "not capped to 5 min: preset small's schedule" in " ".join(preset.lines)
+
+
+def test_without_a_measured_speed_the_plan_neither_estimates_nor_caps():
+    plan = make_plan(facts(1_000_000), CPU)
+    assert plan.estimated_seconds is None and plan.speed is None and not plan.capped
+    assert plan.train.max_iters == CPU_MAX_STEPS and not any(line.startswith("about ") for line in plan.lines)
+
+
+def test_a_gpu_plan_is_estimated_but_not_capped():
+    plan = make_plan(facts(10_000_000), Hardware("cuda", cores=16, speed=Speed(0.2, 3.0)))
+    assert not plan.capped and plan.train.max_iters == 5000 and plan.estimated_seconds > TARGET_SECONDS
+    assert any(line.startswith("about ") and "on this GPU" in line for line in plan.lines)
+
+
+def test_the_plan_as_json_is_one_rfc_8259_object():
+    plan = make_plan(facts(45_000), Hardware("cpu", cores=2, speed=Speed(0.05, 0.5)))
+    got = json.loads(json.dumps(plan.to_json(), allow_nan=False))  # dumps raises on NaN or infinity
+    assert got["lines"] == list(plan.lines) and got["model"]["hidden"] == plan.model.hidden
+    assert got["schedule"]["steps"] == plan.train.max_iters and got["cadence"]["eval_every"] == plan.train.eval_every
+    assert got["stopping"]["patience"] == plan.train.patience and got["capped"] is False
+    assert got["measured_step_seconds"] == 0.05 and got["estimated_seconds"] == round(plan.estimated_seconds, 1)
+    unmeasured = json.loads(json.dumps(make_plan(facts(45_000), CPU).to_json(), allow_nan=False))
+    assert unmeasured["estimated_seconds"] is None and unmeasured["measured_step_seconds"] is None
+    with pytest.raises(ValueError):
+        Speed(0.05, math.nan)  # a speed is a number of seconds: no NaN reaches the plan
+    with pytest.raises(ValueError):
+        Speed(math.inf)
+
+
+@pytest.mark.parametrize(
+    "seconds,text",
+    [(12.4, "12 s"), (59, "59 s"), (220, "3 min 40 s"), (300, "5 min"), (3600, "1 h 00 min"), (5000, "1 h 23 min")],
+)
+def test_durations_read_as_a_person_says_them(seconds, text):
+    assert duration(seconds) == text
+
+
+def test_step_times_read_in_milliseconds_or_seconds():
+    assert [per_step(s) for s in (0.0412, 0.0041, 0.5, 0.999, 1.24)] == ["41 ms", "4.1 ms", "500 ms", "1 s", "1.2 s"]

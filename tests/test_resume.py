@@ -35,7 +35,7 @@ from tests.conftest import (
     weights_of,
 )
 
-train_mod = sys.modules["charnn.training.train"]  # `charnn.training.train` the attribute is the function
+setup_mod = sys.modules["charnn.training.setup"]  # where a run builds its optimizer
 resume_mod = sys.modules["charnn.training.resume"]
 
 RESUME_MODEL = ModelConfig(model="lstm", layers=2, hidden=16, embed=8, dropout=0.2)  # dropout: RNG matters
@@ -107,14 +107,14 @@ def test_dropping_rng_restore_breaks_exact_resume(straight_run: Path, tmp_path: 
 
 
 def test_dropping_optimizer_restore_breaks_exact_resume(straight_run: Path, tmp_path: Path, monkeypatch):
-    real = train_mod.make_optimizer
+    real = setup_mod.make_optimizer
 
     def fresh_optimizer(*a, **k):
         opt = real(*a, **k)
         opt.load_state_dict = lambda state: None
         return opt
 
-    monkeypatch.setattr(train_mod, "make_optimizer", fresh_optimizer)
+    monkeypatch.setattr(setup_mod, "make_optimizer", fresh_optimizer)
     assert not _same_run(_split_run_in_process(tmp_path, straight_run), straight_run)
 
 

@@ -5,6 +5,7 @@ they were."""
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ from tests.conftest import (
     weights_of,
 )
 
-train_mod = sys.modules["charnn.training.train"]  # `charnn.training.train` the attribute is the function
+setup_mod = sys.modules["charnn.training.setup"]  # where a run builds its optimizer
 step_mod = sys.modules["charnn.training.step"]  # where the training step calls lm_loss
 
 
@@ -297,7 +298,7 @@ def test_a_few_nan_losses_are_skipped_without_touching_the_weights(run_dir: Path
 
     monkeypatch.setattr(step_mod, "lm_loss", some_nan)
     stepped_after = []  # how many losses had been computed when the optimizer stepped
-    real_make = train_mod.make_optimizer
+    real_make = setup_mod.make_optimizer
 
     def counting_optimizer(*a, **k):
         opt = real_make(*a, **k)
@@ -305,7 +306,7 @@ def test_a_few_nan_losses_are_skipped_without_touching_the_weights(run_dir: Path
         opt.step = lambda *sa, **sk: (stepped_after.append(len(calls)), real_step(*sa, **sk))[1]
         return opt
 
-    monkeypatch.setattr(train_mod, "make_optimizer", counting_optimizer)
+    monkeypatch.setattr(setup_mod, "make_optimizer", counting_optimizer)
     train(
         corpus_of(run_dir),
         model_cfg=SMALL_MODEL,
@@ -330,3 +331,50 @@ def test_out_of_memory_exits_5_with_the_batch_shape(run_dir: Path, monkeypatch):
     line = one_error_line(res, 5, alone=False)
     assert "batch size 4" in line and "sequence length 16" in line and "lower --batch-size" in line
     assert snapshot(run_dir) == before
+
+
+# --- the plan's measurement of this device's speed ------------------------------------------------------------
+
+
+def test_the_plans_speed_measurement_is_short_and_leaves_the_random_state():
+    from charnn.training.speed import measure_speed, validation_seconds
+
+    before, started = torch.get_rng_state(), time.perf_counter()
+    speed = measure_speed(SMALL_MODEL, small_train(), 20, torch.device("cpu"), val_chars=3000, seconds=1.0)
+    assert time.perf_counter() - started < 5.0  # about a second, on a busy machine a few
+    assert speed.step_seconds > 0 and (speed.eval_seconds is None or speed.eval_seconds > 0)  # None: no time left
+    assert torch.equal(torch.get_rng_state(), before)  # the run's stream of random numbers is untouched
+    assert validation_seconds(CharRNN(SMALL_MODEL, 20), 3000, 4096) > 0
+
+
+def test_the_plans_speed_measurement_leaves_an_explicit_run_unchanged(tmp_path, tiny_corpus, monkeypatch):
+    from charnn.training.plan import PlanRequest
+
+    request = PlanRequest(
+        model={"layers": 1, "hidden": 16, "embed": 8},
+        train={"batch_size": 4, "seq_len": 16, "max_iters": 12, "eval_every": 6, "sample_length": 0, "seed": 0},
+    )
+    runs = {}
+    for name, seconds in (("measured", None), ("unmeasured", "0")):
+        if seconds is None:
+            monkeypatch.delenv("CHARNN_STEP_SECONDS", raising=False)
+        else:
+            monkeypatch.setenv("CHARNN_STEP_SECONDS", seconds)
+        events = []
+        train(tiny_corpus, request=request, out_dir=tmp_path / name, on_progress=events.append)
+        runs[name] = [
+            {k: v for k, v in json.loads(line).items() if k not in ("elapsed", "chars_per_s")}
+            for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        ]
+        runs[name + " plan"] = events[0].text
+    assert runs["measured"] == runs["unmeasured"]  # the same losses, bit for bit
+    assert "a step); not capped to 5 min: --max-iters given" in runs["measured plan"]
+    assert "measured" not in runs["unmeasured plan"]
+    for a, b in zip(list_checkpoints(tmp_path / "measured"), list_checkpoints(tmp_path / "unmeasured"), strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(weights_of(a).values(), weights_of(b).values(), strict=True))
+
+
+def test_the_plans_step_time_from_the_environment_must_be_a_number(tiny_corpus, monkeypatch):
+    monkeypatch.setenv("CHARNN_STEP_SECONDS", "fast")
+    line = one_error_line(invoke("train", tiny_corpus, "--plan"))
+    assert line == "error: CHARNN_STEP_SECONDS='fast': give seconds per step (a positive number), or 0 for none"

@@ -1,6 +1,6 @@
 """The `charnn` Typer application, its root callback (`--version`) and the options several commands share.
-The commands register themselves on `app`: train, sample and eval in charnn.cli.commands; report, export and serve in
-charnn.cli.tools. Imports nothing heavy.
+The commands register themselves on `app`: train in charnn.cli.train, sample and eval in charnn.cli.commands,
+report, export and serve in charnn.cli.tools. Imports nothing heavy.
 """
 
 from __future__ import annotations

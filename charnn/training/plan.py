@@ -1,8 +1,10 @@
 """The training plan: model size, regularisation, batch shape, schedule, validation cadence and stopping rule,
-chosen from the corpus (training characters, vocabulary) and the hardware, with the user's flags laid on top.
+chosen from the corpus (training characters, vocabulary) and the hardware, with the user's flags laid on top,
+and the lines that explain it, with the run's estimated wall time.
 
-A pure function of its inputs (no torch, no files): `make_plan(facts, hardware, request)`. The numbers come
-from the corpus matrix measured in docs/benchmarks.md ("Fitting the corpus"), not from tiny shakespeare alone.
+A pure function of its inputs (no torch, no files): `make_plan(facts, hardware, request)`. Its rules are in
+`charnn.training.choices`; the device's measured speed (`Hardware.speed`, from `charnn.training.speed`) fits a
+default CPU schedule to about five minutes (`charnn.training.timing`).
 """
 
 from __future__ import annotations
@@ -12,42 +14,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from charnn.config import PRESETS, ModelConfig, TrainConfig, check_fields, overlay_train
+from charnn.config import PRESETS, STOPPING_RULES, ModelConfig, TrainConfig, check_fields, overlay_train
 from charnn.errors import ConfigError
+from charnn.fields import to_dict
+from charnn.training.choices import model_choice, run_shape, schedule_choice, steps_per_epoch, tier_of
+from charnn.training.schedule import total_steps
+from charnn.training.timing import TARGET_SECONDS, Speed, duration, eval_share, per_step
 
-# Corpus tiers by training characters: (upper bound, name, dropout). Dropout is the strongest lever on small
-# text: without it a 2x256 LSTM memorises 45,000 characters within a few epochs and validation climbs.
-TIERS: tuple[tuple[float, str, float], ...] = (
-    (100_000, "small corpus", 0.5),
-    (400_000, "medium corpus", 0.3),
-    (2_000_000, "large corpus", 0.0),
-    (math.inf, "very large corpus", 0.0),
-)
-CPU_BATCH = (16, 64)  # many small updates beat few large ones at a fixed CPU budget (docs/benchmarks.md)
-# A GPU's recurrence is latency-bound (one small matmul per character per layer): 128 streams cost little more
-# per step than 64, and a step carries twice the text. Not measured yet (docs/gpu.md): benchmarks/gpu_check.py.
-GPU_BATCH = (128, 128)
-GPU_DROPOUT = 0.2  # at least this on a GPU below 2M characters: three minutes buy tens of passes over such text
-# A GPU steps in milliseconds and each validation + checkpoint costs tens of steps' time: validate at most every
-# this many steps, but at least once every two passes over the corpus (for early stopping on small ones).
-GPU_MIN_EVAL_EVERY = 200
-CPU_MAX_STEPS = 8000  # about 5 minutes for a 2x256 LSTM at 16 x 64 on a 2-core CPU
-GPU_MAX_STEPS = 5000
-MAX_EPOCHS = 40  # small corpora: the schedule decays over this many passes; early stopping usually ends sooner
-EVALS_PER_EPOCH = 2  # validation twice an epoch ...
-MIN_EVAL_EVERY = 24  # ... but not more often than this (or once an epoch): each scores the split and saves
-MAX_EVAL_EVERY = 1000  # the first validation within about a minute on a CPU
-PATIENCE_EPOCHS = 4  # stop after this many epochs without a new best validation loss ...
-MIN_PATIENCE, MAX_PATIENCE = 4, 8  # ... counted in validations, within these bounds
 # Given options that change what the plan's lines describe (the others, such as --threads, are not listed).
 SHAPING = frozenset({"time_budget", "epochs", "tie_weights", "locked_dropout", "min_lr", "grad_clip"})
-# Fine-tuning starts from trained weights (PlanRequest.init_model): a third of the learning rate, so the first
-# steps on the new text do not wreck what the weights know, a short warmup (AdamW's moments start afresh),
-# fewer passes and an earlier stop, since a trained model fits a small corpus, and overfits it, sooner.
-FINETUNE_LR_FACTOR = 1 / 3
-FINETUNE_WARMUP = 10
-FINETUNE_EPOCHS = 10
-FINETUNE_PATIENCE_EPOCHS = 2
 # Model options a fine-tuned run may change: no weight's shape or meaning depends on them.
 FREE_ON_FINETUNE = ("dropout", "locked_dropout")
 # The options the plan chooses when they are not given (the help shows "[default: plan]" for them).
@@ -78,6 +53,7 @@ class Hardware:
     device: str = "cpu"  # cpu | cuda | mps
     cores: int = 1
     native_bf16: bool = False
+    speed: Speed | None = None  # measured on the plan's model and batch shape (None: not measured)
 
 
 @dataclass(frozen=True)
@@ -112,29 +88,54 @@ class Plan:
     tier: str
     lines: tuple[str, ...]
     chosen: tuple[str, ...]  # the options the plan chose (the rest were given by the user or a preset)
+    steps_per_epoch: int = 1
+    estimated_seconds: float | None = None  # the run's wall time to the plan's end (None: speed not measured)
+    speed: Speed | None = None
+    capped: bool = False  # the default schedule was shortened to fit about TARGET_SECONDS on this device
 
     def as_dict(self) -> dict[str, Any]:
-        return {"tier": self.tier, "lines": list(self.lines), "chosen": list(self.chosen)}
+        """The record kept in the run's config.json."""
+        return {
+            "tier": self.tier,
+            "lines": list(self.lines),
+            "chosen": list(self.chosen),
+            "estimated_seconds": _rounded(self.estimated_seconds),
+            "measured_step_seconds": _rounded(self.speed.step_seconds if self.speed else None, 5),
+            "measured_eval_seconds": _rounded(self.speed.eval_seconds if self.speed else None, 4),
+            "capped": self.capped,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole plan as one JSON object (`charnn train FILE --plan --json`): the record, the model, and the
+        schedule, validation cadence and stopping rule it trains with."""
+        cfg = self.train
+        return {
+            **self.as_dict(),
+            "model": to_dict(self.model),
+            "schedule": {
+                "batch_size": cfg.batch_size,
+                "seq_len": cfg.seq_len,
+                "steps_per_epoch": self.steps_per_epoch,
+                "steps": total_steps(cfg, self.steps_per_epoch),
+                "lr": cfg.lr,
+                "min_lr": cfg.min_lr,
+                "warmup_iters": cfg.warmup_iters,
+                "weight_decay": cfg.weight_decay,
+                "precision": cfg.precision,
+            },
+            "cadence": {"eval_every": cfg.eval_every, "eval_segment": cfg.eval_segment, "log_every": cfg.log_every},
+            "stopping": {
+                "max_iters": cfg.max_iters,
+                "epochs": cfg.epochs,
+                "time_budget": cfg.time_budget,
+                "patience": cfg.patience,
+            },
+        }
 
 
-def tier_of(train_chars: int) -> tuple[str, float]:
-    """(tier name, dropout) for a training split of `train_chars` characters."""
-    return next((name, dropout) for bound, name, dropout in TIERS if train_chars < bound)
-
-
-def batch_shape(train_chars: int, batch_size: int, seq_len: int) -> tuple[int, int]:
-    """The largest shape at most (batch_size, seq_len) that gives at least 4 batches per epoch: halve the
-    batch first (keeping the context), then the sequence, never below 1 x 8."""
-    while batch_size > 1 and steps_per_epoch(train_chars, batch_size, seq_len) < 4:
-        batch_size //= 2
-    while seq_len > 8 and steps_per_epoch(train_chars, batch_size, seq_len) < 4:
-        seq_len //= 2
-    return batch_size, seq_len
-
-
-def steps_per_epoch(train_chars: int, batch_size: int, seq_len: int) -> int:
-    """Optimisation steps in one pass over the training split (StreamBatcher's rows), at least 1."""
-    return max(1, (train_chars // batch_size - 1) // seq_len)
+def _rounded(value: float | None, digits: int = 1) -> float | None:
+    """JSON's number, or null: never NaN or infinity (RFC 8259 has neither)."""
+    return round(value, digits) if value is not None and math.isfinite(value) else None
 
 
 def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | None = None) -> Plan:
@@ -144,7 +145,7 @@ def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | Non
     check_fields(TrainConfig, request.train)
     tier, dropout = tier_of(facts.train_chars)
     gpu = hardware.device == "cuda"
-    base_model, base_train = _model_choice(facts, gpu, dropout), {}
+    base_model, base_train = model_choice(facts.train_chars, gpu, dropout), {}
     if request.init_model is not None:
         if request.preset is not None:
             raise ConfigError("--preset cannot be combined with --init-from (the run keeps its starting model)")
@@ -159,28 +160,35 @@ def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | Non
     else:
         model = _model(base_model, request.model)
     given = {**base_train, **{k: v for k, v in request.train.items() if v is not None}}
-    schedule = _schedule(facts, gpu, given, finetune=request.init_model is not None)
-    train_dict = overlay_train(schedule, given)
-    train_cfg = TrainConfig(**train_dict)
+    schedule, capped = schedule_choice(
+        facts.train_chars,
+        facts.val_chars,
+        given,
+        gpu=gpu,
+        speed=hardware.speed,
+        finetune=request.init_model is not None,
+    )
+    train_cfg = TrainConfig(**overlay_train(schedule, given))
     chosen = tuple(
         sorted(
             ({k for k, v in base_model.items() if request.model.get(k) is None} if request.preset is None else set())
             | {k for k in schedule if k not in given}
         )
     )
-    lines = _explain(facts, hardware, tier, model, train_cfg, request, chosen)
-    return Plan(model, train_cfg, tier, lines, chosen)
+    per_epoch = steps_per_epoch(facts.train_chars, train_cfg.batch_size, train_cfg.seq_len)
+    estimate = estimate_seconds(facts, train_cfg, hardware.speed) if hardware.speed else None
+    plan = Plan(model, train_cfg, tier, (), chosen, per_epoch, estimate, hardware.speed, capped)
+    return dataclasses.replace(plan, lines=_explain(plan, facts, hardware, request))
 
 
-def _model_choice(facts: CorpusFacts, gpu: bool, dropout: float) -> dict[str, Any]:
-    """An LSTM with layer norm: 2x256 on the CPU; a GPU affords 512 units, 3 layers from 2M characters, with
-    dropout below that (the GPU makes many passes over a small corpus in a few minutes)."""
-    hidden, layers = 256, 2
-    if gpu and facts.train_chars >= 2_000_000:
-        hidden, layers = 512, 3
-    elif gpu and facts.train_chars >= 400_000:
-        hidden, dropout = 512, max(dropout, GPU_DROPOUT)
-    return dict(model="lstm", layers=layers, hidden=hidden, embed=128, dropout=dropout, layer_norm=True)
+def estimate_seconds(facts: CorpusFacts, cfg: TrainConfig, speed: Speed) -> float:
+    """The wall time of a run of `cfg` on `facts` at `speed`, to its stopping rule (early stopping may end it
+    sooner): the start, the steps, the validations with their checkpoints, the samples."""
+    shape = run_shape(facts.val_chars, cfg, speed, cfg.eval_every)
+    if cfg.time_budget is not None:
+        return shape.budget_seconds(cfg.time_budget)
+    per_epoch = steps_per_epoch(facts.train_chars, cfg.batch_size, cfg.seq_len)
+    return shape.seconds(total_steps(cfg, per_epoch) or 1)
 
 
 def _model(base: dict[str, Any], overrides: dict[str, Any]) -> ModelConfig:
@@ -203,64 +211,15 @@ def finetune_model(init: ModelConfig, given: dict[str, Any]) -> ModelConfig:
     return dataclasses.replace(init, **{k: given[k] for k in FREE_ON_FINETUNE if given.get(k) is not None})
 
 
-def _schedule(facts: CorpusFacts, gpu: bool, given: dict[str, Any], *, finetune: bool = False) -> dict[str, Any]:
-    """The training options the plan chooses: batch shape, learning rate, length, cadence, patience."""
-    batch, seq = GPU_BATCH if gpu else CPU_BATCH
-    batch, seq = batch_shape(facts.train_chars, given.get("batch_size", batch), given.get("seq_len", seq))
-    per_epoch = steps_per_epoch(facts.train_chars, batch, seq)
-    max_steps = GPU_MAX_STEPS if gpu else CPU_MAX_STEPS
-    steps = min(max_steps, (FINETUNE_EPOCHS if finetune else MAX_EPOCHS) * per_epoch)
-    least = min(GPU_MIN_EVAL_EVERY, max(2 * per_epoch, MIN_EVAL_EVERY)) if gpu else MIN_EVAL_EVERY
-    most = steps if gpu else per_epoch  # on a CPU at least once an epoch; a GPU's epochs of a few steps are too short
-    eval_every = min(max(per_epoch // EVALS_PER_EPOCH, least), most, MAX_EVAL_EVERY, steps)
-    evals_per_epoch = per_epoch / eval_every
-    epochs = FINETUNE_PATIENCE_EPOCHS if finetune else PATIENCE_EPOCHS
-    patience = min(max(round(epochs * evals_per_epoch), MIN_PATIENCE), MAX_PATIENCE)
-    lr = (2e-3 if gpu else 3e-3) * (FINETUNE_LR_FACTOR if finetune else 1.0)
-    warmup = min(FINETUNE_WARMUP if finetune else 50, steps // 10)
-    return dict(
-        batch_size=batch,
-        seq_len=seq,
-        lr=lr,
-        warmup_iters=warmup,
-        weight_decay=0.1,
-        max_iters=steps,
-        eval_every=eval_every,
-        patience=patience if facts.val_chars >= 2 else None,
-    )
-
-
-def eval_share(val_chars: int, eval_every: int, segment: int, *, rows: int = 64) -> float:
-    """Rough share of a run spent validating and checkpointing, in training steps of a 2x256 LSTM at 16 x 64 on
-    a CPU (measured: 2,000 characters of validation cost 1.5 steps, 20,000 cost 8 and 111,540 cost 43; a
-    checkpoint half a step). Scoring runs up to `rows` segments side by side, each batch a pass of the segment
-    length whose cost grows with the rows in it. An estimate for the plan's line; the summary gives the
-    measured share."""
-    segments = max(1, math.ceil(val_chars / segment))
-    length = min(val_chars, segment) / 1000
-    cost = 0.5
-    for first in range(0, segments, rows):
-        cost += length * (0.4 + 0.36 * min(rows, segments - first))
-    return cost / (cost + eval_every)
-
-
-def _explain(
-    facts: CorpusFacts,
-    hardware: Hardware,
-    tier: str,
-    model: ModelConfig,
-    cfg: TrainConfig,
-    request: PlanRequest,
-    chosen: tuple[str, ...],
-) -> tuple[str, ...]:
+def _explain(plan: Plan, facts: CorpusFacts, hardware: Hardware, request: PlanRequest) -> tuple[str, ...]:
     """A few lines: what was chosen and why, naming the options that came from the user or a preset."""
-    per_epoch = steps_per_epoch(facts.train_chars, cfg.batch_size, cfg.seq_len)
+    model, cfg, per_epoch = plan.model, plan.train, plan.steps_per_epoch
     source = f"preset {request.preset}" if request.preset else "plan"
     kind = f"{model.model.upper()} {model.layers}x{model.hidden}" + (" with layer norm" if model.layer_norm else "")
     if request.init_model is not None:
         kind = f"fine-tuning the trained {kind}"
     lines = [
-        f"{facts.train_chars:,} training characters, {facts.vocab_size} symbols, {hardware.device}: {tier} -> "
+        f"{facts.train_chars:,} training characters, {facts.vocab_size} symbols, {hardware.device}: {plan.tier} -> "
         f"{kind}, dropout {model.dropout:g}, weight decay {cfg.weight_decay:g} ({source})"
     ]
     if cfg.time_budget is not None:
@@ -275,13 +234,35 @@ def _explain(
         f"cosine decay, {length}"
     )
     stop = f"stops after {cfg.patience} validations without a new best" if cfg.patience else "no early stopping"
-    share = eval_share(facts.val_chars, cfg.eval_every, cfg.eval_segment)
+    share = eval_share(facts.val_chars, cfg.eval_every, cfg.eval_segment, plan.speed)
     lines.append(
         f"validation every {cfg.eval_every:,} steps (~{cfg.eval_every / per_epoch:.2g} epoch, "
         f"{facts.val_chars:,} characters, about {share:.0%} of the time); {stop}; the best checkpoint "
         f"is kept"
     )
+    if plan.speed is not None and plan.estimated_seconds is not None:
+        lines.append(_timing(plan, hardware, request))
     given = sorted(k for k in request.given() if k in PLANNED or k in SHAPING)
     if given:
         lines.append("given: " + ", ".join("--" + k.replace("_", "-") for k in given))
     return tuple(lines)
+
+
+def _timing(plan: Plan, hardware: Hardware, request: PlanRequest) -> str:
+    """ "about 3 min 40 s on this CPU (measured 41 ms a step)", and whether the schedule was cut to fit."""
+    assert plan.speed is not None and plan.estimated_seconds is not None
+    where = "this CPU" if hardware.device == "cpu" else "this GPU"
+    line = f"about {duration(plan.estimated_seconds)} on {where} (measured {per_step(plan.speed.step_seconds)} a step)"
+    target = duration(TARGET_SECONDS)
+    if plan.capped:
+        return (
+            f"{line}; capped at {plan.train.max_iters:,} steps to fit about {target}; --max-iters or --epochs to choose"
+        )
+    rule = next((k for k in STOPPING_RULES if request.train.get(k) is not None), None)
+    if hardware.device == "cuda":
+        return line
+    if rule is not None:
+        return f"{line}; not capped to {target}: --{rule.replace('_', '-')} given"
+    if request.preset is not None:
+        return f"{line}; not capped to {target}: preset {request.preset}'s schedule"
+    return line

@@ -1,0 +1,126 @@
+"""The plan's rules: corpus tiers, model size, batch shape, schedule length, validation cadence and patience,
+chosen from numbers (training and validation characters, the device, its measured speed). Pure functions; the
+plan (`charnn.training.plan`) lays a preset's and the user's options over them and explains the result. The
+numbers come from the corpus matrix measured in docs/benchmarks.md ("Fitting the corpus").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from charnn.config import STOPPING_RULES, TrainConfig
+from charnn.fields import default_of
+from charnn.training.timing import RunShape, Speed, first_eval_steps
+
+# Corpus tiers by training characters: (upper bound, name, dropout). Dropout is the strongest lever on small
+# text: without it a 2x256 LSTM memorises 45,000 characters within a few epochs and validation climbs.
+TIERS: tuple[tuple[float, str, float], ...] = (
+    (100_000, "small corpus", 0.5),
+    (400_000, "medium corpus", 0.3),
+    (2_000_000, "large corpus", 0.0),
+    (math.inf, "very large corpus", 0.0),
+)
+CPU_BATCH = (16, 64)  # many small updates beat few large ones at a fixed CPU budget (docs/benchmarks.md)
+# A GPU's recurrence is latency-bound (one small matmul per character per layer): 128 streams cost little more
+# per step than 64, and a step carries twice the text. Not measured yet (docs/gpu.md): benchmarks/gpu_check.py.
+GPU_BATCH = (128, 128)
+GPU_DROPOUT = 0.2  # at least this on a GPU below 2M characters: three minutes buy tens of passes over such text
+# A GPU steps in milliseconds and each validation + checkpoint costs tens of steps' time: validate at most every
+# this many steps, but at least once every two passes over the corpus (for early stopping on small ones).
+GPU_MIN_EVAL_EVERY = 200
+# About 5 minutes for a 2x256 LSTM at 16 x 64 on a 2-core CPU with native bf16; a slower CPU's measured speed
+# cuts a default schedule to fit about TARGET_SECONDS (charnn.training.timing).
+CPU_MAX_STEPS = 8000
+GPU_MAX_STEPS = 5000
+MAX_EPOCHS = 40  # small corpora: the schedule decays over this many passes; early stopping usually ends sooner
+EVALS_PER_EPOCH = 2  # validation twice an epoch ...
+MIN_EVAL_EVERY = 24  # ... but not more often than this (or once an epoch): each scores the split and saves
+MAX_EVAL_EVERY = 1000  # the first validation within about a minute (and within FIRST_EVAL_SECONDS, measured)
+PATIENCE_EPOCHS = 4  # stop after this many epochs without a new best validation loss ...
+MIN_PATIENCE, MAX_PATIENCE = 4, 8  # ... counted in validations, within these bounds
+# Fine-tuning starts from trained weights (PlanRequest.init_model): a third of the learning rate, so the first
+# steps on the new text do not wreck what the weights know, a short warmup (AdamW's moments start afresh),
+# fewer passes and an earlier stop, since a trained model fits a small corpus, and overfits it, sooner.
+FINETUNE_LR_FACTOR = 1 / 3
+FINETUNE_WARMUP = 10
+FINETUNE_EPOCHS = 10
+FINETUNE_PATIENCE_EPOCHS = 2
+
+
+def tier_of(train_chars: int) -> tuple[str, float]:
+    """(tier name, dropout) for a training split of `train_chars` characters."""
+    return next((name, dropout) for bound, name, dropout in TIERS if train_chars < bound)
+
+
+def batch_shape(train_chars: int, batch_size: int, seq_len: int) -> tuple[int, int]:
+    """The largest shape at most (batch_size, seq_len) that gives at least 4 batches per epoch: halve the
+    batch first (keeping the context), then the sequence, never below 1 x 8."""
+    while batch_size > 1 and steps_per_epoch(train_chars, batch_size, seq_len) < 4:
+        batch_size //= 2
+    while seq_len > 8 and steps_per_epoch(train_chars, batch_size, seq_len) < 4:
+        seq_len //= 2
+    return batch_size, seq_len
+
+
+def steps_per_epoch(train_chars: int, batch_size: int, seq_len: int) -> int:
+    """Optimisation steps in one pass over the training split (StreamBatcher's rows), at least 1."""
+    return max(1, (train_chars // batch_size - 1) // seq_len)
+
+
+def model_choice(train_chars: int, gpu: bool, dropout: float) -> dict[str, Any]:
+    """An LSTM with layer norm: 2x256 on the CPU; a GPU affords 512 units, 3 layers from 2M characters, with
+    dropout below that (the GPU makes many passes over a small corpus in a few minutes)."""
+    hidden, layers = 256, 2
+    if gpu and train_chars >= 2_000_000:
+        hidden, layers = 512, 3
+    elif gpu and train_chars >= 400_000:
+        hidden, dropout = 512, max(dropout, GPU_DROPOUT)
+    return dict(model="lstm", layers=layers, hidden=hidden, embed=128, dropout=dropout, layer_norm=True)
+
+
+def run_shape(val_chars: int, train: TrainConfig | dict[str, Any], speed: Speed, eval_every: int) -> RunShape:
+    """The timing of a run of `train` (a config, or the options given so far) at `speed`."""
+
+    def value(name: str) -> Any:
+        if isinstance(train, TrainConfig):
+            return getattr(train, name)
+        return train.get(name, default_of(TrainConfig, name))
+
+    return RunShape(speed, val_chars, value("eval_segment"), eval_every, value("sample_every"), value("sample_length"))
+
+
+def schedule_choice(
+    train_chars: int, val_chars: int, given: dict[str, Any], *, gpu: bool, speed: Speed | None, finetune: bool = False
+) -> tuple[dict[str, Any], bool]:
+    """The training options the plan chooses: batch shape, learning rate, length, cadence, patience; and
+    whether the length was cut to fit about TARGET_SECONDS at the measured speed (a CPU's default schedule)."""
+    batch, seq = GPU_BATCH if gpu else CPU_BATCH
+    batch, seq = batch_shape(train_chars, given.get("batch_size", batch), given.get("seq_len", seq))
+    per_epoch = steps_per_epoch(train_chars, batch, seq)
+    max_steps = GPU_MAX_STEPS if gpu else CPU_MAX_STEPS
+    steps = min(max_steps, (FINETUNE_EPOCHS if finetune else MAX_EPOCHS) * per_epoch)
+    least = min(GPU_MIN_EVAL_EVERY, max(2 * per_epoch, MIN_EVAL_EVERY)) if gpu else MIN_EVAL_EVERY
+    most = steps if gpu else per_epoch  # on a CPU at least once an epoch; a GPU's epochs of a few steps are too short
+    eval_every = min(max(per_epoch // EVALS_PER_EPOCH, least), most, MAX_EVAL_EVERY, steps)
+    capped = False
+    if speed is not None:
+        eval_every = min(eval_every, first_eval_steps(speed))
+        if not gpu and not any(k in given for k in STOPPING_RULES):
+            fit = run_shape(val_chars, given, speed, given.get("eval_every", eval_every)).fit(steps)
+            capped, steps, eval_every = fit < steps, fit, min(eval_every, fit)
+    evals_per_epoch = per_epoch / eval_every
+    epochs = FINETUNE_PATIENCE_EPOCHS if finetune else PATIENCE_EPOCHS
+    patience = min(max(round(epochs * evals_per_epoch), MIN_PATIENCE), MAX_PATIENCE)
+    lr = (2e-3 if gpu else 3e-3) * (FINETUNE_LR_FACTOR if finetune else 1.0)
+    warmup = min(FINETUNE_WARMUP if finetune else 50, steps // 10)
+    return dict(
+        batch_size=batch,
+        seq_len=seq,
+        lr=lr,
+        warmup_iters=warmup,
+        weight_decay=0.1,
+        max_iters=steps,
+        eval_every=eval_every,
+        patience=patience if val_chars >= 2 else None,
+    ), capped
