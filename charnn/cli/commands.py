@@ -27,6 +27,8 @@ _StopFlag = StopFlag  # the name tests and older callers know
 
 
 # long: a Typer command declares its options as parameters, one Annotated block each
+# Options: the parameters below, plus one per SampleConfig field with a `panel` and --device (charnn/config.py),
+# added to the signature by with_options and config_options (charnn/cli/options.py).
 @app.command("sample", cls=Command)
 @with_options(*config_options(SampleConfig), *DEVICE)
 def sample_cmd(
@@ -95,6 +97,7 @@ def sample_cmd(
 
 
 # long: a Typer command declares its options as parameters, one Annotated block each
+# Options: the parameters below, plus --device (TrainConfig.device in charnn/config.py, via with_options).
 @app.command("eval", cls=Command)
 @with_options(*DEVICE)
 def eval_cmd(

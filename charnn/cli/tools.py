@@ -58,6 +58,7 @@ def report_cmd(
     run_command(body)
 
 
+# Options: the parameters below, plus --device (TrainConfig.device in charnn/config.py, via with_options).
 @app.command("serve", cls=Command)
 @with_options(*DEVICE)
 def serve_cmd(

@@ -26,6 +26,9 @@ def _given_path(value: str) -> Path:
 
 
 # long: a Typer command declares its options as parameters, one Annotated block each
+# Options: the parameters below, plus one per field of ModelConfig, TrainConfig and DataConfig that has a `panel`
+# (help, bounds and default on the field in charnn/config.py), added to the signature by with_options and
+# config_options (charnn/cli/options.py) and passed in `options`.
 @app.command("train", cls=Command)
 @with_options(*config_options(*TRAIN_CONFIGS, planned=True))
 def train_cmd(
