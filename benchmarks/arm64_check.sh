@@ -10,7 +10,10 @@ set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 ROOT=${ARM64_ROOT:-/var/tmp/charnn-arm64-root}
 TORCH=${ARM64_TORCH:-2.10.0}
-MIRROR=${ARM64_MIRROR:-http://deb.debian.org/debian}
+# the Debian mirror this host's apt already uses (ARM64_MIRROR=URL to choose another)
+MIRROR=${ARM64_MIRROR:-$(grep -rhE '^(deb|URIs:)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2> /dev/null |
+  grep -oE 'https?://[^ ]+/debian/?' | head -n 1)}
+[ -n "$MIRROR" ] || { echo "no Debian mirror in /etc/apt: set ARM64_MIRROR"; exit 1; }
 # Neoverse N1 (Graviton2, Ampere Altra): armv8.2 without bf16 instructions. qemu's default "max" CPU adds SVE and
 # bf16, where torch 2.10's oneDNN bf16 LSTM dies of an illegal instruction under qemu 7.2 (torch alone, no charnn),
 # and the aarch64 torch wheel needs armv8.2, so cortex-a72 dies at the first LSTM.
