@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import save as st_save
 
 from charnn.config import ModelConfig, TrainConfig
-from charnn.store.checkpoint import load_state, read_header
+from charnn.store.checkpoint import read_header
+from charnn.store.trainstate import load_state
 from charnn.training.train import train
 from tests.conftest import (
     PYTHON,
@@ -964,16 +965,16 @@ def test_output_failed_model_write_leaves_no_orphan_state(world: Path, tmp_path:
     """The disk fills between a checkpoint's state file and its model file: the state goes too (no half
     checkpoint using the space), the earlier checkpoint stays."""
     from charnn.errors import CheckpointWriteError
-    from charnn.store import rundir
+    from charnn.store import checkpoint
 
-    real = rundir.atomic_write
+    real = checkpoint.atomic_write
 
     def model_write_fails(path, data, **kw):
         if str(path).endswith("00000020.safetensors"):
             raise CheckpointWriteError(f"checkpoint write failed (disk full?): {path}: No space left on device")
         real(path, data, **kw)
 
-    monkeypatch.setattr(rundir, "atomic_write", model_write_fails)
+    monkeypatch.setattr(checkpoint, "atomic_write", model_write_fails)
     with pytest.raises(CheckpointWriteError):
         train(
             world / "tiny.txt",
@@ -1120,7 +1121,7 @@ def test_output_terminal_escapes_bytes_and_controls(monkeypatch):
 
 def test_output_training_display_escapes_samples(capsys):
     from charnn.cli.progress import TrainDisplay
-    from charnn.training.loop import Progress
+    from charnn.training.runstate import Progress
 
     TrainDisplay()(Progress("sample", 5, 10, 1.0, text="x\x1b]0;pwned\x07\x00y\nz"))
     err = capsys.readouterr().err

@@ -34,10 +34,10 @@ ORDER = [
 ]
 # Inside a package the same rule holds for its modules (`__init__` may hand on any of them).
 PACKAGES = {
-    "store": ["files", "meta", "checkpoint", "corpus_cache", "rundir", "runlock"],
+    "store": ["files", "meta", "trainstate", "checkpoint", "fast_utf8", "corpus_cache", "rundir", "runlock"],
     "sampling": ["draw", "packing", "stepper", "cudagraph", "generate", "beam"],
-    "training": ["threads", "schedule", "batches", "plan", "step", "finetune", "loop", "resume", "train"],
-    "report": ["svg", "analysis", "sections", "page"],
+    "training": ["threads", "schedule", "batches", "plan", "step", "finetune", "runstate", "loop", "resume", "train"],
+    "report": ["svg", "analysis", "markup", "curves", "record", "passage", "lookback", "page"],
     "export": ["output", "spec", "html", "onnx"],
     "serve": ["jobs", "rows", "schemas", "engine", "app", "server"],
     "cli": ["run", "options", "output", "progress", "app", "tools", "commands", "docs"],
