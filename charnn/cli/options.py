@@ -1,7 +1,8 @@
-"""Typer options built from the config fields: each field with a `panel` (charnn.config.opt) is one option,
+"""Typer options built from the config fields: each field with a `panel` (charnn.fields.opt) is one option,
 with its help, bounds, spelling and panel written once, on the field. Adding an option is adding a field.
-
-Not the commands themselves (charnn.cli.commands); imports no torch, so `charnn --help` stays fast.
+How a command gets them: at import, `config_options` makes one keyword parameter per field, and the command's
+`@with_options(...)` adds those to its signature, so Typer shows them and their values arrive in its `**options`.
+Not the commands themselves (charnn.cli.commands, charnn.cli.tools); imports no torch, so `--help` stays fast.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from charnn.cli.options import choice, with_default, with_options
 from charnn.cli.run import Command, run_command, say
 
 
+# Options: all written in this signature (none come from a config's fields).
 @app.command("report", cls=Command)
 def report_cmd(
     run: RunPath,
@@ -58,6 +59,8 @@ def report_cmd(
     run_command(body)
 
 
+# Options: those in this signature, plus --device (TrainConfig's `device` field, built by
+# charnn.cli.options.config_options as charnn.cli.app.DEVICE), which arrives in **options.
 @app.command("serve", cls=Command)
 @with_options(*DEVICE)
 def serve_cmd(
@@ -103,6 +106,7 @@ ExportFormat = choice("ExportFormat", ("html", "onnx"))
 ExportPrecision = choice("ExportPrecision", ("fp32", "fp16"))
 
 
+# Options: all written in this signature (none come from a config's fields).
 @app.command("export", cls=Command)
 def export_cmd(
     run: RunPath,
