@@ -13,8 +13,8 @@ from pathlib import Path
 
 from charnn.memory import memory, reach
 from charnn.report.analysis import MAX_CHARS, passage_ids
+from charnn.report.lookback import PATH_COLORS, memory_series
 from charnn.report.page import asset
-from charnn.report.sections import PATH_COLORS, memory_series
 from charnn.report.svg import chart
 from charnn.store.rundir import load_run
 

@@ -30,7 +30,7 @@ _EXPORTS = {
     "sample_text": "sampling.generate",
     "Beam": "sampling.beam",
     "beam_search": "sampling.beam",
-    "Progress": "training.train",
+    "Progress": "training.runstate",
     "TrainResult": "training.train",
     "train": "training.train",
     "plan": "training.setup",

@@ -15,13 +15,13 @@ import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from charnn.devicecheck import self_check
 from charnn.errors import CharnnError, CharnnWarning, ConfigError, DeviceError, OutOfMemoryError, first_line
+from charnn.ram import SMALLER
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 CUBLAS_WORKSPACE = ":4096:8"  # the deterministic cuBLAS setting nn.LSTM's documentation asks for
@@ -224,66 +224,22 @@ def user_device_error(err: BaseException) -> CharnnError | None:
     """The CharnnError for a device failure the user can fix (out of memory on the GPU or in the CPU's RAM, a
     precision or kernel the device lacks), or None for anything else, which is a bug and keeps its traceback."""
     if isinstance(err, MemoryError):  # Python's or numpy's allocation failure: not a RuntimeError
-        return OutOfMemoryError(f"out of memory ({first_line(err)}); {_SMALLER}")
+        return OutOfMemoryError(f"out of memory ({first_line(err)}); {SMALLER}")
     if not isinstance(err, (RuntimeError, NotImplementedError)):
         return None
     text = first_line(err)
     if isinstance(err, torch.OutOfMemoryError) or "out of memory" in text.lower():
-        return OutOfMemoryError(f"out of memory ({text}); {_SMALLER}, or --device cpu")
+        return OutOfMemoryError(f"out of memory ({text}); {SMALLER}, or --device cpu")
     if any(piece in text.lower() for piece in CPU_OOM):  # torch's CPU allocator: RAM or `ulimit -v` exhausted
         tried = re.search(r"allocate (\d+) bytes", text)
         size = f" {int(tried.group(1)) / 1e9:.1f} GB" if tried else ""
-        return OutOfMemoryError(f"out of memory: could not allocate{size} in RAM; {_SMALLER}")
+        return OutOfMemoryError(f"out of memory: could not allocate{size} in RAM; {SMALLER}")
     if any(piece in str(err).lower() for piece in UNSUPPORTED):
         return DeviceError(f"this device cannot run it ({text}); try --precision fp32 or --device cpu")
     return None
 
 
 CPU_OOM = ("can't allocate memory", "cannot allocate memory", "not enough memory")
-_SMALLER = "use fewer streams (--batch-size, --num-samples), a shorter --seq-len or a smaller model"
-
-
-def check_ram(need: int, what: str, *, fix: str = _SMALLER) -> None:
-    """An OutOfMemoryError (exit 5) before allocating `need` bytes more than the RAM free here: Linux grants
-    such allocations and faults the pages in later, and then its OOM killer ends the process without a word.
-    No check where the free RAM is unknown (macOS and Windows have no /proc/meminfo)."""
-    have = available_ram()
-    if have is not None and need > have:
-        raise OutOfMemoryError(
-            f"out of memory: {what} need about {need / 1e9:.1f} GB, more than the "
-            f"{have / 1e9:.1f} GB of RAM free here; {fix}"
-        )
-
-
-MEMINFO, CGROUP = Path("/proc/meminfo"), Path("/sys/fs/cgroup")  # where Linux says how much RAM is free
-
-
-def available_ram() -> int | None:
-    """Bytes of RAM this process could still get: MemAvailable, or a cgroup's limit when lower; None where
-    Linux's /proc/meminfo is not readable (macOS, Windows)."""
-    try:
-        with open(MEMINFO, encoding="ascii") as f:
-            have = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-    try:  # cgroup v2 (a container): its own limit, less what the group already uses
-        limit = (CGROUP / "memory.max").read_text(encoding="ascii").strip()
-        if limit != "max":
-            used = int((CGROUP / "memory.current").read_text(encoding="ascii"))
-            have = min(have, max(0, int(limit) - used + _reclaimable()))
-    except (OSError, ValueError):
-        pass
-    return have
-
-
-def _reclaimable() -> int:
-    """The cgroup's inactive file cache, which the kernel gives back on demand (as MemAvailable counts it):
-    reading a corpus fills the cache, and that is not memory in use."""
-    try:
-        with open(CGROUP / "memory.stat", encoding="ascii") as f:
-            return next((int(line.split()[1]) for line in f if line.startswith("inactive_file ")), 0)
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 @contextmanager

@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import save as st_save
 
 from charnn.config import ModelConfig, TrainConfig
-from charnn.store.checkpoint import load_state, read_header
+from charnn.store.checkpoint import read_header
+from charnn.store.trainstate import load_state
 from charnn.training.train import train
 from tests.conftest import (
     PYTHON,
@@ -447,7 +448,7 @@ def test_memory_error_exits_5(world: Path, monkeypatch):
 
 
 def test_a_model_larger_than_the_free_ram_is_refused_before_it_is_built(world: Path):
-    from charnn.runtime import available_ram
+    from charnn.ram import available_ram
 
     if available_ram() is None:
         pytest.skip("no /proc/meminfo here")
@@ -466,7 +467,7 @@ def test_a_model_larger_than_the_free_ram_is_refused_before_it_is_built(world: P
     ],
 )
 def test_free_ram_in_a_container(tmp_path: Path, monkeypatch, limit, current, inactive, want_gb):
-    import charnn.runtime as runtime
+    import charnn.ram as ram
 
     (tmp_path / "meminfo").write_text(f"MemTotal: 1 kB\nMemAvailable: {8 << 20} kB\n")
     cgroup = tmp_path / "cgroup"
@@ -474,9 +475,9 @@ def test_free_ram_in_a_container(tmp_path: Path, monkeypatch, limit, current, in
     (cgroup / "memory.max").write_text(limit + "\n")
     (cgroup / "memory.current").write_text(current + "\n")
     (cgroup / "memory.stat").write_text(f"anon 1\ninactive_file {inactive}\nactive_file 7\n")
-    monkeypatch.setattr(runtime, "MEMINFO", tmp_path / "meminfo")
-    monkeypatch.setattr(runtime, "CGROUP", cgroup)
-    assert runtime.available_ram() == int(want_gb * (1 << 30))
+    monkeypatch.setattr(ram, "MEMINFO", tmp_path / "meminfo")
+    monkeypatch.setattr(ram, "CGROUP", cgroup)
+    assert ram.available_ram() == int(want_gb * (1 << 30))
 
 
 def test_cpu_allocation_failure_exits_5(world: Path, tmp_path: Path):
@@ -964,16 +965,16 @@ def test_output_failed_model_write_leaves_no_orphan_state(world: Path, tmp_path:
     """The disk fills between a checkpoint's state file and its model file: the state goes too (no half
     checkpoint using the space), the earlier checkpoint stays."""
     from charnn.errors import CheckpointWriteError
-    from charnn.store import rundir
+    from charnn.store import checkpoint
 
-    real = rundir.atomic_write
+    real = checkpoint.atomic_write
 
     def model_write_fails(path, data, **kw):
         if str(path).endswith("00000020.safetensors"):
             raise CheckpointWriteError(f"checkpoint write failed (disk full?): {path}: No space left on device")
         real(path, data, **kw)
 
-    monkeypatch.setattr(rundir, "atomic_write", model_write_fails)
+    monkeypatch.setattr(checkpoint, "atomic_write", model_write_fails)
     with pytest.raises(CheckpointWriteError):
         train(
             world / "tiny.txt",
@@ -1120,7 +1121,7 @@ def test_output_terminal_escapes_bytes_and_controls(monkeypatch):
 
 def test_output_training_display_escapes_samples(capsys):
     from charnn.cli.progress import TrainDisplay
-    from charnn.training.loop import Progress
+    from charnn.training.runstate import Progress
 
     TrainDisplay()(Progress("sample", 5, 10, 1.0, text="x\x1b]0;pwned\x07\x00y\nz"))
     err = capsys.readouterr().err

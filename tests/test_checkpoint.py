@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import charnn.store.checkpoint as ckpt
 from charnn.config import DataConfig, ModelConfig, TrainConfig, to_dict
 from charnn.data import Vocab
 from charnn.errors import CharnnWarning, CheckpointError
 from charnn.model import CharRNN
-from charnn.store.checkpoint import load_model, load_state, model_bytes, read_header
-from charnn.store.meta import CheckpointMeta, meta_strings, parse_meta
+from charnn.store.checkpoint import load_model, model_bytes, read_header
+from charnn.store.meta import FORMAT, CheckpointMeta, meta_strings, parse_meta
+from charnn.store.trainstate import load_state
 from charnn.training.train import train
 from tests.conftest import (
     REPO,
@@ -360,7 +360,7 @@ def _crafted_file(path: Path, *, hidden: int, layers: int = 1, embed: int = 8, v
         header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + n]}
         offset += n
     header["__metadata__"] = {
-        "format": ckpt.FORMAT,
+        "format": FORMAT,
         "model_config": json.dumps(cfg),
         "data_config": json.dumps({}),
         "vocab": Vocab(tuple(range(97, 97 + vocab_size))).to_json(),

@@ -220,9 +220,9 @@ def test_a_corpus_changing_between_passes(tmp_path, monkeypatch, change):
         return real(p, size, **kw)
 
     monkeypatch.setattr(textfile, "CHUNK_BYTES", 64)
-    import charnn.store.corpus_cache as corpus_cache
+    import charnn.store.fast_utf8 as fast_utf8
 
-    monkeypatch.setattr(corpus_cache, "read_chunks", changing)
+    monkeypatch.setattr(fast_utf8, "read_chunks", changing)  # the encode pass of a UTF-8 corpus
     if change != "append":
         with pytest.raises(DataError, match="changed while it was being read"):
             load_corpus(path, DataConfig(), cache_dir=cache)

@@ -268,7 +268,7 @@ def test_the_loss_scale_travels_with_the_training_state():
     """fp16's loss scale is saved with the optimizer and RNG states (weights_only-loadable) and restored on resume."""
     import io
 
-    from charnn.training.loop import _training_state
+    from charnn.store.trainstate import training_state
 
     model = CharRNN(ModelConfig(layers=1, hidden=8, embed=4), 5)
     optimizer = make_optimizer(model, TrainConfig(device="cpu"), torch.device("cpu"))
@@ -276,7 +276,7 @@ def test_the_loss_scale_travels_with_the_training_state():
     scaler.scale(torch.ones(()))  # the scale is made at first use
     scaler.update(512.0)
     buffer = io.BytesIO()
-    torch.save(_training_state(3, 1.0, 2.0, optimizer, None, TrainConfig(device="cpu"), scaler=scaler), buffer)
+    torch.save(training_state(3, 1.0, 2.0, optimizer, None, TrainConfig(device="cpu"), scaler=scaler), buffer)
     state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
     resumed = torch.amp.GradScaler("cpu")
     resumed.load_state_dict(state["scaler"])

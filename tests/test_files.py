@@ -17,9 +17,10 @@ import charnn.store.rundir as rundir
 from charnn.config import DataConfig, ModelConfig
 from charnn.data import Vocab
 from charnn.model import CharRNN
-from charnn.store.checkpoint import load_model, load_state
+from charnn.store.checkpoint import load_model
 from charnn.store.files import remove_stale_temps
 from charnn.store.rundir import save_checkpoint
+from charnn.store.trainstate import load_state
 from tests.conftest import PYTHON, cli_env, snapshot
 
 DURABLE_MODEL = ModelConfig(model="lstm", layers=2, hidden=128, embed=8)  # ~1 MB per file: writes take a while

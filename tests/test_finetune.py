@@ -13,7 +13,7 @@ from charnn.data import Vocab, encode_file, extend_vocab
 from charnn.errors import ConfigError, VocabularyError
 from charnn.evaluate import evaluate_validation
 from charnn.model import CharRNN
-from charnn.report.sections import config_tables
+from charnn.report.record import config_tables
 from charnn.sampling.generate import sample_text
 from charnn.store.rundir import load_run
 from charnn.training.finetune import load_start, start_corpus, start_weights

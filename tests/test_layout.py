@@ -15,6 +15,7 @@ ORDER = [
     "fields",
     "config",
     "devicecheck",
+    "ram",
     "runtime",
     "distributed",
     "textfile",
@@ -34,7 +35,7 @@ ORDER = [
 ]
 # Inside a package the same rule holds for its modules (`__init__` may hand on any of them).
 PACKAGES = {
-    "store": ["files", "meta", "checkpoint", "corpus_cache", "rundir", "runlock"],
+    "store": ["files", "meta", "trainstate", "checkpoint", "fast_utf8", "corpus_cache", "rundir", "runlock"],
     "sampling": ["draw", "packing", "stepper", "cudagraph", "generate", "beam"],
     "training": [
         "threads",
@@ -46,12 +47,13 @@ PACKAGES = {
         "step",
         "speed",
         "finetune",
+        "runstate",
         "loop",
         "resume",
         "setup",
         "train",
     ],
-    "report": ["svg", "analysis", "sections", "page"],
+    "report": ["svg", "analysis", "markup", "curves", "record", "passage", "lookback", "page"],
     "export": ["output", "spec", "html", "onnx"],
     "serve": ["jobs", "rows", "schemas", "engine", "replies", "app", "server"],
     "cli": ["run", "options", "output", "progress", "app", "train", "tools", "commands", "docs"],

@@ -172,11 +172,11 @@ def test_windows_keeps_other_processes_temp_files(monkeypatch):
 
 @pytest.mark.parametrize("meminfo", ["missing", "unreadable"])
 def test_unknown_free_ram_skips_the_ram_check(tmp_path, monkeypatch, meminfo):
-    from charnn import runtime
+    from charnn import ram
 
     path = tmp_path / "meminfo"
     if meminfo == "unreadable":
         path.mkdir()  # open() fails with IsADirectoryError
-    monkeypatch.setattr(runtime, "MEMINFO", path)
-    assert runtime.available_ram() is None
-    runtime.check_ram(1 << 60, "a model")  # an exabyte: refused where free RAM is known, not checked here
+    monkeypatch.setattr(ram, "MEMINFO", path)
+    assert ram.available_ram() is None
+    ram.check_ram(1 << 60, "a model")  # an exabyte: refused where free RAM is known, not checked here

@@ -39,7 +39,7 @@ WhichOption = Annotated[
         help=with_default("Checkpoint of a run: best (by validation loss) or latest.", "best"),
     ),
 ]
-DEVICE = config_options(TrainConfig, only="device")
+DEVICE = config_options(TrainConfig, only="device")  # --device: TrainConfig's field, for commands that run a model
 
 
 def _version(value: bool) -> None:

@@ -1,9 +1,10 @@
-"""Typer options built from the config fields: each field with a `panel` (charnn.config.opt) is one option,
+"""Typer options built from the config fields: each field with a `panel` (charnn.fields.opt) is one option,
 with its help, bounds, spelling and panel written once, on the field. Adding an option is adding a field.
 A command lists `@with_options(*config_options(SomeConfig))` above its definition: the decorator appends those
 fields' options to the function's signature, so Typer parses them and the command receives them as keywords.
 
-Not the commands themselves (charnn.cli.commands); imports no torch, so `charnn --help` stays fast.
+Not the commands themselves (charnn.cli.commands, charnn.cli.train, charnn.cli.tools); imports no torch, so
+`charnn --help` stays fast.
 """
 
 from __future__ import annotations

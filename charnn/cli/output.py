@@ -133,7 +133,7 @@ def write_generation(gen: Any, out: SampleWriter, *, num_samples: int, length: i
     else:
         import torch
 
-        from charnn.runtime import check_ram
+        from charnn.ram import check_ram
 
         check_ram(
             4 * num_samples * length,

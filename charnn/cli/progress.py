@@ -11,7 +11,7 @@ import sys
 from tqdm import tqdm
 
 from charnn.terminal import for_terminal
-from charnn.training.train import Progress
+from charnn.training.runstate import Progress
 
 EVAL_LINE_EVERY = 10.0
 

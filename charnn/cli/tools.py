@@ -14,6 +14,7 @@ from charnn.cli.options import choice, with_default, with_options
 from charnn.cli.run import Command, run_command, say
 
 
+# Options: all written in this signature (none come from a config's fields).
 @app.command("report", cls=Command)
 def report_cmd(
     run: RunPath,
@@ -104,6 +105,7 @@ ExportFormat = choice("ExportFormat", ("html", "onnx"))
 ExportPrecision = choice("ExportPrecision", ("fp32", "fp16"))
 
 
+# Options: all written in this signature (none come from a config's fields).
 @app.command("export", cls=Command)
 def export_cmd(
     run: RunPath,

@@ -1,7 +1,8 @@
 """The training report: one self-contained HTML page (inline SVG, CSS and JS; nothing fetched) built from a run
 directory: loss, learning-rate and gradient curves, the sample timeline, a surprise heatmap, a neuron explorer,
-gate saturation, and the run's configuration. `analysis` reads the run and the model, `svg` draws charts,
-`sections` writes each part of the page, `page` assembles and writes it. The numbers come from `charnn.inspect`.
+gate saturation, and the run's configuration. `analysis` reads the run and the model, `svg` draws charts, the
+sections are written by kind (`curves`, `record`, `passage`, `lookback`, sharing `markup`), `page` assembles and
+writes the page. The numbers come from `charnn.inspect`.
 """
 
 from charnn.report.analysis import (

@@ -1,6 +1,6 @@
 """The report's numbers: a run directory's metrics, samples and config as records, and a passage run through a
 loaded model (surprise, activations, correlated units, gate statistics, gradient flow through time) as data for
-the page. No HTML here: `charnn.report.sections` lays it out.
+the page. No HTML here: the section modules (`curves`, `record`, `passage`, `lookback`) lay it out.
 """
 
 from __future__ import annotations

@@ -25,20 +25,11 @@ from charnn.report.analysis import (
     passage_ids,
     read_run_log,
 )
-from charnn.report.sections import (
-    clip_percent,
-    config_tables,
-    curve_charts,
-    final_metrics,
-    gate_section,
-    kv_table,
-    memory_section,
-    model_summary,
-    neuron_section,
-    note,
-    surprise_section,
-    timeline,
-)
+from charnn.report.curves import clip_percent, curve_charts
+from charnn.report.lookback import memory_section
+from charnn.report.markup import kv_table, note
+from charnn.report.passage import gate_section, neuron_section, surprise_section
+from charnn.report.record import config_tables, final_metrics, model_summary, timeline
 from charnn.store.checkpoint import LoadedModel
 from charnn.store.files import atomic_file, output_target
 from charnn.store.rundir import load_run

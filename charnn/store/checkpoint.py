@@ -1,13 +1,13 @@
-"""The model file users share (safetensors weights, a sha256 per tensor, one typed metadata record,
-`CheckpointMeta`) and the training-state blob for resuming (`torch.load(weights_only=True)` only).
-Loading never unpickles: the header is checked against the shapes the config implies before a weight byte is
-allocated. Where the files live in a run directory, and which to load or prune, is `charnn.store.rundir`'s work.
+"""A checkpoint: the model file users share (safetensors weights, a sha256 per tensor, one typed metadata record,
+`CheckpointMeta`) and, beside it, the training state for resuming (`charnn.store.trainstate`). `write_checkpoint`
+writes the pair; `load_model` reads the model file back and never unpickles: the header is checked against the
+shapes the config implies before a weight byte is allocated. Where checkpoints live in a run directory, and which
+to load or prune, is `charnn.store.rundir`'s work.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -20,9 +20,11 @@ import torch
 
 from charnn.config import DataConfig, ModelConfig, TrainConfig
 from charnn.data import Vocab
-from charnn.errors import CheckpointError
+from charnn.errors import CheckpointError, CheckpointWriteError
 from charnn.model import CharRNN, state_shapes
+from charnn.store.files import atomic_write
 from charnn.store.meta import FORMAT, MAX_EVAL_SEGMENT, CheckpointMeta, meta_json, meta_strings, parse_meta
+from charnn.store.trainstate import state_bytes, state_path
 
 MAX_HEADER_BYTES = 64 << 20
 
@@ -122,6 +124,57 @@ def model_bytes(
     return save(tensors, metadata={**meta_strings(meta), "checksums": json.dumps(checksums)})
 
 
+def write_checkpoint(
+    path: str | os.PathLike,
+    model: CharRNN,
+    vocab: Vocab,
+    data_cfg: DataConfig,
+    *,
+    step: int,
+    val_loss: float | None,
+    corpus_sha256: str,
+    state: dict[str, Any] | None,
+    corpus_path: str | None = None,
+    corpus_cache: str | None = None,
+    train_cfg: TrainConfig | None = None,
+) -> None:
+    """Write a checkpoint at `path`: the training state `state` (when given) beside it first, then the model
+    file, which is the commit record: it holds the state's sha256. Each write is atomic (`atomic_write`).
+
+    The keywords are the model file's `CheckpointMeta` fields (`model_bytes`). Non-finite weights are refused
+    before anything is written; a model file that fails to write takes its new state file with it.
+    """
+    path = Path(path)
+    for p in model.parameters():
+        if not torch.isfinite(p).all():
+            raise CheckpointError("refusing to save a checkpoint with non-finite parameters")
+    state_sha256 = None
+    if state is not None:
+        blob = state_bytes(state)
+        atomic_write(state_path(path), blob)
+        state_sha256 = hashlib.sha256(blob).hexdigest()
+    try:
+        atomic_write(
+            path,
+            model_bytes(
+                model,
+                vocab,
+                data_cfg,
+                step=step,
+                val_loss=val_loss,
+                corpus_sha256=corpus_sha256,
+                corpus_path=corpus_path,
+                corpus_cache=corpus_cache,
+                train_cfg=train_cfg,
+                state_sha256=state_sha256,
+            ),
+        )
+    except CheckpointWriteError:
+        if state is not None:  # a state without its model file is no checkpoint: give the full disk its space back
+            state_path(path).unlink(missing_ok=True)
+        raise
+
+
 def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str], int, int]:
     """Parse and bound-check a safetensors header without reading the weights.
 
@@ -157,8 +210,6 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]
 
 def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> LoadedModel:
     """Load and verify a model file. Never unpickles; validates before allocating; checks every checksum."""
-    from safetensors.torch import load as st_load
-
     path = Path(path)
     header, strings, data_start, size = read_header(path)
     meta = parse_meta(strings, path)
@@ -166,9 +217,22 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
     if len(vocab) > 1 << 21:
         raise CheckpointError(f"{path}: vocabulary of {len(vocab)} symbols is implausible")
     expected = state_shapes(model_cfg, len(vocab))  # arithmetic: a crafted huge config costs nothing here
+    spans = _tensor_spans(header, expected, size - data_start, path)
+    blob = _verified_bytes(path, strings, spans, data_start, size)
+    tensors = _weights(blob, model_cfg, path)
+    model = CharRNN(model_cfg, len(vocab))
+    model.load_state_dict(tensors, strict=True)  # with tie_weights the module keeps its one shared Parameter
+    model.to(device).eval()
+    return LoadedModel(model, path, meta)
+
+
+def _tensor_spans(
+    header: dict[str, Any], expected: dict[str, tuple[int, ...]], data_len: int, path: Path
+) -> list[tuple[int, int, str]]:
+    """(start, end, name) of each tensor's bytes after the header, once its entry matches the shape and dtype
+    the config implies and its offsets lie inside the file."""
     if set(header) != set(expected):
         raise CheckpointError(f"{path}: tensors do not match the model config in the metadata")
-    data_len = size - data_start
     spans = []
     for name, shape in expected.items():
         entry = header[name]
@@ -189,8 +253,15 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
         ):
             raise CheckpointError(f"{path}: tensor {name!r} has bad data offsets (the file is truncated or corrupt)")
         spans.append((offsets[0], offsets[1], name))
+    return spans
+
+
+def _verified_bytes(
+    path: Path, strings: dict[str, str], spans: list[tuple[int, int, str]], data_start: int, size: int
+) -> bytes:
+    """The whole file, read once, after every tensor's bytes matched the sha256 its metadata records."""
     checksums = meta_json(strings, "checksums", path)
-    if not isinstance(checksums, dict) or set(checksums) != set(expected):
+    if not isinstance(checksums, dict) or set(checksums) != {name for _, _, name in spans}:
         raise CheckpointError(f"{path}: checksums missing from metadata")
     try:
         blob = path.read_bytes()
@@ -202,6 +273,13 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
     for start, end, name in spans:
         if hashlib.sha256(view[start:end]).hexdigest() != checksums[name]:
             raise CheckpointError(f"{path}: checksum mismatch in tensor {name!r}: the file is corrupt")
+    return blob
+
+
+def _weights(blob: bytes, model_cfg: ModelConfig, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of verified bytes, refused if any holds NaN or inf or the tied copies differ."""
+    from safetensors.torch import load as st_load
+
     try:
         tensors = st_load(blob)
     except Exception as err:  # the library's own parse errors: still a bad file, not a bug of ours
@@ -212,93 +290,4 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
     if model_cfg.tie_weights and not torch.equal(tensors["embed.weight"], tensors["head.weight"]):
         # Both copies load into the one shared Parameter, the last silently winning: refuse instead.
         raise CheckpointError(f"{path}: the tied embedding and output weights differ (the file was altered)")
-    model = CharRNN(model_cfg, len(vocab))
-    model.load_state_dict(tensors, strict=True)  # with tie_weights the module keeps its one shared Parameter
-    model.to(device).eval()
-    return LoadedModel(model, path, meta)
-
-
-# --- the training state ---------------------------------------------------------------------------------
-
-
-def state_bytes(state: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return buf.getvalue()
-
-
-def load_state(path: str | os.PathLike, expected_sha256: str | None = None) -> dict[str, Any]:
-    """Resume state: tensors and primitives only, loaded with weights_only=True and no fallback."""
-    path = Path(path)
-    try:
-        blob = path.read_bytes()
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot read training state ({err.strerror})") from None
-    if expected_sha256 is not None and hashlib.sha256(blob).hexdigest() != expected_sha256:
-        raise CheckpointError(f"{path}: checksum mismatch in training state: the file is corrupt")
-    try:
-        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as err:  # weights_only refuses anything but tensors and plain containers
-        raise CheckpointError(f"{path}: unreadable training state ({type(err).__name__})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: training state is not a dictionary")
-    problem = _state_problem(state)
-    if problem:
-        raise CheckpointError(f"{path}: unusable training state ({problem})")
-    return state
-
-
-def _real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _state_problem(state: dict[str, Any]) -> str | None:
-    """What is wrong with the structure of a training state (None: nothing), checked before any of it is applied:
-    a state whose checksum matches can still have been written by hand or by another program. Whether its
-    tensors fit the model is checked where they are applied (`charnn.training.train`)."""
-    for key in ("step", "elapsed", "optimizer", "rng"):
-        if key not in state:
-            return f"no {key!r}"
-    if not _count(state["step"]):
-        return f"step {state['step']!r} is not a step number"
-    for key in ("elapsed", "best_val"):
-        if key in state and not (_real(state[key]) and not math.isnan(state[key]) and state[key] >= 0):
-            return f"{key} {state[key]!r} is not a number of seconds or nats"
-    if not math.isfinite(state["elapsed"]):  # best_val may be inf (no validation yet); a clock may not
-        return f"elapsed {state['elapsed']!r} is not a number of seconds"
-    if "evals_since_best" in state and not _count(state["evals_since_best"]):
-        return f"evals_since_best {state['evals_since_best']!r} is not a count"
-    if state.get("best_step") is not None and not _count(state["best_step"]):
-        return f"best_step {state['best_step']!r} is not a step number"
-    optimizer = state["optimizer"]
-    if (
-        not isinstance(optimizer, dict)
-        or not isinstance(optimizer.get("state"), dict)
-        or not isinstance(optimizer.get("param_groups"), list)
-        or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in optimizer["param_groups"])
-    ):
-        return "the optimizer state is not an optimizer's"
-    rng = state["rng"]
-    python = rng.get("python") if isinstance(rng, dict) else None
-    if (
-        not isinstance(python, (list, tuple))
-        or len(python) != 3
-        or not isinstance(python[1], (list, tuple))
-        or not torch.is_tensor(rng.get("torch"))
-        or rng["torch"].dtype != torch.uint8
-    ):
-        return "the RNG state is not charnn's"
-    hidden = state.get("hidden")
-    tensors = list(hidden) if isinstance(hidden, (list, tuple)) else [] if hidden is None else [hidden]
-    if (hidden is not None and not tensors) or not all(
-        torch.is_tensor(t) and t.is_floating_point() and t.dim() == 3 for t in tensors
-    ):
-        return "the hidden state is not (layers, streams, hidden) tensors"
-    for key in ("train_config", "scaler"):
-        if state.get(key) is not None and not isinstance(state[key], dict):
-            return f"{key} is not a dictionary"
-    return None
+    return tensors

@@ -1,13 +1,12 @@
 """The run directory: where training writes its checkpoints (`step-NNNNNNNN.safetensors` beside its resume
 state) and readable sidecars (config.json, vocab.json), and how a later command finds, chooses and prunes them.
 
-What is inside one model file, and how it is verified, is `charnn.store.checkpoint`'s work; continuing a run is
-`charnn.training.resume`'s.
+How one checkpoint (a model file and its training state) is written, read and verified is
+`charnn.store.checkpoint`'s work; continuing a run is `charnn.training.resume`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -21,26 +20,18 @@ import torch
 from charnn.config import DataConfig, ModelConfig, TrainConfig, to_dict
 from charnn.data import Corpus, Vocab
 from charnn.distributed import DistInfo
-from charnn.errors import (
-    CheckpointError,
-    CheckpointWriteError,
-)
+from charnn.errors import CheckpointError
 from charnn.model import CharRNN
-from charnn.store.checkpoint import LoadedModel, load_model, model_bytes, read_meta, state_bytes
+from charnn.store.checkpoint import LoadedModel, load_model, read_meta, write_checkpoint
 from charnn.store.files import LineLog, atomic_write
+from charnn.store.trainstate import state_path
 from charnn.version import __version__
 
 CKPT_RE = re.compile(r"^step-(\d{8,})\.safetensors$")
-STATE_SUFFIX = ".state.pt"
 
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}.safetensors"
-
-
-def state_path(model_path: Path) -> Path:
-    """The resume state saved beside a model file."""
-    return model_path.with_name(model_path.stem + STATE_SUFFIX)
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -53,7 +44,7 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-# --- writing ----------------------------------------------------------------------------------------------
+# --- saving into a run, pruning, the sidecars ---------------------------------------------------------------------
 
 
 def save_checkpoint(
@@ -63,48 +54,13 @@ def save_checkpoint(
     data_cfg: DataConfig,
     *,
     step: int,
-    val_loss: float | None,
-    corpus_sha256: str,
-    state: dict[str, Any] | None,
     keep_last: int,
-    corpus_path: str | None = None,
-    corpus_cache: str | None = None,
-    train_cfg: TrainConfig | None = None,
+    **fields: Any,
 ) -> Path:
-    """Write state then model (the model file is the commit record: it holds the state's sha256), then prune.
-
-    The keywords are the model file's `CheckpointMeta` fields (`charnn.store.checkpoint.model_bytes`).
-    """
-    run_dir = Path(run_dir)
-    for p in model.parameters():
-        if not torch.isfinite(p).all():
-            raise CheckpointError("refusing to save a checkpoint with non-finite parameters")
-    path = run_dir / checkpoint_name(step)
-    state_sha256 = None
-    if state is not None:
-        blob = state_bytes(state)
-        atomic_write(state_path(path), blob)
-        state_sha256 = hashlib.sha256(blob).hexdigest()
-    try:
-        atomic_write(
-            path,
-            model_bytes(
-                model,
-                vocab,
-                data_cfg,
-                step=step,
-                val_loss=val_loss,
-                corpus_sha256=corpus_sha256,
-                corpus_path=corpus_path,
-                corpus_cache=corpus_cache,
-                train_cfg=train_cfg,
-                state_sha256=state_sha256,
-            ),
-        )
-    except CheckpointWriteError:
-        if state is not None:  # a state without its model file is no checkpoint: give the full disk its space back
-            state_path(path).unlink(missing_ok=True)
-        raise
+    """Write the checkpoint of `step` into the run (`charnn.store.checkpoint.write_checkpoint`, which takes the
+    other keywords), then prune the run to the last `keep_last` plus the best: only once the new file is durable."""
+    path = Path(run_dir) / checkpoint_name(step)
+    write_checkpoint(path, model, vocab, data_cfg, step=step, **fields)
     prune(run_dir, keep_last=keep_last)
     return path
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from charnn.distributed import DistInfo
 from charnn.errors import CharnnWarning, CheckpointError, CheckpointWriteError, ConfigError
 from charnn.store.files import TEMP_RE, remove_stale_temps
-from charnn.store.rundir import CKPT_RE, STATE_SUFFIX, list_checkpoints
+from charnn.store.rundir import CKPT_RE, list_checkpoints
+from charnn.store.trainstate import STATE_SUFFIX
 
 RUN_FILES = frozenset({"config.json", "vocab.json", "metrics.jsonl", "samples.jsonl", "report.html", ".lock"})
 

@@ -1,108 +1,26 @@
-"""The state of a training loop and the named steps `charnn.training.train.train` strings together: stop checks, one
-optimisation step on the next batch, log lines, evaluation with a checkpoint, early stopping and samples, each
-reported as a `Progress` event. Not the preparation of a run (`charnn.training.train`) nor the arithmetic of a step
-(`charnn.training.step`).
+"""The named steps `charnn.training.train.train` strings together: stop checks, one optimisation step on the next
+batch, log lines, evaluation with a checkpoint, early stopping and samples, each reported as a `Progress` event.
+Not what the loop works with (`charnn.training.runstate`), the preparation of a run (`charnn.training.train`) nor the
+arithmetic of a step (`charnn.training.step`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from charnn.config import SampleConfig, TrainConfig, to_dict
-from charnn.data import Corpus
-from charnn.distributed import DistInfo, all_max, barrier, gather_rows
+from charnn.config import SampleConfig
+from charnn.distributed import all_max, barrier, gather_rows
 from charnn.errors import Interrupted
 from charnn.evaluate import evaluate_ids
-from charnn.model import CharRNN, Hidden
-from charnn.runtime import rng_state
 from charnn.sampling.generate import sample_text
-from charnn.store.files import LineLog
 from charnn.store.rundir import save_checkpoint
-from charnn.training.batches import StreamBatcher
-from charnn.training.finetune import Start
-from charnn.training.plan import Plan
-from charnn.training.step import StepStats, optimisation_step, set_lr
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One event of a training run, for the caller to display or record."""
-
-    kind: str  # plan | start | log | eval | sample | checkpoint | warning | stop | end
-    step: int
-    total_steps: int | None
-    elapsed: float
-    time_budget: float | None = None
-    train_loss: float | None = None
-    val_loss: float | None = None
-    lr: float | None = None
-    grad_norm: float | None = None
-    chars_per_s: float | None = None
-    text: str | None = None  # the sample, a path, or a message
-
-
-@dataclass(frozen=True)
-class Run:
-    """What a run is made of, fixed once the loop starts."""
-
-    cfg: TrainConfig
-    device: torch.device
-    dist: DistInfo
-    data: Corpus
-    train_chars: int
-    val_ids: np.ndarray  # the validation split (empty without one)
-    batcher: StreamBatcher
-    total_steps: int | None  # None: only the time budget ends the run
-    run_dir: Path
-    cache_dir: str | os.PathLike | None
-    model: CharRNN
-    net: torch.nn.Module  # the model, wrapped for DDP under torchrun
-    optimizer: torch.optim.AdamW
-    metrics: LineLog  # metrics.jsonl (discarded on ranks other than 0); a failed write raises CheckpointWriteError
-    samples: LineLog  # samples.jsonl (likewise)
-    report: Callable[[Progress], None]  # does nothing on ranks other than 0
-    should_stop: Callable[[], int | None]
-    sync_every: int  # steps between reads of device values on the host
-    plan: Plan | None = None  # the training plan, when it chose the configs
-    start: Start | None = None  # the trained model the run started from (fine-tuning)
-    scaler: torch.amp.GradScaler | None = None  # fp16's loss scaler (CUDA cards without bf16)
-
-
-@dataclass
-class LoopState:
-    """What the loop changes as it runs. A checkpoint's training state keeps the step, the clock, the best
-    validation loss, the evaluations since it and the streams' hidden state; a resume starts from those."""
-
-    step: int = 0
-    elapsed_before: float = 0.0  # seconds trained before this process started (a resumed run)
-    best_val: float = math.inf
-    evals_since_best: int = 0  # for --patience
-    hidden: Hidden | None = None  # the streams' state, carried from one batch to the next
-    last_val: float | None = None
-    latest: Path | None = None  # the newest checkpoint
-    saved_step: int | None = None  # the step of the last checkpoint written
-    stopped_early: bool = False
-    stop_reason: str = ""
-    best_step: int | None = None  # the step of best_val
-    curve: list[tuple[float, float]] = field(default_factory=list)  # (train, val) loss at each evaluation
-    last_train: float | None = None  # the newest logged training loss
-    warned: bool = False  # the overfitting warning was given since the last new best
-    eval_seconds: float = 0.0  # spent validating and writing checkpoints in this process
-    t_start: float = 0.0  # time.perf_counter() when elapsed() was 0
-    stats: StepStats = field(init=False)  # set as the loop starts: the device-side sums of the log window
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t_start
+from charnn.store.trainstate import training_state
+from charnn.training.runstate import LoopState, Progress, Run, emit
+from charnn.training.step import optimisation_step, set_lr
 
 
 def progress_made(run: Run, s: LoopState) -> float:
@@ -134,7 +52,7 @@ def stop_if_asked(run: Run, s: LoopState) -> None:
     if signum:
         # A checkpoint of this very step (one the signal came during, its validation included) is kept as
         # written: rewriting it unevaluated would take the validation loss that makes it the best away.
-        latest = s.latest if s.saved_step == s.step else write_checkpoint(run, s, None)
+        latest = s.latest if s.saved_step == s.step else checkpoint_step(run, s, None)
         raise Interrupted(
             f"interrupted at step {s.step}; saved {latest}; continue with --resume {run.run_dir}",
             exit_code=128 + signum,
@@ -215,12 +133,12 @@ def _evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
         emit(run, s, "eval", val_loss=val, train_loss=s.last_train)
         _watch_overfitting(run, s, val)
     s.last_val = val
-    s.latest = write_checkpoint(run, s, val)
+    s.latest = checkpoint_step(run, s, val)
 
 
-def write_checkpoint(run: Run, s: LoopState, val: float | None) -> Path | None:
+def checkpoint_step(run: Run, s: LoopState, val: float | None) -> Path | None:
     """Save the weights and the training state; rank 0 writes, every rank sends its streams' hidden state."""
-    state = _training_state(
+    state = training_state(
         s.step,
         s.elapsed(),
         s.best_val,
@@ -320,37 +238,3 @@ def draw_sample(run: Run, s: LoopState) -> None:
 def _log(run: Run, record: dict[str, Any]) -> None:
     run.metrics.write(json.dumps(record) + "\n")
     run.metrics.flush()
-
-
-def emit(run: Run, s: LoopState, kind: str, **fields: Any) -> None:
-    run.report(Progress(kind, s.step, run.total_steps, s.elapsed(), run.cfg.time_budget, **fields))
-
-
-def _training_state(
-    step: int,
-    elapsed: float,
-    best_val: float,
-    optimizer: torch.optim.Optimizer,
-    hidden,
-    cfg: TrainConfig,
-    evals_since_best: int = 0,
-    best_step: int | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-) -> dict[str, Any]:
-    """Everything besides the weights that an exact resume needs: tensors and primitives only."""
-    if isinstance(hidden, tuple):
-        hidden = [h.detach().float().cpu() for h in hidden]
-    elif hidden is not None:
-        hidden = hidden.detach().float().cpu()
-    return {
-        "step": step,
-        "elapsed": elapsed,
-        "best_val": best_val,
-        "optimizer": optimizer.state_dict(),
-        "rng": rng_state(),
-        "hidden": hidden,
-        "train_config": to_dict(cfg),
-        "evals_since_best": evals_since_best,
-        "best_step": best_step,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-    }

@@ -22,10 +22,11 @@ from charnn.distributed import DistInfo, rank_rows
 from charnn.errors import CharnnWarning, CheckpointError, ConfigError, DataError, ResumeMismatchError
 from charnn.model import CharRNN
 from charnn.runtime import set_rng_state
-from charnn.store.checkpoint import LoadedModel, load_model, load_state
-from charnn.store.rundir import list_checkpoints, state_path
+from charnn.store.checkpoint import LoadedModel, load_model
+from charnn.store.rundir import list_checkpoints
+from charnn.store.trainstate import load_state, state_path
 from charnn.textfile import open_input
-from charnn.training.loop import LoopState
+from charnn.training.runstate import LoopState
 from charnn.training.step import load_optimizer_state, set_lr
 
 # The options that decide which text each row of a batch holds (`charnn.training.batches.StreamBatcher`).

@@ -25,8 +25,8 @@ from charnn.distributed import (
 )
 from charnn.errors import ConfigError, DataError
 from charnn.model import CharRNN, num_parameters
+from charnn.ram import check_ram
 from charnn.runtime import (
-    check_ram,
     cuda_fast_dtypes,
     native_bf16_cpu,
     pick_device,
