@@ -132,19 +132,7 @@ def iter_symbols(
             if on_bytes:
                 on_bytes(len(chunk))
             continue
-        buffered = len(decoder.getstate()[0])
-        try:
-            text = decoder.decode(chunk, final)
-        except UnicodeDecodeError as err:
-            at = offset - buffered + err.start
-            raise DataError(
-                f"{p}: not valid {cfg.encoding} at byte {at} ({err.reason}); "
-                f"pass --encoding (e.g. latin-1) or --errors replace"
-            ) from None
-        except (UnicodeError, ValueError) as err:  # e.g. utf-16 without a BOM: no offset to name
-            raise DataError(
-                f"{p}: not valid {cfg.encoding} near byte {offset} ({err}); pass another --encoding or --errors replace"
-            ) from None
+        text = _decode(decoder, chunk, final, offset, p, cfg.encoding)
         if first and text:
             text = text.removeprefix("\ufeff")
             first = False
@@ -155,14 +143,35 @@ def iter_symbols(
                 text, pending_cr = text[:-1], "\r"
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         if text:
-            cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-            nul = np.flatnonzero(cps == 0)
-            if len(nul):
-                raise DataError(
-                    f"{p}: looks like a binary file (NUL character near byte "
-                    f"{offset + int(nul[0])}); use --bytes to model raw bytes"
-                )
-            yield cps
+            yield _code_points(text, p, offset)
         offset += len(chunk)
         if on_bytes and chunk:
             on_bytes(len(chunk))
+
+
+def _decode(decoder: codecs.IncrementalDecoder, chunk: bytes, final: bool, offset: int, p: Path, encoding: str) -> str:
+    """The text of `chunk` (read at byte `offset`); a decoding error names its byte offset where it has one."""
+    buffered = len(decoder.getstate()[0])
+    try:
+        return decoder.decode(chunk, final)
+    except UnicodeDecodeError as err:
+        at = offset - buffered + err.start
+        raise DataError(
+            f"{p}: not valid {encoding} at byte {at} ({err.reason}); pass --encoding (e.g. latin-1) or --errors replace"
+        ) from None
+    except (UnicodeError, ValueError) as err:  # e.g. utf-16 without a BOM: no offset to name
+        raise DataError(
+            f"{p}: not valid {encoding} near byte {offset} ({err}); pass another --encoding or --errors replace"
+        ) from None
+
+
+def _code_points(text: str, p: Path, offset: int) -> np.ndarray:
+    """`text` as uint32 code points; a NUL character means a binary file."""
+    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    nul = np.flatnonzero(cps == 0)
+    if len(nul):
+        raise DataError(
+            f"{p}: looks like a binary file (NUL character near byte {offset + int(nul[0])}); "
+            "use --bytes to model raw bytes"
+        )
+    return cps

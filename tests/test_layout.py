@@ -210,3 +210,29 @@ def test_help_imports_no_torch():
         )
         loaded = _modules_after(code)
         assert "typer" in loaded and not loaded & {"torch", "numpy"}, (args, loaded & {"torch", "numpy"})
+
+
+LONG = 60  # lines: a function longer than this says why in a `# long:` comment above it
+
+
+def _says_why(lines: list[str], first: int) -> bool:
+    """Whether the comment block right above line `first` (1-based) holds a `# long:` reason."""
+    i = first - 2
+    while i >= 0 and lines[i].lstrip().startswith("#"):
+        if lines[i].lstrip().startswith("# long:"):
+            return True
+        i -= 1
+    return False
+
+
+def test_long_functions_say_why():
+    unexplained = []
+    for path in sorted(PKG.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+                if node.end_lineno - first + 1 > LONG and not _says_why(lines, first):
+                    unexplained.append(f"{path.relative_to(PKG)}:{node.lineno} {node.name}")
+    assert not unexplained, unexplained
