@@ -1,7 +1,6 @@
 """Sampling: determinism, greedy, prime, both stepping paths; a vocabulary without space or newline samples
 unprimed."""
 
-import platform
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from charnn.errors import ConfigError, DeviceError, VocabularyError
 from charnn.model import CharRNN
 from charnn.runtime import native_bf16_cpu
 from charnn.sampling.generate import sample_text
-from charnn.sampling.packing import pack
+from charnn.sampling.packing import onednn_packs, pack
 from charnn.sampling.stepper import MEASURED, FastStepper, Tuning
 from charnn.store.checkpoint import model_bytes
 from tests.conftest import SMALL_MODEL, invoke
@@ -21,10 +20,10 @@ from tests.conftest import SMALL_MODEL, invoke
 VOCAB = Vocab(tuple(map(ord, "\n abcdefgh")))
 
 
-# fp32 weights are packed for oneDNN where it is present on x86 (on arm64 its packed linear is not built and the
-# stepper falls back to addmm, as it does for anything unexpected)
-PACKING = torch.backends.mkldnn.is_available() and platform.machine().lower() in {"x86_64", "amd64"}
-PACKING_BF16 = PACKING and native_bf16_cpu()  # bf16 weights only where the CPU has native bf16
+# fp32 weights are packed where oneDNN's packed linear runs here (x86 builds; arm64 builds differ by version), bf16
+# ones only where the CPU also has native bf16; elsewhere the stepper falls back to addmm
+PACKING = onednn_packs(torch.float32)
+PACKING_BF16 = onednn_packs(torch.bfloat16)
 PACK_ALL = Tuning(pack_min_weight=0, pack_min_rows=0)  # the packed kernel even for tiny test models
 PACK_NONE = Tuning(pack_min_weight=10**12)
 
@@ -225,6 +224,7 @@ def test_weights_are_packed_by_the_measured_rule():
     assert pack(big.double(), rows).packed is None
     assert torch.equal(pack(big, rows).t, big)
     assert (pack(small, 1, PACK_ALL).packed is not None) == PACKING  # the thresholds are arguments
+    assert not PACKING_BF16 or native_bf16_cpu()  # bf16 never packed where it would be emulated
 
 
 def test_a_stepper_refuses_a_batch_of_another_size():
@@ -237,6 +237,7 @@ def test_a_stepper_refuses_a_batch_of_another_size():
 
 def test_packing_follows_the_onednn_switch(monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert not onednn_packs(torch.float32) and not onednn_packs(torch.bfloat16)
     assert pack(torch.randn(64, 64), 8, PACK_ALL).packed is None
 
 

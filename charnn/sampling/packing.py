@@ -6,6 +6,7 @@ where that pays) and multiplied by (`matmul`), and how many CPU threads a step r
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ class Tuning:
     cuda_graphs: bool = True  # on CUDA, replay one captured step (`GraphStep`)
     # An LSTM/RNN's upper-layer weight [W_ih; W_hh] of this many fp32 entries (2x256 LSTM: 2 MiB, as much as
     # this CPU's L2 per core) is multiplied as two halves, every other step in the order that finds one of them
-    # still cached: one stream of the 2x256 LSTM measured 0.77x the matmul time (docs/benchmarks.md)
+    # still cached, so one stream of the 2x256 LSTM reads half its weight from memory on each step
     split_min_weight: int = 1 << 19
 
 
@@ -52,17 +53,36 @@ def pack(w: torch.Tensor, rows: int, tuning: Tuning = MEASURED) -> Weight:
     back to addmm.
     """
     few = w.dtype == torch.float32 and rows < tuning.pack_min_rows
-    onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-    onednn = onednn and (w.dtype != torch.bfloat16 or native_bf16_cpu())  # bf16 packed where it is native
-    onednn = onednn and (w.dtype != torch.bfloat16 or native_bf16_cpu())  # bf16 packed where it is native
-    if few or w.numel() < tuning.pack_min_weight or w.device.type != "cpu" or not onednn:
+    if few or w.numel() < tuning.pack_min_weight or w.device.type != "cpu" or not onednn_packs(w.dtype):
         return Weight(w, None)
+    packed = _packed(w, rows)
+    return Weight(w, packed)
+
+
+def onednn_packs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's packed linear runs in this process for `dtype` weights: oneDNN present and switched on,
+    bf16 only where the CPU has it natively, and a tiny weight packed and multiplied without error. Asked of the
+    library, never of the machine's name: x86 and arm64 builds differ, and so do their versions."""
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return False
+    if dtype == torch.bfloat16 and not native_bf16_cpu():
+        return False
+    return _probe(dtype)
+
+
+@functools.cache
+def _probe(dtype: torch.dtype) -> bool:
+    return _packed(torch.ones(8, 8, dtype=dtype), 2) is not None
+
+
+def _packed(w: torch.Tensor, rows: int) -> torch.Tensor | None:
+    """oneDNN's packed copy of `w` for `rows` rows, tried once; None where the kernel refuses it."""
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), rows)
         torch.ops.mkldnn._linear_pointwise(torch.zeros(rows, w.shape[0], dtype=w.dtype), packed, None, "none", [], "")
     except (AttributeError, NotImplementedError, RuntimeError):
-        return Weight(w, None)
-    return Weight(w, packed)
+        return None
+    return packed
 
 
 def matmul(
