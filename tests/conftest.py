@@ -84,6 +84,8 @@ def device() -> str:
 # --- a smaller run, trained once and copied per test ---------------------------------------------------
 
 SMALL_MODEL = ModelConfig(model="lstm", layers=1, hidden=16, embed=8)
+# the same model and a tiny batch as `charnn train` flags; each test adds its own schedule
+TINY_FLAGS = ["--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16"]
 
 
 def small_train(**over) -> TrainConfig:

@@ -16,19 +16,10 @@ from charnn.config import DataConfig
 from charnn.data import Vocab
 from charnn.model import CharRNN
 from charnn.store.checkpoint import model_bytes
-from tests.conftest import PYTHON, REPO, SMALL_MODEL, cli_env, invoke, one_error_line
+from tests.conftest import PYTHON, REPO, SMALL_MODEL, TINY_FLAGS, cli_env, invoke, one_error_line
 
 TINY = [
-    "--layers",
-    "1",
-    "--hidden",
-    "16",
-    "--embed",
-    "8",
-    "--batch-size",
-    "4",
-    "--seq-len",
-    "16",
+    *TINY_FLAGS,
     "--max-iters",
     "12",
     "--eval-every",

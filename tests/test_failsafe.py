@@ -30,20 +30,12 @@ from charnn.sampling.stepper import Tuning
 from charnn.store.rundir import load_run
 from charnn.training.setup import hardware
 from charnn.training.step import StepStats, make_optimizer, make_scaler, optimisation_step
+from tests.conftest import TINY_FLAGS
 
 runner = CliRunner()
 CUDA = torch.device("cuda")
 TINY = [
-    "--layers",
-    "1",
-    "--hidden",
-    "16",
-    "--embed",
-    "8",
-    "--batch-size",
-    "4",
-    "--seq-len",
-    "16",
+    *TINY_FLAGS,
     "--max-iters",
     "4",
     "--eval-every",

@@ -17,14 +17,14 @@ from charnn.runtime import autocast_dtype, cpu_bf16_missing, native_bf16_cpu
 from charnn.sampling.beam import beam_search
 from charnn.sampling.generate import sample_text
 from charnn.store.rundir import load_run
-from tests.conftest import corpus_of, invoke, one_error_line, snapshot
+from tests.conftest import TINY_FLAGS, corpus_of, invoke, one_error_line, snapshot
 
 pytestmark = pytest.mark.hw
 
 NATIVE = native_bf16_cpu()
 CPU = torch.device("cpu")
 REFUSED = re.compile(r"error: --precision bf16: this CPU has no native bf16 \(.+\); use --precision fp32")
-TINY = ["--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16"]
+TINY = TINY_FLAGS
 SHORT = ["--max-iters", "4", "--eval-every", "4", "--sample-length", "0", "--quiet", "--device", "cpu"]
 
 

@@ -20,7 +20,7 @@ from charnn.report import build_report, page_json, passage_ids, write_report
 from charnn.report.page import asset
 from charnn.report.svg import MAX_CURVE_POINTS, thin, ticks
 from charnn.store.rundir import load_run
-from tests.conftest import REPO, TINY_TEXT, invoke
+from tests.conftest import REPO, TINY_FLAGS, TINY_TEXT, invoke
 
 N, T, E, H, V = 2, 150, 6, 8, 11  # layers, characters, embedding, hidden units, vocabulary
 
@@ -258,16 +258,7 @@ def test_train_report_flag_writes_report_at_each_evaluation(tiny_corpus, tmp_pat
         str(tiny_corpus),
         "--out",
         str(out),
-        "--layers",
-        "1",
-        "--hidden",
-        "16",
-        "--embed",
-        "8",
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "16",
+        *TINY_FLAGS,
         "--max-iters",
         "10",
         "--eval-every",

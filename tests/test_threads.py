@@ -14,7 +14,7 @@ from charnn.training.threads import (
     busy_seconds,
     choose_threads,
 )
-from tests.conftest import tiny_configs
+from tests.conftest import TINY_FLAGS, tiny_configs
 
 CPU = torch.device("cpu")
 
@@ -183,16 +183,7 @@ def test_cli_threads_flag_overrides_the_rule(tiny_corpus, tmp_path, two_threads)
         tiny_corpus,
         "--out",
         tmp_path / "run",
-        "--layers",
-        "1",
-        "--hidden",
-        "16",
-        "--embed",
-        "8",
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "16",
+        *TINY_FLAGS,
         "--max-iters",
         "3",
         "--eval-every",
