@@ -347,6 +347,23 @@ def test_the_plans_speed_measurement_is_short_and_leaves_the_random_state():
     assert validation_seconds(CharRNN(SMALL_MODEL, 20), 3000, 4096) > 0
 
 
+def test_one_slow_step_does_not_set_the_measured_speed(monkeypatch):
+    """The median of the timed steps: a step that the machine's other work held up is not the run's speed."""
+    import charnn.training.speed as speed
+
+    calls = []
+
+    def step(*args, **kwargs):  # the warm-up, then one step 50x slower than the others
+        calls.append(kwargs["step"])
+        time.sleep(0.1 if len(calls) == 2 else 0.002)
+        return None, None
+
+    monkeypatch.setattr(speed, "optimisation_step", step)
+    got = speed.measure_speed(SMALL_MODEL, small_train(), 20, torch.device("cpu"), seconds=1.0)
+    assert len(calls) >= 4 and calls[:3] == [0, 1, 2]
+    assert got.step_seconds < 0.02  # the mean would be above (0.1 + 0.002 n) / n
+
+
 def test_the_plans_speed_measurement_leaves_an_explicit_run_unchanged(tmp_path, tiny_corpus, monkeypatch):
     from charnn.training.plan import PlanRequest
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 
 import numpy as np
@@ -105,23 +106,26 @@ def measure_speed(
 
 def _step_seconds(model: CharRNN, cfg: TrainConfig, device: torch.device, rows: int, *, until: float) -> float:
     """Seconds per step: a warm-up step (allocations, kernels chosen, the optimizer's state), then steps timed
-    until `until` (at least one, at most MOST_STEPS)."""
+    one by one until `until` (at least one, at most MOST_STEPS); their median, so that a step the machine's other
+    work or the first steps' late allocations slowed does not set the estimate."""
     optimizer, scaler, stats = make_optimizer(model, cfg, device), make_scaler(cfg, device), StepStats.on(device)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(model.vocab_size, (rows, cfg.seq_len + 1), generator=generator).to(device)
     batch, hidden = (ids[:, :-1], ids[:, 1:]), None
     model.train()
-    timed, started = -1, 0.0
-    while timed < 1 or (timed < MOST_STEPS and time.perf_counter() < until):
+    times: list[float] = []
+    started = None
+    while len(times) < 1 or (len(times) < MOST_STEPS and time.perf_counter() < until):
+        step = len(times) + (started is not None)  # 0 for the warm-up, then 1, 2, ...
         _, hidden = optimisation_step(
-            model, optimizer, batch, hidden, stats, cfg=cfg, device=device, step=timed + 1, scaler=scaler
+            model, optimizer, batch, hidden, stats, cfg=cfg, device=device, step=step, scaler=scaler
         )
-        if timed == -1:
-            _sync(device)
-            started = time.perf_counter()
-        timed += 1
-    _sync(device)
-    return (time.perf_counter() - started) / timed
+        _sync(device)
+        now = time.perf_counter()
+        if started is not None:  # the first step is the warm-up
+            times.append(now - started)
+        started = now
+    return statistics.median(times)
 
 
 def validation_seconds(model: CharRNN, val_chars: int, segment: int, precision: str = "auto") -> float:
