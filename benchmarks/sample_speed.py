@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from common import interleaved, load_average, machine, median, parser, repo_env
 
 from charnn import CharRNN, DataConfig, SampleConfig, Vocab, sample_text
-from charnn.config import PRESETS
+from charnn.presets import PRESETS
 from charnn.runtime import native_bf16_cpu
 from charnn.store.rundir import save_checkpoint
 

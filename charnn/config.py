@@ -247,38 +247,38 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
-class Preset:
-    model: ModelConfig
-    train: dict[str, Any]
-    note: str
+class DynamicConfig:
+    """Dynamic evaluation (`charnn eval --dynamic`): the model adapts to the text as it scores it."""
 
+    dynamic: bool = opt(
+        False,
+        "Also score each text with dynamic evaluation: a gradient step after each segment, the weights pulled back "
+        "toward the trained ones (reported apart from the static figures).",
+        panel="Dynamic evaluation",
+    )
+    # defaults: the best of a sweep on tiny shakespeare's validation split (docs/benchmarks.md, dynamic evaluation)
+    dynamic_lr: float = opt(
+        0.03,
+        "Learning rate of dynamic evaluation's steps.",
+        gt=0.0,
+        max=100.0,
+        panel="Dynamic evaluation",
+        metavar="LR",
+    )
+    dynamic_decay: float = opt(
+        0.0,
+        "Share of the way back to the trained weights taken at each step (0: none).",
+        min=0.0,
+        max=1.0,
+        panel="Dynamic evaluation",
+        metavar="D",
+    )
+    dynamic_segment: int = opt(
+        64, "Characters scored before each step.", min=2, max=10**6, panel="Dynamic evaluation", metavar="N"
+    )
 
-PRESETS: dict[str, Preset] = {
-    "tiny": Preset(
-        ModelConfig(model="lstm", layers=2, hidden=128, embed=64, dropout=0.0, layer_norm=True),
-        # layer norm + weight decay 0.1: 1.734 -> 1.569 val nats/char in the same 2,500 steps (docs/benchmarks.md)
-        dict(batch_size=16, seq_len=64, lr=3e-3, warmup_iters=50, weight_decay=0.1, max_iters=2500, eval_every=500),
-        "about a minute on a laptop CPU; recognisable Shakespeare-like text",
-    ),
-    "small": Preset(
-        ModelConfig(model="lstm", layers=2, hidden=256, embed=128, dropout=0.0, layer_norm=True),
-        # Many small updates beat few large ones at a fixed CPU budget: 240 s sweeps in docs/benchmarks.md
-        # (batch 64 x 128: 1.643, 32 x 128: 1.556, 16 x 128: 1.506, 16 x 64: 1.483 val nats/char); layer norm
-        # on the output with weight decay 0.1 took 16 x 64 from 1.486 to 1.422 (each alone: 1.463, 1.483).
-        dict(batch_size=16, seq_len=64, lr=3e-3, warmup_iters=50, weight_decay=0.1, max_iters=8000, eval_every=1000),
-        "the default: about 5 minutes on a 2-core CPU",
-    ),
-    "medium": Preset(
-        ModelConfig(model="lstm", layers=3, hidden=512, embed=256, dropout=0.2),
-        dict(batch_size=64, seq_len=128, lr=2e-3, warmup_iters=100, max_iters=5000, eval_every=500),
-        "a GPU, or a long CPU run",
-    ),
-    "large": Preset(
-        ModelConfig(model="lstm", layers=3, hidden=1024, embed=256, dropout=0.3),
-        dict(batch_size=128, seq_len=256, lr=1.5e-3, warmup_iters=200, max_iters=10000, eval_every=500),
-        "a big GPU",
-    ),
-}
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 STOPPING_RULES = ("max_iters", "epochs", "time_budget")

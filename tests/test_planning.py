@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from charnn.config import PRESETS, ModelConfig, TrainConfig
+from charnn.config import ModelConfig, TrainConfig
 from charnn.errors import ConfigError
+from charnn.presets import PRESETS
 from charnn.training.choices import CPU_MAX_STEPS, MAX_EVAL_EVERY, MIN_EVAL_EVERY, batch_shape, run_shape, tier_of
 from charnn.training.plan import CorpusFacts, Hardware, PlanRequest, make_plan
 from charnn.training.timing import (

@@ -12,7 +12,8 @@ import typer
 
 from charnn.cli.options import choice, config_options, with_default
 from charnn.cli.run import OneLineErrors
-from charnn.config import BACKENDS, PRESETS, TrainConfig
+from charnn.config import BACKENDS, TrainConfig
+from charnn.presets import PRESETS
 from charnn.version import __version__
 
 app = typer.Typer(

@@ -20,7 +20,7 @@ from charnn.cli import train as cli_train  # noqa: F401  (train registers first:
 from charnn.cli.app import DEVICE, RunPath, Which, WhichOption, app
 from charnn.cli.options import config_options, plain, with_default, with_options
 from charnn.cli.run import Command, StopFlag, run_command, say
-from charnn.config import SampleConfig
+from charnn.config import DynamicConfig, SampleConfig
 from charnn.errors import CharnnError
 
 _StopFlag = StopFlag  # the name tests and older callers know
@@ -97,9 +97,10 @@ def sample_cmd(
 
 
 # long: a Typer command declares its options as parameters, one Annotated block each
-# Options: the parameters below, plus --device (TrainConfig.device in charnn/config.py, via with_options).
+# Options: the parameters below, plus one per DynamicConfig field and --device (charnn/config.py), added to the
+# signature by with_options and config_options (charnn/cli/options.py).
 @app.command("eval", cls=Command)
-@with_options(*DEVICE)
+@with_options(*config_options(DynamicConfig), *DEVICE)
 def eval_cmd(
     run: RunPath,
     files: Annotated[
@@ -142,14 +143,18 @@ def eval_cmd(
     charnn eval checkpoints/shakespeare
     charnn eval checkpoints/shakespeare heldout.txt --skip-unknown
     charnn eval checkpoints/shakespeare a.txt b.txt --json --which latest
+    charnn eval checkpoints/shakespeare --dynamic
     """
 
     def body():
+        from charnn.dynamic import dynamic_file, dynamic_validation
         from charnn.evaluate import evaluate_file, evaluate_validation
         from charnn.runtime import pick_device
         from charnn.store.rundir import load_run
 
-        loaded = load_run(run, which=which.value, device=pick_device(options["device"]))
+        values = plain(options)
+        loaded = load_run(run, which=which.value, device=pick_device(values.pop("device")))
+        dynamic = DynamicConfig(**values)
         seg = segment or loaded.eval_segment
         for target in files or [None]:
             if target is None:
@@ -159,8 +164,30 @@ def eval_cmd(
                 res = evaluate_file(loaded, target, skip_unknown=skip_unknown, segment=seg, batch_size=batch_size)
                 name = str(target)
             _show_eval(name, res, loaded, as_json=as_json)
+            if dynamic.dynamic:
+                if target is None:
+                    adapted = dynamic_validation(loaded, dynamic)
+                else:
+                    adapted = dynamic_file(loaded, target, dynamic, skip_unknown=skip_unknown)[0]
+                _show_dynamic(name, adapted, loaded, as_json=as_json)
 
     run_command(body)
+
+
+def _show_dynamic(name: str, res, loaded, *, as_json: bool) -> None:
+    """Dynamic evaluation's own line (or JSON object): never in the static figures' columns."""
+    from charnn.cli.output import echo
+
+    row = {"file": name, "checkpoint": str(loaded.path), "step": loaded.step, "mode": "dynamic", **res.as_dict()}
+    if as_json:
+        echo(json.dumps(row))
+    else:
+        echo(
+            f"{name} (dynamic evaluation): {res.chars} chars  {res.loss:.4f} nats/char  {res.bpc:.4f} bits/char  "
+            f"perplexity {res.perplexity:.3f}; lr {res.cfg.dynamic_lr:g}, decay {res.cfg.dynamic_decay:g}, "
+            f"a step every {res.cfg.dynamic_segment} characters; {res.seconds:.1f} s, about "
+            f"{res.extra_bytes / 2**20:.0f} MiB more memory than static scoring"
+        )
 
 
 def _show_eval(name: str, res, loaded, *, as_json: bool) -> None:

@@ -24,7 +24,18 @@ from charnn.errors import CharnnError
 from charnn.training.plan import PLANNED, PlanRequest
 
 # The order of the help panels; an option without a panel goes under Typer's "Options".
-PANELS = ("Run", "Model", "Optimisation", "Stopping", "Evaluation & output", "Sampling", "Data", "Hardware", "Output")
+PANELS = (
+    "Run",
+    "Model",
+    "Optimisation",
+    "Stopping",
+    "Evaluation & output",
+    "Dynamic evaluation",
+    "Sampling",
+    "Data",
+    "Hardware",
+    "Output",
+)
 METAVARS = {int: "INT", float: "FLOAT", str: "TEXT", Path: "PATH"}
 TRAIN_CONFIGS = (ModelConfig, TrainConfig, DataConfig)
 

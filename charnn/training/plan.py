@@ -14,9 +14,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from charnn.config import PRESETS, STOPPING_RULES, ModelConfig, TrainConfig, check_fields, overlay_train
+from charnn.config import STOPPING_RULES, ModelConfig, TrainConfig, check_fields, overlay_train
 from charnn.errors import ConfigError
 from charnn.fields import to_dict
+from charnn.presets import PRESETS
 from charnn.training.choices import model_choice, run_shape, schedule_choice, steps_per_epoch, tier_of
 from charnn.training.schedule import total_steps
 from charnn.training.timing import TARGET_SECONDS, Speed, duration, eval_share, per_step
