@@ -142,8 +142,7 @@ def eval_cmd(
     Examples:
     charnn eval checkpoints/shakespeare
     charnn eval checkpoints/shakespeare heldout.txt --skip-unknown
-    charnn eval checkpoints/shakespeare a.txt b.txt --json --which latest
-    charnn eval checkpoints/shakespeare --dynamic
+    charnn eval checkpoints/shakespeare a.txt b.txt --json --dynamic
     """
 
     def body():
