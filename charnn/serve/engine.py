@@ -163,7 +163,7 @@ class Engine:
             if job.cancelled:
                 continue
             if job.cfg.length == 0:
-                self._ended.append(Output(job, ("",) * job.cfg.num_samples, "complete"))
+                self._ended.append(Running(job, self.vocab).output("complete"))
                 continue
             joining.append(Running(job, self.vocab))
             free -= job.cfg.num_samples
@@ -285,7 +285,7 @@ class Engine:
             if future.set_running_or_notify_cancel():
                 future.set_exception(ServerBusy(message))
         self._end_active(end, message)
-        self._ended += [Output(job, ("",) * job.cfg.num_samples, end, message) for job in self._waiting]
+        self._ended += [Running(job, self.vocab).output(end, message) for job in self._waiting]
         self._waiting.clear()
         outputs, self._ended = self._ended, []
         if outputs:
