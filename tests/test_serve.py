@@ -385,7 +385,7 @@ def wait_until(condition, timeout: float = 5.0) -> bool:
 def test_server_streams_many_clients_frees_left_slots_and_stops_on_sigterm(checkpoint):
     import httpx
 
-    proc, url, _ = start_server(checkpoint, "--max-length", "10000000", "--max-batch", "8")
+    proc, url, _ = start_server(checkpoint, "--max-length", "10000000", "--max-batch", "8", "--grace", "0")
     try:
         model = client_model(checkpoint)
         results = {}

@@ -10,6 +10,9 @@ from typing import Any
 
 from charnn.errors import CharnnError
 
+# After a stop signal, requests generating have this long to finish (`--grace`): within what container platforms
+# wait before they kill (Docker's stop 10 s, Kubernetes 30 s by default), as a rolling restart needs.
+GRACE_S = 5.0
 MISSING = "charnn serve needs FastAPI, uvicorn and fastapi-offline: pip install 'charnn[serve]'"
 
 
