@@ -76,7 +76,8 @@ def serve_cmd(
         typer.Option(min=1, max=4096, metavar="INT", help="Streams generated together; more requests wait in a queue."),
     ] = 64,
     max_length: Annotated[
-        int, typer.Option(min=1, metavar="INT", help="Most characters a request may generate, prime or score.")
+        int,
+        typer.Option(min=1, metavar="INT", help="Most characters (bytes with --bytes) a request may generate or send."),
     ] = 10_000,
     grace: Annotated[
         float,
