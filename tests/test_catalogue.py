@@ -1581,6 +1581,18 @@ def test_serve_bodies_are_strict_json(served, kind: str, name: str, raw: bytes, 
         _refused(_post(served[kind], path, raw), status, fragment)
 
 
+def test_serve_every_route_with_a_body_reads_it_strictly(served):
+    """The strict reading is a property of the app, not of three routes: every route that takes a body (those
+    added later included) is a StrictRoute (charnn.serve.bodies)."""
+    from fastapi.routing import APIRoute
+
+    from charnn.serve.bodies import StrictRoute
+
+    for client in served.values():
+        with_body = [r for r in client.app.routes if isinstance(r, APIRoute) and r.body_field is not None]
+        assert len(with_body) >= 3 and all(isinstance(r, StrictRoute) for r in with_body), with_body
+
+
 def test_serve_a_body_in_another_media_type_and_a_bom(served):
     client = served["chars"]
     for kind in ("application/x-www-form-urlencoded", "text/plain"):  # curl -d without -H, and a guess
