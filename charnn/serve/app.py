@@ -1,6 +1,7 @@
 """The HTTP API of `charnn serve` (FastAPI): the app and its routes. Every model call goes to the engine's worker
-thread, so the event loop never waits on the model. Not how answers and refusals are encoded (JSON, Server-Sent
-Events, `{"error": "one line"}`: charnn.serve.replies), nor the process (uvicorn, signals): charnn.serve.server.
+thread, so the event loop never waits on the model. Not how a body is read (strict JSON: charnn.serve.bodies), how
+answers and refusals are encoded (JSON, Server-Sent Events, `{"error": "one line"}`: charnn.serve.replies), nor
+the process (uvicorn, signals): charnn.serve.server.
 """
 
 from __future__ import annotations
