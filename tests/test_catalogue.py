@@ -1886,3 +1886,18 @@ def test_serve_sigterm_lets_generations_finish_for_the_grace_then_ends_the_rest(
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_serve_docs_render_in_a_browser_with_the_network_blocked(live, tmp_path: Path):
+    """/docs and /redoc render their reference in headless Chromium that can reach nothing but this server."""
+    from tests.test_export import CHROMIUM
+
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium")
+    for page, rendered in (("docs", 'class="opblock'), ("redoc", "/v1/generate")):
+        args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+        args += [f"--user-data-dir={tmp_path / page}", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
+        url = "http://{}:{}/{}".format(*live, page)
+        args += ["--virtual-time-budget=20000", "--dump-dom", url]
+        res = subprocess.run([CHROMIUM, *args], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and rendered in res.stdout, (page, res.stderr[-2000:])
