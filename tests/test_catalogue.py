@@ -4,13 +4,16 @@ stderr, nothing on stdout, and no traceback. In-process through CliRunner; a few
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
 import pickle
+import re
 import resource
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from hashlib import sha256 as _sha256
 from pathlib import Path
@@ -1460,3 +1463,441 @@ def test_side_files_that_are_fifos_never_block(run_dir: Path, tmp_path: Path):
     assert result.stderr.count("left out of the report") == 2 and "not a regular file" in result.stderr
     result = invoke("train", "--quiet", "--device", "cpu", "--resume", run_dir)
     assert "config.json missing or unreadable" in one_error_line(result, 2)
+
+
+# Hostile inputs, round three: the server -----------------------------------------------------------------------
+# Two tiny random models served in-process: a character model whose vocabulary has characters of 2, 3 and 4
+# UTF-8 bytes, and a --bytes model (all 256 byte values, flushing every step so characters split across events).
+
+SERVE_TEXT = TINY_TEXT + "\u00e9\u00df\u20ac\u4e2d\U0001f600"
+SERVE_BODIES = {
+    "/v1/generate": {"prime": "First", "length": 40, "seed": 3},
+    "/v1/score": {"text": "First Citizen", "per_char": True},
+    "/v1/next": {"text": "First", "k": 3},
+}
+
+
+def _served_model(tmp: Path, kind: str) -> Path:
+    from charnn.config import DataConfig
+    from charnn.data import Vocab
+    from charnn.model import CharRNN
+    from charnn.store.checkpoint import model_bytes
+
+    byte_level = kind == "bytes"
+    vocab = Vocab(tuple(range(256)), bytes_mode=True) if byte_level else Vocab(tuple(sorted(map(ord, set(SERVE_TEXT)))))
+    torch.manual_seed(1)
+    model = CharRNN(ModelConfig(model="gru", layers=1, hidden=16, embed=8), len(vocab)).eval()
+    path = tmp / f"{kind}.safetensors"
+    path.write_bytes(
+        model_bytes(model, vocab, DataConfig(bytes_mode=byte_level), step=1, val_loss=None, corpus_sha256="")
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """kind ("chars", "bytes") -> a TestClient of that model's server, with `.loaded` its model."""
+    pytest.importorskip("fastapi_offline")
+    pytest.importorskip("httpx")
+    from contextlib import ExitStack
+
+    from fastapi.testclient import TestClient
+
+    from charnn.serve import create_app
+    from charnn.store.checkpoint import load_model
+
+    tmp = tmp_path_factory.mktemp("served")
+    clients = {}
+    with ExitStack() as stack:
+        for kind in ("chars", "bytes"):
+            loaded = load_model(_served_model(tmp, kind))
+            flush = 0.0 if kind == "bytes" else 0.02
+            app = create_app(loaded, max_batch=4, max_length=600, max_body=8192, flush_every=flush)
+            clients[kind] = stack.enter_context(TestClient(app, raise_server_exceptions=False))
+            clients[kind].loaded = loaded
+        yield clients
+
+
+def _strict_json(text: str):
+    """RFC 8259 JSON: no NaN, Infinity or -Infinity (Python's json.loads accepts them by default)."""
+
+    def refuse(name):
+        raise AssertionError(f"{name} in an answer")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _refused(answer, status: int, fragment: str) -> str:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/json")
+    body = _strict_json(answer.text)
+    assert list(body) == ["error"] and "\n" not in body["error"] and fragment in body["error"], body
+    return body["error"]
+
+
+def _post(client, path: str, body: str | bytes, content_type: str = "application/json"):
+    return client.post(path, content=body, headers={"Content-Type": content_type})
+
+
+SURROGATES = ["\ud800", "\udcff", "a\udc00\ud800b", "\udfff"]  # high, low (surrogateescape's range), reversed
+
+
+@pytest.mark.parametrize("kind", ["chars", "bytes"])
+@pytest.mark.parametrize("lone", SURROGATES, ids=["high", "escape-range", "reversed-pair", "low"])
+def test_serve_a_lone_surrogate_in_any_text_is_one_line_4xx(served, kind: str, lone: str):
+    """Every string of every endpoint's body (each field, a key, a field of another type, whatever the model)
+    is Unicode text: a lone surrogate is a 422 naming the field, never a 500, and the server goes on."""
+    client = served[kind]
+    for path, body in SERVE_BODIES.items():
+        for field in [*body, "skip_unknown", "nonsense"]:
+            sent = json.dumps({**body, field: lone})  # \ud800 escapes: the body itself is ASCII
+            _refused(_post(client, path, sent), 422, f"{field}: lone surrogate")
+        key = json.dumps({**body, lone: 1})
+        _refused(_post(client, path, key), 422, "key: lone surrogate")
+        assert client.post(path, json=body).status_code == 200
+
+
+BAD_BODIES = [
+    ("invalid byte", b'{"prime": "\xff"}', 400, "request body is not UTF-8 (byte 0xff at offset 11)"),
+    ("overlong", b'{"prime": "\xc0\xaf"}', 400, "not UTF-8"),
+    ("encoded surrogate", b'{"prime": "\xed\xa0\x80"}', 400, "not UTF-8"),
+    ("utf-16", '{"prime": "a"}'.encode("utf-16"), 400, "not UTF-8"),
+    ("duplicate key", b'{"length": 5, "length": 6}', 400, 'malformed JSON: duplicate key "length"'),
+    ("NaN", b'{"temperature": NaN}', 400, "malformed JSON: NaN is not a JSON number"),
+    ("Infinity", b'{"top_p": Infinity}', 400, "malformed JSON: Infinity is not a JSON number"),
+    ("-Infinity", b'{"seed": -Infinity}', 400, "malformed JSON: -Infinity is not a JSON number"),
+    ("huge float", b'{"temperature": 1e999}', 422, "temperature: number out of range (not finite)"),
+    ("huge int", b'{"seed": ' + b"9" * 5000 + b"}", 400, "malformed JSON"),
+    ("deep", b"[" * 3000 + b"]" * 3000, 400, "malformed JSON: nested too deeply"),
+    ("trailing comma", b'{"length": 5,}', 400, "malformed JSON"),
+]
+
+
+@pytest.mark.parametrize("kind", ["chars", "bytes"])
+@pytest.mark.parametrize(("name", "raw", "status", "fragment"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+def test_serve_bodies_are_strict_json(served, kind: str, name: str, raw: bytes, status: int, fragment: str):
+    """Every endpoint reads its body as RFC 8259 JSON in UTF-8 before any field: one line naming what is wrong."""
+    for path in SERVE_BODIES:
+        _refused(_post(served[kind], path, raw), status, fragment)
+
+
+def test_serve_every_route_with_a_body_reads_it_strictly(served):
+    """The strict reading is a property of the app, not of three routes: every route that takes a body (those
+    added later included) is a StrictRoute (charnn.serve.bodies)."""
+    from fastapi.routing import APIRoute
+
+    from charnn.serve.bodies import StrictRoute
+
+    for client in served.values():
+        with_body = [r for r in client.app.routes if isinstance(r, APIRoute) and r.body_field is not None]
+        assert len(with_body) >= 3 and all(isinstance(r, StrictRoute) for r in with_body), with_body
+
+
+def test_serve_a_body_in_another_media_type_and_a_bom(served):
+    client = served["chars"]
+    for kind in ("application/x-www-form-urlencoded", "text/plain"):  # curl -d without -H, and a guess
+        _refused(_post(client, "/v1/next", b'{"text": "a"}', kind), 415, "Content-Type: application/json")
+    assert _post(client, "/v1/next", b'\xef\xbb\xbf{"text": "a"}').status_code == 200  # RFC 8259 8.1: may ignore
+
+
+def _optional_fields():
+    from charnn.serve.schemas import GenerateRequest, NextRequest, ScoreRequest
+
+    for path, model in (("/v1/generate", GenerateRequest), ("/v1/score", ScoreRequest), ("/v1/next", NextRequest)):
+        for name, field in model.model_fields.items():
+            yield path, name, field.is_required()
+
+
+@pytest.mark.parametrize(("path", "name", "required"), list(_optional_fields()))
+def test_serve_null_is_the_default_of_every_optional_field(served, path: str, name: str, required: bool):
+    """`"field": null` answers as the field left out, for every field with a default; a required one is a 422."""
+    client = served["chars"]
+    body = {**SERVE_BODIES[path]}
+    if required:
+        _refused(client.post(path, json={**body, name: None}), 422, f"{name}: ")
+        return
+    without = {k: v for k, v in body.items() if k != name}
+    if path == "/v1/generate" and name == "length":
+        without["num_samples"] = 1  # the default length, 500 characters, once
+    nulled, left_out = client.post(path, json={**without, name: None}), client.post(path, json=without)
+    assert nulled.status_code == left_out.status_code == 200, nulled.text
+    if name == "seed":  # no seed: a fresh text each time
+        assert len(nulled.json()["texts"][0]) == len(left_out.json()["texts"][0])
+    else:
+        assert nulled.json() == left_out.json()
+
+
+def _sampled(loaded, prime: str | None, **options) -> list:
+    """`charnn sample`'s samples without their prime: str for a character model, bytes for a --bytes one."""
+    from charnn.config import SampleConfig
+    from charnn.sampling.generate import sample_text
+
+    samples = sample_text(loaded.model, loaded.vocab, SampleConfig(prime=prime, **options))
+    echoed = len((prime or "").encode("utf-8")) if loaded.vocab.bytes_mode else len(prime or "")
+    return [s[echoed:] if prime else s for s in samples]
+
+
+def _events(text: str) -> list[tuple[str, dict]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields.get("event", "message"), _strict_json(fields["data"])))
+    return events
+
+
+@pytest.mark.parametrize("kind", ["chars", "bytes"])
+@pytest.mark.parametrize("prime", [None, "First", "\u00e9\u20ac", "\u4e2d\U0001f600 "])
+def test_serve_text_is_the_samplers_byte_for_byte(served, kind: str, prime: str | None):
+    """JSON and SSE carry `charnn sample`'s output with the same seed: a character model's text as it is (2-, 3-
+    and 4-byte characters included); a --bytes model's exact bytes as base64 (`bytes`) beside its text decoded
+    (U+FFFD where the bytes are not UTF-8), its streamed events' bytes joining to the same bytes even where a
+    character is split across events."""
+    client, options = served[kind], {"length": 300, "seed": 11, "temperature": 1.5, "num_samples": 2}
+    want = _sampled(client.loaded, prime, **options)
+    body = {"prime": prime, **options}
+    answer = client.post("/v1/generate", json=body)
+    got = _strict_json(answer.text)
+    if kind == "chars":
+        assert got == {"texts": want, "chars": sum(map(len, want))}
+    else:
+        assert [base64.b64decode(b) for b in got["bytes"]] == want
+        assert got["texts"] == [w.decode("utf-8", "replace") for w in want]
+        assert any(w.decode("utf-8", "replace").encode() != w for w in want)  # there are non-UTF-8 bytes
+    events = _events(client.post("/v1/generate", json={**body, "stream": True}).text)
+    assert events[-1][0] == "done" and events[-1][1]["complete"] is True
+    texts, data = ["", ""], [b"", b""]
+    for name, event in events[:-1]:
+        assert name == "message"
+        texts[event["index"]] += event["text"]
+        data[event["index"]] += base64.b64decode(event.get("bytes", ""))
+    assert texts == got["texts"]
+    if kind == "bytes":
+        assert data == want
+        assert any(e.get("bytes") and not e["text"] for _, e in events[:-1])  # a character split across events
+    else:
+        assert all("bytes" not in e for _, e in events)
+
+
+def test_serve_next_candidates_are_told_apart(served):
+    """/v1/next: a --bytes model's candidates each carry their byte (base64), and `char` only where the byte is a
+    character by itself, so the bytes of one character are told apart; a character model's multi-byte characters
+    are whole."""
+    client = served["bytes"]
+    answer = _strict_json(client.post("/v1/next", json={"text": "\u00e9", "k": 256}).text)["next"]
+    assert sorted(a["symbol"] for a in answer) == list(range(256))
+    for a in answer:
+        assert base64.b64decode(a["bytes"]) == bytes([a["symbol"]])
+        assert a["char"] == (chr(a["symbol"]) if a["symbol"] < 0x80 else None)
+    ids = torch.tensor([list("\u00e9".encode())])
+    with torch.no_grad():
+        probs = client.loaded.model(ids)[0][0, -1].softmax(-1)
+    assert [a["prob"] for a in answer] == pytest.approx(probs[[a["symbol"] for a in answer]].tolist(), abs=1e-6)
+    chars = _strict_json(served["chars"].post("/v1/next", json={"text": "\u4e2d", "k": 1000}).text)["next"]
+    assert {a["char"] for a in chars} == set(SERVE_TEXT) and all("bytes" not in a for a in chars)
+    assert all(a["char"] == chr(a["symbol"]) for a in chars)
+
+
+def _app_of(tmp: Path, change, **options):
+    """A TestClient of a character model whose weights `change(state_dict)` alters."""
+    from fastapi.testclient import TestClient
+
+    from charnn.serve import create_app
+    from charnn.store.checkpoint import load_model
+
+    loaded = load_model(_served_model(tmp, "chars"))
+    with torch.no_grad():
+        change(loaded.model.state_dict())
+    return TestClient(create_app(loaded, max_batch=2, max_length=600, **options), raise_server_exceptions=False)
+
+
+def test_serve_answers_have_no_nan_infinity_or_negative_zero(served, tmp_path: Path):
+    """A model sure of its next character scores it with 0 bits (never -0.0); one whose outputs overflow answers
+    null where a number is not finite (never NaN), and its generation fails with one line; every answer is
+    RFC 8259 JSON."""
+    a = sorted(set(SERVE_TEXT)).index("a")
+
+    def certain(state):
+        state["head.weight"].zero_()
+        state["head.bias"].zero_()
+        state["head.bias"][a] = 200.0  # log_softmax gives exactly 0.0 for "a": its surprise -0.0 unless mended
+
+    with _app_of(tmp_path, certain) as client:
+        answer = client.post("/v1/score", json={"text": "aaaa", "per_char": True})
+        assert "-0" not in answer.text and _strict_json(answer.text)["bits"] == [0.0, 0.0, 0.0]
+        assert _strict_json(answer.text)["perplexity"] == 1.0
+
+    def overflow(state):
+        state["head.weight"].fill_(3e38)
+
+    with _app_of(tmp_path, overflow) as client:
+        for path, body in SERVE_BODIES.items():
+            for stream in (False, True) if path == "/v1/generate" else (False,):
+                answer = client.post(path, json={**body, **({"stream": True} if stream else {})})
+                for block in answer.text.split("\n\n") if stream else [answer.text]:
+                    data = block.split("data: ", 1)[-1]
+                    if data.strip():
+                        _strict_json(data)
+                assert "NaN" not in answer.text and "Infinity" not in answer.text
+        probs = [c["prob"] for c in client.post("/v1/next", json={"text": "First"}).json()["next"]]
+        assert probs and all(p is None for p in probs)
+
+
+def test_serve_errors_are_json_everywhere_and_head_works_where_get_does(served):
+    client = served["chars"]
+    _refused(client.get("/nowhere"), 404, "Not Found")
+    _refused(client.get("/static-offline-docs/nothing.js"), 404, "Not Found")
+    gets = sorted(r.path for r in client.app.routes if "GET" in getattr(r, "methods", ()) and "{" not in r.path)
+    assert {"/", "/docs", "/redoc", "/healthz", "/v1/model", "/openapi.json"} <= set(gets)
+    for path in gets:
+        got, head = client.get(path), client.head(path)
+        assert got.status_code == head.status_code == 200 and head.content == b"", path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        _refused(client.delete(path), 405, "Method Not Allowed")
+    for path in SERVE_BODIES:
+        _refused(client.get(path), 405, "Method Not Allowed")
+        head = client.head(path)  # its status and headers, no body
+        assert head.status_code == 405 and head.headers["content-type"] == "application/json" and not head.content
+    assert client.head("/static-offline-docs/swagger-ui.css").status_code == 200
+
+
+def test_serve_docs_work_offline(served):
+    """/docs and /redoc load their scripts and styles from this server (an installed package), not a CDN."""
+    client = served["chars"]
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        linked = re.findall(r'(?:src|href)="([^"]*)"', html) + re.findall(r"url: '([^']*)'", html)
+        assert linked and "http" not in html.split("</head>")[0].lower().replace("http-equiv", ""), html
+        for url in linked:
+            assert url.startswith("/") and client.get(url).status_code == 200, url
+
+
+def test_serve_max_length_counts_what_the_model_reads(served):
+    """--max-length (600 here) counts the symbols the model reads: characters after CRLF becomes LF (as `eval`
+    reads a file), and bytes for a --bytes model."""
+    assert served["chars"].post("/v1/score", json={"text": "a\r\n" * 300}).json()["chars"] == 599
+    _refused(served["chars"].post("/v1/score", json={"text": "a\n" * 301}), 422, "602 characters is over")
+    _refused(served["bytes"].post("/v1/next", json={"text": "\u00e9" * 301}), 422, "text: 602 bytes is over")
+    _refused(served["bytes"].post("/v1/generate", json={"prime": "\u20ac" * 201}), 422, "prime: 603 bytes is over")
+    assert served["bytes"].post("/v1/generate", json={"prime": "\u20ac" * 200, "length": 1}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """A real uvicorn serving the --bytes model in this process, with a route that has a bug: (host, port)."""
+    pytest.importorskip("fastapi_offline")
+    import socket
+    import threading
+
+    import uvicorn
+
+    from charnn.serve import create_app
+    from charnn.store.checkpoint import load_model
+
+    app = create_app(load_model(_served_model(tmp_path_factory.mktemp("live"), "bytes")), max_batch=2)
+
+    @app.get("/bug")
+    async def bug() -> dict:
+        return {"x": 1 / 0}
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(400):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield "127.0.0.1", port
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_serve_a_refusal_or_a_bug_keeps_the_keep_alive_connection(live):
+    """The case as it was found: a --bytes model, a lone surrogate, then another request on the same connection;
+    a bug (a 500 with its traceback in the log) keeps the connection too."""
+    import http.client
+
+    conn = http.client.HTTPConnection(*live, timeout=10)
+    sent = [
+        ("POST", "/v1/generate", '{"prime": "\\ud800", "length": 5}', 422),
+        ("POST", "/v1/score", '{"text": "\\ud800"}', 422),
+        ("POST", "/v1/next", '{"text": "\\ud800"}', 422),
+        ("GET", "/bug", None, 500),
+        ("HEAD", "/v1/model", None, 200),
+        ("POST", "/v1/generate", '{"prime": "ok", "length": 5}', 200),
+    ]
+    sockets = set()
+    for method, path, body, status in sent:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        data = answer.read()
+        assert answer.status == status and (method == "HEAD" or _strict_json(data.decode())), (path, data)
+        sockets.add(id(conn.sock))
+        assert conn.sock is not None and not answer.will_close, path
+    assert len(sockets) == 1  # one connection throughout
+    conn.close()
+
+
+def test_serve_sigterm_lets_generations_finish_for_the_grace_then_ends_the_rest(tmp_path: Path):
+    """`charnn serve --grace 4` on SIGTERM: no new requests (refused, or the socket closed), a short generation
+    running finishes complete, an endless one is ended after the grace with its final event; exit 0. With a
+    non-loopback --host and --port 0 the warning names the port actually listened on."""
+    pytest.importorskip("fastapi_offline")
+    import signal
+    import threading
+
+    import httpx
+
+    from tests.test_serve import start_server, wait_until
+
+    proc, url, lines = start_server(
+        _served_model(tmp_path, "chars"), "--grace", "4", "--host", "0.0.0.0", "--max-length", "10000000"
+    )
+    try:
+        assert f"on port {url.rsplit(':', 1)[1]} can use" in lines[0], lines[0]
+        ends: dict[str, list] = {}
+
+        def stream(name: str, length: int) -> None:
+            with httpx.stream("POST", f"{url}/v1/generate", json={"length": length, "stream": True}, timeout=30) as a:
+                ends[name] = _events(a.read().decode())
+
+        threads = [threading.Thread(target=stream, args=a) for a in (("endless", 10**7), ("short", 6000))]
+        for t in threads:
+            t.start()
+        assert wait_until(lambda: httpx.get(f"{url}/healthz").json()["streams"] == 2, 10)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        try:
+            late = httpx.post(f"{url}/v1/generate", json={"length": 5}, timeout=5)
+            _refused(late, 503, "shutting down")
+        except httpx.TransportError:
+            pass  # the listening socket is closed: refused as well
+        for t in threads:
+            t.join(30)
+        assert proc.wait(timeout=20) == 0
+        took = time.monotonic() - started
+        assert ends["short"][-1] == ("done", {"chars": 6000, "complete": True})  # it ran at the signal
+        final = ends["endless"][-1]
+        assert final[0] == "done" and final[1]["complete"] is False and "shutting down" in final[1]["reason"]
+        assert 3.5 < took < 12, took
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_serve_docs_render_in_a_browser_with_the_network_blocked(live, tmp_path: Path):
+    """/docs and /redoc render their reference in headless Chromium that can reach nothing but this server."""
+    from tests.test_export import CHROMIUM
+
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium")
+    for page, rendered in (("docs", 'class="opblock'), ("redoc", "/v1/generate")):
+        args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+        args += [f"--user-data-dir={tmp_path / page}", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
+        url = "http://{}:{}/{}".format(*live, page)
+        args += ["--virtual-time-budget=20000", "--dump-dom", url]
+        res = subprocess.run([CHROMIUM, *args], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and rendered in res.stdout, (page, res.stderr[-2000:])

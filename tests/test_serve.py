@@ -27,8 +27,8 @@ from charnn.serve.engine import Engine
 from charnn.serve.jobs import Job, ServerBusy
 from tests.conftest import PYTHON, REPO, TINY_TEXT, cli_env
 
-HTTP = find_spec("fastapi") is not None and find_spec("uvicorn") is not None and find_spec("httpx") is not None
-needs_http = pytest.mark.skipif(not HTTP, reason="needs fastapi, uvicorn and httpx (pip install 'charnn[test]')")
+HTTP = all(find_spec(name) is not None for name in ("fastapi", "fastapi_offline", "uvicorn", "httpx"))
+needs_http = pytest.mark.skipif(not HTTP, reason="needs the serve extra and httpx: pip install 'charnn[test]'")
 VOCAB = Vocab(tuple(sorted({ord(c) for c in TINY_TEXT})))
 # kernels change with the batch size here: tanh as a sigmoid from 4 rows, weights packed from 4 rows
 SWITCHING = Tuning(sigmoid_tanh_work=4 * 24, pack_min_weight=0, pack_min_rows=4)
@@ -186,7 +186,8 @@ def test_missing_fastapi_is_one_line_and_exit_2(tmp_path):
     )
     out = subprocess.run([PYTHON, "-c", code, str(tmp_path)], capture_output=True, text=True, env=cli_env())
     assert out.returncode == 2
-    assert out.stderr.strip() == "error: charnn serve needs FastAPI and uvicorn: pip install 'charnn[serve]'"
+    want = "error: charnn serve needs FastAPI, uvicorn and fastapi-offline: pip install 'charnn[serve]'"
+    assert out.stderr.strip() == want
 
 
 # --- the API in-process ----------------------------------------------------------------------------------
@@ -384,7 +385,7 @@ def wait_until(condition, timeout: float = 5.0) -> bool:
 def test_server_streams_many_clients_frees_left_slots_and_stops_on_sigterm(checkpoint):
     import httpx
 
-    proc, url, _ = start_server(checkpoint, "--max-length", "10000000", "--max-batch", "8")
+    proc, url, _ = start_server(checkpoint, "--max-length", "10000000", "--max-batch", "8", "--grace", "0")
     try:
         model = client_model(checkpoint)
         results = {}

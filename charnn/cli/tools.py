@@ -12,6 +12,7 @@ import typer
 from charnn.cli.app import DEVICE, RunPath, Which, WhichOption, app
 from charnn.cli.options import choice, with_default, with_options
 from charnn.cli.run import Command, run_command, say
+from charnn.serve import GRACE_S
 
 
 # Options: all written in this signature (none come from a config's fields).
@@ -75,8 +76,13 @@ def serve_cmd(
         typer.Option(min=1, max=4096, metavar="INT", help="Streams generated together; more requests wait in a queue."),
     ] = 64,
     max_length: Annotated[
-        int, typer.Option(min=1, metavar="INT", help="Most characters a request may generate, prime or score.")
+        int,
+        typer.Option(min=1, metavar="INT", help="Most characters (bytes with --bytes) a request may generate or send."),
     ] = 10_000,
+    grace: Annotated[
+        float,
+        typer.Option(min=0, max=3600, metavar="SECONDS", help="On SIGTERM or Ctrl-C, time to let generations finish."),
+    ] = GRACE_S,
     **options: Any,
 ) -> None:
     """Serve a model over HTTP: generate (streamed), score, next characters; a playground at /.
@@ -96,7 +102,7 @@ def serve_cmd(
 
         require_server()  # before loading the model: the missing extra is the first thing to hear about
         loaded = load_run(run, which=which.value, device=pick_device(options["device"]))
-        serve(loaded, host=host, port=port, max_batch=max_batch, max_length=max_length)
+        serve(loaded, host=host, port=port, max_batch=max_batch, max_length=max_length, grace=grace)
 
     run_command(body)
 

@@ -10,13 +10,18 @@ from typing import Any
 
 from charnn.errors import CharnnError
 
-MISSING = "charnn serve needs FastAPI and uvicorn: pip install 'charnn[serve]'"
+# After a stop signal, requests generating have this long to finish (`--grace`): within what container platforms
+# wait before they kill (Docker's stop 10 s, Kubernetes 30 s by default), as a rolling restart needs.
+GRACE_S = 5.0
+MISSING = "charnn serve needs FastAPI, uvicorn and fastapi-offline: pip install 'charnn[serve]'"
 
 
 def require_server() -> None:
-    """A CharnnError with the install command when FastAPI or uvicorn is missing."""
+    """A CharnnError with the install command when FastAPI, uvicorn or fastapi-offline (/docs without a CDN) is
+    missing."""
     try:
         import fastapi  # noqa: F401
+        import fastapi_offline  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
         raise CharnnError(MISSING) from None

@@ -1,6 +1,7 @@
 """The HTTP API of `charnn serve` (FastAPI): the app and its routes. Every model call goes to the engine's worker
-thread, so the event loop never waits on the model. Not how answers and refusals are encoded (JSON, Server-Sent
-Events, `{"error": "one line"}`: charnn.serve.replies), nor the process (uvicorn, signals): charnn.serve.server.
+thread, so the event loop never waits on the model. Not how a body is read (strict JSON: charnn.serve.bodies), how
+answers and refusals are encoded (JSON, Server-Sent Events, `{"error": "one line"}`: charnn.serve.replies), nor
+the process (uvicorn, signals): charnn.serve.server.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi_offline import FastAPIOffline
 
 from charnn.config import to_dict
 from charnn.evaluate import evaluate_ids
 from charnn.export.html import build_page
 from charnn.model import num_parameters
 from charnn.sampling.generate import default_prime
+from charnn.serve.bodies import StrictRoute
 from charnn.serve.engine import Engine
 from charnn.serve.jobs import Job, Output
-from charnn.serve.replies import ApiError, BodyLimit, SafeJSON, add_error_handlers, collect, events
+from charnn.serve.middleware import Bugs, HeadAsGet
+from charnn.serve.replies import ApiError, BodyLimit, SafeJSON, add_error_handlers, b64, collect, events
 from charnn.serve.schemas import (
     GenerateRequest,
     GenerateResponse,
@@ -29,6 +33,7 @@ from charnn.serve.schemas import (
     ScoreRequest,
     ScoreResponse,
     as_file_text,
+    check_length,
     text_ids,
 )
 from charnn.store.checkpoint import LoadedModel
@@ -64,7 +69,7 @@ def create_app(
             engine.close()
             await asyncio.to_thread(engine.join, 5.0)
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with their scripts from the installed package: no CDN
         title="charnn",
         version=__version__,
         lifespan=lifespan,
@@ -72,7 +77,10 @@ def create_app(
         description="A character-level language model over HTTP: generate (streamed or not), score, "
         "and the next characters' probabilities.",
     )
+    app.router.route_class = StrictRoute  # every JSON body read strictly (charnn.serve.bodies)
+    app.add_middleware(Bugs)
     app.add_middleware(BodyLimit, max_bytes=max_body)
+    app.add_middleware(HeadAsGet)
     add_error_handlers(app)
     _routes(app, loaded, max_batch=max_batch, max_length=max_length)
     return app
@@ -82,11 +90,6 @@ def _deliver(outputs: list[Output]) -> None:
     """On the event loop: each job's text to its response's queue."""
     for out in outputs:
         out.job.handle.put_nowait(out)
-
-
-def _check_length(what: str, n: int, max_length: int) -> None:
-    if n > max_length:
-        raise ApiError(422, f"{what}: {n} characters is over this server's limit of {max_length} (--max-length)")
 
 
 # long: one closure per route, each short; they share the loaded model and the limits
@@ -122,14 +125,15 @@ def _routes(app: FastAPI, loaded: LoadedModel, *, max_batch: int, max_length: in
     @app.post(
         "/v1/generate",
         response_model=GenerateResponse,
+        response_model_exclude_unset=True,
         responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE with stream"}},
     )
     async def generate(body: GenerateRequest, request: Request):
-        _check_length("length", body.length, max_length)
-        _check_length("prime", len(body.prime or ""), max_length)
+        check_length("length", body.length, max_length, unit="bytes" if vocab.bytes_mode else "characters")
         if body.num_samples > max_batch:
             raise ApiError(422, f"num_samples: at most {max_batch} (this server's --max-batch)")
-        ids = text_ids(body.prime, vocab, what="prime")[0].tolist() if body.prime else default_prime(vocab)
+        prime = text_ids(body.prime, vocab, what="prime", max_length=max_length)[0] if body.prime else None
+        ids = default_prime(vocab) if prime is None else prime.tolist()
         job = Job(body.config(), ids, stream=body.stream, handle=asyncio.Queue())
         request.app.state.engine.submit(job)
         if body.stream:
@@ -142,28 +146,21 @@ def _routes(app: FastAPI, loaded: LoadedModel, *, max_batch: int, max_length: in
 
     @app.post("/v1/score", response_model=ScoreResponse, response_model_exclude_unset=True)
     async def score(body: ScoreRequest, request: Request) -> dict:
-        _check_length("text", len(body.text), max_length)
-        ids, unknown = text_ids(
-            as_file_text(body.text, loaded.data_cfg), vocab, what="text", skip_unknown=body.skip_unknown
-        )
+        text = as_file_text(body.text, loaded.data_cfg)  # the limit counts what is read, after normalisation
+        ids, unknown = text_ids(text, vocab, what="text", max_length=max_length, skip_unknown=body.skip_unknown)
         segment = loaded.eval_segment
         res = await _on_engine(request, lambda: evaluate_ids(model, ids, segment=segment))
         figures = {k: _finite(v) if isinstance(v, float) else v for k, v in res.as_dict().items()}
         bits = await _on_engine(request, lambda: _surprise(model, ids.tolist())) if body.per_char else None
         return {**figures, "unknown_chars": unknown, **({"bits": bits} if body.per_char else {})}
 
-    @app.post("/v1/next", response_model=NextResponse)
+    @app.post("/v1/next", response_model=NextResponse, response_model_exclude_unset=True)
     async def next_chars(body: NextRequest, request: Request) -> dict:
-        _check_length("text", len(body.text), max_length)
-        ids = text_ids(body.text, vocab, what="text")[0].tolist() if body.text else default_prime(vocab)
+        text = text_ids(body.text, vocab, what="text", max_length=max_length)[0] if body.text else None
+        ids = default_prime(vocab) if text is None else text.tolist()
         k = min(body.k, len(vocab))
         probs, top = await _on_engine(request, lambda: _next(model, ids, k))
-        return {
-            "next": [
-                {"char": _char(vocab, i), "symbol": vocab.symbols[i], "prob": p}
-                for p, i in zip(probs, top, strict=True)
-            ]
-        }
+        return {"next": [{**_candidate(vocab, i), "prob": p} for p, i in zip(probs, top, strict=True)]}
 
     page = build_page(loaded, server={"max_length": max_length, "max_batch": max_batch})
 
@@ -204,6 +201,10 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _char(vocab: Any, i: int) -> str:
-    text = vocab.decode([i])
-    return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+def _candidate(vocab: Any, i: int) -> dict:
+    """A next symbol: its character; for a byte-level model the byte (base64, which tells the bytes of one
+    character apart) and the character only when the byte is one by itself (ASCII)."""
+    symbol = vocab.symbols[i]
+    if not vocab.bytes_mode:
+        return {"char": chr(symbol), "symbol": symbol}
+    return {"char": chr(symbol) if symbol < 0x80 else None, "symbol": symbol, "bytes": b64(bytes([symbol]))}

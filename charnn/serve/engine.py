@@ -58,6 +58,7 @@ class Engine:
         self._inbox: deque[Job] = deque()  # submitted, guarded by _cond
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
         self._closing = False
+        self._draining = False  # `drain`: no new work; the jobs generating run on
         self._waiting: deque[Job] = deque()  # worker thread only, from here down
         self._active: list[Running] = []  # in row order: job k holds rows starts[k] .. starts[k] + n
         self._groups: list[tuple[list[Running], torch.Tensor | None]] = []  # `draw_groups`
@@ -77,7 +78,7 @@ class Engine:
                 f"num_samples {job.cfg.num_samples} is more than this server's --max-batch {self.max_batch}"
             )
         with self._cond:
-            if self._closing:
+            if self._closing or self._draining:
                 raise ServerBusy("the server is shutting down")
             if len(self._inbox) + len(self._waiting) >= self.max_waiting:
                 raise ServerBusy(f"too many requests waiting ({self.max_waiting}); try again later")
@@ -88,11 +89,18 @@ class Engine:
         """Run `fn()` on the worker thread between two steps (scoring, next-character probabilities)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
-            if self._closing:
+            if self._closing or self._draining:
                 raise ServerBusy("the server is shutting down")
             self._calls.append((fn, future))
             self._cond.notify()
         return future
+
+    def drain(self) -> None:
+        """Stop taking work: new jobs and calls are refused, waiting jobs end with "shutdown", the jobs already
+        generating and the calls already queued run on (until they end, or `close`)."""
+        with self._cond:
+            self._draining = True
+            self._cond.notify()
 
     def close(self) -> None:
         """Stop taking work; the worker ends every open and waiting job with "shutdown", then exits."""
@@ -133,6 +141,8 @@ class Engine:
             if self._closing:
                 return False
             calls = self._take_inbox()
+            if self._draining:
+                self._end_waiting("shutdown", "the server is shutting down")
         for fn, future in calls:
             if future.set_running_or_notify_cancel():
                 self._call(fn, future)
@@ -163,7 +173,7 @@ class Engine:
             if job.cancelled:
                 continue
             if job.cfg.length == 0:
-                self._ended.append(Output(job, ("",) * job.cfg.num_samples, "complete"))
+                self._ended.append(Running(job, self.vocab).output("complete"))
                 continue
             joining.append(Running(job, self.vocab))
             free -= job.cfg.num_samples
@@ -276,6 +286,10 @@ class Engine:
         self._calls.clear()
         return calls
 
+    def _end_waiting(self, end: str, message: str) -> None:
+        self._ended += [Running(job, self.vocab).output(end, message) for job in self._waiting]
+        self._waiting.clear()
+
     def _end_everything(self, end: str, message: str) -> None:
         """At close: every open and waiting job ends; model calls still queued fail."""
         with self._cond:
@@ -285,8 +299,7 @@ class Engine:
             if future.set_running_or_notify_cancel():
                 future.set_exception(ServerBusy(message))
         self._end_active(end, message)
-        self._ended += [Output(job, ("",) * job.cfg.num_samples, end, message) for job in self._waiting]
-        self._waiting.clear()
+        self._end_waiting(end, message)
         outputs, self._ended = self._ended, []
         if outputs:
             self.sink(outputs)

@@ -42,12 +42,15 @@ class Job:
 @dataclass(frozen=True)
 class Output:
     """New text of each of a job's streams since its last output; `end` is None while more is to come, else
-    "complete", "cancelled", "shutdown" or "error" (with `message`)."""
+    "complete", "cancelled", "shutdown" or "error" (with `message`). A byte-level model's `data` holds the exact
+    bytes drawn since the last output (its `texts` are them decoded as UTF-8, a character split across outputs
+    held back for the next, bytes that are not UTF-8 as U+FFFD); None for a character model."""
 
     job: Job
     texts: tuple[str, ...]
     end: str | None = None
     message: str = ""
+    data: tuple[bytes, ...] | None = None
 
 
 class Running:
@@ -85,15 +88,16 @@ class Running:
     def output(self, end: str | None = None, message: str = "") -> Output:
         """The undelivered symbols as text, one string per stream (a byte-level model's bytes decoded as UTF-8,
         a character split across outputs kept for the next); `end` flushes the decoders."""
-        texts = []
+        texts, data = [], []
         for k, ids in enumerate(self.pending):
             if self.decoders is None:
                 texts.append("".join([chr(self.vocab.symbols[i]) for i in ids]))
             else:
-                texts.append(self.decoders[k].decode(bytes(self.vocab.symbols[i] for i in ids), end is not None))
+                data.append(bytes(self.vocab.symbols[i] for i in ids))
+                texts.append(self.decoders[k].decode(data[-1], end is not None))
             ids.clear()
         self.fresh = False
-        return Output(self.job, tuple(texts), end, message)
+        return Output(self.job, tuple(texts), end, message, None if self.decoders is None else tuple(data))
 
 
 def draw_groups(active: list[Running]) -> list[tuple[list[Running], torch.Tensor | None]]:

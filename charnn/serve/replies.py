@@ -1,12 +1,15 @@
-"""How `charnn serve` answers over HTTP: JSON (UTF-8, or ASCII escapes where the text holds lone surrogates), a
-generation's text whole or as Server-Sent Events, and every refusal as `{"error": "one line"}` with its status
+"""How `charnn serve` answers over HTTP: JSON (RFC 8259: UTF-8, or ASCII escapes where the text holds lone
+surrogates; a number that is not finite as null, -0.0 as 0.0), a generation's text whole or as Server-Sent Events
+(a byte-level model's exact bytes beside it, base64), and every refusal as `{"error": "one line"}` with its status
 (the body-size cap among them). Not the routes (charnn.serve.app), nor the model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,10 +30,30 @@ class SafeJSON(JSONResponse):
 
 
 def to_json(content: Any) -> bytes:
+    content = finite(content)
     try:
         return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:
         return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def finite(value: Any) -> Any:
+    """`value` with every float that is not finite as None (JSON has no NaN or Infinity) and -0.0 as 0.0."""
+    if isinstance(value, float):
+        return (value + 0.0) if math.isfinite(value) else None  # -0.0 + 0.0 is 0.0
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def b64(data: bytes) -> str:
+    """Bytes in JSON: standard base64 (RFC 4648), as a byte-level model's exact output travels."""
+    return base64.b64encode(data).decode("ascii")
+
+
+BUG = "internal server error (see the server log)"
 
 
 class ApiError(Exception):
@@ -78,8 +101,8 @@ def _one_line(err: RequestValidationError) -> str:
 
 
 def add_error_handlers(app: FastAPI) -> None:
-    """Every refusal as `{"error": "one line"}`: 400 malformed JSON, 413 too big, 422 invalid, 503 busy; a bug
-    is a 500 whose traceback Starlette logs after this reply, and the server goes on."""
+    """Every refusal as `{"error": "one line"}`: 400 malformed JSON, 413 too big, 415 not JSON, 422 invalid, 503
+    busy; a bug is a 500 with its traceback in the log (charnn.serve.middleware.Bugs), and the server goes on."""
 
     def reply(status: int, message: Any) -> SafeJSON:
         return SafeJSON({"error": " ".join(str(message).split()) or "error"}, status)
@@ -101,7 +124,7 @@ def add_error_handlers(app: FastAPI) -> None:
         return reply(400 if message.startswith("malformed JSON") else 422, message)
 
     async def bug(request: Request, err: Exception) -> SafeJSON:
-        return reply(500, "internal server error (see the server log)")
+        return reply(500, BUG)
 
     for kind, handler in (
         (ApiError, api),
@@ -115,8 +138,9 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 async def collect(job: Job, request: Request) -> dict:
-    """The whole answer of a non-streamed request; a client that leaves while it waits cancels the job."""
-    texts = [""] * job.cfg.num_samples
+    """The whole answer of a non-streamed request (`bytes` too for a byte-level model); a client that leaves
+    while it waits cancels the job."""
+    texts, data = [""] * job.cfg.num_samples, [b""] * job.cfg.num_samples
     try:
         while True:
             try:
@@ -127,8 +151,11 @@ async def collect(job: Job, request: Request) -> dict:
                     return SafeJSON({"error": "client disconnected"}, 499)
                 continue
             texts = [t + new for t, new in zip(texts, out.texts, strict=True)]
+            if out.data is not None:
+                data = [d + new for d, new in zip(data, out.data, strict=True)]
             if out.end == "complete":
-                return {"texts": texts, "chars": sum(map(len, texts))}
+                exact = {"bytes": [b64(d) for d in data]} if out.data is not None else {}
+                return {"texts": texts, "chars": sum(map(len, texts)), **exact}
             if out.end is not None:
                 raise ApiError(503 if out.end == "shutdown" else 500, out.message or out.end)
     finally:
@@ -136,16 +163,18 @@ async def collect(job: Job, request: Request) -> dict:
 
 
 async def events(job: Job) -> AsyncIterator[bytes]:
-    """Server-Sent Events: `data: {"index": i, "text": ...}` per stream and chunk, then `event: done` with
-    `{"chars": N, "complete": bool}` (or `event: error`). Leaving early (the client is gone) cancels the job."""
+    """Server-Sent Events: `data: {"index": i, "text": ...}` per stream and chunk (with `"bytes"`, the chunk's
+    exact bytes, for a byte-level model), then `event: done` with `{"chars": N, "complete": bool}` (or
+    `event: error`). Leaving early (the client is gone) cancels the job."""
     chars = 0
     try:
         while True:
             out: Output = await job.handle.get()  # Starlette cancels this when the client disconnects
             for index, text in enumerate(out.texts):
-                if text:
+                exact = {"bytes": b64(out.data[index])} if out.data is not None and out.data[index] else {}
+                if text or exact:
                     chars += len(text)
-                    yield b"data: " + to_json({"index": index, "text": text}) + b"\n\n"
+                    yield b"data: " + to_json({"index": index, "text": text, **exact}) + b"\n\n"
             if out.end in ("complete", "shutdown", "cancelled"):
                 done = {"chars": chars, "complete": out.end == "complete"}
                 if out.message:

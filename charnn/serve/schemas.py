@@ -9,11 +9,11 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from charnn.config import DataConfig, SampleConfig, default_of
 from charnn.data import Vocab
-from charnn.errors import VocabularyError
+from charnn.errors import CharnnError, VocabularyError
 
 
 def _sampling(name: str, **extra: Any) -> Any:
@@ -25,10 +25,19 @@ def _sampling(name: str, **extra: Any) -> Any:
 
 
 class Strict(BaseModel):
-    """Types as JSON has them ("5" is not a number, 1 is not true) and no unknown fields (a typo is an error,
-    not an option silently ignored)."""
+    """Types as JSON has them ("5" is not a number, 1 is not true), no unknown fields (a typo is an error, not an
+    option silently ignored), and null as the default of any optional field (`"length": null` is 500, as if it
+    were left out; `"top_k": null` is no top-k, its default)."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {k: v for k, v in data.items() if not (v is None and k in fields and not fields[k].is_required())}
 
 
 class GenerateRequest(Strict):
@@ -76,6 +85,9 @@ class NextRequest(Strict):
 class GenerateResponse(BaseModel):
     texts: list[str]
     chars: int
+    bytes: list[str] | None = Field(
+        None, description="A --bytes model's exact output, base64; `texts` are it decoded (U+FFFD for non-UTF-8)."
+    )
 
 
 class ScoreResponse(BaseModel):
@@ -88,9 +100,10 @@ class ScoreResponse(BaseModel):
 
 
 class NextChar(BaseModel):
-    char: str
+    char: str | None = Field(description="The character; for a --bytes model null unless the byte is one (ASCII).")
     symbol: int
-    prob: float
+    prob: float | None
+    bytes: str | None = Field(None, description="A --bytes model's byte, base64: what tells bytes apart.")
 
 
 class NextResponse(BaseModel):
@@ -98,17 +111,32 @@ class NextResponse(BaseModel):
 
 
 def symbols_of(text: str, vocab: Vocab) -> np.ndarray:
-    """Code points of `text` (or its UTF-8 bytes for a byte-level model), as uint32."""
+    """Code points of `text` (or its UTF-8 bytes for a byte-level model), as uint32. `text` is Unicode text:
+    a request's lone surrogates were refused with its body (charnn.serve.bodies)."""
     if vocab.bytes_mode:
-        return np.frombuffer(text.encode("utf-8", "surrogateescape"), dtype=np.uint8).astype(np.uint32)
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint32)
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
-def text_ids(text: str, vocab: Vocab, *, what: str, skip_unknown: bool = False) -> tuple[np.ndarray, int]:
+class TooLong(CharnnError):
+    """A request over the server's --max-length."""
+
+
+def check_length(what: str, n: int, max_length: int, *, unit: str = "characters") -> None:
+    if n > max_length:
+        raise TooLong(f"{what}: {n} {unit} is over this server's limit of {max_length} (--max-length)")
+
+
+def text_ids(
+    text: str, vocab: Vocab, *, what: str, max_length: int, skip_unknown: bool = False
+) -> tuple[np.ndarray, int]:
     """Ids of `text` and how many unknown characters were dropped; a VocabularyError naming the field `what`
-    (charnn.data's message) when there are some and `skip_unknown` is off."""
+    (charnn.data's message) when there are some and `skip_unknown` is off, TooLong when it has more than
+    `max_length` symbols (characters, or bytes for a byte-level model)."""
+    symbols = symbols_of(text, vocab)
+    check_length(what, len(symbols), max_length, unit="bytes" if vocab.bytes_mode else "characters")
     try:
-        ids, unknown = vocab.map_symbols(symbols_of(text, vocab), skip_unknown=skip_unknown)
+        ids, unknown = vocab.map_symbols(symbols, skip_unknown=skip_unknown)
     except VocabularyError as err:
         raise VocabularyError(f"{what}: {err}") from None
     return ids, sum(unknown.values())

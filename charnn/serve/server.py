@@ -1,6 +1,6 @@
 """The `charnn serve` process: uvicorn on a socket bound here (a port in use is a one-line error), and
-SIGINT/SIGTERM as a clean stop: no new requests, open streams ended with a final event, exit status 0.
-Not the API: charnn.serve.app.
+SIGINT/SIGTERM as a clean stop: no new requests, the requests generating given a grace period to finish, the rest
+ended with their final event or a 503, exit status 0. Not the API: charnn.serve.app.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import asyncio
 import copy
 import ipaddress
 import logging
+import math
 import os
 import signal
 import socket
@@ -20,19 +21,19 @@ from typing import Any
 import uvicorn
 
 from charnn.errors import CharnnError, CharnnWarning
+from charnn.serve import GRACE_S
 from charnn.serve.app import create_app
 from charnn.store.checkpoint import LoadedModel
 
-GRACE_S = 5.0  # after a stop signal, connections still open this long are closed
-
 
 class _Server(uvicorn.Server):
-    """uvicorn, except that a stop signal first ends the engine's streams (uvicorn would wait for them to
-    finish) and is not re-raised after the shutdown (the process exits 0: stopping is the normal end)."""
+    """uvicorn, except that a stop signal drains the engine (nothing new; the streams generating run on for
+    `grace` seconds, then end with their final event) rather than wait for every stream however long, and is not
+    re-raised after the shutdown (the process exits 0: stopping is the normal end)."""
 
-    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+    def __init__(self, config: uvicorn.Config, app: Any, grace: float) -> None:
         super().__init__(config)
-        self.api = app
+        self.api, self.grace = app, grace
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
@@ -53,15 +54,21 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
     def _stop(self, signum: int, frame: Any) -> None:
-        if self.should_exit and signum == signal.SIGINT:
+        again = self.should_exit
+        if again and signum == signal.SIGINT:
             self.force_exit = True  # a second Ctrl-C: do not wait for anything
-        self.should_exit = True
+        self.should_exit = True  # uvicorn stops listening, and closes each connection after its answer
         if self.loop is not None:  # on the loop, not in the handler: the engine's lock may be held right here
-            self.loop.call_soon_threadsafe(self._close_engine)
+            self.loop.call_soon_threadsafe(self._drain, 0.0 if again else self.grace)
 
-    def _close_engine(self) -> None:
+    def _drain(self, grace: float) -> None:
         engine = getattr(self.api.state, "engine", None)
-        if engine is not None:
+        if engine is None:
+            return
+        engine.drain()
+        if grace > 0:
+            asyncio.get_running_loop().call_later(grace, engine.close)
+        else:
             engine.close()
 
 
@@ -96,10 +103,15 @@ def serve(
     port: int = 8000,
     max_batch: int = 64,
     max_length: int = 10_000,
+    grace: float = GRACE_S,
     log_level: str = "info",
     **engine_options: Any,
 ) -> None:
-    """Serve `loaded` over HTTP until SIGINT/SIGTERM; returns after a clean stop."""
+    """Serve `loaded` over HTTP until SIGINT/SIGTERM; returns after a clean stop, which gives the requests
+    generating `grace` seconds to finish."""
+    app = create_app(loaded, max_batch=max_batch, max_length=max_length, **engine_options)
+    sock = bind(host, port)
+    port = sock.getsockname()[1]  # the port listened on: --port 0 picks one
     if not _is_loopback(host):
         warnings.warn(
             CharnnWarning(
@@ -108,18 +120,18 @@ def serve(
             ),
             stacklevel=2,
         )
-    app = create_app(loaded, max_batch=max_batch, max_length=max_length, **engine_options)
-    sock = bind(host, port)
     logging_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     logging_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout stays clean: all logs on stderr
-    config = uvicorn.Config(
-        app, log_level=log_level, log_config=logging_config, lifespan="on", timeout_graceful_shutdown=int(GRACE_S)
+    config = uvicorn.Config(  # uvicorn's own wait: the grace, then a moment for the final events to go out
+        app,
+        log_level=log_level,
+        log_config=logging_config,
+        lifespan="on",
+        timeout_graceful_shutdown=math.ceil(grace) + 2,
     )
-    server = _Server(config, app)
+    server = _Server(config, app, grace)
     shown = f"[{host}]" if ":" in host else host
-    logging.getLogger("uvicorn.error").info(
-        "charnn serve: http://%s:%d (API reference at /docs)", shown, sock.getsockname()[1]
-    )
+    logging.getLogger("uvicorn.error").info("charnn serve: http://%s:%d (API reference at /docs)", shown, port)
     try:
         server.run(sockets=[sock])
     finally:
