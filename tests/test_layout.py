@@ -55,7 +55,20 @@ PACKAGES = {
     ],
     "report": ["svg", "analysis", "markup", "curves", "record", "passage", "lookback", "page"],
     "export": ["output", "spec", "html", "onnx"],
-    "serve": ["jobs", "rows", "schemas", "engine", "replies", "app", "server"],
+    "serve": [
+        "jobs",
+        "rows",
+        "schemas",
+        "engine",
+        "replies",
+        "metrics",
+        "models",
+        "openai_schemas",
+        "openai_replies",
+        "openai_api",
+        "app",
+        "server",
+    ],
     "cli": ["run", "options", "output", "progress", "app", "train", "tools", "commands", "docs"],
 }
 PKG = Path(__file__).resolve().parents[1] / "charnn"

@@ -63,7 +63,14 @@ def report_cmd(
 @app.command("serve", cls=Command)
 @with_options(*DEVICE)
 def serve_cmd(
-    run: RunPath,
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="RUN",
+            show_default=False,
+            help="Run directories or checkpoint files, each as RUN or NAME=RUN (named after its directory).",
+        ),
+    ],
     *,
     which: WhichOption = Which.best,
     host: Annotated[
@@ -79,23 +86,27 @@ def serve_cmd(
     ] = 10_000,
     **options: Any,
 ) -> None:
-    """Serve a model over HTTP: generate (streamed), score, next characters; a playground at /.
+    """Serve models over HTTP: generate (streamed), score, next characters; OpenAI-compatible; a playground at /.
 
-    Needs FastAPI and uvicorn (the serve extra). API reference at /docs; more in docs/serve.md.
+    Needs the serve extra. API reference at /docs, Prometheus metrics at /metrics; more in docs/serve.md.
 
     Examples:
     charnn serve checkpoints/shakespeare
     charnn serve checkpoints/shakespeare --port 8080 --max-batch 128
+    charnn serve lyrics=checkpoints/lyrics poems=checkpoints/poems
     charnn serve checkpoints/shakespeare --host 0.0.0.0 --max-length 2000
     """
 
     def body():
         from charnn.runtime import pick_device
         from charnn.serve import require_server, serve
+
+        require_server()  # before loading the models: the missing extra is the first thing to hear about
+        from charnn.serve.models import served_runs
         from charnn.store.rundir import load_run
 
-        require_server()  # before loading the model: the missing extra is the first thing to hear about
-        loaded = load_run(run, which=which.value, device=pick_device(options["device"]))
+        device = pick_device(options["device"])
+        loaded = {name: load_run(run, which=which.value, device=device) for name, run in served_runs(runs)}
         serve(loaded, host=host, port=port, max_batch=max_batch, max_length=max_length)
 
     run_command(body)

@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -60,8 +61,8 @@ class _Server(uvicorn.Server):
             self.loop.call_soon_threadsafe(self._close_engine)
 
     def _close_engine(self) -> None:
-        engine = getattr(self.api.state, "engine", None)
-        if engine is not None:
+        models = getattr(self.api.state, "models", None)
+        for engine in models.engines() if models is not None else []:
             engine.close()
 
 
@@ -90,7 +91,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    loaded: LoadedModel,
+    loaded: LoadedModel | Mapping[str, LoadedModel],
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -99,7 +100,8 @@ def serve(
     log_level: str = "info",
     **engine_options: Any,
 ) -> None:
-    """Serve `loaded` over HTTP until SIGINT/SIGTERM; returns after a clean stop."""
+    """Serve `loaded` (one model, or several by name) over HTTP until SIGINT/SIGTERM; returns after a clean
+    stop."""
     if not _is_loopback(host):
         warnings.warn(
             CharnnWarning(
