@@ -73,7 +73,7 @@ def server(tmp_path_factory):
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            assert proc.wait(timeout=10) == 0  # every model's engine stopped
         finally:
             proc.kill()
 
@@ -245,6 +245,18 @@ def test_metrics_count_what_was_sent(client, server):
     assert after[("charnn_streams_generating", (("model", "other"),))] == 0
     assert after[("charnn_requests_waiting", (("model", "tiny"),))] == 0
     assert not math.isnan(after[("charnn_batch_size_sum", (("model", "other"),))])
+
+
+def test_missing_prometheus_client_is_one_line_and_exit_2(tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    code = (
+        "import sys\nsys.modules['prometheus_client'] = None\nsys.argv = ['charnn', 'serve', sys.argv[1]]\n"
+        "from charnn.cli.commands import main\nmain()"
+    )
+    out = subprocess.run([PYTHON, "-c", code, str(tmp_path)], capture_output=True, text=True, env=cli_env())
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: charnn serve needs prometheus-client for /metrics: pip install 'charnn[serve]'"
 
 
 def test_serving_two_models_under_one_name_is_one_error_line(tmp_path):
