@@ -54,7 +54,7 @@ def served_runs(specs: list[str]) -> list[tuple[str, Path]]:
 
 class Served:
     """One served model: its loaded checkpoint, and once started its engine; generation requests go through
-    `submit`, which times them to their first characters, and come back through `deliver`."""
+    `submit`, which times streamed ones to their first characters, and come back through `deliver`."""
 
     def __init__(self, name: str, loaded: LoadedModel) -> None:
         self.name, self.loaded = name, loaded
@@ -94,7 +94,7 @@ class Served:
             chars += new
             if new or out.end is not None:
                 arrived = self._arrived.pop(out.job, None)
-                if new and arrived is not None:
+                if new and arrived is not None and out.job.stream:  # others get their text at the end
                     self._first(time.perf_counter() - arrived)
             out.job.handle.put_nowait(out)
         if chars:

@@ -20,14 +20,15 @@ ANSWER = "Assistant:"
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
     include_usage: bool | None = Field(None, description="A last chunk with `usage` and no choices.")
 
 
 class OpenAIRequest(BaseModel):
-    """The fields both endpoints share. Unknown fields are refused (a 400 naming the field)."""
+    """The fields both endpoints share. Types as JSON has them, as on the native endpoints; unknown fields are
+    refused (a 400 naming the field)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     model: str | None = Field(None, description="A served model (GET /v1/models); none: the first served.")
     max_tokens: int | None = Field(None, ge=0, description="Characters to generate per choice.")
@@ -103,7 +104,7 @@ class CompletionRequest(OpenAIRequest):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
     type: Literal["text"]
     text: str
 
@@ -111,7 +112,7 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     """A message; fields of an assistant message sent back (tool calls, refusal, annotations) are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
 
