@@ -209,7 +209,17 @@ def test_refusals_are_in_openais_shape_and_raise_the_clients_errors(client, serv
     }
     answer = httpx.post(f"{server[0]}/v1/completions", json={"prompt": "a", "suffix": "b", "temprature": 1})
     assert answer.json()["error"]["message"] == "temprature: Extra inputs are not permitted"
-    assert httpx.post(f"{server[0]}/v1/generate", json={"model": "nothing"}).status_code == 404
+    image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+    answer = httpx.post(f"{server[0]}/v1/chat/completions", json={"messages": [image]})
+    assert answer.json()["error"]["message"].startswith("messages.0.content: only text parts")
+    with pytest.raises(openai.BadRequestError, match=r"n: at most 4 \(this server's --max-batch\)"):
+        client.completions.create(model="tiny", prompt="a", n=5)
+    for path in ("generate", "score", "next"):
+        answer = httpx.post(
+            f"{server[0]}/v1/{path}",
+            json={"model": "nothing", "text": "a"} if path != "generate" else {"model": "nothing"},
+        )
+        assert answer.status_code == 404 and answer.json()["error"].startswith("model: no model named 'nothing'")
 
 
 def test_metrics_count_what_was_sent(client, server):

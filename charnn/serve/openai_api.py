@@ -71,7 +71,8 @@ def _invalid(err: RequestValidationError) -> OpenAIError:
         return OpenAIError(400, f"malformed JSON: {first.get('ctx', {}).get('error', 'cannot parse the body')}")
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     where = ".".join(loc) or "body"
-    return OpenAIError(400, f"{where}: {first.get('msg', 'invalid')}", param=loc[0] if loc else None)
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    return OpenAIError(400, f"{where}: {message}", param=loc[0] if loc else None)
 
 
 def add_openai_routes(app: FastAPI, *, max_batch: int, max_length: int) -> None:

@@ -103,22 +103,27 @@ class CompletionRequest(OpenAIRequest):
         return super().refusal()
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-    type: Literal["text"]
-    text: str
-
-
 class ChatMessage(BaseModel):
     """A message; fields of an assistant message sent back (tool calls, refusal, annotations) are ignored."""
 
     model_config = ConfigDict(strict=True, extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    content: str | list[dict[str, Any]] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, content: Any) -> Any:
+        if isinstance(content, list) and not all(
+            p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+        ):
+            raise ValueError(
+                'only text parts, {"type": "text", "text": ...} (a character model reads no images or audio)'
+            )
+        return content
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
+            return "".join(part["text"] for part in self.content)
         return self.content or ""
 
 
