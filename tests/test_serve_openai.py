@@ -4,9 +4,11 @@ skip without the serve extra or the `openai` package."""
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -291,3 +293,32 @@ def test_serving_two_models_under_one_name_is_one_error_line(tmp_path):
         pytest.skip("needs the serve extra")
     assert out.returncode == 2
     assert out.stderr.strip() == "error: two models named 'a': name them apart with NAME=RUN"
+
+
+def test_sigterm_ends_the_open_streams_of_every_model(tmp_path):
+    """Each model's engine is stopped: an open OpenAI stream on the second model ends at once, and the server
+    exits 0."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("prometheus_client")
+    import httpx
+
+    from charnn.store.checkpoint import model_bytes
+    from tests.test_serve import start_server
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(model_bytes(model_of(), VOCAB, DataConfig(), step=1, val_loss=2.5, corpus_sha256=""))
+    proc, url, _ = start_server(f"a={path}", f"b={path}", "--max-length", "10000000")
+    try:
+        body = {"model": "b", "prompt": "a", "max_tokens": 10**7, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as answer:
+            lines = answer.iter_lines()
+            assert next(lines).startswith("data: {")
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line]
+        assert proc.wait(timeout=10) == 0 and time.monotonic() - started < 5
+        assert json.loads(rest[-1].removeprefix("data: "))["error"]["message"] == "the server is shutting down"
+    finally:
+        proc.kill()
+        proc.wait()
