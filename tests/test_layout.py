@@ -60,6 +60,7 @@ PACKAGES = {
         "rows",
         "schemas",
         "engine",
+        "worker",
         "replies",
         "metrics",
         "models",

@@ -322,3 +322,47 @@ def test_sigterm_ends_the_open_streams_of_every_model(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_engine_in_its_own_process_gives_the_same_text_cancels_and_stops(tmp_path):
+    """`--engine process`: seeded text as `charnn sample`'s, logprobs, a client that leaves frees its row, and
+    SIGTERM ends an open stream and the server (exit 0)."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("prometheus_client")
+    import httpx
+
+    from charnn.store.checkpoint import model_bytes
+    from tests.test_serve import sse, start_server, wait_until
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(model_bytes(model_of(), VOCAB, DataConfig(), step=1, val_loss=2.5, corpus_sha256=""))
+    proc, url, _ = start_server(path, "--engine", "process", "--max-batch", "4", "--max-length", "10000000")
+    try:
+        cfg = SampleConfig(length=150, seed=3, temperature=0.9, prime="First", num_samples=2)
+        body = {"prime": "First", "length": 150, "seed": 3, "temperature": 0.9, "num_samples": 2}
+        assert httpx.post(f"{url}/v1/generate", json=body, timeout=30).json()["texts"] == want("tiny", cfg)
+        body = {"prompt": "First", "max_tokens": 20, "seed": 3, "logprobs": 2}
+        got = httpx.post(f"{url}/v1/completions", json=body, timeout=30).json()["choices"][0]
+        assert got["text"] == want("tiny", SampleConfig(length=20, seed=3, temperature=1.0, prime="First"))[0]
+        assert len(got["logprobs"]["token_logprobs"]) == 20
+
+        health = lambda: httpx.get(f"{url}/healthz").json()  # noqa: E731
+        with httpx.stream("POST", f"{url}/v1/generate", json={"length": 10**7, "stream": True}) as answer:
+            lines = answer.iter_lines()  # kept: a dropped iterator closes the response
+            assert next(lines).startswith("data: ")
+            assert wait_until(lambda: health()["streams"] == 1, 3.0)
+        assert wait_until(lambda: health()["streams"] == 0, 3.0), "a client that left kept its row"
+
+        with httpx.stream("POST", f"{url}/v1/generate", json={"length": 10**7, "stream": True}, timeout=30) as answer:
+            lines = answer.iter_lines()
+            next(lines)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            rest = "\n".join(lines)
+        assert proc.wait(timeout=10) == 0 and time.monotonic() - started < 5
+        final = sse(rest)[-1]
+        assert final[0] == "done" and final[1]["complete"] is False and "shutting down" in final[1]["reason"]
+    finally:
+        proc.kill()
+        proc.wait()

@@ -59,6 +59,9 @@ def report_cmd(
     run_command(body)
 
 
+EngineKind = choice("EngineKind", ("thread", "process"))
+
+
 # Options: the parameters below, plus --device (TrainConfig.device in charnn/config.py, via with_options).
 @app.command("serve", cls=Command)
 @with_options(*DEVICE)
@@ -84,6 +87,14 @@ def serve_cmd(
     max_length: Annotated[
         int, typer.Option(min=1, metavar="INT", help="Most characters a request may generate, prime or score.")
     ] = 10_000,
+    engine: Annotated[
+        EngineKind,
+        typer.Option(
+            metavar="KIND",
+            show_default=False,
+            help=with_default("Where the model steps: thread (in the server) or process (its own).", "thread"),
+        ),
+    ] = EngineKind.thread,
     **options: Any,
 ) -> None:
     """Serve models over HTTP: generate (streamed), score, next characters; OpenAI-compatible; a playground at /.
@@ -107,7 +118,8 @@ def serve_cmd(
 
         device = pick_device(options["device"])
         loaded = {name: load_run(run, which=which.value, device=device) for name, run in served_runs(runs)}
-        serve(loaded, host=host, port=port, max_batch=max_batch, max_length=max_length)
+        process = engine.value == "process"
+        serve(loaded, host=host, port=port, max_batch=max_batch, max_length=max_length, process=process)
 
     run_command(body)
 

@@ -18,6 +18,7 @@ from charnn.serve.engine import Engine
 from charnn.serve.jobs import Job, Output
 from charnn.serve.metrics import Metrics
 from charnn.serve.replies import ApiError
+from charnn.serve.worker import ProcessEngine
 from charnn.store.checkpoint import LoadedModel
 
 
@@ -58,22 +59,22 @@ class Served:
 
     def __init__(self, name: str, loaded: LoadedModel) -> None:
         self.name, self.loaded = name, loaded
-        self.engine: Engine | None = None
+        self.engine: Engine | ProcessEngine | None = None
         self._arrived: dict[Job, float] = {}  # submitted jobs without text yet (event loop only)
         self._first: Callable[[float], None] = lambda s: None
         self._chars: Callable[[float], None] = lambda n: None
 
     def start(self, loop: asyncio.AbstractEventLoop, metrics: Metrics, **engine_options: Any) -> None:
-        """Start the engine thread, delivering to `loop`; `engine_options` go to `Engine`."""
+        """Start the engine, delivering to `loop`: a thread, or with `process=True` a process of its own
+        (charnn.serve.worker); the other `engine_options` go to `Engine`."""
         self._first = metrics.first.labels(self.name).observe
         self._chars = metrics.chars.labels(self.name).inc
-        self.engine = Engine(
-            self.loaded.model,
-            self.loaded.vocab,
-            lambda outputs: loop.call_soon_threadsafe(self.deliver, outputs),
-            on_step=metrics.batch.labels(self.name).observe,
-            **engine_options,
-        )
+        sink = lambda outputs: loop.call_soon_threadsafe(self.deliver, outputs)  # noqa: E731
+        on_step = metrics.batch.labels(self.name).observe
+        if engine_options.pop("process", False):
+            self.engine = ProcessEngine(self.loaded, sink, on_step=on_step, **engine_options)
+        else:
+            self.engine = Engine(self.loaded.model, self.loaded.vocab, sink, on_step=on_step, **engine_options)
         metrics.watch(self.name, self.engine)
         self.engine.start()
 
@@ -131,7 +132,7 @@ class Models:
         except KeyError:
             raise UnknownModel(name, list(self.by_name)) from None
 
-    def engines(self) -> list[Engine]:
+    def engines(self) -> list[Engine | ProcessEngine]:
         return [s.engine for s in self if s.engine is not None]
 
 
