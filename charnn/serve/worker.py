@@ -10,6 +10,7 @@ import concurrent.futures
 import itertools
 import logging
 import multiprocessing
+import signal
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -122,6 +123,7 @@ class ProcessEngine:
 
     def _read(self) -> None:
         """Outputs from the child to `sink`; cancellations the other way, checked every `poll` seconds."""
+        end, why = "shutdown", "the server is shutting down"
         try:
             while True:
                 if self._outputs.poll(self.poll):
@@ -132,11 +134,9 @@ class ProcessEngine:
                 self._forward_cancels()
         except (EOFError, OSError):
             log.error("the engine process ended unexpectedly")
+            end, why = "error", "the engine process ended unexpectedly (see the server log)"
         finally:
-            ended = [
-                Output(job, ("",) * job.cfg.num_samples, "shutdown", "the server is shutting down")
-                for job in self._jobs.values()
-            ]
+            ended = [Output(job, ("",) * job.cfg.num_samples, end, why) for job in self._jobs.values()]
             self._jobs.clear()
             if ended:
                 self.sink(ended)
@@ -176,6 +176,9 @@ def _inference(fn: Callable[[], Any]) -> Any:
 def _child(commands: Any, outputs: Any, *, path: str, device: str, options: dict, counts: Any) -> None:
     """In the child: load the checkpoint, run an `Engine` whose sink sends to the parent, obey commands."""
     from charnn.store.checkpoint import load_model
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a Ctrl-C reaches the whole process group: the parent decides
+        signal.signal(sig, signal.SIG_IGN)
 
     loaded = load_model(path, device=device)
     jobs: dict[int, Job] = {}
