@@ -81,7 +81,7 @@ class ProcessEngine:
             )
         if self._closing:
             raise ServerBusy("the server is shutting down")
-        if len(self._jobs) >= self.max_waiting + self.max_batch:
+        if len(self._jobs) >= self.max_waiting + self.max_batch:  # unfinished jobs: those running, the rest wait
             raise ServerBusy(f"too many requests waiting ({self.max_waiting}); try again later")
         key = next(self._ids)
         self._jobs[key] = job
