@@ -11,6 +11,7 @@ Torch threads: the server's own choice (one core fewer than the machine's); the 
     python benchmarks/serve_load.py                  # 2x256 LSTM, 1/8/64 clients x 2,000 chars, 1,000 requests
     python benchmarks/serve_load.py --requests 10000 # the memory check over 10,000 requests
     python benchmarks/serve_load.py --quick          # tiny, a few seconds (the CI smoke test)
+    python benchmarks/serve_load.py --engine process # the model stepping in a process of its own
 """
 
 from __future__ import annotations
@@ -113,8 +114,13 @@ class Server:
                 time.sleep(0.1)
 
     def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+        """The server's RSS, its engine processes' (`--engine process`) included."""
+        pid = self.proc.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        pids = [pid, *map(int, children.read_text().split())] if children.exists() else [pid]
+        return (
+            sum(int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{p}/status").read_text()).group(1)) for p in pids) / 1024
+        )
 
     def stop(self) -> int:
         self.proc.terminate()
@@ -194,6 +200,7 @@ def parse_args() -> argparse.Namespace:
         help="alternations of bare stepper and server at the most clients (the ratio is their median)",
     )
     ap.add_argument("--requests", type=int, default=1000, help="short requests for the memory check")
+    ap.add_argument("--engine", default="thread", choices=("thread", "process"), help="the servers' --engine")
     ap.add_argument("--quick", action="store_true", help="tiny model, few characters: checks that it runs")
     args = ap.parse_args()
     if args.quick:
@@ -239,7 +246,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model, checkpoint = save_model(args, Path(tmp))
         engine = engine_figures(model, args, top, threads)
-        server = Server(checkpoint, Path(tmp) / "server.log", "--max-batch", str(top))
+        server = Server(checkpoint, Path(tmp) / "server.log", "--max-batch", str(top), "--engine", args.engine)
         loads = [asyncio.run(clients(server.url, n, args.length)) for n in args.clients]
         for load in loads:
             print(f"{load['clients']} client(s): {load}", flush=True)
@@ -254,7 +261,7 @@ def main() -> None:
             print(f"{top} streams: bare {pairs[-1][0]:,.0f}, server {pairs[-1][1]:,} chars/s", flush=True)
         requests_ok, rss, requests_s = memory(server, args.requests)
         exit_code = server.stop()
-        serial_server = Server(checkpoint, Path(tmp) / "serial.log", "--max-batch", "1")
+        serial_server = Server(checkpoint, Path(tmp) / "serial.log", "--max-batch", "1", "--engine", args.engine)
         serial = asyncio.run(clients(serial_server.url, top, args.length))
         serial_exit = serial_server.stop()
     ratio = statistics.median(s / b for b, s in pairs)
@@ -275,6 +282,7 @@ def main() -> None:
         "rss_mb_after": round(rss[-1], 1),
         "rss_mb_by_quarter": [round(r, 1) for r in rss],
         "exit_codes": [exit_code, serial_exit],
+        "engine": args.engine,
         "threads": threads,
         "load_average": round(os.getloadavg()[0], 2),
     }

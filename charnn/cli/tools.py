@@ -60,11 +60,22 @@ def report_cmd(
     run_command(body)
 
 
+EngineKind = choice("EngineKind", ("thread", "process"))
+
+
+# long: a Typer command declares its options as parameters, one Annotated block each
 # Options: the parameters below, plus --device (TrainConfig.device in charnn/config.py, via with_options).
 @app.command("serve", cls=Command)
 @with_options(*DEVICE)
 def serve_cmd(
-    run: RunPath,
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="RUN",
+            show_default=False,
+            help="Run directories or checkpoint files, each as RUN or NAME=RUN (named after its directory).",
+        ),
+    ],
     *,
     which: WhichOption = Which.best,
     host: Annotated[
@@ -83,26 +94,39 @@ def serve_cmd(
         float,
         typer.Option(min=0, max=3600, metavar="SECONDS", help="On SIGTERM or Ctrl-C, time to let generations finish."),
     ] = GRACE_S,
+    engine: Annotated[
+        EngineKind,
+        typer.Option(
+            metavar="KIND",
+            show_default=False,
+            help=with_default("Where the model steps: thread (in the server) or process (its own).", "thread"),
+        ),
+    ] = EngineKind.thread,
     **options: Any,
 ) -> None:
-    """Serve a model over HTTP: generate (streamed), score, next characters; a playground at /.
+    """Serve models over HTTP: generate (streamed), score, next characters; OpenAI-compatible; a playground at /.
 
-    Needs FastAPI and uvicorn (the serve extra). API reference at /docs; more in docs/serve.md.
+    Needs the serve extra. API reference at /docs, Prometheus metrics at /metrics; more in docs/serve.md.
 
     Examples:
     charnn serve checkpoints/shakespeare
     charnn serve checkpoints/shakespeare --port 8080 --max-batch 128
+    charnn serve lyrics=checkpoints/lyrics poems=checkpoints/poems
     charnn serve checkpoints/shakespeare --host 0.0.0.0 --max-length 2000
     """
 
     def body():
         from charnn.runtime import pick_device
         from charnn.serve import require_server, serve
+
+        require_server()  # before loading the models: the missing extra is the first thing to hear about
+        from charnn.serve.models import served_runs
         from charnn.store.rundir import load_run
 
-        require_server()  # before loading the model: the missing extra is the first thing to hear about
-        loaded = load_run(run, which=which.value, device=pick_device(options["device"]))
-        serve(loaded, host=host, port=port, max_batch=max_batch, max_length=max_length, grace=grace)
+        device = pick_device(options["device"])
+        loaded = {name: load_run(run, which=which.value, device=device) for name, run in served_runs(runs)}
+        process = engine.value == "process"
+        serve(loaded, host=host, port=port, max_batch=max_batch, max_length=max_length, grace=grace, process=process)
 
     run_command(body)
 

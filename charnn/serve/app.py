@@ -1,18 +1,20 @@
-"""The HTTP API of `charnn serve` (FastAPI): the app and its routes. Every model call goes to the engine's worker
-thread, so the event loop never waits on the model. Not how a body is read (strict JSON: charnn.serve.bodies), how
-answers and refusals are encoded (JSON, Server-Sent Events, `{"error": "one line"}`: charnn.serve.replies), nor
-the process (uvicorn, signals): charnn.serve.server.
+"""The HTTP API of `charnn serve` (FastAPI): the app and its native routes, for one model or several (each
+with its own engine: charnn.serve.models). Every model call goes to an engine's worker thread, so the event loop
+never waits on the model. Not how a body is read (strict JSON: charnn.serve.bodies), how answers and refusals
+are encoded (JSON, Server-Sent Events, `{"error": "one line"}`: charnn.serve.replies), the OpenAI-compatible
+routes (charnn.serve.openai_api), nor the process (uvicorn, signals): charnn.serve.server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
 
 from charnn.config import to_dict
@@ -21,9 +23,11 @@ from charnn.export.html import build_page
 from charnn.model import num_parameters
 from charnn.sampling.generate import default_prime
 from charnn.serve.bodies import StrictRoute
-from charnn.serve.engine import Engine
-from charnn.serve.jobs import Job, Output
+from charnn.serve.jobs import Job
+from charnn.serve.metrics import CountRequests, Metrics
 from charnn.serve.middleware import Bugs, HeadAsGet
+from charnn.serve.models import Models, serving
+from charnn.serve.openai_api import add_openai_routes
 from charnn.serve.replies import ApiError, BodyLimit, SafeJSON, add_error_handlers, b64, collect, events
 from charnn.serve.schemas import (
     GenerateRequest,
@@ -41,33 +45,31 @@ from charnn.version import __version__
 
 
 def create_app(
-    loaded: LoadedModel,
+    loaded: LoadedModel | Mapping[str, LoadedModel],
     *,
     max_batch: int = 64,
     max_length: int = 10_000,
     max_body: int = 1 << 20,
     **engine_options: Any,
 ) -> FastAPI:
-    """The API for one loaded model; its engine thread starts and stops with the app's lifespan.
-    `engine_options` go to `charnn.serve.engine.Engine` (sizes, max_waiting, flush_every, tuning)."""
+    """The API for one loaded model, or several by name (the first answers requests that name none); each
+    model's engine thread starts and stops with the app's lifespan. `engine_options` go to
+    `charnn.serve.engine.Engine` (sizes, max_waiting, flush_every, tuning)."""
+    models, metrics = Models(loaded), Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
-        engine = Engine(
-            loaded.model,
-            loaded.vocab,
-            lambda out: loop.call_soon_threadsafe(_deliver, out),
-            max_batch=max_batch,
-            **engine_options,
-        )
-        app.state.engine = engine
-        engine.start()
         try:
+            for served in models:
+                served.start(loop, metrics, max_batch=max_batch, **engine_options)
+            app.state.engine = models.default.engine
             yield
         finally:
-            engine.close()
-            await asyncio.to_thread(engine.join, 5.0)
+            for engine in models.engines():
+                engine.close()
+            for engine in models.engines():
+                await asyncio.to_thread(engine.join, 5.0)
 
     app = FastAPIOffline(  # /docs and /redoc with their scripts from the installed package: no CDN
         title="charnn",
@@ -77,33 +79,35 @@ def create_app(
         description="A character-level language model over HTTP: generate (streamed or not), score, "
         "and the next characters' probabilities.",
     )
+    app.state.models, app.state.metrics = models, metrics
     app.router.route_class = StrictRoute  # every JSON body read strictly (charnn.serve.bodies)
     app.add_middleware(Bugs)
     app.add_middleware(BodyLimit, max_bytes=max_body)
+    app.add_middleware(CountRequests, metrics=metrics)
     app.add_middleware(HeadAsGet)
     add_error_handlers(app)
-    _routes(app, loaded, max_batch=max_batch, max_length=max_length)
+    _routes(app, models.default.loaded, max_batch=max_batch, max_length=max_length)
+    add_openai_routes(app, max_batch=max_batch, max_length=max_length)
     return app
 
 
-def _deliver(outputs: list[Output]) -> None:
-    """On the event loop: each job's text to its response's queue."""
-    for out in outputs:
-        out.job.handle.put_nowait(out)
-
-
-# long: one closure per route, each short; they share the loaded model and the limits
-def _routes(app: FastAPI, loaded: LoadedModel, *, max_batch: int, max_length: int) -> None:
-    vocab, model = loaded.vocab, loaded.model
-
+# long: one closure per route, each short; they share the limits (and the page, the default model's)
+def _routes(app: FastAPI, default: LoadedModel, *, max_batch: int, max_length: int) -> None:
     @app.get("/healthz")
     async def healthz(request: Request) -> dict:
-        engine = request.app.state.engine
-        return {"status": "ok", "streams": engine.streams, "waiting": engine.waiting}
+        engines = request.app.state.models.engines()
+        return {"status": "ok", "streams": sum(e.streams for e in engines), "waiting": sum(e.waiting for e in engines)}
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics (docs/serve.md says what each means)."""
+        body, content_type = request.app.state.metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/v1/model")
-    async def model_info() -> dict:
-        cfg = loaded.model_cfg
+    async def model_info(request: Request, model: str | None = None) -> dict:
+        loaded = serving(request, model).loaded
+        vocab, cfg = loaded.vocab, loaded.model_cfg
         symbols = list(vocab.symbols) if vocab.bytes_mode else [chr(s) for s in vocab.symbols]
         val = loaded.val_loss
         return {
@@ -129,13 +133,15 @@ def _routes(app: FastAPI, loaded: LoadedModel, *, max_batch: int, max_length: in
         responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE with stream"}},
     )
     async def generate(body: GenerateRequest, request: Request):
+        served = serving(request, body.model)
+        vocab = served.loaded.vocab
         check_length("length", body.length, max_length, unit="bytes" if vocab.bytes_mode else "characters")
         if body.num_samples > max_batch:
             raise ApiError(422, f"num_samples: at most {max_batch} (this server's --max-batch)")
         prime = text_ids(body.prime, vocab, what="prime", max_length=max_length)[0] if body.prime else None
         ids = default_prime(vocab) if prime is None else prime.tolist()
         job = Job(body.config(), ids, stream=body.stream, handle=asyncio.Queue())
-        request.app.state.engine.submit(job)
+        served.submit(job)
         if body.stream:
             return StreamingResponse(
                 events(job),
@@ -146,32 +152,32 @@ def _routes(app: FastAPI, loaded: LoadedModel, *, max_batch: int, max_length: in
 
     @app.post("/v1/score", response_model=ScoreResponse, response_model_exclude_unset=True)
     async def score(body: ScoreRequest, request: Request) -> dict:
+        served = serving(request, body.model)
+        loaded, model = served.loaded, served.loaded.model
         text = as_file_text(body.text, loaded.data_cfg)  # the limit counts what is read, after normalisation
-        ids, unknown = text_ids(text, vocab, what="text", max_length=max_length, skip_unknown=body.skip_unknown)
+        ids, unknown = text_ids(text, loaded.vocab, what="text", max_length=max_length, skip_unknown=body.skip_unknown)
         segment = loaded.eval_segment
-        res = await _on_engine(request, lambda: evaluate_ids(model, ids, segment=segment))
+        res = await served.call(lambda: evaluate_ids(model, ids, segment=segment))
         figures = {k: _finite(v) if isinstance(v, float) else v for k, v in res.as_dict().items()}
-        bits = await _on_engine(request, lambda: _surprise(model, ids.tolist())) if body.per_char else None
+        bits = await served.call(lambda: _surprise(model, ids.tolist())) if body.per_char else None
         return {**figures, "unknown_chars": unknown, **({"bits": bits} if body.per_char else {})}
 
     @app.post("/v1/next", response_model=NextResponse, response_model_exclude_unset=True)
     async def next_chars(body: NextRequest, request: Request) -> dict:
+        served = serving(request, body.model)
+        vocab, model = served.loaded.vocab, served.loaded.model
         text = text_ids(body.text, vocab, what="text", max_length=max_length)[0] if body.text else None
         ids = default_prime(vocab) if text is None else text.tolist()
         k = min(body.k, len(vocab))
-        probs, top = await _on_engine(request, lambda: _next(model, ids, k))
+        probs, top = await served.call(lambda: _next(model, ids, k))
         return {"next": [{**_candidate(vocab, i), "prob": p} for p, i in zip(probs, top, strict=True)]}
 
-    page = build_page(loaded, server={"max_length": max_length, "max_batch": max_batch})
+    page = build_page(default, server={"max_length": max_length, "max_batch": max_batch})
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
         """The playground page of `charnn export`, asking this server instead of holding the weights."""
         return HTMLResponse(page)
-
-
-async def _on_engine(request: Request, fn: Any) -> Any:
-    return await asyncio.wrap_future(request.app.state.engine.call(fn))
 
 
 def _next(model: Any, ids: list[int], k: int) -> tuple[list[float], list[int]]:

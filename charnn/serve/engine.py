@@ -35,7 +35,7 @@ class Engine:
     the worker thread at once for a job's first text or its end, and otherwise every `flush_every` seconds
     up to 16 streamed jobs, less often with more (5x at 80): each output is work for the event loop, which
     shares the interpreter lock with this thread (docs/serve.md). `threads`: torch threads for
-    steps (`charnn.serve.rows.serving_threads` by default).
+    steps (`charnn.serve.rows.serving_threads` by default). `on_step(rows)`, if given, hears each step's size.
     """
 
     def __init__(
@@ -50,8 +50,9 @@ class Engine:
         flush_every: float = 0.02,
         tuning: Tuning = MEASURED,
         threads: int | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> None:
-        self.model, self.vocab, self.sink = model.eval(), vocab, sink
+        self.model, self.vocab, self.sink, self.on_step = model.eval(), vocab, sink, on_step
         self.max_batch, self.max_waiting, self.flush_every = max_batch, max_waiting, flush_every
         self.rows = RowBatch(model, sizes or powers_of_two(max_batch), tuning=tuning, threads=threads)
         self._cond = threading.Condition()
@@ -203,6 +204,8 @@ class Engine:
     def _step(self) -> None:
         """Every active stream one symbol further; finished and cancelled jobs leave their rows."""
         logits = self.rows.step()  # (used, V)
+        if self.on_step is not None:
+            self.on_step(self.rows.used)
         ids = torch.zeros(self.rows.used, dtype=torch.long, device=logits.device)  # failed draws: rows leave
         for members, index in self._groups:
             drawn = self._draw(members, logits if index is None else logits.index_select(0, index))

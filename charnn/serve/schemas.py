@@ -24,6 +24,11 @@ def _sampling(name: str, **extra: Any) -> Any:
     )
 
 
+def _model() -> Any:
+    """The optional `model` of a request: which served model answers it."""
+    return Field(None, description="The served model to ask (GET /v1/models lists them); none: the first served.")
+
+
 class Strict(BaseModel):
     """Types as JSON has them ("5" is not a number, 1 is not true), no unknown fields (a typo is an error, not an
     option silently ignored), and null as the default of any optional field (`"length": null` is 500, as if it
@@ -41,6 +46,7 @@ class Strict(BaseModel):
 
 
 class GenerateRequest(Strict):
+    model: str | None = _model()
     prime: str | None = Field(
         None, description="Text to warm the state on (not repeated in the answer); none: a newline."
     )
@@ -67,6 +73,7 @@ class GenerateRequest(Strict):
 
 
 class ScoreRequest(Strict):
+    model: str | None = _model()
     text: str = Field(description="Text to score, as `charnn eval` scores a file holding it.")
     skip_unknown: bool = Field(
         False, description="Drop characters outside the vocabulary (counted) instead of refusing the text."
@@ -78,6 +85,7 @@ class ScoreRequest(Strict):
 
 
 class NextRequest(Strict):
+    model: str | None = _model()
     text: str = Field("", description="The text so far; empty: the start of a text.")
     k: int = Field(5, ge=1, description="How many of the most likely next characters to return.")
 

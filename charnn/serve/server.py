@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -62,14 +63,13 @@ class _Server(uvicorn.Server):
             self.loop.call_soon_threadsafe(self._drain, 0.0 if again else self.grace)
 
     def _drain(self, grace: float) -> None:
-        engine = getattr(self.api.state, "engine", None)
-        if engine is None:
-            return
-        engine.drain()
-        if grace > 0:
-            asyncio.get_running_loop().call_later(grace, engine.close)
-        else:
-            engine.close()
+        models = getattr(self.api.state, "models", None)
+        for engine in models.engines() if models is not None else []:
+            engine.drain()
+            if grace > 0:
+                asyncio.get_running_loop().call_later(grace, engine.close)
+            else:
+                engine.close()
 
 
 def _is_loopback(host: str) -> bool:
@@ -97,7 +97,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    loaded: LoadedModel,
+    loaded: LoadedModel | Mapping[str, LoadedModel],
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -107,8 +107,8 @@ def serve(
     log_level: str = "info",
     **engine_options: Any,
 ) -> None:
-    """Serve `loaded` over HTTP until SIGINT/SIGTERM; returns after a clean stop, which gives the requests
-    generating `grace` seconds to finish."""
+    """Serve `loaded` (one model, or several by name) over HTTP until SIGINT/SIGTERM; returns after a clean stop,
+    which gives the requests generating `grace` seconds to finish."""
     app = create_app(loaded, max_batch=max_batch, max_length=max_length, **engine_options)
     sock = bind(host, port)
     port = sock.getsockname()[1]  # the port listened on: --port 0 picks one
