@@ -18,7 +18,7 @@ import typer
 
 from charnn.cli import train as cli_train  # noqa: F401  (train registers first: `charnn --help` lists it first)
 from charnn.cli.app import DEVICE, RunPath, Which, WhichOption, app
-from charnn.cli.options import config_options, plain, with_default, with_options
+from charnn.cli.options import config_options, path_value, plain, with_default, with_options
 from charnn.cli.run import Command, StopFlag, run_command, say
 from charnn.config import SampleConfig
 from charnn.errors import CharnnError
@@ -37,6 +37,7 @@ def sample_cmd(
         typer.Argument(
             metavar="RUN",
             show_default=False,
+            parser=path_value,
             help=with_default("Run directory or checkpoint file.", "the newest run under checkpoints/"),
         ),
     ] = None,
@@ -48,6 +49,7 @@ def sample_cmd(
             metavar="FILE",
             rich_help_panel="Sampling",
             show_default=False,
+            parser=path_value,
             help="Text file to warm the state on, as --prime (for long primes).",
         ),
     ] = None,
@@ -107,6 +109,7 @@ def eval_cmd(
         typer.Argument(
             metavar="FILE",
             show_default=False,
+            parser=path_value,
             help=with_default("Text files to score.", "the run's own validation split"),
         ),
     ] = None,

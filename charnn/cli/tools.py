@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from charnn.cli.app import DEVICE, RunPath, Which, WhichOption, app
-from charnn.cli.options import choice, with_default, with_options
+from charnn.cli.options import choice, path_value, with_default, with_options
 from charnn.cli.run import Command, run_command, say
 
 
@@ -21,11 +21,19 @@ def report_cmd(
     *,
     text: Annotated[
         Optional[Path],
-        typer.Option(metavar="FILE", help=with_default("Text file to analyse.", "the run's validation split")),
+        typer.Option(
+            metavar="FILE", parser=path_value, help=with_default("Text file to analyse.", "the run's validation split")
+        ),
     ] = None,
     output: Annotated[
         Optional[Path],
-        typer.Option("--output", "-o", metavar="FILE", help=with_default("HTML file to write.", "RUN/report.html")),
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            parser=path_value,
+            help=with_default("HTML file to write.", "RUN/report.html"),
+        ),
     ] = None,
     chars: Annotated[
         int,
@@ -113,7 +121,12 @@ def export_cmd(
     output: Annotated[
         Path,
         typer.Option(
-            "--output", "-o", metavar="FILE", show_default=False, help="File to write (model.html or model.onnx)."
+            "--output",
+            "-o",
+            metavar="FILE",
+            show_default=False,
+            parser=path_value,
+            help="File to write (model.html or model.onnx).",
         ),
     ],
     fmt: Annotated[

@@ -13,7 +13,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from charnn.cli.app import Backend, PresetName, app
-from charnn.cli.options import TRAIN_CONFIGS, config_options, train_configs, with_default, with_options
+from charnn.cli.options import (
+    TRAIN_CONFIGS,
+    config_options,
+    path_value,
+    train_configs,
+    with_default,
+    with_options,
+)
 from charnn.cli.run import Command, StopFlag, run_command, say
 from charnn.errors import CharnnError
 
@@ -22,7 +29,7 @@ def _given_path(value: str) -> Path:
     """A path option's value; an empty one would mean the current directory (`--out ""` trained into it)."""
     if not value.strip():
         raise typer.BadParameter("is empty; give a directory")
-    return Path(value)
+    return path_value(value)
 
 
 # long: a Typer command declares its options as parameters, one Annotated block each
@@ -35,7 +42,10 @@ def train_cmd(
     corpus: Annotated[
         Optional[Path],
         typer.Argument(
-            metavar="CORPUS", show_default=False, help="UTF-8 text file to train on (optional with --resume)."
+            metavar="CORPUS",
+            show_default=False,
+            parser=path_value,
+            help="UTF-8 text file to train on (optional with --resume).",
         ),
     ] = None,
     *,
