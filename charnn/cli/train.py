@@ -193,7 +193,8 @@ def _train(
     if show_plan:
         if setup.request is None:
             raise CharnnError("--plan shows the plan of a new run; a resumed run keeps its configs")
-        _show_plan(plan(source, request=setup.request, data_cfg=setup.data_cfg, init_from=init_from), as_json=as_json)
+        chosen = plan(source, request=setup.request, data_cfg=setup.data_cfg, init_from=init_from, out_dir=out_dir)
+        _show_plan(chosen, as_json=as_json)
         return
     info = setup_distributed(backend, device_type=pick_device(setup.device).type)
     try:

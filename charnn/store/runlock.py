@@ -43,8 +43,24 @@ def _foreign_file(run_dir: Path) -> str | None:
 
 
 def new_run_dir(run_dir: Path, dist: DistInfo, held: ExitStack) -> None:
-    """Refuse an --out that holds a run or files of the user's; create it, take its lock (rank 0, for as long as
-    `held` lasts) and remove temp files an interrupted write left."""
+    """Refuse an --out that holds a run or files of the user's (`check_new_run_dir`); create it, take its lock
+    (rank 0, for as long as `held` lasts) and remove temp files an interrupted write left."""
+    check_new_run_dir(run_dir)
+    if dist.is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_error(
+                err, run_dir, "run directory", failed=f"cannot create the run directory {run_dir}"
+            ) from None
+        held.enter_context(lock_run(run_dir))
+        _refuse_a_run(run_dir)  # again, now that no other training can write one
+        remove_stale_temps(run_dir, owned=is_run_file)
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse an --out a new run cannot take: a file, a directory holding a run or files of the user's, or a
+    place inside another run. Writes nothing (`charnn train --plan` checks this too)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file, not a run directory")
     try:
@@ -57,16 +73,6 @@ def new_run_dir(run_dir: Path, dist: DistInfo, held: ExitStack) -> None:
         )
     _refuse_a_run(run_dir)
     outside_runs(run_dir, what=f"--out {run_dir}")  # never a run inside another run
-    if dist.is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise write_error(
-                err, run_dir, "run directory", failed=f"cannot create the run directory {run_dir}"
-            ) from None
-        held.enter_context(lock_run(run_dir))
-        _refuse_a_run(run_dir)  # again, now that no other training can write one
-        remove_stale_temps(run_dir, owned=is_run_file)
 
 
 def _refuse_a_run(run_dir: Path) -> None:
