@@ -185,10 +185,12 @@ def estimate_seconds(facts: CorpusFacts, cfg: TrainConfig, speed: Speed) -> floa
     """The wall time of a run of `cfg` on `facts` at `speed`, to its stopping rule (early stopping may end it
     sooner): the start, the steps, the validations with their checkpoints, the samples."""
     shape = run_shape(facts.val_chars, cfg, speed, cfg.eval_every)
-    if cfg.time_budget is not None:
-        return shape.budget_seconds(cfg.time_budget)
     per_epoch = steps_per_epoch(facts.train_chars, cfg.batch_size, cfg.seq_len)
-    return shape.seconds(total_steps(cfg, per_epoch) or 1)
+    steps = total_steps(cfg, per_epoch)
+    if cfg.time_budget is None:
+        return shape.seconds(steps or 1)
+    budget = shape.budget_seconds(cfg.time_budget)
+    return budget if steps is None else min(budget, shape.seconds(steps))  # the first rule to come ends it
 
 
 def _model(base: dict[str, Any], overrides: dict[str, Any]) -> ModelConfig:
@@ -222,13 +224,7 @@ def _explain(plan: Plan, facts: CorpusFacts, hardware: Hardware, request: PlanRe
         f"{facts.train_chars:,} training characters, {facts.vocab_size} symbols, {hardware.device}: {plan.tier} -> "
         f"{kind}, dropout {model.dropout:g}, weight decay {cfg.weight_decay:g} ({source})"
     ]
-    if cfg.time_budget is not None:
-        length = f"for {cfg.time_budget:g} s"
-    elif cfg.epochs is not None:
-        length = f"for {cfg.epochs:g} epochs"
-    else:
-        steps = cfg.max_iters or per_epoch
-        length = f"up to {steps:,} steps ({steps / per_epoch:.1f} epochs)"
+    length = run_length(cfg, per_epoch)
     lines.append(
         f"batch {cfg.batch_size} x {cfg.seq_len} ({per_epoch:,} steps an epoch), lr {cfg.lr:g} with "
         f"cosine decay, {length}"
@@ -246,6 +242,25 @@ def _explain(plan: Plan, facts: CorpusFacts, hardware: Hardware, request: PlanRe
     if given:
         lines.append("given: " + ", ".join("--" + k.replace("_", "-") for k in given))
     return tuple(lines)
+
+
+def run_length(cfg: TrainConfig, per_epoch: int) -> str:
+    """How long the run trains, by the rules it has: "up to 120 steps (2.3 epochs)", "for 3 epochs", "for 60 s",
+    or, with several, "until 120 steps (2.3 epochs), 3 epochs or 60 s, whichever comes first"."""
+    rules = []
+    if cfg.max_iters is not None or (cfg.epochs is None and cfg.time_budget is None):
+        steps = cfg.max_iters or per_epoch  # no rule: one epoch
+        epochs = steps / per_epoch
+        rules.append(
+            f"{steps:,} steps ({epochs:.1f} epochs)" if epochs >= 0.1 else f"{steps:,} steps ({epochs:.2g} epochs)"
+        )
+    if cfg.epochs is not None:
+        rules.append(f"{cfg.epochs:g} epochs")
+    if cfg.time_budget is not None:
+        rules.append(f"{cfg.time_budget:g} s")
+    if len(rules) == 1:
+        return ("up to " if cfg.epochs is None and cfg.time_budget is None else "for ") + rules[0]
+    return f"until {', '.join(rules[:-1])} or {rules[-1]}, whichever comes first"
 
 
 def _timing(plan: Plan, hardware: Hardware, request: PlanRequest) -> str:
