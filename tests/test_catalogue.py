@@ -218,7 +218,7 @@ CATALOGUE = [
         "sample: --prime-file unknown characters",
         ["sample", "{w}/run", "--prime-file", "{w}/unknown.txt"],
         2,
-        "unknown.txt: 2 character(s) not in this model's vocabulary",
+        "unknown.txt: 2 characters not in this model's vocabulary",
     ),
     (
         "sample: --prime-file and --prime",

@@ -179,8 +179,10 @@ def _show_eval(name: str, res, loaded, *, as_json: bool) -> None:
             f"perplexity {res.perplexity:.3f}{unk}"
         )
     if res.unknown:
-        shown = ", ".join(loaded.vocab.symbol_str(s) for s in list(res.unknown)[:10])
-        say(f"warning: {name}: skipped {sum(res.unknown.values())} unknown character(s): {shown}")
+        from charnn.data import unknown_count, unknown_symbols
+
+        shown = unknown_symbols(loaded.vocab, res.unknown)
+        say(f"warning: {name}: skipped {unknown_count(res.unknown)} not in the model's vocabulary: {shown}")
 
 
 # report, export and serve register after train, sample and eval: `charnn --help` lists them in that order

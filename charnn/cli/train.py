@@ -235,11 +235,14 @@ def _show_plan(chosen, *, as_json: bool) -> None:
 
 
 def _say_done(result, *, report: bool) -> None:
-    best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
-    at = f" at step {result.best_step}" if result.best_step is not None else ""
+    if result.best_val_loss is not None:
+        best = f"best val {result.best_val_loss:.4f} nats/char"
+        best += f" at step {result.best_step}" if result.best_step is not None else ""
+    else:
+        best = "no validation loss (no validation split, or none finite)"
     say(
-        f"done: {result.steps} steps in {result.elapsed:.0f}s ({result.stop_reason}); best val {best} nats/char"
-        f"{at}; validation and checkpoints took {result.eval_share:.0%} of the time; run {result.run_dir}"
+        f"done: {result.steps} steps in {result.elapsed:.0f}s ({result.stop_reason}); {best}; validation and "
+        f"checkpoints took {result.eval_share:.0%} of the time; run {result.run_dir}"
     )
     say(f'next: charnn sample {result.run_dir} --prime "..."   |   charnn eval {result.run_dir}')
     if report:

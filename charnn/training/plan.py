@@ -16,7 +16,7 @@ from typing import Any
 
 from charnn.config import PRESETS, STOPPING_RULES, ModelConfig, TrainConfig, check_fields, overlay_train
 from charnn.errors import ConfigError
-from charnn.fields import to_dict
+from charnn.fields import flag_text, to_dict
 from charnn.training.choices import model_choice, run_shape, schedule_choice, steps_per_epoch, tier_of
 from charnn.training.schedule import total_steps
 from charnn.training.timing import TARGET_SECONDS, Speed, duration, eval_share, per_step
@@ -205,10 +205,9 @@ def finetune_model(init: ModelConfig, given: dict[str, Any]) -> ModelConfig:
     FREE_ON_FINETUNE that were given; any other option given that differs from `init`'s is a ConfigError."""
     for key, value in given.items():
         if value is not None and key not in FREE_ON_FINETUNE and value != getattr(init, key):
-            flag = "--" + key.replace("_", "-")
             raise ConfigError(
-                f"{flag} {value} conflicts with the model of --init-from ({key}={getattr(init, key)});"
-                f" a fine-tuned run keeps its model"
+                f"{flag_text(ModelConfig, key, value)} conflicts with the model of --init-from, trained with "
+                f"{flag_text(ModelConfig, key, getattr(init, key))}; a fine-tuned run keeps its model"
             )
     return dataclasses.replace(init, **{k: given[k] for k in FREE_ON_FINETUNE if given.get(k) is not None})
 
@@ -231,11 +230,17 @@ def _explain(plan: Plan, facts: CorpusFacts, hardware: Hardware, request: PlanRe
     )
     stop = f"stops after {cfg.patience} validations without a new best" if cfg.patience else "no early stopping"
     share = eval_share(facts.val_chars, cfg.eval_every, cfg.eval_segment, plan.speed)
-    lines.append(
-        f"validation every {cfg.eval_every:,} steps (~{cfg.eval_every / per_epoch:.2g} epoch, "
-        f"{facts.val_chars:,} characters, about {share:.0%} of the time); {stop}; the best checkpoint "
-        f"is kept"
-    )
+    if facts.val_chars < 2:  # --val-frac 0 (a split too short to score is refused before training)
+        lines.append(
+            f"no validation split (--val-frac 0): a checkpoint every {cfg.eval_every:,} steps, the newest kept; "
+            f"no early stopping"
+        )
+    else:
+        lines.append(
+            f"validation every {cfg.eval_every:,} steps (~{cfg.eval_every / per_epoch:.2g} epoch, "
+            f"{facts.val_chars:,} characters, about {share:.0%} of the time); {stop}; the best checkpoint "
+            f"is kept"
+        )
     if plan.speed is not None and plan.estimated_seconds is not None:
         lines.append(_timing(plan, hardware, request))
     given = sorted(k for k in request.given() if k in PLANNED or k in SHAPING)
