@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -21,7 +22,7 @@ from charnn.cli.app import DEVICE, RunPath, Which, WhichOption, app
 from charnn.cli.options import config_options, path_value, plain, with_default, with_options
 from charnn.cli.run import Command, StopFlag, run_command, say
 from charnn.config import SampleConfig
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, CheckpointError
 
 _StopFlag = StopFlag  # the name tests and older callers know
 
@@ -169,9 +170,11 @@ def eval_cmd(
 def _show_eval(name: str, res, loaded, *, as_json: bool) -> None:
     from charnn.cli.output import echo
 
+    if not math.isfinite(res.loss):  # a model whose outputs overflow: no figure is true, and JSON has no NaN
+        raise CheckpointError(f"{name}: the model scores it as {res.loss} nats/char (its outputs overflow)")
     row = {"file": name, "checkpoint": str(loaded.path), "step": loaded.step, **res.as_dict()}
     if as_json:
-        echo(json.dumps(row))
+        echo(json.dumps(row, allow_nan=False))
     else:
         unk = f"  ({row['unknown_chars']} unknown skipped)" if row["unknown_chars"] else ""
         echo(
