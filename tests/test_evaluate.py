@@ -163,4 +163,4 @@ def test_eval_counts_unknown_characters(run_dir: Path, tmp_path: Path):
     res = invoke("eval", str(run_dir), str(held), "--device", "cpu", "--skip-unknown", "--json")
     assert res.exit_code == 0
     assert json.loads(res.stdout)["unknown_chars"] == 3
-    assert "skipped 3 unknown" in res.stderr
+    assert "skipped 2 characters (3 occurrences) not in" in res.stderr

@@ -228,7 +228,8 @@ def _explain(plan: Plan, facts: CorpusFacts, hardware: Hardware, request: PlanRe
         f"batch {cfg.batch_size} x {cfg.seq_len} ({per_epoch:,} steps an epoch), lr {cfg.lr:g} with "
         f"cosine decay, {length}"
     )
-    stop = f"stops after {cfg.patience} validations without a new best" if cfg.patience else "no early stopping"
+    n = cfg.patience
+    stop = f"stops after {n} validation{'s' if n != 1 else ''} without a new best" if n else "no early stopping"
     share = eval_share(facts.val_chars, cfg.eval_every, cfg.eval_segment, plan.speed)
     if facts.val_chars < 2:  # --val-frac 0 (a split too short to score is refused before training)
         lines.append(
