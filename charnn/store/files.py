@@ -57,7 +57,8 @@ def write_error(err: OSError, path: str | os.PathLike, what: str, *, failed: str
     read-only folder, no permission, a name too long, a link loop) is an OutputPathError (exit 2); a failing
     device (disk full, file too large, an I/O error) a CheckpointWriteError (exit 4), worded `failed` if given."""
     reason = err.strerror or str(err)
-    if err.errno in PATH_ERRNOS:
+    held_open = getattr(err, "winerror", None) in (32, 33)  # Windows: another program holds the file open
+    if err.errno in PATH_ERRNOS and not held_open:
         return OutputPathError(f"cannot write the {what} at {path}: {reason}; choose another path")
     return CheckpointWriteError(f"{failed or f'{what} write failed (disk full?): {path}'}: {reason}")
 
