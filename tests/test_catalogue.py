@@ -1919,3 +1919,28 @@ def test_training_into_a_log_writes_plain_progress_lines(tiny_corpus: Path, tmp_
         "train: 40/40 steps (100%)"
     )
     assert len(progress) == 10
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the path of stdout is read from /proc")
+def test_stdout_redirected_into_a_run_or_onto_an_input(run_dir: Path, tmp_path: Path):
+    """`>>` onto a run's log or onto the file a command scores is refused like an `-o` there: one line, exit 2,
+    the file as it was."""
+    held = tmp_path / "held.txt"
+    held.write_text(TINY_TEXT[:200], encoding="utf-8")
+    for argv, target in (
+        (["sample", run_dir, "--length", "5"], run_dir / "samples.jsonl"),
+        (["eval", run_dir, held], held),
+    ):
+        before = target.read_bytes()
+        with open(target, "ab") as out:
+            res = subprocess.run(
+                [PYTHON, "-m", "charnn", *map(str, argv)],
+                stdout=out,
+                stderr=subprocess.PIPE,
+                env=cli_env(),
+                timeout=120,
+            )
+        err = res.stderr.decode()
+        assert res.returncode == 2 and err.startswith("error: stdout ") and len(err.splitlines()) == 1, err
+        assert target.read_bytes() == before

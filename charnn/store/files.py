@@ -134,6 +134,25 @@ def output_target(path: str | os.PathLike, *, owner: str | os.PathLike | None = 
     return target
 
 
+def check_stdout(fd: int) -> None:
+    """Refuse a stdout redirected onto a file this command reads or into a run directory (`charnn sample RUN >>
+    RUN/samples.jsonl`), as `output_target` refuses such a path. Its path is known where /proc tells it."""
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return
+    if not stat.S_ISREG(info.st_mode):
+        return
+    read = input_like(info)
+    if read is not None:
+        raise OutputPathError(f"stdout is {read}, an input of this command; redirect it to another file")
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return
+    outside_runs(path, what=f"stdout ({path})")
+
+
 def _temp_path(path: Path) -> Path:
     """Where a write to `path` goes first: a hidden name in the same directory that no reader takes for it."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
