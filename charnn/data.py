@@ -71,7 +71,7 @@ class Vocab:
             unknown = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
             if not skip_unknown:
                 raise VocabularyError(
-                    f"{int(bad.sum())} character(s) not in this model's vocabulary: {unknown_symbols(self, unknown)}"
+                    f"{unknown_count(unknown)} not in this model's vocabulary: {unknown_symbols(self, unknown)}"
                 )
             ids = ids[~bad]
         return ids, unknown
@@ -125,9 +125,17 @@ def translate_ids(ids: np.ndarray, old: Vocab, new: Vocab, *, what: str) -> np.n
     remap, unknown = new.map_symbols(np.asarray(old.symbols), skip_unknown=True)  # (len(old),): old id -> new id
     if unknown:
         raise VocabularyError(
-            f"{what}: {sum(unknown.values())} symbol(s) not in the model's vocabulary: {unknown_symbols(new, unknown)}"
+            f"{what}: {unknown_count(unknown, 'symbol')} not in the model's vocabulary: {unknown_symbols(new, unknown)}"
         )
     return remap.astype(id_dtype(len(new)))[np.asarray(ids)]
+
+
+def unknown_count(unknown: dict[int, int], what: str = "character") -> str:
+    """How many distinct symbols `unknown` ({symbol: count}) holds, and their occurrences when there are more:
+    "1 character", "2 characters (5 occurrences)"."""
+    kinds, total = len(unknown), sum(unknown.values())
+    text = f"{kinds} {what}{'' if kinds == 1 else 's'}"
+    return text if total == kinds else f"{text} ({total:,} occurrences)"
 
 
 def unknown_symbols(vocab: Vocab, unknown: dict[int, int], *, limit: int = 10) -> str:
@@ -234,7 +242,7 @@ def read_ids(
             unknown[k] = unknown.get(k, 0) + v
     if unknown and not skip_unknown:
         raise VocabularyError(
-            f"{path}: {sum(unknown.values())} character(s) not in the model's vocabulary "
+            f"{path}: {unknown_count(unknown)} not in the model's vocabulary "
             f"({unknown_symbols(vocab, unknown)}); pass --skip-unknown to drop them"
         )
     ids = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)

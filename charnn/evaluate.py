@@ -39,7 +39,9 @@ class EvalResult:
 
     @property
     def loss(self) -> float:
-        return self.total_nats / self.chars if self.chars else math.nan
+        """Nats per character; never below 0 (a one-symbol vocabulary scores -0.0 in floating point, which
+        would print as "-0.0000"). NaN when nothing was scored: `evaluate_file` refuses that case."""
+        return max(self.total_nats / self.chars, 0.0) if self.chars else math.nan
 
     @property
     def bpc(self) -> float:
@@ -178,6 +180,12 @@ def evaluate_file(
     from charnn.data import read_ids
 
     ids, unknown = read_ids(path, loaded.vocab, loaded.data_cfg, skip_unknown=skip_unknown)
+    if len(ids) < 2:
+        skipped = sum(unknown.values())
+        left = f"{len(ids)} character{'' if len(ids) == 1 else 's'}" + (
+            f" once {skipped} unknown one{'' if skipped == 1 else 's'} were skipped" if skipped else ""
+        )
+        raise DataError(f"{path}: nothing to score in {left}; scoring needs at least 2 (each predicts the next)")
     res = evaluate_ids(
         loaded.model, ids, segment=segment, batch_size=batch_size, precision=precision, per_char=per_char
     )
@@ -246,9 +254,15 @@ def evaluate_validation(
     """Score the run's own validation split exactly as training did (same segment length)."""
     if segment is None:
         segment = loaded.eval_segment
+    ids = validation_ids(loaded)
+    if len(ids) < 2:
+        raise DataError(
+            f"the run of {loaded.path} has no validation split to score ({len(ids)} characters; trained with "
+            f"--val-frac {loaded.data_cfg.val_frac:g}); pass a FILE to score"
+        )
     return evaluate_ids(
         loaded.model,
-        validation_ids(loaded),
+        ids,
         segment=segment,
         batch_size=batch_size,
         precision=precision,

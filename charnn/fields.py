@@ -52,6 +52,17 @@ def opt(
     return field(default=default, metadata=meta)
 
 
+def flag_text(cls: type, name: str, value: Any) -> str:
+    """Field `name` of `cls` set to `value`, as a user types it: `--hidden 64`, `--tie-weights`,
+    `--no-tie-weights` (a switch's spellings are its `flags`)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    flag = "--" + name.replace("_", "-")
+    if not isinstance(value, bool):
+        return f"{flag} {value}"
+    on, _, off = ((f.metadata.get("flags") or (flag,))[0]).partition("/")
+    return on if value else off or f"no {on}"
+
+
 def validate(obj: Any) -> None:
     """Every field of a config object against its type and bounds (its `__post_init__` calls this)."""
     check_fields(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})

@@ -1,6 +1,7 @@
 """Reading a text input safely: only a regular file is opened (never a FIFO, device or directory), read in
 chunks as the bytes it held when the first pass began, and decoded to symbols (code points, or bytes).
 
+Every file read is remembered (`remember_input`), so that no output of the same command lands on it.
 Not the vocabulary or the ids (`charnn.data`), and nothing is cached here (`charnn.store.corpus_cache`).
 """
 
@@ -21,6 +22,34 @@ from charnn.config import DataConfig
 from charnn.errors import DataError
 
 CHUNK_BYTES = 1 << 24  # 16 MiB; tests monkeypatch this to split multi-byte characters across chunks
+
+# The files this process read (a corpus, a text to score, a prime, a checkpoint), by (st_dev, st_ino): the writers
+# of charnn.store.files refuse to write over one of them, whatever name or link reaches it.
+_INPUTS: dict[tuple[int, int], str] = {}
+
+
+def remember_input(path: str | os.PathLike, info: os.stat_result) -> None:
+    """Record that this process reads the file `info` describes, found at `path`."""
+    _INPUTS[(info.st_dev, info.st_ino)] = os.path.realpath(path)
+
+
+def input_like(info: os.stat_result) -> str | None:
+    """The path of a file this process read that is the file `info` describes (the same path, a link or a hard
+    link to it), or None. A remembered file that is gone no longer counts: its inode may be another file's now."""
+    key = (info.st_dev, info.st_ino)
+    path = _INPUTS.get(key)
+    if path is None:
+        return None
+    try:
+        now = os.stat(path)
+    except OSError:
+        return None
+    return path if (now.st_dev, now.st_ino) == key else None
+
+
+def forget_inputs() -> None:
+    """A new command starts: nothing read so far is its input."""
+    _INPUTS.clear()
 
 
 def open_input(path: str | os.PathLike) -> tuple[BinaryIO, int]:
@@ -45,7 +74,9 @@ def open_input(path: str | os.PathLike) -> tuple[BinaryIO, int]:
             raise DataError(f"{p}: is {kind}, not a regular file; save the text to a file and pass that")
         if nonblock:  # Windows: nothing to undo, and its os.set_blocking takes pipes only
             os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb"), os.fstat(fd).st_size
+        info = os.fstat(fd)
+        remember_input(p, info)
+        return os.fdopen(fd, "rb"), info.st_size
     except BaseException:
         os.close(fd)
         raise

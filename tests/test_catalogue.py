@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
 import os
 import pickle
 import re
@@ -221,7 +222,7 @@ CATALOGUE = [
         "sample: --prime-file unknown characters",
         ["sample", "{w}/run", "--prime-file", "{w}/unknown.txt"],
         2,
-        "unknown.txt: 2 character(s) not in this model's vocabulary",
+        "unknown.txt: 2 characters not in this model's vocabulary",
     ),
     (
         "sample: --prime-file and --prime",
@@ -1901,3 +1902,477 @@ def test_serve_docs_render_in_a_browser_with_the_network_blocked(live, tmp_path:
         args += ["--virtual-time-budget=20000", "--dump-dom", url]
         res = subprocess.run([CHROMIUM, *args], capture_output=True, text=True, timeout=120)
         assert res.returncode == 0 and rendered in res.stdout, (page, res.stderr[-2000:])
+
+
+# Hostile inputs, round three: the command line ------------------------------------------------------------------
+
+TINY_ARGS = ["--hidden", "8", "--layers", "1", "--embed", "8", "--batch-size", "4", "--seq-len", "16"]
+QUICK = ["--device", "cpu", "--threads", "1", "--sample-length", "0"]
+
+
+def _files_of(directory: Path) -> dict[str, str]:
+    """name -> sha256 of every file in a directory: what a refused write must leave as it was."""
+    return {p.name: _sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def _clobber_cases() -> list[tuple[str, Callable[[Path, Path], list]]]:
+    """(id, args from (run, tmp)) of every command asked to write over a file it reads or into a run."""
+    best = "step-00000020.safetensors"
+
+    def link(tmp: Path, name: str, to: Path, *, hard: bool = False) -> Path:
+        (os.link if hard else os.symlink)(to, tmp / name)
+        return tmp / name
+
+    def loose(tmp: Path, run: Path) -> Path:
+        shutil.copy(run / best, tmp / "loose.safetensors")
+        return tmp / "loose.safetensors"
+
+    def text(tmp: Path) -> Path:
+        (tmp / "text.txt").write_text(TINY_TEXT, encoding="utf-8")
+        return tmp / "text.txt"
+
+    return [
+        ("export over the best checkpoint --force", lambda r, t: ["export", r, "-o", r / best, "--force"]),
+        ("export over the best checkpoint", lambda r, t: ["export", r, "-o", r / best]),
+        (
+            "export over the state file --force",
+            lambda r, t: ["export", r, "-o", r / "step-00000020.state.pt", "--force"],
+        ),
+        ("export over config.json --force", lambda r, t: ["export", r, "-o", r / "config.json", "--force"]),
+        ("export a new name inside the run", lambda r, t: ["export", r, "-o", r / "page.html"]),
+        (
+            "export through a link into the run",
+            lambda r, t: ["export", r, "-o", link(t, "l.html", r / best), "--force"],
+        ),
+        (
+            "export over a hard link of its input",
+            lambda r, t: ["export", r, "-o", link(t, "h.html", r / best, hard=True), "--force"],
+        ),
+        ("export a loose checkpoint over itself", lambda r, t: ["export", (m := loose(t, r)), "-o", m, "--force"]),
+        (
+            "export a loose checkpoint over its hard link",
+            lambda r, t: ["export", (m := loose(t, r)), "-o", link(t, "h.html", m, hard=True), "--force"],
+        ),
+        ("export into a linked run directory", lambda r, t: ["export", r, "-o", link(t, "d", r) / "x.html"]),
+        ("report over a checkpoint", lambda r, t: ["report", r, "-o", r / best]),
+        ("report over metrics.jsonl", lambda r, t: ["report", r, "-o", r / "metrics.jsonl"]),
+        ("report a new name inside the run", lambda r, t: ["report", r, "-o", r / "other.html"]),
+        ("report over its --text", lambda r, t: ["report", r, "--text", (x := text(t)), "-o", x]),
+        (
+            "report over a hard link of its --text",
+            lambda r, t: ["report", r, "--text", (x := text(t)), "-o", link(t, "h.html", x, hard=True)],
+        ),
+        (
+            "report over a link to its --text",
+            lambda r, t: ["report", r, "--text", (x := text(t)), "-o", link(t, "s.html", x)],
+        ),
+        (
+            "train a new run inside a run",
+            lambda r, t: [*T, text(t), "--out", r / "sub", "--max-iters", "1", *TINY_ARGS],
+        ),
+        ("train a --plan inside a run", lambda r, t: ["train", text(t), "--plan", "--out", r / "sub", *TINY_ARGS]),
+        (
+            "train with the corpus cache inside a run",
+            lambda r, t: [*T, text(t), "--cache-dir", r / "c", "--out", t / "o", "--max-iters", "1", *TINY_ARGS],
+        ),
+        (
+            "train with the corpus cache in a run",
+            lambda r, t: [*T, text(t), "--cache-dir", r, "--out", t / "o", "--max-iters", "1", *TINY_ARGS],
+        ),
+    ]
+
+
+CLOBBER = _clobber_cases()
+
+
+@pytest.mark.parametrize("name,args", CLOBBER, ids=[c[0] for c in CLOBBER])
+def test_no_command_writes_over_its_input_or_into_a_run(run_dir: Path, tmp_path: Path, name: str, args):
+    """`--force` replaces the file the user named, never a file the command reads (by any name: links and hard
+    links included) nor a file of a run directory but through that run's own writer: one line, exit 2, and the
+    run and the inputs as they were."""
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = args(run_dir, work)
+    before, inputs = _files_of(run_dir), _files_of(work)
+    line = one_error_line(invoke(*argv), 2)
+    assert "is an input of this command" in line or "is inside the run directory" in line, line
+    assert _files_of(run_dir) == before and not (run_dir / "sub").exists() and not (run_dir / "c").exists()
+    assert {k: v for k, v in _files_of(work).items() if k in inputs} == inputs
+
+
+def test_a_run_still_writes_its_own_report_and_resumes(run_dir: Path, tmp_path: Path):
+    """The run's own writers are not refused: its report.html (by default or named), and resuming it."""
+    assert invoke("report", run_dir).exit_code == 0
+    assert invoke("report", run_dir, "-o", run_dir / "report.html").exit_code == 0
+    res = invoke(*T, "--resume", run_dir, "--max-iters", "22", "--report")
+    assert res.exit_code == 0, res.output
+    assert (run_dir / "step-00000022.safetensors").exists() and (run_dir / "report.html").exists()
+
+
+PLAN_CASES = [  # (id, the corpus text, extra options): the plan must refuse what training refuses, alike
+    ("a 1-character file", "a", []),
+    ("a 10-character file", "abcdefghij", []),
+    ("a 1-character file, --init-from", "a", ["--init-from", "{run}"]),
+    ("a 10-character file, --init-from", "abcdefghij", ["--init-from", "{run}"]),
+    ("a batch larger than the text", TINY_TEXT, ["--batch-size", "1000"]),
+    ("--patience without a validation split", TINY_TEXT, ["--val-frac", "0", "--patience", "3"]),
+    ("--out holding a run", TINY_TEXT, ["--out", "{run}"]),
+    ("--out inside a run", TINY_TEXT, ["--out", "{run}/sub"]),
+    ("--out a file", TINY_TEXT, ["--out", "{tmp}/corpus.txt"]),
+]
+
+
+@pytest.mark.parametrize("name,text,extra", PLAN_CASES, ids=[c[0] for c in PLAN_CASES])
+def test_the_plan_refuses_what_training_refuses(run_dir: Path, tmp_path: Path, name: str, text: str, extra):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    extra = [e.format(run=run_dir, tmp=tmp_path) for e in extra]
+    if "--out" not in extra:
+        extra += ["--out", str(tmp_path / "new")]
+    planned = one_error_line(invoke("train", corpus, "--plan", *extra), 2)
+    as_json = invoke("train", corpus, "--plan", "--json", *extra)
+    assert one_error_line(as_json, 2) == planned and as_json.stdout == ""
+    trained = invoke(*T, corpus, *extra, "--max-iters", "1", "--threads", "1")
+    assert one_error_line(trained, 2) == planned
+    assert not (tmp_path / "new").exists() and not (run_dir / "sub").exists()
+
+
+def _constant_validation(monkeypatch) -> None:
+    """Every validation scores the same loss: no evaluation after the first is a new best."""
+    import charnn.training.loop as loop
+    from charnn.evaluate import EvalResult
+
+    monkeypatch.setattr(loop, "evaluate_ids", lambda model, ids, **kw: EvalResult(len(ids) - 1, 2.0 * (len(ids) - 1)))
+
+
+STOPS = [  # (id, options, CHARNN_STEP_SECONDS, constant validation, the reason in the done line, a plan fragment)
+    ("--max-iters", ["--max-iters", "6"], "0", False, "(step limit reached)", "up to 6 steps"),
+    ("--epochs", ["--epochs", "0.1"], "0", False, "(0.1 epochs done)", "for 0.1 epochs"),
+    (
+        "--max-iters before --epochs",
+        ["--max-iters", "5", "--epochs", "1"],
+        "0",
+        False,
+        "(step limit reached)",
+        "until 5 steps",
+    ),
+    (
+        "--epochs before --max-iters",
+        ["--max-iters", "500", "--epochs", "0.1"],
+        "0",
+        False,
+        "(0.1 epochs done)",
+        "or 0.1 epochs, whichever comes first",
+    ),
+    (
+        "--time-budget before --max-iters",
+        ["--time-budget", "0.3", "--max-iters", "1000000"],
+        "0",
+        False,
+        "(time budget reached)",
+        "or 0.3 s, whichever comes first",
+    ),
+    (
+        "--max-iters before --time-budget",
+        ["--time-budget", "60", "--max-iters", "4"],
+        "0",
+        False,
+        "(step limit reached)",
+        "until 4 steps",
+    ),
+    (
+        "--epochs before --time-budget",
+        ["--time-budget", "60", "--epochs", "0.1"],
+        "0",
+        False,
+        "(0.1 epochs done)",
+        "until 0.1 epochs or 60 s",
+    ),
+    ("the plan's length", ["--patience", "0"], "0", False, "(the plan's ", "up to "),
+    ("the plan's cap", ["--patience", "0"], "30", False, "(the plan's cap of ", "capped at "),
+    (
+        "--patience",
+        ["--max-iters", "40", "--eval-every", "2", "--patience", "1"],
+        "0",
+        True,
+        "(no new best validation loss in 1 evaluation)",
+        "stops after 1 validation without",
+    ),
+    (
+        "--patience spent at the last step",
+        ["--max-iters", "4", "--eval-every", "2", "--patience", "1"],
+        "0",
+        True,
+        "(step limit reached)",
+        "up to 4 steps",
+    ),
+    (
+        "--patience with --epochs",
+        ["--epochs", "1", "--eval-every", "2", "--patience", "2"],
+        "0",
+        True,
+        "(no new best validation loss in 2 evaluations)",
+        "for 1 epochs",
+    ),
+    (
+        "--patience after --time-budget",
+        ["--time-budget", "0.3", "--max-iters", "1000000", "--eval-every", "100000", "--patience", "1"],
+        "0",
+        True,
+        "(time budget reached)",
+        "or 0.3 s",
+    ),
+]
+
+
+@pytest.mark.parametrize("name,args,step_seconds,constant,reason,plan", STOPS, ids=[c[0] for c in STOPS])
+def test_every_reason_printed_is_the_true_one(
+    tiny_corpus: Path, tmp_path: Path, monkeypatch, name, args, step_seconds, constant, reason, plan
+):
+    """The plan's lines say which rules will end the run, the done line which one did, and the early-stop line
+    appears exactly when --patience ended it."""
+    monkeypatch.setenv("CHARNN_STEP_SECONDS", step_seconds)
+    if constant:
+        _constant_validation(monkeypatch)
+    corpus = tiny_corpus
+    if name == "the plan's length":  # a short text: the plan's own schedule is a few dozen steps
+        corpus.write_text(TINY_TEXT[:300], encoding="utf-8")
+    res = invoke("train", corpus, "--out", tmp_path / "run", *TINY_ARGS, *QUICK, *args)
+    assert res.exit_code == 0, res.output
+    lines = res.stderr.splitlines()
+    (done,) = (line for line in lines if line.startswith("done: "))
+    assert reason in done, done
+    assert any(line.startswith("plan: ") and plan in line for line in lines), res.stderr
+    early = [line for line in lines if "early stop: " in line]
+    assert len(early) == (1 if "no new best" in reason else 0), res.stderr
+    if early:
+        assert reason.strip("()") in early[0]
+
+
+@pytest.mark.parametrize("rule", [["--max-iters", "50"], ["--epochs", "2"], ["--time-budget", "60"]])
+def test_a_signal_is_the_reason_whatever_the_rule(tiny_corpus: Path, tmp_path: Path, monkeypatch, rule):
+    import signal
+
+    from charnn.cli.run import StopFlag
+
+    monkeypatch.setattr(StopFlag, "__call__", lambda self: signal.SIGTERM)
+    res = invoke("train", tiny_corpus, "--out", tmp_path / "run", *TINY_ARGS, *QUICK, *rule)
+    line = one_error_line(res, 143, alone=False)
+    assert line.startswith("error: interrupted at step 0 by SIGTERM; saved ")
+    assert "done: " not in res.stderr
+
+
+def test_the_plan_names_every_stopping_rule_given():
+    from charnn.config import TrainConfig
+    from charnn.training.plan import run_length
+
+    assert run_length(TrainConfig(max_iters=120), 52) == "up to 120 steps (2.3 epochs)"
+    assert run_length(TrainConfig(max_iters=3), 52) == "up to 3 steps (0.058 epochs)"
+    assert run_length(TrainConfig(epochs=3.0), 52) == "for 3 epochs"
+    assert run_length(TrainConfig(time_budget=60.0), 52) == "for 60 s"
+    assert run_length(TrainConfig(), 52) == "up to 52 steps (1.0 epochs)"
+    assert run_length(TrainConfig(max_iters=120, epochs=3.0, time_budget=60.0), 52) == (
+        "until 120 steps (2.3 epochs), 3 epochs or 60 s, whichever comes first"
+    )
+
+
+PATH_ARGS = [  # (id, the command with {p} where the path goes, whether it names an output directory)
+    ("train CORPUS", ["train", "{p}", "--plan"], False),
+    ("train --init-from", ["train", "{corpus}", "--init-from", "{p}", "--plan"], False),
+    ("train --resume", [*T, "--resume", "{p}"], False),
+    ("train --out", [*T, "{corpus}", "--out", "{p}", "--max-iters", "1", *TINY_ARGS], True),
+    (
+        "train --cache-dir",
+        [*T, "{corpus}", "--cache-dir", "{p}", "--out", "{tmp}/o", "--max-iters", "1", *TINY_ARGS],
+        True,
+    ),
+    ("sample RUN", ["sample", "{p}", "--length", "5"], False),
+    ("sample --prime-file", ["sample", "{run}", "--prime-file", "{p}", "--length", "5"], False),
+    ("eval RUN", ["eval", "{p}"], False),
+    ("eval FILE", ["eval", "{run}", "{p}"], False),
+    ("report RUN", ["report", "{p}", "-o", "{tmp}/r.html"], False),
+    ("report --text", ["report", "{run}", "--text", "{p}", "-o", "{tmp}/r.html"], False),
+    ("report -o", ["report", "{run}", "-o", "{p}"], None),
+    ("export RUN", ["export", "{p}", "-o", "{tmp}/e.html"], False),
+    ("export -o", ["export", "{run}", "-o", "{p}"], None),
+]
+PATH_KINDS = ["dangling link", "link to a missing directory", "missing parent", "read-only parent", "name too long"]
+
+
+def _bad_path(tmp: Path, kind: str) -> Path:
+    if kind == "dangling link":
+        (tmp / "dangling").symlink_to(tmp / "nowhere")
+        return tmp / "dangling"
+    if kind == "link to a missing directory":
+        (tmp / "to_missing").symlink_to(tmp / "nodir" / "x")
+        return tmp / "to_missing"
+    if kind == "missing parent":
+        return tmp / "nodir" / "x"
+    if kind == "read-only parent":
+        (tmp / "ro").mkdir(mode=0o555)
+        return tmp / "ro" / "x"
+    return tmp / ("x" * 300)
+
+
+@pytest.mark.parametrize("kind", PATH_KINDS)
+@pytest.mark.parametrize("name,argv,directory", PATH_ARGS, ids=[c[0] for c in PATH_ARGS])
+def test_path_mistakes_are_exit_2(run_dir: Path, tiny_corpus: Path, tmp_path: Path, name, argv, directory, kind):
+    """Every path argument: a path the user must change is one line and exit 2, never a traceback or exit 4
+    (exit 4 is a real write failure: a full disk, a file too large, an I/O error). Where it is not a mistake,
+    the command works: an output link to a missing file is written through (the shell's `>` does so), and a
+    missing parent of an output directory is made (`mkdir -p`)."""
+    if kind == "read-only parent" and os.geteuid() == 0:
+        pytest.skip("permissions do not apply to root")
+    work = tmp_path / "work"
+    work.mkdir()
+    bad = _bad_path(work, kind)
+    res = invoke(*(a.format(p=bad, corpus=tiny_corpus, run=run_dir, tmp=work) for a in argv))
+    works = (directory is None and kind == "dangling link") or (directory and kind == "missing parent")
+    if works:
+        assert res.exit_code == 0, res.output
+    else:
+        one_error_line(res, 2, alone=False)
+
+
+JSON_INPUTS = [  # (id, the file's bytes, eval options): each is valid JSON with exit 0, or one line and no stdout
+    ("two characters", b"Fi", []),
+    ("one character", b"F", []),
+    ("empty", b"", []),
+    ("all unknown", "\u00e9\u00e9\u00e9".encode(), ["--skip-unknown"]),
+    ("all unknown but one", "F\u00e9\u00e9".encode(), ["--skip-unknown"]),
+    ("one character and unknown ones", "Fi\u00e9".encode(), ["--skip-unknown"]),
+]
+
+
+@pytest.mark.parametrize("name,data,extra", JSON_INPUTS, ids=[c[0] for c in JSON_INPUTS])
+def test_eval_json_is_valid_json_or_one_error_line(run_dir: Path, tmp_path: Path, name: str, data: bytes, extra):
+    path = tmp_path / "in.txt"
+    path.write_bytes(data)
+    res = invoke("eval", run_dir, path, "--json", *extra)
+    if res.exit_code == 0:
+        row = _strict_json(res.stdout)
+        assert row["chars"] >= 1 and all(math.isfinite(row[k]) for k in ("nats_per_char", "perplexity"))
+    else:
+        one_error_line(res, 2)
+        assert res.stdout == ""
+    assert (res.exit_code == 0) == (name in ("two characters", "one character and unknown ones"))
+
+
+def test_a_run_without_a_validation_split(tiny_corpus: Path, tmp_path: Path):
+    """--val-frac 0: the plan says there is no validation, training says it has no loss, eval refuses to make
+    one up (no NaN with exit 0), and the plan's JSON is valid."""
+    plan = invoke("train", tiny_corpus, "--plan", "--json", "--val-frac", "0", *TINY_ARGS)
+    assert plan.exit_code == 0 and _strict_json(plan.stdout)["stopping"]["patience"] is None
+    assert "no validation split (--val-frac 0)" in invoke("train", tiny_corpus, "--plan", "--val-frac", "0").stdout
+    res = invoke(*T, tiny_corpus, "--val-frac", "0", "--max-iters", "3", "--out", tmp_path / "run", *TINY_ARGS)
+    assert res.exit_code == 0 and "no validation loss" in res.stderr and "nan" not in res.stderr.lower()
+    line = one_error_line(invoke("eval", tmp_path / "run", "--json"), 2)
+    assert "has no validation split to score" in line and "pass a FILE" in line
+
+
+def test_plan_json_is_valid_json(run_dir: Path, tiny_corpus: Path, monkeypatch):
+    for step_seconds in ("0", "0.01", "30"):
+        monkeypatch.setenv("CHARNN_STEP_SECONDS", step_seconds)
+        for extra in ([], ["--init-from", str(run_dir)], ["--time-budget", "5"], ["--epochs", "2", "--max-iters", "9"]):
+            res = invoke("train", tiny_corpus, "--plan", "--json", *extra)
+            assert res.exit_code == 0, res.output
+            _strict_json(res.stdout)
+
+
+def test_a_loss_of_zero_never_prints_as_minus_zero(tmp_path: Path):
+    """A one-symbol vocabulary predicts every character with certainty: 0 nats, never "-0.0000"."""
+    corpus = tmp_path / "a.txt"
+    corpus.write_text("a" * 3000, encoding="utf-8")
+    res = invoke(*T, corpus, "--max-iters", "3", "--out", tmp_path / "run", *TINY_ARGS)
+    assert res.exit_code == 0 and "-0.0" not in res.stderr
+    shown = invoke("eval", tmp_path / "run")
+    assert shown.exit_code == 0 and "-0" not in shown.stdout and "0.0000 nats/char" in shown.stdout
+    row = _strict_json(invoke("eval", tmp_path / "run", "--json").stdout)
+    assert math.copysign(1.0, row["nats_per_char"]) == 1.0 and math.copysign(1.0, row["bits_per_char"]) == 1.0
+
+
+EXPORT_SUFFIXES = [  # (-o, --format, what is written: None for refused)
+    ("m.onnx", None, "onnx"),
+    ("m.ONNX", None, "onnx"),
+    ("m.html", None, "html"),
+    ("m.bin", None, "html"),
+    ("m.bin", "onnx", "onnx"),
+    ("m.onnx", "html", None),
+    ("m.html", "onnx", None),
+]
+
+
+@pytest.mark.parametrize("name,fmt,kind", EXPORT_SUFFIXES)
+def test_export_follows_the_suffix(run_dir: Path, tmp_path: Path, name: str, fmt, kind):
+    from charnn.cli.tools import ExportFormat, export_format
+    from charnn.errors import ConfigError
+
+    given = ExportFormat(fmt) if fmt else None
+    if kind is None:
+        with pytest.raises(ConfigError, match="drop --format or rename the output"):
+            export_format(Path(name), given)
+        line = one_error_line(invoke("export", run_dir, "-o", tmp_path / name, "--format", fmt), 2)
+        assert "drop --format or rename" in line and not (tmp_path / name).exists()
+    else:
+        assert export_format(Path(name), given) is ExportFormat(kind)
+
+
+def test_init_from_conflicts_read_like_flags(run_dir: Path, tiny_corpus: Path):
+    line = one_error_line(invoke("train", tiny_corpus, "--init-from", run_dir, "--tie-weights", "--plan"), 2)
+    assert "--tie-weights conflicts with the model of --init-from, trained with --no-tie-weights" in line
+    assert "True" not in line and "tie_weights=" not in line
+    line = one_error_line(invoke("train", tiny_corpus, "--init-from", run_dir, "--hidden", "64", "--plan"), 2)
+    assert "--hidden 64 conflicts with the model of --init-from, trained with --hidden 16" in line
+
+
+def test_unknown_characters_are_counted_distinct_and_as_occurrences(run_dir: Path, tmp_path: Path):
+    path = tmp_path / "held.txt"
+    path.write_text("First \u00e9\u00e9\u00e9 Citizen\u2603", encoding="utf-8")
+    line = one_error_line(invoke("eval", run_dir, path), 2)
+    assert "2 characters (4 occurrences) not in the model's vocabulary" in line
+    res = invoke("eval", run_dir, path, "--skip-unknown")
+    assert "skipped 2 characters (4 occurrences) not in the model's vocabulary" in res.stderr
+    prime = tmp_path / "prime.txt"
+    prime.write_text("\u00e9", encoding="utf-8")
+    assert "1 character not in this model's vocabulary" in one_error_line(
+        invoke("sample", run_dir, "--prime-file", prime)
+    )
+
+
+def test_training_into_a_log_writes_plain_progress_lines(tiny_corpus: Path, tmp_path: Path):
+    """stderr that is not a terminal (CliRunner's, `2> train.log`) gets no carriage-return frames: a `train:`
+    line each tenth of the run."""
+    res = invoke(
+        "train", tiny_corpus, "--out", tmp_path / "run", "--max-iters", "40", "--log-every", "2", *TINY_ARGS, *QUICK
+    )
+    assert res.exit_code == 0 and "\r" not in res.stderr
+    progress = [line for line in res.stderr.splitlines() if line.startswith("train: ")]
+    assert progress[0].startswith("train: 4/40 steps (10%), loss ") and progress[-1].startswith(
+        "train: 40/40 steps (100%)"
+    )
+    assert len(progress) == 10
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the path of stdout is read from /proc")
+def test_stdout_redirected_into_a_run_or_onto_an_input(run_dir: Path, tmp_path: Path):
+    """`>>` onto a run's log or onto the file a command scores is refused like an `-o` there: one line, exit 2,
+    the file as it was."""
+    held = tmp_path / "held.txt"
+    held.write_text(TINY_TEXT[:200], encoding="utf-8")
+    for argv, target in (
+        (["sample", run_dir, "--length", "5"], run_dir / "samples.jsonl"),
+        (["eval", run_dir, held], held),
+    ):
+        before = target.read_bytes()
+        with open(target, "ab") as out:
+            res = subprocess.run(
+                [PYTHON, "-m", "charnn", *map(str, argv)],
+                stdout=out,
+                stderr=subprocess.PIPE,
+                env=cli_env(),
+                timeout=120,
+            )
+        err = res.stderr.decode()
+        assert res.returncode == 2 and err.startswith("error: stdout ") and len(err.splitlines()) == 1, err
+        assert target.read_bytes() == before

@@ -132,13 +132,13 @@ def test_unknown_characters_show_ten_then_how_many_more(tmp_path):
     assert unknown_symbols(Vocab((0, 1), bytes_mode=True), {7: 3}) == "byte 0x07"
     with pytest.raises(VocabularyError) as err:
         vocab.encode("abxxy")
-    assert str(err.value) == "3 character(s) not in this model's vocabulary: 'x', 'y'"
+    assert str(err.value) == "2 characters (3 occurrences) not in this model's vocabulary: 'x', 'y'"
     p = tmp_path / "held.txt"
     p.write_text("abxxy")
     with pytest.raises(VocabularyError) as err:
         read_ids(p, vocab, DataConfig())
     assert str(err.value) == (
-        f"{p}: 3 character(s) not in the model's vocabulary ('x', 'y'); pass --skip-unknown to drop them"
+        f"{p}: 2 characters (3 occurrences) not in the model's vocabulary ('x', 'y'); pass --skip-unknown to drop them"
     )
     assert read_ids(p, vocab, DataConfig(), skip_unknown=True)[1] == {ord("x"): 2, ord("y"): 1}
 

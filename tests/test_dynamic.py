@@ -13,7 +13,7 @@ from charnn.config import DynamicConfig
 from charnn.dynamic import evaluate_dynamic
 from charnn.evaluate import evaluate_ids
 from charnn.model import CharRNN
-from tests.conftest import SMALL_MODEL, invoke, snapshot
+from tests.conftest import SMALL_MODEL, invoke, one_error_line, snapshot
 
 ADAPT = DynamicConfig(dynamic=True, dynamic_lr=0.3, dynamic_segment=16)
 
@@ -85,3 +85,12 @@ def test_eval_dynamic_reports_apart_and_leaves_the_run(run_dir):
 def test_a_bad_dynamic_option_is_one_error_line(run_dir):
     res = invoke("eval", run_dir, "--dynamic", "--dynamic-lr", "-1")
     assert res.exit_code == 2 and "--dynamic-lr" in res.output
+
+
+def test_a_diverging_dynamic_evaluation_is_one_error_line(run_dir):
+    res = invoke("eval", run_dir, "--dynamic", "--dynamic-lr", "100", "--dynamic-segment", "2", "--json")
+    if res.exit_code == 0:  # it may stay finite: then every figure is a number (RFC 8259: no NaN, no Infinity)
+        for line in res.stdout.splitlines():
+            json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}"))
+    else:
+        assert "use a lower --dynamic-lr" in one_error_line(res, 2, alone=False)

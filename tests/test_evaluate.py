@@ -159,8 +159,8 @@ def test_eval_counts_unknown_characters(run_dir: Path, tmp_path: Path):
     held = tmp_path / "held.txt"
     held.write_text("First \u00e9\u00e9 Citizen\u2603", encoding="utf-8")
     res = invoke("eval", str(run_dir), str(held), "--device", "cpu")
-    assert res.exit_code == 2 and "3 character(s) not in the model's vocabulary" in one_error_line(res)
+    assert res.exit_code == 2 and "2 characters (3 occurrences) not in the model's vocabulary" in one_error_line(res)
     res = invoke("eval", str(run_dir), str(held), "--device", "cpu", "--skip-unknown", "--json")
     assert res.exit_code == 0
     assert json.loads(res.stdout)["unknown_chars"] == 3
-    assert "skipped 3 unknown" in res.stderr
+    assert "skipped 2 characters (3 occurrences) not in" in res.stderr

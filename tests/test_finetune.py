@@ -90,7 +90,8 @@ def test_plan_fine_tune_flags_win_and_a_conflicting_model_flag_is_refused():
     with pytest.raises(ConfigError) as err:
         make_plan(facts, CPU, PlanRequest(model={"hidden": 64}, init_model=BASE))
     assert str(err.value) == (
-        "--hidden 64 conflicts with the model of --init-from (hidden=32); a fine-tuned run keeps its model"
+        "--hidden 64 conflicts with the model of --init-from, trained with --hidden 32;"
+        " a fine-tuned run keeps its model"
     )
     with pytest.raises(ConfigError, match="--preset cannot be combined with --init-from"):
         make_plan(facts, CPU, PlanRequest(preset="tiny", init_model=BASE))
@@ -172,7 +173,8 @@ def test_cli_conflicting_model_flag_is_one_error_line(tiny_run, new_corpus, tmp_
     res = invoke("train", new_corpus, "--init-from", tiny_run, "--hidden", 64, "--out", tmp_path / "x", "--quiet")
     assert res.exit_code == 2
     assert res.stderr.strip() == (
-        "error: --hidden 64 conflicts with the model of --init-from (hidden=32); a fine-tuned run keeps its model"
+        "error: --hidden 64 conflicts with the model of --init-from, trained with --hidden 32;"
+        " a fine-tuned run keeps its model"
     )
     assert not (tmp_path / "x").exists()
     res = invoke("train", new_corpus, "--init-from", tiny_run, "--resume", tiny_run, "--quiet")

@@ -230,7 +230,7 @@ def sse(text: str) -> list[tuple[str, dict]]:
 BAD = [
     ('{"prime": "First",', 400, "malformed JSON: Expecting property name enclosed in double quotes"),
     ("[1, 2]", 422, "body: Input should be a valid dictionary"),
-    ('{"prime": "Fir\u00e9"}', 422, "prime: 1 character(s) not in this model's vocabulary: '\u00e9'"),
+    ('{"prime": "Fir\u00e9"}', 422, "prime: 1 character not in this model's vocabulary: '\u00e9'"),
     ('{"length": 501}', 422, "length: 501 characters is over this server's limit of 500 (--max-length)"),
     ('{"length": -1}', 422, "length: Input should be greater than or equal to 0"),
     ('{"temperature": 0}', 422, "temperature: Input should be greater than or equal to 0.01"),
@@ -267,7 +267,7 @@ def test_other_bad_requests_and_a_bug_leave_the_server_up(client, monkeypatch):
     answer = client.post("/v1/score", content=chunks(), headers={"Content-Type": "application/json"})
     assert (answer.status_code, answer.json()) == (413, {"error": "request body over 4096 bytes"})
     answer = client.post("/v1/score", json={"text": "First\u00e9\u00e8"})
-    assert answer.json() == {"error": "text: 2 character(s) not in this model's vocabulary: '\u00e8', '\u00e9'"}
+    assert answer.json() == {"error": "text: 2 characters not in this model's vocabulary: '\u00e8', '\u00e9'"}
     assert client.post("/v1/next", json={"text": "a", "k": 0}).status_code == 422
     assert client.get("/v1/nothing").json() == {"error": "Not Found"}
     assert client.get("/v1/generate").status_code == 405

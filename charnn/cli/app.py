@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from charnn.cli.options import choice, config_options, with_default
+from charnn.cli.options import choice, config_options, path_value, with_default
 from charnn.cli.run import OneLineErrors
 from charnn.config import BACKENDS, TrainConfig
 from charnn.presets import PRESETS
@@ -30,7 +30,10 @@ Backend = choice("Backend", BACKENDS)
 Which = choice("Which", ("best", "latest"))
 
 # Options several commands share, written once.
-RunPath = Annotated[Path, typer.Argument(metavar="RUN", help="Run directory or checkpoint file.", show_default=False)]
+RunPath = Annotated[
+    Path,
+    typer.Argument(metavar="RUN", help="Run directory or checkpoint file.", show_default=False, parser=path_value),
+]
 WhichOption = Annotated[
     Which,
     typer.Option(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -18,10 +19,10 @@ import typer
 
 from charnn.cli import train as cli_train  # noqa: F401  (train registers first: `charnn --help` lists it first)
 from charnn.cli.app import DEVICE, RunPath, Which, WhichOption, app
-from charnn.cli.options import config_options, plain, with_default, with_options
+from charnn.cli.options import config_options, path_value, plain, with_default, with_options
 from charnn.cli.run import Command, StopFlag, run_command, say
 from charnn.config import DynamicConfig, SampleConfig
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, CheckpointError, ConfigError
 
 _StopFlag = StopFlag  # the name tests and older callers know
 
@@ -37,6 +38,7 @@ def sample_cmd(
         typer.Argument(
             metavar="RUN",
             show_default=False,
+            parser=path_value,
             help=with_default("Run directory or checkpoint file.", "the newest run under checkpoints/"),
         ),
     ] = None,
@@ -48,6 +50,7 @@ def sample_cmd(
             metavar="FILE",
             rich_help_panel="Sampling",
             show_default=False,
+            parser=path_value,
             help="Text file to warm the state on, as --prime (for long primes).",
         ),
     ] = None,
@@ -108,6 +111,7 @@ def eval_cmd(
         typer.Argument(
             metavar="FILE",
             show_default=False,
+            parser=path_value,
             help=with_default("Text files to score.", "the run's own validation split"),
         ),
     ] = None,
@@ -177,9 +181,11 @@ def _show_dynamic(name: str, res, loaded, *, as_json: bool) -> None:
     """Dynamic evaluation's own line (or JSON object): never in the static figures' columns."""
     from charnn.cli.output import echo
 
+    if not math.isfinite(res.loss):  # steps too large for this model: the weights left the range of numbers
+        raise ConfigError(f"{name}: dynamic evaluation diverged ({res.loss} nats/char); use a lower --dynamic-lr")
     row = {"file": name, "checkpoint": str(loaded.path), "step": loaded.step, "mode": "dynamic", **res.as_dict()}
     if as_json:
-        echo(json.dumps(row))
+        echo(json.dumps(row, allow_nan=False))
     else:
         echo(
             f"{name} (dynamic evaluation): {res.chars} chars  {res.loss:.4f} nats/char  {res.bpc:.4f} bits/char  "
@@ -192,9 +198,11 @@ def _show_dynamic(name: str, res, loaded, *, as_json: bool) -> None:
 def _show_eval(name: str, res, loaded, *, as_json: bool) -> None:
     from charnn.cli.output import echo
 
+    if not math.isfinite(res.loss):  # a model whose outputs overflow: no figure is true, and JSON has no NaN
+        raise CheckpointError(f"{name}: the model scores it as {res.loss} nats/char (its outputs overflow)")
     row = {"file": name, "checkpoint": str(loaded.path), "step": loaded.step, **res.as_dict()}
     if as_json:
-        echo(json.dumps(row))
+        echo(json.dumps(row, allow_nan=False))
     else:
         unk = f"  ({row['unknown_chars']} unknown skipped)" if row["unknown_chars"] else ""
         echo(
@@ -202,8 +210,10 @@ def _show_eval(name: str, res, loaded, *, as_json: bool) -> None:
             f"perplexity {res.perplexity:.3f}{unk}"
         )
     if res.unknown:
-        shown = ", ".join(loaded.vocab.symbol_str(s) for s in list(res.unknown)[:10])
-        say(f"warning: {name}: skipped {sum(res.unknown.values())} unknown character(s): {shown}")
+        from charnn.data import unknown_count, unknown_symbols
+
+        shown = unknown_symbols(loaded.vocab, res.unknown)
+        say(f"warning: {name}: skipped {unknown_count(res.unknown)} not in the model's vocabulary: {shown}")
 
 
 # report, export and serve register after train, sample and eval: `charnn --help` lists them in that order

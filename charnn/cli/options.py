@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import typing
 from collections.abc import Callable
 from enum import Enum
@@ -38,6 +39,27 @@ PANELS = (
 )
 METAVARS = {int: "INT", float: "FLOAT", str: "TEXT", Path: "PATH"}
 TRAIN_CONFIGS = (ModelConfig, TrainConfig, DataConfig)
+
+
+def path_value(value: str | Path) -> Path:
+    """Every path argument's parser: a name longer than the file system takes is one usage error (exit 2) here,
+    not an OSError deep in a command (a path mistake is exit 2 wherever it is found)."""
+    path = Path(value)
+    name_max, path_max = _path_limits()
+    longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
+    if longest > name_max:
+        raise typer.BadParameter(f"a name in it is {longest} bytes long; this system takes {name_max}")
+    if len(os.fsencode(str(path))) >= path_max:
+        raise typer.BadParameter(f"is {len(os.fsencode(str(path)))} bytes long; this system takes less than {path_max}")
+    return path
+
+
+def _path_limits() -> tuple[int, int]:
+    """The longest file name and path this system takes (POSIX's usual 255 and 4096 where it cannot say)."""
+    try:
+        return os.pathconf(".", "PC_NAME_MAX"), os.pathconf(".", "PC_PATH_MAX")
+    except (AttributeError, OSError, ValueError):
+        return 255, 4096
 
 
 def choice(name: str, values: typing.Iterable[str]) -> type[Enum]:

@@ -48,6 +48,13 @@ def stdout_errors() -> Iterator[None]:
 def _stdout():
     if sys.stdout is None:  # started with stdout closed (`>&-`)
         raise CheckpointWriteError("cannot write to stdout: it is closed")
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture)
+        return sys.stdout
+    from charnn.store.files import check_stdout
+
+    check_stdout(fd)  # never onto an input or into a run directory, as no output path may be
     return sys.stdout
 
 

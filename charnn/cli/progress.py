@@ -1,6 +1,8 @@
 """The training display for the CLI: a tqdm bar on stderr with loss, chars/s and ETA, and the samples
-written through the bar as they arrive, control characters escaped (the exact text is in samples.jsonl). It is a
-`Progress` callback; the library knows nothing of it.
+written through the bar as they arrive, control characters escaped (the exact text is in samples.jsonl). When
+stderr is not a terminal (`2> train.log`, a job scheduler, nohup) there is no bar: a plain `train:` line every
+tenth of the run or every minute, whichever comes first. It is a `Progress` callback; the library knows nothing
+of it.
 """
 
 from __future__ import annotations
@@ -14,15 +16,27 @@ from charnn.terminal import for_terminal
 from charnn.training.runstate import Progress
 
 EVAL_LINE_EVERY = 10.0
+PLAIN_PARTS, PLAIN_SECONDS = 10, 60.0  # without a terminal: a progress line every tenth of the run or minute
+
+
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except ValueError:  # closed
+        return False
 
 
 class TrainDisplay:
-    def __init__(self, *, quiet: bool = False) -> None:
+    def __init__(self, *, quiet: bool = False, plain: bool | None = None) -> None:
         self.quiet = quiet
+        self.plain = not stderr_is_terminal() if plain is None else plain  # lines instead of a bar
         self.bar: tqdm | None = None
         self.last_step = 0
         self.last_val: float | None = None
         self.last_eval_line: float | None = None  # elapsed seconds of the last validation line written
+        self.total: float | None = None  # the run's steps, or its time budget in seconds (plain lines)
+        self.unit = "it"
+        self.next_line = (1, 0.0)  # (tenths of the run, elapsed seconds) at which the next plain line is due
 
     def __enter__(self) -> TrainDisplay:
         return self
@@ -34,7 +48,7 @@ class TrainDisplay:
 
     def encode(self, e) -> None:
         """A `charnn.store.corpus_cache.EncodeProgress`: one bar per pass (hash, scan, encode) with its MB/s."""
-        if self.quiet:
+        if self.quiet or self.plain:  # a log gets no bar; the encoding of a large corpus ends in the next lines
             return
         if e.done == 0:
             if self.bar is not None:
@@ -67,10 +81,12 @@ class TrainDisplay:
                 self._write(f"plan: {line}")
         elif p.kind == "start":
             self._write(f"training: {p.text}")
-            if not self.quiet:
-                budget = p.time_budget
-                total = p.total_steps if p.total_steps is not None else (round(budget) if budget else None)
-                unit = "it" if p.total_steps is not None else "s"
+            budget = p.time_budget
+            total = p.total_steps if p.total_steps is not None else (round(budget) if budget else None)
+            unit = "it" if p.total_steps is not None else "s"
+            self.total, self.unit = total, unit
+            self.next_line = (1, p.elapsed + PLAIN_SECONDS)
+            if not self.quiet and not self.plain:
                 self.bar = tqdm(
                     total=total,
                     initial=p.step if unit == "it" else int(p.elapsed),
@@ -79,8 +95,9 @@ class TrainDisplay:
                     dynamic_ncols=True,
                     desc="train",
                 )
-                self.unit = unit
             self.last_step = p.step
+        elif p.kind == "log" and self.plain:
+            self._plain_line(p)
         elif p.kind == "log" and self.bar is not None:
             advance = p.step - self.last_step if self.unit == "it" else int(p.elapsed) - self.bar.n
             self.bar.update(max(advance, 0))
@@ -106,3 +123,24 @@ class TrainDisplay:
             self._write(f"warning: step {p.step}: {p.text}")
         elif p.kind == "stop":
             self._write(f"step {p.step}: {p.text}")
+
+    def _plain_line(self, p: Progress) -> None:
+        """Without a terminal: `train: 60/120 steps (50%), loss 2.512, val 2.600, 12,345 chars/s, 31 s elapsed`,
+        when the run has gone another tenth or another minute has passed."""
+        done = p.step if self.unit == "it" else p.elapsed
+        share = done / self.total if self.total else None
+        parts = int(share * PLAIN_PARTS + 1e-9) if share is not None else None  # whole tenths gone
+        due_parts, due_time = self.next_line
+        if (parts is None or parts < due_parts) and p.elapsed < due_time:
+            return
+        self.next_line = ((parts or 0) + 1, p.elapsed + PLAIN_SECONDS)
+        if self.total is None:
+            where = f"step {p.step:,}"
+        elif self.unit == "it":
+            where = f"{p.step:,}/{self.total:,} steps ({share:.0%})"
+        else:
+            where = f"{p.elapsed:.1f}/{self.total:,} s ({min(share, 1.0):.0%}), step {p.step:,}"
+        val = f", val {self.last_val:.3f}" if self.last_val is not None else ""
+        self._write(
+            f"train: {where}, loss {p.train_loss:.3f}{val}, {p.chars_per_s:,.0f} chars/s, {p.elapsed:.0f} s elapsed"
+        )

@@ -127,6 +127,9 @@ def run_command(body: Callable[[], Any]) -> Any:
         say(f"warning: {message}")
 
     warnings.showwarning = show_warning
+    from charnn.textfile import forget_inputs
+
+    forget_inputs()  # what an earlier command in this process read is not this one's input
     try:
         return body()
     except CharnnError as err:

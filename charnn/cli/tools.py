@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from charnn.cli.app import DEVICE, RunPath, Which, WhichOption, app
-from charnn.cli.options import choice, with_default, with_options
+from charnn.cli.options import choice, path_value, with_default, with_options
 from charnn.cli.run import Command, run_command, say
 from charnn.serve import GRACE_S
 
@@ -22,11 +22,19 @@ def report_cmd(
     *,
     text: Annotated[
         Optional[Path],
-        typer.Option(metavar="FILE", help=with_default("Text file to analyse.", "the run's validation split")),
+        typer.Option(
+            metavar="FILE", parser=path_value, help=with_default("Text file to analyse.", "the run's validation split")
+        ),
     ] = None,
     output: Annotated[
         Optional[Path],
-        typer.Option("--output", "-o", metavar="FILE", help=with_default("HTML file to write.", "RUN/report.html")),
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            parser=path_value,
+            help=with_default("HTML file to write.", "RUN/report.html"),
+        ),
     ] = None,
     chars: Annotated[
         int,
@@ -135,6 +143,7 @@ ExportFormat = choice("ExportFormat", ("html", "onnx"))
 ExportPrecision = choice("ExportPrecision", ("fp32", "fp16"))
 
 
+# long: a Typer command declares its options as parameters, one Annotated block each
 # Options: all written in this signature (none come from a config's fields).
 @app.command("export", cls=Command)
 def export_cmd(
@@ -143,18 +152,23 @@ def export_cmd(
     output: Annotated[
         Path,
         typer.Option(
-            "--output", "-o", metavar="FILE", show_default=False, help="File to write (model.html or model.onnx)."
+            "--output",
+            "-o",
+            metavar="FILE",
+            show_default=False,
+            parser=path_value,
+            help="File to write (model.html or model.onnx).",
         ),
     ],
-    fmt: Annotated[
-        ExportFormat,
+    given: Annotated[
+        Optional[ExportFormat],
         typer.Option(
             "--format",
             metavar="FORMAT",
             show_default=False,
-            help=with_default("html (an offline playground page) or onnx (a step model).", "html"),
+            help=with_default("html (an offline playground page) or onnx (a step model).", "from -o's suffix"),
         ),
-    ] = ExportFormat.html,
+    ] = None,
     which: WhichOption = Which.best,
     precision: Annotated[
         ExportPrecision,
@@ -168,10 +182,12 @@ def export_cmd(
 ) -> None:
     """Take a model out of Python: a self-contained HTML playground page, or an ONNX step model.
 
+    The format follows the output's suffix (.onnx: ONNX, anything else: the page) unless --format says it.
+
     Examples:
     charnn export checkpoints/shakespeare -o shakespeare.html
     charnn export checkpoints/shakespeare -o small.html --precision fp16 --force
-    charnn export checkpoints/shakespeare --format onnx -o shakespeare.onnx
+    charnn export checkpoints/shakespeare -o shakespeare.onnx
     """
 
     def body():
@@ -179,6 +195,7 @@ def export_cmd(
         from charnn.export import export_html, export_onnx
         from charnn.store.rundir import load_run
 
+        fmt = export_format(output, given)
         if fmt is ExportFormat.onnx and precision is not ExportPrecision.fp32:
             raise ConfigError("--precision applies to --format html; ONNX weights are fp32")
         loaded = load_run(run, which=which.value, device="cpu")
@@ -189,3 +206,23 @@ def export_cmd(
         say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) from {loaded.path.name}")
 
     run_command(body)
+
+
+def export_format(output: Path, given: ExportFormat | None = None) -> ExportFormat:
+    """The export's format: `given` (--format), else the output's suffix (.onnx: ONNX, anything else: the page).
+    A --format that contradicts the suffix (.html or .onnx) is refused rather than writing one under the
+    other's name."""
+    from charnn.errors import ConfigError
+
+    by_suffix = {".onnx": ExportFormat.onnx, ".html": ExportFormat.html, ".htm": ExportFormat.html}.get(
+        output.suffix.lower()
+    )
+    if given is None:
+        return by_suffix or ExportFormat.html
+    if by_suffix is not None and by_suffix is not given:
+        raise ConfigError(
+            f"--format {given.value} writes {'an ONNX model' if given is ExportFormat.onnx else 'an HTML page'}, "
+            f"but {output.name} names {'an ONNX file' if by_suffix is ExportFormat.onnx else 'a page'}: "
+            f"drop --format or rename the output"
+        )
+    return given

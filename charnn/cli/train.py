@@ -13,7 +13,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from charnn.cli.app import Backend, PresetName, app
-from charnn.cli.options import TRAIN_CONFIGS, config_options, train_configs, with_default, with_options
+from charnn.cli.options import (
+    TRAIN_CONFIGS,
+    config_options,
+    path_value,
+    train_configs,
+    with_default,
+    with_options,
+)
 from charnn.cli.run import Command, StopFlag, run_command, say
 from charnn.errors import CharnnError
 
@@ -22,7 +29,7 @@ def _given_path(value: str) -> Path:
     """A path option's value; an empty one would mean the current directory (`--out ""` trained into it)."""
     if not value.strip():
         raise typer.BadParameter("is empty; give a directory")
-    return Path(value)
+    return path_value(value)
 
 
 # long: a Typer command declares its options as parameters, one Annotated block each
@@ -35,7 +42,10 @@ def train_cmd(
     corpus: Annotated[
         Optional[Path],
         typer.Argument(
-            metavar="CORPUS", show_default=False, help="UTF-8 text file to train on (optional with --resume)."
+            metavar="CORPUS",
+            show_default=False,
+            parser=path_value,
+            help="UTF-8 text file to train on (optional with --resume).",
         ),
     ] = None,
     *,
@@ -183,7 +193,8 @@ def _train(
     if show_plan:
         if setup.request is None:
             raise CharnnError("--plan shows the plan of a new run; a resumed run keeps its configs")
-        _show_plan(plan(source, request=setup.request, data_cfg=setup.data_cfg, init_from=init_from), as_json=as_json)
+        chosen = plan(source, request=setup.request, data_cfg=setup.data_cfg, init_from=init_from, out_dir=out_dir)
+        _show_plan(chosen, as_json=as_json)
         return
     info = setup_distributed(backend, device_type=pick_device(setup.device).type)
     try:
@@ -224,11 +235,14 @@ def _show_plan(chosen, *, as_json: bool) -> None:
 
 
 def _say_done(result, *, report: bool) -> None:
-    best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
-    at = f" at step {result.best_step}" if result.best_step is not None else ""
+    if result.best_val_loss is not None:
+        best = f"best val {result.best_val_loss:.4f} nats/char"
+        best += f" at step {result.best_step}" if result.best_step is not None else ""
+    else:
+        best = "no validation loss (no validation split, or none finite)"
     say(
-        f"done: {result.steps} steps in {result.elapsed:.0f}s ({result.stop_reason}); best val {best} nats/char"
-        f"{at}; validation and checkpoints took {result.eval_share:.0%} of the time; run {result.run_dir}"
+        f"done: {result.steps} steps in {result.elapsed:.0f}s ({result.stop_reason}); {best}; validation and "
+        f"checkpoints took {result.eval_share:.0%} of the time; run {result.run_dir}"
     )
     say(f'next: charnn sample {result.run_dir} --prime "..."   |   charnn eval {result.run_dir}')
     if report:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from charnn.data import unknown_count, unknown_symbols
 from charnn.errors import CharnnWarning, DataError
 from charnn.inspect import (
     Correlations,
@@ -201,9 +202,9 @@ def passage_ids(loaded: LoadedModel, text: str | os.PathLike | None, *, max_char
         ids, unknown = read_ids(text, loaded.vocab, loaded.data_cfg, skip_unknown=True)
         source = Path(text).name
         if unknown:
-            shown = ", ".join(loaded.vocab.symbol_str(s) for s in list(unknown)[:10])
             warnings.warn(
-                f"{text}: skipped {sum(unknown.values())} character(s) not in the model's vocabulary ({shown})",
+                f"{text}: skipped {unknown_count(unknown)} not in the model's vocabulary "
+                f"({unknown_symbols(loaded.vocab, unknown)})",
                 CharnnWarning,
                 stacklevel=3,
             )

@@ -15,7 +15,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from charnn.errors import CharnnError, CharnnWarning, CheckpointWriteError, DataError
+from charnn.errors import CharnnError, CharnnWarning, DataError
 from charnn.report.analysis import (
     MAX_CHARS,
     Analysis,
@@ -31,7 +31,7 @@ from charnn.report.markup import kv_table, note
 from charnn.report.passage import gate_section, neuron_section, surprise_section
 from charnn.report.record import config_tables, final_metrics, model_summary, timeline
 from charnn.store.checkpoint import LoadedModel
-from charnn.store.files import atomic_file, output_target
+from charnn.store.files import atomic_file, output_target, write_error
 from charnn.store.rundir import load_run
 
 
@@ -116,16 +116,19 @@ def build_report(
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, **kw) -> Path:
     """Build the report and write it atomically (default `RUN/report.html`); returns the path written."""
     run = Path(run_dir)
-    path = Path(out) if out is not None else (run.parent if run.is_file() else run) / "report.html"
+    own = run.parent if run.is_file() else run
+    path = Path(out) if out is not None else own / "report.html"
     if path.is_dir():
         path = path / "report.html"
-    output_target(path)  # a device or a FIFO is refused before the work, and again at the write
+    # RUN/report.html is the run's own file; any other path inside a run is refused (charnn.store.files)
+    mine = own if os.path.realpath(path) == os.path.realpath(own / "report.html") else None
+    output_target(path, owner=mine)  # refused before the work (a device, a run's file), and again at the write
     page = build_report(run_dir, **kw)
     try:
-        with atomic_file(path) as f:
+        with atomic_file(path, owner=mine) as f:
             f.write(page.encode("utf-8"))
     except OSError as err:
-        raise CheckpointWriteError(f"cannot write the report {path}: {err.strerror or err}") from None
+        raise write_error(err, path, "report", failed=f"cannot write the report {path}") from None
     return path
 
 

@@ -25,6 +25,7 @@ from charnn.model import CharRNN, state_shapes
 from charnn.store.files import atomic_write
 from charnn.store.meta import FORMAT, MAX_EVAL_SEGMENT, CheckpointMeta, meta_json, meta_strings, parse_meta
 from charnn.store.trainstate import state_bytes, state_path
+from charnn.textfile import remember_input
 
 MAX_HEADER_BYTES = 64 << 20
 
@@ -137,9 +138,11 @@ def write_checkpoint(
     corpus_path: str | None = None,
     corpus_cache: str | None = None,
     train_cfg: TrainConfig | None = None,
+    owner: str | os.PathLike | None = None,
 ) -> None:
     """Write a checkpoint at `path`: the training state `state` (when given) beside it first, then the model
-    file, which is the commit record: it holds the state's sha256. Each write is atomic (`atomic_write`).
+    file, which is the commit record: it holds the state's sha256. Each write is atomic (`atomic_write`; `owner`:
+    the run directory whose training this is, the only writer allowed inside a run).
 
     The keywords are the model file's `CheckpointMeta` fields (`model_bytes`). Non-finite weights are refused
     before anything is written; a model file that fails to write takes its new state file with it.
@@ -151,7 +154,7 @@ def write_checkpoint(
     state_sha256 = None
     if state is not None:
         blob = state_bytes(state)
-        atomic_write(state_path(path), blob)
+        atomic_write(state_path(path), blob, owner=owner)
         state_sha256 = hashlib.sha256(blob).hexdigest()
     try:
         atomic_write(
@@ -168,6 +171,7 @@ def write_checkpoint(
                 train_cfg=train_cfg,
                 state_sha256=state_sha256,
             ),
+            owner=owner,
         )
     except CheckpointWriteError:
         if state is not None:  # a state without its model file is no checkpoint: give the full disk its space back
@@ -185,6 +189,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
+            remember_input(path, os.fstat(f.fileno()))  # no output of this command may land on it
             head = f.read(8)
             if len(head) < 8:
                 raise CheckpointError(f"{path}: not a charnn checkpoint (file too short)")

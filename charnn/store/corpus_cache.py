@@ -21,9 +21,9 @@ import numpy as np
 
 from charnn.config import DataConfig
 from charnn.data import Corpus, Vocab, corpus_vocab, encode_table, id_dtype, scan_file
-from charnn.errors import CharnnError, CharnnWarning, CheckpointWriteError, DataError
+from charnn.errors import CharnnError, CharnnWarning, DataError
 from charnn.store.fast_utf8 import encode_utf8, scan_utf8
-from charnn.store.files import atomic_file, atomic_write
+from charnn.store.files import atomic_file, atomic_write, outside_runs, write_error
 from charnn.textfile import changed_error, iter_symbols, read_chunks, readable_file
 
 CACHE_VERSION = 2  # 2: the ids file's sha256 is recorded and checked at every load
@@ -88,10 +88,11 @@ def load_corpus(
         hit = None
     if hit is not None:
         return Corpus(hit[0], hit[1], sha, str(p), cfg)
+    outside_runs(meta_path, what=f"the corpus cache {cache}")  # before a folder is made there
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CheckpointWriteError(f"cannot create the corpus cache {cache}: {err.strerror or err}") from None
+        raise write_error(err, cache, "corpus cache", failed=f"cannot create the corpus cache {cache}") from None
     vocab, count, ids_sha = _build(p, cfg, ids_path, size, sha, on_progress)
     meta = {
         "version": CACHE_VERSION,
@@ -105,7 +106,7 @@ def load_corpus(
         "ids_sha256": ids_sha,
     }
     # written last: its presence marks a complete entry
-    atomic_write(meta_path, (json.dumps(meta) + "\n").encode(), what="corpus cache")
+    atomic_write(meta_path, (json.dumps(meta) + "\n").encode(), what="corpus cache", owner=meta_path.parent)
     ids, vocab = _open_entry(meta_path, ids_path, sha, cfg, verify=False) or (None, None)
     if ids is None:
         raise DataError(f"{p}: the corpus cache entry {ids_path} did not verify right after writing it")
@@ -187,7 +188,7 @@ def _build(
     written, hasher = 0, hashlib.sha256()
     on_bytes = _meter("encode", size, on_progress)
     try:
-        with atomic_file(ids_path) as f:
+        with atomic_file(ids_path, owner=ids_path.parent) as f:  # the cache replaces its own damaged entries
             chunks = (
                 encode_utf8(p, cfg, table, size, sha, on_bytes)
                 if fast
@@ -201,5 +202,5 @@ def _build(
             if written != count:
                 raise changed_error(p)
     except OSError as err:
-        raise CheckpointWriteError(f"cannot write the corpus cache {ids_path}: {err.strerror or err}") from None
+        raise write_error(err, ids_path, "corpus cache", failed=f"cannot write the corpus cache {ids_path}") from None
     return vocab, count, hasher.hexdigest()

@@ -1,12 +1,14 @@
 """Durable file writes: a crash leaves the old file or the new one, never a mix; append-only logs whose lines are
 never torn; and the cleanup of the temp files an interrupted write leaves behind. Every write here goes to a
-regular file only: a device (/dev/null), a FIFO, a socket or a directory at an output path is refused, never
-replaced. Used by checkpoints, run sidecars and logs, the corpus cache, the report and exports. Nothing here knows
-what the files hold.
+regular file only (never over a device, FIFO, socket or directory), never over a file this process read, and never
+into a run directory but by that run's own writer. Used by checkpoints, run sidecars and logs, the corpus cache,
+the report and exports. Nothing here knows what the files hold.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import re
 import stat
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from charnn.errors import CheckpointWriteError, OutputPathError
+from charnn.textfile import input_like
 
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -41,16 +44,81 @@ def fsync_dir(path: Path) -> None:
 
 TEMP_RE = re.compile(r"^\.(.+)\.(\d+)\.tmp$")  # what _temp_path makes: the target's name, then a pid
 
+# Why a write can fail because of the path the user gave (exit 2: choose another), not the device (exit 4).
+PATH_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOENT", "ENOTDIR", "EACCES", "EPERM", "ENAMETOOLONG", "ELOOP", "EROFS", "EISDIR", "EEXIST")
+    if hasattr(errno, name)
+)
 
-def output_target(path: str | os.PathLike) -> Path:
+
+def write_error(err: OSError, path: str | os.PathLike, what: str, *, failed: str = "") -> CheckpointWriteError:
+    """The one-line error for a failed write of the `what` at `path`: a path the user must change (a missing or
+    read-only folder, no permission, a name too long, a link loop) is an OutputPathError (exit 2); a failing
+    device (disk full, file too large, an I/O error) a CheckpointWriteError (exit 4), worded `failed` if given."""
+    reason = err.strerror or str(err)
+    held_open = getattr(err, "winerror", None) in (32, 33)  # Windows: another program holds the file open
+    if err.errno in PATH_ERRNOS and not held_open:
+        return OutputPathError(f"cannot write the {what} at {path}: {reason}; choose another path")
+    return CheckpointWriteError(f"{failed or f'{what} write failed (disk full?): {path}'}: {reason}")
+
+
+def is_run_dir(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds a charnn run: its config.json is an object naming the charnn_version that wrote
+    it (someone's own config.json is not a run)."""
+    config = Path(directory) / "config.json"
+    try:
+        if not config.is_file() or config.stat().st_size > 1 << 20:
+            return False
+        data = json.loads(config.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and "charnn_version" in data
+
+
+def outside_runs(path: str | os.PathLike, *, owner: str | os.PathLike | None = None, what: str = "") -> None:
+    """Raise OutputPathError when `path` (links resolved) lies inside a run directory, unless it lies in `owner`
+    first: only a run's own writer (its training, or its report) writes there. `what` names the option."""
+    real = Path(os.path.realpath(path))
+    own = Path(os.path.realpath(owner)) if owner is not None else None
+    for parent in real.parents:
+        if parent == own:
+            return
+        if is_run_dir(parent):
+            raise OutputPathError(
+                f"{what or path} is inside the run directory {parent}, whose files only its own training writes "
+                f"(--force or not): choose a path outside it"
+            )
+
+
+def _not_an_input(path: Path, target: Path, owner: Path | None) -> None:
+    """Raise OutputPathError when `target` is a file this process read (the same file by any name or link),
+    except one read in `owner`, which its own writer replaces."""
+    try:
+        read = input_like(os.stat(target))
+    except OSError:
+        return
+    if read is None or (owner is not None and Path(os.path.realpath(owner)) in Path(read).parents):
+        return
+    same = "" if os.path.realpath(path) == read else f" (the same file as {read})"
+    raise OutputPathError(
+        f"{path}{same} is an input of this command; charnn never writes over a file it reads (--force or not): "
+        f"choose another path"
+    )
+
+
+def output_target(path: str | os.PathLike, *, owner: str | os.PathLike | None = None) -> Path:
     """The file a write to `path` lands in: `path`, or the file a symbolic link at `path` points to (written
     through, as the shell's `>` does, so a link to a file elsewhere keeps working and stays a link).
 
-    Raises OutputPathError when that exists and is not a regular file: renaming over /dev/null as root, or over
-    a FIFO someone reads, would destroy it. A path that cannot be examined is left for the write to report.
+    Raises OutputPathError when that exists and is not a regular file (renaming over /dev/null as root, or over
+    a FIFO someone reads, would destroy it), is a file this process read, or lies inside a run directory. A
+    write by the `owner` of its directory (a run's training or report, the corpus cache) is allowed both there.
+    A path that cannot be examined is left for the write to report.
     """
     path = Path(path)
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    outside_runs(target, owner=owner, what=str(path))
     try:
         mode = os.stat(target).st_mode
     except OSError:
@@ -62,7 +130,27 @@ def output_target(path: str | os.PathLike) -> Path:
             f"{path}{via} is {kind}; charnn writes only regular files and never replaces "
             f"anything else: give a file name"
         )
+    _not_an_input(path, target, Path(owner) if owner is not None else None)
     return target
+
+
+def check_stdout(fd: int) -> None:
+    """Refuse a stdout redirected onto a file this command reads or into a run directory (`charnn sample RUN >>
+    RUN/samples.jsonl`), as `output_target` refuses such a path. Its path is known where /proc tells it."""
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return
+    if not stat.S_ISREG(info.st_mode):
+        return
+    read = input_like(info)
+    if read is not None:
+        raise OutputPathError(f"stdout is {read}, an input of this command; redirect it to another file")
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return
+    outside_runs(path, what=f"stdout ({path})")
 
 
 def _temp_path(path: Path) -> Path:
@@ -71,23 +159,24 @@ def _temp_path(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+def atomic_file(path: str | os.PathLike, *, owner: str | os.PathLike | None = None) -> Iterator[BinaryIO]:
     """Open a temp file beside `path` for writing; when the block ends normally, flush, fsync, rename it over
     `path` and fsync the directory.
 
-    `path` must be a regular file, a new name, or a link to either (then the linked file is replaced): anything
-    else raises OutputPathError (a CheckpointWriteError, exit code 2) before and again just before the rename.
+    `path` must be a regular file, a new name, or a link to either (then the linked file is replaced), and pass
+    `output_target`'s checks (`owner`: the directory whose own writer this is): anything else raises OutputPathError (a
+    CheckpointWriteError, exit code 2) before and again just before the rename.
     If the block raises (anything, OSError included) the temp file is removed, `path` is untouched and the
     exception propagates as it was: the caller words the error for its kind of file.
     """
-    target = output_target(path)
+    target = output_target(path, owner=owner)
     tmp = _temp_path(target)
     try:
         with open(tmp, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        target = output_target(path)  # the block may have taken minutes: the path is checked again
+        target = output_target(path, owner=owner)  # the block may have taken minutes: the path is checked again
         os.replace(tmp, target)
         fsync_dir(target.parent)
     except BaseException:
@@ -98,15 +187,17 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, *, what: str = "checkpoint") -> None:
-    """Write `data` to `path` through `atomic_file`. On any OSError the old file is untouched and
-    CheckpointWriteError says so (`what` names the kind of file in that message)."""
+def atomic_write(
+    path: str | os.PathLike, data: bytes, *, what: str = "checkpoint", owner: str | os.PathLike | None = None
+) -> None:
+    """Write `data` to `path` through `atomic_file` (`owner`: the directory whose own writer this is). On any
+    OSError the old file is untouched and `write_error` says so (`what` names the kind of file in that message)."""
     path = Path(path)
     try:
-        with atomic_file(path) as f:
+        with atomic_file(path, owner=owner) as f:
             f.write(data)
     except OSError as err:
-        raise CheckpointWriteError(f"{what} write failed (disk full?): {path}: {err.strerror or err}") from None
+        raise write_error(err, path, what) from None
 
 
 def _log_flags() -> int:
@@ -122,19 +213,19 @@ class LineLog:
     """An append-only log of whole lines (metrics.jsonl, samples.jsonl). Each `write` is one record, written
     with one system call; a write that fails (disk full, file too large) is cut back off the file, so the log
     never ends in a torn line, and raises CheckpointWriteError. `path=None` discards everything (the ranks of a
-    distributed run that do not log)."""
+    distributed run that do not log); `owner`: the run directory whose own writer this is."""
 
-    def __init__(self, path: str | os.PathLike | None, *, what: str) -> None:
+    def __init__(self, path: str | os.PathLike | None, *, what: str, owner: str | os.PathLike | None = None) -> None:
         self.path, self.what, self.fd, self.size = path, what, None, 0
         if path is None:
             return
-        target = output_target(path)
+        target = output_target(path, owner=owner)
         try:
             self.fd = os.open(target, _log_flags(), 0o644)
             info = os.fstat(self.fd)
         except OSError as err:
             self.close()
-            raise CheckpointWriteError(f"cannot open the {what} {path}: {err.strerror or err}") from None
+            raise write_error(err, path, what, failed=f"cannot open the {what} {path}") from None
         if not stat.S_ISREG(info.st_mode):
             self.close()
             output_target(path)  # raises OutputPathError naming the kind

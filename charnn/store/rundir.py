@@ -60,7 +60,7 @@ def save_checkpoint(
     """Write the checkpoint of `step` into the run (`charnn.store.checkpoint.write_checkpoint`, which takes the
     other keywords), then prune the run to the last `keep_last` plus the best: only once the new file is durable."""
     path = Path(run_dir) / checkpoint_name(step)
-    write_checkpoint(path, model, vocab, data_cfg, step=step, **fields)
+    write_checkpoint(path, model, vocab, data_cfg, step=step, owner=run_dir, **fields)
     prune(run_dir, keep_last=keep_last)
     return path
 
@@ -114,15 +114,15 @@ def write_run_files(
         **({"init_from": init_from} if init_from else {}),
         **({"plan": plan} if plan else {}),
     }
-    atomic_write(run_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
-    atomic_write(run_dir / "vocab.json", (data.vocab.to_json() + "\n").encode())
+    atomic_write(run_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode(), owner=run_dir)
+    atomic_write(run_dir / "vocab.json", (data.vocab.to_json() + "\n").encode(), owner=run_dir)
 
 
 def open_logs(run_dir: Path, dist: DistInfo) -> tuple[LineLog, LineLog]:
     """metrics.jsonl and samples.jsonl, appended to whole lines at a time; rank 0 alone writes them."""
-    metrics = LineLog(run_dir / "metrics.jsonl" if dist.is_main else None, what="metrics log")
+    metrics = LineLog(run_dir / "metrics.jsonl" if dist.is_main else None, what="metrics log", owner=run_dir)
     try:
-        samples = LineLog(run_dir / "samples.jsonl" if dist.is_main else None, what="samples log")
+        samples = LineLog(run_dir / "samples.jsonl" if dist.is_main else None, what="samples log", owner=run_dir)
     except BaseException:
         metrics.close()
         raise

@@ -6,7 +6,6 @@ of interrupted writes are removed, and only charnn's own. Not what the files hol
 from __future__ import annotations
 
 import functools
-import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -14,8 +13,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from charnn.distributed import DistInfo
-from charnn.errors import CharnnWarning, CheckpointError, CheckpointWriteError, ConfigError
-from charnn.store.files import TEMP_RE, remove_stale_temps
+from charnn.errors import CharnnWarning, CheckpointError, ConfigError
+from charnn.store.files import TEMP_RE, is_run_dir, outside_runs, remove_stale_temps, write_error
 from charnn.store.rundir import CKPT_RE, list_checkpoints
 from charnn.store.trainstate import STATE_SUFFIX
 
@@ -40,16 +39,28 @@ def _foreign_file(run_dir: Path) -> str | None:
     written = [name for name in names if name != ".lock" and not TEMP_RE.match(name)]
     if not written:
         return None
-    try:
-        config = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        config = None
-    return None if isinstance(config, dict) and "charnn_version" in config else min(written)
+    return None if is_run_dir(run_dir) else min(written)
 
 
 def new_run_dir(run_dir: Path, dist: DistInfo, held: ExitStack) -> None:
-    """Refuse an --out that holds a run or files of the user's; create it, take its lock (rank 0, for as long as
-    `held` lasts) and remove temp files an interrupted write left."""
+    """Refuse an --out that holds a run or files of the user's (`check_new_run_dir`); create it, take its lock
+    (rank 0, for as long as `held` lasts) and remove temp files an interrupted write left."""
+    check_new_run_dir(run_dir)
+    if dist.is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_error(
+                err, run_dir, "run directory", failed=f"cannot create the run directory {run_dir}"
+            ) from None
+        held.enter_context(lock_run(run_dir))
+        _refuse_a_run(run_dir)  # again, now that no other training can write one
+        remove_stale_temps(run_dir, owned=is_run_file)
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse an --out a new run cannot take: a file, a directory holding a run or files of the user's, or a
+    place inside another run. Writes nothing (`charnn train --plan` checks this too)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file, not a run directory")
     try:
@@ -61,14 +72,7 @@ def new_run_dir(run_dir: Path, dist: DistInfo, held: ExitStack) -> None:
             f"--out {run_dir} holds {foreign}, which is not a charnn run's; choose a new or empty directory"
         )
     _refuse_a_run(run_dir)
-    if dist.is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise CheckpointWriteError(f"cannot create the run directory {run_dir}: {err.strerror}") from None
-        held.enter_context(lock_run(run_dir))
-        _refuse_a_run(run_dir)  # again, now that no other training can write one
-        remove_stale_temps(run_dir, owned=is_run_file)
+    outside_runs(run_dir, what=f"--out {run_dir}")  # never a run inside another run
 
 
 def _refuse_a_run(run_dir: Path) -> None:
@@ -100,7 +104,7 @@ def lock_run(run_dir: Path) -> Iterator[None]:
     try:
         f = open(run_dir / ".lock", "a+", encoding="utf-8")
     except OSError as err:
-        raise CheckpointWriteError(f"cannot create {run_dir / '.lock'}: {err.strerror}") from None
+        raise write_error(err, run_dir / ".lock", "run lock", failed=f"cannot create {run_dir / '.lock'}") from None
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

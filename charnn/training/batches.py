@@ -12,6 +12,18 @@ import torch
 from charnn.errors import ConfigError, DataError
 
 
+def check_batch_shape(train_chars: int, *, batch_size: int, seq_len: int, world: int = 1) -> None:
+    """Refuse a batch shape the training split cannot fill once, or that `world` processes cannot share."""
+    need = batch_size * (seq_len + 1)
+    if train_chars < need:
+        raise DataError(
+            f"training split has {train_chars} characters; one batch needs batch_size x (seq_len + 1) = "
+            f"{batch_size} x {seq_len + 1} = {need}: lower --batch-size or --seq-len, or use more text"
+        )
+    if batch_size % world:
+        raise ConfigError(f"--batch-size {batch_size} must be divisible by the number of processes {world}")
+
+
 class StreamBatcher:
     """The training split laid out as `batch_size` parallel contiguous streams (truncated BPTT).
 
@@ -42,14 +54,7 @@ class StreamBatcher:
         world: int = 1,
     ) -> None:
         n = len(ids)
-        need = batch_size * (seq_len + 1)
-        if n < need:
-            raise DataError(
-                f"training split has {n} characters; one batch needs batch_size x (seq_len + 1) = "
-                f"{batch_size} x {seq_len + 1} = {need}: lower --batch-size or --seq-len, or use more text"
-            )
-        if batch_size % world:
-            raise ConfigError(f"--batch-size {batch_size} must be divisible by the number of processes {world}")
+        check_batch_shape(n, batch_size=batch_size, seq_len=seq_len, world=world)
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
         self.row_len = n // batch_size
         self.batches_per_epoch = (self.row_len - 1) // seq_len

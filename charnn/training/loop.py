@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from charnn.sampling.generate import sample_text
 from charnn.store.rundir import save_checkpoint
 from charnn.store.trainstate import training_state
 from charnn.training.runstate import LoopState, Progress, Run, emit
+from charnn.training.schedule import steps_rule
 from charnn.training.step import optimisation_step, set_lr
 
 
@@ -30,14 +32,22 @@ def progress_made(run: Run, s: LoopState) -> float:
     return s.step / max(run.total_steps or 1, 1)
 
 
-def end_reason(run: Run) -> str:
-    """Why the loop ended when its stopping rule did: the time budget, the epochs or the step limit."""
+def end_reason(run: Run, s: LoopState) -> str:
+    """Why the loop ended when a stopping rule did: the time budget, or the rule that set the run's steps
+    (--max-iters or a preset's, the plan's length or its cap, --epochs, one epoch when none is given)."""
     cfg = run.cfg
-    if cfg.time_budget:
+    if run.total_steps is None or s.step < run.total_steps:
         return "time budget reached"
-    if cfg.max_iters is not None:
-        return "step limit reached"
-    return "epochs done"
+    rule = steps_rule(cfg, run.batcher.batches_per_epoch)
+    if rule == "epochs":
+        return f"{cfg.epochs:g} epochs done"
+    if rule is None:
+        return "one epoch done (no --max-iters, --epochs or --time-budget)"
+    if run.plan is not None and "max_iters" in run.plan.chosen:
+        if run.plan.capped:
+            return f"the plan's cap of {cfg.max_iters:,} steps reached"
+        return f"the plan's {cfg.max_iters:,} steps done"
+    return "step limit reached"
 
 
 def reached_the_end(run: Run, s: LoopState, progress: float) -> bool:
@@ -54,7 +64,8 @@ def stop_if_asked(run: Run, s: LoopState) -> None:
         # written: rewriting it unevaluated would take the validation loss that makes it the best away.
         latest = s.latest if s.saved_step == s.step else checkpoint_step(run, s, None)
         raise Interrupted(
-            f"interrupted at step {s.step}; saved {latest}; continue with --resume {run.run_dir}",
+            f"interrupted at step {s.step} by {signal_name(signum)}; saved {latest}; continue with --resume "
+            f"{run.run_dir}",
             exit_code=128 + signum,
         )
 
@@ -201,16 +212,28 @@ def _watch_overfitting(run: Run, s: LoopState, val: float) -> None:
 
 
 def patience_spent(run: Run, s: LoopState) -> bool:
-    """--patience evaluations without a new best; every rank stops together (only rank 0 evaluates)."""
+    """--patience evaluations without a new best; every rank stops together (only rank 0 evaluates). At the
+    run's last step the step limit ends it, and is the reason given."""
+    if run.total_steps is not None and s.step >= run.total_steps:
+        return False
     return bool(run.cfg.patience and all_max(run.dist, int(s.evals_since_best >= run.cfg.patience)))
 
 
 def stop_early(run: Run, s: LoopState) -> None:
     s.stopped_early = True
-    s.stop_reason = f"no new best validation loss in {run.cfg.patience} evaluations"
-    msg = f"early stop: {s.stop_reason} (best {s.best_val:.4f} nats/char at step {s.best_step})"
+    n = run.cfg.patience
+    s.stop_reason = f"no new best validation loss in {n} evaluation{'s' if n != 1 else ''}"
+    best = f"best {s.best_val:.4f} nats/char at step {s.best_step}" if s.best_step is not None else "none finite"
+    msg = f"early stop: {s.stop_reason} ({best})"
     _log(run, {"kind": "stop", "step": s.step, "elapsed": round(s.elapsed(), 3), "reason": msg})
     emit(run, s, "stop", text=msg)
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def draw_sample(run: Run, s: LoopState) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from charnn.config import STOPPING_RULES, ModelConfig, TrainConfig, check_fields, overlay_train
 from charnn.errors import ConfigError
-from charnn.fields import to_dict
+from charnn.fields import flag_text, to_dict
 from charnn.presets import PRESETS
 from charnn.training.choices import model_choice, run_shape, schedule_choice, steps_per_epoch, tier_of
 from charnn.training.schedule import total_steps
@@ -186,10 +186,12 @@ def estimate_seconds(facts: CorpusFacts, cfg: TrainConfig, speed: Speed) -> floa
     """The wall time of a run of `cfg` on `facts` at `speed`, to its stopping rule (early stopping may end it
     sooner): the start, the steps, the validations with their checkpoints, the samples."""
     shape = run_shape(facts.val_chars, cfg, speed, cfg.eval_every)
-    if cfg.time_budget is not None:
-        return shape.budget_seconds(cfg.time_budget)
     per_epoch = steps_per_epoch(facts.train_chars, cfg.batch_size, cfg.seq_len)
-    return shape.seconds(total_steps(cfg, per_epoch) or 1)
+    steps = total_steps(cfg, per_epoch)
+    if cfg.time_budget is None:
+        return shape.seconds(steps or 1)
+    budget = shape.budget_seconds(cfg.time_budget)
+    return budget if steps is None else min(budget, shape.seconds(steps))  # the first rule to come ends it
 
 
 def _model(base: dict[str, Any], overrides: dict[str, Any]) -> ModelConfig:
@@ -204,10 +206,9 @@ def finetune_model(init: ModelConfig, given: dict[str, Any]) -> ModelConfig:
     FREE_ON_FINETUNE that were given; any other option given that differs from `init`'s is a ConfigError."""
     for key, value in given.items():
         if value is not None and key not in FREE_ON_FINETUNE and value != getattr(init, key):
-            flag = "--" + key.replace("_", "-")
             raise ConfigError(
-                f"{flag} {value} conflicts with the model of --init-from ({key}={getattr(init, key)});"
-                f" a fine-tuned run keeps its model"
+                f"{flag_text(ModelConfig, key, value)} conflicts with the model of --init-from, trained with "
+                f"{flag_text(ModelConfig, key, getattr(init, key))}; a fine-tuned run keeps its model"
             )
     return dataclasses.replace(init, **{k: given[k] for k in FREE_ON_FINETUNE if given.get(k) is not None})
 
@@ -223,30 +224,50 @@ def _explain(plan: Plan, facts: CorpusFacts, hardware: Hardware, request: PlanRe
         f"{facts.train_chars:,} training characters, {facts.vocab_size} symbols, {hardware.device}: {plan.tier} -> "
         f"{kind}, dropout {model.dropout:g}, weight decay {cfg.weight_decay:g} ({source})"
     ]
-    if cfg.time_budget is not None:
-        length = f"for {cfg.time_budget:g} s"
-    elif cfg.epochs is not None:
-        length = f"for {cfg.epochs:g} epochs"
-    else:
-        steps = cfg.max_iters or per_epoch
-        length = f"up to {steps:,} steps ({steps / per_epoch:.1f} epochs)"
+    length = run_length(cfg, per_epoch)
     lines.append(
         f"batch {cfg.batch_size} x {cfg.seq_len} ({per_epoch:,} steps an epoch), lr {cfg.lr:g} with "
         f"cosine decay, {length}"
     )
-    stop = f"stops after {cfg.patience} validations without a new best" if cfg.patience else "no early stopping"
+    n = cfg.patience
+    stop = f"stops after {n} validation{'s' if n != 1 else ''} without a new best" if n else "no early stopping"
     share = eval_share(facts.val_chars, cfg.eval_every, cfg.eval_segment, plan.speed)
-    lines.append(
-        f"validation every {cfg.eval_every:,} steps (~{cfg.eval_every / per_epoch:.2g} epoch, "
-        f"{facts.val_chars:,} characters, about {share:.0%} of the time); {stop}; the best checkpoint "
-        f"is kept"
-    )
+    if facts.val_chars < 2:  # --val-frac 0 (a split too short to score is refused before training)
+        lines.append(
+            f"no validation split (--val-frac 0): a checkpoint every {cfg.eval_every:,} steps, the newest kept; "
+            f"no early stopping"
+        )
+    else:
+        lines.append(
+            f"validation every {cfg.eval_every:,} steps (~{cfg.eval_every / per_epoch:.2g} epoch, "
+            f"{facts.val_chars:,} characters, about {share:.0%} of the time); {stop}; the best checkpoint "
+            f"is kept"
+        )
     if plan.speed is not None and plan.estimated_seconds is not None:
         lines.append(_timing(plan, hardware, request))
     given = sorted(k for k in request.given() if k in PLANNED or k in SHAPING)
     if given:
         lines.append("given: " + ", ".join("--" + k.replace("_", "-") for k in given))
     return tuple(lines)
+
+
+def run_length(cfg: TrainConfig, per_epoch: int) -> str:
+    """How long the run trains, by the rules it has: "up to 120 steps (2.3 epochs)", "for 3 epochs", "for 60 s",
+    or, with several, "until 120 steps (2.3 epochs), 3 epochs or 60 s, whichever comes first"."""
+    rules = []
+    if cfg.max_iters is not None or (cfg.epochs is None and cfg.time_budget is None):
+        steps = cfg.max_iters or per_epoch  # no rule: one epoch
+        epochs = steps / per_epoch
+        rules.append(
+            f"{steps:,} steps ({epochs:.1f} epochs)" if epochs >= 0.1 else f"{steps:,} steps ({epochs:.2g} epochs)"
+        )
+    if cfg.epochs is not None:
+        rules.append(f"{cfg.epochs:g} epochs")
+    if cfg.time_budget is not None:
+        rules.append(f"{cfg.time_budget:g} s")
+    if len(rules) == 1:
+        return ("up to " if cfg.epochs is None and cfg.time_budget is None else "for ") + rules[0]
+    return f"until {', '.join(rules[:-1])} or {rules[-1]}, whichever comes first"
 
 
 def _timing(plan: Plan, hardware: Hardware, request: PlanRequest) -> str:

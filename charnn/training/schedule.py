@@ -24,14 +24,28 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
 
 
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int | None:
-    """The run's length in steps; None when only --time-budget ends it."""
-    if cfg.max_iters is not None:
+    """The run's length in steps: --max-iters or --epochs, the first to come when both are given; None when only
+    --time-budget ends it (with a step limit as well, the first of the two ends the run)."""
+    rule = steps_rule(cfg, batches_per_epoch)
+    if rule == "max_iters":
         return cfg.max_iters
-    if cfg.epochs is not None:
-        return max(1, math.ceil(cfg.epochs * batches_per_epoch))
-    if cfg.time_budget is not None:
-        return None
-    return batches_per_epoch  # no rule given: one epoch
+    if rule == "epochs":
+        return epoch_steps(cfg.epochs, batches_per_epoch)
+    return None if cfg.time_budget is not None else batches_per_epoch  # no rule given: one epoch
+
+
+def epoch_steps(epochs: float, batches_per_epoch: int) -> int:
+    return max(1, math.ceil(epochs * batches_per_epoch))
+
+
+def steps_rule(cfg: TrainConfig, batches_per_epoch: int) -> str | None:
+    """The option that sets the run's length in steps: "max_iters", "epochs" (the sooner when both are given),
+    or None (only --time-budget, or no rule at all: one epoch)."""
+    if cfg.max_iters is not None and (
+        cfg.epochs is None or cfg.max_iters <= epoch_steps(cfg.epochs, batches_per_epoch)
+    ):
+        return "max_iters"
+    return "epochs" if cfg.epochs is not None else None
 
 
 def is_sample_step(cfg: TrainConfig, step: int) -> bool:

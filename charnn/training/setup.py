@@ -34,8 +34,8 @@ from charnn.runtime import (
     set_deterministic,
 )
 from charnn.store.rundir import open_logs, write_run_files
-from charnn.store.runlock import claim_run, new_run_dir
-from charnn.training.batches import StreamBatcher
+from charnn.store.runlock import check_new_run_dir, claim_run, new_run_dir
+from charnn.training.batches import StreamBatcher, check_batch_shape
 from charnn.training.finetune import load_start, start_corpus, start_request, start_weights, training_corpus
 from charnn.training.loop import LoopState, Run
 from charnn.training.plan import CorpusFacts, Hardware, Plan, PlanRequest, make_plan
@@ -104,10 +104,12 @@ def plan(
     device: str | None = None,
     init_from: str | os.PathLike | None = None,
     step_seconds: float | None = None,
+    out_dir: str | os.PathLike | None = None,
 ) -> Plan:
     """The training plan `train` would follow for `corpus` (a path, encoded in memory; nothing is written).
     The device's speed on the plan's model is measured (about 2 s) unless `step_seconds` gives it (0: not
-    measured, no estimate and no cap; see `charnn.training.speed`); `plan.to_json()` is the plan as JSON.
+    measured, no estimate and no cap; see `charnn.training.speed`); `plan.to_json()` is the plan as JSON. The
+    checks training makes before its first step are made too (`check_run`; `out_dir`: the new run's --out).
 
     >>> p = charnn.plan("poems.txt")               # or request=PlanRequest(model={"dropout": 0.2})
     >>> print("\\n".join(p.lines)); charnn.train("poems.txt", model_cfg=p.model, train_cfg=p.train)
@@ -122,9 +124,43 @@ def plan(
     threads = ThreadGovernor(early.threads, target)  # the threads the run would take, for the measurement
     try:
         threads.tick()
-        return configs.settle(data, target, step_seconds=step_seconds)[2]
+        model_cfg, cfg, chosen = configs.settle(data, target, step_seconds=step_seconds)
     finally:
         threads.restore()
+    check_run(data, model_cfg, cfg, device=target, out_dir=Path(out_dir) if out_dir is not None else None)
+    return chosen
+
+
+def check_run(
+    data: Corpus,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    world: int = 1,
+    out_dir: Path | None = None,
+) -> None:
+    """Every check training makes before its first step on the corpus, the configs and a new run's `out_dir`,
+    in the order it makes them. `plan` makes them too: `charnn train --plan` never promises a run that training
+    refuses, and fails with the same line."""
+    train_ids, val_ids, _ = data.split()
+    if cfg.patience and data.data.val_frac == 0:
+        raise ConfigError("--patience needs a validation split to watch (--val-frac > 0)")
+    if data.data.val_frac > 0 and len(val_ids) < 2:
+        raise DataError(
+            f"{data.path}: validation split has {len(val_ids)} characters; need at least 2 "
+            f"(raise --val-frac or use more text)"
+        )
+    check_batch_shape(len(train_ids), batch_size=cfg.batch_size, seq_len=cfg.seq_len, world=world)
+    # built in RAM whatever the device; training on the CPU adds gradients and Adam's two moments
+    on_cpu = device.type == "cpu"
+    check_ram(
+        num_parameters(model_cfg, len(data.vocab)) * 4 * (4 if on_cpu else 1),
+        "this model's weights" + (", gradients and optimizer state" if on_cpu else ""),
+        fix="use a smaller model (--hidden, --layers)",
+    )
+    if out_dir is not None:
+        check_new_run_dir(out_dir)
 
 
 # long: one straight line of set-up steps, each a call; splitting it would only pass its locals around
@@ -161,8 +197,8 @@ def prepare(
     check_same_corpus(dist, sha256=data.sha256, vocab_json=data.vocab.to_json(), chars=len(data.ids), path=data.path)
     threads.tick()  # the first look at the other programs' load: the speed is measured with the run's threads
     model_cfg, cfg, chosen = configs.settle(data, device, dist)
+    check_run(data, model_cfg, cfg, device=device, world=dist.world)  # --out: new_run_dir below checks it
     train_ids, val_ids, _ = data.split()
-    _check_splits(data, val_ids, cfg)
     batcher = StreamBatcher(
         train_ids,
         batch_size=cfg.batch_size,
@@ -176,13 +212,6 @@ def prepare(
 
     run_dir = broadcast_object(dist, Path(out_dir) if out_dir else default_run_dir(data.path))
     seed_everything(cfg.seed)
-    # built in RAM whatever the device; training on the CPU adds gradients and Adam's two moments
-    on_cpu = device.type == "cpu"
-    check_ram(
-        num_parameters(model_cfg, len(data.vocab)) * 4 * (4 if on_cpu else 1),
-        "this model's weights" + (", gradients and optimizer state" if on_cpu else ""),
-        fix="use a smaller model (--hidden, --layers)",
-    )
     model = CharRNN(model_cfg, len(data.vocab)).to(device)
     if start is not None:
         start_weights(model, start)
@@ -242,13 +271,3 @@ def _load_corpus(path: str | os.PathLike, data_cfg: DataConfig, cache_dir, on_en
         return load_corpus(path, data_cfg, cache_dir=cache_dir, on_progress=on_encode if dist.is_main else None)
 
     return local_rank_zero_first(dist, load)
-
-
-def _check_splits(data: Corpus, val_ids, cfg: TrainConfig) -> None:
-    if cfg.patience and data.data.val_frac == 0:
-        raise ConfigError("--patience needs a validation split to watch (--val-frac > 0)")
-    if data.data.val_frac > 0 and len(val_ids) < 2:
-        raise DataError(
-            f"{data.path}: validation split has {len(val_ids)} characters; need at least 2 "
-            f"(raise --val-frac or use more text)"
-        )

@@ -117,7 +117,7 @@ def _loop(run: Run, s: LoopState, threads: ThreadGovernor) -> None:
                 emit(run, s, "plan", text=threads.describe())
             progress = progress_made(run, s)
             if reached_the_end(run, s, progress):
-                s.stop_reason = end_reason(run)
+                s.stop_reason = end_reason(run, s)
                 break
             stop_if_asked(run, s)  # a signal: save a checkpoint, raise Interrupted
             lr = learning_rate(cfg, s.step, progress)
