@@ -17,6 +17,7 @@ from charnn.config import to_dict
 from charnn.evaluate import evaluate_ids
 from charnn.export.html import build_page
 from charnn.model import num_parameters
+from charnn.novelty.run import RunNovelty
 from charnn.sampling.generate import default_prime
 from charnn.serve.engine import Engine
 from charnn.serve.jobs import Job, Output
@@ -92,6 +93,7 @@ def _check_length(what: str, n: int, max_length: int) -> None:
 # long: one closure per route, each short; they share the loaded model and the limits
 def _routes(app: FastAPI, loaded: LoadedModel, *, max_batch: int, max_length: int) -> None:
     vocab, model = loaded.vocab, loaded.model
+    novelty = RunNovelty(loaded)  # the index is found at the first request that asks for novelty
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict:
@@ -123,6 +125,7 @@ def _routes(app: FastAPI, loaded: LoadedModel, *, max_batch: int, max_length: in
         "/v1/generate",
         response_model=GenerateResponse,
         responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE with stream"}},
+        response_model_exclude_unset=True,
     )
     async def generate(body: GenerateRequest, request: Request):
         _check_length("length", body.length, max_length)
@@ -138,7 +141,10 @@ def _routes(app: FastAPI, loaded: LoadedModel, *, max_batch: int, max_length: in
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return await collect(job, request)
+        answer = await collect(job, request)
+        if body.novelty and isinstance(answer, dict):
+            answer["novelty"] = await asyncio.to_thread(novelty.texts, answer["texts"])
+        return answer
 
     @app.post("/v1/score", response_model=ScoreResponse, response_model_exclude_unset=True)
     async def score(body: ScoreRequest, request: Request) -> dict:

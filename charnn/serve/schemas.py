@@ -43,6 +43,7 @@ class GenerateRequest(Strict):
     seed: int | None = _sampling("seed")
     num_samples: int = _sampling("num_samples")
     stream: bool = Field(False, description="Server-Sent Events: one event per few characters, then `done`.")
+    novelty: bool = Field(False, description="Also how much each text copies from the training text (not streamed).")
 
     def config(self) -> SampleConfig:
         return SampleConfig(
@@ -76,6 +77,7 @@ class NextRequest(Strict):
 class GenerateResponse(BaseModel):
     texts: list[str]
     chars: int
+    novelty: list[dict] | None = None  # with "novelty": true, one record per text (docs/novelty.md)
 
 
 class ScoreResponse(BaseModel):
