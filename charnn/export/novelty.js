@@ -78,9 +78,11 @@
   line.id = "novelty"; line.className = "note"; line.hidden = true;
   view.id = "novelty-view"; view.className = "output"; view.hidden = true;
   out.after(line, view);
-  new MutationObserver(function () {
+  function update() {
     if (out.dataset.done !== "1" || out.dataset.error) { line.hidden = view.hidden = true; return; }
     const prime = Array.from(document.getElementById("prime").value);
     show(Array.from(out.textContent).slice(prime.length));
-  }).observe(out, {attributes: true, attributeFilter: ["data-done"]});
+  }
+  new MutationObserver(update).observe(out, {attributes: true, attributeFilter: ["data-done"]});
+  update();  // a generation that ran before this script (autorun) has ended already
 })();
