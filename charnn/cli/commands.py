@@ -64,7 +64,7 @@ def sample_cmd(
             "--novelty/--no-novelty",
             rich_help_panel="Output",
             show_default=False,
-            help="After the samples, how much each copies from the training text (default: on a terminal).",
+            help=with_default("After the samples, how much each copies from the training text.", "on a terminal"),
         ),
     ] = None,
     copy_span: Annotated[
@@ -81,7 +81,6 @@ def sample_cmd(
     charnn sample checkpoints/shakespeare --prime "ROMEO:" --length 500
     charnn sample checkpoints/shakespeare -t 0.5 --top-k 10 --seed 3
     charnn sample --num-samples 4 --length 200 > samples.txt
-    charnn sample checkpoints/shakespeare --novelty --copy-span 30 2> novelty.txt
     """
 
     def body():

@@ -148,7 +148,6 @@ def export_cmd(
     charnn export checkpoints/shakespeare -o shakespeare.html
     charnn export checkpoints/shakespeare -o small.html --precision fp16 --force
     charnn export checkpoints/shakespeare --format onnx -o shakespeare.onnx
-    charnn export checkpoints/shakespeare -o shakespeare.html --with-novelty
     """
 
     def body():
