@@ -14,7 +14,7 @@ import numpy as np
 from charnn.novelty import DEFAULT_COPY_SPAN
 
 NUMPY_LIMIT = 8_000_000  # the numpy builder's largest corpus (it holds about 40 bytes a character while sorting)
-_BLOCK = 16  # characters compared at a time; rows still equal after a block compare the next one
+_BLOCK = 16  # characters compared first; rows still equal after a block compare the next, twice as wide
 _PATTERN_END = -1  # past the sample's end: sorts before every symbol, as a shorter suffix sorts first
 _CORPUS_END = -2  # past the corpus's end: matches nothing
 
@@ -63,10 +63,10 @@ def suffix_array_numpy(ids: np.ndarray) -> np.ndarray:
     return order.astype(np.int32)
 
 
-def _gather(values: np.ndarray, starts: np.ndarray, offset: int, end: int, table: np.ndarray | None) -> np.ndarray:
-    """table[values[starts + offset + k]] for k < _BLOCK as an (R, _BLOCK) int64 block (`values` itself without
-    a table); `end` (a sentinel) past the end of `values`."""
-    idx = starts[:, None].astype(np.int64) + offset + np.arange(_BLOCK)
+def _gather(values: np.ndarray, starts: np.ndarray, width: int, end: int, table: np.ndarray | None) -> np.ndarray:
+    """table[values[starts[r] + k]] for k < width as an (R, width) int64 block (`values` itself without a
+    table); `end` (a sentinel) past the end of `values`."""
+    idx = starts[:, None] + np.arange(width)
     inside = idx < len(values)
     block = np.asarray(values[np.minimum(idx, len(values) - 1)], dtype=np.int64)
     if table is not None:
@@ -74,27 +74,32 @@ def _gather(values: np.ndarray, starts: np.ndarray, offset: int, end: int, table
     return np.where(inside, block, end)
 
 
-def _compare(pattern: np.ndarray, starts: np.ndarray, corpus: np.ndarray, sa_rows: np.ndarray, table=None):
-    """For each row r, the sample's suffix `starts[r]` against the corpus suffix `sa_rows[r]`: the length of
-    their common prefix, and the sign of the first difference (sample minus corpus; 0 never happens, as the
-    two ends differ)."""
-    rows = len(starts)
-    common = np.zeros(rows, dtype=np.int64)
-    sign = np.zeros(rows, dtype=np.int64)
-    todo = np.arange(rows)
-    offset = 0
+def _compare(
+    pattern: np.ndarray,
+    starts: np.ndarray,
+    corpus: np.ndarray,
+    sa_rows: np.ndarray,
+    skip: np.ndarray,
+    table: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each row r, the sample's suffix `starts[r]` against the corpus suffix `sa_rows[r]`, known to agree on
+    their first `skip[r]` symbols: the length of their common prefix, and the sign of the first difference
+    (sample minus corpus; never 0, as the two ends differ). Compared by blocks of doubling width."""
+    common = skip.astype(np.int64)
+    sign = np.zeros(len(starts), dtype=np.int64)
+    todo = np.arange(len(starts))
+    width = _BLOCK
     while len(todo):
-        a = _gather(pattern, starts[todo], offset, _PATTERN_END, None)
-        b = _gather(corpus, sa_rows[todo], offset, _CORPUS_END, table)
+        a = _gather(pattern, starts[todo] + common[todo], width, _PATTERN_END, None)
+        b = _gather(corpus, sa_rows[todo] + common[todo], width, _CORPUS_END, table)
         differ = a != b
         found = differ.any(axis=1)
         first = np.argmax(differ, axis=1)
-        done = todo[found]
-        common[done] = offset + first[found]
-        picked = np.arange(len(todo))[found]
-        sign[done] = np.sign(a[picked, first[found]] - b[picked, first[found]])
+        rows = np.flatnonzero(found)
+        sign[todo[rows]] = np.sign(a[rows, first[rows]] - b[rows, first[rows]])
+        common[todo] += np.where(found, first, width)
         todo = todo[~found]
-        offset += _BLOCK
+        width *= 2
     return common, sign
 
 
@@ -106,33 +111,31 @@ def matching_statistics(
     table[id] (their symbols) for the comparison; `sa` must sort the corpus in that order. Pattern values are
     non-negative.
 
-    All positions at once: a binary search of the suffix array for where each pattern suffix would sort, then
-    the common prefix with its two neighbours there, the longest of all (the suffix sharing most with a string
-    sorts next to it). Each comparison extends block by block while the two agree.
+    All positions at once: a binary search of the suffix array for where each pattern suffix would sort; the
+    suffix sharing most with a string sorts next to it, so the answer is the longer common prefix with the two
+    neighbours there. The search keeps its common prefix with both ends of the interval (Manber and Myers): a
+    suffix between them shares at least the shorter one, so each comparison starts there.
     """
     pattern = np.asarray(pattern, dtype=np.int64)
     m, n = len(pattern), len(sa)
-    starts = np.arange(m)
+    starts = np.arange(m, dtype=np.int64)
     lo, hi = np.zeros(m, dtype=np.int64), np.full(m, n, dtype=np.int64)  # insertion point in [lo, hi]
+    below, above = np.zeros(m, dtype=np.int64), np.zeros(m, dtype=np.int64)  # common prefix with sa[lo-1], sa[hi]
     while True:
-        open_ = lo < hi
-        if not open_.any():
+        rows = np.flatnonzero(lo < hi)
+        if not len(rows):
             break
-        rows = np.flatnonzero(open_)
         mid = (lo[rows] + hi[rows]) // 2
-        _, sign = _compare(pattern, starts[rows], corpus, np.asarray(sa[mid]), table)
-        greater = sign > 0
-        lo[rows[greater]] = mid[greater] + 1
-        hi[rows[~greater]] = mid[~greater]
-    lengths, offsets = np.zeros(m, dtype=np.int64), np.full(m, -1, dtype=np.int64)
-    for neighbour in (lo - 1, lo):
-        ok = (neighbour >= 0) & (neighbour < n)
-        rows = np.flatnonzero(ok)
-        where = np.asarray(sa[neighbour[rows]]).astype(np.int64)
-        common, _ = _compare(pattern, starts[rows], corpus, where, table)
-        better = common > lengths[rows]
-        lengths[rows[better]] = common[better]
-        offsets[rows[better]] = where[better]
+        skip = np.minimum(below[rows], above[rows])
+        common, sign = _compare(pattern, starts[rows], corpus, np.asarray(sa[mid]).astype(np.int64), skip, table)
+        up, down = rows[sign > 0], rows[sign < 0]
+        lo[up], below[up] = mid[sign > 0] + 1, common[sign > 0]
+        hi[down], above[down] = mid[sign < 0], common[sign < 0]
+    lengths = np.maximum(below, above)
+    at = np.where(below >= above, lo - 1, lo)  # the neighbour holding the longer copy
+    offsets = np.full(m, -1, dtype=np.int64)
+    has = lengths > 0
+    offsets[has] = np.asarray(sa[at[has]]).astype(np.int64)
     return lengths, offsets
 
 
