@@ -74,6 +74,11 @@ class DeviceError(CharnnError):
     exit_code = 6
 
 
+class NoveltyUnavailable(DataError):
+    """A sample's novelty cannot be computed: the run's corpus is missing or changed, or too large for the index.
+    Where novelty is shown beside samples it is one line saying so; a command that asked only for it exits 2."""
+
+
 class Interrupted(CharnnError):
     """Training stopped on SIGINT/SIGTERM after saving; exit code follows the shell convention 128+signal."""
 

@@ -192,59 +192,78 @@ def evaluate_file(
     return EvalResult(res.chars, res.total_nats, unknown, res.per_char)
 
 
+EVAL_FIX = "pass a FILE to score"  # what eval's messages about a run's missing corpus end with
+
+
 def validation_ids(loaded, run_dir: str | os.PathLike | None = None) -> np.ndarray:
-    """The validation split of the corpus a model was trained on, found through its run directory (`run_dir`,
-    by default the directory holding the model file): the corpus is the file RUN/config.json names, and it
-    must still hash to the model's corpus sha256. Its ids come from a sound corpus cache entry where one
-    exists (the run's sibling `.cache`, then `checkpoints/.cache`), else from encoding it in memory; nothing
-    is written. The model file's own metadata never chooses what is read: a crafted file could name any path.
+    """The validation split of the corpus a model was trained on (`run_corpus`), in the model's ids."""
+    from charnn.data import translate_ids
+
+    corpus = run_corpus(loaded, run_dir)
+    # the model's ids: a fine-tuned model's vocabulary extends another's and is not the corpus's own
+    return translate_ids(corpus.split()[1], corpus.vocab, loaded.vocab, what=corpus.path)
+
+
+def run_corpus(loaded, run_dir: str | os.PathLike | None = None, *, fix: str | None = EVAL_FIX):
+    """The corpus a model was trained on (a `charnn.data.Corpus` in its own vocabulary), found through its run
+    directory (`run_dir`, by default the directory holding the model file): the file RUN/config.json names,
+    which must still hash to the model's corpus sha256. Its ids come from a sound corpus cache entry where one
+    exists (`run_cache_dirs`), else from encoding it in memory; nothing is written. The model file's own
+    metadata never chooses what is read: a crafted file could name any path. A DataError (ending in `fix`)
+    when the corpus is missing or changed.
     """
-    from charnn.data import encode_file, translate_ids
-    from charnn.store.corpus_cache import DEFAULT_CACHE_DIR, cached_corpus, hash_file
+    from charnn.data import encode_file
+    from charnn.store.corpus_cache import cached_corpus, hash_file
     from charnn.textfile import changed_error, readable_file
 
     run_dir = Path(loaded.path).parent if run_dir is None else Path(run_dir)
-    corpus_path = _run_corpus(run_dir)
+    corpus_path = run_corpus_path(run_dir, fix=fix)
+    tail = f"; {fix}" if fix else ""
     try:
         path, size = readable_file(corpus_path)
         sha = hash_file(path, size)
     except DataError as err:
-        raise DataError(f"the corpus of run {run_dir}: {err}; pass a FILE to score") from None
+        raise DataError(f"the corpus of run {run_dir}: {err}{tail}") from None
     if sha != loaded.corpus_sha256:
         raise DataError(
             f"{corpus_path} is not the corpus this model was trained on (it changed since training: "
-            f"sha256 differs); pass a FILE to score"
+            f"sha256 differs){tail}"
         )
-    dirs = dict.fromkeys(d.resolve() for d in (run_dir.parent / ".cache", DEFAULT_CACHE_DIR) if d.is_dir())
-    corpus = cached_corpus(path, sha, loaded.data_cfg, dirs) or encode_file(path, loaded.data_cfg)
+    corpus = cached_corpus(path, sha, loaded.data_cfg, run_cache_dirs(run_dir)) or encode_file(path, loaded.data_cfg)
     if corpus.sha256 != sha:
         raise changed_error(corpus_path)
-    # the model's ids: a fine-tuned model's vocabulary extends another's and is not the corpus's own
-    return translate_ids(corpus.split()[1], corpus.vocab, loaded.vocab, what=str(corpus_path))
+    return corpus
 
 
-def _run_corpus(run_dir: Path) -> str:
-    """The corpus path a run directory's config.json records; a DataError when there is none to read."""
+def run_cache_dirs(run_dir: Path) -> list[Path]:
+    """The corpus cache directories a run's corpus is looked for in: the run's sibling `.cache`, then
+    `checkpoints/.cache`, those that exist."""
+    from charnn.store.corpus_cache import DEFAULT_CACHE_DIR
+
+    return list(dict.fromkeys(d.resolve() for d in (run_dir.parent / ".cache", DEFAULT_CACHE_DIR) if d.is_dir()))
+
+
+def run_corpus_path(run_dir: Path, *, fix: str | None = EVAL_FIX) -> str:
+    """The corpus path a run directory's config.json records; a DataError (ending in `fix`) when there is none."""
     from charnn.textfile import open_input
 
+    tail = f"; {fix}" if fix else ""
     config_path = run_dir / "config.json"
     if not config_path.exists():
-        raise DataError(
-            f"{run_dir} is not a run directory (no config.json): only a run's own validation split "
-            f"can be scored; pass a FILE to score"
-        )
+        why = ": only a run's own validation split can be scored" if fix == EVAL_FIX else ""
+        raise DataError(f"{run_dir} is not a run directory (no config.json){why}{tail}")
     try:
         f, _ = open_input(config_path)  # a regular file: a FIFO planted there must not hang eval
         with f:
             config = json.loads(f.read().decode("utf-8"))
     except DataError as err:
-        raise DataError(f"{err}; pass a FILE to score") from None
+        raise DataError(f"{err}{tail}") from None
     except (OSError, ValueError, RecursionError) as err:
-        raise DataError(f"{config_path} is unreadable ({first_line(err)}); pass a FILE to score") from None
+        raise DataError(f"{config_path} is unreadable ({first_line(err)}){tail}") from None
     corpus = config.get("corpus") if isinstance(config, dict) else None
     path = corpus.get("path") if isinstance(corpus, dict) else None
     if not isinstance(path, str) or not path:
-        raise DataError(f"{config_path} records no corpus path; pass a FILE to score")
+        raise DataError(f"{config_path} records no corpus path{tail}")
     return path
 
 

@@ -38,6 +38,7 @@ FIELDS = {
     "eval_speed.py": {"charnn_chars_per_s", "bare_chars_per_s", "ratio", "cli_eval_seconds"},
     "step_speed.py": {"rows", "median_ratio"},
     "shared_cores.py": {"rows", "worst_busy_ratio"},
+    "novelty.py": {"rows", "query_ms_1000_chars_worst"},
     "serve_load.py": {
         "loads",
         "bare_stepper_chars_per_s",

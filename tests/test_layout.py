@@ -25,6 +25,7 @@ ORDER = [
     "store",
     "evaluate",
     "dynamic",
+    "novelty",
     "inspect",
     "memory",
     "sampling",
@@ -38,6 +39,7 @@ ORDER = [
 # Inside a package the same rule holds for its modules (`__init__` may hand on any of them).
 PACKAGES = {
     "store": ["files", "meta", "trainstate", "checkpoint", "fast_utf8", "corpus_cache", "rundir", "runlock"],
+    "novelty": ["spans", "index", "run"],
     "sampling": ["draw", "packing", "stepper", "cudagraph", "generate", "beam"],
     "training": [
         "threads",

@@ -23,6 +23,7 @@ from charnn.cli.options import config_options, path_value, plain, with_default, 
 from charnn.cli.run import Command, StopFlag, run_command, say
 from charnn.config import DynamicConfig, SampleConfig
 from charnn.errors import CharnnError, CheckpointError, ConfigError
+from charnn.novelty import DEFAULT_COPY_SPAN
 
 _StopFlag = StopFlag  # the name tests and older callers know
 
@@ -60,6 +61,21 @@ def sample_cmd(
             "--raw", rich_help_panel="Output", help="Write control characters as they are, even to a terminal."
         ),
     ] = False,
+    novelty: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--novelty/--no-novelty",
+            rich_help_panel="Output",
+            show_default=False,
+            help=with_default("After the samples, how much each copies from the training text.", "on a terminal"),
+        ),
+    ] = None,
+    copy_span: Annotated[
+        int,
+        typer.Option(
+            min=1, metavar="N", rich_help_panel="Output", help="Novelty counts copied spans of N characters or more."
+        ),
+    ] = DEFAULT_COPY_SPAN,
     **options: Any,
 ) -> None:
     """Generate text from a trained model, streamed to stdout as it is produced.
@@ -72,7 +88,14 @@ def sample_cmd(
 
     def body():
         # what the first character needs, and no more (beam search is imported for --beam alone)
-        from charnn.cli.output import SampleWriter, stdout_is_terminal, write_beams, write_generation
+        from charnn.cli.output import (
+            SampleWriter,
+            say_novelty,
+            stderr_is_terminal,
+            stdout_is_terminal,
+            write_beams,
+            write_generation,
+        )
         from charnn.runtime import pick_device
         from charnn.sampling.generate import generate, read_prime
         from charnn.sampling.stepper import one_thread
@@ -93,8 +116,12 @@ def sample_cmd(
 
             beams = beam_search(loaded.model, loaded.vocab, cfg.prime, cfg.beam, cfg.length, precision=cfg.precision)
             write_beams(beams[: cfg.num_samples], out, say=say)
-            return
-        write_generation(generate(loaded.model, loaded.vocab, cfg), out, num_samples=cfg.num_samples, length=cfg.length)
+            drawn = [list(beam.ids) for beam in beams[: cfg.num_samples]]
+        else:
+            gen = generate(loaded.model, loaded.vocab, cfg)
+            drawn = write_generation(gen, out, num_samples=cfg.num_samples, length=cfg.length)
+        if novelty or (novelty is None and stderr_is_terminal()):
+            say_novelty(loaded, drawn, copy_span=copy_span)
 
     run_command(body)
 

@@ -1,5 +1,6 @@
 """What `charnn sample` and `eval` write to stdout: the sampled text, streamed as it is drawn, or raw bytes for a
-byte-level model; control characters escaped on a terminal; a failed write as one error line.
+byte-level model; control characters escaped on a terminal; a failed write as one error line; after the
+samples, their novelty lines on stderr.
 
 Not the sampling itself (charnn.sampling.generate); no torch import here.
 """
@@ -60,6 +61,10 @@ def _stdout():
 
 def stdout_is_terminal() -> bool:
     return sys.stdout is not None and sys.stdout.isatty()
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 def echo(line: str) -> None:
@@ -131,12 +136,12 @@ class SampleWriter:
             self.out.flush()
 
 
-def write_generation(gen: Any, out: SampleWriter, *, num_samples: int, length: int) -> None:
+def write_generation(gen: Any, out: SampleWriter, *, num_samples: int, length: int) -> list[list[int]]:
     """One sample streams as it is drawn; several are held (4 bytes a symbol, refused with exit 5 beyond the RAM
-    free here) and written one after the other."""
+    free here) and written one after the other. The ids each sample drew (the prime not included)."""
     if num_samples == 1:
         out.write(gen.prime)
-        _stream(gen.steps, out)
+        drawn = [_stream(gen.steps, out)]
     else:
         import torch
 
@@ -152,27 +157,32 @@ def write_generation(gen: Any, out: SampleWriter, *, num_samples: int, length: i
         for ids in gen.steps:
             held[:, done] = ids
             done += 1
+        drawn = [held[k, :done].tolist() for k in range(num_samples)]
         for k in range(num_samples):
             if k:
                 out.write_text(SEPARATOR)
-            out.write(list(gen.prime) + held[k, :done].tolist())
+            out.write(list(gen.prime) + drawn[k])
             out.end_text()
     out.write_text("\n")
     out.flush()
+    return drawn
 
 
-def _stream(steps: Any, out: SampleWriter, *, most: int = STREAM_CHUNK, wait: float = STREAM_WAIT) -> None:
+def _stream(steps: Any, out: SampleWriter, *, most: int = STREAM_CHUNK, wait: float = STREAM_WAIT) -> list[int]:
     """One stream's ids written in pieces: at most `most` ids, or what `wait` seconds produced (decoding and
-    writing each character cost more than a tenth of a step of a small model)."""
+    writing each character cost more than a tenth of a step of a small model). All of them."""
     pending: list[int] = []
+    drawn: list[int] = []
     due = time.monotonic() + wait
     for ids in steps:
         pending += ids.tolist()
         if len(pending) >= most or time.monotonic() >= due:
             out.write(pending)
+            drawn += pending
             pending = []
             due = time.monotonic() + wait
     out.write(pending)
+    return drawn + pending
 
 
 def write_beams(beams: list[Any], out: SampleWriter, *, say: Any) -> None:
@@ -189,3 +199,20 @@ def write_beams(beams: list[Any], out: SampleWriter, *, say: Any) -> None:
             f"beam {k + 1}: log-probability {beam.logprob:.4f} nats ({beam.per_char:.4f} per character, "
             f"{len(beam.ids)} characters)"
         )
+
+
+def say_novelty(loaded: Any, drawn: list[list[int]], *, copy_span: int) -> None:
+    """One line on stderr per sample: its longest copied span and the share in copied spans (charnn.novelty);
+    one line saying why instead when the run's corpus cannot be read."""
+    from charnn.cli.run import say
+    from charnn.errors import NoveltyUnavailable
+    from charnn.novelty.run import run_index, unavailable_line
+
+    try:
+        index = run_index(loaded)
+    except NoveltyUnavailable as err:
+        say(unavailable_line(err))
+        return
+    for k, ids in enumerate(drawn):
+        label = "novelty" if len(drawn) == 1 else f"novelty of sample {k + 1}"
+        say(index.check(ids, loaded.vocab, copy_span=copy_span).line(label))

@@ -118,7 +118,8 @@ class TrainDisplay:
                 )
         elif p.kind == "sample":
             rule = "-" * 20
-            self._write(f"{rule} sample at iteration {p.step} {rule}\n{p.text}\n{'-' * 60}")
+            novelty = f"\n{p.novelty}" if p.novelty else ""
+            self._write(f"{rule} sample at iteration {p.step} {rule}\n{p.text}\n{'-' * 60}{novelty}")
         elif p.kind == "warning":
             self._write(f"warning: step {p.step}: {p.text}")
         elif p.kind == "stop":

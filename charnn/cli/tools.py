@@ -179,6 +179,12 @@ def export_cmd(
         ),
     ] = ExportPrecision.fp32,
     force: Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")] = False,
+    with_novelty: Annotated[
+        bool,
+        typer.Option(
+            "--with-novelty", help="The page marks what samples copy from the training text (corpora up to ~1 MB)."
+        ),
+    ] = False,
 ) -> None:
     """Take a model out of Python: a self-contained HTML playground page, or an ONNX step model.
 
@@ -198,11 +204,13 @@ def export_cmd(
         fmt = export_format(output, given)
         if fmt is ExportFormat.onnx and precision is not ExportPrecision.fp32:
             raise ConfigError("--precision applies to --format html; ONNX weights are fp32")
+        if fmt is ExportFormat.onnx and with_novelty:
+            raise ConfigError("--with-novelty applies to --format html")
         loaded = load_run(run, which=which.value, device="cpu")
         if fmt is ExportFormat.onnx:
             path = export_onnx(loaded, output, force=force)
         else:
-            path = export_html(loaded, output, precision=precision.value, force=force)
+            path = export_html(loaded, output, precision=precision.value, force=force, with_novelty=with_novelty)
         say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) from {loaded.path.name}")
 
     run_command(body)

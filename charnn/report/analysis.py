@@ -143,12 +143,29 @@ def read_samples(run_dir: Path) -> list[dict[str, Any]]:
             "val_loss": number(r, "val_loss") if real(r.get("val_loss")) else None,
             "temperature": r["temperature"] if real(r.get("temperature")) else "?",
             "text": r.get("text") if isinstance(r.get("text"), str) else "",
+            "novelty": read_novelty(r.get("novelty")),
         }
         for r in records
         if is_step(r.get("step"))
     ]
     _skipped(path, len(records) - len(out), "record(s) without a step")
     return out
+
+
+def read_novelty(record: Any) -> dict[str, Any] | None:
+    """A sample's novelty record (charnn.novelty) with the fields the report shows, each of its type; None when
+    the sample has none (written before novelty was recorded, or unavailable for that run)."""
+    if not isinstance(record, dict) or not is_step(record.get("longest")) or not real(record.get("share")):
+        return None
+    spans = record.get("spans") if isinstance(record.get("spans"), list) else []
+    return {
+        "longest": record["longest"],
+        "share": float(record["share"]),
+        "copy_span": record.get("copy_span") if is_step(record.get("copy_span")) else "?",
+        "spans": [
+            (a, b) for a, b in (s for s in spans if isinstance(s, list) and len(s) == 2) if is_step(a) and is_step(b)
+        ],
+    }
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The report's training curves: loss against iteration and wall time (nats and bits), the learning rate, the
-gradient norm with how often clipping fired, from the run's metrics.jsonl (`charnn.report.analysis.RunLog`).
+gradient norm with how often clipping fired, from the run's metrics.jsonl (`charnn.report.analysis.RunLog`), and how
+much the training samples copy from the corpus (samples.jsonl's novelty).
 """
 
 from __future__ import annotations
@@ -51,6 +52,42 @@ def _loss_charts(train: list[dict], evals: list[dict]) -> list[tuple[str, str, l
         )
         out.append((cid, svg, pts))
     return out
+
+
+def _novelty_chart(samples: list[dict]) -> list[tuple[str, str, list]]:
+    """Each training sample's share of characters in copied spans (left) and its longest copied span (right)
+    against iteration: memorisation shows as these rising while validation loss rises. None without novelty."""
+    rows = [r for r in samples if r.get("novelty")]
+    if not rows:
+        return []
+
+    def tip(r: dict) -> str:
+        n = r["novelty"]
+        return (
+            f"step {r['step']} · longest copied span {n['longest']:,} characters · {100 * n['share']:.0f}% in "
+            f"copied spans of {n['copy_span']} or more"
+        )
+
+    svg, pts = chart(
+        "novelty",
+        "Copying from the training text (samples)",
+        [
+            Series("share in copied spans", [(r["step"], r["novelty"]["share"], tip(r)) for r in rows], "#db2777"),
+            Series(
+                "longest copied span",
+                [(r["step"], r["novelty"]["longest"], tip(r)) for r in rows],
+                "#0891b2",
+                right=True,
+                dash=True,
+                dots=True,
+            ),
+        ],
+        x_label="iteration",
+        y_label="share of characters in copied spans",
+        right_label="longest copied span (characters)",
+        zero=True,
+    )
+    return [("novelty", svg, pts)]
 
 
 def _lr_chart(train: list[dict]) -> tuple[str, str, list]:
@@ -112,8 +149,13 @@ def _grad_chart(train: list[dict], config: dict) -> tuple[str, str, list]:
 
 
 def curve_charts(log: RunLog) -> tuple[str, dict[str, list]]:
-    """The four curve charts as HTML and their hover points by chart id."""
-    charts = _loss_charts(log.train, log.evals) + [_lr_chart(log.train), _grad_chart(log.train, log.config)]
+    """The curve charts as HTML (loss twice, the samples' novelty when recorded, learning rate, gradient norm)
+    and their hover points by chart id."""
+    charts = (
+        _loss_charts(log.train, log.evals)
+        + _novelty_chart(log.samples)
+        + [_lr_chart(log.train), _grad_chart(log.train, log.config)]
+    )
     return "".join(f"<figure>{svg}</figure>" for _, svg, _ in charts), {cid: pts for cid, _, pts in charts}
 
 

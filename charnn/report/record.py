@@ -26,12 +26,31 @@ def timeline(samples: list[dict]) -> str:
             if isinstance(val, (int, float))
             else "no validation yet"
         )
+        novelty = s.get("novelty")
+        copied = (
+            f" · longest copied span {novelty['longest']:,} characters, {100 * novelty['share']:.0f}% in copied "
+            f"spans of {novelty['copy_span']} or more (marked)"
+            if novelty
+            else ""
+        )
         items.append(
             f'<li><div class="meta"><b>iteration {int(s.get("step", 0))}</b> · {val_txt} · '
-            f"{float(s.get('elapsed', 0)):.0f} s · temperature {s.get('temperature', '?')}</div>"
-            f"<pre>{html.escape(str(s.get('text', '')))}</pre></li>"
+            f"{float(s.get('elapsed', 0)):.0f} s · temperature {s.get('temperature', '?')}{copied}</div>"
+            f"<pre>{marked(str(s.get('text', '')), novelty['spans'] if novelty else [])}</pre></li>"
         )
     return f'<ol class="timeline" id="timeline">{"".join(items)}</ol>'
+
+
+def marked(text: str, spans: list[tuple[int, int]]) -> str:
+    """`text` escaped, with each [start, end) of `spans` (copied from the corpus) in a <mark>."""
+    out, at = [], 0
+    for start, end in sorted(spans):
+        start, end = max(start, at), min(end, len(text))
+        if start >= end:
+            continue
+        out += [html.escape(text[at:start]), f'<mark class="copied">{html.escape(text[start:end])}</mark>']
+        at = end
+    return "".join(out) + html.escape(text[at:])
 
 
 def config_tables(config: dict) -> str:

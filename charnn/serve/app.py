@@ -148,7 +148,10 @@ def _routes(app: FastAPI, default: LoadedModel, *, max_batch: int, max_length: i
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return await collect(job, request)
+        answer = await collect(job, request)
+        if body.novelty and isinstance(answer, dict):
+            answer["novelty"] = await asyncio.to_thread(served.novelty.texts, answer["texts"])
+        return answer
 
     @app.post("/v1/score", response_model=ScoreResponse, response_model_exclude_unset=True)
     async def score(body: ScoreRequest, request: Request) -> dict:

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import Request
 
 from charnn.errors import CharnnError
+from charnn.novelty.run import RunNovelty
 from charnn.serve.engine import Engine
 from charnn.serve.jobs import Job, Output
 from charnn.serve.metrics import Metrics
@@ -59,6 +60,7 @@ class Served:
 
     def __init__(self, name: str, loaded: LoadedModel) -> None:
         self.name, self.loaded = name, loaded
+        self.novelty = RunNovelty(loaded)  # the index is found at the first request that asks for novelty
         self.engine: Engine | ProcessEngine | None = None
         self._arrived: dict[Job, float] = {}  # submitted jobs without text yet (event loop only)
         self._first: Callable[[float], None] = lambda s: None

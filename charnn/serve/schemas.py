@@ -58,6 +58,7 @@ class GenerateRequest(Strict):
     seed: int | None = _sampling("seed")
     num_samples: int = _sampling("num_samples")
     stream: bool = Field(False, description="Server-Sent Events: one event per few characters, then `done`.")
+    novelty: bool = Field(False, description="Also how much each text copies from the training text (not streamed).")
 
     def config(self) -> SampleConfig:
         return SampleConfig(
@@ -96,6 +97,7 @@ class GenerateResponse(BaseModel):
     bytes: list[str] | None = Field(
         None, description="A --bytes model's exact output, base64; `texts` are it decoded (U+FFFD for non-UTF-8)."
     )
+    novelty: list[dict] | None = None  # with "novelty": true, one record per text (docs/novelty.md)
 
 
 class ScoreResponse(BaseModel):

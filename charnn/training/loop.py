@@ -242,6 +242,7 @@ def draw_sample(run: Run, s: LoopState) -> None:
     text = sample_text(run.model, run.data.vocab, sample_cfg)[0]
     run.model.train()
     shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    novelty, line = sample_novelty(run, s, text)
     run.samples.write(
         json.dumps(
             {
@@ -250,12 +251,31 @@ def draw_sample(run: Run, s: LoopState) -> None:
                 "val_loss": s.last_val,
                 "temperature": cfg.sample_temperature,
                 "text": shown,
+                "novelty": novelty,
             }
         )
         + "\n"
     )
     run.samples.flush()
-    emit(run, s, "sample", text=shown)
+    emit(run, s, "sample", text=shown, novelty=line)
+
+
+def sample_novelty(run: Run, s: LoopState, text: str | bytes) -> tuple[dict, str]:
+    """A sample's novelty against the whole corpus (charnn.novelty) as samples.jsonl records it, and its line;
+    the index is built (or read from beside the corpus cache) at the first sample."""
+    from charnn.errors import NoveltyUnavailable
+    from charnn.novelty.index import corpus_index
+    from charnn.novelty.run import unavailable_line
+
+    if s.novelty_index is None:
+        try:
+            s.novelty_index = corpus_index(run.data, [run.cache_dir] if run.cache_dir else [])
+        except NoveltyUnavailable as err:
+            s.novelty_index = err
+    if isinstance(s.novelty_index, NoveltyUnavailable):
+        return {"unavailable": str(s.novelty_index)}, unavailable_line(s.novelty_index)
+    found = s.novelty_index.check(text)
+    return found.to_json(), found.line()
 
 
 def _log(run: Run, record: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ class Progress:
     grad_norm: float | None = None
     chars_per_s: float | None = None
     text: str | None = None  # the sample, a path, or a message
+    novelty: str | None = None  # a sample's novelty line (charnn.novelty), or why it is unavailable
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class LoopState:
     warned: bool = False  # the overfitting warning was given since the last new best
     eval_seconds: float = 0.0  # spent validating and writing checkpoints in this process
     t_start: float = 0.0  # time.perf_counter() when elapsed() was 0
+    novelty_index: Any = None  # the corpus's NoveltyIndex once the first sample needs it, or why there is none
     stats: StepStats = field(init=False)  # set as the loop starts: the device-side sums of the log window
 
     def elapsed(self) -> float:
