@@ -29,7 +29,9 @@ Backend = choice("Backend", BACKENDS)
 Which = choice("Which", ("best", "latest"))
 
 # Options several commands share, written once.
-RunPath = Annotated[Path, typer.Argument(metavar="RUN", help="Run directory or checkpoint file.", show_default=False)]
+RunPath = Annotated[
+    Path, typer.Argument(metavar="RUN", help="Run directory, checkpoint file or bundled model.", show_default=False)
+]
 WhichOption = Annotated[
     Which,
     typer.Option(

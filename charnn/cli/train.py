@@ -75,7 +75,7 @@ def train_cmd(
             metavar="RUN",
             rich_help_panel="Run",
             parser=_given_path,
-            help="Start from this run's best model (fine-tune).",
+            help="Start from this run's best model, or a bundled one (fine-tune).",
         ),
     ] = None,
     quiet: Annotated[
@@ -121,6 +121,7 @@ def train_cmd(
     charnn train poems.txt --plan
     charnn train data/tinyshakespeare.txt --out checkpoints/shakespeare
     charnn train notes.txt --time-budget 60 --model gru
+    charnn train letters.txt --init-from shakespeare
 
     Under `torchrun --nproc_per_node=N` the --batch-size streams are split across the N processes.
     """
