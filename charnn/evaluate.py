@@ -195,7 +195,11 @@ def validation_ids(loaded, run_dir: str | os.PathLike | None = None) -> np.ndarr
     from charnn.store.corpus_cache import DEFAULT_CACHE_DIR, cached_corpus, hash_file
     from charnn.textfile import changed_error, readable_file
 
+    from charnn.store.bundled import models_dir
+
     run_dir = Path(loaded.path).parent if run_dir is None else Path(run_dir)
+    if run_dir.resolve() == models_dir().resolve():
+        raise DataError(f"{Path(loaded.path).stem} is a model shipped with charnn, not a run; pass a FILE to score")
     corpus_path = _run_corpus(run_dir)
     try:
         path, size = readable_file(corpus_path)

@@ -103,6 +103,14 @@ def test_an_unknown_name_is_one_error_line_naming_charnn_models(tmp_path, monkey
         )
 
 
+def test_eval_of_a_bundled_model_asks_for_a_file(tmp_path):
+    line = one_error_line(invoke("eval", "shakespeare"), None)
+    assert line == "error: shakespeare is a model shipped with charnn, not a run; pass a FILE to score"
+    (tmp_path / "t.txt").write_text("ROMEO:\nWhat say you?\n")
+    res = invoke("eval", "shakespeare", tmp_path / "t.txt", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["chars"] == 20
+
+
 def test_charnn_models_lists_the_starter(starter):
     res = invoke("models")
     assert res.exit_code == 0 and res.stderr == ""
@@ -141,3 +149,12 @@ def test_fine_tuning_from_the_starter_extends_its_vocabulary(tmp_path):
     record = json.loads((tmp_path / "ft" / "config.json").read_text())["init_from"]
     assert record["sha256"] == hashlib.sha256(bundled_path("shakespeare").read_bytes()).hexdigest()
     assert isinstance(cfg, TrainConfig)
+
+
+def test_the_wheel_ships_every_bundled_file():
+    """pyproject's package data names each file under charnn/store/models/ (a wheel without them has no starter)."""
+    tomllib = pytest.importorskip("tomllib")
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["charnn"]
+    folder = REPO / "charnn" / "store" / "models"
+    shipped = {p for pattern in globs for p in (REPO / "charnn").glob(pattern)}
+    assert set(folder.iterdir()) <= shipped and len(list(folder.iterdir())) >= 2
