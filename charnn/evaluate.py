@@ -192,10 +192,9 @@ def validation_ids(loaded, run_dir: str | os.PathLike | None = None) -> np.ndarr
     is written. The model file's own metadata never chooses what is read: a crafted file could name any path.
     """
     from charnn.data import encode_file, translate_ids
+    from charnn.store.bundled import models_dir
     from charnn.store.corpus_cache import DEFAULT_CACHE_DIR, cached_corpus, hash_file
     from charnn.textfile import changed_error, readable_file
-
-    from charnn.store.bundled import models_dir
 
     run_dir = Path(loaded.path).parent if run_dir is None else Path(run_dir)
     if run_dir.resolve() == models_dir().resolve():

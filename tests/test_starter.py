@@ -158,3 +158,34 @@ def test_the_wheel_ships_every_bundled_file():
     folder = REPO / "charnn" / "store" / "models"
     shipped = {p for pattern in globs for p in (REPO / "charnn").glob(pattern)}
     assert set(folder.iterdir()) <= shipped and len(list(folder.iterdir())) >= 2
+
+
+def test_the_plan_hints_at_the_starter_for_a_small_corpus_in_its_characters():
+    from charnn.training.plan import CorpusFacts, Hardware, PlanRequest, make_plan
+
+    def hint(facts, request=None):
+        lines = make_plan(facts, Hardware(), request or PlanRequest()).lines
+        return [line for line in lines if line.startswith("hint:")]
+
+    (line,) = hint(CorpusFacts(45_000, 5_000, 60, starter_coverage=0.9995))
+    assert line.startswith("hint: the bundled starter knows 100.0% of these characters") and "--init-from" in line
+    assert hint(CorpusFacts(45_000, 5_000, 60, starter_coverage=0.95)) == []  # another alphabet
+    assert hint(CorpusFacts(45_000, 5_000, 60)) == []  # not looked at
+    assert hint(CorpusFacts(450_000, 50_000, 60, starter_coverage=1.0)) == []  # not small
+    for request in (
+        PlanRequest(preset="tiny"),
+        PlanRequest(model={"hidden": 64}),
+        PlanRequest(init_model=ModelConfig()),
+    ):
+        assert hint(CorpusFacts(45_000, 5_000, 60, starter_coverage=1.0), request) == []
+
+
+def test_starter_coverage_counts_the_training_characters(tmp_path):
+    from charnn.training.finetune import starter_coverage
+
+    path = tmp_path / "t.txt"
+    path.write_text("abc" * 30 + "\u00e9" * 10, encoding="utf-8")  # 90 of 100 in tiny shakespeare's alphabet
+    corpus = encode_file(path, DataConfig())
+    assert starter_coverage(corpus.ids, corpus) == pytest.approx(0.9)
+    in_bytes = encode_file(path, DataConfig(bytes_mode=True))
+    assert starter_coverage(in_bytes.ids, in_bytes) is None  # a vocabulary of bytes: another kind of model

@@ -14,6 +14,7 @@ from pathlib import Path
 from charnn.errors import CheckpointError
 
 MANIFEST = "models.json"
+STARTER = "shakespeare"  # the model the plan suggests fine-tuning for a small corpus (charnn.training.plan)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 from charnn.config import PRESETS, STOPPING_RULES, ModelConfig, TrainConfig, check_fields, overlay_train
 from charnn.errors import ConfigError
 from charnn.fields import to_dict
+from charnn.store.bundled import STARTER
 from charnn.training.choices import model_choice, run_shape, schedule_choice, steps_per_epoch, tier_of
 from charnn.training.schedule import total_steps
 from charnn.training.timing import TARGET_SECONDS, Speed, duration, eval_share, per_step
@@ -25,6 +26,10 @@ from charnn.training.timing import TARGET_SECONDS, Speed, duration, eval_share, 
 SHAPING = frozenset({"time_budget", "epochs", "tie_weights", "locked_dropout", "min_lr", "grad_clip"})
 # Model options a fine-tuned run may change: no weight's shape or meaning depends on them.
 FREE_ON_FINETUNE = ("dropout", "locked_dropout")
+# A new model on fewer training characters than this, nearly all of them (STARTER_HINT_COVERAGE) known to the
+# bundled starter: the plan's lines suggest fine-tuning it (docs/finetune.md measures why); it never switches.
+STARTER_HINT_CHARS = 100_000
+STARTER_HINT_COVERAGE = 0.99
 # The options the plan chooses when they are not given (the help shows "[default: plan]" for them).
 PLANNED = frozenset(
     {
@@ -58,11 +63,13 @@ class Hardware:
 
 @dataclass(frozen=True)
 class CorpusFacts:
-    """What the plan needs to know about the corpus: its split sizes and its vocabulary."""
+    """What the plan needs to know about the corpus: its split sizes and its vocabulary; and, for a small one, the
+    share of its training characters the bundled starter model knows (None: not looked at)."""
 
     train_chars: int
     val_chars: int
     vocab_size: int
+    starter_coverage: float | None = None
 
 
 @dataclass(frozen=True)
@@ -245,7 +252,24 @@ def _explain(plan: Plan, facts: CorpusFacts, hardware: Hardware, request: PlanRe
     given = sorted(k for k in request.given() if k in PLANNED or k in SHAPING)
     if given:
         lines.append("given: " + ", ".join("--" + k.replace("_", "-") for k in given))
+    if _suggest_starter(facts, request):
+        lines.append(
+            f"hint: the bundled starter knows {facts.starter_coverage:.1%} of these characters; on small English "
+            f"corpora --init-from {STARTER} ended lower in the same time (docs/finetune.md)"
+        )
     return tuple(lines)
+
+
+def _suggest_starter(facts: CorpusFacts, request: PlanRequest) -> bool:
+    """A new model of the plan's own shape, on a small corpus written nearly all in the starter's characters."""
+    coverage = facts.starter_coverage
+    new_model = request.init_model is None and request.preset is None and not request.model
+    return (
+        new_model
+        and coverage is not None
+        and coverage >= STARTER_HINT_COVERAGE
+        and facts.train_chars < STARTER_HINT_CHARS
+    )
 
 
 def _timing(plan: Plan, hardware: Hardware, request: PlanRequest) -> str:
