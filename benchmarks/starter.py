@@ -47,10 +47,12 @@ FLAGS: dict[str, str | None] = {
     "--warmup-iters": "50",
     "--weight-decay": "0.1",
     "--max-iters": "4000",
-    "--eval-every": "500",
+    "--eval-every": "1000",
     "--patience": "0",
     "--seed": "0",
-    "--threads": "2",
+    # One thread: on a shared 2-core machine two threads wait for each other whenever another program holds a core
+    # (60 steps at load 7: 13 s with one thread, over 100 s with two).
+    "--threads": "1",
 }
 QUICK = {"--max-iters": "20", "--eval-every": "10", "--hidden": "32", "--embed": "16"}
 
@@ -116,7 +118,7 @@ def compare(paths: list[Path], *, steps: int, seconds: float) -> None:
         for path in paths:
             for start, init in (("scratch", []), ("starter", ["--init-from", NAME])):
                 for rule, limit in (("steps", ["--max-iters", str(steps)]), ("time", ["--time-budget", str(seconds)])):
-                    flags = ["--seed", "0", "--threads", "2", "--sample-length", "0", *init, *limit]
+                    flags = ["--seed", "0", "--threads", "1", "--sample-length", "0", *init, *limit]
                     row = {
                         "corpus": path.stem,
                         "start": start,
