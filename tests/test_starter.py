@@ -168,8 +168,10 @@ def test_the_plan_hints_at_the_starter_for_a_small_corpus_in_its_characters():
         return [line for line in lines if line.startswith("hint:")]
 
     (line,) = hint(CorpusFacts(45_000, 5_000, 60, starter_coverage=0.9995))
-    assert line.startswith("hint: the bundled starter knows 100.0% of these characters") and "--init-from" in line
-    assert hint(CorpusFacts(45_000, 5_000, 60, starter_coverage=0.95)) == []  # another alphabet
+    assert line.startswith("hint: the bundled starter knows 99.9% of these characters") and "--init-from" in line
+    (line,) = hint(CorpusFacts(45_000, 5_000, 60, starter_coverage=1.0))
+    assert line.startswith("hint: the bundled starter knows 100% of these characters")
+    assert hint(CorpusFacts(45_000, 5_000, 60, starter_coverage=0.9)) == []  # another alphabet
     assert hint(CorpusFacts(45_000, 5_000, 60)) == []  # not looked at
     assert hint(CorpusFacts(450_000, 50_000, 60, starter_coverage=1.0)) == []  # not small
     for request in (
