@@ -256,7 +256,7 @@ def _explain(plan: Plan, facts: CorpusFacts, hardware: Hardware, request: PlanRe
         known = math.floor(facts.starter_coverage * 1000) / 10  # 99.97% is not all: never round up to 100
         lines.append(
             f"hint: the bundled starter knows {known:g}% of these characters; fine-tuning it (--init-from {STARTER}) "
-            f"ended 0.16-0.21 nats/char lower than a new model on small English corpora (docs/finetune.md)"
+            f"ended 0.16-0.27 nats/char lower than a new model on small English corpora (docs/finetune.md)"
         )
     return tuple(lines)
 
