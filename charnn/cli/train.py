@@ -120,8 +120,7 @@ def train_cmd(
     Examples:
     charnn train poems.txt --plan
     charnn train data/tinyshakespeare.txt --out checkpoints/shakespeare
-    charnn train notes.txt --time-budget 60 --model gru
-    charnn train letters.txt --init-from shakespeare
+    charnn train letters.txt --init-from shakespeare --time-budget 60
 
     Under `torchrun --nproc_per_node=N` the --batch-size streams are split across the N processes.
     """
