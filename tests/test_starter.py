@@ -191,3 +191,10 @@ def test_starter_coverage_counts_the_training_characters(tmp_path):
     assert starter_coverage(corpus.ids, corpus) == pytest.approx(0.9)
     in_bytes = encode_file(path, DataConfig(bytes_mode=True))
     assert starter_coverage(in_bytes.ids, in_bytes) is None  # a vocabulary of bytes: another kind of model
+
+
+def test_charnn_train_plan_shows_the_hint_and_never_switches(tiny_corpus):
+    res = invoke("train", tiny_corpus, "--plan", "--json")
+    plan = json.loads(res.stdout)
+    assert plan["lines"][-1].startswith("hint: the bundled starter knows 100% of these characters")
+    assert "fine-tuning" not in plan["lines"][0] and plan["schedule"]["lr"] == 3e-3  # a new model, as without it
