@@ -213,12 +213,15 @@ def run_corpus(loaded, run_dir: str | os.PathLike | None = None, *, fix: str | N
     when the corpus is missing or changed.
     """
     from charnn.data import encode_file
+    from charnn.store.bundled import models_dir
     from charnn.store.corpus_cache import cached_corpus, hash_file
     from charnn.textfile import changed_error, readable_file
 
     run_dir = Path(loaded.path).parent if run_dir is None else Path(run_dir)
-    corpus_path = run_corpus_path(run_dir, fix=fix)
     tail = f"; {fix}" if fix else ""
+    if run_dir.resolve() == models_dir().resolve():
+        raise DataError(f"{Path(loaded.path).stem} is a model shipped with charnn, not a run{tail}")
+    corpus_path = run_corpus_path(run_dir, fix=fix)
     try:
         path, size = readable_file(corpus_path)
         sha = hash_file(path, size)

@@ -38,7 +38,7 @@ ORDER = [
 ]
 # Inside a package the same rule holds for its modules (`__init__` may hand on any of them).
 PACKAGES = {
-    "store": ["files", "meta", "trainstate", "checkpoint", "fast_utf8", "corpus_cache", "rundir", "runlock"],
+    "store": ["files", "meta", "trainstate", "bundled", "checkpoint", "fast_utf8", "corpus_cache", "rundir", "runlock"],
     "novelty": ["spans", "index", "run"],
     "sampling": ["draw", "packing", "stepper", "cudagraph", "generate", "beam"],
     "training": [

@@ -245,7 +245,10 @@ def test_cli_report_writes_the_page_and_maps_errors(tiny_run, tmp_path):
     assert out.read_text().startswith("<!DOCTYPE html>") and res.stdout == ""
     res = invoke("report", str(tmp_path / "nope"))
     assert res.exit_code == 2
-    assert res.stderr.strip() == f"error: {tmp_path / 'nope'}: no such run directory or checkpoint file"
+    assert res.stderr.strip() == (
+        f"error: {tmp_path / 'nope'}: no such run directory, checkpoint file or bundled model "
+        "(`charnn models` lists them)"
+    )
     res = invoke("report", str(tiny_run), "--text", str(tmp_path / "missing.txt"))
     assert res.exit_code == 2 and res.stderr.startswith("error: ")
 

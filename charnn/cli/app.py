@@ -32,7 +32,9 @@ Which = choice("Which", ("best", "latest"))
 # Options several commands share, written once.
 RunPath = Annotated[
     Path,
-    typer.Argument(metavar="RUN", help="Run directory or checkpoint file.", show_default=False, parser=path_value),
+    typer.Argument(
+        metavar="RUN", help="Run directory, checkpoint file or bundled model.", show_default=False, parser=path_value
+    ),
 ]
 WhichOption = Annotated[
     Which,

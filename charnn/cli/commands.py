@@ -40,7 +40,7 @@ def sample_cmd(
             metavar="RUN",
             show_default=False,
             parser=path_value,
-            help=with_default("Run directory or checkpoint file.", "the newest run under checkpoints/"),
+            help=with_default("Run directory, checkpoint file or bundled model.", "the newest run under checkpoints/"),
         ),
     ] = None,
     *,
@@ -81,7 +81,7 @@ def sample_cmd(
     """Generate text from a trained model, streamed to stdout as it is produced.
 
     Examples:
-    charnn sample checkpoints/shakespeare --prime "ROMEO:" --length 500
+    charnn sample shakespeare --prime "ROMEO:" --length 500
     charnn sample checkpoints/shakespeare -t 0.5 --top-k 10 --seed 3
     charnn sample --num-samples 4 --length 200 > samples.txt
     """

@@ -1,5 +1,6 @@
 """The commands that work on a trained run beyond sampling and scoring: `report` (the HTML training report),
-`export` (the playground page or an ONNX model) and `serve` (the HTTP server). Each body is one library call.
+`export` (the playground page or an ONNX model) and `serve` (the HTTP server); and `models`, the list of the
+models shipped with charnn. Each body is one library call.
 """
 
 from __future__ import annotations
@@ -234,3 +235,37 @@ def export_format(output: Path, given: ExportFormat | None = None) -> ExportForm
             f"drop --format or rename the output"
         )
     return given
+
+
+# Options: all written in this signature (none come from a config's fields).
+@app.command("models", cls=Command)
+def models_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON line per model on stdout.")] = False,
+) -> None:
+    """List the models shipped with charnn: any command that takes RUN accepts their names.
+
+    Examples:
+    charnn models
+    charnn sample shakespeare --prime "ROMEO:"
+    charnn train mytext.txt --init-from shakespeare
+    """
+
+    def body():
+        import json
+
+        from charnn.cli.output import echo
+        from charnn.store.bundled import bundled_models
+        from charnn.store.checkpoint import read_meta
+
+        for m in bundled_models():
+            cfg = read_meta(m.path).model_cfg
+            kind = f"{cfg.model.upper()} {cfg.layers}x{cfg.hidden}"
+            if as_json:
+                echo(json.dumps({**m.as_dict(), "model": kind}))
+                continue
+            echo(
+                f"{m.name}  {kind}, {m.bytes / 1e6:.1f} MB  trained on {m.trained_on} ({m.corpus_chars:,} characters, "
+                f"{m.steps:,} steps)  validation {m.val_loss:.4f} nats/char"
+            )
+
+    run_command(body)

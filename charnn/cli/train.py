@@ -85,7 +85,7 @@ def train_cmd(
             metavar="RUN",
             rich_help_panel="Run",
             parser=_given_path,
-            help="Start from this run's best model (fine-tune).",
+            help="Start from this run's best model, or a bundled one (fine-tune).",
         ),
     ] = None,
     quiet: Annotated[
@@ -130,7 +130,7 @@ def train_cmd(
     Examples:
     charnn train poems.txt --plan
     charnn train data/tinyshakespeare.txt --out checkpoints/shakespeare
-    charnn train notes.txt --time-budget 60 --model gru
+    charnn train letters.txt --init-from shakespeare --time-budget 60
 
     Under `torchrun --nproc_per_node=N` the --batch-size streams are split across the N processes.
     """

@@ -1,8 +1,9 @@
 """A checkpoint: the model file users share (safetensors weights, a sha256 per tensor, one typed metadata record,
 `CheckpointMeta`) and, beside it, the training state for resuming (`charnn.store.trainstate`). `write_checkpoint`
 writes the pair; `load_model` reads the model file back and never unpickles: the header is checked against the
-shapes the config implies before a weight byte is allocated. Where checkpoints live in a run directory, and which
-to load or prune, is `charnn.store.rundir`'s work.
+shapes the config implies before a weight byte is allocated. Weights are stored in fp32, or in 16 bits for a
+model shipped small (`charnn.store.bundled`), and are fp32 once loaded. Where checkpoints live in a run
+directory, and which to load or prune, is `charnn.store.rundir`'s work.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from charnn.store.trainstate import state_bytes, state_path
 from charnn.textfile import remember_input
 
 MAX_HEADER_BYTES = 64 << 20
+# safetensors' dtype names of the weights a model file may hold; training writes F32
+WEIGHT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 def read_meta(path: str | os.PathLike) -> CheckpointMeta:
@@ -96,11 +99,14 @@ def model_bytes(
     corpus_cache: str | None = None,
     train_cfg: TrainConfig | None = None,
     state_sha256: str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> bytes:
-    """The safetensors file for `model`: fp32 weights, their sha256, and the `CheckpointMeta` made of the
-    arguments and `model.cfg`."""
+    """The safetensors file for `model`: its weights in `dtype` (one of WEIGHT_DTYPES), their sha256, and the
+    `CheckpointMeta` made of the arguments and `model.cfg`."""
     from safetensors.torch import save
 
+    if dtype not in WEIGHT_DTYPES.values():
+        raise ValueError(f"model files store weights as {', '.join(map(str, WEIGHT_DTYPES.values()))}, not {dtype}")
     meta = CheckpointMeta(
         model.cfg,
         data_cfg,
@@ -116,7 +122,7 @@ def model_bytes(
 
     tensors, stored = {}, set()
     for k, v in model.state_dict().items():
-        t = v.detach().float().contiguous().cpu()
+        t = v.detach().to(dtype).contiguous().cpu()
         if t.untyped_storage().data_ptr() in stored:  # tied weights: safetensors refuses shared storage
             t = t.clone()
         stored.add(t.untyped_storage().data_ptr())
@@ -234,8 +240,8 @@ def load_model(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
 def _tensor_spans(
     header: dict[str, Any], expected: dict[str, tuple[int, ...]], data_len: int, path: Path
 ) -> list[tuple[int, int, str]]:
-    """(start, end, name) of each tensor's bytes after the header, once its entry matches the shape and dtype
-    the config implies and its offsets lie inside the file."""
+    """(start, end, name) of each tensor's bytes after the header, once its entry matches the shape the config
+    implies, its dtype is one of WEIGHT_DTYPES and its offsets lie inside the file."""
     if set(header) != set(expected):
         raise CheckpointError(f"{path}: tensors do not match the model config in the metadata")
     spans = []
@@ -243,7 +249,7 @@ def _tensor_spans(
         entry = header[name]
         if (
             not isinstance(entry, dict)
-            or entry.get("dtype") != "F32"
+            or entry.get("dtype") not in WEIGHT_DTYPES
             or not isinstance(entry.get("shape"), list)
             or tuple(entry["shape"]) != shape
         ):
@@ -254,7 +260,7 @@ def _tensor_spans(
             or len(offsets) != 2
             or not all(isinstance(o, int) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1] <= data_len
-            or offsets[1] - offsets[0] != 4 * math.prod(shape)
+            or offsets[1] - offsets[0] != WEIGHT_DTYPES[entry["dtype"]].itemsize * math.prod(shape)
         ):
             raise CheckpointError(f"{path}: tensor {name!r} has bad data offsets (the file is truncated or corrupt)")
         spans.append((offsets[0], offsets[1], name))
@@ -282,13 +288,14 @@ def _verified_bytes(
 
 
 def _weights(blob: bytes, model_cfg: ModelConfig, path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of verified bytes, refused if any holds NaN or inf or the tied copies differ."""
+    """The tensors of verified bytes in fp32, refused if any holds NaN or inf or the tied copies differ."""
     from safetensors.torch import load as st_load
 
     try:
         tensors = st_load(blob)
     except Exception as err:  # the library's own parse errors: still a bad file, not a bug of ours
         raise CheckpointError(f"{path}: unreadable safetensors data ({err})") from None
+    tensors = {name: tensor.float() for name, tensor in tensors.items()}  # 16-bit weights compute in fp32
     for name, tensor in tensors.items():  # verified bytes can still be NaN: they would sample garbage
         if not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: tensor {name!r} holds non-finite values (NaN or inf)")

@@ -1,5 +1,6 @@
 """The run directory: where training writes its checkpoints (`step-NNNNNNNN.safetensors` beside its resume
-state) and readable sidecars (config.json, vocab.json), and how a later command finds, chooses and prunes them.
+state) and readable sidecars (config.json, vocab.json), and how a later command finds, chooses and prunes them;
+a name that is no path stands for a bundled model (`charnn.store.bundled`).
 
 How one checkpoint (a model file and its training state) is written, read and verified is
 `charnn.store.checkpoint`'s work; continuing a run is `charnn.training.resume`'s.
@@ -22,6 +23,7 @@ from charnn.data import Corpus, Vocab
 from charnn.distributed import DistInfo
 from charnn.errors import CheckpointError
 from charnn.model import CharRNN
+from charnn.store.bundled import bundled_path
 from charnn.store.checkpoint import LoadedModel, load_model, read_meta, write_checkpoint
 from charnn.store.files import LineLog, atomic_write
 from charnn.store.trainstate import state_path
@@ -186,8 +188,13 @@ def _run_target(target: str | os.PathLike | None) -> Path:
             raise CheckpointError("no runs found under checkpoints/; train one first or pass a run directory")
         target = runs[0]
     target = Path(target)
-    if not target.exists():
-        raise CheckpointError(f"{target}: no such run directory or checkpoint file")
+    if not target.exists():  # an existing path always wins over a bundled model's name
+        bundled = bundled_path(str(target))
+        if bundled is None:
+            raise CheckpointError(
+                f"{target}: no such run directory, checkpoint file or bundled model (`charnn models` lists them)"
+            )
+        target = bundled
     if not target.is_dir() and not target.is_file():  # reading a pipe or a device could wait forever
         raise CheckpointError(f"{target}: not a run directory or checkpoint file (a device, pipe or socket)")
     return target

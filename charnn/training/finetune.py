@@ -12,10 +12,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from charnn.config import ModelConfig, to_dict
 from charnn.data import Corpus, extend_vocab, unknown_symbols
 from charnn.errors import CheckpointError
 from charnn.model import CharRNN, copy_trained
+from charnn.store.bundled import STARTER, bundled_path
 from charnn.store.checkpoint import LoadedModel, read_meta
 from charnn.store.rundir import list_checkpoints, load_run
 from charnn.training.plan import PlanRequest, finetune_model
@@ -98,6 +101,21 @@ def resumed_corpus(data: Corpus, run_dir: Path) -> Corpus:
             return data
         return data.in_vocab(meta.vocab)
     return data
+
+
+def starter_coverage(train_ids: np.ndarray, data: Corpus) -> float | None:
+    """The share of the training characters `train_ids` (ids of `data.vocab`) that the bundled starter's vocabulary
+    holds, for the plan's hint; None when no starter is bundled or its vocabulary is of another kind (--bytes)."""
+    path = bundled_path(STARTER)
+    try:
+        vocab = read_meta(path).vocab if path is not None else None
+    except CheckpointError:  # a damaged package: no hint, and nothing else fails
+        return None
+    if vocab is None or vocab.bytes_mode != data.vocab.bytes_mode or len(train_ids) == 0:
+        return None
+    counts = np.bincount(np.asarray(train_ids), minlength=len(data.vocab))  # (V,)
+    known = np.isin(np.asarray(data.vocab.symbols), np.asarray(vocab.symbols))  # (V,)
+    return float(counts[known].sum() / counts.sum())
 
 
 def start_weights(model: CharRNN, start: Start) -> None:

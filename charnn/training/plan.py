@@ -18,6 +18,7 @@ from charnn.config import STOPPING_RULES, ModelConfig, TrainConfig, check_fields
 from charnn.errors import ConfigError
 from charnn.fields import flag_text, to_dict
 from charnn.presets import PRESETS
+from charnn.store.bundled import STARTER
 from charnn.training.choices import model_choice, run_shape, schedule_choice, steps_per_epoch, tier_of
 from charnn.training.schedule import total_steps
 from charnn.training.timing import TARGET_SECONDS, Speed, duration, eval_share, per_step
@@ -26,6 +27,10 @@ from charnn.training.timing import TARGET_SECONDS, Speed, duration, eval_share, 
 SHAPING = frozenset({"time_budget", "epochs", "tie_weights", "locked_dropout", "min_lr", "grad_clip"})
 # Model options a fine-tuned run may change: no weight's shape or meaning depends on them.
 FREE_ON_FINETUNE = ("dropout", "locked_dropout")
+# A new model on fewer training characters than this, most of them (STARTER_HINT_COVERAGE) known to the
+# bundled starter: the plan's lines suggest fine-tuning it (docs/finetune.md measures why); it never switches.
+STARTER_HINT_CHARS = 100_000
+STARTER_HINT_COVERAGE = 0.95  # 96.8% of a slice of the Jargon File, which it helped (docs/finetune.md)
 # The options the plan chooses when they are not given (the help shows "[default: plan]" for them).
 PLANNED = frozenset(
     {
@@ -59,11 +64,13 @@ class Hardware:
 
 @dataclass(frozen=True)
 class CorpusFacts:
-    """What the plan needs to know about the corpus: its split sizes and its vocabulary."""
+    """What the plan needs to know about the corpus: its split sizes and its vocabulary; and, for a small one, the
+    share of its training characters the bundled starter model knows (None: not looked at)."""
 
     train_chars: int
     val_chars: int
     vocab_size: int
+    starter_coverage: float | None = None
 
 
 @dataclass(frozen=True)
@@ -248,6 +255,12 @@ def _explain(plan: Plan, facts: CorpusFacts, hardware: Hardware, request: PlanRe
     given = sorted(k for k in request.given() if k in PLANNED or k in SHAPING)
     if given:
         lines.append("given: " + ", ".join("--" + k.replace("_", "-") for k in given))
+    if _suggest_starter(facts, request):
+        known = math.floor(facts.starter_coverage * 1000) / 10  # 99.97% is not all: never round up to 100
+        lines.append(
+            f"hint: the bundled starter knows {known:g}% of these characters; fine-tuning it (--init-from {STARTER}) "
+            f"ended 0.16-0.27 nats/char lower than a new model on small English corpora (docs/finetune.md)"
+        )
     return tuple(lines)
 
 
@@ -268,6 +281,19 @@ def run_length(cfg: TrainConfig, per_epoch: int) -> str:
     if len(rules) == 1:
         return ("up to " if cfg.epochs is None and cfg.time_budget is None else "for ") + rules[0]
     return f"until {', '.join(rules[:-1])} or {rules[-1]}, whichever comes first"
+
+
+def _suggest_starter(facts: CorpusFacts, request: PlanRequest) -> bool:
+    """A new model of the plan's own shape, on a small corpus written mostly in the starter's characters."""
+    coverage = facts.starter_coverage
+    given_model = any(v is not None for v in request.model.values())
+    new_model = request.init_model is None and request.preset is None and not given_model
+    return (
+        new_model
+        and coverage is not None
+        and coverage >= STARTER_HINT_COVERAGE
+        and facts.train_chars < STARTER_HINT_CHARS
+    )
 
 
 def _timing(plan: Plan, hardware: Hardware, request: PlanRequest) -> str:

@@ -36,9 +36,16 @@ from charnn.runtime import (
 from charnn.store.rundir import open_logs, write_run_files
 from charnn.store.runlock import check_new_run_dir, claim_run, new_run_dir
 from charnn.training.batches import StreamBatcher, check_batch_shape
-from charnn.training.finetune import load_start, start_corpus, start_request, start_weights, training_corpus
+from charnn.training.finetune import (
+    load_start,
+    start_corpus,
+    start_request,
+    start_weights,
+    starter_coverage,
+    training_corpus,
+)
 from charnn.training.loop import LoopState, Run
-from charnn.training.plan import CorpusFacts, Hardware, Plan, PlanRequest, make_plan
+from charnn.training.plan import STARTER_HINT_CHARS, CorpusFacts, Hardware, Plan, PlanRequest, make_plan
 from charnn.training.resume import resume as resume_run
 from charnn.training.schedule import default_run_dir, total_steps
 from charnn.training.speed import run_speed
@@ -93,7 +100,8 @@ class Configs:
 
 def corpus_facts(data: Corpus) -> CorpusFacts:
     train_ids, val_ids, _ = data.split()
-    return CorpusFacts(len(train_ids), len(val_ids), len(data.vocab))
+    coverage = starter_coverage(train_ids, data) if len(train_ids) < STARTER_HINT_CHARS else None
+    return CorpusFacts(len(train_ids), len(val_ids), len(data.vocab), starter_coverage=coverage)
 
 
 def plan(
