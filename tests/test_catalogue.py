@@ -2164,7 +2164,7 @@ def test_a_signal_is_the_reason_whatever_the_rule(tiny_corpus: Path, tmp_path: P
 
 def test_the_plan_names_every_stopping_rule_given():
     from charnn.config import TrainConfig
-    from charnn.training.plan import run_length
+    from charnn.training.timing import run_length
 
     assert run_length(TrainConfig(max_iters=120), 52) == "up to 120 steps (2.3 epochs)"
     assert run_length(TrainConfig(max_iters=3), 52) == "up to 3 steps (0.058 epochs)"

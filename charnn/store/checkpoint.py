@@ -249,7 +249,8 @@ def _tensor_spans(
         entry = header[name]
         if (
             not isinstance(entry, dict)
-            or entry.get("dtype") not in WEIGHT_DTYPES
+            or not isinstance(entry.get("dtype"), str)  # a list or an object is no dtype name (and not hashable)
+            or entry["dtype"] not in WEIGHT_DTYPES
             or not isinstance(entry.get("shape"), list)
             or tuple(entry["shape"]) != shape
         ):

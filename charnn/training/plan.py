@@ -21,7 +21,7 @@ from charnn.presets import PRESETS
 from charnn.store.bundled import STARTER
 from charnn.training.choices import model_choice, run_shape, schedule_choice, steps_per_epoch, tier_of
 from charnn.training.schedule import total_steps
-from charnn.training.timing import TARGET_SECONDS, Speed, duration, eval_share, per_step
+from charnn.training.timing import TARGET_SECONDS, Speed, duration, eval_share, per_step, run_length
 
 # Given options that change what the plan's lines describe (the others, such as --threads, are not listed).
 SHAPING = frozenset({"time_budget", "epochs", "tie_weights", "locked_dropout", "min_lr", "grad_clip"})
@@ -262,25 +262,6 @@ def _explain(plan: Plan, facts: CorpusFacts, hardware: Hardware, request: PlanRe
             f"ended 0.16-0.27 nats/char lower than a new model on small English corpora (docs/finetune.md)"
         )
     return tuple(lines)
-
-
-def run_length(cfg: TrainConfig, per_epoch: int) -> str:
-    """How long the run trains, by the rules it has: "up to 120 steps (2.3 epochs)", "for 3 epochs", "for 60 s",
-    or, with several, "until 120 steps (2.3 epochs), 3 epochs or 60 s, whichever comes first"."""
-    rules = []
-    if cfg.max_iters is not None or (cfg.epochs is None and cfg.time_budget is None):
-        steps = cfg.max_iters or per_epoch  # no rule: one epoch
-        epochs = steps / per_epoch
-        rules.append(
-            f"{steps:,} steps ({epochs:.1f} epochs)" if epochs >= 0.1 else f"{steps:,} steps ({epochs:.2g} epochs)"
-        )
-    if cfg.epochs is not None:
-        rules.append(f"{cfg.epochs:g} epochs")
-    if cfg.time_budget is not None:
-        rules.append(f"{cfg.time_budget:g} s")
-    if len(rules) == 1:
-        return ("up to " if cfg.epochs is None and cfg.time_budget is None else "for ") + rules[0]
-    return f"until {', '.join(rules[:-1])} or {rules[-1]}, whichever comes first"
 
 
 def _suggest_starter(facts: CorpusFacts, request: PlanRequest) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from charnn.config import TrainConfig
 from charnn.training.schedule import DEMO_SAMPLE_STEPS
 
 TARGET_SECONDS = 300.0  # a default CPU schedule ends within about five minutes, validations included
@@ -135,3 +136,22 @@ def per_step(seconds: float) -> str:
     if seconds >= 0.995:
         return f"{seconds:.2g} s"
     return f"{seconds * 1000:.0f} ms" if seconds >= 0.00995 else f"{seconds * 1000:.2g} ms"
+
+
+def run_length(cfg: TrainConfig, per_epoch: int) -> str:
+    """How long the run trains, by the rules it has: "up to 120 steps (2.3 epochs)", "for 3 epochs", "for 60 s",
+    or, with several, "until 120 steps (2.3 epochs), 3 epochs or 60 s, whichever comes first"."""
+    rules = []
+    if cfg.max_iters is not None or (cfg.epochs is None and cfg.time_budget is None):
+        steps = cfg.max_iters or per_epoch  # no rule: one epoch
+        epochs = steps / per_epoch
+        rules.append(
+            f"{steps:,} steps ({epochs:.1f} epochs)" if epochs >= 0.1 else f"{steps:,} steps ({epochs:.2g} epochs)"
+        )
+    if cfg.epochs is not None:
+        rules.append(f"{cfg.epochs:g} epochs")
+    if cfg.time_budget is not None:
+        rules.append(f"{cfg.time_budget:g} s")
+    if len(rules) == 1:
+        return ("up to " if cfg.epochs is None and cfg.time_budget is None else "for ") + rules[0]
+    return f"until {', '.join(rules[:-1])} or {rules[-1]}, whichever comes first"
