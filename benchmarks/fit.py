@@ -85,23 +85,15 @@ def train_run(path: Path, flags: list[str], workdir: Path, env: dict[str, str]) 
         "steps": records[-1]["step"],
         "wall_s": round(wall, 1),
         "stop": stop,
-        **plan_estimate(out.stderr),
+        **plan_estimate(run_dir / "run"),
     }
 
 
-def plan_estimate(stderr: str) -> dict:
-    """The plan's time line ("plan: about 4 min 50 s on this CPU (measured 45 ms a step); capped ..."): the
-    estimate in seconds, the measured step and whether the schedule was capped; {} when the plan printed none."""
-    found = re.search(
-        r"plan: about ((?:\d+ h )?(?:\d+ min ?)?(?:\d+ s)?) on this \w+ \(measured ([\d.]+) (ms|s) a step\)(.*)", stderr
-    )
-    if not found:
-        return {}
-    text, step, unit, rest = found.groups()
-    units = {"h": 3600, "min": 60, "s": 1}
-    seconds = sum(int(n) * units[u] for n, u in re.findall(r"(\d+) (h|min|s)", text))
-    step_ms = float(step) * (1 if unit == "ms" else 1000)
-    return {"estimate_s": seconds, "step_ms": step_ms, "capped": "; capped at" in rest}
+def plan_estimate(run_dir: Path) -> dict:
+    """The plan's time estimate, measured step and cap, as the run's config.json records them; {} without one."""
+    plan = json.loads((run_dir / "config.json").read_text()).get("plan") or {}
+    keys = {"estimated_seconds": "estimate_s", "measured_step_seconds": "step_s", "capped": "capped"}
+    return {short: plan[key] for key, short in keys.items() if key in plan}
 
 
 def fit(path: Path, args, env: dict[str, str], workdir: Path) -> dict:
