@@ -9,7 +9,6 @@ A copy of the model adapts: the loaded weights, and the run's files, stay as the
 from __future__ import annotations
 
 import copy
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -18,11 +17,12 @@ import numpy as np
 import torch
 
 from charnn.config import DynamicConfig
+from charnn.evaluate import PerChar
 from charnn.model import CharRNN, detach_hidden, lm_loss
 
 
 @dataclass(frozen=True)
-class DynamicResult:
+class DynamicResult(PerChar):
     """Totals of a dynamic evaluation, and what it cost."""
 
     chars: int  # predictions scored
@@ -30,18 +30,6 @@ class DynamicResult:
     seconds: float
     extra_bytes: int  # about what it holds beyond static scoring: weight copies, gradients, a segment's graph
     cfg: DynamicConfig
-
-    @property
-    def loss(self) -> float:
-        return self.total_nats / self.chars if self.chars else math.nan
-
-    @property
-    def bpc(self) -> float:
-        return self.loss / math.log(2)
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(self.loss)
 
     def as_dict(self) -> dict[str, float | int]:
         """Its own keys (`dynamic_...`), never the static figures' names."""

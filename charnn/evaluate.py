@@ -28,14 +28,11 @@ from charnn.runtime import autocast
 EVAL_MEMORY = 2 << 30  # bytes of activations scoring may hold: an absurd --batch-size runs in turns instead
 
 
-@dataclass(frozen=True)
-class EvalResult:
-    """Token-weighted totals; the per-character figures derive from them."""
+class PerChar:
+    """The per-character figures of a scored text, from its `chars` (predictions) and `total_nats`."""
 
-    chars: int  # predictions scored
+    chars: int
     total_nats: float
-    unknown: dict[int, int] = field(default_factory=dict)  # symbol -> count, dropped before scoring
-    per_char: np.ndarray | None = None  # (chars,) nats for each prediction, when asked for
 
     @property
     def loss(self) -> float:
@@ -50,6 +47,16 @@ class EvalResult:
     @property
     def perplexity(self) -> float:
         return math.exp(self.loss)
+
+
+@dataclass(frozen=True)
+class EvalResult(PerChar):
+    """Token-weighted totals; the per-character figures derive from them."""
+
+    chars: int  # predictions scored
+    total_nats: float
+    unknown: dict[int, int] = field(default_factory=dict)  # symbol -> count, dropped before scoring
+    per_char: np.ndarray | None = None  # (chars,) nats for each prediction, when asked for
 
     def as_dict(self) -> dict[str, float | int]:
         return {
