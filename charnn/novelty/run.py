@@ -7,6 +7,7 @@ The corpus is the one the run recorded, found and checked by sha256 as `charnn e
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from charnn.errors import DataError, NoveltyUnavailable
@@ -27,26 +28,42 @@ def run_index(loaded, run_dir: str | os.PathLike | None = None) -> NoveltyIndex:
     return corpus_index(corpus, run_cache_dirs(run_dir))
 
 
+class IndexOnce:
+    """A novelty index found at the first `get` and kept, and so is the reason when there is none: a caller that
+    checks many texts (training's samples, the server) looks for it once."""
+
+    def __init__(self, find: Callable[[], NoveltyIndex]) -> None:
+        self._find = find
+        self._found: NoveltyIndex | NoveltyUnavailable | None = None
+
+    def get(self) -> NoveltyIndex:
+        """The index; the NoveltyUnavailable of the first look, raised again, when there is none."""
+        if self._found is None:
+            try:
+                self._found = self._find()
+            except NoveltyUnavailable as err:
+                self._found = err
+        if isinstance(self._found, NoveltyUnavailable):  # a fresh one: the kept one's traceback is not to grow
+            raise NoveltyUnavailable(str(self._found))
+        return self._found
+
+
 class RunNovelty:
-    """The novelty of texts a loaded model wrote, for a caller that checks many (the server): the index is found
-    at the first call and kept, and so is the reason when there is none."""
+    """The novelty of texts a loaded model wrote, checked against its run's corpus (`run_index`, looked for once)."""
 
     def __init__(self, loaded, run_dir: str | os.PathLike | None = None) -> None:
-        self.loaded, self.run_dir = loaded, run_dir
-        self.index: NoveltyIndex | NoveltyUnavailable | None = None
+        self.loaded = loaded
+        self.index = IndexOnce(lambda: run_index(loaded, run_dir))
 
     def texts(self, texts: list[str], *, copy_span: int = DEFAULT_COPY_SPAN) -> list[dict]:
         """One record per text: `Novelty.to_json()`, or {"unavailable": why}."""
-        if self.index is None:
-            try:
-                self.index = run_index(self.loaded, self.run_dir)
-            except NoveltyUnavailable as err:
-                self.index = err
-        if isinstance(self.index, NoveltyUnavailable):
-            return [{"unavailable": str(self.index)} for _ in texts]
+        try:
+            index = self.index.get()
+        except NoveltyUnavailable as err:
+            return [{"unavailable": str(err)} for _ in texts]
         as_bytes = self.loaded.vocab.bytes_mode  # a byte-level model's text came to str through surrogateescape
         return [
-            self.index.check(t.encode("utf-8", "surrogateescape") if as_bytes else t, copy_span=copy_span).to_json()
+            index.check(t.encode("utf-8", "surrogateescape") if as_bytes else t, copy_span=copy_span).to_json()
             for t in texts
         ]
 

@@ -265,16 +265,14 @@ def sample_novelty(run: Run, s: LoopState, text: str | bytes) -> tuple[dict, str
     the index is built (or read from beside the corpus cache) at the first sample."""
     from charnn.errors import NoveltyUnavailable
     from charnn.novelty.index import corpus_index
-    from charnn.novelty.run import unavailable_line
+    from charnn.novelty.run import IndexOnce, unavailable_line
 
     if s.novelty_index is None:
-        try:
-            s.novelty_index = corpus_index(run.data, [run.cache_dir] if run.cache_dir else [])
-        except NoveltyUnavailable as err:
-            s.novelty_index = err
-    if isinstance(s.novelty_index, NoveltyUnavailable):
-        return {"unavailable": str(s.novelty_index)}, unavailable_line(s.novelty_index)
-    found = s.novelty_index.check(text)
+        s.novelty_index = IndexOnce(lambda: corpus_index(run.data, [run.cache_dir] if run.cache_dir else []))
+    try:
+        found = s.novelty_index.get().check(text)
+    except NoveltyUnavailable as err:
+        return {"unavailable": str(err)}, unavailable_line(err)
     return found.to_json(), found.line()
 
 

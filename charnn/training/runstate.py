@@ -93,7 +93,7 @@ class LoopState:
     warned: bool = False  # the overfitting warning was given since the last new best
     eval_seconds: float = 0.0  # spent validating and writing checkpoints in this process
     t_start: float = 0.0  # time.perf_counter() when elapsed() was 0
-    novelty_index: Any = None  # the corpus's NoveltyIndex once the first sample needs it, or why there is none
+    novelty_index: Any = None  # the corpus's novelty index (charnn.novelty.run.IndexOnce), from the first sample
     stats: StepStats = field(init=False)  # set as the loop starts: the device-side sums of the log window
 
     def elapsed(self) -> float:
