@@ -53,6 +53,7 @@ PACKAGES = {
         "finetune",
         "runstate",
         "loop",
+        "refit",
         "resume",
         "setup",
         "train",

@@ -225,14 +225,14 @@ def test_library_plan_matches_what_train_would_use(tmp_path):
 def test_a_slow_cpu_gets_a_default_schedule_capped_to_about_five_minutes():
     slow = make_plan(facts(1_000_000), Hardware("cpu", cores=2, speed=Speed(0.08, 2.0)))
     cfg = slow.train
-    assert slow.capped and cfg.max_iters < CPU_MAX_STEPS
+    assert slow.capped and cfg.max_iters < CPU_MAX_STEPS and slow.longest == CPU_MAX_STEPS  # the loop may refit
     shape = run_shape(100_000, cfg, slow.speed, cfg.eval_every)  # the same arithmetic the plan used
     assert slow.estimated_seconds == shape.seconds(cfg.max_iters) <= TARGET_SECONDS < shape.seconds(cfg.max_iters + 1)
     assert cfg.warmup_iters <= cfg.max_iters // 10 and cfg.eval_every <= cfg.max_iters
     line = next(line for line in slow.lines if line.startswith("about "))
     assert f"capped at {cfg.max_iters:,} steps to fit about 5 min" in line and "measured 80 ms a step" in line
     fast = make_plan(facts(1_000_000), Hardware("cpu", cores=2, speed=Speed(0.02, 1.0)))
-    assert not fast.capped and fast.train.max_iters == CPU_MAX_STEPS
+    assert not fast.capped and fast.train.max_iters == CPU_MAX_STEPS == fast.longest  # fitted, not cut
     assert fast.estimated_seconds < TARGET_SECONDS and "capped" not in " ".join(fast.lines)
 
 
@@ -262,14 +262,15 @@ def test_validation_comes_within_a_minute_at_the_measured_speed():
 )
 def test_a_given_stopping_rule_is_not_capped_and_the_plan_says_so(train, flag):
     plan = make_plan(facts(1_000_000), Hardware("cpu", cores=2, speed=Speed(0.08, 2.0)), PlanRequest(train=train))
-    assert not plan.capped and plan.estimated_seconds > TARGET_SECONDS
+    assert not plan.capped and plan.longest is None and plan.estimated_seconds > TARGET_SECONDS
     assert f"not capped to 5 min: {flag} given" in " ".join(plan.lines)
     for key, value in train.items():
         assert getattr(plan.train, key) == value
     if "time_budget" in train:  # the budget spans the validations; one more after it, and the start
         assert plan.estimated_seconds == pytest.approx(START_SECONDS + 900 + 2.0 + CHECKPOINT_SECONDS)
     preset = make_plan(facts(1_000_000), Hardware("cpu", cores=2, speed=Speed(0.08)), PlanRequest(preset="small"))
-    assert not preset.capped and preset.train.max_iters == PRESETS["small"].train["max_iters"]
+    assert not preset.capped and preset.longest is None
+    assert preset.train.max_iters == PRESETS["small"].train["max_iters"]
     assert "not capped to 5 min: preset small's schedule" in " ".join(preset.lines)
 
 
@@ -282,6 +283,7 @@ def test_without_a_measured_speed_the_plan_neither_estimates_nor_caps():
 def test_a_gpu_plan_is_estimated_but_not_capped():
     plan = make_plan(facts(10_000_000), Hardware("cuda", cores=16, speed=Speed(0.2, 3.0)))
     assert not plan.capped and plan.train.max_iters == 5000 and plan.estimated_seconds > TARGET_SECONDS
+    assert plan.longest is None  # a GPU's schedule is not fitted to a time, before the start or during the run
     assert any(line.startswith("about ") and "on this GPU" in line for line in plan.lines)
 
 

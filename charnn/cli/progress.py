@@ -79,6 +79,12 @@ class TrainDisplay:
         if p.kind == "plan":
             for line in p.text.splitlines():
                 self._write(f"plan: {line}")
+            started = self.total is not None and self.unit == "it"  # the run's bar, not the encoding's
+            if started and p.total_steps is not None and p.total_steps != self.total:  # its length fitted again
+                self.total = p.total_steps
+                if self.bar is not None:
+                    self.bar.total = p.total_steps
+                    self.bar.refresh()
         elif p.kind == "start":
             self._write(f"training: {p.text}")
             budget = p.time_budget

@@ -92,9 +92,10 @@ def run_shape(val_chars: int, train: TrainConfig | dict[str, Any], speed: Speed,
 
 def schedule_choice(
     train_chars: int, val_chars: int, given: dict[str, Any], *, gpu: bool, speed: Speed | None, finetune: bool = False
-) -> tuple[dict[str, Any], bool]:
-    """The training options the plan chooses: batch shape, learning rate, length, cadence, patience; and
-    whether the length was cut to fit about TARGET_SECONDS at the measured speed (a CPU's default schedule)."""
+) -> tuple[dict[str, Any], int | None]:
+    """The training options the plan chooses: batch shape, learning rate, length, cadence, patience; and, where
+    the length is fitted to about TARGET_SECONDS at the measured speed (a CPU's default schedule), the length
+    before the fit (None where it is not: a GPU, a stopping rule given, no speed)."""
     batch, seq = GPU_BATCH if gpu else CPU_BATCH
     batch, seq = batch_shape(train_chars, given.get("batch_size", batch), given.get("seq_len", seq))
     per_epoch = steps_per_epoch(train_chars, batch, seq)
@@ -103,12 +104,12 @@ def schedule_choice(
     least = min(GPU_MIN_EVAL_EVERY, max(2 * per_epoch, MIN_EVAL_EVERY)) if gpu else MIN_EVAL_EVERY
     most = steps if gpu else per_epoch  # on a CPU at least once an epoch; a GPU's epochs of a few steps are too short
     eval_every = min(max(per_epoch // EVALS_PER_EPOCH, least), most, MAX_EVAL_EVERY, steps)
-    capped = False
+    longest = None
     if speed is not None:
         eval_every = min(eval_every, first_eval_steps(speed))
         if not gpu and not any(k in given for k in STOPPING_RULES):
             fit = run_shape(val_chars, given, speed, given.get("eval_every", eval_every)).fit(steps)
-            capped, steps, eval_every = fit < steps, fit, min(eval_every, fit)
+            longest, steps, eval_every = steps, fit, min(eval_every, fit)
     evals_per_epoch = per_epoch / eval_every
     epochs = FINETUNE_PATIENCE_EPOCHS if finetune else PATIENCE_EPOCHS
     patience = min(max(round(epochs * evals_per_epoch), MIN_PATIENCE), MAX_PATIENCE)
@@ -123,4 +124,4 @@ def schedule_choice(
         max_iters=steps,
         eval_every=eval_every,
         patience=patience if val_chars >= 2 else None,
-    ), capped
+    ), longest

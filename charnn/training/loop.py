@@ -44,7 +44,7 @@ def end_reason(run: Run, s: LoopState) -> str:
     if rule is None:
         return "one epoch done (no --max-iters, --epochs or --time-budget)"
     if run.plan is not None and "max_iters" in run.plan.chosen:
-        if run.plan.capped:
+        if run.plan.longest is not None and cfg.max_iters < run.plan.longest:  # cut to fit, maybe fitted again
             return f"the plan's cap of {cfg.max_iters:,} steps reached"
         return f"the plan's {cfg.max_iters:,} steps done"
     return "step limit reached"
@@ -119,6 +119,7 @@ def evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
     started = time.perf_counter()
     _evaluate_and_checkpoint(run, s)
     s.eval_seconds += time.perf_counter() - started
+    s.validations += 1
 
 
 def _evaluate_and_checkpoint(run: Run, s: LoopState) -> None:

@@ -92,6 +92,8 @@ class LoopState:
     last_train: float | None = None  # the newest logged training loss
     warned: bool = False  # the overfitting warning was given since the last new best
     eval_seconds: float = 0.0  # spent validating and writing checkpoints in this process
+    validations: int = 0  # validations with their checkpoints in this process
+    first_step: int = 0  # the step this process started from (a resumed run's, else 0)
     t_start: float = 0.0  # time.perf_counter() when elapsed() was 0
     novelty_index: Any = None  # the corpus's novelty index (charnn.novelty.run.IndexOnce), from the first sample
     stats: StepStats = field(init=False)  # set as the loop starts: the device-side sums of the log window

@@ -37,6 +37,7 @@ from charnn.training.loop import (
     train_step,
 )
 from charnn.training.plan import PlanRequest
+from charnn.training.refit import refit
 from charnn.training.resume import resume_configs
 from charnn.training.schedule import is_sample_step, learning_rate
 from charnn.training.setup import Configs, plan, prepare
@@ -98,16 +99,18 @@ def train(
             should_stop=should_stop,
             init_from=init_from,
         )
-        _loop(run, s, threads)
+        run = _loop(run, s, threads)
         emit(run, s, "end", val_loss=s.last_val, text=str(s.latest))
     return _result(run, s)
 
 
-def _loop(run: Run, s: LoopState, threads: ThreadGovernor) -> None:
-    """Step until a stopping rule, evaluating, checkpointing and sampling on schedule."""
+def _loop(run: Run, s: LoopState, threads: ThreadGovernor) -> Run:
+    """Step until a stopping rule, evaluating, checkpointing and sampling on schedule; the run as it ended (its
+    length may have been fitted again to its own speed: `charnn.training.refit`)."""
     cfg = run.cfg
     try:
         s.t_start = time.perf_counter() - s.elapsed_before
+        s.first_step = s.step
         threads.tick()  # the first look at the other programs' load, so the plan's lines can name the count
         _announce(run, s, threads.describe())
         run.model.train()
@@ -130,6 +133,8 @@ def _loop(run: Run, s: LoopState, threads: ThreadGovernor) -> None:
                 if patience_spent(run, s):
                     stop_early(run, s)
                     break
+                run = refit(run, s)
+                cfg = run.cfg
             if cfg.sample_length and is_sample_step(cfg, s.step) and run.dist.is_main:
                 draw_sample(run, s)
         if s.saved_step != s.step:  # the last step is not evaluated and saved yet
@@ -140,6 +145,7 @@ def _loop(run: Run, s: LoopState, threads: ThreadGovernor) -> None:
         threads.restore()
         run.metrics.close()
         run.samples.close()
+    return run
 
 
 def _announce(run: Run, s: LoopState, threads: str) -> None:
