@@ -62,6 +62,7 @@ PACKAGES = {
     "serve": [
         "jobs",
         "rows",
+        "lone",
         "schemas",
         "engine",
         "worker",
