@@ -265,6 +265,11 @@ def main() -> None:
         serial = asyncio.run(clients(serial_server.url, top, args.length))
         serial_exit = serial_server.stop()
     ratio = statistics.median(s / b for b, s in pairs)
+    one = next((load["chars_per_s"] for load in loads if load["clients"] == 1), None)
+    alone = {  # one client and the engine's one stream without HTTP, against the bare one-stream sampler
+        "one_client_vs_bare_one_stream": None if one is None else round(one / engine["bare_1_stream"], 2),
+        "engine_one_stream_vs_bare": round(engine["engine_1_stream_follow"] / engine["bare_1_stream"], 2),
+    }
     batched = statistics.median(s for _, s in pairs)
     result = {
         "loads": loads,
@@ -275,6 +280,7 @@ def main() -> None:
         "one_at_a_time_all_complete": serial["all_complete"],
         "batched_vs_one_at_a_time": round(batched / serial["chars_per_s"], 1),
         **engine,
+        **alone,
         "requests": args.requests,
         "requests_all_complete": requests_ok,
         "requests_s": round(requests_s, 1),
@@ -293,6 +299,10 @@ def main() -> None:
     print(
         f"{top} clients: batched {batched:,.0f} vs one request at a time {serial['chars_per_s']:,} chars/s: "
         f"{result['batched_vs_one_at_a_time']}x"
+    )
+    print(
+        f"1 client / bare one-stream sampler: ratio {alone['one_client_vs_bare_one_stream']}; without HTTP the "
+        f"engine's one stream: ratio {alone['engine_one_stream_vs_bare']}"
     )
     print(
         f"memory: RSS {rss[0]:.1f} MB before, {rss[-1]:.1f} MB after {args.requests} more requests "

@@ -63,6 +63,7 @@ PACKAGES = {
     "serve": [
         "jobs",
         "rows",
+        "lone",
         "schemas",
         "engine",
         "worker",

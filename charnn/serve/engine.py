@@ -1,6 +1,7 @@
 """Continuous batching for `charnn serve`: concurrent generation requests share one batched recurrent step
 (`charnn.sampling.stepper.FastStepper`), each stream one row with its own state, sampling options and seeded generator.
-A request joins the running batch at the next step and leaves when it is done; the rest wait in a queue.
+A request joins the running batch at the next step and leaves when it is done; the rest wait in a queue. A lone
+stream steps as `charnn sample` steps one (charnn.serve.lone) until another joins.
 One worker thread runs every model call; the web layer (charnn.serve.app) gets characters back through the
 `sink` callback. Not HTTP: nothing here imports FastAPI.
 """
@@ -22,6 +23,7 @@ from charnn.errors import CharnnError
 from charnn.model import CharRNN, Hidden
 from charnn.sampling.stepper import MEASURED, Tuning
 from charnn.serve.jobs import Job, Output, Running, ServerBusy, draw, draw_groups
+from charnn.serve.lone import step_alone
 from charnn.serve.rows import RowBatch, powers_of_two, rows_of, same_length, warm
 
 log = logging.getLogger("charnn.serve")
@@ -36,6 +38,8 @@ class Engine:
     up to 16 streamed jobs, less often with more (5x at 80): each output is work for the event loop, which
     shares the interpreter lock with this thread (docs/serve.md). `threads`: torch threads for
     steps (`charnn.serve.rows.serving_threads` by default). `on_step(rows)`, if given, hears each step's size.
+    While one stream is in use in the one-row stepper (`RowBatch.alone`), it runs the one-stream path
+    (`charnn.serve.lone.step_alone`), many steps a round; `alone_steps` counts its steps.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class Engine:
         self._groups: list[tuple[list[Running], torch.Tensor | None]] = []  # `draw_groups`
         self._ended: list[Output] = []
         self._last_flush = 0.0
+        self.alone_steps = 0
         self._thread = threading.Thread(target=self._run, name="charnn-serve-engine", daemon=True)
 
     # --- the web layer's side (any thread) -------------------------------------------------------------
@@ -203,6 +208,9 @@ class Engine:
 
     def _step(self) -> None:
         """Every active stream one symbol further; finished and cancelled jobs leave their rows."""
+        if self.rows.alone:
+            self._step_alone()
+            return
         logits = self.rows.step()  # (used, V)
         if self.on_step is not None:
             self.on_step(self.rows.used)
@@ -224,6 +232,26 @@ class Engine:
                 if active.done == active.length:
                     self._end(active, "complete")
             start += active.n
+        self._drop_left()
+
+    def _step_alone(self) -> None:
+        """The lone stream many symbols further (`step_alone`): until it is done, new work or a model call
+        arrives, the engine closes, its job is cancelled, or its text is due (its first text at once)."""
+        active = self._active[0]
+        until = 0.0 if active.fresh and active.job.stream else self._last_flush + self.flush_every
+        before = active.done
+
+        def go_on() -> bool:  # a look without the lock: what it misses now, it sees after the next character
+            busy = self._inbox or self._calls or self._closing or active.job.cancelled
+            return not busy and time.monotonic() < until
+
+        try:
+            step_alone(self.rows, active, go_on, self.on_step)
+        except CharnnError as err:  # as `_draw`: non-finite probabilities
+            self._end(active, "error", str(err))
+        self.alone_steps += active.done - before
+        if active.done == active.length and not active.left:
+            self._end(active, "complete")
         self._drop_left()
 
     def _draw(self, members: list[Running], logits: torch.Tensor) -> torch.Tensor | None:

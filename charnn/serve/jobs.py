@@ -1,7 +1,7 @@
 """What the serving engine works on: a generation request (`Job`), the text it hands back (`Output`), its running
 side (`Running`: the seeded generator, the uniforms it draws from, the symbols not yet delivered), and how the rows
-of running jobs are drawn (`draw_groups`, `draw`: `charnn.sampling.draw`'s choice). Not the scheduling:
-charnn.serve.engine.
+of running jobs are drawn (`draw_groups`, `draw`, and `draw_one` for a lone stream: `charnn.sampling.draw`'s
+choice). Not the scheduling: charnn.serve.engine.
 """
 
 from __future__ import annotations
@@ -123,3 +123,11 @@ def draw(members: list[Running], logits: torch.Tensor) -> torch.Tensor:
     scaled = drawing.scale(logits, cfg.temperature)
     uniform = torch.tensor([u for m in members for u in m.uniforms()], device=logits.device)[:, None]  # (m, 1)
     return drawing.choose(scaled, uniform, cfg).squeeze(1)
+
+
+def draw_one(running: Running, logits: torch.Tensor) -> int:
+    """`draw` for a job of one stream (unscaled logits (1, V)) as a Python int: `charnn.sampling.draw.choose_one`,
+    the one-stream draw of `charnn sample`, which picks the symbol `choose` picks without its per-row tensors."""
+    cfg = running.job.cfg
+    scaled = logits if cfg.temperature == 1.0 else drawing.scale(logits, cfg.temperature)  # x / 1 is x
+    return drawing.choose_one(scaled, running.uniforms()[0], cfg)

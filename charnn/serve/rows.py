@@ -1,7 +1,7 @@
 """The rows of the serving batch: the streams in use packed at the top of a `FastStepper`, the smallest of a
-few batch sizes that holds them, so one stream steps as fast as `charnn sample` and 64 share one step. Rows
-move between sizes by copying their state; joining streams are warmed on their primes here (`warm`). Not the
-scheduling (which job owns which rows): charnn.serve.engine.
+few batch sizes that holds them, so one stream steps one row (alone, on its id as an int: `step_one`) and 64
+share one step. Rows move between sizes by copying their state; joining streams are warmed on their primes here
+(`warm`). Not the scheduling (which job owns which rows): charnn.serve.engine.
 """
 
 from __future__ import annotations
@@ -101,6 +101,19 @@ class RowBatch:
         if self._threads != self._step_threads[self.stepper.batch_size]:
             self.threads(self.stepper.batch_size)
         return self.stepper.step(self.ids)[: self.used]
+
+    @property
+    def alone(self) -> bool:
+        """One row in use, in a one-row stepper on the CPU: it can step on its id as an int (`step_one`), as
+        `charnn sample` steps one stream there (on CUDA it replays a graph instead)."""
+        return self.used == 1 and self.stepper.batch_size == 1 and self.device.type == "cpu"
+
+    def step_one(self, i: int) -> torch.Tensor:
+        """`step` for rows `alone` on the id `i` (the stepper's one-stream program: the same arithmetic, without
+        tensor ops of its own), unscaled logits (1, V); `ids` is not read, nor written: `feed` it after."""
+        if self._threads != self._step_threads[1]:
+            self.threads(1)
+        return self.stepper.step(i)
 
     def feed(self, ids: torch.Tensor) -> None:
         """The ids (used,) the used rows step on next."""
