@@ -90,10 +90,17 @@ def train_run(path: Path, flags: list[str], workdir: Path, env: dict[str, str]) 
 
 
 def plan_estimate(run_dir: Path) -> dict:
-    """The plan's time estimate, measured step and cap, as the run's config.json records them; {} without one."""
-    plan = json.loads((run_dir / "config.json").read_text()).get("plan") or {}
+    """The plan's time estimate, measured step and cap, as the run's config.json records them, with the length
+    the run ended with and each time the loop fitted it again (metrics.jsonl's refit lines); {} without a plan."""
+    config = json.loads((run_dir / "config.json").read_text())
+    plan = config.get("plan") or {}
     keys = {"estimated_seconds": "estimate_s", "measured_step_seconds": "step_s", "capped": "capped"}
-    return {short: plan[key] for key, short in keys.items() if key in plan}
+    found = {short: plan[key] for key, short in keys.items() if key in plan}
+    if not found:
+        return found
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    refits = [[r["step"], r["max_iters"]] for r in records if r.get("kind") == "refit"]
+    return {**found, "max_iters": config["train"].get("max_iters"), "refits": refits}
 
 
 def fit(path: Path, args, env: dict[str, str], workdir: Path) -> dict:
