@@ -29,13 +29,16 @@ def opt(
     metavar: str | None = None,
     shown: str | None = None,
     parser_checks: bool = False,
+    absent: Any = None,
 ) -> Any:
     """A dataclass field with its help text and bounds, checked by `validate` and shown by the CLI.
 
     A field with a `panel` is a command-line option, listed under that heading of `--help` (charnn.cli.options
     builds it): `flags` are its spellings (default `--field-name`), `metavar` the placeholder for its value,
     `shown` the default to print where the field's own is None. With `parser_checks` the command-line parser
-    refuses a bad choice or a value under `min` before the config sees it (its own error wording).
+    refuses a bad choice or a value under `min` before the config sees it (its own error wording). `absent` is
+    what a saved config without the field means (`from_dict`: a file written before the field existed), where that
+    is not the default.
     """
     meta = {
         "help": help,
@@ -48,6 +51,7 @@ def opt(
         "metavar": metavar,
         "shown": shown,
         "parser_checks": parser_checks,
+        "absent": absent,
     }
     return field(default=default, metadata=meta)
 
@@ -135,14 +139,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def from_dict(cls: type, data: Any, *, where: str | None = None) -> Any:
     """Build `cls` from parsed JSON: unknown keys are ignored (older and newer files), missing ones take their
-    defaults, and each value must have its field's type exactly (see `_check_type`; null only where the field
-    may be None) and pass the command line's bounds. ConfigError names `where.field` (default: the class)."""
+    `absent` value where the field has one (what a file from before the field meant), else their defaults, and
+    each value must have its field's type exactly (see `_check_type`; null only where the field may be None) and
+    pass the command line's bounds. ConfigError names `where.field` (default: the class)."""
     where = where or cls.__name__
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a JSON object, not {type(data).__name__ if data is not None else 'null'}")
     values = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
+            if f.metadata.get("absent") is not None:
+                values[f.name] = f.metadata["absent"]
             continue
         value = data[f.name]
         if value is None and type(None) not in _field_types(cls)[f.name]:

@@ -264,6 +264,17 @@ def detach_hidden(hidden: Hidden | None) -> Hidden | None:
     return hidden.detach()
 
 
+def zero_streams(hidden: Hidden | None, fresh: torch.Tensor | None) -> Hidden | None:
+    """The state with the streams (rows) where `fresh` (B,) is True set to zero, the state every stream starts
+    from; the others are kept. `fresh` None: the state as it is."""
+    if hidden is None or fresh is None:
+        return hidden
+    rows = fresh[:, None]  # (B, 1), broadcast over (L, B, H)
+    if isinstance(hidden, tuple):
+        return tuple(h.masked_fill(rows, 0.0) for h in hidden)
+    return hidden.masked_fill(rows, 0.0)
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy in nats per character; targets of -100 are ignored (padding)."""
     return F.cross_entropy(

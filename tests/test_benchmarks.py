@@ -39,6 +39,7 @@ FIELDS = {
     "step_speed.py": {"rows", "median_ratio"},
     "shared_cores.py": {"rows", "worst_busy_ratio"},
     "novelty.py": {"rows", "query_ms_1000_chars_worst"},
+    "cold_start.py": {"rows", "means"},
     "serve_load.py": {
         "loads",
         "bare_stepper_chars_per_s",

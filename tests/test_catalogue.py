@@ -1189,6 +1189,7 @@ RESUME_CHANGES = {
     "warmup_iters": "2",
     "weight_decay": "0.1",
     "grad_clip": "0",
+    "state_reset": "0.1",
     "max_iters": "22",
     "epochs": "3",
     "time_budget": "60",

@@ -169,6 +169,20 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     assert any(a.epoch_offset(e) != 0 for e in range(1, 10))  # later epochs shift the windows
 
 
+def test_state_resets_are_a_pure_function_of_seed_and_step_and_split_by_rank():
+    ids = (np.arange(5000) % 97).astype(np.uint8)
+    whole, again, other = (StreamBatcher(ids, batch_size=8, seq_len=7, seed=seed) for seed in (5, 5, 6))
+    ranks = [StreamBatcher(ids, batch_size=8, seq_len=7, seed=5, rank=r, world=2) for r in range(2)]
+    masks = [whole.fresh_streams(step, 0.25) for step in range(200)]
+    for step, mask in enumerate(masks):
+        assert mask.shape == (8,) and mask.dtype == torch.bool
+        assert torch.equal(mask, again.fresh_streams(step, 0.25))  # a resume draws the same
+        assert torch.equal(torch.cat([b.fresh_streams(step, 0.25) for b in ranks]), mask)  # each rank its rows
+    assert 0.15 < float(torch.stack(masks).float().mean()) < 0.35  # about a quarter of the streams
+    assert any(not torch.equal(m, other.fresh_streams(s, 0.25)) for s, m in enumerate(masks))  # another seed
+    assert whole.fresh_streams(3, 0.0) is None and bool(whole.fresh_streams(3, 1.0).all())
+
+
 def test_too_short_for_one_batch():
     with pytest.raises(DataError, match=r"4 x 9 = 36"):
         StreamBatcher(np.zeros(35, dtype=np.uint8), batch_size=4, seq_len=8, seed=0)

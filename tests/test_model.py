@@ -20,6 +20,7 @@ from charnn.model import (
     num_parameters,
     rnn_cell,
     state_shapes,
+    zero_streams,
 )
 from charnn.training.plan import CorpusFacts, Hardware, PlanRequest, make_plan
 
@@ -69,6 +70,17 @@ def test_detached_state_has_no_graph():
     _, hidden = model(torch.randint(6, (2, 3)))
     assert hidden[0].grad_fn is not None
     assert all(h.grad_fn is None and not h.requires_grad for h in detach_hidden(hidden))
+
+
+def test_zero_streams_zeroes_the_chosen_rows_of_every_layer_and_keeps_the_others():
+    h, c = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    fresh = torch.tensor([False, True, False])
+    for state in ((h, c), (h,)):  # an LSTM's (h, c), a GRU's or RNN's h
+        out = zero_streams(state if len(state) == 2 else state[0], fresh)
+        for before, after in zip(state, out if isinstance(out, tuple) else (out,), strict=True):
+            assert torch.equal(after[:, 1], torch.zeros(2, 5))
+            assert torch.equal(after[:, [0, 2]], before[:, [0, 2]])
+    assert zero_streams((h, c), None) == (h, c) and zero_streams(None, fresh) is None
 
 
 def test_uniform_logits_give_log_vocab_loss():

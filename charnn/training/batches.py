@@ -1,6 +1,6 @@
 """The training split as parallel contiguous streams for truncated backpropagation through time: which
-characters each step trains on, as a pure function of (seed, step). Not the reading or encoding of text
-(charnn.data)."""
+characters each step trains on, and which streams start it from a zero state (--state-reset), as pure functions
+of (seed, step). Not the reading or encoding of text (charnn.data)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from charnn.errors import ConfigError, DataError
+
+RESET_STREAM = 0xC01D5EED  # keeps the --state-reset draws apart from any other use of (seed, step)
 
 
 def check_batch_shape(train_chars: int, *, batch_size: int, seq_len: int, world: int = 1) -> None:
@@ -40,6 +42,10 @@ class StreamBatcher:
     Each epoch shifts every row by the same seeded offset within the row's unused tail, so windows do not
     align identically every epoch; the batch for a step is a pure function of (seed, step): resuming needs
     no iterator state. Under DDP each rank takes its own `batch_size // world` rows.
+
+    With --state-reset P each row's carried state is zeroed before a batch with probability P, as if a
+    document started there (`fresh_streams`), so the model also learns to start from the zero state that
+    sampling, evaluation and the exports start from; without it, only step 0 and each new epoch do.
     """
 
     def __init__(
@@ -61,6 +67,7 @@ class StreamBatcher:
         self.slack = self.row_len - 1 - self.batches_per_epoch * seq_len
         local = batch_size // world
         rows = np.arange(rank * local, (rank + 1) * local, dtype=np.int64)
+        self._local = slice(rank * local, (rank + 1) * local)  # this rank's rows of the whole batch
         self.device = torch.device(device)
         if self.device.type == "cpu":
             self._ids, self._rows = ids, rows * self.row_len
@@ -91,3 +98,16 @@ class StreamBatcher:
         else:
             window = self._ids[(self._rows + start)[:, None] + self._cols].long()
         return window[:, :-1], window[:, 1:]
+
+    def fresh_streams(self, step: int, share: float) -> torch.Tensor | None:
+        """Which of this rank's rows start batch `step` from a zero state: each of the whole batch's rows with
+        probability `share`, drawn from (seed, step) alone, so a resume, or another number of processes (each
+        taking its own rows' part), draws the same. A (B,) bool tensor on the batcher's device; None with
+        `share` 0 (no draw, no cost)."""
+        if share <= 0.0:
+            return None
+        draws = np.random.default_rng([RESET_STREAM, self.seed, step]).random(self.batch_size)  # (whole B,)
+        fresh = torch.from_numpy(draws[self._local] < share)
+        if self.device.type == "cuda":  # from pinned memory the copy is queued: the host does not wait for the GPU
+            return fresh.pin_memory().to(self.device, non_blocking=True)
+        return fresh.to(self.device)

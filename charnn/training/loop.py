@@ -17,6 +17,7 @@ from charnn.config import SampleConfig
 from charnn.distributed import all_max, barrier, gather_rows
 from charnn.errors import Interrupted
 from charnn.evaluate import evaluate_ids
+from charnn.model import zero_streams
 from charnn.sampling.generate import sample_text
 from charnn.store.rundir import save_checkpoint
 from charnn.store.trainstate import training_state
@@ -76,6 +77,8 @@ def train_step(run: Run, s: LoopState, lr: float) -> bool:
     epoch, k = run.batcher.position(s.step)
     if k == 0:
         s.hidden = None  # a new epoch starts the streams afresh (at a new offset)
+    else:  # --state-reset: some streams start this batch cold, as sampling and evaluation start
+        s.hidden = zero_streams(s.hidden, run.batcher.fresh_streams(s.step, run.cfg.state_reset))
     taken, s.hidden = optimisation_step(
         run.net,
         run.optimizer,
