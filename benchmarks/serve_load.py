@@ -1,7 +1,8 @@
 """Load test of `charnn serve`: N concurrent clients on loopback (1, 8, 64 by default), each streaming `--length`
 characters from POST /v1/generate: total characters per second, time to the first character (p50, p99), and
-every response checked complete and of the right length. In the same run: the bare batched stepper
-(`charnn.sample_text` with 64 streams, no server), a server that handles one request at a time
+every response checked complete and of the right length; each load `--repeats` times in a row on a server that
+has answered once (its median run; the fresh server's first request is printed apart). In the same run: the
+bare batched stepper (`charnn.sample_text` with 64 streams, no server), a server that handles one request at a time
 (`--max-batch 1`), the engine's row layouts without HTTP (batch sizes that follow the load vs one batch of 64
 rows), and the server's RSS before and after `--requests` more requests.
 
@@ -197,7 +198,7 @@ def parse_args() -> argparse.Namespace:
         "--repeats",
         type=int,
         default=3,
-        help="alternations of bare stepper and server at the most clients (the ratio is their median)",
+        help="runs of each load (their median), and alternations of bare stepper and server at the most clients",
     )
     ap.add_argument("--requests", type=int, default=1000, help="short requests for the memory check")
     ap.add_argument("--engine", default="thread", choices=("thread", "process"), help="the servers' --engine")
@@ -231,6 +232,12 @@ def memory(server: Server, count: int) -> tuple[bool, list[float], float]:
     return ok, rss, time.perf_counter() - t0
 
 
+def typical(url: str, n: int, length: int, repeats: int) -> dict:
+    """`n` clients at once, `repeats` times in a row: the run with the median rate (all of them complete)."""
+    runs = sorted((asyncio.run(clients(url, n, length)) for _ in range(repeats)), key=lambda r: r["chars_per_s"])
+    return {**runs[len(runs) // 2], "all_complete": all(r["all_complete"] for r in runs), "runs": len(runs)}
+
+
 def main() -> None:
     args = parse_args()
     top, threads = max(args.clients), serving_threads()
@@ -247,7 +254,9 @@ def main() -> None:
         model, checkpoint = save_model(args, Path(tmp))
         engine = engine_figures(model, args, top, threads)
         server = Server(checkpoint, Path(tmp) / "server.log", "--max-batch", str(top), "--engine", args.engine)
-        loads = [asyncio.run(clients(server.url, n, args.length)) for n in args.clients]
+        cold = asyncio.run(clients(server.url, 1, args.length))  # a fresh server's first request, apart
+        print(f"first request to a fresh server: {cold}", flush=True)
+        loads = [typical(server.url, n, args.length, args.repeats) for n in args.clients]
         for load in loads:
             print(f"{load['clients']} client(s): {load}", flush=True)
         pairs = []  # (bare stepper, server) at `top` streams, alternating
@@ -272,6 +281,7 @@ def main() -> None:
     }
     batched = statistics.median(s for _, s in pairs)
     result = {
+        "first_request": cold,
         "loads": loads,
         "pairs": [[round(b), s] for b, s in pairs],
         "server_vs_bare_ratio": round(ratio, 2),

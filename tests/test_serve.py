@@ -519,3 +519,30 @@ def test_served_playground_asks_the_server_and_writes_with_it(checkpoint, tmp_pa
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_the_servers_connections_send_without_waiting_for_acks():
+    """Answers go out at once on a kept-alive connection: the listening socket says TCP, so asyncio sets
+    TCP_NODELAY on each connection (without it every answer after a connection's first waited ~40 ms for the
+    client's delayed ACK)."""
+    import asyncio
+
+    from charnn.serve.server import bind
+
+    async def accepted_nodelay() -> int:
+        found: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def connected(reader, writer) -> None:
+            sock = writer.get_extra_info("socket")
+            found.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        listener = bind("127.0.0.1", 0)
+        server = await asyncio.start_server(connected, sock=listener)
+        _, writer = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1])
+        value = await asyncio.wait_for(found, 10)
+        writer.close()
+        server.close()
+        return value
+
+    assert asyncio.run(accepted_nodelay()) != 0
