@@ -294,6 +294,26 @@ class DynamicConfig:
 
 
 STOPPING_RULES = ("max_iters", "epochs", "time_budget")
+# The options training's plan (charnn.training.plan) chooses when they are not given (the help shows
+# "[default: plan]" for them): here, so that the command line builds its options without importing the plan.
+PLANNED = frozenset(
+    {
+        "model",
+        "layers",
+        "hidden",
+        "embed",
+        "dropout",
+        "layer_norm",
+        "batch_size",
+        "seq_len",
+        "lr",
+        "warmup_iters",
+        "weight_decay",
+        "max_iters",
+        "eval_every",
+        "patience",
+    }
+)
 
 
 def overlay_train(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import typer
 from charnn.cli import train as cli_train  # noqa: F401  (train registers first: `charnn --help` lists it first)
 from charnn.cli.app import DEVICE, RunPath, Which, WhichOption, app
 from charnn.cli.options import config_options, path_value, plain, with_default, with_options
-from charnn.cli.run import Command, StopFlag, run_command, say
+from charnn.cli.run import Command, StopFlag, run_command, say, start_up
 from charnn.config import DynamicConfig, SampleConfig
 from charnn.errors import CharnnError, CheckpointError, ConfigError
 from charnn.novelty import DEFAULT_COPY_SPAN
@@ -87,27 +87,28 @@ def sample_cmd(
     """
 
     def body():
-        # what the first character needs, and no more (beam search is imported for --beam alone)
-        from charnn.cli.output import (
-            SampleWriter,
-            say_novelty,
-            stderr_is_terminal,
-            stdout_is_terminal,
-            write_beams,
-            write_generation,
-        )
-        from charnn.runtime import pick_device
-        from charnn.sampling.generate import generate, read_prime
-        from charnn.sampling.stepper import one_thread
-        from charnn.store.rundir import load_run
-
         values = plain(options)
         device = values.pop("device")
         cfg = SampleConfig(**{**values, "prime": values["prime"] or None})
         if prime_file is not None and cfg.prime is not None:
             raise CharnnError("--prime and --prime-file: give one of them")
-        with one_thread():  # checking a model file is a few tensor ops: threads would only wait for each other
-            loaded = load_run(run, which=which.value, device=pick_device(device))
+        with start_up():
+            # what the first character needs, and no more (beam search is imported for --beam alone)
+            from charnn.cli.output import (
+                SampleWriter,
+                say_novelty,
+                stderr_is_terminal,
+                stdout_is_terminal,
+                write_beams,
+                write_generation,
+            )
+            from charnn.runtime import pick_device
+            from charnn.sampling.generate import generate, read_prime
+            from charnn.sampling.stepper import one_thread
+            from charnn.store.rundir import load_run
+
+            with one_thread():  # checking a model file is a few tensor ops: threads would only wait for each other
+                loaded = load_run(run, which=which.value, device=pick_device(device))
         if prime_file is not None:
             cfg = dataclasses.replace(cfg, prime=read_prime(prime_file, loaded.vocab, loaded.data_cfg))
         out = SampleWriter(loaded.vocab, escape=not raw and stdout_is_terminal())

@@ -16,13 +16,15 @@ import typing
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from charnn.config import DataConfig, ModelConfig, TrainConfig
+from charnn.config import PLANNED, DataConfig, ModelConfig, TrainConfig
 from charnn.errors import CharnnError
-from charnn.training.plan import PLANNED, PlanRequest
+
+if TYPE_CHECKING:
+    from charnn.training.plan import PlanRequest
 
 # The order of the help panels; an option without a panel goes under Typer's "Options".
 PANELS = (
@@ -167,6 +169,7 @@ def train_configs(
 ) -> tuple[TrainSetup, Path, Path | None]:
     """What `charnn train` trains with, its corpus and run directory: a resumed run's own configs with the
     options given laid over them, or a plan request (the preset and the options given) for a new run."""
+    from charnn.training.plan import PlanRequest
     from charnn.training.train import resume_configs
 
     model_over, train_over, data_over = (field_values(cls, plain(values)) for cls in TRAIN_CONFIGS)

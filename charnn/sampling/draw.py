@@ -48,7 +48,7 @@ def filtered_cdf(logits: torch.Tensor, cfg: SampleConfig) -> torch.Tensor:
     if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
         kth = logits.topk(cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(dim=-1)
+    probs = logits.softmax(-1)
     if cfg.top_p is not None and cfg.top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p >= cfg.top_p  # keep the smallest set reaching top_p
@@ -57,8 +57,8 @@ def filtered_cdf(logits: torch.Tensor, cfg: SampleConfig) -> torch.Tensor:
         # --deterministic: PyTorch flags CUDA's floating-point cumsum (pytorch#75240), which would stop a
         # training run at its first sample; the draw's same-text tests (tests/test_gpu.py) cover it
         with nondeterministic_allowed():
-            return probs.cumsum_(dim=-1)
-    return probs.cumsum_(dim=-1)  # (B, V), in place: probs is ours
+            return probs.cumsum_(-1)
+    return probs.cumsum_(-1)  # (B, V), in place: probs is ours
 
 
 def inverse_cdf(cdf: torch.Tensor, uniform: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:

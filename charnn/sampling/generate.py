@@ -22,7 +22,6 @@ from charnn.data import Vocab, iter_symbols, readable_file
 from charnn.errors import ConfigError, DataError, VocabularyError
 from charnn.model import CharRNN, Hidden
 from charnn.runtime import autocast, autocast_dtype, ieee_rnn
-from charnn.sampling.cudagraph import GraphStep
 from charnn.sampling.draw import choose, choose_in_graph, choose_one, scale, seeded_generator, uniforms
 from charnn.sampling.stepper import MEASURED, FastStepper, Tuning, few_threads
 
@@ -130,7 +129,11 @@ def _steps(
             # its logits come scaled: its head is `scale`d by the temperature once
             stepper = FastStepper(model, cfg.temperature, batch_size=B, precision=cfg.precision, tuning=tuning)
             stepper.load(hidden)
-        graph = GraphStep(stepper, partial(choose_in_graph, cfg)) if _uses_graph(device, tuning, stepper) else None
+        graph = None
+        if _uses_graph(device, tuning, stepper):
+            from charnn.sampling.cudagraph import GraphStep  # CUDA only: the CPU's start-up does without it
+
+            graph = GraphStep(stepper, partial(choose_in_graph, cfg))
         if stepper is not None and graph is None and B == 1 and device.type == "cpu":
             yield from _one_stream(stepper, cfg, logits, gen)
             return
@@ -169,15 +172,16 @@ def _one_stream(
     `choose`, so the same text), with no tensor op per step but the model's and two of the draw (a tensor op
     costs microseconds; at one stream they were a third of a step). Yields shared (1,) tensors."""
     rows = [torch.tensor([i]) for i in range(logits.shape[-1])]  # (1,) each, yielded: read them, do not write them
+    step, length = stepper.step, cfg.length  # bound once: this loop runs once per character
     done = 0
-    while done < cfg.length:
-        for u in uniforms(gen, cfg.length - done, 1)[:, 0].tolist():
+    while done < length:
+        for u in uniforms(gen, length - done, 1)[:, 0].tolist():
             i = choose_one(logits, u, cfg)
             yield rows[i]
             done += 1
-            if done == cfg.length:
+            if done == length:
                 return
-            logits = stepper.step(i)
+            logits = step(i)
 
 
 def _uses_graph(device: torch.device, tuning: Tuning, stepper: FastStepper | None) -> bool:

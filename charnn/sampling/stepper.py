@@ -78,6 +78,7 @@ class FastStepper:
             self.ln = (model.ln.normalized_shape, model.ln.weight.float(), model.ln.bias.float(), model.ln.eps)
         self.w_out = scale(model.head.weight.float().t(), temperature).contiguous()  # (H, V)
         self.b_out = scale(model.head.bias.float(), temperature).contiguous()
+        self.b_out_row = self.b_out[None]  # (1, V): addmm expands a (V,) bias with an op on every step
 
     def _allocate(self, device: torch.device, H: int) -> None:
         """The buffers every step writes into, and views of them made once (slicing costs about as much as a
@@ -153,19 +154,12 @@ class FastStepper:
         """ids (B,), or one stream's id as an int -> scaled logits (B, V), a view of a buffer the next step
         overwrites. An int skips a tensor op: its row of layer 0's table is a view made once."""
         if isinstance(ids, int):
+            if self.programs is not None:  # made for one stream only
+                return self._run_program(ids)
             if self.batch_size != 1:
                 raise ValueError(f"an int id is one stream; this stepper steps {self.batch_size}")
         elif ids.shape != (self.batch_size,):  # the packed kernel would not notice a wrong batch
             raise ValueError(f"expected ids of shape ({self.batch_size},), got {tuple(ids.shape)}")
-        if isinstance(ids, int) and self.programs is not None:
-            before, after = self.programs[self.parity]
-            for op in before:
-                op()
-            torch.addmm(self.table_rows[ids], self.h[0], self.w[0].t, out=self.gates[0])
-            for op in after:
-                op()
-            self.parity = not self.parity
-            return self._head()
         recurrent_first = self.split and self.parity
         if recurrent_first:  # the upper layers' h @ W_hh first: their weights are the last the previous step read
             for layer in range(self.layers - 1, 0, -1):
@@ -185,11 +179,22 @@ class FastStepper:
         self.parity = not self.parity
         return self._head()
 
+    def _run_program(self, i: int) -> torch.Tensor:
+        """`step` of one stream's id `i` through its program (`_program`)."""
+        before, after = self.programs[self.parity]
+        for op in before:
+            op()
+        torch.addmm(self.table_rows[i], self.h[0], self.w0, out=self.gates[0])
+        for op in after:
+            op()
+        self.parity = not self.parity
+        return self._head()
+
     def _head(self) -> torch.Tensor:
         top = self.h[-1]
         if self.ln is not None:
             top = torch.layer_norm(top, *self.ln)  # not F.layer_norm: its Python checks cost a step's microseconds
-        return torch.addmm(self.b_out, top, self.w_out, out=self.logits)
+        return torch.addmm(self.b_out_row, top, self.w_out, out=self.logits)
 
     def _input(self, ids: torch.Tensor | int, gates: torch.Tensor) -> torch.Tensor:
         """Layer 0's pre-activations: the symbol's table row, plus h @ W_hh for an LSTM/RNN (a GRU keeps its
@@ -266,8 +271,10 @@ class FastStepper:
         (at one stream that bookkeeping was a sixth of a step)."""
         L = self.layers
         addmm = torch.addmm
+        b = [bias[None] for bias in self.b]  # (1, G*H): as `b_out_row`
+        self.w0 = self.w[0].t
         before = (
-            [partial(addmm, self.b[k], self.h[k], self.w[k][1].t, out=self.gates[k]) for k in range(L - 1, 0, -1)]
+            [partial(addmm, b[k], self.h[k], self.w[k][1].t, out=self.gates[k]) for k in range(L - 1, 0, -1)]
             if recurrent_first
             else []
         )
@@ -275,12 +282,12 @@ class FastStepper:
         for k in range(1, L):
             g = self.gates[k]
             if not self.split:
-                after.append(partial(addmm, self.b[k], self.both_low[k], self.w[k].t, out=g))
+                after.append(partial(addmm, b[k], self.both_low[k], self.w[k].t, out=g))
             elif recurrent_first:
                 after.append(partial(g.addmm_, self.h[k - 1], self.w[k][0].t))
             else:
                 after += [
-                    partial(addmm, self.b[k], self.h[k - 1], self.w[k][0].t, out=g),
+                    partial(addmm, b[k], self.h[k - 1], self.w[k][0].t, out=g),
                     partial(g.addmm_, self.h[k], self.w[k][1].t),
                 ]
             after += self._cell(k, g)

@@ -25,7 +25,6 @@ from charnn.errors import CheckpointError, CheckpointWriteError
 from charnn.model import CharRNN, state_shapes
 from charnn.store.files import atomic_write
 from charnn.store.meta import FORMAT, MAX_EVAL_SEGMENT, CheckpointMeta, meta_json, meta_strings, parse_meta
-from charnn.store.trainstate import state_bytes, state_path
 from charnn.textfile import remember_input
 
 MAX_HEADER_BYTES = 64 << 20
@@ -153,6 +152,8 @@ def write_checkpoint(
     The keywords are the model file's `CheckpointMeta` fields (`model_bytes`). Non-finite weights are refused
     before anything is written; a model file that fails to write takes its new state file with it.
     """
+    from charnn.store.trainstate import state_bytes, state_path  # writing only: loading does without it
+
     path = Path(path)
     for p in model.parameters():
         if not torch.isfinite(p).all():

@@ -14,20 +14,21 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from charnn.config import DataConfig, ModelConfig, TrainConfig, to_dict
 from charnn.data import Corpus, Vocab
-from charnn.distributed import DistInfo
 from charnn.errors import CheckpointError
 from charnn.model import CharRNN
 from charnn.store.bundled import bundled_path
 from charnn.store.checkpoint import LoadedModel, load_model, read_meta, write_checkpoint
 from charnn.store.files import LineLog, atomic_write
-from charnn.store.trainstate import state_path
 from charnn.version import __version__
+
+if TYPE_CHECKING:  # training's modules: loading a model for `charnn sample` does without them
+    from charnn.distributed import DistInfo
 
 CKPT_RE = re.compile(r"^step-(\d{8,})\.safetensors$")
 
@@ -69,6 +70,8 @@ def save_checkpoint(
 
 def prune(run_dir: str | os.PathLike, *, keep_last: int) -> list[Path]:
     """Keep the newest `keep_last` checkpoints plus the best by validation loss (never a NaN); delete the rest."""
+    from charnn.store.trainstate import state_path
+
     ckpts = list_checkpoints(run_dir)
     keep = set(ckpts[-keep_last:])
     best = best_checkpoint(ckpts)

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from charnn.config import STOPPING_RULES, ModelConfig, TrainConfig, check_fields, overlay_train
+from charnn.config import PLANNED, STOPPING_RULES, ModelConfig, TrainConfig, check_fields, overlay_train
 from charnn.errors import ConfigError
 from charnn.fields import flag_text, to_dict
 from charnn.presets import PRESETS
@@ -31,25 +31,6 @@ FREE_ON_FINETUNE = ("dropout", "locked_dropout")
 # bundled starter: the plan's lines suggest fine-tuning it (docs/finetune.md measures why); it never switches.
 STARTER_HINT_CHARS = 100_000
 STARTER_HINT_COVERAGE = 0.95  # 96.8% of a slice of the Jargon File, which it helped (docs/finetune.md)
-# The options the plan chooses when they are not given (the help shows "[default: plan]" for them).
-PLANNED = frozenset(
-    {
-        "model",
-        "layers",
-        "hidden",
-        "embed",
-        "dropout",
-        "layer_norm",
-        "batch_size",
-        "seq_len",
-        "lr",
-        "warmup_iters",
-        "weight_decay",
-        "max_iters",
-        "eval_every",
-        "patience",
-    }
-)
 
 
 @dataclass(frozen=True)
