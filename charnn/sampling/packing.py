@@ -27,9 +27,9 @@ class Tuning:
     pack_min_weight: int = 1 << 18  # matmul weights of this many entries (an LSTM of 256 units) are packed...
     pack_min_rows: int = 4  # ...in fp32 only from this many streams (MKL's one-row fp32 path is as fast)
     cuda_graphs: bool = True  # on CUDA, replay one captured step (`GraphStep`)
-    # An LSTM/RNN's upper-layer weight [W_ih; W_hh] of this many fp32 entries (2x256 LSTM: 2 MiB, as much as
-    # this CPU's L2 per core) is multiplied as two halves, every other step in the order that finds one of them
-    # still cached, so one stream of the 2x256 LSTM reads half its weight from memory on each step
+    # An LSTM/RNN's upper-layer weight [W_ih; W_hh] of this many fp32 entries (2x256 LSTM: 2 MiB, twice a Zen 4
+    # core's 1 MiB L2) is multiplied as two halves, every other step in the order that finds one of them still
+    # cached, so one stream of the 2x256 LSTM reads half its weight from memory on each step
     split_min_weight: int = 1 << 19
 
 
