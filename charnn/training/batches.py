@@ -66,8 +66,8 @@ class StreamBatcher:
         self.batches_per_epoch = (self.row_len - 1) // seq_len
         self.slack = self.row_len - 1 - self.batches_per_epoch * seq_len
         local = batch_size // world
-        rows = np.arange(rank * local, (rank + 1) * local, dtype=np.int64)
         self._local = slice(rank * local, (rank + 1) * local)  # this rank's rows of the whole batch
+        rows = np.arange(self._local.start, self._local.stop, dtype=np.int64)
         self.device = torch.device(device)
         if self.device.type == "cpu":
             self._ids, self._rows = ids, rows * self.row_len

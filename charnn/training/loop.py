@@ -99,7 +99,7 @@ def train_step(run: Run, s: LoopState, lr: float) -> bool:
 def log_window(run: Run, s: LoopState, lr: float) -> None:
     """One metrics line for the steps since the last: mean loss over every rank, gradient norm, speed."""
     mean, grad_norm, clip_frac, rate = s.stats.read_window(run.dist, run.cfg.batch_size * run.cfg.seq_len)
-    _log(
+    log_record(
         run,
         {
             "kind": "train",
@@ -134,7 +134,7 @@ def _evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
             s.best_val, s.best_step, s.evals_since_best, s.warned = val, s.step, 0, False
         else:
             s.evals_since_best += 1
-        _log(
+        log_record(
             run,
             {
                 "kind": "eval",
@@ -229,7 +229,7 @@ def stop_early(run: Run, s: LoopState) -> None:
     s.stop_reason = f"no new best validation loss in {n} evaluation{'s' if n != 1 else ''}"
     best = f"best {s.best_val:.4f} nats/char at step {s.best_step}" if s.best_step is not None else "none finite"
     msg = f"early stop: {s.stop_reason} ({best})"
-    _log(run, {"kind": "stop", "step": s.step, "elapsed": round(s.elapsed(), 3), "reason": msg})
+    log_record(run, {"kind": "stop", "step": s.step, "elapsed": round(s.elapsed(), 3), "reason": msg})
     emit(run, s, "stop", text=msg)
 
 
@@ -280,6 +280,7 @@ def sample_novelty(run: Run, s: LoopState, text: str | bytes) -> tuple[dict, str
     return found.to_json(), found.line()
 
 
-def _log(run: Run, record: dict[str, Any]) -> None:
+def log_record(run: Run, record: dict[str, Any]) -> None:
+    """One line of the run's metrics.jsonl, written through at once."""
     run.metrics.write(json.dumps(record) + "\n")
     run.metrics.flush()

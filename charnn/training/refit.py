@@ -11,11 +11,11 @@ Not the plan (`charnn.training.plan`) nor the arithmetic of a run's time (`charn
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from charnn.distributed import broadcast_object
 from charnn.store.rundir import write_run_files
 from charnn.training.choices import run_shape
+from charnn.training.loop import log_record
 from charnn.training.runstate import LoopState, Run, emit
 from charnn.training.timing import CHECKPOINT_SECONDS, LOOP_OVERHEAD, START_SECONDS, TARGET_SECONDS, Speed, per_step
 
@@ -54,20 +54,19 @@ def refit(run: Run, s: LoopState) -> Run:
     new = broadcast_object(run.dist, new) if run.dist.enabled else new  # every rank ends at the same step
     if abs(new - current) <= REFIT_SHARE * current:
         return run
-    cfg = dataclasses.replace(run.cfg, max_iters=new)
-    if run.dist.is_main:
-        write_run_files(run.run_dir, run.data, run.model.cfg, cfg)  # what a resume continues with
-        assert speed is not None
-        line = {"kind": "refit", "step": s.step, "max_iters": new, "step_seconds": round(speed.step_seconds, 5)}
-        run.metrics.write(json.dumps(line) + "\n")
-        run.metrics.flush()
-    run = dataclasses.replace(run, cfg=cfg, total_steps=new)
-    emit(
-        run,
-        s,
-        "plan",
-        text=f"fitted again at step {s.step:,}: {per_step(speed.step_seconds) if speed else '?'} a step here "
-        f"(measured {per_step(plan.speed.step_seconds) if plan.speed else '?'} before the start), "
-        f"{new:,} steps in all (was {current:,}) to end in about the plan's time",
-    )
+    run = dataclasses.replace(run, cfg=dataclasses.replace(run.cfg, max_iters=new), total_steps=new)
+    if speed is not None:  # rank 0, which timed the run: config.json (what a resume continues with), the record
+        write_run_files(run.run_dir, run.data, run.model.cfg, run.cfg)
+        log_record(
+            run, {"kind": "refit", "step": s.step, "max_iters": new, "step_seconds": round(speed.step_seconds, 5)}
+        )
+        assert plan.speed is not None  # a plan fits its length to a time it measured
+        measured = per_step(plan.speed.step_seconds)
+        emit(
+            run,
+            s,
+            "plan",
+            text=f"fitted again at step {s.step:,}: {per_step(speed.step_seconds)} a step here (measured {measured} "
+            f"before the start), {new:,} steps in all (was {current:,}) to end in about the plan's time",
+        )
     return run
