@@ -64,6 +64,8 @@ PACKAGES = {
         "jobs",
         "rows",
         "lone",
+        "window",
+        "delivery",
         "schemas",
         "engine",
         "worker",

@@ -1,7 +1,8 @@
 """Continuous batching for `charnn serve`: concurrent generation requests share one batched recurrent step
 (`charnn.sampling.stepper.FastStepper`), each stream one row with its own state, sampling options and seeded generator.
-A request joins the running batch at the next step and leaves when it is done; the rest wait in a queue. A lone
-stream steps as `charnn sample` steps one (charnn.serve.lone) until another joins.
+A request joins the running batch at the next step and leaves when it is done; the rest wait in a queue. The batch
+steps in windows of a few steps (charnn.serve.window), a lone stream as `charnn sample` steps one (charnn.serve.lone)
+until another joins.
 One worker thread runs every model call; the web layer (charnn.serve.app) gets characters back through the
 `sink` callback. Not HTTP: nothing here imports FastAPI.
 """
@@ -22,21 +23,22 @@ from charnn.data import Vocab
 from charnn.errors import CharnnError
 from charnn.model import CharRNN, Hidden
 from charnn.sampling.stepper import MEASURED, Tuning
+from charnn.serve.delivery import Delivery
 from charnn.serve.jobs import Job, Output, Running, ServerBusy, draw, draw_groups
 from charnn.serve.lone import step_alone
 from charnn.serve.rows import RowBatch, powers_of_two, rows_of, same_length, warm
+from charnn.serve.window import Window
 
 log = logging.getLogger("charnn.serve")
 
 
 class Engine:
-    """The worker thread: admits waiting jobs, steps every active stream once, draws, hands text to `sink`.
+    """The worker thread: admits waiting jobs, steps the active streams a window further, hands text to `sink`.
 
     `sizes` are the batch sizes the streams are packed into: the smallest that holds them all runs each step
     (powers of two up to `max_batch` by default; one size steps free rows too). `sink(outputs)` is called on
     the worker thread at once for a job's first text or its end, and otherwise every `flush_every` seconds
-    up to 16 streamed jobs, less often with more (5x at 80): each output is work for the event loop, which
-    shares the interpreter lock with this thread (docs/serve.md). `threads`: torch threads for
+    up to 16 streamed jobs, less often with more (`charnn.serve.delivery.Delivery`). `threads`: torch threads for
     steps (`charnn.serve.rows.serving_threads` by default). `on_step(rows)`, if given, hears each step's size.
     While one stream is in use in the one-row stepper (`RowBatch.alone`), it runs the one-stream path
     (`charnn.serve.lone.step_alone`), many steps a round; `alone_steps` counts its steps.
@@ -57,7 +59,8 @@ class Engine:
         on_step: Callable[[int], None] | None = None,
     ) -> None:
         self.model, self.vocab, self.sink, self.on_step = model.eval(), vocab, sink, on_step
-        self.max_batch, self.max_waiting, self.flush_every = max_batch, max_waiting, flush_every
+        self.max_batch, self.max_waiting = max_batch, max_waiting
+        self.out = Delivery(sink, flush_every)
         self.rows = RowBatch(model, sizes or powers_of_two(max_batch), tuning=tuning, threads=threads)
         self._cond = threading.Condition()
         self._inbox: deque[Job] = deque()  # submitted, guarded by _cond
@@ -67,8 +70,7 @@ class Engine:
         self._waiting: deque[Job] = deque()  # worker thread only, from here down
         self._active: list[Running] = []  # in row order: job k holds rows starts[k] .. starts[k] + n
         self._groups: list[tuple[list[Running], torch.Tensor | None]] = []  # `draw_groups`
-        self._ended: list[Output] = []
-        self._last_flush = 0.0
+        self._window = Window(max_batch, self.rows.device)
         self.alone_steps = 0
         self._thread = threading.Thread(target=self._run, name="charnn-serve-engine", daemon=True)
 
@@ -159,7 +161,7 @@ class Engine:
         except Exception:  # a bug: the rows' state is unknown, so every open stream ends with an error
             log.exception("generation step failed")
             self._end_active("error", "internal error while generating (see the server log)")
-        self._flush()
+        self.out.flush(self._active)
         return True
 
     def _call(self, fn: Callable[[], Any], future: concurrent.futures.Future) -> None:
@@ -179,7 +181,7 @@ class Engine:
             if job.cancelled:
                 continue
             if job.cfg.length == 0:
-                self._ended.append(Running(job, self.vocab).output("complete"))
+                self.out.ended.append(Running(job, self.vocab).output("complete"))
                 continue
             joining.append(Running(job, self.vocab))
             free -= job.cfg.num_samples
@@ -196,84 +198,66 @@ class Engine:
         """A warmed job: its first symbols (drawn from `first`, (n, V)), then its rows, unless it is done."""
         if active.job.keep_logits:
             active.job.logits.append(first.clone())
-        ids = self._draw([active], first)
-        if ids is None:
+        try:
+            ids = draw(active.job.cfg, first, active.uniforms(1).reshape(-1, 1).to(first.device))[:, 0]  # (n,)
+        except CharnnError as err:  # non-finite probabilities: the model's outputs overflow
+            self.out.end(active, "error", str(err))
             return
         active.take(ids.tolist())
         if active.done == active.length:
-            self._end(active, "complete")
+            self.out.end(active, "complete")
             return
         self.rows.add(hidden, ids)
         self._active.append(active)
 
     def _step(self) -> None:
-        """Every active stream one symbol further; finished and cancelled jobs leave their rows."""
+        """Every active stream a window of symbols further (`charnn.serve.window.Window`): until the window is
+        over, new work or a model call arrives, the engine closes, or text is due; then finished, failed and
+        cancelled jobs leave their rows."""
         if self.rows.alone:
             self._step_alone()
             return
-        logits = self.rows.step()  # (used, V)
-        if self.on_step is not None:
-            self.on_step(self.rows.used)
-        ids = torch.zeros(self.rows.used, dtype=torch.long, device=logits.device)  # failed draws: rows leave
-        for members, index in self._groups:
-            drawn = self._draw(members, logits if index is None else logits.index_select(0, index))
-            if drawn is not None and index is None:
-                ids = drawn
-            elif drawn is not None:
-                ids.index_copy_(0, index, drawn)
-        self.rows.feed(ids)
-        flat = ids.tolist()
-        start = 0
+        until = self.out.until(self._active)
+        self._window.open(self._active, self._groups)
+        self._window.run(self.rows, lambda: not self._busy() and time.monotonic() < until, self.on_step)
+        self._window.hand_out(self._active)
+        for active, message in self._window.failed.items():
+            self.out.end(active, "error", message)
         for active in self._active:
-            if not active.left:
-                if active.job.keep_logits:
-                    active.job.logits.append(logits[start : start + active.n].clone())
-                active.take(flat[start : start + active.n])
-                if active.done == active.length:
-                    self._end(active, "complete")
-            start += active.n
+            if active.done == active.length and not active.left:
+                self.out.end(active, "complete")
         self._drop_left()
+
+    def _busy(self) -> bool:
+        """New work, a model call, or closing: a look without the lock (what it misses now, it sees after the
+        next step)."""
+        return bool(self._inbox or self._calls or self._closing)
 
     def _step_alone(self) -> None:
         """The lone stream many symbols further (`step_alone`): until it is done, new work or a model call
         arrives, the engine closes, its job is cancelled, or its text is due (its first text at once)."""
         active = self._active[0]
-        until = 0.0 if active.fresh and active.job.stream else self._last_flush + self.flush_every
+        until = self.out.until(self._active)
         before = active.done
 
-        def go_on() -> bool:  # a look without the lock: what it misses now, it sees after the next character
-            busy = self._inbox or self._calls or self._closing or active.job.cancelled
-            return not busy and time.monotonic() < until
+        def go_on() -> bool:
+            return not (self._busy() or active.job.cancelled) and time.monotonic() < until
 
         try:
             step_alone(self.rows, active, go_on, self.on_step)
-        except CharnnError as err:  # as `_draw`: non-finite probabilities
-            self._end(active, "error", str(err))
+        except CharnnError as err:  # a failed draw, as in `Window.step`
+            self.out.end(active, "error", str(err))
         self.alone_steps += active.done - before
         if active.done == active.length and not active.left:
-            self._end(active, "complete")
+            self.out.end(active, "complete")
         self._drop_left()
-
-    def _draw(self, members: list[Running], logits: torch.Tensor) -> torch.Tensor | None:
-        """Next ids (m,) of the rows of `members` from their unscaled logits (m, V) (`charnn.serve.jobs.draw`);
-        None when the draw failed and the members were ended."""
-        try:
-            return draw(members, logits)
-        except CharnnError as err:  # non-finite probabilities: the model's outputs overflow
-            for m in members:
-                self._end(m, "error", str(err))
-            return None
-
-    def _end(self, active: Running, end: str, message: str = "") -> None:
-        self._ended.append(active.output(end, message))
-        active.left = True
 
     def _drop_left(self) -> None:
         """Free the rows of jobs that ended or were cancelled; the rest keep their order."""
         keep, rows, start = [], [], 0
         for active in self._active:
             if active.job.cancelled and not active.left:
-                self._end(active, "cancelled")
+                self.out.end(active, "cancelled")
             if not active.left:
                 keep.append(active)
                 rows.extend(range(start, start + active.n))
@@ -287,24 +271,10 @@ class Engine:
         """Rows with the same sampling options are drawn together: one draw when all share them."""
         self._groups = draw_groups(self._active)
 
-    def _flush(self) -> None:
-        """Hand new text to the sink: at once for first text and ends, else when due (see `Engine`)."""
-        now = time.monotonic()
-        streamed = sum(a.job.stream for a in self._active)
-        every = self.flush_every * min(5, max(1, streamed / 16))  # 20 ms up to 16 streams, 100 ms from 80
-        due = now - self._last_flush >= every
-        outputs = [a.output() for a in self._active if a.job.stream and (due or a.fresh) and a.pending[0]]
-        outputs += self._ended
-        self._ended = []
-        if due:
-            self._last_flush = now
-        if outputs:
-            self.sink(outputs)
-
     def _end_active(self, end: str, message: str) -> None:
         for active in self._active:
             if not active.left:
-                self._end(active, end, message)
+                self.out.end(active, end, message)
         self._active = []
         self.rows.keep([])
         self._groups = []
@@ -318,7 +288,7 @@ class Engine:
         return calls
 
     def _end_waiting(self, end: str, message: str) -> None:
-        self._ended += [Running(job, self.vocab).output(end, message) for job in self._waiting]
+        self.out.ended += [Running(job, self.vocab).output(end, message) for job in self._waiting]
         self._waiting.clear()
 
     def _end_everything(self, end: str, message: str) -> None:
@@ -331,6 +301,4 @@ class Engine:
                 future.set_exception(ServerBusy(message))
         self._end_active(end, message)
         self._end_waiting(end, message)
-        outputs, self._ended = self._ended, []
-        if outputs:
-            self.sink(outputs)
+        self.out.flush([])

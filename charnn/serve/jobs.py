@@ -54,16 +54,17 @@ class Output:
 
 
 class Running:
-    """The engine's side of an admitted job: its generator, the block of uniforms it draws from (the blocks of
-    `charnn.sampling.draw.uniforms`, as `charnn sample` draws them, so a seed gives its text), and undelivered
-    symbols."""
+    """The engine's side of an admitted job: its generator, the blocks of uniforms it draws from (those of
+    `charnn.sampling.draw.uniforms`, drawn in the sizes `charnn sample` draws them, so a seed gives its text; read
+    a window of steps at a time by the batch, a symbol at a time by a lone stream), and undelivered symbols."""
 
     def __init__(self, job: Job, vocab: Vocab) -> None:
         self.job, self.n, self.length, self.vocab = job, job.cfg.num_samples, job.cfg.length, vocab
         self.gen = drawing.seeded_generator(job.cfg.seed)
         self.done = 0  # symbols drawn per stream
-        self.left = False  # ended or cancelled: its rows are freed after this step
-        self.block: list[float] = []  # (size, n) uniforms, row-major
+        self.left = False  # ended or cancelled: its rows are freed at the engine's next look
+        self.blocks: dict[int, torch.Tensor] = {}  # block number -> its (size, n) uniforms, from done's on
+        self.listed: tuple[int, list[float]] = (-1, [])  # a block's uniforms row-major, for `next_uniforms`
         self.pending: list[list[int]] = [[] for _ in range(self.n)]
         self.fresh = True  # nothing delivered yet: deliver at once (time to first character)
         self.decoders = (
@@ -71,19 +72,49 @@ class Running:
         )
         self.key = (job.cfg.temperature, job.cfg.top_k, job.cfg.top_p, job.cfg.greedy)
 
-    def uniforms(self) -> list[float]:
-        """The n uniforms for the symbol about to be drawn (unused when greedy, but drawn all the same)."""
-        at = self.done % drawing.UNIFORM_BLOCK
-        if at == 0:
+    def _block(self, number: int) -> torch.Tensor:
+        """Uniforms block `number` (size, n): the blocks are drawn in turn, each when first asked for, of the
+        size `charnn sample` draws at that point; those before done's block are let go."""
+        block = self.blocks.get(number)
+        if block is None:
+            drawn = max(self.blocks, default=-1) + 1
+            if number != drawn:
+                raise ValueError(f"uniforms block {number} asked for before block {drawn}")
+            block = drawing.uniforms(self.gen, self.length - number * drawing.UNIFORM_BLOCK, self.n)
+            first = self.done // drawing.UNIFORM_BLOCK
+            self.blocks = {k: v for k, v in self.blocks.items() if k >= first}
+            self.blocks[number] = block
+        return block
+
+    def uniforms(self, steps: int) -> torch.Tensor:
+        """The uniforms (steps, n) of the next `steps` symbols, or of those left if fewer (unused when greedy,
+        but drawn all the same)."""
+        end, at, parts = min(self.done + steps, self.length), self.done, []
+        while not parts or at < end:
+            number, start = divmod(at, drawing.UNIFORM_BLOCK)
+            parts.append(self._block(number)[start : start + end - at])
+            at += parts[-1].shape[0]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def next_uniforms(self) -> list[float]:
+        """The n uniforms of the next symbol as floats (a stream alone draws with them: `draw_one`)."""
+        number, at = divmod(self.done, drawing.UNIFORM_BLOCK)
+        if self.listed[0] != number:
             # flat: a nested tolist() took 3 ms for 2,000 x 1 (every joining request paid it), a flat one 60 us
-            self.block = drawing.uniforms(self.gen, self.length - self.done, self.n).view(-1).tolist()
-        return self.block[at * self.n : (at + 1) * self.n]
+            self.listed = (number, self._block(number).view(-1).tolist())
+        return self.listed[1][at * self.n : (at + 1) * self.n]
 
     def take(self, ids: list[int]) -> None:
         """The symbols just drawn, one per stream."""
         for row, i in zip(self.pending, ids, strict=True):
             row.append(i)
         self.done += 1
+
+    def extend(self, columns: list[list[int]]) -> None:
+        """The symbols of the last few steps, a list per stream (`charnn.serve.window.Window.hand_out`)."""
+        for row, ids in zip(self.pending, columns, strict=True):
+            row.extend(ids)
+        self.done += len(columns[0])
 
     def output(self, end: str | None = None, message: str = "") -> Output:
         """The undelivered symbols as text, one string per stream (a byte-level model's bytes decoded as UTF-8,
@@ -115,19 +146,21 @@ def draw_groups(active: list[Running]) -> list[tuple[list[Running], torch.Tensor
     return [(members, torch.tensor(rows)) for members, rows in by_key.values()]
 
 
-def draw(members: list[Running], logits: torch.Tensor) -> torch.Tensor:
-    """Next ids (m,) of the rows of `members`, which share their sampling options, from their unscaled logits
-    (m, V): the draw of `charnn sample` with each stream's own uniforms. A SamplingError when the probabilities
-    are not finite (the model's outputs overflow)."""
-    cfg = members[0].job.cfg
-    scaled = drawing.scale(logits, cfg.temperature)
-    uniform = torch.tensor([u for m in members for u in m.uniforms()], device=logits.device)[:, None]  # (m, 1)
-    return drawing.choose(scaled, uniform, cfg).squeeze(1)
+def draw(
+    cfg: SampleConfig, logits: torch.Tensor, uniform: torch.Tensor, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next ids (m, 1) of rows that share `cfg`'s sampling options from their unscaled logits (m, V) and their
+    streams' uniforms (m, 1): the draw of `charnn sample`. A SamplingError when the probabilities are not finite
+    (the model's outputs overflow)."""
+    return drawing.choose(_scaled(logits, cfg), uniform, cfg, out=out)
 
 
 def draw_one(running: Running, logits: torch.Tensor) -> int:
     """`draw` for a job of one stream (unscaled logits (1, V)) as a Python int: `charnn.sampling.draw.choose_one`,
     the one-stream draw of `charnn sample`, which picks the symbol `choose` picks without its per-row tensors."""
     cfg = running.job.cfg
-    scaled = logits if cfg.temperature == 1.0 else drawing.scale(logits, cfg.temperature)  # x / 1 is x
-    return drawing.choose_one(scaled, running.uniforms()[0], cfg)
+    return drawing.choose_one(_scaled(logits, cfg), running.next_uniforms()[0], cfg)
+
+
+def _scaled(logits: torch.Tensor, cfg: SampleConfig) -> torch.Tensor:
+    return logits if cfg.temperature == 1.0 else drawing.scale(logits, cfg.temperature)  # x / 1 is x
