@@ -15,6 +15,7 @@ trainer as one stream.
 
     python benchmarks/quality.py --presets small --budget 240 --ref PATH/TO/TRAINER   # ~9 minutes
     python benchmarks/quality.py --presets small -- --batch-size 16 --seq-len 64      # one variant, no baseline
+    python benchmarks/quality.py --presets plan                                       # the README's figure
     python benchmarks/quality.py --quick                                              # a few seconds
 """
 
@@ -45,8 +46,7 @@ def charnn_run(preset: str, args, env, workdir: Path) -> dict:
         "charnn",
         "train",
         str(args.corpus),
-        "--preset",
-        preset,
+        *([] if preset == "plan" else ["--preset", preset]),
         "--time-budget",
         str(args.budget),
         "--out",
@@ -139,7 +139,7 @@ def main() -> None:
         default=REPO / "data" / "heldout_prose.txt",
         help="text of a different kind, scored with --skip-unknown",
     )
-    ap.add_argument("--presets", default="small", help="comma-separated presets to train")
+    ap.add_argument("--presets", default="small", help="comma-separated presets to train ('plan': no preset)")
     ap.add_argument("--budget", type=float, default=240.0, help="training time budget per run, seconds")
     ap.add_argument("--ref", type=Path, default=None, help="the plain baseline trainer [default: none]")
     ap.add_argument("--no-ref", action="store_true", help="skip the baseline even with --ref")

@@ -1,5 +1,5 @@
 """The network: embedding -> stacked nn.LSTM / nn.GRU / nn.RNN (cuDNN on GPU) -> [layer norm] -> linear head
-(optionally tied to the embedding), locked dropout, and the loss.
+(optionally tied to the embedding), locked dropout, weight drop, and the loss.
 
 Batch-first throughout. `forward(x, hidden) -> (logits, hidden)`. Also the one definition of the cells: the
 gate layout of each kind (`CELLS`) and a readable step of each (`lstm_cell`, `gru_cell`, `rnn_cell`), which
@@ -9,6 +9,7 @@ gate layout of each kind (`CELLS`) and a readable step of each (`lstm_cell`, `gr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -181,8 +182,22 @@ class CharRNN(nn.Module):
 
     def forward(self, x: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """x: (B, T) ids -> logits (B, T, V) and the hidden state after the last step."""
-        out, hidden = run_rnn(self.rnn, self.locked(self.embed(x)), hidden)  # (B, T, H)
+        out, hidden = run_rnn(self.recurrence(), self.locked(self.embed(x)), hidden)  # (B, T, H)
         return self.output(out), hidden  # (B, T, V)
+
+    def recurrence(self) -> Callable[..., tuple[torch.Tensor, Hidden]]:
+        """The stacked recurrent layers as this forward runs them: with weight drop in training, each layer's
+        hidden-to-hidden matrix with its own dropout mask (scaled by 1/(1-p), so evaluation uses the weights as
+        they are), drawn once per call and fed to the same fused kernel; otherwise the layers themselves."""
+        p = self.cfg.weight_drop
+        if not self.training or p == 0.0:
+            return self.rnn
+        from torch.func import functional_call  # training only: sampling's start-up does not import it
+
+        dropped = {
+            f"weight_hh_l{k}": F.dropout(getattr(self.rnn, f"weight_hh_l{k}"), p) for k in range(self.cfg.layers)
+        }
+        return lambda x, hidden: functional_call(self.rnn, dropped, (x, hidden))
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
         """The last layer's output h (..., T, H) -> logits (..., T, V): layer norm (if on), locked dropout,

@@ -45,6 +45,18 @@ def test_a_run_trained_on_the_device_loads_on_the_cpu_and_back(tmp_path, tiny_co
 
 
 @pytest.mark.device
+def test_weight_drop_and_the_average_train_on_the_device(tmp_path, tiny_corpus, device):
+    """The masked recurrent matrices go through the device's fused kernel (cuDNN re-flattens its weights for
+    them on CUDA), and the checkpoint holds the average that the logged validation scored."""
+    model_cfg, cfg, data = tiny_configs(device=device, max_iters=12, eval_every=6, sample_length=0, average=0.9)
+    model_cfg = dataclasses.replace(model_cfg, weight_drop=0.3)
+    result = train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "run")
+    assert result.final_val_loss is not None and math.isfinite(result.final_val_loss)
+    here = load_run(result.run_dir, which="latest", device=device)
+    assert math.isclose(evaluate_validation(here).loss, result.final_val_loss, rel_tol=1e-4)
+
+
+@pytest.mark.device
 def test_a_cpu_run_resumes_on_the_device_and_back_on_the_cpu(tmp_path, tiny_corpus, device):
     """CPU -> device -> CPU through checkpoints: the optimizer state crosses (fused AdamW and its found_inf
     guard on CUDA, foreach on the CPU) and training goes on finite each time."""

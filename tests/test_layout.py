@@ -49,6 +49,7 @@ PACKAGES = {
         "choices",
         "plan",
         "step",
+        "average",
         "speed",
         "finetune",
         "runstate",

@@ -259,3 +259,42 @@ def test_locked_dropout_in_the_model_trains_only():
     torch.testing.assert_close(model(x)[0], plain(x)[0])
     model.train()
     assert not torch.allclose(model(x)[0], plain(x)[0])
+
+
+# --- weight drop (DropConnect on the recurrent weights; Wan et al. 2013, Merity et al. 2017) -----------------
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_weight_drop_masks_the_recurrent_weights_in_training_only(kind):
+    B, T, H, V, p = 3, 6, 8, 7, 0.5
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(model=kind, layers=2, hidden=H, embed=4, weight_drop=p), V)
+    plain = CharRNN(ModelConfig(model=kind, layers=2, hidden=H, embed=4), V)
+    plain.load_state_dict(model.state_dict())  # no state of its own: the same keys
+    x = torch.randint(V, (B, T))
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model(x)[0], plain(x)[0])
+    model.train(), plain.train()
+    torch.manual_seed(1)
+    dropped = model(x)[0]
+    # The same forward by hand: each layer's weight_hh with the mask F.dropout draws from the same seed.
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for k in range(2):
+            w = getattr(plain.rnn, f"weight_hh_l{k}")
+            w.copy_(torch.nn.functional.dropout(w, p))
+    torch.testing.assert_close(dropped, plain(x)[0])
+    weights = {name: w.clone() for name, w in model.state_dict().items()}
+    dropped.sum().backward()
+    for name, w in model.state_dict().items():  # the forward leaves the weights themselves as they were
+        assert torch.equal(w, weights[name]), name
+    grad = model.rnn.weight_hh_l0.grad
+    assert grad is not None and grad.abs().sum() > 0
+    assert (grad == 0).float().mean() > 0.3  # the dropped entries get no gradient (about half at p 0.5)
+
+
+def test_weight_drop_is_a_model_option_with_its_bounds():
+    assert ModelConfig().weight_drop == 0.0
+    with pytest.raises(ConfigError):
+        ModelConfig(weight_drop=0.95)
+    assert num_parameters(ModelConfig(weight_drop=0.3), 7) == num_parameters(ModelConfig(), 7)

@@ -208,6 +208,7 @@ def test_resume_of_a_run_whose_config_predates_the_model_options(tmp_path):
     )
     assert (model_cfg.tie_weights, model_cfg.layer_norm, model_cfg.locked_dropout) == (False, False, 0.0)
     assert train_cfg.state_reset == 0.0 != TrainConfig().state_reset  # it trained without resets; it goes on so
+    assert train_cfg.average == 0.0 != TrainConfig().average  # and kept no average of its weights
     _, given, _, _ = resume_configs(
         tmp_path, model_overrides={}, train_overrides={"state_reset": 0.2}, data_overrides={}
     )

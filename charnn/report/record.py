@@ -75,6 +75,7 @@ def model_summary(m: ModelConfig) -> str:
             ("tied embedding", m.tie_weights),
             (f"dropout {m.dropout:g}", m.dropout > 0),
             (f"locked dropout {m.locked_dropout:g}", m.locked_dropout > 0),
+            (f"weight drop {m.weight_drop:g}", m.weight_drop > 0),
         )
         if on
     ]

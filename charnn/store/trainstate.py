@@ -1,6 +1,7 @@
 """The training state saved beside each model file for resuming (`step-NNNNNNNN.state.pt`): what it records
-(`training_state`: step, clock, best loss, optimizer, RNGs, the streams' hidden state), its bytes (`torch.save`),
-and loading it back with `torch.load(weights_only=True)` only, its structure checked before any of it is used.
+(`training_state`: step, clock, best loss, optimizer, RNGs, the streams' hidden state, the weights as trained
+where the model file holds their average), its bytes (`torch.save`), and loading it back with
+`torch.load(weights_only=True)` only, its structure checked before any of it is used.
 Applying it to a model and an optimizer is `charnn.training.resume`'s work.
 """
 
@@ -37,8 +38,10 @@ def training_state(
     evals_since_best: int = 0,
     best_step: int | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    trained: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Everything besides the weights that an exact resume needs: tensors and primitives only."""
+    """Everything besides the model file's weights that an exact resume needs: tensors and primitives only.
+    `trained`: the weights as trained, where the model file holds their average (--average)."""
     if isinstance(hidden, tuple):
         hidden = [h.detach().float().cpu() for h in hidden]
     elif hidden is not None:
@@ -54,6 +57,7 @@ def training_state(
         "evals_since_best": evals_since_best,
         "best_step": best_step,
         "scaler": scaler.state_dict() if scaler is not None else None,
+        "trained": {name: w.detach().cpu() for name, w in trained.items()} if trained is not None else None,
     }
 
 
@@ -137,4 +141,9 @@ def _state_problem(state: dict[str, Any]) -> str | None:
     for key in ("train_config", "scaler"):
         if state.get(key) is not None and not isinstance(state[key], dict):
             return f"{key} is not a dictionary"
+    trained = state.get("trained")
+    if trained is not None and (
+        not isinstance(trained, dict) or not all(torch.is_tensor(w) and w.is_floating_point() for w in trained.values())
+    ):
+        return "the trained weights are not a model's"
     return None

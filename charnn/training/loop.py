@@ -21,6 +21,7 @@ from charnn.model import zero_streams
 from charnn.sampling.generate import sample_text
 from charnn.store.rundir import save_checkpoint
 from charnn.store.trainstate import training_state
+from charnn.training.average import averaged
 from charnn.training.runstate import LoopState, Progress, Run, emit
 from charnn.training.schedule import steps_rule
 from charnn.training.step import optimisation_step, set_lr
@@ -92,6 +93,8 @@ def train_step(run: Run, s: LoopState, lr: float) -> bool:
     )
     if not taken:
         run.report(Progress("warning", s.step, run.total_steps, s.elapsed(), text="non-finite loss; step skipped"))
+    elif s.average is not None:
+        s.average.update(run.model, s.step)
     s.step += 1
     return taken
 
@@ -128,7 +131,8 @@ def evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
 def _evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
     val = None
     if len(run.val_ids) >= 2 and run.dist.is_main:
-        res = evaluate_ids(run.model, run.val_ids, segment=run.cfg.eval_segment, precision=run.cfg.precision)
+        with averaged(run.model, s.average):
+            res = evaluate_ids(run.model, run.val_ids, segment=run.cfg.eval_segment, precision=run.cfg.precision)
         val = res.loss
         if math.isfinite(val) and val < s.best_val:
             s.best_val, s.best_step, s.evals_since_best, s.warned = val, s.step, 0, False
@@ -152,18 +156,29 @@ def _evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
 
 
 def checkpoint_step(run: Run, s: LoopState, val: float | None) -> Path | None:
-    """Save the weights and the training state; rank 0 writes, every rank sends its streams' hidden state."""
-    state = training_state(
-        s.step,
-        s.elapsed(),
-        s.best_val,
-        run.optimizer,
-        gather_rows(s.hidden, run.dist),
-        run.cfg,
-        s.evals_since_best,
-        s.best_step,
-        run.scaler,
-    )
+    """Save the weights (their average, with --average) and the training state; rank 0 writes, every rank sends
+    its streams' hidden state."""
+    hidden = gather_rows(s.hidden, run.dist)
+    with averaged(run.model, s.average) as trained:
+        state = training_state(
+            s.step,
+            s.elapsed(),
+            s.best_val,
+            run.optimizer,
+            hidden,
+            run.cfg,
+            s.evals_since_best,
+            s.best_step,
+            run.scaler,
+            trained,
+        )
+        path = _save(run, s, val, state)
+    barrier(run.dist)  # no rank runs ahead of a checkpoint being written
+    s.saved_step = s.step
+    return path
+
+
+def _save(run: Run, s: LoopState, val: float | None, state: dict[str, Any]) -> Path | None:
     path = None
     if run.dist.is_main:
         data, cfg, cache_dir = run.data, run.cfg, run.cache_dir
@@ -182,8 +197,6 @@ def checkpoint_step(run: Run, s: LoopState, val: float | None) -> Path | None:
             train_cfg=cfg,
         )
         emit(run, s, "checkpoint", text=str(path))
-    barrier(run.dist)  # no rank runs ahead of a checkpoint being written
-    s.saved_step = s.step
     return path
 
 
@@ -243,7 +256,8 @@ def signal_name(signum: int) -> str:
 def draw_sample(run: Run, s: LoopState) -> None:
     cfg = run.cfg
     sample_cfg = SampleConfig(length=cfg.sample_length, temperature=cfg.sample_temperature, seed=cfg.seed)
-    text = sample_text(run.model, run.data.vocab, sample_cfg)[0]
+    with averaged(run.model, s.average):
+        text = sample_text(run.model, run.data.vocab, sample_cfg)[0]
     run.model.train()
     shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
     novelty, line = sample_novelty(run, s, text)

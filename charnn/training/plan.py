@@ -24,9 +24,11 @@ from charnn.training.schedule import total_steps
 from charnn.training.timing import TARGET_SECONDS, Speed, duration, eval_share, per_step, run_length
 
 # Given options that change what the plan's lines describe (the others, such as --threads, are not listed).
-SHAPING = frozenset({"time_budget", "epochs", "tie_weights", "locked_dropout", "min_lr", "grad_clip"})
+SHAPING = frozenset(
+    {"time_budget", "epochs", "tie_weights", "locked_dropout", "weight_drop", "min_lr", "grad_clip", "average"}
+)
 # Model options a fine-tuned run may change: no weight's shape or meaning depends on them.
-FREE_ON_FINETUNE = ("dropout", "locked_dropout")
+FREE_ON_FINETUNE = ("dropout", "locked_dropout", "weight_drop")
 # A new model on fewer training characters than this, most of them (STARTER_HINT_COVERAGE) known to the
 # bundled starter: the plan's lines suggest fine-tuning it (docs/finetune.md measures why); it never switches.
 STARTER_HINT_CHARS = 100_000

@@ -26,6 +26,7 @@ from charnn.store.checkpoint import LoadedModel, load_model
 from charnn.store.rundir import list_checkpoints
 from charnn.store.trainstate import load_state, state_path
 from charnn.textfile import open_input
+from charnn.training.average import WeightAverage, load_trained
 from charnn.training.runstate import LoopState
 from charnn.training.step import load_optimizer_state, set_lr
 
@@ -169,6 +170,11 @@ def _apply(
     the optimizer may then be half-loaded: the caller loads an older checkpoint over them, or stops)."""
     hidden = carried_hidden(state, model.cfg, cfg)  # checked before anything is changed
     model.load_state_dict(loaded.model.state_dict())
+    # With --average the model file holds the average and the state the weights as trained (a run may also
+    # turn the average on or off on resume: it then starts from the file's weights, or drops the average).
+    average = WeightAverage(model, cfg.average) if cfg.average else None
+    if state.get("trained"):
+        load_trained(model, state["trained"])
     load_optimizer_state(optimizer, state["optimizer"])
     set_lr(optimizer, cfg.lr)  # the new peak lr may differ; the schedule sets each step's value
     try:
@@ -190,6 +196,7 @@ def _apply(
         best_step=state.get("best_step"),
         saved_step=state["step"],
         latest=loaded.path,
+        average=average,
     )
 
 

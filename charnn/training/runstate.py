@@ -21,6 +21,7 @@ from charnn.data import Corpus
 from charnn.distributed import DistInfo
 from charnn.model import CharRNN, Hidden
 from charnn.store.files import LineLog
+from charnn.training.average import WeightAverage
 from charnn.training.batches import StreamBatcher
 from charnn.training.finetune import Start
 from charnn.training.plan import Plan
@@ -75,7 +76,8 @@ class Run:
 @dataclass
 class LoopState:
     """What the loop changes as it runs. A checkpoint's training state keeps the step, the clock, the best
-    validation loss, the evaluations since it and the streams' hidden state; a resume starts from those."""
+    validation loss, the evaluations since it, the streams' hidden state and (with --average) the weights as
+    trained; a resume starts from those."""
 
     step: int = 0
     elapsed_before: float = 0.0  # seconds trained before this process started (a resumed run)
@@ -95,6 +97,7 @@ class LoopState:
     validations: int = 0  # validations with their checkpoints in this process
     first_step: int = 0  # the step this process started from (a resumed run's, else 0)
     t_start: float = 0.0  # time.perf_counter() when elapsed() was 0
+    average: WeightAverage | None = None  # --average: the weights' moving average, set as the loop starts
     novelty_index: Any = None  # the corpus's novelty index (charnn.novelty.run.IndexOnce), from the first sample
     stats: StepStats = field(init=False)  # set as the loop starts: the device-side sums of the log window
 

@@ -20,6 +20,7 @@ from typing import Any
 from charnn.config import DataConfig, ModelConfig, TrainConfig
 from charnn.data import Corpus
 from charnn.model import num_parameters
+from charnn.training.average import WeightAverage
 from charnn.training.loop import (
     LoopState,
     Progress,
@@ -115,6 +116,8 @@ def _loop(run: Run, s: LoopState, threads: ThreadGovernor) -> Run:
         _announce(run, s, threads.describe())
         run.model.train()
         s.stats = StepStats.on(run.device)
+        if cfg.average and s.average is None:  # a new run (a resumed one has its checkpoint's)
+            s.average = WeightAverage(run.model, cfg.average)
         while True:
             if threads.tick():  # other programs took or freed cores: a step's threads must not wait for one
                 emit(run, s, "plan", text=threads.describe())
