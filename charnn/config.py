@@ -79,7 +79,7 @@ class ModelConfig:
     layers: int = opt(2, "Stacked recurrent layers.", min=1, max=16, panel="Model", parser_checks=True)
     hidden: int = opt(256, "Hidden units per layer.", min=1, max=16384, panel="Model", parser_checks=True)
     embed: int = opt(128, "Embedding size per symbol.", min=1, max=16384, panel="Model", parser_checks=True)
-    dropout: float = opt(0.0, "Dropout between layers and before the output layer.", min=0.0, max=0.9, panel="Model")
+    dropout: float = opt(0.0, "Dropout after each layer.", min=0.0, max=0.9, panel="Model")
     # Regularisers in the AWD-LSTM style (Merity et al. 2017), all off by default, so a checkpoint whose
     # metadata predates them loads as the model it was. Tied weights: Press & Wolf 2017, Inan et al. 2017;
     # the tie needs --embed equal to --hidden, which it sets when --embed is not given.
@@ -93,13 +93,9 @@ class ModelConfig:
         False, "Layer norm before the output layer.", panel="Model", flags=("--layer-norm/--no-layer-norm",)
     )
     # Variational ("locked") dropout: one mask per sequence, the same at every step.
-    locked_dropout: float = opt(
-        0.0, "One dropout mask per sequence on the embeddings and last output.", min=0.0, max=0.9, panel="Model"
-    )
+    locked_dropout: float = opt(0.0, "Dropout with one mask per sequence.", min=0.0, max=0.9, panel="Model")
     # DropConnect on the recurrent weights (weight-drop, Wan et al. 2013; AWD-LSTM): the fused kernel still runs.
-    weight_drop: float = opt(
-        0.0, "Dropout on the recurrent (hidden-to-hidden) weights, one mask per batch.", min=0.0, max=0.9, panel="Model"
-    )
+    weight_drop: float = opt(0.0, "Dropout on the recurrent weights.", min=0.0, max=0.9, panel="Model")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -124,7 +120,7 @@ class TrainConfig:
         None, "Learning rate at the end of the cosine decay.", min=0.0, max=10.0, panel="Optimisation", shown="lr/20"
     )
     warmup_iters: int = opt(50, "Linear warmup steps.", min=0, panel="Optimisation")
-    weight_decay: float = opt(0.0, "AdamW weight decay (matrices only).", min=0.0, max=10.0, panel="Optimisation")
+    weight_decay: float = opt(0.0, "AdamW weight decay, matrices.", min=0.0, max=10.0, panel="Optimisation")
     grad_clip: float = opt(
         5.0, "Clip the global gradient norm to this; 0 turns clipping off.", min=0.0, panel="Optimisation"
     )
@@ -145,7 +141,7 @@ class TrainConfig:
     # compared (docs/benchmarks.md). Runs saved before the option kept none (`absent`).
     average: float = opt(
         0.998,
-        "Validate, save and sample a moving average of the weights with this decay per step (0: off).",
+        "Validate and save a moving average of the weights (0: off).",
         min=0.0,
         max=0.9999,
         panel="Optimisation",
@@ -153,7 +149,7 @@ class TrainConfig:
         absent=0.0,
     )
     max_iters: int | None = opt(None, "Stop after this many steps.", min=1, panel="Stopping")
-    epochs: float | None = opt(None, "Stop after this many passes over the training split.", gt=0.0, panel="Stopping")
+    epochs: float | None = opt(None, "Stop after this many passes over the data.", gt=0.0, panel="Stopping")
     time_budget: float | None = opt(
         None,
         "Stop after this many seconds; the schedule spans the budget.",
@@ -171,12 +167,12 @@ class TrainConfig:
     sample_every: int | None = opt(
         None, "Steps between samples.", min=1, panel="Evaluation & output", shown="100, 300, 700, then every 1000"
     )
-    sample_length: int = opt(200, "Characters in each training sample.", min=0, max=100000, panel="Evaluation & output")
+    sample_length: int = opt(200, "Characters per training sample.", min=0, max=100000, panel="Evaluation & output")
     sample_temperature: float = opt(0.8, "Temperature of training samples.", min=0.01, max=100.0)
     log_every: int = opt(
         10, "Steps between metrics.jsonl lines and progress updates.", min=1, panel="Evaluation & output"
     )
-    keep_last: int = opt(2, "Checkpoints kept besides the best one.", min=1, max=1000, panel="Evaluation & output")
+    keep_last: int = opt(2, "Checkpoints kept beside the best.", min=1, max=1000, panel="Evaluation & output")
     # Early stopping keeps the best checkpoint, which is what `sample` and `eval` use.
     patience: int | None = opt(
         None, "Stop after this many evaluations without a new best (0: never).", min=0, panel="Stopping", shown="off"
