@@ -62,6 +62,22 @@ def tiny_configs(**train_overrides) -> tuple[ModelConfig, TrainConfig, DataConfi
     return model, TrainConfig(**train), DataConfig()
 
 
+def straight_and_resumed(tmp_path: Path, corpus: Path, **train_overrides) -> tuple[Path, Path]:
+    """The same 12-step run twice: straight through into tmp_path/a, and stopped after 7 steps, then resumed, into
+    tmp_path/b (evaluations at 6 and 12). Returns the two run directories."""
+    import dataclasses
+
+    from charnn.training.train import train
+
+    model_cfg, cfg, data = tiny_configs(max_iters=12, min_lr=1e-2, eval_every=6, sample_length=0, **train_overrides)
+    straight = train(corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "a")
+    first = dataclasses.replace(cfg, max_iters=7)
+    train(corpus, model_cfg=model_cfg, train_cfg=first, data_cfg=data, out_dir=tmp_path / "b")
+    resumed = train(corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "b", resume=True)
+    assert resumed.steps == straight.steps == 12
+    return tmp_path / "a", tmp_path / "b"
+
+
 @pytest.fixture
 def tiny_run(tmp_path: Path, tiny_corpus: Path) -> Path:
     """A finished 20-step run directory on the tiny corpus."""

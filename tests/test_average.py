@@ -15,7 +15,7 @@ from charnn.store.rundir import list_checkpoints, load_run
 from charnn.store.trainstate import load_state, state_path
 from charnn.training.average import WeightAverage
 from charnn.training.train import train
-from tests.conftest import tiny_configs
+from tests.conftest import straight_and_resumed, tiny_configs
 
 
 def test_the_average_follows_its_decay_with_a_warmup():
@@ -58,13 +58,7 @@ def test_a_run_saves_and_validates_the_average_and_keeps_the_trained_weights(tmp
 
 
 def test_resume_with_the_average_equals_uninterrupted(tmp_path, tiny_corpus):
-    model_cfg, cfg, data = tiny_configs(max_iters=12, min_lr=1e-2, eval_every=6, sample_length=0, average=0.8)
-    straight = train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "a")
-    first = dataclasses.replace(cfg, max_iters=7)
-    train(tiny_corpus, model_cfg=model_cfg, train_cfg=first, data_cfg=data, out_dir=tmp_path / "b")
-    resumed = train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "b", resume=True)
-    assert resumed.steps == straight.steps == 12
-    a, b = (load_run(tmp_path / d, which="latest") for d in "ab")
+    a, b = (load_run(d, which="latest") for d in straight_and_resumed(tmp_path, tiny_corpus, average=0.8))
     assert all(torch.equal(a.model.state_dict()[k], b.model.state_dict()[k]) for k in a.model.state_dict())
     ta, tb = (load_state(state_path(x.path))["trained"] for x in (a, b))
     assert all(torch.equal(ta[k], tb[k]) for k in ta)

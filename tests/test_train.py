@@ -31,6 +31,7 @@ from tests.conftest import (
     one_error_line,
     small_train,
     snapshot,
+    straight_and_resumed,
     tiny_configs,
     weights_of,
 )
@@ -89,25 +90,16 @@ def test_saved_and_loaded_model_gives_identical_logits(tiny_run):
 
 
 def test_resume_after_n_steps_equals_uninterrupted(tmp_path, tiny_corpus):
-    model_cfg, cfg, data = tiny_configs(max_iters=12, min_lr=1e-2, eval_every=6, sample_length=0)
-    straight = train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "a")
-    first = cfg.__class__(**{**cfg.__dict__, "max_iters": 7})
-    train(tiny_corpus, model_cfg=model_cfg, train_cfg=first, data_cfg=data, out_dir=tmp_path / "b")
-    resumed = train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "b", resume=True)
-    assert resumed.steps == straight.steps == 12
-    a = load_run(tmp_path / "a", which="latest").model.state_dict()
-    b = load_run(tmp_path / "b", which="latest").model.state_dict()
+    straight, resumed = straight_and_resumed(tmp_path, tiny_corpus)
+    a = load_run(straight, which="latest").model.state_dict()
+    b = load_run(resumed, which="latest").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_with_state_resets_equals_uninterrupted(tmp_path, tiny_corpus):
     """--state-reset zeroes streams drawn from (seed, step): a resumed run zeroes the same ones at the same steps."""
+    straight_and_resumed(tmp_path, tiny_corpus, state_reset=0.3)
     model_cfg, cfg, data = tiny_configs(max_iters=12, min_lr=1e-2, eval_every=6, sample_length=0, state_reset=0.3)
-    straight = train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "a")
-    first = dataclasses.replace(cfg, max_iters=7)
-    train(tiny_corpus, model_cfg=model_cfg, train_cfg=first, data_cfg=data, out_dir=tmp_path / "b")
-    resumed = train(tiny_corpus, model_cfg=model_cfg, train_cfg=cfg, data_cfg=data, out_dir=tmp_path / "b", resume=True)
-    assert resumed.steps == straight.steps == 12
     plain = dataclasses.replace(cfg, state_reset=0.0)
     train(tiny_corpus, model_cfg=model_cfg, train_cfg=plain, data_cfg=data, out_dir=tmp_path / "c")
     a, b, c = (load_run(tmp_path / d, which="latest").model.state_dict() for d in "abc")
