@@ -223,9 +223,6 @@ class Engine:
         self._window.hand_out(self._active)
         for active, message in self._window.failed.items():
             self.out.end(active, "error", message)
-        for active in self._active:
-            if active.done == active.length and not active.left:
-                self.out.end(active, "complete")
         self._drop_left()
 
     def _busy(self) -> bool:
@@ -248,14 +245,15 @@ class Engine:
         except CharnnError as err:  # a failed draw, as in `Window.step`
             self.out.end(active, "error", str(err))
         self.alone_steps += active.done - before
-        if active.done == active.length and not active.left:
-            self.out.end(active, "complete")
         self._drop_left()
 
     def _drop_left(self) -> None:
-        """Free the rows of jobs that ended or were cancelled; the rest keep their order."""
+        """End the jobs that drew their length or were cancelled (complete first), and free the rows of every job
+        that ended; the rest keep their order."""
         keep, rows, start = [], [], 0
         for active in self._active:
+            if active.done == active.length and not active.left:
+                self.out.end(active, "complete")
             if active.job.cancelled and not active.left:
                 self.out.end(active, "cancelled")
             if not active.left:

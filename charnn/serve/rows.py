@@ -98,8 +98,7 @@ class RowBatch:
     def step(self) -> torch.Tensor:
         """Unscaled logits (used, V) of every used row after one step on its id: a view the next step
         overwrites."""
-        if self._threads != self._step_threads[self.stepper.batch_size]:
-            self.threads(self.stepper.batch_size)
+        self._step_threads_set()
         return self.stepper.step(self.ids)[: self.used]
 
     @property
@@ -111,9 +110,15 @@ class RowBatch:
     def step_one(self, i: int) -> torch.Tensor:
         """`step` for rows `alone` on the id `i` (the stepper's one-stream program: the same arithmetic, without
         tensor ops of its own), unscaled logits (1, V); `ids` is not read, nor written: `feed` it after."""
-        if self._threads != self._step_threads[1]:
-            self.threads(1)
+        self._step_threads_set()
         return self.stepper.step(i)
+
+    def _step_threads_set(self) -> None:
+        """The torch threads for a step of the stepper in use (changed only when they differ: the check is cheap,
+        the change is not)."""
+        batch = self.stepper.batch_size
+        if self._threads != self._step_threads[batch]:
+            self.threads(batch)
 
     def feed(self, ids: torch.Tensor) -> None:
         """The ids (used,) the used rows step on next."""
