@@ -82,10 +82,14 @@ class Plan:
     steps_per_epoch: int = 1
     estimated_seconds: float | None = None  # the run's wall time to the plan's end (None: speed not measured)
     speed: Speed | None = None
-    capped: bool = False  # the default schedule was shortened to fit about TARGET_SECONDS on this device
     # The length before the fit, where the length is fitted to this device's speed (a CPU's default schedule; the
     # loop fits it again to the run's own speed: charnn.training.refit); None where it is not.
     longest: int | None = None
+
+    @property
+    def capped(self) -> bool:
+        """The default schedule was shortened to fit about TARGET_SECONDS on this device."""
+        return self.longest is not None and self.train.max_iters is not None and self.train.max_iters < self.longest
 
     def as_dict(self) -> dict[str, Any]:
         """The record kept in the run's config.json."""
@@ -171,8 +175,7 @@ def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | Non
     )
     per_epoch = steps_per_epoch(facts.train_chars, train_cfg.batch_size, train_cfg.seq_len)
     estimate = estimate_seconds(facts, train_cfg, hardware.speed) if hardware.speed else None
-    capped = longest is not None and train_cfg.max_iters is not None and train_cfg.max_iters < longest
-    plan = Plan(model, train_cfg, tier, (), chosen, per_epoch, estimate, hardware.speed, capped, longest)
+    plan = Plan(model, train_cfg, tier, (), chosen, per_epoch, estimate, hardware.speed, longest)
     return dataclasses.replace(plan, lines=_explain(plan, facts, hardware, request))
 
 
