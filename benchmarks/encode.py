@@ -44,7 +44,7 @@ cfg = TrainConfig(batch_size=32, seq_len=128, max_iters=5, eval_every=5, sample_
                   warmup_iters=0, device="cpu", threads=2)
 r = train(sys.argv[1], model_cfg=model, train_cfg=cfg, data_cfg=DataConfig(val_frac=0.0005),
           out_dir=sys.argv[3], cache_dir=sys.argv[2])
-from charnn.model import num_parameters
+from charnn.shapes import num_parameters
 print(json.dumps({"steps": r.steps, "params": num_parameters(model, 96),
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

@@ -22,8 +22,8 @@ import torch
 from charnn import CharRNN, ModelConfig, Vocab
 from charnn.config import DataConfig
 from charnn.export import export_html
-from charnn.model import num_parameters
 from charnn.presets import PRESETS
+from charnn.shapes import num_parameters
 from charnn.store.checkpoint import load_model, model_bytes
 from charnn.store.files import atomic_write
 

@@ -80,7 +80,7 @@ def charnn_run(preset: str, args, env, workdir: Path) -> dict:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [m["chars_per_s"] for m in metrics if m["kind"] == "train"][2:]
     from charnn.config import ModelConfig
-    from charnn.model import num_parameters
+    from charnn.shapes import num_parameters
 
     params = num_parameters(ModelConfig(**cfg["model"]), cfg["vocab_size"])
     return {

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from charnn.model import CELLS, CharRNN, gate_values, gru_cell, layer_weights, lstm_cell, rnn_cell
+from charnn.model import CharRNN, gate_values, gru_cell, layer_weights, lstm_cell, rnn_cell
+from charnn.shapes import CELLS
 
 LEFT, RIGHT = 0.1, 0.9  # saturation thresholds of the 2015 paper's gate plots
 

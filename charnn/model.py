@@ -1,16 +1,15 @@
 """The network: embedding -> stacked nn.LSTM / nn.GRU / nn.RNN (cuDNN on GPU) -> [layer norm] -> linear head
 (optionally tied to the embedding), locked dropout, weight drop, and the loss.
 
-Batch-first throughout. `forward(x, hidden) -> (logits, hidden)`. Also the one definition of the cells: the
-gate layout of each kind (`CELLS`) and a readable step of each (`lstm_cell`, `gru_cell`, `rnn_cell`), which
-`charnn.inspect` runs and the fast sampling kernel (`charnn.sampling.stepper`) reads its layout from. Not the sampler.
+Batch-first throughout. `forward(x, hidden) -> (logits, hidden)`. Also the one definition of the cells'
+arithmetic: a readable step of each kind (`lstm_cell`, `gru_cell`, `rnn_cell`), which `charnn.inspect` runs; their
+gate layout (`CELLS`) and the weights' shapes are arithmetic without torch, in `charnn.shapes`. Not the sampler.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -18,32 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from charnn.config import ModelConfig
+from charnn.shapes import CELLS, WEIGHT_NAMES
 
 RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class CellLayout:
-    """The gate layout of a cell kind. A layer's weight_ih, weight_hh, bias_ih and bias_hh stack one block of
-    H rows per entry of `blocks`, in this order (PyTorch's; see the nn.LSTM / nn.GRU / nn.RNN docs)."""
-
-    blocks: tuple[str, ...]  # the blocks in weight order
-    gates: tuple[str, ...]  # the blocks squashed by a sigmoid; the others are tanh candidates
-    hh_bias_apart: bool = False  # the recurrent bias cannot be summed into the input's (GRU: r multiplies it)
-
-    @property
-    def count(self) -> int:
-        """G: a layer's weights have G * H rows."""
-        return len(self.blocks)
-
-
-CELLS: dict[str, CellLayout] = {  # PyTorch's letters: LSTM i f g o, GRU r z n
-    "lstm": CellLayout(blocks=("input", "forget", "candidate", "output"), gates=("input", "forget", "output")),
-    "gru": CellLayout(blocks=("reset", "update", "candidate"), gates=("reset", "update"), hh_bias_apart=True),
-    "rnn": CellLayout(blocks=("candidate",), gates=()),  # Elman, tanh
-}
 
 
 # --- one step of each cell, as nn.LSTM / nn.GRU / nn.RNN compute it -------------------------------------------
@@ -90,9 +68,6 @@ class LayerWeights(NamedTuple):
     w_hh: torch.Tensor
     b_ih: torch.Tensor
     b_hh: torch.Tensor
-
-
-WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # LayerWeights' fields, as nn.RNNBase names them
 
 
 def layer_weights(rnn: nn.Module, layer: int) -> LayerWeights:
@@ -242,33 +217,6 @@ def run_rnn(rnn: nn.Module, x: torch.Tensor, hidden: Hidden | None) -> tuple[tor
         with torch.autocast("cuda", enabled=False):
             return rnn(x.float(), hidden)
     return rnn(x, hidden)
-
-
-def state_shapes(cfg: ModelConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:
-    """The names and shapes of `CharRNN(cfg, vocab_size).state_dict()`, by arithmetic: the checkpoint loader
-    checks a file against them before allocating anything (building the module, even on the meta device,
-    costs a second of imports; tests/test_model.py checks the two agree)."""
-    H, V = cfg.hidden, vocab_size
-    rows = CELLS[cfg.model].count * H
-    shapes: dict[str, tuple[int, ...]] = {"embed.weight": (V, cfg.embed)}
-    for layer in range(cfg.layers):
-        inputs = cfg.embed if layer == 0 else H
-        for name, shape in zip(WEIGHT_NAMES, [(rows, inputs), (rows, H), (rows,), (rows,)], strict=True):
-            shapes[f"rnn.{name}_l{layer}"] = shape
-    if cfg.layer_norm:
-        shapes["ln.weight"] = (H,)
-        shapes["ln.bias"] = (H,)
-    shapes["head.weight"] = (V, H)  # with tie_weights, a second copy of embed.weight (the loader checks)
-    shapes["head.bias"] = (V,)
-    return shapes
-
-
-def num_parameters(cfg: ModelConfig, vocab_size: int) -> int:
-    """The number of trainable parameters of `CharRNN(cfg, vocab_size)` (a tied matrix counted once)."""
-    shapes = state_shapes(cfg, vocab_size)
-    if cfg.tie_weights:
-        del shapes["head.weight"]  # the embedding itself
-    return sum(math.prod(shape) for shape in shapes.values())
 
 
 def detach_hidden(hidden: Hidden | None) -> Hidden | None:

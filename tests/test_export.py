@@ -19,7 +19,7 @@ from charnn.config import DataConfig, ModelConfig
 from charnn.data import Vocab
 from charnn.export import CELL_LAYOUT, build_page, export_html, export_onnx
 from charnn.export.spec import STATE_NAMES
-from charnn.model import CELLS
+from charnn.shapes import CELLS
 from charnn.store.rundir import load_run
 from tests.conftest import PYTHON, REPO, TINY_TEXT, invoke, tiny_configs
 

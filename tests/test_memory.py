@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from charnn.config import ModelConfig
 from charnn.inspect import trace
 from charnn.memory import log_spaced, memory, reach, window_gradients
-from charnn.model import CELLS, CharRNN
+from charnn.model import CharRNN
 from charnn.report import build_report
 from charnn.report.svg import ML, PW, Series, chart, fmt, log_ticks
+from charnn.shapes import CELLS
 
 E, H, V = 6, 8, 11  # embedding, hidden units, vocabulary
 

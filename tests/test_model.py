@@ -8,7 +8,6 @@ import torch
 from charnn.config import MODEL_KINDS, ModelConfig
 from charnn.errors import ConfigError
 from charnn.model import (
-    CELLS,
     CharRNN,
     LockedDropout,
     detach_hidden,
@@ -17,11 +16,10 @@ from charnn.model import (
     layer_weights,
     lm_loss,
     lstm_cell,
-    num_parameters,
     rnn_cell,
-    state_shapes,
     zero_streams,
 )
+from charnn.shapes import CELLS, num_parameters, state_shapes
 from charnn.training.plan import CorpusFacts, Hardware, PlanRequest, make_plan
 
 # The AWD-LSTM style options (Merity et al. 2017), each alone and all together; tying needs embed == hidden.

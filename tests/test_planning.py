@@ -9,7 +9,17 @@ import pytest
 from charnn.config import ModelConfig, TrainConfig
 from charnn.errors import ConfigError
 from charnn.presets import PRESETS
-from charnn.training.choices import CPU_MAX_STEPS, MAX_EVAL_EVERY, MIN_EVAL_EVERY, batch_shape, run_shape, tier_of
+from charnn.shapes import num_parameters
+from charnn.training.choices import (
+    CPU_MAX_STEPS,
+    MAX_EVAL_EVERY,
+    MIN_EVAL_EVERY,
+    WIDTHS,
+    batch_shape,
+    run_shape,
+    tier_of,
+    width_choice,
+)
 from charnn.training.plan import CorpusFacts, Hardware, PlanRequest, make_plan
 from charnn.training.timing import (
     CHECKPOINT_SECONDS,
@@ -272,6 +282,59 @@ def test_a_given_stopping_rule_is_not_capped_and_the_plan_says_so(train, flag):
     assert not preset.capped and preset.longest is None
     assert preset.train.max_iters == PRESETS["small"].train["max_iters"]
     assert "not capped to 5 min: preset small's schedule" in " ".join(preset.lines)
+
+
+# --- a wider model where a large corpus's run affords many passes ---------------------------------------
+
+BASE = 947_137  # parameters of the plan's 2x256 LSTM with layer norm over 65 symbols
+
+
+def timed(step_seconds: float, eval_seconds: float = 1.0, parameters: int | None = BASE) -> Hardware:
+    return Hardware("cpu", cores=2, speed=Speed(step_seconds, eval_seconds, parameters))
+
+
+def test_a_fast_cpu_widens_the_model_where_the_time_affords_many_passes():
+    base = ModelConfig(**{**dataclasses.asdict(make_plan(facts(1_000_000), CPU).model)})
+    assert base.hidden == 256 and num_parameters(base, 65) == BASE
+    for request in (PlanRequest(), PlanRequest(train={"time_budget": 240.0})):
+        fast, slow = (
+            make_plan(facts(1_000_000), timed(0.03), request),
+            make_plan(facts(1_000_000), timed(0.06), request),
+        )
+        assert slow.model == base and slow.speed == Speed(0.06, 1.0, BASE)  # too few passes: as measured
+        wide = fast.model
+        assert wide.hidden == WIDTHS[0][0] > 256 and dataclasses.replace(wide, hidden=256) == base
+        # the wider model's step is estimated from the one timed, in proportion to the parameters
+        ratio = num_parameters(wide, 65) / BASE
+        assert fast.speed.step_seconds == pytest.approx(0.03 * ratio) and fast.speed.timed == Speed(0.03, 1.0, BASE)
+        assert fast.speed.eval_seconds == pytest.approx(ratio)
+        line = next(line for line in fast.lines if line.startswith("about "))
+        assert f"measured 30 ms for {BASE:,} parameters" in line and "LSTM 2x384" in fast.lines[0]
+        assert fast.to_json()["timed_parameters"] == BASE
+    # the default schedule is fitted to about five minutes at the wider model's estimated speed
+    default = make_plan(facts(1_000_000), timed(0.03))
+    assert default.capped and default.estimated_seconds <= TARGET_SECONDS
+
+
+@pytest.mark.parametrize(
+    "n,request_,hardware",
+    [
+        (300_000, PlanRequest(), timed(0.001)),  # a medium corpus keeps its model (and its dropout)
+        (1_000_000, PlanRequest(model={"hidden": 256}), timed(0.001)),  # the model's shape given
+        (1_000_000, PlanRequest(model={"layers": 3}), timed(0.001)),
+        (1_000_000, PlanRequest(train={"max_iters": 2000}), timed(0.001)),  # steps given, not time
+        (1_000_000, PlanRequest(preset="small"), timed(0.001)),
+        (1_000_000, PlanRequest(), timed(0.001, parameters=None)),  # a step time given, its model's size unknown
+        (1_000_000, PlanRequest(), Hardware("cuda", cores=16, speed=Speed(0.001, 1.0, BASE))),
+    ],
+)
+def test_the_model_is_widened_only_for_a_new_default_shape_on_a_cpu_run_that_ends_by_time(n, request_, hardware):
+    plan = make_plan(facts(n), hardware, request_)
+    assert plan.model.hidden not in {hidden for hidden, _ in WIDTHS}
+
+
+def test_width_follows_the_passes():
+    assert width_choice(100.0) == WIDTHS[0][0] and width_choice(WIDTHS[-1][1] - 0.01) == 256
 
 
 def test_without_a_measured_speed_the_plan_neither_estimates_nor_caps():

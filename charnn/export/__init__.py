@@ -1,6 +1,6 @@
 """Taking a trained model out of Python: `export_html` writes one self-contained playground page (the model and a
 JavaScript forward step; runs offline in a browser), `export_onnx` an ONNX step model for onnxruntime. The page
-reads the model's own cell layout table (`charnn.model.CELLS`, embedded as `CELL_LAYOUT`). The CLI's
+reads the model's own cell layout table (`charnn.shapes.CELLS`, embedded as `CELL_LAYOUT`). The CLI's
 `charnn export` wraps these two functions.
 """
 

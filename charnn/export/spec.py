@@ -14,13 +14,13 @@ import numpy as np
 
 from charnn.config import DataConfig, ModelConfig, TrainConfig, to_dict
 from charnn.errors import ConfigError
-from charnn.model import CELLS, num_parameters
+from charnn.shapes import CELLS, num_parameters
 from charnn.store.checkpoint import LoadedModel
 
 # The state each layer carries: nn.LSTM's (h, c), the others' h. Names of the ONNX graph's state inputs.
 STATE_NAMES: dict[str, tuple[str, ...]] = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",)}
 
-# The model's cell layout table (charnn.model.CELLS) as the page's JavaScript reads it: per kind, the gate blocks
+# The model's cell layout table (charnn.shapes.CELLS) as the page's JavaScript reads it: per kind, the gate blocks
 # of weight_ih_l*/weight_hh_l* in row order, those squashed by a sigmoid (the others are tanh), the state names.
 CELL_LAYOUT: dict[str, dict[str, list[str]]] = {
     kind: {"blocks": list(cell.blocks), "gates": list(cell.gates), "state": list(STATE_NAMES[kind])}

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from charnn.model import CELLS, CellLayout, CharRNN, layer_weights
+from charnn.model import CharRNN, layer_weights
 from charnn.runtime import native_bf16_cpu
+from charnn.shapes import CELLS, CellLayout
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from functools import partial
 import torch
 
 from charnn.errors import ConfigError
-from charnn.model import CELLS, CharRNN, Hidden
+from charnn.model import CharRNN, Hidden
 from charnn.sampling.draw import scale
 from charnn.sampling.packing import MEASURED, Tuning, Weight, few_threads, lay_out, matmul, one_thread, splits
+from charnn.shapes import CELLS
 
 __all__ = ["MEASURED", "FastStepper", "Tuning", "few_threads", "one_thread"]  # where callers find them
 

@@ -20,7 +20,6 @@ from fastapi_offline import FastAPIOffline
 from charnn.config import to_dict
 from charnn.evaluate import evaluate_ids
 from charnn.export.html import build_page
-from charnn.model import num_parameters
 from charnn.sampling.generate import default_prime
 from charnn.serve.bodies import StrictRoute
 from charnn.serve.jobs import Job
@@ -40,6 +39,7 @@ from charnn.serve.schemas import (
     check_length,
     text_ids,
 )
+from charnn.shapes import num_parameters
 from charnn.store.checkpoint import LoadedModel
 from charnn.version import __version__
 

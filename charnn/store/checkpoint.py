@@ -22,7 +22,8 @@ import torch
 from charnn.config import DataConfig, ModelConfig, TrainConfig
 from charnn.data import Vocab
 from charnn.errors import CheckpointError, CheckpointWriteError
-from charnn.model import CharRNN, state_shapes
+from charnn.model import CharRNN
+from charnn.shapes import state_shapes
 from charnn.store.files import atomic_write
 from charnn.store.meta import FORMAT, MAX_EVAL_SEGMENT, CheckpointMeta, meta_json, meta_strings, parse_meta
 from charnn.textfile import remember_input

@@ -33,6 +33,12 @@ GPU_MIN_EVAL_EVERY = 200
 # cuts a default schedule to fit about TARGET_SECONDS (charnn.training.timing).
 CPU_MAX_STEPS = 8000
 GPU_MAX_STEPS = 5000
+# On a CPU, a large corpus that the run would read many times over learns more from a wider model read fewer
+# times: at 240 s on tiny shakespeare (EPYC-BF16) 2x256 made 7.3 passes and reached 1.4068, 2x320 4.8 passes and
+# 1.4029, 2x384 3.6 passes and 1.3965; in fp32 on the same CPU (4.8 passes at 2x256, 1.4099), 2x384 made 2.5 and
+# reached 1.4192 (docs/benchmarks.md). (hidden units, the least passes the 2x256 run must make for them)
+WIDTHS = ((384, 5.0),)
+WIDE_CHARS = 400_000  # from the large corpus tier: smaller ones take dropout, and were not measured wider
 MAX_EPOCHS = 40  # small corpora: the schedule decays over this many passes; early stopping usually ends sooner
 EVALS_PER_EPOCH = 2  # validation twice an epoch ...
 MIN_EVAL_EVERY = 24  # ... but not more often than this (or once an epoch): each scores the split and saves
@@ -77,6 +83,25 @@ def model_choice(train_chars: int, gpu: bool, dropout: float) -> dict[str, Any]:
     elif gpu and train_chars >= 400_000:
         hidden, dropout = 512, max(dropout, GPU_DROPOUT)
     return dict(model="lstm", layers=layers, hidden=hidden, embed=128, dropout=dropout, layer_norm=True)
+
+
+def width_choice(passes: float) -> int:
+    """The hidden units of a CPU model for a large corpus whose 2x256 run would make `passes` passes over it in
+    its time: the widest of WIDTHS whose least passes it reaches (a step's time grows with the parameters, about
+    1.5x at 320 units and 2x at 384, and the wider run makes that many times fewer passes)."""
+    for hidden, least in WIDTHS:
+        if passes >= least:
+            return hidden
+    return 256
+
+
+def affordable_passes(train_chars: int, val_chars: int, given: dict[str, Any], speed: Speed, seconds: float) -> float:
+    """The passes over the training split that a run of the plan's schedule makes within `seconds` of wall time
+    (its start and validations included) at `speed`, however long the default schedule would be."""
+    schedule, _ = schedule_choice(train_chars, val_chars, given, gpu=False, speed=speed)
+    per_epoch = steps_per_epoch(train_chars, schedule["batch_size"], schedule["seq_len"])
+    shape = run_shape(val_chars, {**schedule, **given}, speed, given.get("eval_every", schedule["eval_every"]))
+    return shape.fit(MAX_EPOCHS * per_epoch, seconds) / per_epoch
 
 
 def run_shape(val_chars: int, train: TrainConfig | dict[str, Any], speed: Speed, eval_every: int) -> RunShape:

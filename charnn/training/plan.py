@@ -18,10 +18,20 @@ from charnn.config import PLANNED, STOPPING_RULES, ModelConfig, TrainConfig, che
 from charnn.errors import ConfigError
 from charnn.fields import flag_text, to_dict
 from charnn.presets import PRESETS
+from charnn.shapes import num_parameters
 from charnn.store.bundled import STARTER
-from charnn.training.choices import model_choice, run_shape, schedule_choice, steps_per_epoch, tier_of
+from charnn.training.choices import (
+    WIDE_CHARS,
+    affordable_passes,
+    model_choice,
+    run_shape,
+    schedule_choice,
+    steps_per_epoch,
+    tier_of,
+    width_choice,
+)
 from charnn.training.schedule import total_steps
-from charnn.training.timing import TARGET_SECONDS, Speed, duration, eval_share, per_step, run_length
+from charnn.training.timing import START_SECONDS, TARGET_SECONDS, Speed, duration, eval_share, per_step, run_length
 
 # Given options that change what the plan's lines describe (the others, such as --threads, are not listed).
 SHAPING = frozenset(
@@ -100,6 +110,12 @@ class Plan:
             "estimated_seconds": _rounded(self.estimated_seconds),
             "measured_step_seconds": _rounded(self.speed.step_seconds if self.speed else None, 5),
             "measured_eval_seconds": _rounded(self.speed.eval_seconds if self.speed else None, 4),
+            # where the plan's model is wider than the draft's that was timed: the figures above are estimated
+            # from these, in proportion to the parameters (charnn.training.timing.Speed.for_parameters)
+            "timed_parameters": self.speed.timed.parameters if self.speed and self.speed.timed else None,
+            "timed_step_seconds": _rounded(
+                self.speed.timed.step_seconds if self.speed and self.speed.timed else None, 5
+            ),
             "capped": self.capped,
         }
 
@@ -144,6 +160,8 @@ def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | Non
     tier, dropout = tier_of(facts.train_chars)
     gpu = hardware.device == "cuda"
     base_model, base_train = model_choice(facts.train_chars, gpu, dropout), {}
+    if _may_widen(facts, hardware, request):
+        base_model["hidden"] = _width(facts, hardware, request, base_model)
     if request.init_model is not None:
         if request.preset is not None:
             raise ConfigError("--preset cannot be combined with --init-from (the run keeps its starting model)")
@@ -158,12 +176,13 @@ def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | Non
     else:
         model = _model(base_model, request.model)
     given = {**base_train, **{k: v for k, v in request.train.items() if v is not None}}
+    speed = hardware.speed.for_parameters(num_parameters(model, facts.vocab_size)) if hardware.speed else None
     schedule, longest = schedule_choice(
         facts.train_chars,
         facts.val_chars,
         given,
         gpu=gpu,
-        speed=hardware.speed,
+        speed=speed,
         finetune=request.init_model is not None,
     )
     train_cfg = TrainConfig(**overlay_train(schedule, given))
@@ -174,9 +193,35 @@ def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | Non
         )
     )
     per_epoch = steps_per_epoch(facts.train_chars, train_cfg.batch_size, train_cfg.seq_len)
-    estimate = estimate_seconds(facts, train_cfg, hardware.speed) if hardware.speed else None
-    plan = Plan(model, train_cfg, tier, (), chosen, per_epoch, estimate, hardware.speed, longest)
+    estimate = estimate_seconds(facts, train_cfg, speed) if speed else None
+    plan = Plan(model, train_cfg, tier, (), chosen, per_epoch, estimate, speed, longest)
     return dataclasses.replace(plan, lines=_explain(plan, facts, hardware, request))
+
+
+def _may_widen(facts: CorpusFacts, hardware: Hardware, request: PlanRequest) -> bool:
+    """A new model of the plan's own shape on a CPU, for a large corpus, with a measured speed, and a run that
+    ends by time (the default schedule, fitted to about TARGET_SECONDS, or --time-budget)."""
+    shaped = any(request.model.get(k) is not None for k in ("model", "layers", "hidden", "embed", "tie_weights"))
+    return (
+        hardware.device == "cpu"
+        and request.preset is None
+        and request.init_model is None
+        and not shaped
+        and facts.train_chars >= WIDE_CHARS
+        and hardware.speed is not None
+        and hardware.speed.parameters is not None
+        and not any(request.train.get(k) is not None for k in ("max_iters", "epochs"))
+    )
+
+
+def _width(facts: CorpusFacts, hardware: Hardware, request: PlanRequest, base: dict[str, Any]) -> int:
+    """The hidden units for the passes a run of the `base` model would make in the run's time."""
+    assert hardware.speed is not None
+    budget = request.train.get("time_budget")
+    seconds = START_SECONDS + budget if budget is not None else TARGET_SECONDS
+    speed = hardware.speed.for_parameters(num_parameters(ModelConfig(**base), facts.vocab_size))
+    given = {k: v for k, v in request.train.items() if v is not None}
+    return width_choice(affordable_passes(facts.train_chars, facts.val_chars, given, speed, seconds))
 
 
 def estimate_seconds(facts: CorpusFacts, cfg: TrainConfig, speed: Speed) -> float:
@@ -271,7 +316,15 @@ def _timing(plan: Plan, hardware: Hardware, request: PlanRequest) -> str:
     """ "about 3 min 40 s on this CPU (measured 41 ms a step)", and whether the schedule was cut to fit."""
     assert plan.speed is not None and plan.estimated_seconds is not None
     where = "this CPU" if hardware.device == "cpu" else "this GPU"
-    line = f"about {duration(plan.estimated_seconds)} on {where} (measured {per_step(plan.speed.step_seconds)} a step)"
+    step = per_step(plan.speed.step_seconds)
+    timed = plan.speed.timed
+    if timed is None:
+        line = f"about {duration(plan.estimated_seconds)} on {where} (measured {step} a step)"
+    else:  # measured on the draft's smaller model; a step's time grows with the parameters
+        line = (
+            f"about {duration(plan.estimated_seconds)} on {where} (about {step} a step: measured "
+            f"{per_step(timed.step_seconds)} for {timed.parameters:,} parameters)"
+        )
     target = duration(TARGET_SECONDS)
     if plan.capped:
         return (

@@ -60,13 +60,13 @@ def refit(run: Run, s: LoopState) -> Run:
         log_record(
             run, {"kind": "refit", "step": s.step, "max_iters": new, "step_seconds": round(speed.step_seconds, 5)}
         )
-        assert plan.speed is not None  # a plan fits its length to a time it measured
+        assert plan.speed is not None  # a plan fits its length to a time it measured (or estimated from one)
         measured = per_step(plan.speed.step_seconds)
         emit(
             run,
             s,
             "plan",
-            text=f"fitted again at step {s.step:,}: {per_step(speed.step_seconds)} a step here (measured {measured} "
+            text=f"fitted again at step {s.step:,}: {per_step(speed.step_seconds)} a step here ({measured} planned "
             f"before the start), {new:,} steps in all (was {current:,}) to end in about the plan's time",
         )
     return run

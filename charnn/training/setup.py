@@ -24,7 +24,7 @@ from charnn.distributed import (
     wrap_ddp,
 )
 from charnn.errors import ConfigError, DataError
-from charnn.model import CharRNN, num_parameters
+from charnn.model import CharRNN
 from charnn.ram import check_ram
 from charnn.runtime import (
     cuda_fast_dtypes,
@@ -33,6 +33,7 @@ from charnn.runtime import (
     seed_everything,
     set_deterministic,
 )
+from charnn.shapes import num_parameters
 from charnn.store.rundir import open_logs, write_run_files
 from charnn.store.runlock import check_new_run_dir, claim_run, new_run_dir
 from charnn.training.batches import StreamBatcher, check_batch_shape

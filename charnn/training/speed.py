@@ -22,6 +22,7 @@ from charnn.distributed import DistInfo, broadcast_object
 from charnn.errors import ConfigError
 from charnn.evaluate import evaluate_ids
 from charnn.model import CharRNN
+from charnn.shapes import num_parameters
 from charnn.training.plan import CorpusFacts
 from charnn.training.step import StepStats, make_optimizer, make_scaler, optimisation_step
 from charnn.training.timing import Speed
@@ -101,7 +102,7 @@ def measure_speed(
         eval_seconds = None
         if val_chars and time.perf_counter() < deadline:
             eval_seconds = validation_seconds(model, val_chars, cfg.eval_segment, cfg.precision)
-    return Speed(step, eval_seconds)
+    return Speed(step, eval_seconds, num_parameters(model_cfg, vocab_size))
 
 
 def _step_seconds(model: CharRNN, cfg: TrainConfig, device: torch.device, rows: int, *, until: float) -> float:

@@ -29,6 +29,22 @@ class Speed:
 
     step_seconds: float
     eval_seconds: float | None = None
+    # The parameters of the model timed (None: not known, as for a step time given instead of measured). A CPU's
+    # step is bound by the multiply-adds of its matrices, one per parameter per character, so a model of another
+    # size is estimated in proportion (`for_parameters`): 2x320 and 2x384 LSTMs stepped 1.51x and 2.03x as long
+    # as a 2x256 one, for 1.53x and 2.15x its parameters (EPYC-BF16, docs/benchmarks.md).
+    parameters: int | None = None
+    timed: Speed | None = None  # the speed measured on another model that this one is estimated from
+
+    def for_parameters(self, parameters: int) -> Speed:
+        """This speed estimated for a model of `parameters` parameters (this one where the timed model's size is
+        not known)."""
+        timed = self.timed or self
+        if timed.parameters is None or parameters == timed.parameters:
+            return timed
+        ratio = parameters / timed.parameters
+        evals = timed.eval_seconds * ratio if timed.eval_seconds is not None else None
+        return Speed(timed.step_seconds * ratio, evals, parameters, timed)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.step_seconds) and self.step_seconds > 0):

@@ -19,7 +19,7 @@ from typing import Any
 
 from charnn.config import DataConfig, ModelConfig, TrainConfig
 from charnn.data import Corpus
-from charnn.model import num_parameters
+from charnn.shapes import num_parameters
 from charnn.training.average import WeightAverage
 from charnn.training.loop import (
     LoopState,
