@@ -310,6 +310,7 @@ def test_a_fast_cpu_widens_the_model_where_the_time_affords_many_passes():
         assert fast.speed.eval_seconds == pytest.approx(ratio)
         line = next(line for line in fast.lines if line.startswith("about "))
         assert f"measured 30 ms for {BASE:,} parameters" in line and "LSTM 2x384" in fast.lines[0]
+        assert fast.lines[1].startswith("384 units rather than 256") and "--hidden 256" in fast.lines[1]
         assert fast.to_json()["timed_parameters"] == BASE
     # the default schedule is fitted to about five minutes at the wider model's estimated speed
     default = make_plan(facts(1_000_000), timed(0.03))

@@ -22,6 +22,7 @@ from charnn.shapes import num_parameters
 from charnn.store.bundled import STARTER
 from charnn.training.choices import (
     WIDE_CHARS,
+    WIDTHS,
     affordable_passes,
     model_choice,
     run_shape,
@@ -266,6 +267,12 @@ def _explain(plan: Plan, facts: CorpusFacts, hardware: Hardware, request: PlanRe
         f"{facts.train_chars:,} training characters, {facts.vocab_size} symbols, {hardware.device}: {plan.tier} -> "
         f"{kind}, dropout {model.dropout:g}, weight decay {cfg.weight_decay:g} ({source})"
     ]
+    least = dict(WIDTHS).get(model.hidden)
+    if least is not None and "hidden" in plan.chosen and request.preset is None:
+        lines.append(
+            f"{model.hidden} units rather than 256: a 2x256 model would read the text {least:g} times or more "
+            f"in the time; a wider one learns more from fewer passes (--hidden 256 keeps 256)"
+        )
     length = run_length(cfg, per_epoch)
     lines.append(
         f"batch {cfg.batch_size} x {cfg.seq_len} ({per_epoch:,} steps an epoch), lr {cfg.lr:g} with "

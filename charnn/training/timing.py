@@ -32,7 +32,7 @@ class Speed:
     # The parameters of the model timed (None: not known, as for a step time given instead of measured). A CPU's
     # step is bound by the multiply-adds of its matrices, one per parameter per character, so a model of another
     # size is estimated in proportion (`for_parameters`): 2x320 and 2x384 LSTMs stepped 1.51x and 2.03x as long
-    # as a 2x256 one, for 1.53x and 2.15x its parameters (EPYC-BF16, docs/benchmarks.md).
+    # as a 2x256 one, for 1.51x and 2.12x its parameters (EPYC-BF16, docs/benchmarks.md).
     parameters: int | None = None
     timed: Speed | None = None  # the speed measured on another model that this one is estimated from
 
