@@ -289,8 +289,8 @@ def test_a_given_stopping_rule_is_not_capped_and_the_plan_says_so(train, flag):
 BASE = 947_137  # parameters of the plan's 2x256 LSTM with layer norm over 65 symbols
 
 
-def timed(step_seconds: float, eval_seconds: float = 1.0, parameters: int | None = BASE) -> Hardware:
-    return Hardware("cpu", cores=2, speed=Speed(step_seconds, eval_seconds, parameters))
+def timed(step_seconds: float, eval_seconds: float = 1.0, parameters: int | None = BASE, bf16: bool = True) -> Hardware:
+    return Hardware("cpu", cores=2, native_bf16=bf16, speed=Speed(step_seconds, eval_seconds, parameters))
 
 
 def test_a_fast_cpu_widens_the_model_where_the_time_affords_many_passes():
@@ -326,6 +326,8 @@ def test_a_fast_cpu_widens_the_model_where_the_time_affords_many_passes():
         (1_000_000, PlanRequest(train={"max_iters": 2000}), timed(0.001)),  # steps given, not time
         (1_000_000, PlanRequest(preset="small"), timed(0.001)),
         (1_000_000, PlanRequest(), timed(0.001, parameters=None)),  # a step time given, its model's size unknown
+        (1_000_000, PlanRequest(), timed(0.001, bf16=False)),  # fp32 on a CPU without native bf16
+        (1_000_000, PlanRequest(train={"precision": "fp32"}), timed(0.001)),
         (1_000_000, PlanRequest(), Hardware("cuda", cores=16, speed=Speed(0.001, 1.0, BASE))),
     ],
 )

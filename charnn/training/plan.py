@@ -200,11 +200,14 @@ def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | Non
 
 
 def _may_widen(facts: CorpusFacts, hardware: Hardware, request: PlanRequest) -> bool:
-    """A new model of the plan's own shape on a CPU, for a large corpus, with a measured speed, and a run that
-    ends by time (the default schedule, fitted to about TARGET_SECONDS, or --time-budget)."""
+    """A new model of the plan's own shape on a CPU that trains in bf16, for a large corpus, with a measured
+    speed, and a run that ends by time (the default schedule, fitted to about TARGET_SECONDS, or --time-budget).
+    In fp32 the wider model did not pay even where the passes were there (docs/benchmarks.md)."""
     shaped = any(request.model.get(k) is not None for k in ("model", "layers", "hidden", "embed", "tie_weights"))
     return (
         hardware.device == "cpu"
+        and hardware.native_bf16
+        and request.train.get("precision") in (None, "auto", "bf16")
         and request.preset is None
         and request.init_model is None
         and not shaped
