@@ -15,6 +15,7 @@ ORDER = [
     "fields",
     "config",
     "presets",
+    "shapes",
     "devicecheck",
     "ram",
     "runtime",
