@@ -294,7 +294,7 @@ def timed(step_seconds: float, eval_seconds: float = 1.0, parameters: int | None
 
 
 def test_a_fast_cpu_widens_the_model_where_the_time_affords_many_passes():
-    base = ModelConfig(**{**dataclasses.asdict(make_plan(facts(1_000_000), CPU).model)})
+    base = make_plan(facts(1_000_000), CPU).model
     assert base.hidden == 256 and num_parameters(base, 65) == BASE
     for request in (PlanRequest(), PlanRequest(train={"time_budget": 240.0})):
         fast, slow = (
@@ -337,7 +337,7 @@ def test_the_model_is_widened_only_for_a_new_default_shape_on_a_cpu_run_that_end
 
 
 def test_width_follows_the_passes():
-    assert width_choice(100.0) == WIDTHS[0][0] and width_choice(WIDTHS[-1][1] - 0.01) == 256
+    assert width_choice(100.0, 256) == WIDTHS[0][0] and width_choice(WIDTHS[-1][1] - 0.01, 256) == 256
 
 
 def test_without_a_measured_speed_the_plan_neither_estimates_nor_caps():

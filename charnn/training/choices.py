@@ -87,14 +87,12 @@ def model_choice(train_chars: int, gpu: bool, dropout: float) -> dict[str, Any]:
     return dict(model="lstm", layers=layers, hidden=hidden, embed=128, dropout=dropout, layer_norm=True)
 
 
-def width_choice(passes: float) -> int:
-    """The hidden units of a CPU model for a large corpus whose 2x256 run would make `passes` passes over it in
-    its time: the widest of WIDTHS whose least passes it reaches (a step's time grows with the parameters, about
-    1.5x at 320 units and 2x at 384, and the wider run makes that many times fewer passes)."""
-    for hidden, least in WIDTHS:
-        if passes >= least:
-            return hidden
-    return 256
+def width_choice(passes: float, narrow: int) -> int:
+    """The hidden units of a CPU model for a large corpus whose run at `narrow` units (model_choice's) would make
+    `passes` passes over it in its time: the widest of WIDTHS whose least passes it reaches, else `narrow` (a
+    step's time grows with the parameters, about 1.5x at 320 units and 2x at 384, and the wider run makes that
+    many times fewer passes)."""
+    return next((hidden for hidden, least in WIDTHS if passes >= least), narrow)
 
 
 def affordable_passes(train_chars: int, val_chars: int, given: dict[str, Any], speed: Speed, seconds: float) -> float:

@@ -161,8 +161,6 @@ def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | Non
     tier, dropout = tier_of(facts.train_chars)
     gpu = hardware.device == "cuda"
     base_model, base_train = model_choice(facts.train_chars, gpu, dropout), {}
-    if _may_widen(facts, hardware, request):
-        base_model["hidden"] = _width(facts, hardware, request, base_model)
     if request.init_model is not None:
         if request.preset is not None:
             raise ConfigError("--preset cannot be combined with --init-from (the run keeps its starting model)")
@@ -172,11 +170,13 @@ def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | Non
             raise ConfigError(f"unknown --preset {request.preset!r}; choose from {', '.join(PRESETS)}")
         preset = PRESETS[request.preset]
         base_model, base_train = dataclasses.asdict(preset.model), dict(preset.train)
+    given = {**base_train, **{k: v for k, v in request.train.items() if v is not None}}
+    if _may_widen(facts, hardware, request, given):
+        base_model["hidden"] = _width(facts, hardware, given, base_model)
     if request.init_model is not None:
         model = finetune_model(request.init_model, request.model)
     else:
         model = _model(base_model, request.model)
-    given = {**base_train, **{k: v for k, v in request.train.items() if v is not None}}
     speed = hardware.speed.for_parameters(num_parameters(model, facts.vocab_size)) if hardware.speed else None
     schedule, longest = schedule_choice(
         facts.train_chars,
@@ -199,7 +199,7 @@ def make_plan(facts: CorpusFacts, hardware: Hardware, request: PlanRequest | Non
     return dataclasses.replace(plan, lines=_explain(plan, facts, hardware, request))
 
 
-def _may_widen(facts: CorpusFacts, hardware: Hardware, request: PlanRequest) -> bool:
+def _may_widen(facts: CorpusFacts, hardware: Hardware, request: PlanRequest, given: dict[str, Any]) -> bool:
     """A new model of the plan's own shape on a CPU that trains in bf16, for a large corpus, with a measured
     speed, and a run that ends by time (the default schedule, fitted to about TARGET_SECONDS, or --time-budget).
     In fp32 the wider model did not pay even where the passes were there (docs/benchmarks.md)."""
@@ -207,25 +207,25 @@ def _may_widen(facts: CorpusFacts, hardware: Hardware, request: PlanRequest) -> 
     return (
         hardware.device == "cpu"
         and hardware.native_bf16
-        and request.train.get("precision") in (None, "auto", "bf16")
+        and given.get("precision") in (None, "auto", "bf16")
         and request.preset is None
         and request.init_model is None
         and not shaped
         and facts.train_chars >= WIDE_CHARS
         and hardware.speed is not None
         and hardware.speed.parameters is not None
-        and not any(request.train.get(k) is not None for k in ("max_iters", "epochs"))
+        and not any(k in given for k in STOPPING_RULES if k != "time_budget")
     )
 
 
-def _width(facts: CorpusFacts, hardware: Hardware, request: PlanRequest, base: dict[str, Any]) -> int:
+def _width(facts: CorpusFacts, hardware: Hardware, given: dict[str, Any], base: dict[str, Any]) -> int:
     """The hidden units for the passes a run of the `base` model would make in the run's time."""
     assert hardware.speed is not None
-    budget = request.train.get("time_budget")
+    budget = given.get("time_budget")
     seconds = START_SECONDS + budget if budget is not None else TARGET_SECONDS
     speed = hardware.speed.for_parameters(num_parameters(ModelConfig(**base), facts.vocab_size))
-    given = {k: v for k, v in request.train.items() if v is not None}
-    return width_choice(affordable_passes(facts.train_chars, facts.val_chars, given, speed, seconds))
+    passes = affordable_passes(facts.train_chars, facts.val_chars, given, speed, seconds)
+    return width_choice(passes, base["hidden"])
 
 
 def estimate_seconds(facts: CorpusFacts, cfg: TrainConfig, speed: Speed) -> float:
@@ -271,7 +271,7 @@ def _explain(plan: Plan, facts: CorpusFacts, hardware: Hardware, request: PlanRe
         f"{kind}, dropout {model.dropout:g}, weight decay {cfg.weight_decay:g} ({source})"
     ]
     least = dict(WIDTHS).get(model.hidden)
-    if least is not None and "hidden" in plan.chosen and request.preset is None:
+    if least is not None and "hidden" in plan.chosen:  # chosen by the plan: no preset, no --hidden
         lines.append(
             f"{model.hidden} units rather than 256: a 2x256 model would read the text {least:g} times or more "
             f"in the time; a wider one learns more from fewer passes (--hidden 256 keeps 256)"
