@@ -6,7 +6,9 @@ and on held-out prose of a different kind, and a 300-character sample. With `--r
 runs first on the same machine: a plain hand-written trainer (2x256 LSTM, Adam 2e-3 constant, batch 64 x 128),
 called as `python TRAINER CORPUS --budget-s B --threads N --eval-at "" --sample-chars 300 --sample-repeats 1`,
 that prints JSON lines, one of them `{"event": "final", "steps", "val_loss", "val_bits_per_char",
-"chars_per_s"}`. Prints one JSON line per run and a table; lower val nats/char is better.
+"chars_per_s"}`. Prints one JSON line per run and a table; lower val nats/char is better. `--seeds` trains each
+preset once per seed and adds each preset's mean and range: one 240 s run's figure moves by about 0.01 nats/char
+with the seed (docs/benchmarks.md), as much as many of the changes it is used to measure.
 
 Note on budgets: charnn's budget is wall time of the whole loop (evaluations, samples and checkpoints
 included); the plain trainer's counts its training steps only, so the comparison slightly favours the
@@ -16,11 +18,13 @@ trainer as one stream.
     python benchmarks/quality.py --presets small --budget 240 --ref PATH/TO/TRAINER   # ~9 minutes
     python benchmarks/quality.py --presets small -- --batch-size 16 --seq-len 64      # one variant, no baseline
     python benchmarks/quality.py --presets plan                                       # the README's figure
+    python benchmarks/quality.py --presets plan --seeds 1337,7                        # and its spread
     python benchmarks/quality.py --quick                                              # a few seconds
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -38,8 +42,8 @@ def run(cmd: list[str], env: dict[str, str]) -> str:
     return out.stdout
 
 
-def charnn_run(preset: str, args, env, workdir: Path) -> dict:
-    run_dir = workdir / f"{preset}-{int(time.time())}"
+def charnn_run(preset: str, args, env, workdir: Path, seed: int | None = None) -> dict:
+    run_dir = workdir / f"{preset}{'' if seed is None else f'-s{seed}'}-{int(time.time())}"
     cmd = [
         sys.executable,
         "-m",
@@ -52,6 +56,7 @@ def charnn_run(preset: str, args, env, workdir: Path) -> dict:
         "--out",
         str(run_dir),
         "--quiet",
+        *([] if seed is None else ["--seed", str(seed)]),
     ] + args.extra
     t0 = time.perf_counter()
     run(cmd, env)
@@ -79,6 +84,7 @@ def charnn_run(preset: str, args, env, workdir: Path) -> dict:
     cfg = json.loads((run_dir / "config.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [m["chars_per_s"] for m in metrics if m["kind"] == "train"][2:]
+    steps = max((m["step"] for m in metrics if "step" in m), default=val["step"])
     from charnn.config import ModelConfig
     from charnn.shapes import num_parameters
 
@@ -86,10 +92,12 @@ def charnn_run(preset: str, args, env, workdir: Path) -> dict:
     return {
         "tool": "charnn",
         "preset": preset,
+        "seed": seed if seed is not None else cfg["train"]["seed"],
         "budget_s": args.budget,
         "wall_s": round(wall, 1),
         "params": params,
-        "steps": val["step"],
+        "steps": steps,  # the run's last step
+        "best_step": val["step"],  # the checkpoint scored: the best validation's
         "val_nats": round(val["nats_per_char"], 4),
         "val_bpc": round(val["bits_per_char"], 4),
         "prose_nats": round(prose["nats_per_char"], 4),
@@ -143,6 +151,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=240.0, help="training time budget per run, seconds")
     ap.add_argument("--ref", type=Path, default=None, help="the plain baseline trainer [default: none]")
     ap.add_argument("--no-ref", action="store_true", help="skip the baseline even with --ref")
+    ap.add_argument(
+        "--seeds", type=seeds, default=None, help="comma-separated seeds: each preset once per seed, with its mean"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=None, help="where runs go (default: a temp dir)")
     ap.add_argument("extra", nargs="*", help="extra `charnn train` flags after --, e.g. -- --model gru")
@@ -161,19 +172,41 @@ def main() -> None:
         rows.append(ref_run(args, env))
         print(json.dumps(rows[-1]), flush=True)
     for preset in args.presets.split(","):
-        rows.append(charnn_run(preset, args, env, workdir))
-        print(json.dumps(rows[-1]), flush=True)
+        for seed in args.seeds or [None]:
+            rows.append(charnn_run(preset, args, env, workdir, seed))
+            print(json.dumps(rows[-1]), flush=True)
     base = next((r for r in rows if r["tool"] == "ref_lstm"), None)
     print(
-        f"\n{'run':<22}{'params':>10}{'steps':>7}{'chars/s':>9}{'val nats':>10}{'val bpc':>9}"
+        f"\n{'run':<28}{'params':>10}{'steps':>7}{'best at':>8}{'chars/s':>9}{'val nats':>10}{'val bpc':>9}"
         f"{'prose nats':>12}{'vs ref':>9}"
     )
     for r in rows:
         delta = f"{r['val_nats'] - base['val_nats']:+.4f}" if base else "n/a"
+        name = f"{r['tool']} {r['preset']}" + (f" seed {r['seed']}" if args.seeds and "seed" in r else "")
         print(
-            f"{r['tool'] + ' ' + r['preset']:<22}{r['params'] or '':>10}{r['steps']:>7}{r['chars_per_s'] or 0:>9}"
+            f"{name:<28}{r['params'] or '':>10}{r['steps']:>7}{r.get('best_step', ''):>8}{r['chars_per_s'] or 0:>9}"
             f"{r['val_nats']:>10.4f}{r['val_bpc']:>9.4f}{r.get('prose_nats', float('nan')):>12.4f}{delta:>9}"
         )
+    if args.seeds and len(args.seeds) > 1:
+        for preset in args.presets.split(","):
+            print(spread(preset, [r["val_nats"] for r in rows if r["tool"] == "charnn" and r["preset"] == preset]))
+
+
+def seeds(text: str) -> list[int]:
+    """`--seeds 1337,7` -> [1337, 7]."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds are whole numbers separated by commas, not {text!r}") from None
+
+
+def spread(preset: str, values: list[float]) -> str:
+    """One line: a preset's mean validation figure over its seeds, and their range."""
+    mean = sum(values) / len(values)
+    return (
+        f"charnn {preset}: mean {mean:.4f} nats/char over {len(values)} seeds "
+        f"(from {min(values):.4f} to {max(values):.4f})"
+    )
 
 
 if __name__ == "__main__":

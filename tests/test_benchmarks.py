@@ -132,7 +132,7 @@ def test_quality_benchmark_quick_compares_with_the_baseline(tmp_path):
     trainer = tmp_path / "plain_trainer.py"
     trainer.write_text(PLAIN_TRAINER, encoding="utf-8")
     done = subprocess.run(
-        [PYTHON, str(REPO / "benchmarks" / "quality.py"), "--quick", "--ref", str(trainer)],
+        [PYTHON, str(REPO / "benchmarks" / "quality.py"), "--quick", "--ref", str(trainer), "--seeds", "1,2"],
         env=cli_env(),
         capture_output=True,
         text=True,
@@ -140,10 +140,15 @@ def test_quality_benchmark_quick_compares_with_the_baseline(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = _json_rows(done.stdout)
-    assert [r["tool"] for r in rows] == ["ref_lstm", "charnn"]
-    ours = rows[1]
-    assert {"val_nats", "val_bpc", "prose_nats", "prose_bpc", "sample", "params"} <= set(ours)
-    assert "vs ref" in done.stdout and f"{ours['val_nats'] - 2.5:+.4f}" in done.stdout
+    assert [r["tool"] for r in rows] == ["ref_lstm", "charnn", "charnn"]
+    ours = rows[1:]
+    for row in ours:
+        assert {"val_nats", "val_bpc", "prose_nats", "prose_bpc", "sample", "params"} <= set(row)
+        assert f"{row['val_nats'] - 2.5:+.4f}" in done.stdout
+        assert 0 < row["best_step"] <= row["steps"]  # the checkpoint scored, and the run's last step
+    assert [row["seed"] for row in ours] == [1, 2] and "vs ref" in done.stdout
+    mean = (ours[0]["val_nats"] + ours[1]["val_nats"]) / 2
+    assert f"charnn tiny: mean {mean:.4f} nats/char over 2 seeds" in done.stdout
 
 
 def test_gpu_grid_quick_runs_on_the_cpu():
