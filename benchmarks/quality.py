@@ -158,6 +158,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="where runs go (default: a temp dir)")
     ap.add_argument("extra", nargs="*", help="extra `charnn train` flags after --, e.g. -- --model gru")
     args = ap.parse_args()
+    if args.seeds and any(flag == "--seed" or flag.startswith("--seed=") for flag in args.extra):
+        ap.error("--seeds and a --seed after -- both set the seed: give one")
     env = repo_env(OMP_NUM_THREADS=str(args.threads))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="charnn-quality-"))
     workdir.mkdir(parents=True, exist_ok=True)

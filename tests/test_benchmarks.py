@@ -151,6 +151,17 @@ def test_quality_benchmark_quick_compares_with_the_baseline(tmp_path):
     assert f"charnn tiny: mean {mean:.4f} nats/char over 2 seeds" in done.stdout
 
 
+def test_quality_benchmark_takes_the_seed_once():
+    done = subprocess.run(
+        [PYTHON, str(REPO / "benchmarks" / "quality.py"), "--seeds", "1,2", "--", "--seed", "3"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--seeds and a --seed after -- both set the seed" in done.stderr
+
+
 def test_gpu_grid_quick_runs_on_the_cpu():
     done = subprocess.run(
         [PYTHON, str(REPO / "benchmarks" / "gpu_grid.py"), "--device", "cpu", "--quick"],
