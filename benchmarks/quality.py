@@ -92,7 +92,7 @@ def charnn_run(preset: str, args, env, workdir: Path, seed: int | None = None) -
     return {
         "tool": "charnn",
         "preset": preset,
-        "seed": seed if seed is not None else cfg["train"]["seed"],
+        "seed": cfg["train"]["seed"],  # --seed's, or the default, as the run recorded it
         "budget_s": args.budget,
         "wall_s": round(wall, 1),
         "params": params,

@@ -272,9 +272,11 @@ def _explain(plan: Plan, facts: CorpusFacts, hardware: Hardware, request: PlanRe
     ]
     least = dict(WIDTHS).get(model.hidden)
     if least is not None and "hidden" in plan.chosen:  # chosen by the plan: no preset, no --hidden
+        narrow = model_choice(facts.train_chars, gpu=False, dropout=model.dropout)["hidden"]  # what it widened
         lines.append(
-            f"{model.hidden} units rather than 256: a 2x256 model would read the text {least:g} times or more "
-            f"in the time; a wider one learns more from fewer passes (--hidden 256 keeps 256)"
+            f"{model.hidden} units rather than {narrow}: a {model.layers}x{narrow} model would read the text "
+            f"{least:g} times or more in the time; a wider one learns more from fewer passes (--hidden {narrow} "
+            f"keeps {narrow})"
         )
     length = run_length(cfg, per_epoch)
     lines.append(
