@@ -136,6 +136,15 @@ class TrainConfig:
         metavar="P",
         absent=0.0,
     )
+    # The same order every epoch makes a run's figure depend on which text its streams read last; reordered in
+    # chunks each epoch, the validation loss falls steadily instead (docs/training.md, docs/benchmarks.md).
+    reshuffle: int = opt(
+        0,
+        "Reorder the text in CHARS-long chunks each epoch (0: off).",
+        min=0,
+        panel="Optimisation",
+        metavar="CHARS",
+    )
     # An exponential moving average of the weights smooths the steps' noise (Polyak averaging; EMA in most
     # modern trainers): on tiny shakespeare it scored better than the weights it averaged at every validation
     # compared (docs/benchmarks.md). Runs saved before the option kept none (`absent`).

@@ -1190,6 +1190,7 @@ RESUME_CHANGES = {
     "weight_decay": "0.1",
     "grad_clip": "0",
     "state_reset": "0.1",
+    "reshuffle": "64",
     "average": "0.5",
     "max_iters": "22",
     "epochs": "3",

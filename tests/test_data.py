@@ -183,6 +183,38 @@ def test_state_resets_are_a_pure_function_of_seed_and_step_and_split_by_rank():
     assert whole.fresh_streams(3, 0.0) is None and bool(whole.fresh_streams(3, 1.0).all())
 
 
+def test_reshuffle_reorders_chunks_from_the_second_epoch_and_is_a_pure_function_of_seed_and_step():
+    ids = np.arange(3000, dtype=np.int64)  # each id is its own position: a batch shows where it was read from
+    B, T, C = 4, 8, 32
+    plain = StreamBatcher(ids, batch_size=B, seq_len=T, seed=3)
+    shuffled, again = (StreamBatcher(ids, batch_size=B, seq_len=T, seed=3, reshuffle=C) for _ in range(2))
+    per_epoch = plain.batches_per_epoch
+    for step in range(per_epoch):  # the first epoch reads the text in its own order
+        assert torch.equal(shuffled.batch(step)[0], plain.batch(step)[0])
+    body = shuffled.chunks * C
+    assert shuffled.chunks == (B * plain.row_len) // C and body < B * plain.row_len  # a partial chunk stays last
+    for epoch in (1, 2):
+        where = shuffled.reordered(epoch, np.arange(B * plain.row_len))
+        assert sorted(where.tolist()) == list(range(B * plain.row_len))  # every id once: a reordering
+        assert where[body:].tolist() == list(range(body, B * plain.row_len))
+        chunks = where[:body].reshape(-1, C)
+        assert (np.diff(chunks, axis=1) == 1).all() and (chunks[:, 0] % C == 0).all()  # whole chunks, kept intact
+        assert chunks[:, 0].tolist() != list(range(0, body, C))
+    assert not np.array_equal(shuffled.reordered(1, np.arange(body)), shuffled.reordered(2, np.arange(body)))
+    for step in (2 * per_epoch + 5, per_epoch + 1, 2 * per_epoch + 5):  # back and forth: the cache follows
+        x, y = shuffled.batch(step)
+        assert torch.equal(x, again.batch(step)[0]) and torch.equal(x[:, 1:], y[:, :-1])
+        jumps = x[:, 1:] - x[:, :-1] != 1  # a row moves on by one id, except into another chunk
+        assert bool((x[:, 1:][jumps] % C == 0).all())
+    assert not torch.equal(shuffled.batch(per_epoch + 1)[0], plain.batch(per_epoch + 1)[0])
+    ranks = [StreamBatcher(ids, batch_size=B, seq_len=T, seed=3, rank=r, world=2, reshuffle=C) for r in range(2)]
+    assert torch.equal(torch.cat([b.batch(per_epoch + 3)[0] for b in ranks]), shuffled.batch(per_epoch + 3)[0])
+    other = StreamBatcher(ids, batch_size=B, seq_len=T, seed=4, reshuffle=C)
+    assert not np.array_equal(other.reordered(1, np.arange(body)), shuffled.reordered(1, np.arange(body)))
+    single = StreamBatcher(ids, batch_size=B, seq_len=T, seed=3, reshuffle=2000)  # one whole chunk: no reorder
+    assert torch.equal(single.batch(per_epoch + 1)[0], plain.batch(per_epoch + 1)[0])
+
+
 def test_too_short_for_one_batch():
     with pytest.raises(DataError, match=r"4 x 9 = 36"):
         StreamBatcher(np.zeros(35, dtype=np.uint8), batch_size=4, seq_len=8, seed=0)

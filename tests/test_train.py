@@ -107,6 +107,19 @@ def test_resume_with_state_resets_equals_uninterrupted(tmp_path, tiny_corpus):
     assert not all(torch.equal(a[k], c[k]) for k in a)  # the resets changed what was learnt
 
 
+def test_resume_with_reshuffle_equals_uninterrupted(tmp_path, tiny_corpus):
+    """--reshuffle draws each epoch's order from (seed, epoch): a resumed run reads the same text at the same steps.
+    At 16 x 64 the tiny corpus is two steps an epoch, so the 12 steps cross five epochs."""
+    shape = dict(batch_size=16, seq_len=64, reshuffle=64)
+    straight_and_resumed(tmp_path, tiny_corpus, **shape)
+    model_cfg, cfg, data = tiny_configs(max_iters=12, min_lr=1e-2, eval_every=6, sample_length=0, **shape)
+    plain = dataclasses.replace(cfg, reshuffle=0)
+    train(tiny_corpus, model_cfg=model_cfg, train_cfg=plain, data_cfg=data, out_dir=tmp_path / "c")
+    a, b, c = (load_run(tmp_path / d, which="latest").model.state_dict() for d in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the new orders changed what was learnt
+
+
 def _longest_run(text: str) -> int:
     """The longest run of one character in `text`."""
     return max(len(m.group()) for m in re.finditer(r"(.)\1*", text, re.DOTALL))

@@ -12,6 +12,7 @@ import torch
 from charnn.errors import ConfigError, DataError
 
 RESET_STREAM = 0xC01D5EED  # keeps the --state-reset draws apart from any other use of (seed, step)
+RESHUFFLE_STREAM = 777  # keeps the --reshuffle orders apart from any other use of (seed, epoch)
 
 
 def check_batch_shape(train_chars: int, *, batch_size: int, seq_len: int, world: int = 1) -> None:
@@ -43,6 +44,12 @@ class StreamBatcher:
     align identically every epoch; the batch for a step is a pure function of (seed, step): resuming needs
     no iterator state. Under DDP each rank takes its own `batch_size // world` rows.
 
+    With --reshuffle C every epoch after the first reads the text reordered: cut into chunks of C ids (the
+    last partial chunk stays last), put in an order drawn from (seed, epoch), the rows laid over that as
+    above. Nothing is copied: a position of the reordered text maps to its id's position in the split
+    (`reordered`). A row's carried state then crosses into an unrelated chunk once every C ids, as at a
+    document's end.
+
     With --state-reset P each row's carried state is zeroed before a batch with probability P, as if a
     document started there (`fresh_streams`), so the model also learns to start from the zero state that
     sampling, evaluation and the exports start from; without it, only step 0 and each new epoch do.
@@ -58,11 +65,15 @@ class StreamBatcher:
         device: torch.device | str = "cpu",
         rank: int = 0,
         world: int = 1,
+        reshuffle: int = 0,
     ) -> None:
         n = len(ids)
         check_batch_shape(n, batch_size=batch_size, seq_len=seq_len, world=world)
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
         self.row_len = n // batch_size
+        self.chunk = reshuffle
+        self.chunks = (batch_size * self.row_len) // reshuffle if reshuffle else 0  # whole chunks the rows read
+        self._order: tuple[int, np.ndarray | torch.Tensor] | None = None  # (epoch, its chunk order), cached
         self.batches_per_epoch = (self.row_len - 1) // seq_len
         self.slack = self.row_len - 1 - self.batches_per_epoch * seq_len
         local = batch_size // world
@@ -84,6 +95,27 @@ class StreamBatcher:
             return 0
         return random.Random(self.seed * 1_000_003 + epoch).randint(0, self.slack)
 
+    def chunk_order(self, epoch: int) -> np.ndarray | None:
+        """Epoch `epoch`'s order of the chunks (chunk_order[j] is the j-th chunk read); None: the split's own."""
+        if epoch == 0 or self.chunks < 2:
+            return None
+        return np.random.default_rng([RESHUFFLE_STREAM, self.seed, epoch]).permutation(self.chunks)
+
+    def reordered(self, epoch: int, idx: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Positions `idx` in epoch `epoch`'s reading of the split -> the positions of their ids in the split."""
+        if self._order is None or self._order[0] != epoch:
+            order = self.chunk_order(epoch)
+            if order is not None and not isinstance(idx, np.ndarray):
+                order = torch.from_numpy(order).to(idx.device)
+            self._order = (epoch, order)
+        order = self._order[1]
+        if order is None:
+            return idx
+        C = self.chunk
+        body = idx < self.chunks * C
+        moved = order[(idx // C) * body] * C + idx % C  # outside the body: chunk 0, then discarded
+        return np.where(body, moved, idx) if isinstance(idx, np.ndarray) else torch.where(body, moved, idx)
+
     def position(self, step: int) -> tuple[int, int]:
         """(epoch, batch index within the epoch) of global step `step` (0-based)."""
         return divmod(step, self.batches_per_epoch)
@@ -92,11 +124,11 @@ class StreamBatcher:
         """(x, y) for step `step`, each (B, T) int64; y is x shifted left by one."""
         epoch, k = self.position(step)
         start = self.epoch_offset(epoch) + k * self.seq_len
+        idx = self.reordered(epoch, (self._rows + start)[:, None] + self._cols)  # (B, T+1)
         if isinstance(self._ids, np.ndarray):
-            idx = (self._rows + start)[:, None] + self._cols  # (B, T+1)
             window = torch.from_numpy(self._ids[idx].astype(np.int64))
         else:
-            window = self._ids[(self._rows + start)[:, None] + self._cols].long()
+            window = self._ids[idx].long()
         return window[:, :-1], window[:, 1:]
 
     def fresh_streams(self, step: int, share: float) -> torch.Tensor | None:

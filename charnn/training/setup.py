@@ -216,6 +216,7 @@ def prepare(
         device=device,
         rank=dist.rank,
         world=dist.world,
+        reshuffle=cfg.reshuffle,
     )
     steps = total_steps(cfg, batcher.batches_per_epoch)
 
