@@ -211,6 +211,8 @@ def test_reshuffle_reorders_chunks_from_the_second_epoch_and_is_a_pure_function_
     assert torch.equal(torch.cat([b.batch(per_epoch + 3)[0] for b in ranks]), shuffled.batch(per_epoch + 3)[0])
     other = StreamBatcher(ids, batch_size=B, seq_len=T, seed=4, reshuffle=C)
     assert not np.array_equal(other.reordered(1, np.arange(body)), shuffled.reordered(1, np.arange(body)))
+    positions = np.arange(B * plain.row_len).reshape(B, -1)  # a GPU's batcher maps torch positions alike
+    assert shuffled.reordered(2, torch.from_numpy(positions)).tolist() == shuffled.reordered(2, positions).tolist()
     single = StreamBatcher(ids, batch_size=B, seq_len=T, seed=3, reshuffle=2000)  # one whole chunk: no reorder
     assert torch.equal(single.batch(per_epoch + 1)[0], plain.batch(per_epoch + 1)[0])
 

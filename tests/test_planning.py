@@ -14,6 +14,7 @@ from charnn.training.choices import (
     CPU_MAX_STEPS,
     MAX_EVAL_EVERY,
     MIN_EVAL_EVERY,
+    RESHUFFLE_CHARS,
     WIDTHS,
     batch_shape,
     run_shape,
@@ -61,6 +62,15 @@ def test_dropout_falls_as_the_corpus_grows():
     assert drops[0] > drops[-1]
 
 
+def test_the_text_is_reordered_each_epoch_from_the_medium_tier_up():
+    for n, gpu in ((20_000, False), (99_999, False), (100_000, False), (1_000_000, False), (1_000_000, True)):
+        plan = make_plan(facts(n), GPU if gpu else CPU)
+        assert plan.train.reshuffle == (RESHUFFLE_CHARS if tier_of(n)[0] != "small corpus" else 0), n
+        assert any("4,096-character chunks each epoch" in line for line in plan.lines) == (n >= 100_000), n
+    assert make_plan(facts(1_000_000), CPU, PlanRequest(train={"reshuffle": 0})).train.reshuffle == 0
+    assert TrainConfig().reshuffle == 0  # the library's own config keeps the order
+
+
 def test_validation_at_least_once_an_epoch_and_within_the_first_minute():
     for n in (5_000, 45_000, 200_000, 1_000_000, 100_000_000):
         plan = make_plan(facts(n), CPU)
@@ -90,6 +100,7 @@ def test_explicit_model_flags_win(flag, value):
         ("weight_decay", 0.0),
         ("max_iters", 123),
         ("warmup_iters", 0),
+        ("reshuffle", 512),
     ],
 )
 def test_explicit_train_flags_win(flag, value):

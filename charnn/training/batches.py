@@ -73,7 +73,7 @@ class StreamBatcher:
         self.row_len = n // batch_size
         self.chunk = reshuffle
         self.chunks = (batch_size * self.row_len) // reshuffle if reshuffle else 0  # whole chunks the rows read
-        self._order: tuple[int, np.ndarray | torch.Tensor] | None = None  # (epoch, its chunk order), cached
+        self._order: tuple[tuple, np.ndarray | torch.Tensor | None] | None = None  # ((epoch, device), order)
         self.batches_per_epoch = (self.row_len - 1) // seq_len
         self.slack = self.row_len - 1 - self.batches_per_epoch * seq_len
         local = batch_size // world
@@ -103,11 +103,12 @@ class StreamBatcher:
 
     def reordered(self, epoch: int, idx: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Positions `idx` in epoch `epoch`'s reading of the split -> the positions of their ids in the split."""
-        if self._order is None or self._order[0] != epoch:
+        key = (epoch, None if isinstance(idx, np.ndarray) else idx.device)
+        if self._order is None or self._order[0] != key:
             order = self.chunk_order(epoch)
-            if order is not None and not isinstance(idx, np.ndarray):
-                order = torch.from_numpy(order).to(idx.device)
-            self._order = (epoch, order)
+            if order is not None and key[1] is not None:
+                order = torch.from_numpy(order).to(key[1])
+            self._order = (key, order)
         order = self._order[1]
         if order is None:
             return idx

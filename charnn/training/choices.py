@@ -21,6 +21,12 @@ TIERS: tuple[tuple[float, str, float], ...] = (
     (2_000_000, "large corpus", 0.0),
     (math.inf, "very large corpus", 0.0),
 )
+# From the medium tier up, each epoch after the first reads the text in a new order of chunks this long
+# (--reshuffle): on the fit matrix all six corpora of 100,000 training characters or more scored better than
+# with the same order every epoch (by 0.004-0.013); the four smaller ones were split, two better and two worse (by
+# up to 0.011), so they keep the order (docs/benchmarks.md). Not measured on a GPU; the GPU plan does the same.
+RESHUFFLE_CHARS = 4096
+RESHUFFLE_FROM = TIERS[0][0]
 CPU_BATCH = (16, 64)  # many small updates beat few large ones at a fixed CPU budget (docs/benchmarks.md)
 # A GPU's recurrence is latency-bound (one small matmul per character per layer): 128 streams cost little more
 # per step than 64, and a step carries twice the text. Not measured yet (docs/gpu.md): benchmarks/gpu_check.py.
@@ -118,7 +124,8 @@ def run_shape(val_chars: int, train: TrainConfig | dict[str, Any], speed: Speed,
 def schedule_choice(
     train_chars: int, val_chars: int, given: dict[str, Any], *, gpu: bool, speed: Speed | None, finetune: bool = False
 ) -> tuple[dict[str, Any], int | None]:
-    """The training options the plan chooses: batch shape, learning rate, length, cadence, patience; and, where
+    """The training options the plan chooses: batch shape, learning rate, length, cadence, patience, the text's
+    order; and, where
     the length is fitted to about TARGET_SECONDS at the measured speed (a CPU's default schedule), the length
     before the fit (None where it is not: a GPU, a stopping rule given, no speed)."""
     batch, seq = GPU_BATCH if gpu else CPU_BATCH
@@ -149,4 +156,5 @@ def schedule_choice(
         max_iters=steps,
         eval_every=eval_every,
         patience=patience if val_chars >= 2 else None,
+        reshuffle=RESHUFFLE_CHARS if train_chars >= RESHUFFLE_FROM else 0,
     ), longest

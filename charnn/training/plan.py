@@ -279,9 +279,10 @@ def _explain(plan: Plan, facts: CorpusFacts, hardware: Hardware, request: PlanRe
             f"keeps {narrow})"
         )
     length = run_length(cfg, per_epoch)
+    order = f"; a new order of {cfg.reshuffle:,}-character chunks each epoch" if cfg.reshuffle else ""
     lines.append(
         f"batch {cfg.batch_size} x {cfg.seq_len} ({per_epoch:,} steps an epoch), lr {cfg.lr:g} with "
-        f"cosine decay, {length}"
+        f"cosine decay, {length}{order}"
     )
     n = cfg.patience
     stop = f"stops after {n} validation{'s' if n != 1 else ''} without a new best" if n else "no early stopping"
