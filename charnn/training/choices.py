@@ -125,9 +125,8 @@ def schedule_choice(
     train_chars: int, val_chars: int, given: dict[str, Any], *, gpu: bool, speed: Speed | None, finetune: bool = False
 ) -> tuple[dict[str, Any], int | None]:
     """The training options the plan chooses: batch shape, learning rate, length, cadence, patience, the text's
-    order; and, where
-    the length is fitted to about TARGET_SECONDS at the measured speed (a CPU's default schedule), the length
-    before the fit (None where it is not: a GPU, a stopping rule given, no speed)."""
+    order; and, where the length is fitted to about TARGET_SECONDS at the measured speed (a CPU's default
+    schedule), the length before the fit (None where it is not: a GPU, a stopping rule given, no speed)."""
     batch, seq = GPU_BATCH if gpu else CPU_BATCH
     batch, seq = batch_shape(train_chars, given.get("batch_size", batch), given.get("seq_len", seq))
     per_epoch = steps_per_epoch(train_chars, batch, seq)
