@@ -138,8 +138,8 @@ class TrainConfig:
     )
     # The same order every epoch makes a run's figure depend on which text its streams read last; reordered in
     # chunks each epoch, the validation loss falls steadily instead (docs/training.md, docs/benchmarks.md). The
-    # plan reorders from 100,000 training characters (charnn.training.choices); runs saved before the option,
-    # and the library's TrainConfig, keep the order.
+    # plan always reorders (charnn.training.choices); runs saved before the option, and the library's
+    # TrainConfig, keep the order.
     reshuffle: int = opt(
         0,
         "Reorder the text in CHARS-long chunks each epoch (0: off).",

@@ -14,7 +14,7 @@ from charnn.training.choices import (
     CPU_MAX_STEPS,
     MAX_EVAL_EVERY,
     MIN_EVAL_EVERY,
-    RESHUFFLE_CHARS,
+    RESHUFFLE,
     WIDTHS,
     batch_shape,
     run_shape,
@@ -62,11 +62,12 @@ def test_dropout_falls_as_the_corpus_grows():
     assert drops[0] > drops[-1]
 
 
-def test_the_text_is_reordered_each_epoch_from_the_medium_tier_up():
+def test_the_text_is_reordered_each_epoch_in_longer_chunks_from_the_medium_tier_up():
     for n, gpu in ((20_000, False), (99_999, False), (100_000, False), (1_000_000, False), (1_000_000, True)):
         plan = make_plan(facts(n), GPU if gpu else CPU)
-        assert plan.train.reshuffle == (RESHUFFLE_CHARS if tier_of(n)[0] != "small corpus" else 0), n
-        assert any("4,096-character chunks each epoch" in line for line in plan.lines) == (n >= 100_000), n
+        chunk = RESHUFFLE[0][1] if tier_of(n)[0] == "small corpus" else RESHUFFLE[1][1]
+        assert plan.train.reshuffle == chunk and RESHUFFLE[0][1] < RESHUFFLE[1][1], n
+        assert any(f"{chunk:,}-character chunks each epoch" in line for line in plan.lines), n
     assert make_plan(facts(1_000_000), CPU, PlanRequest(train={"reshuffle": 0})).train.reshuffle == 0
     assert TrainConfig().reshuffle == 0  # the library's own config keeps the order
 

@@ -21,12 +21,12 @@ TIERS: tuple[tuple[float, str, float], ...] = (
     (2_000_000, "large corpus", 0.0),
     (math.inf, "very large corpus", 0.0),
 )
-# From the medium tier up, each epoch after the first reads the text in a new order of chunks this long
-# (--reshuffle): on the fit matrix all six corpora of 100,000 training characters or more scored better than
-# with the same order every epoch (by 0.004-0.013); the four smaller ones were split, two better and two worse (by
-# up to 0.011), so they keep the order (docs/benchmarks.md). Not measured on a GPU; the GPU plan does the same.
-RESHUFFLE_CHARS = 4096
-RESHUFFLE_FROM = TIERS[0][0]
+# Each epoch after the first reads the text in a new order of chunks (--reshuffle): (upper bound of training
+# characters, chunk length). On the fit matrix, against the same order every epoch, 4,096-character chunks
+# scored better on all six corpora of 100,000 training characters or more (by 0.004-0.013) but split the four
+# smaller ones (two better, two worse by up to 0.011: they have only 4-21 such chunks); 1,024-character chunks
+# scored better on all four (by 0.006-0.026). Not measured on a GPU; the GPU plan does the same.
+RESHUFFLE = ((TIERS[0][0], 1024), (math.inf, 4096))
 CPU_BATCH = (16, 64)  # many small updates beat few large ones at a fixed CPU budget (docs/benchmarks.md)
 # A GPU's recurrence is latency-bound (one small matmul per character per layer): 128 streams cost little more
 # per step than 64, and a step carries twice the text. Not measured yet (docs/gpu.md): benchmarks/gpu_check.py.
@@ -155,5 +155,5 @@ def schedule_choice(
         max_iters=steps,
         eval_every=eval_every,
         patience=patience if val_chars >= 2 else None,
-        reshuffle=RESHUFFLE_CHARS if train_chars >= RESHUFFLE_FROM else 0,
+        reshuffle=next(chunk for bound, chunk in RESHUFFLE if train_chars < bound),
     ), longest
