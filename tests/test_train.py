@@ -261,11 +261,12 @@ def test_patience_off_by_default_runs_to_max_iters(tiny_corpus, tmp_path):
 
 
 def test_a_resumed_optimizer_keeps_this_devices_fused_kernel():
-    """A run saved unfused (CPU) and resumed where the optimizer is fused (CUDA) steps with the fused kernel
-    and its found_inf skip. Checked on the CPU, which has a fused AdamW too."""
+    """A run saved unfused (MPS, or a CPU run of an earlier version) and resumed where the optimizer is fused
+    (CUDA, the CPU) steps with the fused kernel and its found_inf skip."""
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(layers=1, hidden=8, embed=4), 5)
-    saved_from = make_optimizer(model, TrainConfig(device="cpu"), torch.device("cpu"))
+    saved_from = make_optimizer(model, TrainConfig(device="cpu"), torch.device("mps"))
+    assert not any(g["fused"] for g in saved_from.param_groups)
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     saved_from.step()
