@@ -21,12 +21,12 @@ TIERS: tuple[tuple[float, str, float], ...] = (
     (2_000_000, "large corpus", 0.0),
     (math.inf, "very large corpus", 0.0),
 )
-# Each epoch after the first reads the text in a new order of chunks (--reshuffle): (upper bound of training
-# characters, chunk length). On the fit matrix, against the same order every epoch, 4,096-character chunks
-# scored better on all six corpora of 100,000 training characters or more (by 0.004-0.013) but split the four
-# smaller ones (two better, two worse by up to 0.011: they have only 4-21 such chunks); 1,024-character chunks
-# scored better on all four (by 0.006-0.026). Not measured on a GPU; the GPU plan does the same.
-RESHUFFLE = ((TIERS[0][0], 1024), (math.inf, 4096))
+# Each epoch after the first reads the text in a new order of chunks of this many characters (--reshuffle).
+# Against the same order every epoch, 4,096-character chunks scored better on the fit matrix's six corpora of
+# 100,000 training characters or more but split the four smaller ones; 1,024 scored better on those four, on
+# tiny shakespeare than 4,096 (three seeds at equal steps, and at 240 s in bf16 and fp32), and on the large
+# corpora within the matrix's tolerance of 4,096 (docs/benchmarks.md). Not measured on a GPU; its plan does the same.
+RESHUFFLE = 1024
 CPU_BATCH = (16, 64)  # many small updates beat few large ones at a fixed CPU budget (docs/benchmarks.md)
 # A GPU's recurrence is latency-bound (one small matmul per character per layer): 128 streams cost little more
 # per step than 64, and a step carries twice the text. Not measured yet (docs/gpu.md): benchmarks/gpu_check.py.
@@ -155,5 +155,5 @@ def schedule_choice(
         max_iters=steps,
         eval_every=eval_every,
         patience=patience if val_chars >= 2 else None,
-        reshuffle=next(chunk for bound, chunk in RESHUFFLE if train_chars < bound),
+        reshuffle=RESHUFFLE,
     ), longest
