@@ -267,6 +267,8 @@ def test_a_resumed_optimizer_keeps_this_devices_fused_kernel():
     model = CharRNN(ModelConfig(layers=1, hidden=8, embed=4), 5)
     saved_from = make_optimizer(model, TrainConfig(device="cpu"), torch.device("mps"))
     assert not any(g["fused"] for g in saved_from.param_groups)
+    cpu = make_optimizer(model, TrainConfig(device="cpu"), torch.device("cpu"))
+    assert all(g["fused"] for g in cpu.param_groups)  # the CPU's own optimizer is the fused one
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     saved_from.step()
