@@ -23,9 +23,10 @@ TIERS: tuple[tuple[float, str, float], ...] = (
 )
 # Each epoch after the first reads the text in a new order of chunks of this many characters (--reshuffle).
 # Against the same order every epoch, 4,096-character chunks scored better on the fit matrix's six corpora of
-# 100,000 training characters or more but split the four smaller ones; 1,024 scored better on those four, on
-# tiny shakespeare than 4,096 (three seeds at equal steps, and at 240 s in bf16 and fp32), and on the large
-# corpora within the matrix's tolerance of 4,096 (docs/benchmarks.md). Not measured on a GPU; its plan does the same.
+# 100,000 training characters or more but split the four smaller ones. 1,024 scored better than both on those
+# four, better than 4,096 on tiny shakespeare (three seeds at equal steps, and at 240 s in bf16 and fp32), and
+# within the matrix's tolerance of 4,096 on its larger corpora (docs/benchmarks.md). Not measured on a GPU; the
+# GPU plan does the same.
 RESHUFFLE = 1024
 CPU_BATCH = (16, 64)  # many small updates beat few large ones at a fixed CPU budget (docs/benchmarks.md)
 # A GPU's recurrence is latency-bound (one small matmul per character per layer): 128 streams cost little more
