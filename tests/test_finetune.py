@@ -16,6 +16,7 @@ from charnn.model import CharRNN
 from charnn.report.record import config_tables
 from charnn.sampling.generate import sample_text
 from charnn.store.rundir import load_run
+from charnn.training.choices import FINETUNE_LR_FACTOR
 from charnn.training.finetune import load_start, start_corpus, start_weights
 from charnn.training.plan import CorpusFacts, Hardware, PlanRequest, make_plan
 from charnn.training.train import train
@@ -68,12 +69,12 @@ def _data():
 # --- the plan --------------------------------------------------------------------------------------------
 
 
-def test_plan_fine_tunes_with_a_third_of_the_lr_a_short_warmup_and_early_stopping():
+def test_plan_fine_tunes_with_a_fraction_of_the_lr_a_short_warmup_and_early_stopping():
     facts = CorpusFacts(45_000, 5_000, 70)
     scratch = make_plan(facts, CPU)
     tuned = make_plan(facts, CPU, PlanRequest(init_model=BASE))
     assert tuned.model == BASE  # the starting model's shape and options, not the tier's
-    assert tuned.train.lr == pytest.approx(scratch.train.lr / 3)
+    assert tuned.train.lr == pytest.approx(scratch.train.lr * FINETUNE_LR_FACTOR) and FINETUNE_LR_FACTOR < 1
     assert tuned.train.warmup_iters <= 10 < scratch.train.warmup_iters
     assert tuned.train.patience is not None and tuned.train.max_iters < scratch.train.max_iters
     assert (tuned.train.batch_size, tuned.train.seq_len) == (scratch.train.batch_size, scratch.train.seq_len)

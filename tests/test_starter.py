@@ -18,6 +18,7 @@ from charnn.model import CharRNN
 from charnn.store.bundled import bundled_models, bundled_path
 from charnn.store.checkpoint import load_model, model_bytes, read_header
 from charnn.store.rundir import load_run
+from charnn.training.choices import CPU_LR
 from tests.conftest import REPO, invoke, one_error_line, tiny_configs
 
 MAX_BYTES = 2_500_000
@@ -196,4 +197,4 @@ def test_charnn_train_plan_shows_the_hint_and_never_switches(tiny_corpus):
     res = invoke("train", tiny_corpus, "--plan", "--json")
     plan = json.loads(res.stdout)
     assert plan["lines"][-1].startswith("hint: the bundled starter knows 100% of these characters")
-    assert "fine-tuning" not in plan["lines"][0] and plan["schedule"]["lr"] == 3e-3  # a new model, as without it
+    assert "fine-tuning" not in plan["lines"][0] and plan["schedule"]["lr"] == CPU_LR  # a new model, as without it

@@ -32,6 +32,10 @@ CPU_BATCH = (16, 64)  # many small updates beat few large ones at a fixed CPU bu
 # A GPU's recurrence is latency-bound (one small matmul per character per layer): 128 streams cost little more
 # per step than 64, and a step carries twice the text. Not measured yet (docs/gpu.md): benchmarks/gpu_check.py.
 GPU_BATCH = (128, 128)
+# The peak learning rate (AdamW, after the warmup, before the cosine decay). On a CPU 4e-3 beat 3e-3 on tiny
+# shakespeare at equal steps on three seeds and in 14 of the fit matrix's 16 runs, bf16 and fp32, the other two
+# within 0.003 (docs/benchmarks.md); a GPU's larger batch keeps 2e-3 (not measured yet).
+CPU_LR, GPU_LR = 4e-3, 2e-3
 GPU_DROPOUT = 0.2  # at least this on a GPU below 2M characters: three minutes buy tens of passes over such text
 # A GPU steps in milliseconds and each validation + checkpoint costs tens of steps' time: validate at most every
 # this many steps, but at least once every two passes over the corpus (for early stopping on small ones).
@@ -54,10 +58,11 @@ MIN_EVAL_EVERY = 24  # ... but not more often than this (or once an epoch): each
 MAX_EVAL_EVERY = 1000  # the first validation within about a minute (and within FIRST_EVAL_SECONDS, measured)
 PATIENCE_EPOCHS = 4  # stop after this many epochs without a new best validation loss ...
 MIN_PATIENCE, MAX_PATIENCE = 4, 8  # ... counted in validations, within these bounds
-# Fine-tuning starts from trained weights (PlanRequest.init_model): a third of the learning rate, so the first
-# steps on the new text do not wreck what the weights know, a short warmup (AdamW's moments start afresh),
-# fewer passes and an earlier stop, since a trained model fits a small corpus, and overfits it, sooner.
-FINETUNE_LR_FACTOR = 1 / 3
+# Fine-tuning starts from trained weights (PlanRequest.init_model): a quarter of the learning rate (1e-3 on a
+# CPU, as measured in docs/finetune.md), so the first steps on the new text do not wreck what the weights know,
+# a short warmup (AdamW's moments start afresh), fewer passes and an earlier stop, since a trained model fits a
+# small corpus, and overfits it, sooner.
+FINETUNE_LR_FACTOR = 1 / 4
 FINETUNE_WARMUP = 10
 FINETUNE_EPOCHS = 10
 FINETUNE_PATIENCE_EPOCHS = 2
@@ -145,7 +150,7 @@ def schedule_choice(
     evals_per_epoch = per_epoch / eval_every
     epochs = FINETUNE_PATIENCE_EPOCHS if finetune else PATIENCE_EPOCHS
     patience = min(max(round(epochs * evals_per_epoch), MIN_PATIENCE), MAX_PATIENCE)
-    lr = (2e-3 if gpu else 3e-3) * (FINETUNE_LR_FACTOR if finetune else 1.0)
+    lr = (GPU_LR if gpu else CPU_LR) * (FINETUNE_LR_FACTOR if finetune else 1.0)
     warmup = min(FINETUNE_WARMUP if finetune else 50, steps // 10)
     return dict(
         batch_size=batch,
