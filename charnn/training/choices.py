@@ -33,7 +33,7 @@ CPU_BATCH = (16, 64)  # many small updates beat few large ones at a fixed CPU bu
 # per step than 64, and a step carries twice the text. Not measured yet (docs/gpu.md): benchmarks/gpu_check.py.
 GPU_BATCH = (128, 128)
 # The peak learning rate (AdamW, after the warmup, before the cosine decay). On a CPU 4e-3 beat 3e-3 on tiny
-# shakespeare at equal steps on three seeds and in 17 of the fit matrix's 19 runs, bf16 and fp32, the other two
+# shakespeare at equal steps on three seeds and in 18 of the fit matrix's 20 runs, bf16 and fp32, the other two
 # within 0.003 (docs/benchmarks.md); a GPU's larger batch keeps 2e-3 (not measured yet).
 CPU_LR, GPU_LR = 4e-3, 2e-3
 GPU_DROPOUT = 0.2  # at least this on a GPU below 2M characters: three minutes buy tens of passes over such text
