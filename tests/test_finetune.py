@@ -75,6 +75,7 @@ def test_plan_fine_tunes_with_a_fraction_of_the_lr_a_short_warmup_and_early_stop
     tuned = make_plan(facts, CPU, PlanRequest(init_model=BASE))
     assert tuned.model == BASE  # the starting model's shape and options, not the tier's
     assert tuned.train.lr == pytest.approx(scratch.train.lr * FINETUNE_LR_FACTOR) and FINETUNE_LR_FACTOR < 1
+    assert tuned.train.lr == pytest.approx(1e-3)  # the CPU rate docs/finetune.md measured, whatever the new model's
     assert tuned.train.warmup_iters <= 10 < scratch.train.warmup_iters
     assert tuned.train.patience is not None and tuned.train.max_iters < scratch.train.max_iters
     assert (tuned.train.batch_size, tuned.train.seq_len) == (scratch.train.batch_size, scratch.train.seq_len)
