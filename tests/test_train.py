@@ -320,6 +320,35 @@ def test_the_cuda_guard_skips_bad_steps_on_the_device_and_stops_at_a_log_line():
         step(3, True)
 
 
+@pytest.mark.parametrize(
+    "make", [lambda w: torch.optim.AdamW([w], lr=0.1, foreach=True), lambda w: torch.optim.NAdam([w], lr=0.1)]
+)
+def test_an_optimizer_without_the_device_skip_is_guarded_on_the_host(make):
+    """MPS's foreach AdamW, and NAdam on any device, have no found_inf skip (PyTorch refuses one): their bad
+    steps are caught on the host as on the CPU, not taken, the weights untouched. On CPU tensors, the device
+    argument naming MPS."""
+    from charnn.training.step import StepStats, _guarded_update, skips_on_device
+
+    w = torch.nn.Parameter(torch.ones(3))
+    optimizer = make(w)
+    assert not skips_on_device(optimizer)
+    stats = StepStats.on(torch.device("cpu"))
+    cfg = TrainConfig(log_every=4, max_bad_steps=2, device="cpu")
+
+    def step(i: int, ok: bool):
+        w.grad = torch.full_like(w, 1.0 if ok else math.nan)
+        return _guarded_update(
+            optimizer, torch.tensor(ok), torch.ones(1, 1, 2), stats, cfg=cfg, device=torch.device("mps"), step=i
+        )
+
+    assert step(0, True)[0]
+    before = w.detach().clone()
+    taken, hidden = step(1, False)
+    assert not taken and hidden is None and torch.equal(w.detach(), before)
+    with pytest.raises(NonFiniteLossError, match="2 steps in a row at step 2"):
+        step(2, False)
+
+
 # --- failures at run time ------------------------------------------------------------------------------
 
 

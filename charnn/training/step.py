@@ -230,9 +230,10 @@ def _guarded_update(
     so every step is checked on the host: a bad step drops its gradients, restarts the streams and is not
     taken (the caller reports it). On CUDA a read would make every step wait for the GPU, so nothing is read:
     the fused AdamW skips its own update when `found_inf` is set, a bad step's streams are zeroed on the
-    device, the step counts as taken, and the longest run of bad steps is read only every log line.
+    device, the step counts as taken, and the longest run of bad steps is read only every log line. An
+    optimizer without that skip (MPS's foreach AdamW, NAdam anywhere) is checked on the host, as on the CPU.
     """
-    if device.type == "cpu":
+    if device.type == "cpu" or not skips_on_device(optimizer):
         if not bool(finite):
             optimizer.zero_grad(set_to_none=True)
             stats.bad_run = stats.bad_run + 1
@@ -261,6 +262,12 @@ def _guarded_update(
             )
         stats.bad_max.zero_()
     return True, _zero_if(hidden, ~finite)
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer` skips its own update when `found_inf` is set: PyTorch's fused kernels do; the
+    foreach and for-loop ones refuse a `found_inf`."""
+    return all(group.get("fused") for group in optimizer.param_groups)
 
 
 def _zero_if(hidden: Hidden | None, flag: torch.Tensor) -> Hidden | None:
