@@ -231,7 +231,7 @@ def _guarded_update(
     taken (the caller reports it). On CUDA a read would make every step wait for the GPU, so nothing is read:
     the fused AdamW skips its own update when `found_inf` is set, a bad step's streams are zeroed on the
     device, the step counts as taken, and the longest run of bad steps is read only every log line. An
-    optimizer without that skip (MPS's foreach AdamW, NAdam anywhere) is checked on the host, as on the CPU.
+    optimizer without that skip (MPS's foreach AdamW) is checked on the host, as on the CPU.
     """
     if device.type == "cpu" or not skips_on_device(optimizer):
         if not bool(finite):
