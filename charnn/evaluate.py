@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from charnn.errors import DataError, first_line
 from charnn.model import CharRNN, layer_weights, lm_loss, run_rnn, set_layer_weights
-from charnn.runtime import autocast
+from charnn.runtime import autocast, wide_float
 
 EVAL_MEMORY = 2 << 30  # bytes of activations scoring may hold: an absurd --batch-size runs in turns instead
 
@@ -136,7 +136,7 @@ def evaluate_ids(
     model.eval()
     device = model.head.weight.device
     score = _Scorer(model)
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    total = torch.zeros((), dtype=wide_float(device), device=device)
     losses = []
     try:
         for r0 in range(0, n_seg, rows_per_pass):
@@ -155,7 +155,7 @@ def evaluate_ids(
                 with autocast(device, precision):
                     logits, hidden = score(window[:, :-1], hidden)  # (B, t, V)
                 nll = lm_loss(logits, yc, reduction="none").view(yc.shape)  # (B, t); 0 where ignored
-                total += nll.sum(dtype=torch.float64)
+                total += nll.sum(dtype=total.dtype)
                 if per_char:
                     group.append(nll)
                     masks.append(mask)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from charnn.model import CharRNN, gate_values, gru_cell, layer_weights, lstm_cell, rnn_cell
+from charnn.runtime import wide_float
 from charnn.shapes import CELLS
 
 LEFT, RIGHT = 0.1, 0.9  # saturation thresholds of the 2015 paper's gate plots
@@ -126,7 +127,7 @@ class Surprise:
 
 
 def surprise(tr: Trace, *, k: int = 5) -> Surprise:
-    logp = torch.log_softmax(tr.logits[:-1].double(), dim=-1)  # (T-1, V)
+    logp = torch.log_softmax(tr.logits[:-1].to(wide_float(tr.logits.device)), dim=-1)  # (T-1, V)
     targets = torch.as_tensor(tr.ids[1:].astype(np.int64), device=logp.device)
     loss = -logp.gather(1, targets[:, None])[:, 0]
     top = logp.topk(min(k, logp.shape[1]), dim=-1)

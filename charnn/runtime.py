@@ -129,6 +129,12 @@ def cuda_fast_dtypes(device: torch.device) -> tuple[bool, bool]:
     return bf16, major >= 7
 
 
+def wide_float(device: torch.device) -> torch.dtype:
+    """The dtype of sums over many values (a log window's losses, a text's nats, beam scores) on `device`:
+    float64, but float32 on Apple's MPS, which has no float64 (PyTorch refuses it there: pytorch#122602)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def autocast_dtype(device: torch.device, precision: str = "auto", *, training: bool = False) -> torch.dtype | None:
     """The autocast dtype for `precision` on `device`, None for fp32. auto: bf16 on CUDA cards that have it,
     else fp16 (with loss scaling in training) on cards with fp16 tensor cores, else fp32; on the CPU bf16 only

@@ -23,6 +23,7 @@ from charnn.runtime import (
     pick_device,
     set_deterministic,
     user_device_error,
+    wide_float,
 )
 from charnn.sampling import generate as sample
 from charnn.sampling.cudagraph import GraphStep
@@ -381,3 +382,41 @@ def test_training_warns_once_and_trains_on_the_cpu_when_mps_fails_its_check(tiny
         "using the CPU"
     ]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["device"] == "mps"  # as asked
+
+
+def test_sums_run_in_float32_where_the_device_has_no_float64(tiny_run, monkeypatch):
+    """MPS has no float64 (PyTorch refuses it there): a log window's losses, a text's nats, beam scores and the
+    report's per-character losses sum in float32 on it. On CPU tensors, with `wide_float` answering as for MPS,
+    a training step, scoring, beam search and the surprise table run in float32, and scoring agrees with the
+    float64 sum to 1e-5."""
+    import charnn.evaluate as evaluate_mod
+    import charnn.inspect as inspect_mod
+    import charnn.sampling.beam as beam_mod
+    import charnn.training.step as step_mod
+    from charnn.evaluate import evaluate_validation
+    from charnn.inspect import surprise, trace
+
+    cpu = torch.device("cpu")
+    assert wide_float(torch.device("mps")) == torch.float32 and wide_float(cpu) == torch.float64
+    loaded = load_run(tiny_run)
+    exact = evaluate_validation(loaded)
+    wide = beam_mod.beam_search(loaded.model, loaded.vocab, "Sp", 3, 8)
+    asked = set()
+    for module in (evaluate_mod, inspect_mod, beam_mod, step_mod):
+        monkeypatch.setattr(module, "wide_float", lambda device, name=module.__name__: asked.add(name) or torch.float32)
+    assert evaluate_validation(loaded).loss == pytest.approx(exact.loss, rel=1e-5)
+    narrow = beam_mod.beam_search(loaded.model, loaded.vocab, "Sp", 3, 8)
+    assert [b.text for b in narrow] == [b.text for b in wide]
+    assert [b.logprob for b in narrow] == pytest.approx([b.logprob for b in wide], rel=1e-5)
+    ids = loaded.vocab.encode("Speak, speak.")
+    assert len(surprise(trace(loaded.model, ids)).loss) == len(ids) - 1
+    stats = StepStats.on(cpu)
+    assert stats.loss.dtype == torch.float32
+    model = loaded.model.train()
+    cfg = TrainConfig(device="cpu")
+    batch = (torch.randint(len(loaded.vocab), (2, 6)), torch.randint(len(loaded.vocab), (2, 6)))
+    taken, _ = optimisation_step(
+        model, make_optimizer(model, cfg, cpu), batch, None, stats, cfg=cfg, device=cpu, step=0
+    )
+    assert taken and stats.loss.dtype == torch.float32 and math.isfinite(float(stats.loss)) and float(stats.loss) > 0
+    assert asked == {"charnn.evaluate", "charnn.inspect", "charnn.sampling.beam", "charnn.training.step"}

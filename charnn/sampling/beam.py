@@ -1,8 +1,8 @@
 """Beam search: the continuation of a prime with the highest total log-probability that a beam of W texts finds,
 each step one batched step of the fast stepper (`charnn.sampling.stepper`) for all W texts. Deterministic: no
 temperature, no randomness. Not sampling (`charnn.sampling.generate`), which draws from the distribution instead:
-the scores are the model's own log-probabilities in float64 (log-softmax), not the draw's filtered cumulative sums
-(`charnn.sampling.draw`), which no beam step uses.
+the scores are the model's own log-probabilities in float64 (log-softmax; float32 on MPS, which has no float64),
+not the draw's filtered cumulative sums (`charnn.sampling.draw`), which no beam step uses.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from charnn.data import Vocab
 from charnn.errors import ConfigError, SamplingError
 from charnn.model import CharRNN
-from charnn.runtime import autocast_dtype
+from charnn.runtime import autocast_dtype, wide_float
 from charnn.sampling.generate import prime_ids
 from charnn.sampling.stepper import MEASURED, FastStepper, Tuning, few_threads
 
@@ -61,13 +61,14 @@ def beam_search(
     ids, echo = prime_ids(vocab, prime)
     shown = tuple(ids) if echo else ()
     logits, hidden = model(torch.tensor([ids], device=device))  # one pass over the prime: (1, P, V)
-    logp = logits[:, -1].double().log_softmax(dim=-1)  # (1, V), broadcast over the beam at the first step
+    wide = wide_float(device)  # float64 (float32 on MPS)
+    logp = logits[:, -1].to(wide).log_softmax(dim=-1)  # (1, V), broadcast over the beam at the first step
     if length == 0:
         return [Beam(shown, (), 0.0, vocab.decode(list(shown)))]
     with few_threads(width, model.cfg.hidden, device, tuning):
         stepper = FastStepper(model, 1.0, batch_size=width, precision=precision, tuning=tuning)
         stepper.load(_rows(hidden, width))
-        scores = torch.full((width,), float("-inf"), dtype=torch.float64, device=device)  # (W,)
+        scores = torch.full((width,), float("-inf"), dtype=wide, device=device)  # (W,)
         scores[0] = 0.0  # one text to start from: the other rows are placeholders until the beam fills
         parents, chars = [], []
         for t in range(length):
@@ -79,7 +80,7 @@ def beam_search(
             chars.append(char)
             if t + 1 < length:
                 stepper.select_rows(parent)  # row b now carries the state of the text it extends
-                logp = stepper.step(char).double().log_softmax(dim=-1)  # (W, V)
+                logp = stepper.step(char).to(wide).log_softmax(dim=-1)  # (W, V)
     if torch.isnan(scores).any():
         raise SamplingError("non-finite probabilities in the beam search; the model's outputs overflow")
     return _beams(scores, parents, chars, shown, vocab)

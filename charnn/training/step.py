@@ -18,7 +18,7 @@ from charnn.config import TrainConfig
 from charnn.distributed import DistInfo, all_sum
 from charnn.errors import CheckpointError, NonFiniteLossError, OutOfMemoryError
 from charnn.model import CharRNN, Hidden, detach_hidden, lm_loss
-from charnn.runtime import autocast, autocast_dtype, user_device_error
+from charnn.runtime import autocast, autocast_dtype, user_device_error, wide_float
 
 
 def make_optimizer(model: CharRNN, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -99,7 +99,7 @@ class StepStats:
     """What the steps add up to between two reads on the host, kept on the device: the log window's sums,
     the last gradient norm, and the run of non-finite steps."""
 
-    loss: torch.Tensor  # float64 sum of the window's finite losses
+    loss: torch.Tensor  # sum of the window's finite losses, in float64 (float32 on MPS: `wide_float`)
     finite: torch.Tensor  # how many of the window's steps were finite
     clipped: torch.Tensor  # how many had their gradient clipped
     grad_norm: torch.Tensor  # the last step's, before clipping
@@ -113,7 +113,7 @@ class StepStats:
         """All zero, the window starting now."""
         zero = functools.partial(torch.zeros, (), device=device)
         return cls(
-            loss=zero(dtype=torch.float64),
+            loss=zero(dtype=wide_float(device)),
             finite=zero(),
             clipped=zero(),
             grad_norm=zero(),
@@ -193,7 +193,7 @@ def _step(
     finite = torch.isfinite(loss.detach()) & torch.isfinite(stats.grad_norm)
     taken, hidden = _guarded_update(optimizer, finite, hidden, stats, cfg=cfg, device=device, step=step, scaler=scaler)
     if taken:
-        stats.loss += torch.where(finite, loss.detach().double(), 0.0)
+        stats.loss += torch.where(finite, loss.detach().to(stats.loss.dtype), 0.0)
         stats.finite += finite.float()
         if cfg.grad_clip > 0:
             stats.clipped += (stats.grad_norm > cfg.grad_clip).float()
