@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from charnn.cli.commands import app
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
-from charnn.devicecheck import reference_outputs, self_check
+from charnn.devicecheck import GRADIENT_TOLERANCE, dropout_gradient_gap, reference_outputs, self_check
 from charnn.errors import CharnnWarning, ConfigError, DeviceError, OutOfMemoryError
 from charnn.model import CharRNN
 from charnn.runtime import (
@@ -334,6 +334,29 @@ def test_the_self_check_passes_a_faithful_device_and_names_what_a_faulty_one_get
     assert self_check(cpu, run=missing_op).startswith("NotImplementedError: The operator 'aten::_lstm_mps'")
     nan = {k: v * math.nan for k, v in reference_outputs(cpu).items()}
     assert self_check(cpu, run=lambda device: nan) is not None
+
+
+class MasklessBackward(torch.nn.Module):
+    """Two LSTM layers with dropout between them whose backward ignores the mask, as MPS's fused LSTM did up to
+    PyTorch 2.13 (pytorch#190056): the forward drops, the gradient flows as if it had not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = torch.nn.LSTM(4, 8), torch.nn.LSTM(8, 8)
+
+    def forward(self, x: torch.Tensor):
+        h, _ = self.first(x)
+        dropped = h * (torch.rand_like(h) > 0.5).float() * 2
+        return self.second(h + (dropped - h).detach())
+
+
+def test_the_self_check_catches_a_backward_that_ignores_dropout_between_layers():
+    cpu = torch.device("cpu")
+    assert dropout_gradient_gap(cpu) < GRADIENT_TOLERANCE / 10  # the CPU's fused LSTM applies its mask
+    assert dropout_gradient_gap(cpu, make=MasklessBackward) > 10 * GRADIENT_TOLERANCE
+    reason = self_check(cpu, gradient_gap=lambda device: dropout_gradient_gap(device, make=MasklessBackward))
+    assert reason.startswith("lstm gradients with dropout between layers differ from finite differences by")
+    assert self_check(cpu, gradient_gap=lambda device: math.nan) is not None
 
 
 def test_mps_falls_back_to_the_cpu_with_one_warning_when_its_check_fails(monkeypatch):
