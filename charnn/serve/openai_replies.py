@@ -140,7 +140,7 @@ def logprobs_of(choice: Choice, start: int, text: str, vocab: Any, top: int) -> 
     if not text:
         return []
     logits = torch.stack([choice.job.logits[p][choice.row] for p in range(start, start + len(text))])  # (m, V)
-    logp = logits.float().log_softmax(-1)
+    logp = logits.float().cpu().log_softmax(-1)  # kept on the model's device; the ids and the reply are on the host
     ids = torch.from_numpy(vocab.encode(text).astype("int64"))
     chosen = logp.gather(1, ids[:, None])[:, 0].tolist()
     best = logp.topk(min(top, logp.shape[1])) if top else None

@@ -201,7 +201,7 @@ def _child(commands: Any, outputs: Any, *, path: str, device: str, options: dict
             key = out.job.handle
             logits = None
             if out.job.keep_logits and len(out.job.logits) > sent.get(key, 0):
-                logits = torch.stack(out.job.logits[sent.get(key, 0) :]).numpy()
+                logits = torch.stack(out.job.logits[sent.get(key, 0) :]).cpu().numpy()  # kept on the model's device
                 sent[key] = len(out.job.logits)
             if out.end is not None:
                 jobs.pop(key, None)
