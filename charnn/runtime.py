@@ -163,6 +163,8 @@ def autocast_dtype(device: torch.device, precision: str = "auto", *, training: b
             )
     elif precision == "auto":  # MPS: fp32, the precision its self-check compared
         return None
+    elif precision == "fp16" and training:  # MPS: charnn scales the loss on CUDA only (`make_scaler`)
+        raise ConfigError("--precision fp16 trains with loss scaling on CUDA only; on MPS use fp32 or bf16")
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 

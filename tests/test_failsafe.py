@@ -227,6 +227,14 @@ def test_fp16_is_refused_on_the_cpu(tiny_corpus, tmp_path):
     assert "--precision fp16 is for CUDA GPUs without bf16" in line
 
 
+def test_fp16_training_is_refused_on_mps_which_has_no_loss_scaling_in_charnn():
+    """Unscaled fp16 gradients underflow; charnn scales the loss on CUDA only. Sampling in fp16 stays allowed."""
+    mps = torch.device("mps")
+    with pytest.raises(ConfigError, match="fp16 trains with loss scaling on CUDA only"):
+        autocast_dtype(mps, "fp16", training=True)
+    assert autocast_dtype(mps, "fp16") == torch.float16 and autocast_dtype(mps, "auto", training=True) is None
+
+
 def test_the_loss_scaler_fits_the_cuda_guard(card):
     """fp16's path end to end on CPU tensors: the step follows the `device` argument (CUDA: the fused AdamW's
     found_inf, no host read), the CPU's GradScaler and fused AdamW stand in. A scale that overflows the
