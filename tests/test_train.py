@@ -322,7 +322,7 @@ def test_the_cuda_guard_skips_bad_steps_on_the_device_and_stops_at_a_log_line():
 
 @pytest.mark.parametrize("foreach", [True, False])
 def test_an_optimizer_without_the_device_skip_is_guarded_on_the_host(foreach):
-    """MPS's AdamW (foreach; the for-loop one alike) has no found_inf skip (PyTorch refuses one): its bad steps
+    """MPS's AdamW (the for-loop one; foreach alike) has no found_inf skip (PyTorch refuses one): its bad steps
     are caught on the host as on the CPU, not taken, the weights untouched. On CPU tensors, the device argument
     naming MPS."""
     from charnn.training.step import StepStats, _guarded_update, make_optimizer, skips_on_device

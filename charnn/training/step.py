@@ -29,7 +29,8 @@ def make_optimizer(model: CharRNN, cfg: TrainConfig, device: torch.device) -> to
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # One kernel for the whole update on CUDA and on the CPU (where it takes about a sixth of foreach's time:
-    # 0.3 against 2 ms a step for the plan's 2x256 model in fp32); foreach elsewhere (MPS).
+    # 0.3 against 2 ms a step for the plan's 2x256 model in fp32); PyTorch's default elsewhere (on MPS the
+    # for-loop one: PyTorch has no foreach kernels there).
     fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=fused)
 
@@ -231,7 +232,7 @@ def _guarded_update(
     taken (the caller reports it). On CUDA a read would make every step wait for the GPU, so nothing is read:
     the fused AdamW skips its own update when `found_inf` is set, a bad step's streams are zeroed on the
     device, the step counts as taken, and the longest run of bad steps is read only every log line. An
-    optimizer without that skip (MPS's foreach AdamW) is checked on the host, as on the CPU.
+    optimizer without that skip (MPS's AdamW, not fused) is checked on the host, as on the CPU.
     """
     if device.type == "cpu" or not skips_on_device(optimizer):
         if not bool(finite):
