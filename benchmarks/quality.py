@@ -10,6 +10,10 @@ that prints JSON lines, one of them `{"event": "final", "steps", "val_loss", "va
 preset once per seed and adds each preset's mean and range: one 240 s run's figure moves by about 0.01 nats/char
 with the seed (docs/benchmarks.md), as much as many of the changes it is used to measure.
 
+charnn's figure is the calibrated model's (`--calibrate`, the default: the output's temperature fitted at each
+validation, docs/training.md); the table gives the same checkpoint's uncalibrated figure and the temperature
+beside it.
+
 Note on budgets: charnn's budget is wall time of the whole loop (evaluations, samples and checkpoints
 included); the plain trainer's counts its training steps only, so the comparison slightly favours the
 baseline. Both score the whole validation split: charnn in 4096-character stateful segments, the plain
@@ -84,6 +88,7 @@ def charnn_run(preset: str, args, env, workdir: Path, seed: int | None = None) -
     cfg = json.loads((run_dir / "config.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [m["chars_per_s"] for m in metrics if m["kind"] == "train"][2:]
+    scored = next((m for m in metrics if m["kind"] == "eval" and m["step"] == val["step"]), {})
     steps = max((m["step"] for m in metrics if "step" in m), default=val["step"])
     from charnn.config import ModelConfig
     from charnn.shapes import num_parameters
@@ -100,6 +105,9 @@ def charnn_run(preset: str, args, env, workdir: Path, seed: int | None = None) -
         "best_step": val["step"],  # the checkpoint scored: the best validation's
         "val_nats": round(val["nats_per_char"], 4),
         "val_bpc": round(val["bits_per_char"], 4),
+        # --calibrate: the same checkpoint before its temperature was fitted (charnn.calibration), and the fit
+        "val_uncalibrated": round(scored.get("val_loss_uncalibrated", val["nats_per_char"]), 4),
+        "temperature": scored.get("calibrated_temperature", 1.0),
         "prose_nats": round(prose["nats_per_char"], 4),
         "prose_bpc": round(prose["bits_per_char"], 4),
         "chars_per_s": round(sorted(rates)[len(rates) // 2]) if rates else None,
@@ -180,14 +188,15 @@ def main() -> None:
     base = next((r for r in rows if r["tool"] == "ref_lstm"), None)
     print(
         f"\n{'run':<28}{'params':>10}{'steps':>7}{'best at':>8}{'chars/s':>9}{'val nats':>10}{'val bpc':>9}"
-        f"{'prose nats':>12}{'vs ref':>9}"
+        f"{'uncalib.':>10}{'T':>7}{'prose nats':>12}{'vs ref':>9}"
     )
     for r in rows:
         delta = f"{r['val_nats'] - base['val_nats']:+.4f}" if base else "n/a"
         name = f"{r['tool']} {r['preset']}" + (f" seed {r['seed']}" if args.seeds and "seed" in r else "")
         print(
             f"{name:<28}{r['params'] or '':>10}{r['steps']:>7}{r.get('best_step', ''):>8}{r['chars_per_s'] or 0:>9}"
-            f"{r['val_nats']:>10.4f}{r['val_bpc']:>9.4f}{r.get('prose_nats', float('nan')):>12.4f}{delta:>9}"
+            f"{r['val_nats']:>10.4f}{r['val_bpc']:>9.4f}{r.get('val_uncalibrated', r['val_nats']):>10.4f}"
+            f"{r.get('temperature', 1.0):>7.3f}{r.get('prose_nats', float('nan')):>12.4f}{delta:>9}"
         )
     if args.seeds and len(args.seeds) > 1:
         for preset in args.presets.split(","):

@@ -175,6 +175,15 @@ class TrainConfig:
         250, "Steps between validation evaluations and checkpoints.", min=1, panel="Evaluation & output"
     )
     eval_segment: int = opt(4096, "Validation is scored in segments of this many characters.", min=2)
+    # A model trained for several passes is too confident on new text; a temperature fitted at each validation
+    # takes that back (charnn.calibration; docs/training.md). Runs saved before the option had none (`absent`).
+    calibrate: bool = opt(
+        True,
+        "Fit the output's temperature on the validation split and save the model with it.",
+        panel="Evaluation & output",
+        flags=("--calibrate/--no-calibrate",),
+        absent=False,
+    )
     sample_every: int | None = opt(
         None, "Steps between samples.", min=1, panel="Evaluation & output", shown="100, 300, 700, then every 1000"
     )

@@ -57,6 +57,7 @@ class EvalResult(PerChar):
     total_nats: float
     unknown: dict[int, int] = field(default_factory=dict)  # symbol -> count, dropped before scoring
     per_char: np.ndarray | None = None  # (chars,) nats for each prediction, when asked for
+    scaled_nats: dict[float, float] | None = None  # logit scale -> total nats with the logits so scaled, when asked
 
     def as_dict(self) -> dict[str, float | int]:
         return {
@@ -118,8 +119,10 @@ def evaluate_ids(
     precision: str = "auto",
     per_char: bool = False,
     max_bytes: int = EVAL_MEMORY,
+    scales: tuple[float, ...] = (),
 ) -> EvalResult:
-    """Score predictions of ids[1:] from their left context within each segment.
+    """Score predictions of ids[1:] from their left context within each segment; with `scales`, also the total
+    with the logits multiplied by each (`charnn.calibration`), in the same pass.
 
     Memory follows the rows scored side by side times `chunk`, never the segment length: windows are cut
     chunk by chunk, a segment longer than the text is the text as one stream, and `batch_size` is lowered to
@@ -127,7 +130,7 @@ def evaluate_ids(
     """
     n = len(ids) - 1  # predictions
     if n < 1:
-        return EvalResult(0, 0.0)
+        return EvalResult(0, 0.0, scaled_nats=dict.fromkeys(scales, 0.0) if scales else None)
     segment = min(segment, n)  # one segment as long as the text scores it as a longer one would
     chunk = min(chunk, segment)
     n_seg = math.ceil(n / segment)
@@ -137,6 +140,8 @@ def evaluate_ids(
     device = model.head.weight.device
     score = _Scorer(model)
     total = torch.zeros((), dtype=wide_float(device), device=device)
+    scaled_totals = torch.zeros(len(scales), dtype=wide_float(device), device=device)
+    factors = torch.tensor(scales, dtype=torch.float32, device=device)[:, None]  # (S, 1)
     losses = []
     try:
         for r0 in range(0, n_seg, rows_per_pass):
@@ -156,6 +161,8 @@ def evaluate_ids(
                     logits, hidden = score(window[:, :-1], hidden)  # (B, t, V)
                 nll = lm_loss(logits, yc, reduction="none").view(yc.shape)  # (B, t); 0 where ignored
                 total += nll.sum(dtype=total.dtype)
+                if scales:
+                    scaled_totals += _scaled_nll(logits, yc, factors)
                 if per_char:
                     group.append(nll)
                     masks.append(mask)
@@ -164,7 +171,21 @@ def evaluate_ids(
     finally:
         model.train(was_training)
     per = np.concatenate(losses) if per_char else None
-    return EvalResult(n, float(total.item()), per_char=per)
+    by_scale = dict(zip(scales, scaled_totals.tolist(), strict=True)) if scales else None
+    return EvalResult(n, float(total.item()), per_char=per, scaled_nats=by_scale)
+
+
+def _scaled_nll(logits: torch.Tensor, targets: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """(S,) summed nats of `targets` (-100: none) under `logits` (..., V) times each of `factors` (S, 1)."""
+    z = logits.reshape(-1, logits.shape[-1]).float()
+    y = targets.reshape(-1)
+    keep = y != -100
+    z, y = z[keep], y[keep]
+    picked = z.gather(1, y[:, None])[:, 0]  # (N,)
+    wide, out = wide_float(z.device), []
+    for factor in factors:  # one (N, V) at a time: memory as for the plain loss
+        out.append((torch.logsumexp(z * factor, dim=-1) - factor * picked).sum(dtype=wide))
+    return torch.stack(out)
 
 
 def _bytes_per_position(model: CharRNN) -> int:

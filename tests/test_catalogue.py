@@ -1206,6 +1206,7 @@ RESUME_CHANGES = {
     "precision": "fp32",
     "deterministic": None,
     "threads": "1",
+    "calibrate": None,  # on by default: --no-calibrate
 }
 
 
@@ -1225,7 +1226,7 @@ def test_every_training_option_is_tried_on_resume():
 @pytest.mark.parametrize("name", RESUME_CHANGES)
 def test_a_training_option_may_change_on_resume(run_dir: Path, name: str):
     value = RESUME_CHANGES[name]
-    flag = "--" + name.replace("_", "-")
+    flag = "--no-calibrate" if name == "calibrate" else "--" + name.replace("_", "-")
     stop = [] if name in ("max_iters", "epochs", "time_budget") else ["--max-iters", "22"]
     result = invoke("train", "--quiet", "--resume", run_dir, flag, *([value] if value else []), *stop)
     assert result.exit_code == 0, result.output
@@ -2045,7 +2046,11 @@ def _constant_validation(monkeypatch) -> None:
     import charnn.training.loop as loop
     from charnn.evaluate import EvalResult
 
-    monkeypatch.setattr(loop, "evaluate_ids", lambda model, ids, **kw: EvalResult(len(ids) - 1, 2.0 * (len(ids) - 1)))
+    def constant(model, ids, scales=(), **kw):
+        n = len(ids) - 1
+        return EvalResult(n, 2.0 * n, scaled_nats=dict.fromkeys(scales, 2.0 * n) if scales else None)
+
+    monkeypatch.setattr(loop, "evaluate_ids", constant)
 
 
 STOPS = [  # (id, options, CHARNN_STEP_SECONDS, constant validation, the reason in the done line, a plan fragment)

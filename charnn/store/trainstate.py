@@ -39,9 +39,15 @@ def training_state(
     best_step: int | None = None,
     scaler: torch.amp.GradScaler | None = None,
     trained: dict[str, torch.Tensor] | None = None,
+    *,
+    logit_scale: float = 1.0,
+    scale_centre: float = 1.0,
+    unscaled: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Everything besides the model file's weights that an exact resume needs: tensors and primitives only.
-    `trained`: the weights as trained, where the model file holds their average (--average)."""
+    `trained`: the weights as trained, where the model file holds their average (--average); `unscaled`: the
+    tensors the model file holds with `logit_scale` folded in, as they were before, and `scale_centre` the scale
+    the next validation fits around (--calibrate: `charnn.calibration`)."""
     if isinstance(hidden, tuple):
         hidden = [h.detach().float().cpu() for h in hidden]
     elif hidden is not None:
@@ -58,6 +64,9 @@ def training_state(
         "best_step": best_step,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "trained": {name: w.detach().cpu() for name, w in trained.items()} if trained is not None else None,
+        "logit_scale": logit_scale,
+        "scale_centre": scale_centre,
+        "unscaled": {name: w.detach().cpu() for name, w in unscaled.items()} if unscaled else None,
     }
 
 
@@ -112,6 +121,9 @@ def _state_problem(state: dict[str, Any]) -> str | None:
         return f"elapsed {state['elapsed']!r} is not a number of seconds"
     if "evals_since_best" in state and not _count(state["evals_since_best"]):
         return f"evals_since_best {state['evals_since_best']!r} is not a count"
+    for key in ("logit_scale", "scale_centre"):
+        if key in state and not (_real(state[key]) and 0 < state[key] < math.inf):
+            return f"{key} {state[key]!r} is not a positive number"
     if state.get("best_step") is not None and not _count(state["best_step"]):
         return f"best_step {state['best_step']!r} is not a step number"
     optimizer = state["optimizer"]

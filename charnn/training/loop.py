@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from charnn.calibration import best_scale, can_fold, candidates, scaled
 from charnn.config import SampleConfig
 from charnn.distributed import all_max, barrier, gather_rows
 from charnn.errors import Interrupted
@@ -131,13 +132,29 @@ def evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
 def _evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
     val = None
     if len(run.val_ids) >= 2 and run.dist.is_main:
+        calibrate = run.cfg.calibrate and can_fold(run.model.cfg)
         with averaged(run.model, s.average):
-            res = evaluate_ids(run.model, run.val_ids, segment=run.cfg.eval_segment, precision=run.cfg.precision)
-        val = res.loss
+            res = evaluate_ids(
+                run.model,
+                run.val_ids,
+                segment=run.cfg.eval_segment,
+                precision=run.cfg.precision,
+                scales=candidates(s.scale_centre) if calibrate else (),
+            )
+        val = uncalibrated = res.loss
+        if calibrate:  # the model as it is saved: its logits times the best scale (1 scores as uncalibrated)
+            s.logit_scale = best_scale(res.scaled_nats)
+            if s.step % run.cfg.eval_every == 0:  # not a run's extra last one: a resumed run fits as a straight one
+                s.scale_centre = s.logit_scale
+            if s.logit_scale != 1.0:
+                val = max(res.scaled_nats[s.logit_scale] / res.chars, 0.0)
+        else:  # saved as trained from here on (a resume may turn it off)
+            s.logit_scale = s.scale_centre = 1.0
         if math.isfinite(val) and val < s.best_val:
             s.best_val, s.best_step, s.evals_since_best, s.warned = val, s.step, 0, False
         else:
             s.evals_since_best += 1
+        calibration = {"val_loss_uncalibrated": uncalibrated, "calibrated_temperature": round(1 / s.logit_scale, 4)}
         log_record(
             run,
             {
@@ -145,8 +162,9 @@ def _evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
                 "step": s.step,
                 "elapsed": round(s.elapsed(), 3),
                 "val_loss": val,
-                "val_bpc": res.bpc,
+                "val_bpc": val / math.log(2),
                 "val_chars": res.chars,
+                **(calibration if calibrate else {}),
             },
         )
         emit(run, s, "eval", val_loss=val, train_loss=s.last_train)
@@ -159,7 +177,7 @@ def checkpoint_step(run: Run, s: LoopState, val: float | None) -> Path | None:
     """Save the weights (their average, with --average) and the training state; rank 0 writes, every rank sends
     its streams' hidden state."""
     hidden = gather_rows(s.hidden, run.dist)
-    with averaged(run.model, s.average) as trained:
+    with averaged(run.model, s.average) as trained, scaled(run.model, s.logit_scale) as unscaled:
         state = training_state(
             s.step,
             s.elapsed(),
@@ -171,6 +189,9 @@ def checkpoint_step(run: Run, s: LoopState, val: float | None) -> Path | None:
             s.best_step,
             run.scaler,
             trained,
+            logit_scale=s.logit_scale,
+            scale_centre=s.scale_centre,
+            unscaled=unscaled,
         )
         path = _save(run, s, val, state)
     barrier(run.dist)  # no rank runs ahead of a checkpoint being written
@@ -256,7 +277,7 @@ def signal_name(signum: int) -> str:
 def draw_sample(run: Run, s: LoopState) -> None:
     cfg = run.cfg
     sample_cfg = SampleConfig(length=cfg.sample_length, temperature=cfg.sample_temperature, seed=cfg.seed)
-    with averaged(run.model, s.average):
+    with averaged(run.model, s.average), scaled(run.model, s.logit_scale):  # the model as the last checkpoint saved it
         text = sample_text(run.model, run.data.vocab, sample_cfg)[0]
     run.model.train()
     shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from charnn.calibration import unfold
 from charnn.config import DataConfig, ModelConfig, TrainConfig, from_dict, overlay_train, to_dict
 from charnn.data import Corpus
 from charnn.distributed import DistInfo, rank_rows
@@ -170,6 +171,11 @@ def _apply(
     the optimizer may then be half-loaded: the caller loads an older checkpoint over them, or stops)."""
     hidden = carried_hidden(state, model.cfg, cfg)  # checked before anything is changed
     model.load_state_dict(loaded.model.state_dict())
+    if state.get("unscaled"):  # --calibrate: the model file holds a logit scale folded in; training has none
+        try:
+            unfold(model, state["unscaled"])
+        except (ValueError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"the saved output weights do not fit this model ({err})") from None
     # With --average the model file holds the average and the state the weights as trained (a run may also
     # turn the average on or off on resume: it then starts from the file's weights, or drops the average).
     average = WeightAverage(model, cfg.average) if cfg.average else None
@@ -197,6 +203,8 @@ def _apply(
         saved_step=state["step"],
         latest=loaded.path,
         average=average,
+        logit_scale=float(state.get("logit_scale", 1.0)),
+        scale_centre=float(state.get("scale_centre", 1.0)),
     )
 
 

@@ -76,8 +76,8 @@ class Run:
 @dataclass
 class LoopState:
     """What the loop changes as it runs. A checkpoint's training state keeps the step, the clock, the best
-    validation loss, the evaluations since it, the streams' hidden state and (with --average) the weights as
-    trained; a resume starts from those."""
+    validation loss, the evaluations since it, the streams' hidden state, (with --average) the weights as
+    trained and (with --calibrate) the logit scales; a resume starts from those."""
 
     step: int = 0
     elapsed_before: float = 0.0  # seconds trained before this process started (a resumed run)
@@ -98,6 +98,8 @@ class LoopState:
     first_step: int = 0  # the step this process started from (a resumed run's, else 0)
     t_start: float = 0.0  # time.perf_counter() when elapsed() was 0
     average: WeightAverage | None = None  # --average: the weights' moving average, set as the loop starts
+    logit_scale: float = 1.0  # --calibrate: the scale fitted at the last validation (charnn.calibration) ...
+    scale_centre: float = 1.0  # ... and at the last one on the --eval-every schedule, around which the next fits
     novelty_index: Any = None  # the corpus's novelty index (charnn.novelty.run.IndexOnce), from the first sample
     stats: StepStats = field(init=False)  # set as the loop starts: the device-side sums of the log window
 
