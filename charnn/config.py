@@ -179,8 +179,8 @@ class TrainConfig:
     # takes that back (charnn.calibration; docs/training.md). Runs saved before the option had none (`absent`).
     calibrate: bool = opt(
         True,
-        "Fit the output's temperature on the validation split and save the model with it.",
-        panel="Evaluation & output",
+        "Fit the output's temperature on validation.",
+        panel="Model",
         flags=("--calibrate/--no-calibrate",),
         absent=False,
     )

@@ -108,6 +108,8 @@ class _Scorer:
         return self.model.output(out), (first, rest)
 
 
+# long: one pass over the text, chunk by chunk, with everything it sums (the loss, the scaled losses, the
+# per-character losses) kept beside the state it carries; split, each part would need all of it.
 @torch.inference_mode()
 def evaluate_ids(
     model: CharRNN,

