@@ -182,7 +182,8 @@ def test_a_memorisable_corpus_stops_early_on_its_own_and_keeps_the_best(tmp_path
     events = []
     request = PlanRequest(
         model={"layers": 1, "hidden": 32, "embed": 8, "dropout": 0.0},
-        train={"lr": 1e-2, "sample_length": 0, "device": "cpu", "seed": 0},
+        # calibrate off: the warning follows the saved model's loss, whose temperature holds this short rise off
+        train={"lr": 1e-2, "sample_length": 0, "device": "cpu", "seed": 0, "calibrate": False},
     )
     result = train(_memorisable(tmp_path), request=request, out_dir=tmp_path / "run", on_progress=events.append)
     assert events[0].kind == "plan" and "training characters" in events[0].text

@@ -168,7 +168,7 @@ def _evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
             },
         )
         emit(run, s, "eval", val_loss=val, train_loss=s.last_train)
-        _watch_overfitting(run, s, uncalibrated, calibrated=calibrate)  # memorising shows before the temperature
+        _watch_overfitting(run, s, val)
     s.last_val = val
     s.latest = checkpoint_step(run, s, val)
 
@@ -232,9 +232,9 @@ def overfitting(curve: list[tuple[float, float]], *, rises: int = 3) -> bool:
     return all(b > a for a, b in zip(vals, vals[1:], strict=False)) and window[-1][0] < window[0][0]
 
 
-def _watch_overfitting(run: Run, s: LoopState, val: float, *, calibrated: bool = False) -> None:
-    """One warning when validation turns up while training still improves (again after a new best); `val` is
-    the model's own loss, before any fitted temperature (`calibrated`: there is one)."""
+def _watch_overfitting(run: Run, s: LoopState, val: float) -> None:
+    """One warning when validation turns up while training still improves (again after a new best): the loss of
+    the model as saved (with --calibrate, its temperature holds off part of a rise)."""
     if s.last_train is None or not math.isfinite(val):
         return
     s.curve.append((s.last_train, val))
@@ -244,9 +244,8 @@ def _watch_overfitting(run: Run, s: LoopState, val: float, *, calibrated: bool =
             run,
             s,
             "warning",
-            text=f"validation loss is rising ({val:.4f}{' uncalibrated' if calibrated else ''}) while training "
-            f"loss falls: the model is memorising its text; the best checkpoint (step {s.best_step}, "
-            f"{s.best_val:.4f}) is kept",
+            text=f"validation loss is rising ({val:.4f}) while training loss falls: the model is memorising its "
+            f"text; the best checkpoint (step {s.best_step}, {s.best_val:.4f}) is kept",
         )
 
 
