@@ -26,12 +26,8 @@ from common import REPO, machine, parser, repo_env
 GRID = tuple(round(x, 3) for x in np.arange(0.7, 1.3, 0.005))  # temperatures 0.77 to 1.43
 
 
-def best(totals: dict[float, float]) -> float:
-    return min(totals, key=totals.get)
-
-
 def analyse(run: str, prose: str | None) -> dict:
-    from charnn.calibration import scaled, unfold
+    from charnn.calibration import best_scale, scaled, unfold
     from charnn.evaluate import evaluate_file, evaluate_ids, validation_ids
     from charnn.store.rundir import load_run
     from charnn.store.trainstate import load_state, state_path
@@ -46,8 +42,8 @@ def analyse(run: str, prose: str | None) -> dict:
     whole = evaluate_ids(loaded.model, ids, segment=seg, scales=GRID)
     a = evaluate_ids(loaded.model, ids[: half + 1], segment=seg, scales=GRID)  # predictions 1..half
     b = evaluate_ids(loaded.model, ids[half:], segment=seg, scales=GRID)  # the rest
-    fitted = best(whole.scaled_nats)
-    cross = (b.scaled_nats[best(a.scaled_nats)] + a.scaled_nats[best(b.scaled_nats)]) / (a.chars + b.chars)
+    fitted = best_scale(whole.scaled_nats)
+    cross = (b.scaled_nats[best_scale(a.scaled_nats)] + a.scaled_nats[best_scale(b.scaled_nats)]) / (a.chars + b.chars)
     row = {
         "run": run,
         "step": loaded.step,
@@ -55,7 +51,7 @@ def analyse(run: str, prose: str | None) -> dict:
         "val_fitted": round(whole.scaled_nats[fitted] / whole.chars, 4),
         "temperature": round(1 / fitted, 3),
         "val_cross_fitted": round(cross, 4),
-        "halves_temperatures": [round(1 / best(a.scaled_nats), 3), round(1 / best(b.scaled_nats), 3)],
+        "halves_temperatures": [round(1 / best_scale(a.scaled_nats), 3), round(1 / best_scale(b.scaled_nats), 3)],
     }
     if prose:
         plain = evaluate_file(loaded, prose, skip_unknown=True, segment=seg)

@@ -17,6 +17,7 @@ the other keeps 0.004-0.007 of the 0.007-0.010 nats/char it gains (docs/benchmar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -40,7 +41,7 @@ def candidates(last: float) -> tuple[float, ...]:
 
 def best_scale(totals: dict[float, float]) -> float:
     """The scale with the lowest total of `totals` (scale -> nats); 1 on a tie or where none is finite."""
-    finite = {s: t for s, t in totals.items() if t == t and abs(t) != float("inf")}
+    finite = {s: t for s, t in totals.items() if math.isfinite(t)}
     if not finite:
         return 1.0
     return min(finite, key=lambda s: (finite[s], s != 1.0))
@@ -81,9 +82,7 @@ def scaled(model: CharRNN, scale: float) -> Iterator[dict[str, torch.Tensor]]:
     try:
         yield before
     finally:
-        with torch.no_grad():
-            for name, value in before.items():
-                params[name].copy_(value)
+        unfold(model, before)
 
 
 @torch.no_grad()

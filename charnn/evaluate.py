@@ -143,7 +143,6 @@ def evaluate_ids(
     score = _Scorer(model)
     total = torch.zeros((), dtype=wide_float(device), device=device)
     scaled_totals = torch.zeros(len(scales), dtype=wide_float(device), device=device)
-    factors = torch.tensor(scales, dtype=torch.float32, device=device)[:, None]  # (S, 1)
     losses = []
     try:
         for r0 in range(0, n_seg, rows_per_pass):
@@ -163,8 +162,9 @@ def evaluate_ids(
                     logits, hidden = score(window[:, :-1], hidden)  # (B, t, V)
                 nll = lm_loss(logits, yc, reduction="none").view(yc.shape)  # (B, t); 0 where ignored
                 total += nll.sum(dtype=total.dtype)
-                if scales:
-                    scaled_totals += _scaled_nll(logits, yc, factors)
+                for k, factor in enumerate(scales):  # the same loss of the logits so scaled, in fp32
+                    scaled = lm_loss(logits.float() * factor, yc, reduction="none")
+                    scaled_totals[k] += scaled.sum(dtype=scaled_totals.dtype)
                 if per_char:
                     group.append(nll)
                     masks.append(mask)
@@ -175,19 +175,6 @@ def evaluate_ids(
     per = np.concatenate(losses) if per_char else None
     by_scale = dict(zip(scales, scaled_totals.tolist(), strict=True)) if scales else None
     return EvalResult(n, float(total.item()), per_char=per, scaled_nats=by_scale)
-
-
-def _scaled_nll(logits: torch.Tensor, targets: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """(S,) summed nats of `targets` (-100: none) under `logits` (..., V) times each of `factors` (S, 1)."""
-    z = logits.reshape(-1, logits.shape[-1]).float()
-    y = targets.reshape(-1)
-    keep = y != -100
-    z, y = z[keep], y[keep]
-    picked = z.gather(1, y[:, None])[:, 0]  # (N,)
-    wide, out = wide_float(z.device), []
-    for factor in factors:  # one (N, V) at a time: memory as for the plain loss
-        out.append((torch.logsumexp(z * factor, dim=-1) - factor * picked).sum(dtype=wide))
-    return torch.stack(out)
 
 
 def _bytes_per_position(model: CharRNN) -> int:

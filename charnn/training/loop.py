@@ -17,7 +17,7 @@ from charnn.calibration import best_scale, can_fold, candidates, scaled
 from charnn.config import SampleConfig
 from charnn.distributed import all_max, barrier, gather_rows
 from charnn.errors import Interrupted
-from charnn.evaluate import evaluate_ids
+from charnn.evaluate import EvalResult, evaluate_ids
 from charnn.model import zero_streams
 from charnn.sampling.generate import sample_text
 from charnn.store.rundir import save_checkpoint
@@ -141,20 +141,20 @@ def _evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
                 precision=run.cfg.precision,
                 scales=candidates(s.scale_centre) if calibrate else (),
             )
-        val = uncalibrated = res.loss
-        if calibrate:  # the model as it is saved: its logits times the best scale (1 scores as uncalibrated)
+        saved = res  # the model as it is saved: with --calibrate, its logits times the best scale
+        if calibrate:
             s.logit_scale = best_scale(res.scaled_nats)
             if s.step % run.cfg.eval_every == 0:  # not a run's extra last one: a resumed run fits as a straight one
                 s.scale_centre = s.logit_scale
-            if s.logit_scale != 1.0:
-                val = max(res.scaled_nats[s.logit_scale] / res.chars, 0.0)
+            saved = EvalResult(res.chars, res.scaled_nats[s.logit_scale])
         else:  # saved as trained from here on (a resume may turn it off)
             s.logit_scale = s.scale_centre = 1.0
+        val = saved.loss
         if math.isfinite(val) and val < s.best_val:
             s.best_val, s.best_step, s.evals_since_best, s.warned = val, s.step, 0, False
         else:
             s.evals_since_best += 1
-        calibration = {"val_loss_uncalibrated": uncalibrated, "calibrated_temperature": round(1 / s.logit_scale, 4)}
+        calibration = {"val_loss_uncalibrated": res.loss, "calibrated_temperature": round(1 / s.logit_scale, 4)}
         log_record(
             run,
             {
@@ -162,7 +162,7 @@ def _evaluate_and_checkpoint(run: Run, s: LoopState) -> None:
                 "step": s.step,
                 "elapsed": round(s.elapsed(), 3),
                 "val_loss": val,
-                "val_bpc": val / math.log(2),
+                "val_bpc": saved.bpc,
                 "val_chars": res.chars,
                 **(calibration if calibrate else {}),
             },
